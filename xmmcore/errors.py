@@ -1,0 +1,117 @@
+"""Exception hierarchy: each class tells the orchestrator what to do next.
+
+================  =====================================  =========
+class             orchestrator action                    CLI exit
+================  =====================================  =========
+ConfigError       stop the run, tell the user            2
+InputDataError    skip this ObsID, record the reason     3
+ToolError         skip this ObsID (or step), record it   4
+TransientError    retry with backoff                     5
+================  =====================================  =========
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "XmmSurveyError",
+    "ConfigError",
+    "InputDataError",
+    "ToolError",
+    "ExternalToolError",
+    "ToolNotFoundError",
+    "TransientError",
+    "FitError",
+    "EXIT_CODES",
+    "exit_code_for",
+]
+
+
+class XmmSurveyError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(XmmSurveyError, ValueError):
+    """The configuration is wrong: nothing can run until the user fixes it."""
+
+    exit_code = 2
+
+
+class InputDataError(XmmSurveyError, ValueError):
+    """An input file of one observation is unusable; skip that ObsID and record why.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong.
+    path : str or Path, optional
+        The offending file; it is put at the front of the message.
+    """
+
+    exit_code = 3
+
+    def __init__(self, message: str, path: object | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class ToolError(XmmSurveyError, RuntimeError):
+    """A processing step (external tool or algorithm) failed for this observation."""
+
+    exit_code = 4
+
+
+class ExternalToolError(ToolError):
+    """An external command exited non-zero, timed out or printed an error line.
+
+    Attributes hold the argv, exit code and the tail of the output so that the
+    failure can be recorded without the log.
+    """
+
+    def __init__(self, message: str, *, argv: list[str] | None = None, returncode: int | None = None,
+                 output_tail: str = "", reason: str | None = None):
+        self.argv = list(argv or [])
+        self.returncode = returncode
+        self.output_tail = output_tail
+        self.reason = reason or message
+        cmd = " ".join(self.argv)
+        text = message
+        if cmd:
+            text += f"\n  command: {cmd}"
+        if returncode is not None:
+            text += f"\n  exit code: {returncode}"
+        if output_tail:
+            text += "\n  output tail:\n    " + "\n    ".join(output_tail.splitlines()[-20:])
+        super().__init__(text)
+
+
+class ToolNotFoundError(ToolError, ConfigError):
+    """A tool selected in the configuration is not installed or not on PATH."""
+
+    exit_code = 2
+
+
+class FitError(ToolError):
+    """A spectral fit could not be done (no counts, no convergence, bad model)."""
+
+
+class TransientError(XmmSurveyError):
+    """A failure that may go away on retry (lost worker, NFS hiccup, timeout on a busy node)."""
+
+    exit_code = 5
+
+
+EXIT_CODES = {
+    ConfigError: 2,
+    InputDataError: 3,
+    ToolError: 4,
+    TransientError: 5,
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Return the CLI exit code for an exception (1 for anything unexpected)."""
+    if isinstance(exc, XmmSurveyError):
+        return exc.exit_code
+    return 1
