@@ -1,0 +1,229 @@
+"""The per-ObsID chain of steps: filter -> regions -> spectra -> fit.
+
+This is the only module the orchestrator (``survey``) calls for science. Each step reads the
+products of the previous ones from ``results/<obsid>/``, writes its own atomically, and returns a
+JSON-able summary that the orchestrator records in ``results/<obsid>/steps/<step>.json``.
+
+A camera that fails inside a step (bad event file, no counts) is recorded in the summary under
+``failed_cameras`` and the step goes on with the others; the step fails only when no camera is left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, FitError, InputDataError, ToolError
+from .observation import Observation
+
+__all__ = ["STEPS", "run_step", "step_inputs", "fit_inputs", "auto_settings"]
+
+STEPS = ("filter", "regions", "spectra", "fit")
+
+_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
+
+
+def _cameras(obs: Observation, cfg: dict[str, Any]) -> list[str]:
+    wanted = list(cfg.get("cameras") or [])
+    cams = [c for c in obs.cameras if c in wanted]
+    if not cams:
+        raise InputDataError(f"no event list for the configured cameras {wanted} (found {list(obs.cameras)})",
+                             obs.root)
+    return cams
+
+
+def _per_camera(cams: list[str], work: Callable[[str], dict[str, Any]], log: logging.Logger,
+                what: str) -> dict[str, Any]:
+    """Run ``work(camera)`` for each camera; a camera failing with a data/tool error does not stop the others."""
+    done: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for cam in cams:
+        try:
+            done[cam] = work(cam)
+        except (InputDataError, ToolError) as exc:
+            log.warning("%s %s failed: %s", what, cam, exc)
+            failed[cam] = f"{type(exc).__name__}: {exc}"
+    if not done:
+        detail = "; ".join(f"{c}: {r}" for c, r in failed.items())
+        raise InputDataError(f"{what} failed for every camera ({detail})")
+    return {"cameras": done, "failed_cameras": failed}
+
+
+def _filter(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+    from .backends import get_backend
+
+    backend = get_backend(cfg["backend"]["reduction"])
+    summary = _per_camera(_cameras(obs, cfg),
+                          lambda cam: backend.filter_camera(obs, cam, outdir, cfg, log=log), log, "filter")
+    summary["backend"] = backend.name
+    summary["versions"] = backend.versions()
+    return summary
+
+
+def _regions(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+    from .regions import make_regions
+
+    return make_regions(obs, outdir, cfg, log=log)
+
+
+def _load_regions(outdir: Path) -> dict[str, Any]:
+    path = outdir / "regions" / "regions.json"
+    if not path.exists():
+        raise InputDataError("regions step has not produced regions.json", path)
+    return json.loads(path.read_text())
+
+
+def _clean_cameras(obs: Observation, outdir: Path, cfg: dict[str, Any]) -> list[str]:
+    cams = [c for c in _cameras(obs, cfg) if (outdir / "events" / f"{c}_clean.fits").exists()]
+    if not cams:
+        raise InputDataError("no cleaned event list: the filter step failed for every camera", outdir / "events")
+    return cams
+
+
+def _spectra(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+    from .backends import get_backend
+
+    backend = get_backend(cfg["backend"]["reduction"])
+    regions = _load_regions(outdir)
+    return _per_camera(_clean_cameras(obs, outdir, cfg),
+                       lambda cam: backend.spectra_camera(obs, cam, outdir, regions, cfg, log=log), log, "spectra")
+
+
+def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, str]]:
+    """FitInput per camera whose source spectrum and response exist, and the reasons for the others."""
+    from .fitting.engines import FitInput
+
+    inputs, missing = [], {}
+    for cam in cameras:
+        spec = outdir / "spectra"
+        pha, rmf, arf, bkg = (spec / f"{cam}_src.pha", spec / f"{cam}.rmf", spec / f"{cam}.arf",
+                              spec / f"{cam}_bkg.pha")
+        if not pha.exists():
+            missing[cam] = f"no source spectrum {pha}"
+        elif not rmf.exists():
+            missing[cam] = f"no response matrix {rmf} (exact responses need SAS rmfgen/arfgen)"
+        else:
+            inputs.append(FitInput(pha=pha, rmf=rmf, arf=arf if arf.exists() else None,
+                                   bkg=bkg if bkg.exists() else None, name=cam))
+    return inputs, missing
+
+
+def auto_settings(model_expr: str, meta: dict[str, Any], *, enabled: bool = True) -> list[str]:
+    """XSPEC-style settings from target metadata: every Redshift frozen at z, absorbers' nH frozen at nh.
+
+    Parameters
+    ----------
+    model_expr : str
+        Model expression, e.g. ``"wabs*(zbremss+zgauss)"``.
+    meta : dict
+        Target metadata; uses ``z`` and ``nh`` (1e22 cm^-2) when present.
+    """
+    if not enabled:
+        return []
+    from .fitting.models import parse_expression
+
+    model = parse_expression(model_expr)
+    out = []
+    for par in model.parameters:
+        comp, _, pname = par.full_name.partition(".")
+        base = comp.rsplit("_", 1)[0]
+        if pname.lower() == "redshift" and meta.get("z") is not None:
+            out.append(f"{par.full_name}={float(meta['z'])},frozen")
+        elif pname.lower() == "nh" and base in _ABSORBERS and meta.get("nh") is not None:
+            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
+    return out
+
+
+def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+    from .fitting.engines import get_engine
+
+    fit_cfg = cfg["fit"]
+    cams = _clean_cameras(obs, outdir, cfg)
+    inputs, missing = fit_inputs(outdir, cams)
+    for cam, why in missing.items():
+        log.warning("fit: camera %s left out: %s", cam, why)
+    if not inputs:
+        raise InputDataError("nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()),
+                             outdir / "spectra")
+    if not fit_cfg.get("joint_cameras", True):
+        inputs = inputs[:1]
+    settings = auto_settings(fit_cfg["model"], obs.meta, enabled=fit_cfg.get("auto_set", True))
+    settings += list(fit_cfg.get("set") or [])
+    engine = get_engine(cfg["backend"]["fitting"])
+    fits_dir = outdir / "fits"
+    fits_dir.mkdir(parents=True, exist_ok=True)
+    log.info("fit: engine=%s model=%s stat=%s datasets=%s", engine.name, fit_cfg["model"], fit_cfg["stat"],
+             [i.name for i in inputs])
+    try:
+        result = engine.fit_files(
+            inputs, fit_cfg["model"], stat=fit_cfg["stat"], notice_kev=tuple(fit_cfg["notice_kev"]),
+            set_params=settings, abund=fit_cfg.get("abund", "angr"), errors=fit_cfg.get("errors", "profile"),
+            redshift=obs.meta.get("z"), cosmology=cfg.get("cosmology"),
+            flux_bands_kev=[tuple(b) for b in fit_cfg.get("flux_bands_kev", [])],
+            cross_norm=len(inputs) > 1, workdir=fits_dir, log=log)
+    except (ConfigError, InputDataError, ToolError):
+        raise
+    except (ValueError, RuntimeError, FloatingPointError) as exc:
+        raise FitError(f"fit of {obs.obsid} failed: {exc}") from exc
+    result.write_json(fits_dir / "fit.json")
+    result.to_xcm(fits_dir / "fit.xcm")
+    from .fsutil import atomic_write_text
+
+    atomic_write_text(fits_dir / "fit.txt", result.summary_text())
+    summary: dict[str, Any] = {"fit_json": str(fits_dir / "fit.json"), "engine": engine.name,
+                               "versions": engine.versions(), "cameras": [i.name for i in inputs],
+                               "left_out": missing}
+    try:
+        from .fitting.plots import plot_fit
+
+        plot_fit(result, inputs, outdir / "plots" / "spectrum_fit.png")
+    except (ImportError, ValueError, OSError) as exc:  # a plot must never lose a fit
+        log.warning("fit plot failed: %s", exc)
+        summary["plot_error"] = str(exc)
+    return summary
+
+
+_STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logger], dict[str, Any]]] = {
+    "filter": _filter,
+    "regions": _regions,
+    "spectra": _spectra,
+    "fit": _fit,
+}
+
+
+def step_inputs(step: str, obs: Observation, outdir: Path) -> list[Path]:
+    """Files a step reads (for the orchestrator's inputs hash)."""
+    if step == "filter":
+        return sorted(obs.event_files.values())
+    if step == "regions":
+        return sorted((outdir / "events").glob("*_clean.fits"))
+    if step == "spectra":
+        return sorted((outdir / "events").glob("*_clean.fits")) + [outdir / "regions" / "regions.json"]
+    if step == "fit":
+        return sorted((outdir / "spectra").glob("*"))
+    raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+
+
+def run_step(step: str, obs: Observation, outdir: str | Path, cfg: dict[str, Any], *,
+             log: logging.Logger | None = None) -> dict[str, Any]:
+    """Run one step of the chain for one observation and return its summary.
+
+    Parameters
+    ----------
+    step : {"filter", "regions", "spectra", "fit"}
+    obs : Observation
+    outdir : Path
+        ``results/<obsid>/``.
+    cfg : dict
+        Resolved configuration (keys of ``survey/defaults.yaml``).
+    log : logging.Logger, optional
+        Per-ObsID/step logger.
+    """
+    if step not in _STEP_FUNCS:
+        raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    return _STEP_FUNCS[step](obs, outdir, cfg, log or logging.getLogger(f"xmmcore.{obs.obsid}.{step}"))
