@@ -1,0 +1,515 @@
+"""The survey catalogue: typed rows built from ``results/`` files, Parquet/FITS io, queries, joint analysis.
+
+``catalog`` reads only files under ``results/`` (step records, ``fits/fit.json``, ``regions/regions.json``,
+``config.resolved.yaml``, joint-analysis records under ``results/joint/``); it never imports reduction code.
+
+>>> import catalog
+>>> df = catalog.build("results")            # one row per (obsid, camera, region, kind)
+>>> catalog.io.write_catalogue(df, "results")
+>>> df = catalog.load("results/catalogue.parquet")
+>>> df.attrs["units"]["kT"]
+'keV'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xmmcore.errors import InputDataError
+
+from . import io, schema
+from .schema import (
+    CAMERA_ROWS,
+    DEFAULT_FLUX_BANDS_KEV,
+    PARAMETER_ALIASES,
+    SCHEMA_VERSION,
+    band_tag,
+    columns,
+    conform,
+    empty_row,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "build",
+    "load",
+    "rows_for_obsid",
+    "fit_to_row",
+    "parse_band",
+    "read_config",
+    "io",
+    "schema",
+]
+
+STEPS = ("filter", "regions", "spectra", "fit")
+JOINT_DIR = "joint"
+
+
+def load(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a catalogue (``.parquet``, ``.fits`` or a results folder) into a typed DataFrame.
+
+    Units, descriptions, dtypes and the schema version are in ``df.attrs``
+    (``df.attrs["units"]["kT"] == "keV"``).
+    """
+    return io.read_catalogue(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"invalid JSON ({exc})", path) from exc
+    if not isinstance(data, dict):
+        raise InputDataError("expected a JSON object", path)
+    return data
+
+
+def read_config(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``results/config.resolved.yaml`` as a dict (empty if it is absent)."""
+    path = Path(results_dir) / "config.resolved.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputDataError(f"invalid YAML ({exc})", path) from exc
+    if not isinstance(cfg, dict):
+        raise InputDataError("expected a mapping at the top level", path)
+    return cfg
+
+
+def _num(value: Any) -> float:
+    if value is None or isinstance(value, bool):
+        return math.nan
+    if isinstance(value, Mapping):
+        for key in ("value", "val", "mean"):
+            if key in value:
+                return _num(value[key])
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _first(d: Mapping[str, Any] | None, *names: str) -> Any:
+    if not d:
+        return None
+    for name in names:
+        if name in d and d[name] is not None:
+            return d[name]
+    return None
+
+
+_BAND_RE = re.compile(r"([0-9]*\.?[0-9]+)\s*[-_,:]+\s*([0-9]*\.?[0-9]+)")
+
+
+def parse_band(key: Any) -> tuple[float, float] | None:
+    """Energy band of a flux key: ``"0.5-2.0"``, ``"0.5_2.0"``, ``"0p5_2p0"``, ``[0.5, 2.0]`` -> (0.5, 2.0)."""
+    if isinstance(key, (list, tuple)) and len(key) == 2:
+        return float(key[0]), float(key[1])
+    text = str(key).replace("p", ".").replace("keV", "").replace("kev", "")
+    m = _BAND_RE.search(text)
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
+def _errs(entry: Mapping[str, Any], value: float, prefix: str = "") -> tuple[float, float]:
+    """Positive (lower, upper) error magnitudes from a record with err_lo/err_hi (offsets or bounds) or sigma."""
+    lo = _num(_first(entry, f"{prefix}err_lo", f"{prefix}error_lo", f"{prefix}lo_err"))
+    hi = _num(_first(entry, f"{prefix}err_hi", f"{prefix}error_hi", f"{prefix}hi_err"))
+    lo_b = _num(_first(entry, f"{prefix}lower", f"{prefix}lo_bound"))
+    hi_b = _num(_first(entry, f"{prefix}upper", f"{prefix}hi_bound"))
+    if math.isnan(lo) and not math.isnan(lo_b):
+        lo = value - lo_b
+    if math.isnan(hi) and not math.isnan(hi_b):
+        hi = hi_b - value
+    sigma = _num(_first(entry, f"{prefix}sigma", f"{prefix}err", f"{prefix}error"))
+    if math.isnan(lo):
+        lo = sigma
+    if math.isnan(hi):
+        hi = sigma
+    return abs(lo), abs(hi)
+
+
+def _param_key(full_name: str) -> str | None:
+    short = full_name.split(".")[-1].strip().lower()
+    for key, aliases in PARAMETER_ALIASES.items():
+        if short in aliases or short == key.lower():
+            return key
+    return None
+
+
+def _is_cross_norm(full_name: str) -> bool:
+    comp, _, short = full_name.rpartition(".")
+    comp = comp.lower()
+    return comp.startswith(("constant", "const", "xnorm", "cross")) or short.lower() in ("factor", "cross_norm")
+
+
+def fit_to_row(fit: Mapping[str, Any], *, flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV
+               ) -> tuple[dict[str, Any], dict[str, tuple[float, float, float]]]:
+    """Map a ``FitResult.to_dict()`` record onto catalogue columns.
+
+    Parameters
+    ----------
+    fit : mapping
+        ``fits/fit.json`` content.
+    flux_bands_kev : sequence of (lo, hi)
+        Bands that have catalogue columns; fluxes in other bands are ignored.
+
+    Returns
+    -------
+    row : dict
+        Column -> value for the fit columns (generic parameters, statistic, fluxes, luminosities).
+    cross_norms : dict
+        Dataset name (e.g. ``"pn"``) -> (value, err_lo, err_hi) of its cross-normalisation constant.
+    """
+    from scipy import stats
+
+    row: dict[str, Any] = {}
+    cross: dict[str, tuple[float, float, float]] = {}
+    params = fit.get("parameters") or []
+    n_const = 0
+    for par in params:
+        name = str(par.get("name", ""))
+        value = _num(par.get("value"))
+        lo, hi = _errs(par, value)
+        if _is_cross_norm(name):
+            label = str(par.get("dataset") or par.get("dataset_name") or f"dataset{n_const}")
+            n_const += 1
+            cross[label] = (value, lo, hi)
+            continue
+        key = _param_key(name)
+        if key is None or key in row:
+            continue
+        row[key] = value
+        row[f"{key}_err_lo"], row[f"{key}_err_hi"] = lo, hi
+        row[f"{key}_frozen"] = bool(par.get("frozen", False))
+        row[f"{key}_linked"] = bool(par.get("linked", False))
+        if row[f"{key}_frozen"]:
+            row[f"{key}_err_lo"] = row[f"{key}_err_hi"] = math.nan
+    for key, value in (fit.get("cross_norm") or fit.get("cross_norms") or {}).items():
+        if isinstance(value, Mapping):
+            v = _num(value)
+            cross[str(key)] = (v, *_errs(value, v))
+        else:
+            cross[str(key)] = (_num(value), math.nan, math.nan)
+    row["fit_model"] = str(fit.get("model") or fit.get("expression") or "")
+    row["fit_engine"] = str(fit.get("engine") or "")
+    row["fit_stat"] = str(fit.get("stat") or fit.get("stat_name") or "")
+    statistic = _num(fit.get("statistic"))
+    dof = fit.get("dof")
+    dof_i = int(dof) if isinstance(dof, (int, float)) and not isinstance(dof, bool) and math.isfinite(dof) else -1
+    row["statistic"], row["dof"] = statistic, dof_i
+    if dof_i > 0 and math.isfinite(statistic):
+        row["stat_per_dof"] = statistic / dof_i
+        row["fit_pvalue"] = float(stats.chi2.sf(statistic, dof_i))
+    row["converged"] = bool(fit.get("converged", False))
+    n_ds = fit.get("n_datasets", len(fit.get("datasets") or []) or None)
+    row["n_datasets"] = int(n_ds) if n_ds else -1
+    wanted = {band_tag(b): tuple(b) for b in flux_bands_kev}
+    for key, entry in (fit.get("fluxes") or {}).items():
+        band = parse_band(key)
+        if band is None or band_tag(band) not in wanted or not isinstance(entry, Mapping):
+            continue
+        tag = band_tag(band)
+        for which, short in (("absorbed", "abs"), ("unabsorbed", "unabs")):
+            sub = entry.get(which)
+            if isinstance(sub, Mapping):
+                v = _num(sub)
+                lo, hi = _errs(sub, v)
+            else:
+                v = _num(sub)
+                lo, hi = _errs(entry, v, prefix=f"{which}_")
+            row[f"flux_{tag}_{short}"] = v
+            row[f"flux_{tag}_{short}_err_lo"], row[f"flux_{tag}_{short}_err_hi"] = lo, hi
+    for key, entry in (fit.get("luminosities") or {}).items():
+        band = parse_band(key)
+        if band is None or band_tag(band) not in wanted:
+            continue
+        tag = band_tag(band)
+        if isinstance(entry, Mapping):
+            v = _num(_first(entry, "value", "luminosity", "unabsorbed", "lum"))
+            lo, hi = _errs(entry, v)
+        else:
+            v, lo, hi = _num(entry), math.nan, math.nan
+        row[f"lum_{tag}"], row[f"lum_{tag}_err_lo"], row[f"lum_{tag}_err_hi"] = v, lo, hi
+    return row, cross
+
+
+def _camera_block(summary: Mapping[str, Any] | None, camera: str) -> dict[str, Any]:
+    if not summary:
+        return {}
+    for container in ("cameras", "per_camera", "camera"):
+        sub = summary.get(container)
+        if isinstance(sub, Mapping) and isinstance(sub.get(camera), Mapping):
+            return dict(sub[camera])
+    sub = summary.get(camera)
+    return dict(sub) if isinstance(sub, Mapping) else {}
+
+
+def _cameras_in(*summaries: Mapping[str, Any] | None) -> list[str]:
+    found = []
+    for cam in CAMERA_ROWS:
+        if any(_camera_block(s, cam) for s in summaries):
+            found.append(cam)
+    return found
+
+
+def _counts_columns(spec: Mapping[str, Any]) -> dict[str, float]:
+    src = _num(_first(spec, "src_counts", "source_counts", "counts_src", "counts"))
+    bkg = _num(_first(spec, "bkg_counts", "background_counts", "counts_bkg"))
+    src_bs = _num(_first(spec, "src_backscal", "backscal_src", "backscal"))
+    bkg_bs = _num(_first(spec, "bkg_backscal", "backscal_bkg"))
+    src_exp = _num(_first(spec, "src_exposure_s", "exposure_s", "exposure", "src_exposure"))
+    bkg_exp = _num(_first(spec, "bkg_exposure_s", "bkg_exposure"))
+    if math.isnan(bkg_exp):
+        bkg_exp = src_exp
+    scale = _num(_first(spec, "bkg_scale", "backscale_ratio"))
+    if math.isnan(scale) and src_bs > 0 and bkg_bs > 0:
+        exp_ratio = src_exp / bkg_exp if (src_exp > 0 and bkg_exp > 0) else 1.0
+        scale = src_bs / bkg_bs * exp_ratio
+    out = {"src_counts": src, "bkg_counts": bkg, "bkg_scale": scale}
+    net = _num(_first(spec, "net_counts"))
+    if math.isnan(net) and not math.isnan(src):
+        net = src - (bkg * scale if not (math.isnan(bkg) or math.isnan(scale)) else 0.0)
+    var = src + (bkg * scale * scale if not (math.isnan(bkg) or math.isnan(scale)) else 0.0)
+    err = math.sqrt(var) if var > 0 else math.nan
+    out["net_counts"], out["net_counts_err"] = net, err
+    out["snr"] = net / err if err and err > 0 else math.nan
+    if not math.isnan(src_exp):
+        out["exposure_s"] = src_exp
+    return out
+
+
+def _meta_for(obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]], cfg: Mapping[str, Any]
+              ) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for rec in steps.values():
+        summ = rec.get("summary") or {}
+        if isinstance(summ.get("meta"), Mapping):
+            meta.update(summ["meta"])
+    for candidate in (obs_dir / "meta.json",
+                      Path(str(cfg.get("data_dir", ""))) / obsid / "meta.json" if cfg.get("data_dir") else None):
+        if candidate is not None and candidate.exists():
+            for k, v in _read_json(candidate).items():
+                meta.setdefault(k, v)
+    csv = cfg.get("targets_csv")
+    if csv and Path(csv).exists():
+        table = pd.read_csv(csv, dtype={"obsid": str})
+        hit = table[table["obsid"].astype(str) == obsid]
+        if len(hit):
+            for k, v in hit.iloc[0].to_dict().items():
+                meta.setdefault(k, v)
+    return meta
+
+
+def _load_steps(obs_dir: Path) -> dict[str, dict[str, Any]]:
+    steps: dict[str, dict[str, Any]] = {}
+    for path in sorted((obs_dir / "steps").glob("*.json")):
+        rec = _read_json(path)
+        steps[str(rec.get("step") or path.stem)] = rec
+    return steps
+
+
+def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    ordered = [steps[s] for s in STEPS if s in steps] + [r for s, r in steps.items() if s not in STEPS]
+    if not ordered:
+        row["status"] = "pending"
+        return row
+    failed = [r for r in ordered if r.get("status") == "failed"]
+    done = [str(r.get("step")) for r in ordered if r.get("status") == "done"]
+    row["steps_done"] = ",".join(done)
+    if failed:
+        first = failed[0]
+        row["status"] = "failed"
+        row["failed_step"] = str(first.get("step") or "")
+        row["failure_reason"] = str(first.get("reason") or first.get("error") or "")
+        row["error_class"] = str(first.get("error_class") or "")
+    elif all(s in done for s in STEPS):
+        row["status"] = "done"
+    else:
+        row["status"] = "partial"
+        missing = [s for s in STEPS if s not in done]
+        row["failure_reason"] = "steps not recorded as done: " + ", ".join(missing)
+    versions: dict[str, Any] = {}
+    for r in ordered:
+        versions.update(r.get("versions") or {})
+    row["software_versions"] = json.dumps(versions, sort_keys=True)
+    row["backend"] = str(_first(versions, "backend", "reduction_backend") or "")
+    row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
+    last = steps.get("fit") or ordered[-1]
+    row["inputs_hash"] = str(last.get("inputs_hash") or "")
+    started = [str(r["started"]) for r in ordered if r.get("started")]
+    finished = [str(r["finished"]) for r in ordered if r.get("finished")]
+    row["started_utc"] = min(started) if started else ""
+    row["finished_utc"] = max(finished) if finished else ""
+    walls = [_num(r.get("wall_s")) for r in ordered]
+    walls = [w for w in walls if not math.isnan(w)]
+    row["wall_s"] = float(sum(walls)) if walls else math.nan
+    return row
+
+
+def _region_columns(regions: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for col in ("centre_ra", "centre_dec", "centre_x", "centre_y", "r_src_arcmin", "bkg_inner_arcmin",
+                "bkg_outer_arcmin"):
+        out[col] = _num(regions.get(col))
+    pts = regions.get("point_sources")
+    out["n_ptsrc"] = len(pts) if isinstance(pts, list) else -1
+    return out
+
+
+def _meta_columns(meta: Mapping[str, Any], obsid: str) -> dict[str, Any]:
+    return {
+        "target": str(_first(meta, "name", "target", "object") or ""),
+        "ra_deg": _num(_first(meta, "ra", "ra_deg")),
+        "dec_deg": _num(_first(meta, "dec", "dec_deg")),
+        "z_target": _num(_first(meta, "z", "redshift")),
+        "nh_gal": _num(_first(meta, "nh", "nh_gal")),
+        "r500_kpc": _num(_first(meta, "r500_kpc", "r500")),
+        "obsids": obsid,
+        "n_obs": 1,
+    }
+
+
+def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
+                   flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
+                   cfg: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Catalogue rows (plain dicts) of one ObsID: an ``epic`` row plus one row per camera.
+
+    Reads ``results/<obsid>/steps/*.json``, ``regions/regions.json`` and ``fits/fit*.json``;
+    absent files give missing values, never an exception. A failed ObsID still gets its rows with
+    ``status="failed"`` and the reason.
+    """
+    results_dir = Path(results_dir)
+    cfg = dict(cfg) if cfg is not None else read_config(results_dir)
+    obs_dir = results_dir / obsid
+    steps = _load_steps(obs_dir)
+    cols = columns(flux_bands_kev)
+    base = empty_row(cols)
+    base.update({"obsid": obsid, "kind": "obs", "region": "src"})
+    base.update(_meta_columns(_meta_for(obsid, obs_dir, steps, cfg), obsid))
+    base.update(_provenance(steps))
+    reg_path = obs_dir / "regions" / "regions.json"
+    regions = _read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
+    base.update(_region_columns(regions))
+
+    filt = (steps.get("filter") or {}).get("summary") or {}
+    spec = (steps.get("spectra") or {}).get("summary") or {}
+    cams = _cameras_in(filt, spec)
+
+    fits_dir = obs_dir / "fits"
+    fit_files = sorted(fits_dir.glob("fit*.json")) if fits_dir.is_dir() else []
+    rows: list[dict[str, Any]] = []
+    for fit_path in fit_files or [None]:
+        region = "src"
+        fit_row: dict[str, Any] = {}
+        cross: dict[str, tuple[float, float, float]] = {}
+        if fit_path is not None:
+            stem = fit_path.stem
+            region = stem[4:] if stem.startswith("fit_") else "src"
+            fit_row, cross = fit_to_row(_read_json(fit_path), flux_bands_kev=flux_bands_kev)
+        epic = dict(base, **fit_row, camera="epic", region=region)
+        if epic["fit_engine"] == "" and fit_path is None and epic["status"] == "done":
+            epic["status"] = "partial"
+            epic["failure_reason"] = "no fits/fit.json"
+        cam_rows = []
+        for cam in cams:
+            row = dict(base, camera=cam, region=region)
+            fblock = _camera_block(filt, cam)
+            row["exposure_s"] = _num(_first(fblock, "exposure_s", "clean_exposure_s", "exposure"))
+            row["exposure_raw_s"] = _num(_first(fblock, "exposure_raw_s", "ontime_s", "raw_exposure_s"))
+            row["flare_fraction"] = _num(_first(fblock, "flare_fraction"))
+            counts = _counts_columns(_camera_block(spec, cam))
+            if not math.isnan(row["exposure_s"]):
+                counts.pop("exposure_s", None)
+            row.update(counts)
+            value = cross.get(cam) or next((v for k, v in cross.items() if cam in k.lower()), None)
+            if value is not None:
+                row["cross_norm"], row["cross_norm_err_lo"], row["cross_norm_err_hi"] = value
+            for key in ("fit_model", "fit_engine", "fit_stat"):
+                row[key] = epic[key]
+            cam_rows.append(row)
+        if cam_rows:
+            for col in ("src_counts", "bkg_counts", "net_counts"):
+                vals = [r[col] for r in cam_rows if not math.isnan(r[col])]
+                epic[col] = float(sum(vals)) if vals else math.nan
+            errs = [r["net_counts_err"] for r in cam_rows if not math.isnan(r["net_counts_err"])]
+            epic["net_counts_err"] = math.sqrt(sum(e * e for e in errs)) if errs else math.nan
+            if epic["net_counts_err"] > 0:
+                epic["snr"] = epic["net_counts"] / epic["net_counts_err"]
+            exps = [r["exposure_s"] for r in cam_rows if not math.isnan(r["exposure_s"])]
+            epic["exposure_s"] = max(exps) if exps else math.nan
+            fracs = [r["flare_fraction"] for r in cam_rows if not math.isnan(r["flare_fraction"])]
+            epic["flare_fraction"] = float(np.mean(fracs)) if fracs else math.nan
+        if math.isnan(_num(epic.get("z"))) and not math.isnan(epic["z_target"]):
+            epic["z"], epic["z_frozen"] = epic["z_target"], True
+        rows.append(epic)
+        rows.extend(cam_rows)
+    return rows
+
+
+def _joint_rows(results_dir: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    jdir = results_dir / JOINT_DIR
+    if not jdir.is_dir():
+        return rows
+    for path in sorted(jdir.glob("*.json")):
+        rec = _read_json(path)
+        rows.extend(rec.get("rows") or [])
+    return rows
+
+
+def _obs_dirs(results_dir: Path) -> list[str]:
+    return sorted(p.name for p in results_dir.iterdir()
+                  if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir()))
+
+
+def build(results_dir: str | os.PathLike[str], *, obsids: Iterable[str] | None = None,
+          flux_bands_kev: Sequence[Sequence[float]] | None = None) -> pd.DataFrame:
+    """Build the catalogue DataFrame from a results folder.
+
+    Parameters
+    ----------
+    results_dir : path-like
+        ``results/`` with ``<obsid>/steps/*.json`` etc.
+    obsids : iterable of str, optional
+        Restrict to these ObsIDs (default: every ObsID folder with a ``steps/`` or ``fits/`` folder).
+    flux_bands_kev : sequence of (lo, hi), optional
+        Flux bands with columns (default: ``fit.flux_bands_kev`` of ``config.resolved.yaml``, else the
+        schema default).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Conformed to :func:`catalog.schema.columns`; units in ``df.attrs["units"]``. Joint, combined and
+        stack rows recorded under ``results/joint/*.json`` are included.
+    """
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise InputDataError("results folder does not exist", results_dir)
+    cfg = read_config(results_dir)
+    if flux_bands_kev is None:
+        flux_bands_kev = (cfg.get("fit") or {}).get("flux_bands_kev") or DEFAULT_FLUX_BANDS_KEV
+    bands = [tuple(float(x) for x in b) for b in flux_bands_kev]
+    ids = list(obsids) if obsids is not None else _obs_dirs(results_dir)
+    rows: list[dict[str, Any]] = []
+    for obsid in ids:
+        rows.extend(rows_for_obsid(results_dir, obsid, flux_bands_kev=bands, cfg=cfg))
+    rows.extend(_joint_rows(results_dir))
+    cols = columns(bands)
+    df = conform(pd.DataFrame(rows, columns=[c.name for c in cols]) if rows else pd.DataFrame(), cols)
+    return df

@@ -1,0 +1,281 @@
+"""The catalogue schema: every column's name, dtype, unit and description, and the schema version.
+
+One row per (``obsid``, ``camera``, ``region``, ``kind``):
+
+* ``kind="obs"``, ``camera="epic"``: the fit of one ObsID (all its cameras fitted jointly, as the
+  ``fit`` step does) with summed counts; this is the row science queries use.
+* ``kind="obs"``, ``camera in ("pn", "mos1", "mos2")``: per-camera data quantities (exposure, flare
+  fraction, counts, S/N) and that camera's cross-normalisation constant; fitted physical parameters are
+  NaN there (they belong to the ``epic`` row).
+* ``kind="joint"``: a simultaneous fit over several ObsIDs (``obsid`` = target name, ``obsids`` lists them).
+* ``kind="combined"``: a weighted mean of independent per-ObsID results, with a consistency test.
+* ``kind="stack"``: a fit of stacked spectra.
+
+Missing values: NaN for floats, ``-1`` for integers, ``""`` for strings, ``False`` for flags.
+Errors ``<param>_err_lo`` / ``<param>_err_hi`` are positive magnitudes (value - lower bound, upper bound - value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "KEY",
+    "KINDS",
+    "CAMERA_ROWS",
+    "Column",
+    "PARAMETERS",
+    "PARAMETER_ALIASES",
+    "DEFAULT_FLUX_BANDS_KEV",
+    "band_tag",
+    "columns",
+    "column_map",
+    "empty_row",
+    "conform",
+    "attach_attrs",
+    "columns_from_attrs",
+]
+
+SCHEMA_VERSION = "1.0"
+KEY = ("obsid", "camera", "region", "kind")
+KINDS = ("obs", "joint", "combined", "stack")
+CAMERA_ROWS = ("pn", "mos1", "mos2")
+DEFAULT_FLUX_BANDS_KEV: tuple[tuple[float, float], ...] = ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
+
+_DTYPES = {"str": object, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
+_MISSING = {"str": "", "float64": np.nan, "int64": -1, "bool": False}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One catalogue column.
+
+    Attributes
+    ----------
+    name : str
+        Column name (Parquet field, FITS ``TTYPE``).
+    dtype : str
+        ``"str"``, ``"float64"``, ``"int64"`` or ``"bool"``.
+    unit : str
+        Unit string (FITS ``TUNIT``; ``""`` for dimensionless).
+    description : str
+        One-line description (FITS ``TCOMM``).
+    """
+
+    name: str
+    dtype: str
+    unit: str
+    description: str
+
+    @property
+    def missing(self) -> object:
+        """The value that stands for "not available" in this column."""
+        return _MISSING[self.dtype]
+
+
+# Generic parameter columns: catalogue name -> (unit, description, fit-parameter names that map to it).
+# The fit-parameter name is the part after the component ("zbremss_1.kT" -> "kT"), compared case-insensitively.
+PARAMETERS: dict[str, tuple[str, str]] = {
+    "kT": ("keV", "plasma temperature"),
+    "Z": ("solar", "metal abundance (relative to the abundance table of the fit)"),
+    "nH": ("1e22 cm-2", "absorbing column density"),
+    "z": ("", "redshift (fitted, or the target redshift when frozen)"),
+    "norm": ("", "normalisation of the first additive component (XSPEC units)"),
+    "gamma": ("", "power-law photon index"),
+}
+PARAMETER_ALIASES: dict[str, tuple[str, ...]] = {
+    "kT": ("kt",),
+    "Z": ("abundanc", "abund", "z_abund", "metals", "abundance"),
+    "nH": ("nh",),
+    "z": ("redshift", "z"),
+    "norm": ("norm",),
+    "gamma": ("phoindex", "gamma"),
+}
+
+
+def band_tag(band_kev: Sequence[float]) -> str:
+    """Column tag of an energy band: ``(0.5, 2.0) -> "0p5_2p0"``."""
+    lo, hi = (float(b) for b in band_kev)
+    return f"{lo:.1f}_{hi:.1f}".replace(".", "p")
+
+
+def _base_columns() -> list[Column]:
+    c = Column
+    cols = [
+        c("obsid", "str", "", "ObsID (or target name for joint/combined/stack rows)"),
+        c("camera", "str", "", "pn | mos1 | mos2 | epic (all cameras of the fit)"),
+        c("region", "str", "", "region name: src, or an annulus ann<i>"),
+        c("kind", "str", "", "obs | joint | combined | stack"),
+        c("target", "str", "", "target name"),
+        c("obsids", "str", "", "comma-separated ObsIDs that went into this row"),
+        c("n_obs", "int64", "", "number of ObsIDs in this row"),
+        c("is_joint", "bool", "", "row combines several ObsIDs (joint, combined or stack)"),
+        c("ra_deg", "float64", "deg", "target right ascension (ICRS)"),
+        c("dec_deg", "float64", "deg", "target declination (ICRS)"),
+        c("z_target", "float64", "", "target redshift from the metadata"),
+        c("nh_gal", "float64", "1e22 cm-2", "Galactic column density from the metadata"),
+        c("r500_kpc", "float64", "kpc", "R500 from the metadata"),
+        c("exposure_s", "float64", "s", "clean exposure after flare filtering (epic: longest camera)"),
+        c("exposure_raw_s", "float64", "s", "exposure before flare filtering"),
+        c("flare_fraction", "float64", "", "fraction of exposure removed by flare filtering"),
+        c("src_counts", "float64", "count", "counts in the source region"),
+        c("bkg_counts", "float64", "count", "counts in the background region"),
+        c("bkg_scale", "float64", "", "bkg scaling (BACKSCAL*EXPOSURE)_src / (BACKSCAL*EXPOSURE)_bkg"),
+        c("net_counts", "float64", "count", "background-subtracted source counts"),
+        c("net_counts_err", "float64", "count", "1-sigma error of net_counts"),
+        c("snr", "float64", "", "signal-to-noise ratio net_counts / net_counts_err"),
+        c("centre_ra", "float64", "deg", "source region centre right ascension"),
+        c("centre_dec", "float64", "deg", "source region centre declination"),
+        c("centre_x", "float64", "pix", "source region centre, sky X (physical)"),
+        c("centre_y", "float64", "pix", "source region centre, sky Y (physical)"),
+        c("r_src_arcmin", "float64", "arcmin", "source region radius"),
+        c("bkg_inner_arcmin", "float64", "arcmin", "background annulus inner radius"),
+        c("bkg_outer_arcmin", "float64", "arcmin", "background annulus outer radius"),
+        c("n_ptsrc", "int64", "", "number of masked point sources"),
+    ]
+    for name, (unit, desc) in PARAMETERS.items():
+        cols += [
+            c(name, "float64", unit, desc),
+            c(f"{name}_err_lo", "float64", unit, f"lower 1-sigma error of {name} (positive)"),
+            c(f"{name}_err_hi", "float64", unit, f"upper 1-sigma error of {name} (positive)"),
+            c(f"{name}_frozen", "bool", "", f"{name} was frozen in the fit"),
+            c(f"{name}_linked", "bool", "", f"{name} was linked across datasets"),
+        ]
+    cols += [
+        c("cross_norm", "float64", "", "cross-normalisation constant of this camera/dataset"),
+        c("cross_norm_err_lo", "float64", "", "lower 1-sigma error of cross_norm (positive)"),
+        c("cross_norm_err_hi", "float64", "", "upper 1-sigma error of cross_norm (positive)"),
+        c("fit_model", "str", "", "model expression (XSPEC syntax)"),
+        c("fit_engine", "str", "", "fit engine: builtin | xspec | ..."),
+        c("fit_stat", "str", "", "fit statistic: cstat | wstat | chi2 | ..."),
+        c("statistic", "float64", "", "best-fit statistic value"),
+        c("dof", "int64", "", "degrees of freedom"),
+        c("stat_per_dof", "float64", "", "statistic / dof"),
+        c("fit_pvalue", "float64", "", "chi2 survival probability of (statistic, dof); approximate for cstat"),
+        c("converged", "bool", "", "the fit converged"),
+        c("n_datasets", "int64", "", "number of spectra in the fit"),
+        c("consistency_chi2", "float64", "", "chi2 of the per-ObsID values about the combined value"),
+        c("consistency_dof", "int64", "", "degrees of freedom of consistency_chi2"),
+        c("consistency_pvalue", "float64", "", "p-value of the consistency test"),
+    ]
+    return cols
+
+
+def _flux_columns(bands: Iterable[Sequence[float]]) -> list[Column]:
+    cols: list[Column] = []
+    for band in bands:
+        tag = band_tag(band)
+        lo, hi = band
+        for which in ("abs", "unabs"):
+            label = "absorbed" if which == "abs" else "unabsorbed"
+            cols += [
+                Column(f"flux_{tag}_{which}", "float64", "erg cm-2 s-1", f"{label} flux {lo}-{hi} keV (observed)"),
+                Column(f"flux_{tag}_{which}_err_lo", "float64", "erg cm-2 s-1", f"lower error of {label} flux"),
+                Column(f"flux_{tag}_{which}_err_hi", "float64", "erg cm-2 s-1", f"upper error of {label} flux"),
+            ]
+        cols += [
+            Column(f"lum_{tag}", "float64", "erg s-1", f"rest-frame {lo}-{hi} keV luminosity (unabsorbed)"),
+            Column(f"lum_{tag}_err_lo", "float64", "erg s-1", "lower error of the luminosity"),
+            Column(f"lum_{tag}_err_hi", "float64", "erg s-1", "upper error of the luminosity"),
+        ]
+    return cols
+
+
+def _tail_columns() -> list[Column]:
+    c = Column
+    return [
+        c("status", "str", "", "done | failed | partial (some steps missing)"),
+        c("failed_step", "str", "", "first step that failed"),
+        c("failure_reason", "str", "", "why it failed (error message)"),
+        c("error_class", "str", "", "exception class of the failure"),
+        c("steps_done", "str", "", "comma-separated steps recorded as done"),
+        c("config_hash", "str", "", "hash of the resolved configuration"),
+        c("inputs_hash", "str", "", "inputs hash of the fit step (or last step)"),
+        c("backend", "str", "", "reduction backend"),
+        c("software_versions", "str", "", "JSON of software and calibration versions"),
+        c("started_utc", "str", "", "first step start time (ISO 8601 UTC)"),
+        c("finished_utc", "str", "", "last step end time (ISO 8601 UTC)"),
+        c("wall_s", "float64", "s", "summed wall-clock time of the steps"),
+        c("schema_version", "str", "", "catalogue schema version"),
+    ]
+
+
+def columns(flux_bands_kev: Iterable[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) -> list[Column]:
+    """Return the ordered catalogue columns for the given flux bands.
+
+    Parameters
+    ----------
+    flux_bands_kev : iterable of (lo, hi)
+        Energy bands [keV] of the flux and luminosity columns (``fit.flux_bands_kev`` of the config).
+    """
+    bands = [tuple(float(x) for x in b) for b in flux_bands_kev]
+    return _base_columns() + _flux_columns(bands) + _tail_columns()
+
+
+def column_map(flux_bands_kev: Iterable[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) -> dict[str, Column]:
+    """Name -> :class:`Column` for :func:`columns`."""
+    return {col.name: col for col in columns(flux_bands_kev)}
+
+
+def empty_row(cols: Sequence[Column]) -> dict[str, object]:
+    """A row with every column at its missing value (and the schema version filled in)."""
+    row = {col.name: col.missing for col in cols}
+    row["schema_version"] = SCHEMA_VERSION
+    return row
+
+
+def conform(df, cols: Sequence[Column]):
+    """Return ``df`` with exactly the schema columns, in order, cast to their dtypes.
+
+    Missing columns are added at their missing value; NaN/None in integer, bool and string
+    columns become the missing value of that column; columns not in the schema are dropped.
+    Units and descriptions are put in ``df.attrs``.
+    """
+    import pandas as pd
+
+    out = {}
+    n = len(df)
+    for col in cols:
+        if col.name in df.columns:
+            values = df[col.name]
+        else:
+            values = pd.Series([col.missing] * n, index=df.index)
+        if col.dtype == "str":
+            values = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+            values = values.astype(object)
+        elif col.dtype == "float64":
+            values = pd.to_numeric(values, errors="coerce").astype(np.float64)
+        elif col.dtype == "int64":
+            values = pd.to_numeric(values, errors="coerce").fillna(-1).astype(np.int64)
+        else:
+            values = values.map(lambda v: False if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v))
+            values = values.astype(np.bool_)
+        out[col.name] = values.to_numpy()
+    result = pd.DataFrame(out, index=pd.RangeIndex(n))
+    attach_attrs(result, cols)
+    return result
+
+
+def attach_attrs(df, cols: Sequence[Column]) -> None:
+    """Put ``units``, ``descriptions`` and ``schema_version`` into ``df.attrs``."""
+    df.attrs["units"] = {col.name: col.unit for col in cols}
+    df.attrs["descriptions"] = {col.name: col.description for col in cols}
+    df.attrs["dtypes"] = {col.name: col.dtype for col in cols}
+    df.attrs["schema_version"] = SCHEMA_VERSION
+
+
+def columns_from_attrs(df) -> list[Column]:
+    """Rebuild the column list of a conformed DataFrame from its ``attrs`` (see :func:`attach_attrs`)."""
+    units = df.attrs.get("units", {})
+    descs = df.attrs.get("descriptions", {})
+    dtypes = df.attrs.get("dtypes", {})
+    cols = []
+    for name in df.columns:
+        if name not in dtypes:
+            raise KeyError(f"column {name!r} has no schema dtype in DataFrame.attrs; pass it through conform()")
+        cols.append(Column(name, dtypes[name], units.get(name, ""), descs.get(name, "")))
+    return cols

@@ -1,0 +1,210 @@
+"""Catalogue schema, build from a results tree, Parquet/FITS round trip, resumed appends, query CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import catalog
+from catalog import io as cio
+from catalog import query, schema
+from xmmcore.errors import InputDataError
+from xmmcore.fsutil import atomic_write_json, atomic_write_text
+
+
+def _step(obsid: str, step: str, summary: dict, *, status: str = "done", reason: str = "",
+          error_class: str = "") -> dict:
+    return {"step": step, "obsid": obsid, "status": status, "reason": reason, "error_class": error_class,
+            "inputs_hash": f"h-{obsid}-{step}", "started": f"2026-01-01T00:0{len(step) % 10}:00Z",
+            "finished": f"2026-01-01T01:0{len(step) % 10}:00Z", "wall_s": 12.5,
+            "versions": {"xmm-survey": "0.1.0", "backend": "python", "numpy": np.__version__},
+            "config_hash": "cfg123", "summary": summary, "outputs": []}
+
+
+def make_obs(results: Path, obsid: str, *, kT: float, z: float, seed: int, fail_step: str | None = None,
+             cams=("pn", "mos1", "mos2")) -> None:
+    """Write one ObsID's step records, regions.json and fit.json like the pipeline does."""
+    rng = np.random.default_rng(seed)
+    d = results / obsid
+    atomic_write_json(d / "meta.json", {"name": f"CL{seed}", "ra": 10.0 + seed, "dec": -5.0 - seed, "z": z,
+                                         "nh": 0.03, "r500_kpc": 900.0 + seed})
+    filt = {"cameras": {c: {"n_events": int(rng.integers(1e4, 1e5)), "exposure_s": float(rng.uniform(1e4, 4e4)),
+                            "exposure_raw_s": 5e4, "flare_fraction": float(rng.uniform(0, 0.4))} for c in cams}}
+    spec = {"cameras": {c: {"src_counts": float(rng.integers(500, 5000)), "bkg_counts": float(rng.integers(100, 900)),
+                            "src_backscal": 1.0e6, "bkg_backscal": 4.0e6, "exposure_s": 2e4, "bkg_exposure_s": 2e4}
+                        for c in cams}}
+    regions = {"centre_ra": 10.0 + seed, "centre_dec": -5.0 - seed, "centre_x": 25000.5, "centre_y": 25100.0,
+               "r_src_arcmin": 3.0, "bkg_inner_arcmin": 3.15, "bkg_outer_arcmin": 4.5,
+               "point_sources": [{"x": 1, "y": 2, "ra": 0, "dec": 0, "r_arcsec": 20, "snr": 7}] * seed,
+               "files": {}}
+    for step, summ in (("filter", filt), ("regions", regions), ("spectra", spec), ("fit", {})):
+        if fail_step == step:
+            atomic_write_json(d / "steps" / f"{step}.json",
+                              _step(obsid, step, {}, status="failed", reason=f"{step} broke: no counts",
+                                    error_class="FitError"))
+            return
+        atomic_write_json(d / "steps" / f"{step}.json", _step(obsid, step, summ))
+    atomic_write_json(d / "regions" / "regions.json", regions)
+    params = [
+        {"name": "constant_1.factor", "number": 1, "value": 1.0, "err_lo": 0.0, "err_hi": 0.0, "sigma": 0.0,
+         "unit": "", "frozen": True, "linked": False, "dataset": "pn"},
+        {"name": "constant_1.factor", "number": 2, "value": 1.04, "err_lo": 0.03, "err_hi": 0.035, "sigma": 0.03,
+         "unit": "", "frozen": False, "linked": False, "dataset": "mos1"},
+        {"name": "wabs_1.nH", "number": 3, "value": 0.03, "err_lo": 0.0, "err_hi": 0.0, "sigma": 0.0,
+         "unit": "10^22", "frozen": True, "linked": True},
+        {"name": "zbremss_1.kT", "number": 4, "value": kT, "err_lo": 0.1 * kT, "err_hi": 0.12 * kT,
+         "sigma": 0.11 * kT, "unit": "keV", "frozen": False, "linked": True},
+        {"name": "zbremss_1.Redshift", "number": 5, "value": z, "err_lo": 0, "err_hi": 0, "sigma": 0,
+         "unit": "", "frozen": True, "linked": True},
+        {"name": "zbremss_1.norm", "number": 6, "value": 1e-3 * seed, "err_lo": 1e-5, "err_hi": 1.2e-5,
+         "sigma": 1.1e-5, "unit": "", "frozen": False, "linked": True},
+    ]
+    fit = {"model": "constant*wabs*zbremss", "engine": "builtin", "stat": "cstat", "statistic": 480.0 + seed,
+           "dof": 470, "parameters": params, "converged": True,
+           "fluxes": {"0.5-2.0": {"absorbed": 1e-12 * seed, "unabsorbed": 1.1e-12 * seed,
+                                  "absorbed_err_lo": 1e-14, "absorbed_err_hi": 2e-14},
+                      "2.0-10.0": {"absorbed": 2e-12, "unabsorbed": 2e-12}},
+           "luminosities": {"0.1-2.4": {"value": 1e44 * seed, "err_lo": 1e42, "err_hi": 2e42}}}
+    atomic_write_json(d / "fits" / "fit.json", fit)
+
+
+@pytest.fixture()
+def survey(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    atomic_write_text(results / "config.resolved.yaml",
+                      "fit:\n  flux_bands_kev: [[0.5, 2.0], [0.1, 2.4], [2.0, 10.0]]\n")
+    make_obs(results, "0100000101", kT=2.0, z=0.05, seed=1)
+    make_obs(results, "0100000201", kT=4.5, z=0.12, seed=2)
+    make_obs(results, "0100000301", kT=7.0, z=0.30, seed=3, cams=("mos1", "mos2"))
+    make_obs(results, "0100000401", kT=5.0, z=0.10, seed=4, fail_step="spectra")
+    return results
+
+
+def test_schema_is_consistent() -> None:
+    cols = schema.columns()
+    names = [c.name for c in cols]
+    assert len(names) == len(set(names))
+    assert {"kT", "kT_err_lo", "kT_err_hi", "kT_frozen", "kT_linked", "Z", "norm", "nH", "z"} <= set(names)
+    assert all(c.dtype in ("str", "float64", "int64", "bool") for c in cols)
+    assert all(len(c.description) <= 68 for c in cols), "descriptions must fit a FITS TCOMM card"
+    assert schema.column_map()["kT"].unit == "keV"
+    assert schema.band_tag((0.5, 2.0)) == "0p5_2p0"
+
+
+def test_build_rows(survey: Path) -> None:
+    df = catalog.build(survey)
+    epic = df[(df.camera == "epic") & (df.kind == "obs")].set_index("obsid")
+    assert list(epic.index) == ["0100000101", "0100000201", "0100000301", "0100000401"]
+    assert epic.loc["0100000201", "kT"] == pytest.approx(4.5)
+    assert epic.loc["0100000201", "kT_err_lo"] == pytest.approx(0.45)
+    assert epic.loc["0100000201", "z"] == pytest.approx(0.12) and epic.loc["0100000201", "z_frozen"]
+    assert epic.loc["0100000201", "lum_0p1_2p4"] == pytest.approx(2e44)
+    assert epic.loc["0100000201", "flux_0p5_2p0_abs_err_hi"] == pytest.approx(2e-14)
+    assert epic.loc["0100000201", "n_ptsrc"] == 2
+    assert epic.loc["0100000201", "status"] == "done"
+    assert epic.loc["0100000201", "fit_pvalue"] > 0.1
+    failed = epic.loc["0100000401"]
+    assert failed.status == "failed" and failed.failed_step == "spectra"
+    assert "no counts" in failed.failure_reason and failed.error_class == "FitError"
+    assert math.isnan(failed.kT)
+    mos1 = df[(df.obsid == "0100000101") & (df.camera == "mos1")].iloc[0]
+    assert mos1.cross_norm == pytest.approx(1.04)
+    # net counts: src - bkg * (backscal ratio 1/4)
+    assert mos1.net_counts == pytest.approx(mos1.src_counts - mos1.bkg_counts / 4)
+    assert mos1.snr == pytest.approx(mos1.net_counts / math.sqrt(mos1.src_counts + mos1.bkg_counts / 16))
+    assert df.attrs["units"]["flux_0p5_2p0_abs"] == "erg cm-2 s-1"
+    assert set(df[df.obsid == "0100000301"].camera) == {"epic", "mos1", "mos2"}
+
+
+def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns)
+    assert dict(a.dtypes.astype(str)) == dict(b.dtypes.astype(str))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert a.attrs["units"] == b.attrs["units"]
+    assert a.attrs["descriptions"] == b.attrs["descriptions"]
+    assert a.attrs["schema_version"] == b.attrs["schema_version"] == schema.SCHEMA_VERSION
+
+
+def test_round_trip_parquet_and_fits(survey: Path) -> None:
+    df = catalog.build(survey)
+    paths = cio.write_catalogue(df, survey)
+    from_pq = catalog.load(paths["parquet"])
+    from_fits = catalog.load(paths["fits"])
+    _assert_same(df, from_pq)
+    _assert_same(df, from_fits)
+    _assert_same(from_pq, from_fits)
+    from astropy.io import fits
+
+    with fits.open(paths["fits"]) as hdul:
+        hdr = hdul["CATALOGUE"].header
+        idx = hdul["CATALOGUE"].columns.names.index("kT") + 1
+        assert hdr[f"TUNIT{idx}"] == "keV" and hdr[f"TCOMM{idx}"] == "plasma temperature"
+        assert hdul["CATALOGUE"].verify_checksum() == 1
+    import pyarrow.parquet as pq
+
+    field = pq.read_schema(paths["parquet"]).field("lum_0p1_2p4")
+    assert field.metadata[b"unit"] == b"erg s-1"
+    assert not list(survey.glob(".catalogue*.tmp"))
+
+
+def test_resumed_survey_appends_without_duplicates(survey: Path) -> None:
+    cio.write_catalogue(catalog.build(survey, obsids=["0100000101", "0100000201"]), survey)
+    # the resumed run re-fits 0100000201 (new kT) and adds 0100000301; 0100000101 is not rebuilt
+    make_obs(survey, "0100000201", kT=4.8, z=0.12, seed=2)
+    cio.write_catalogue(catalog.build(survey, obsids=["0100000201", "0100000301"]), survey)
+    out = catalog.load(survey / "catalogue.parquet")
+    assert not out.duplicated(list(schema.KEY)).any()
+    assert set(out.obsid) == {"0100000101", "0100000201", "0100000301"}
+    assert len(out) == 4 + 4 + 3
+    assert out[(out.obsid == "0100000201") & (out.camera == "epic")].kT.item() == pytest.approx(4.8)
+    _assert_same(out, catalog.load(survey / "catalogue.fits"))
+
+
+def test_query_and_cli(survey: Path, tmp_path: Path) -> None:
+    cio.write_catalogue(catalog.build(survey), survey)
+    df = catalog.load(survey)
+    hot = query.query(df, "kT > 3 and z < 0.2")
+    assert list(hot.obsid) == ["0100000201"]
+    assert len(query.failures(df)) == 1
+    from survey.commands import catalog as cmd
+
+    parser = argparse.ArgumentParser(prog="xmm-survey")
+    cmd.add_parser(parser.add_subparsers(dest="command"))
+    for fmt in ("csv", "parquet", "fits"):
+        out = tmp_path / f"hot.{fmt}"
+        args = parser.parse_args(["catalog", "query", "kT > 3 and z < 0.2", "--results", str(survey),
+                                  "--format", fmt, "--out", str(out)])
+        assert args.func(args) == 0
+        assert out.exists()
+    assert pd.read_csv(tmp_path / "hot.csv", dtype={"obsid": str}).obsid.tolist() == ["0100000201"]
+    back = catalog.load(tmp_path / "hot.fits")
+    assert back.kT.tolist() == [pytest.approx(4.5)]
+    assert back.attrs["units"]["kT"] == "keV"
+    bad = parser.parse_args(["catalog", "query", "kT >>> 3", "--results", str(survey)])
+    assert bad.func(bad) == 2
+
+
+def test_bad_files_raise_input_data_error(tmp_path: Path) -> None:
+    bad = tmp_path / "x.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(InputDataError, match="x.parquet"):
+        catalog.load(bad)
+    res = tmp_path / "results"
+    (res / "0001" / "steps").mkdir(parents=True)
+    (res / "0001" / "steps" / "fit.json").write_text("{broken")
+    with pytest.raises(InputDataError, match="fit.json"):
+        catalog.build(res)
+    with pytest.raises(InputDataError, match="does not exist"):
+        catalog.build(tmp_path / "nope")
+
+
+def test_json_columns_are_json(survey: Path) -> None:
+    df = catalog.build(survey)
+    assert json.loads(df.software_versions.iloc[0])["backend"] == "python"
+    assert df.backend.iloc[0] == "python"
