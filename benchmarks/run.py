@@ -1,0 +1,150 @@
+"""Run every benchmark and print ONE markdown table (also written to ``benchmarks/results.md``).
+
+Usage::
+
+    python benchmarks/run.py            # full run (< 10 min on 2 cores)
+    python benchmarks/run.py --quick    # fewer repeats / smaller inputs where a benchmark allows it
+    python benchmarks/run.py --only memory catalog
+
+Each benchmark module ``benchmarks/bench_<name>.py`` exposes ``run(quick: bool) -> list[dict]``; a row
+has ``name``, ``value``, ``unit``, ``target`` and ``ratio`` (value relative to the target or to the
+reference tool, as the benchmark defines it) and may add ``ok`` and ``note``. A module without
+``run()`` is called through its ``main()`` and the lines it prints become the note. A benchmark that
+fails gives a row saying so; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+__all__ = ["BENCHMARKS", "collect", "format_table", "main"]
+
+#: (module, what it measures) in table order.
+BENCHMARKS: tuple[tuple[str, str], ...] = (
+    ("bench_reduce", "reduction throughput ratio (python backend vs reference)"),
+    ("bench_fit", "fit time ratio vs Sherpa"),
+    ("bench_scheduling", "scheduling efficiency and resume overhead"),
+    ("bench_memory", "peak memory per worker, 5e6-event ObsID"),
+    ("bench_catalog", "catalogue query time on 100,000 rows"),
+)
+
+
+def _import(module: str):
+    for path in (str(HERE), str(REPO)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return importlib.import_module(module)
+
+
+def _row(raw: dict[str, Any], module: str, seconds: float) -> dict[str, Any]:
+    row = {"name": str(raw.get("name", module)), "value": raw.get("value"), "unit": str(raw.get("unit", "")),
+           "target": "" if raw.get("target") is None else str(raw.get("target")), "ratio": raw.get("ratio"),
+           "ok": raw.get("ok"), "note": str(raw.get("note", "") or ""), "module": module, "seconds": seconds}
+    return row
+
+
+def _run_one(module: str, what: str, quick: bool) -> list[dict[str, Any]]:
+    t0 = time.perf_counter()
+    if not (HERE / f"{module}.py").exists():
+        return [_row({"name": what, "note": f"benchmarks/{module}.py not present"}, module, 0.0)]
+    try:
+        mod = _import(module)
+        if hasattr(mod, "run"):
+            raw = mod.run(quick=quick)
+            rows = raw if isinstance(raw, list) else [raw]
+            return [_row(r, module, time.perf_counter() - t0) for r in rows]
+        if hasattr(mod, "main"):
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                code = mod.main([])
+            text = " | ".join(line.strip() for line in buf.getvalue().splitlines() if line.strip())
+            return [_row({"name": what, "ok": code in (0, None), "note": text[:400]}, module,
+                         time.perf_counter() - t0)]
+        return [_row({"name": what, "note": f"{module} has neither run() nor main()", "ok": False}, module, 0.0)]
+    except Exception as exc:  # a broken benchmark must not hide the others
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f"{Path(last.filename).name}:{last.lineno}"
+        return [_row({"name": what, "ok": False, "note": f"FAILED {type(exc).__name__}: {exc} ({where})"[:400]},
+                     module, time.perf_counter() - t0)]
+
+
+def collect(*, quick: bool = False, only: list[str] | None = None, log=sys.stderr) -> list[dict[str, Any]]:
+    """Run the benchmarks (all, or those whose module name contains one of ``only``) and return the rows."""
+    rows: list[dict[str, Any]] = []
+    for module, what in BENCHMARKS:
+        if only and not any(o in module for o in only):
+            continue
+        print(f"[bench] {module} ...", file=log, flush=True)
+        got = _run_one(module, what, quick)
+        print(f"[bench] {module} done in {sum(r['seconds'] for r in got[:1]):.1f} s", file=log, flush=True)
+        rows += got
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "—"
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def format_table(rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool) -> str:
+    """Markdown table of the rows with a header line saying where and when it ran."""
+    lines = [
+        "| benchmark | value | unit | target | ratio | meets target | notes |",
+        "|---|---:|---|---|---:|:---:|---|",
+    ]
+    for r in rows:
+        ok = "—" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
+        lines.append(f"| {_fmt(r['name'])} | {_fmt(r['value'])} | {_fmt(r['unit'])} | {_fmt(r['target'])} | "
+                     f"{_fmt(r['ratio'])} | {ok} | {_fmt(r['note'])} |")
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = os.cpu_count() or 0
+    head = (f"Benchmarks ({'quick' if quick else 'full'} run, {when}; {platform.machine()}, {cpu} cores, "
+            f"Python {platform.python_version()}; total {elapsed_s:.0f} s). "
+            f"Reproduce: `python benchmarks/run.py` (or `make bench`).")
+    return head + "\n\n" + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the xmm-survey benchmarks and print one markdown table.")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats / smaller inputs")
+    parser.add_argument("--only", nargs="*", default=None, help="run only benchmarks whose module name contains these")
+    parser.add_argument("--out", default=str(HERE / "results.md"), help="markdown file to write (default %(default)s)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    rows = collect(quick=args.quick, only=args.only)
+    table = format_table(rows, elapsed_s=time.perf_counter() - t0, quick=args.quick)
+    print(table)
+    if not args.no_write:
+        if str(REPO) not in sys.path:
+            sys.path.insert(0, str(REPO))
+        from xmmcore.fsutil import atomic_write_text
+
+        atomic_write_text(args.out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
