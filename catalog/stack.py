@@ -1,0 +1,350 @@
+"""Stacking across ObsIDs: exposure-corrected mosaics on a common WCS and stacked spectra per camera.
+
+* :func:`mosaic` bins the events of every (ObsID, camera) directly onto one tangent-plane grid
+  (sky X/Y -> RA/Dec through the event file's column WCS -> the common grid; no image resampling) and
+  sums exposure maps sampled at the grid pixel centres. When no exposure map is given for an event list,
+  a flat map is used: each CCD's footprint (convex hull of its events' sky positions) times that CCD's
+  LIVETIME (``LIVETInn``; ``ONTIME`` otherwise), i.e. without vignetting; the output header says so.
+* :func:`stack_spectra` sums counts channel by channel, sums exposures, and averages the ARF, RMF and
+  BACKSCAL with exposure weights (what SAS ``epicspeccombine`` / ``addarf`` / ``addrmf`` do for spectra of
+  the same camera). On the SAS backend use ``epicspeccombine`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmmcore.errors import InputDataError
+from xmmcore.fsutil import atomic_write_fits
+
+__all__ = ["Mosaic", "mosaic", "write_mosaic", "events_radec", "stack_spectra", "write_stack"]
+
+
+@dataclass
+class Mosaic:
+    """A mosaic on a common tangent-plane grid.
+
+    Attributes
+    ----------
+    counts : ndarray
+        Counts per pixel (band ``band_kev``).
+    exposure : ndarray
+        Summed exposure per pixel [s] (vignetted where exposure maps were given).
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the grid.
+    band_kev : tuple
+        Energy band [keV].
+    inputs : list of dict
+        Per event list: path, camera, obsid, events used, exposure source (``expmap`` path or ``flat``).
+    """
+
+    counts: np.ndarray
+    exposure: np.ndarray
+    wcs: Any
+    band_kev: tuple[float, float]
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> np.ndarray:
+        """Count rate [count/s per pixel]; 0 where there is no exposure."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.exposure > 0, self.counts / np.where(self.exposure > 0, self.exposure, 1), 0.0)
+
+
+def _column_wcs(header: Any, path: Path):
+    from astropy.wcs import WCS
+
+    names = [header.get(f"TTYPE{i}", "") for i in range(1, int(header.get("TFIELDS", 0)) + 1)]
+    try:
+        ix, iy = names.index("X") + 1, names.index("Y") + 1
+    except ValueError as exc:
+        raise InputDataError("event list has no X/Y sky columns", path) from exc
+    w = WCS(naxis=2)
+    try:
+        w.wcs.ctype = [header[f"TCTYP{ix}"], header[f"TCTYP{iy}"]]
+        w.wcs.crval = [header[f"TCRVL{ix}"], header[f"TCRVL{iy}"]]
+        w.wcs.crpix = [header[f"TCRPX{ix}"], header[f"TCRPX{iy}"]]
+        w.wcs.cdelt = [header[f"TCDLT{ix}"], header[f"TCDLT{iy}"]]
+    except KeyError as exc:
+        raise InputDataError(f"event list X/Y columns lack the sky WCS keyword {exc}", path) from exc
+    return w
+
+
+def events_radec(path: str | os.PathLike[str], *, band_kev: tuple[float, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """RA, Dec [deg] and CCD number of the events of an event list (optionally in a PI band).
+
+    Returns
+    -------
+    ra, dec : ndarray
+        Sky positions [deg].
+    ccd : ndarray of int
+        ``CCDNR`` (zeros if absent).
+    header : dict
+        EVENTS header keywords.
+    """
+    from astropy.io import fits
+
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = hdul["EVENTS"]
+            header = hdu.header
+            data = hdu.data
+            x = np.asarray(data["X"], dtype=float)
+            y = np.asarray(data["Y"], dtype=float)
+            pi = np.asarray(data["PI"], dtype=float)
+            ccd = np.asarray(data["CCDNR"], dtype=int) if "CCDNR" in hdu.columns.names else np.zeros(x.size, int)
+            wcs = _column_wcs(header, path)
+            head = dict(header)
+    except (OSError, KeyError) as exc:
+        raise InputDataError(f"cannot read an EVENTS table with X, Y, PI ({exc})", path) from exc
+    keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if band_kev is not None:
+        # EPIC PI channels are 1 eV wide
+        keep &= (pi >= band_kev[0] * 1000.0) & (pi < band_kev[1] * 1000.0)
+    ra, dec = wcs.wcs_pix2world(x[keep], y[keep], 1)
+    return ra, dec, ccd[keep], head
+
+
+def _grid_wcs(centre: tuple[float, float], npix: int, pixel_arcsec: float):
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [centre[0], centre[1]]
+    w.wcs.crpix = [(npix + 1) / 2.0, (npix + 1) / 2.0]
+    w.wcs.cdelt = [-pixel_arcsec / 3600.0, pixel_arcsec / 3600.0]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "ICRS"
+    return w
+
+
+def _flat_exposure(ra: np.ndarray, dec: np.ndarray, ccd: np.ndarray, header: dict[str, Any], wcs: Any,
+                   shape: tuple[int, int]) -> np.ndarray:
+    from matplotlib.path import Path as MplPath
+    from scipy.spatial import ConvexHull, QhullError
+
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
+    pts = np.column_stack([gx.ravel(), gy.ravel()])
+    expo = np.zeros(nx * ny)
+    px, py = wcs.wcs_world2pix(ra, dec, 0)
+    default = float(header.get("LIVETIME") or header.get("ONTIME") or header.get("EXPOSURE") or 0.0)
+    for c in np.unique(ccd):
+        sel = ccd == c
+        if sel.sum() < 20:
+            continue
+        xy = np.column_stack([px[sel], py[sel]])
+        try:
+            hull = ConvexHull(xy)
+        except QhullError:
+            continue
+        inside = MplPath(xy[hull.vertices]).contains_points(pts)
+        live = header.get(f"LIVETI{int(c):02d}") or header.get(f"ONTIME{int(c):02d}") or default
+        expo[inside] += float(live)
+    return expo.reshape(shape)
+
+
+def _sample_expmap(path: Path, wcs: Any, shape: tuple[int, int]) -> np.ndarray:
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    import warnings
+
+    from astropy.wcs import FITSFixedWarning
+
+    try:
+        with fits.open(path, memmap=False) as hdul, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # SAS maps use the old RADECSYS keyword
+            img = np.asarray(hdul[0].data, dtype=float)
+            ewcs = WCS(hdul[0].header).celestial
+    except OSError as exc:
+        raise InputDataError(f"cannot read exposure map ({exc})", path) from exc
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
+    ra, dec = wcs.wcs_pix2world(gx.ravel(), gy.ravel(), 0)
+    ex, ey = ewcs.wcs_world2pix(ra, dec, 0)
+    ix, iy = np.rint(ex).astype(int), np.rint(ey).astype(int)
+    ok = (ix >= 0) & (iy >= 0) & (ix < img.shape[1]) & (iy < img.shape[0])
+    out = np.zeros(nx * ny)
+    out[ok] = img[iy[ok], ix[ok]]
+    return out.reshape(shape)
+
+
+def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[float, float] = (0.5, 2.0),
+           centre: tuple[float, float] | None = None, size_arcmin: float = 30.0, pixel_arcsec: float = 8.0,
+           exposure_maps: dict[str, str | os.PathLike[str]] | None = None) -> Mosaic:
+    """Mosaic event lists of several ObsIDs/cameras onto one tangent-plane grid.
+
+    Parameters
+    ----------
+    event_files : sequence of path-like
+        Calibrated (cleaned) event lists with X/Y sky columns and their WCS (TCRVL/TCRPX/TCDLT/TCTYP).
+    band_kev : (float, float)
+        Energy band [keV] (PI in eV).
+    centre : (ra, dec) in deg, optional
+        Grid centre (default: ``RA_OBJ``/``DEC_OBJ`` of the first event list, else its pointing).
+    size_arcmin : float
+        Side of the square grid [arcmin].
+    pixel_arcsec : float
+        Pixel size [arcsec].
+    exposure_maps : dict, optional
+        ``str(event file) -> exposure map`` (FITS image with celestial WCS) for the same band.
+    """
+    if not event_files:
+        raise InputDataError("mosaic: no event lists given")
+    npix = int(round(size_arcmin * 60.0 / pixel_arcsec))
+    shape = (npix, npix)
+    exposure_maps = {str(k): Path(v) for k, v in (exposure_maps or {}).items()}
+    counts = np.zeros(shape)
+    exposure = np.zeros(shape)
+    wcs = None
+    inputs: list[dict[str, Any]] = []
+    for path in event_files:
+        path = Path(path)
+        ra_all, dec_all, ccd_all, header = events_radec(path)
+        if wcs is None:
+            if centre is None:
+                ra0 = header.get("RA_OBJ", header.get("RA_PNT"))
+                dec0 = header.get("DEC_OBJ", header.get("DEC_PNT"))
+                if ra0 is None or dec0 is None:
+                    raise InputDataError("no RA_OBJ/DEC_OBJ or RA_PNT/DEC_PNT to centre the mosaic on", path)
+                centre = (float(ra0), float(dec0))
+            wcs = _grid_wcs(centre, npix, pixel_arcsec)
+        ra, dec, _, _ = events_radec(path, band_kev=band_kev)
+        px, py = wcs.wcs_world2pix(ra, dec, 0)
+        h, _, _ = np.histogram2d(py, px, bins=[np.arange(npix + 1) - 0.5, np.arange(npix + 1) - 0.5])
+        counts += h
+        exp_src = exposure_maps.get(str(path))
+        if exp_src is not None:
+            exposure += _sample_expmap(exp_src, wcs, shape)
+            how = str(exp_src)
+        else:
+            exposure += _flat_exposure(ra_all, dec_all, ccd_all, header, wcs, shape)
+            how = "flat (CCD footprint x LIVETIME, no vignetting)"
+        inputs.append({"path": str(path), "obsid": str(header.get("OBS_ID", "")),
+                       "instrument": str(header.get("INSTRUME", "")), "events_in_band": int(h.sum()),
+                       "exposure": how})
+    return Mosaic(counts, exposure, wcs, (float(band_kev[0]), float(band_kev[1])), inputs)
+
+
+def write_mosaic(m: Mosaic, path: str | os.PathLike[str]) -> Path:
+    """Write COUNTS, EXPOSURE and RATE images (same WCS) to a FITS file atomically."""
+    from astropy.io import fits
+
+    hdr = m.wcs.to_header()
+    hdr["E_MIN"] = (m.band_kev[0], "[keV] band lower edge")
+    hdr["E_MAX"] = (m.band_kev[1], "[keV] band upper edge")
+    hdr["NINPUTS"] = (len(m.inputs), "event lists in the mosaic")
+    for i, inp in enumerate(m.inputs, start=1):
+        hdr[f"INFIL{i:03d}"] = Path(inp["path"]).name
+        hdr[f"EXPSR{i:03d}"] = Path(inp["exposure"]).name if inp["exposure"].endswith(".fits") else "flat"
+    hdus = [fits.PrimaryHDU(m.counts.astype(np.float32), header=hdr)]
+    hdus[0].header["BUNIT"] = "count"
+    ehdr = hdr.copy()
+    ehdr["BUNIT"] = "s"
+    rhdr = hdr.copy()
+    rhdr["BUNIT"] = "count/s"
+    hdus.append(fits.ImageHDU(m.exposure.astype(np.float32), header=ehdr, name="EXPOSURE"))
+    hdus.append(fits.ImageHDU(m.rate.astype(np.float32), header=rhdr, name="RATE"))
+    return atomic_write_fits(fits.HDUList(hdus), path)
+
+
+def _on_grid(x_lo: np.ndarray, x_hi: np.ndarray, ref_lo: np.ndarray, ref_hi: np.ndarray, values: np.ndarray,
+             path: Any) -> np.ndarray:
+    if x_lo.shape == ref_lo.shape and np.allclose(x_lo, ref_lo) and np.allclose(x_hi, ref_hi):
+        return values
+    # different energy grids: interpolate at bin centres (ARFs are smooth on these scales)
+    mid, ref_mid = 0.5 * (x_lo + x_hi), 0.5 * (ref_lo + ref_hi)
+    return np.interp(ref_mid, mid, values, left=0.0, right=0.0)
+
+
+def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str | os.PathLike[str]],
+                  arfs: Sequence[str | os.PathLike[str]], bkgs: Sequence[str | os.PathLike[str]] | None = None
+                  ) -> dict[str, Any]:
+    """Stack spectra of one camera from several ObsIDs.
+
+    Parameters
+    ----------
+    phas, rmfs, arfs : sequence of path-like
+        Source spectra and their responses (same camera, same channel grid).
+    bkgs : sequence of path-like, optional
+        Background spectra.
+
+    Returns
+    -------
+    dict
+        ``{"pha": PHA, "rmf": RMF, "arf": ARF, "bkg": PHA | None, "weights": exposure weights}`` (xmmcore.ogip
+        objects); counts summed, exposure summed, ARF/RMF/BACKSCAL exposure-weighted.
+    """
+    import scipy.sparse as sp
+
+    from xmmcore.ogip import ARF, PHA, RMF, read_arf, read_pha, read_rmf
+
+    if not phas or not (len(phas) == len(rmfs) == len(arfs)):
+        raise InputDataError("stack_spectra: give one RMF and one ARF per spectrum")
+    spectra = [read_pha(p) for p in phas]
+    n_chan = {s.counts.size for s in spectra}
+    if len(n_chan) != 1:
+        raise InputDataError(f"stack_spectra: spectra have different channel counts {sorted(n_chan)}", phas[0])
+    expo = np.array([s.exposure for s in spectra], dtype=float)
+    if np.any(expo <= 0):
+        raise InputDataError("stack_spectra: a spectrum has EXPOSURE <= 0", phas[int(np.argmin(expo))])
+    w = expo / expo.sum()
+    r0 = read_rmf(rmfs[0])
+    a0 = read_arf(arfs[0])
+    matrix = sp.csr_matrix(r0.matrix.shape, dtype=float)
+    area = np.zeros_like(a0.specresp, dtype=float)
+    for wi, rmf_path, arf_path in zip(w, rmfs, arfs):
+        r = read_rmf(rmf_path)
+        if r.matrix.shape != r0.matrix.shape:
+            raise InputDataError(f"RMF shape {r.matrix.shape} differs from {r0.matrix.shape}", rmf_path)
+        if not np.allclose(r.energ_lo, r0.energ_lo) or not np.allclose(r.energ_hi, r0.energ_hi):
+            raise InputDataError("RMF energy grid differs from the first RMF of the stack", rmf_path)
+        matrix = matrix + wi * r.matrix
+        a = read_arf(arf_path)
+        area += wi * _on_grid(a.energ_lo, a.energ_hi, a0.energ_lo, a0.energ_hi, a.specresp, arf_path)
+    backscal = float(np.sum(w * np.array([float(np.mean(s.backscal)) for s in spectra])))
+    header = dict(spectra[0].header)
+    header["OBS_ID"] = ",".join(str(s.header.get("OBS_ID", "")) for s in spectra)[:68]
+    header["NSTACKED"] = len(spectra)
+    pha = PHA(channel=spectra[0].channel.copy(), counts=np.sum([s.counts for s in spectra], axis=0),
+              exposure=float(expo.sum()), backscal=backscal, header=header)
+    bkg = None
+    if bkgs:
+        bspec = [read_pha(p) for p in bkgs]
+        bexpo = np.array([b.exposure for b in bspec], dtype=float)
+        bw = bexpo / bexpo.sum()
+        bkg = PHA(channel=bspec[0].channel.copy(), counts=np.sum([b.counts for b in bspec], axis=0),
+                  exposure=float(bexpo.sum()),
+                  backscal=float(np.sum(bw * np.array([float(np.mean(b.backscal)) for b in bspec]))),
+                  header=dict(bspec[0].header), poisserr=all(b.poisserr for b in bspec))
+    rmf = RMF(energ_lo=r0.energ_lo, energ_hi=r0.energ_hi, matrix=sp.csr_matrix(matrix), e_min=r0.e_min,
+              e_max=r0.e_max, channel_offset=r0.channel_offset, header=dict(r0.header))
+    arf = ARF(energ_lo=a0.energ_lo, energ_hi=a0.energ_hi, specresp=area, header=dict(a0.header))
+    return {"pha": pha, "rmf": rmf, "arf": arf, "bkg": bkg, "weights": w}
+
+
+def write_stack(stack: dict[str, Any], outdir: str | os.PathLike[str], *, stem: str) -> dict[str, Path]:
+    """Write a stack from :func:`stack_spectra` as ``<stem>_src.pha``, ``_bkg.pha``, ``.rmf``, ``.arf``."""
+    from xmmcore.ogip import write_arf, write_pha, write_rmf
+
+    outdir = Path(outdir)
+    paths = {"rmf": outdir / f"{stem}.rmf", "arf": outdir / f"{stem}.arf", "pha": outdir / f"{stem}_src.pha"}
+    write_rmf(stack["rmf"], paths["rmf"])
+    write_arf(stack["arf"], paths["arf"])
+    pha = stack["pha"]
+    pha.respfile, pha.ancrfile = paths["rmf"].name, paths["arf"].name
+    if stack.get("bkg") is not None:
+        paths["bkg"] = outdir / f"{stem}_bkg.pha"
+        write_pha(stack["bkg"], paths["bkg"])
+        pha.backfile = paths["bkg"].name
+    write_pha(pha, paths["pha"])
+    return paths
