@@ -1,0 +1,215 @@
+"""The embedded Python reduction backend: screening, flares, spectra without SAS.
+
+Products and summaries follow ``docs/CONTRACTS.md``.  Responses: the Python backend does not
+compute RMFs/ARFs; it copies the ones found beside the observation (``obs.rmf_files`` /
+``obs.arf_files``) or named in the config, and records that exact, region-specific responses
+need SAS ``rmfgen``/``arfgen`` (the ``sas`` backend).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputDataError
+from ..events import flag_mask_for, read_events, screen, write_events, write_gti
+from ..flares import flare_gti, write_light_curve
+from ..fsutil import atomic_path
+from ..images import ccd_footprints
+from ..regions import read_ds9
+
+__all__ = ["PythonBackend"]
+
+RESPONSE_NOTE = ("responses copied from the observation folder/config; exact region-specific responses "
+                 "need SAS rmfgen/arfgen (backend: sas)")
+
+
+def _copy_atomic(src: Path, dst: Path) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
+class PythonBackend:
+    """Reduction with numpy/astropy only (see :mod:`xmmcore.events`, :mod:`xmmcore.flares`, :mod:`xmmcore.spectra`)."""
+
+    name = "python"
+
+    def versions(self) -> dict[str, str]:
+        import astropy
+        import regions
+        import scipy
+
+        return {"backend": "python", "python": platform.python_version(), "numpy": np.__version__,
+                "astropy": astropy.__version__, "scipy": scipy.__version__, "regions": regions.__version__}
+
+    # ------------------------------------------------------------------ filter
+    def filter_camera(self, obs: Any, camera: str, outdir: str | Path, cfg: dict[str, Any], *,
+                      log: logging.Logger | None = None) -> dict[str, Any]:
+        """Screen events, find flare GTIs, write ``events/<cam>_clean.fits``, ``_gti.fits``, ``_lc.fits``."""
+        log = log or logging.getLogger("xmmcore.python")
+        outdir = Path(outdir)
+        path = obs.event_files.get(camera)
+        if path is None:
+            raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
+        fcfg = cfg["filter"][camera]
+        evl = read_events(path, camera=camera)
+        if evl.resorted:
+            log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
+        flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), evl.header)
+        clean = screen(evl, pattern_max=fcfg.get("pattern_max"), flag_mask=flag_mask, pi_min=fcfg.get("pi_min"),
+                       pi_max=fcfg.get("pi_max"), ccds=fcfg.get("ccds"))
+        if len(clean) == 0:
+            raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
+        fl = cfg.get("flares", {})
+        method = fl.get("method", "espfilt")
+        res = flare_gti(evl, method=method, band_kev=tuple(fl.get("band_kev", (10.0, 12.0))),
+                        bin_s=float(fl.get("bin_s", 100.0)), nsigma=float(fl.get("nsigma", 2.0)),
+                        rate=(fl.get("fixed_rate") or {}).get(camera), min_gti_s=float(fl.get("min_gti_s", 100.0)))
+        if res.gti.shape[0] == 0:
+            raise InputDataError(f"no good time left after flare filtering ({method}, threshold "
+                                 f"{res.threshold:.3g} ct/s)", path)
+        ev_dir = outdir / "events"
+        clean_t = clean.with_gti(res.gti)
+        sel = (f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
+               f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
+               f"&& GTI({camera}_gti.fits)")
+        clean_path = write_events(clean_t, ev_dir / f"{camera}_clean.fits", history=[f"xmm-survey python: {sel}"])
+        gti_path = write_gti(res.gti, ev_dir / f"{camera}_gti.fits", header=evl.header)
+        lc_path = write_light_curve(res, ev_dir / f"{camera}_lc.fits", header=evl.header)
+        plot_path = outdir / "plots" / f"{camera}_lightcurve.png"
+        summary: dict[str, Any] = {}
+        try:
+            from ..plots import plot_lightcurve
+
+            plot_lightcurve(res, plot_path, title=f"{obs.obsid} {camera}")
+        except (ValueError, OSError) as exc:
+            log.warning("light-curve plot failed: %s", exc)
+            summary["plot_error"] = str(exc)
+        exp_raw = evl.ontime()
+        exp_clean = clean_t.ontime()
+        summary.update({
+            "camera": camera, "input": str(path), "n_events_in": len(evl), "n_events_screened": len(clean),
+            "n_events_out": len(clean_t), "flag_mask": flag_mask, "pattern_max": fcfg.get("pattern_max"),
+            "pi_range": [fcfg.get("pi_min"), fcfg.get("pi_max")], "ccds": sorted(clean_t.gti_ccd),
+            "exposure_raw_s": exp_raw, "exposure_s": exp_clean,
+            "livetime_s": exp_clean * clean_t.deadtime_factor(),
+            "time_resorted": evl.resorted,
+            "outputs": [str(clean_path), str(gti_path), str(lc_path), str(plot_path)],
+        })
+        summary.update(res.summary())
+        log.info("%s: %d -> %d events, exposure %.0f -> %.0f s (central CCD), flare fraction %.3f", camera,
+                 len(evl), len(clean_t), exp_raw, exp_clean, res.flare_fraction)
+        return summary
+
+    # ------------------------------------------------------------------ spectra
+    def spectra_camera(self, obs: Any, camera: str, outdir: str | Path, regions: dict[str, Any],
+                       cfg: dict[str, Any], *, log: logging.Logger | None = None) -> dict[str, Any]:
+        """Source/background spectra (and annuli) with EXPOSURE, BACKSCAL, grouping; responses copied."""
+        from ..ogip import write_pha
+        from ..spectra import extract, fwhm_channels, group_min_counts, group_optimal, region_geometry
+
+        log = log or logging.getLogger("xmmcore.python")
+        outdir = Path(outdir)
+        clean_path = outdir / "events" / f"{camera}_clean.fits"
+        evl = read_events(clean_path, camera=camera)
+        fp = ccd_footprints(evl)
+        sdir = outdir / "spectra"
+        files = regions.get("files", {})
+        resp = self._responses(obs, camera, sdir, cfg, log)
+        fwhm = resp.pop("fwhm_chan", None)
+        scfg = cfg.get("spectra", {})
+        grouping = scfg.get("grouping", "min_counts")
+        min_counts = int(scfg.get("min_counts", 1))
+        out: dict[str, Any] = {"camera": camera, "responses": resp, "grouping": grouping}
+
+        def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
+            sel = read_ds9(files[key], evl.header)
+            geom = region_geometry(sel, fp, evl)
+            if geom.area_phys2 <= 0:
+                raise InputDataError(f"{key} region lies off the {camera} detector", files[key])
+            mask = sel.contains(evl["X"], evl["Y"])
+            pha = extract(evl, mask=mask, camera=camera, exposure=geom.livetime_s, backscal=geom.area_phys2,
+                          respfile=resp.get("rmf_name") if kind == "src" else None,
+                          ancrfile=resp.get("arf_name") if kind == "src" else None, backfile=backfile,
+                          header={"ONTIME": (geom.ontime_s, "[s] region-area-weighted GTI sum"),
+                                  "LIVETIME": (geom.livetime_s, "[s] region-area-weighted live time"),
+                                  "REGFILE": Path(files[key]).name, "BKGMETH": "local",
+                                  "CREATOR": "xmm-survey python backend",
+                                  "RESPNOTE": "canned/copied response; exact needs SAS rmfgen/arfgen"})
+            if kind == "src" and grouping != "none":
+                if grouping == "optimal":
+                    pha.grouping, pha.quality = group_optimal(
+                        pha.counts, fwhm if fwhm is not None else fwhm_channels(camera), min_counts=min_counts)
+                elif grouping == "min_counts":
+                    pha.grouping, pha.quality = group_min_counts(pha.counts, min_counts)
+                else:
+                    raise InputDataError(f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}")
+            path = write_pha(pha, sdir / f"{key}.pha")
+            return {"path": str(path), "counts": int(pha.counts.sum()), "exposure_s": geom.livetime_s,
+                    "ontime_s": geom.ontime_s, "backscal": geom.area_phys2,
+                    "area_arcmin2": geom.area_phys2 * (0.05 / 60.0) ** 2,
+                    "area_by_ccd": {str(k): v for k, v in geom.area_by_ccd.items()},
+                    "n_groups": int((pha.grouping == 1).sum()) if pha.grouping is not None else None}
+
+        bkg = one(f"{camera}_bkg", "bkg", None)
+        src = one(f"{camera}_src", "src", f"{camera}_bkg.pha")
+        scale = src["backscal"] * src["exposure_s"] / (bkg["backscal"] * bkg["exposure_s"])
+        net = src["counts"] - scale * bkg["counts"]
+        out.update({
+            "src_pha": src["path"], "bkg_pha": bkg["path"], "src_counts": src["counts"], "bkg_counts": bkg["counts"],
+            "src_backscal": src["backscal"], "bkg_backscal": bkg["backscal"],
+            "src_exposure_s": src["exposure_s"], "bkg_exposure_s": bkg["exposure_s"],
+            "src_ontime_s": src["ontime_s"], "bkg_ontime_s": bkg["ontime_s"],
+            "src_area_arcmin2": src["area_arcmin2"], "bkg_area_arcmin2": bkg["area_arcmin2"],
+            "bkg_scale": scale, "net_counts": net,
+            "net_counts_err": float(np.sqrt(src["counts"] + scale**2 * bkg["counts"])),
+            "src_area_by_ccd": src["area_by_ccd"], "n_groups": src["n_groups"],
+            "background_method": "local", "outputs": [src["path"], bkg["path"], *resp.get("outputs", [])],
+        })
+        annuli = sorted(k for k in files if k.startswith(f"{camera}_ann") and k.endswith("_src"))
+        if annuli:
+            out["annuli"] = [one(k, "src", f"{camera}_bkg.pha") for k in annuli]
+        log.info("%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
+                 camera, src["counts"], src["backscal"], src["exposure_s"], bkg["counts"], bkg["backscal"], net)
+        if src["counts"] == 0:
+            raise InputDataError(f"no {camera} events in the source region", files[f"{camera}_src"])
+        return out
+
+    def _responses(self, obs: Any, camera: str, sdir: Path, cfg: dict[str, Any], log: logging.Logger
+                   ) -> dict[str, Any]:
+        rcfg = (cfg.get("spectra", {}) or {}).get("responses", {}) or {}
+        rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
+        arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
+        out: dict[str, Any] = {"note": RESPONSE_NOTE, "outputs": []}
+        if rmf_src and Path(rmf_src).is_file():
+            dst = _copy_atomic(Path(rmf_src), sdir / f"{camera}.rmf")
+            out.update(rmf=str(dst), rmf_name=dst.name, rmf_source=str(rmf_src))
+            out["outputs"].append(str(dst))
+            try:
+                from ..ogip import read_rmf
+                from ..spectra import fwhm_from_rmf
+
+                out["fwhm_chan"] = fwhm_from_rmf(read_rmf(dst))
+            except (ImportError, ValueError, OSError, InputDataError) as exc:
+                log.info("could not measure the RMF resolution (%s); using the default FWHM(E)", exc)
+        else:
+            out["rmf"] = None
+            out["no_response"] = f"no {camera} RMF in the observation folder or config; the fit step will skip {camera}"
+            log.warning(out["no_response"])
+        if arf_src and Path(arf_src).is_file():
+            dst = _copy_atomic(Path(arf_src), sdir / f"{camera}.arf")
+            out.update(arf=str(dst), arf_name=dst.name, arf_source=str(arf_src))
+            out["outputs"].append(str(dst))
+        else:
+            out["arf"] = None
+        fw = out.pop("fwhm_chan", None)
+        result = dict(out)
+        if fw is not None:
+            result["fwhm_chan"] = fw
+        return result

@@ -1,0 +1,570 @@
+"""XMM-Newton EPIC event lists: read, screen, write, and stream.
+
+Reads the ``EVENTS`` extension of calibrated event lists (pn ``EPN``, MOS ``EMOS1``/``EMOS2``),
+plain or gzip'd, with every column converted once to native byte order.  Per-CCD good
+time intervals are taken from the GTI tables the event header's data-subspace (DSS) keywords
+reference for ``TIME`` (e.g. ``GTI00006`` in XGA/XCS cleaned lists), else from ``STDGTInn``,
+else from a single ``GTI``/``STDGTI`` table applying to every CCD.
+
+Screening follows what SAS users write in ``evselect``:
+pn ``#XMMEA_EP && PATTERN<=4``, MOS ``#XMMEA_EM && PATTERN<=12``, plus a PI range and CCD list.
+The ``#XMMEA_E?`` masks are read from the event header (SAS defines them there); when absent the
+SAS values are used (``XMMEA_EM = (FLAG & 0x766ba000) == 0`` as in the a907 headers,
+``XMMEA_EP = (FLAG & 0xfa000c) == 0``).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
+
+from . import gti as gtimod
+from .errors import InputDataError
+from .fsutil import atomic_write_fits
+
+__all__ = [
+    "EventList",
+    "INSTRUME_TO_CAMERA",
+    "CAMERA_TO_INSTRUME",
+    "XMMEA_DEFAULT",
+    "CENTRAL_CCD",
+    "REQUIRED_COLUMNS",
+    "read_events",
+    "screen",
+    "screen_mask",
+    "flag_mask_for",
+    "write_events",
+    "write_gti",
+    "iter_event_chunks",
+    "stream_filter_bin",
+]
+
+INSTRUME_TO_CAMERA = {"EPN": "pn", "EMOS1": "mos1", "EMOS2": "mos2"}
+CAMERA_TO_INSTRUME = {v: k for k, v in INSTRUME_TO_CAMERA.items()}
+XMMEA_DEFAULT = {"pn": 0xFA000C, "mos1": 0x766BA000, "mos2": 0x766BA000}
+#: CCD whose GTIs ``ONTIME``/``LIVETIME`` refer to (MOS: CCD 1 holds the aim point; pn: CCD 4).
+CENTRAL_CCD = {"pn": 4, "mos1": 1, "mos2": 1}
+REQUIRED_COLUMNS = ("TIME", "X", "Y", "PI", "PATTERN", "FLAG", "CCDNR")
+_XMMEA_RE = re.compile(r"FLAG\s*&\s*(0x[0-9a-fA-F]+)\s*\)\s*==\s*0")
+
+
+@dataclass
+class EventList:
+    """An EPIC event list held as native-endian numpy columns.
+
+    Attributes
+    ----------
+    camera : str
+        ``pn``, ``mos1`` or ``mos2``.
+    header : astropy.io.fits.Header
+        The EVENTS header (WCS keywords, ONTIMEnn, LIVETInn...).
+    columns : dict of str -> ndarray
+        Column arrays, native byte order, all the same length.
+    gti_ccd : dict of int -> ndarray
+        Per-CCD good time intervals, ``(N, 2)`` [s].
+    gti : ndarray
+        Union of the per-CCD GTIs [s] (times when any CCD collected events).
+    path : Path or None
+        File it was read from.
+    resorted : bool
+        True if TIME was not ordered in the file and the rows were sorted on reading.
+    """
+
+    camera: str
+    header: fits.Header
+    columns: dict[str, np.ndarray]
+    gti_ccd: dict[int, np.ndarray] = field(default_factory=dict)
+    gti: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    path: Path | None = None
+    resorted: bool = False
+
+    def __len__(self) -> int:
+        return int(next(iter(self.columns.values())).size) if self.columns else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    @property
+    def ccds(self) -> list[int]:
+        """CCD numbers with a GTI table (the CCDs that were read out)."""
+        return sorted(self.gti_ccd)
+
+    def select(self, mask: np.ndarray) -> EventList:
+        """Return a new list with the rows where ``mask`` is true (same header and GTIs)."""
+        return replace(self, columns={k: v[mask] for k, v in self.columns.items()})
+
+    def with_gti(self, gti: np.ndarray) -> EventList:
+        """Return a copy whose per-CCD GTIs are intersected with ``gti`` and events outside dropped."""
+        gti_ccd = {c: gtimod.intersection(g, gti) for c, g in self.gti_ccd.items()}
+        keep = _mask_ccd_gti(self.columns["TIME"], self.columns["CCDNR"], gti_ccd)
+        out = replace(self, columns={k: v[keep] for k, v in self.columns.items()}, gti_ccd=gti_ccd,
+                      gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None))
+        return out
+
+    def ontime(self, ccd: int | None = None) -> float:
+        """Sum of GTIs [s] of ``ccd`` (default: the camera's central CCD, else the union)."""
+        ccd = CENTRAL_CCD[self.camera] if ccd is None else ccd
+        if ccd in self.gti_ccd:
+            return gtimod.exposure(self.gti_ccd[ccd])
+        return gtimod.exposure(self.gti)
+
+    def deadtime_factor(self, ccd: int | None = None) -> float:
+        """``LIVETInn / ONTIMEnn`` from the input header (1.0 when the keywords are absent)."""
+        ccd = CENTRAL_CCD[self.camera] if ccd is None else ccd
+        live = self.header.get(f"LIVETI{ccd:02d}", self.header.get("LIVETIME"))
+        on = self.header.get(f"ONTIME{ccd:02d}", self.header.get("ONTIME"))
+        if live is None or on is None or not on or float(on) <= 0:
+            return 1.0
+        return float(min(max(float(live) / float(on), 0.0), 1.0))
+
+    def sky_wcs_keywords(self) -> dict[str, float]:
+        """Sky pixel WCS of the X/Y columns: ``crpix, crval, cdelt`` per axis [deg, phys px]."""
+        return sky_wcs_keywords(self.header)
+
+
+def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.ndarray]) -> np.ndarray:
+    keep = np.zeros(time.shape, dtype=bool)
+    for ccd, g in gti_ccd.items():
+        sel = ccdnr == ccd
+        if sel.any():
+            keep[sel] = gtimod.mask_in_gti(time[sel], g)
+    return keep
+
+
+def sky_wcs_keywords(header: Mapping[str, Any]) -> dict[str, float]:
+    """X/Y sky-pixel WCS from ``REFXCRPX``... or the X/Y columns' ``TCRPXn``... keywords.
+
+    Raises ``InputDataError``-free ``KeyError`` if neither set is present.
+    """
+    try:
+        return {
+            "crpix1": float(header["REFXCRPX"]), "crpix2": float(header["REFYCRPX"]),
+            "crval1": float(header["REFXCRVL"]), "crval2": float(header["REFYCRVL"]),
+            "cdelt1": float(header["REFXCDLT"]), "cdelt2": float(header["REFYCDLT"]),
+        }
+    except KeyError:
+        pass
+    cols = {str(header[k]).strip(): k[5:] for k in header if str(k).startswith("TTYPE")}
+    ix, iy = cols["X"], cols["Y"]
+    return {
+        "crpix1": float(header[f"TCRPX{ix}"]), "crpix2": float(header[f"TCRPX{iy}"]),
+        "crval1": float(header[f"TCRVL{ix}"]), "crval2": float(header[f"TCRVL{iy}"]),
+        "cdelt1": float(header[f"TCDLT{ix}"]), "cdelt2": float(header[f"TCDLT{iy}"]),
+    }
+
+
+def _native(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.dtype.byteorder not in ("=", "|") and arr.dtype.byteorder != ("<" if np.little_endian else ">"):
+        return arr.astype(arr.dtype.newbyteorder("="))
+    return np.array(arr, copy=True)
+
+
+def _camera_of(header: Mapping[str, Any], path: Path) -> str:
+    instr = str(header.get("INSTRUME", "")).strip().upper()
+    if instr not in INSTRUME_TO_CAMERA:
+        raise InputDataError(f"INSTRUME={instr!r} is not an EPIC camera (expected EPN, EMOS1 or EMOS2)", path)
+    return INSTRUME_TO_CAMERA[instr]
+
+
+def _dss_time_gti_refs(header: Mapping[str, Any]) -> dict[int, str]:
+    """CCD -> GTI extension referenced for TIME by the DSS keywords (``nDSREFi``)."""
+    ccd_axis = time_axis = None
+    for key in header:
+        m = re.fullmatch(r"DSTYP(\d+)", str(key))
+        if not m:
+            continue
+        name = str(header[key]).strip().upper()
+        if name == "CCDNR":
+            ccd_axis = m.group(1)
+        elif name == "TIME":
+            time_axis = m.group(1)
+    if ccd_axis is None or time_axis is None:
+        return {}
+    refs: dict[int, str] = {}
+    for prefix in [""] + [str(i) for i in range(2, 100)]:
+        val = header.get(f"{prefix}DSVAL{ccd_axis}")
+        ref = header.get(f"{prefix}DSREF{time_axis}")
+        if val is None:
+            if prefix:
+                break
+            continue
+        if ref is None and prefix:
+            ref = header.get(f"DSREF{time_axis}")
+        try:
+            ccd = int(str(val).strip())
+        except ValueError:
+            continue
+        if ref:
+            refs[ccd] = str(ref).strip().lstrip(":")
+    return refs
+
+
+def _read_gti_table(hdu: fits.BinTableHDU, path: Path) -> np.ndarray:
+    names = [n.upper() for n in hdu.columns.names]
+    if "START" not in names or "STOP" not in names:
+        raise InputDataError(f"GTI extension {hdu.name} lacks START/STOP columns", path)
+    g = np.column_stack([_native(hdu.data["START"]).astype(np.float64),
+                         _native(hdu.data["STOP"]).astype(np.float64)]) if len(hdu.data) else np.zeros((0, 2))
+    return gtimod.normalise(g)
+
+
+def _read_gtis(hdul: fits.HDUList, header: Mapping[str, Any], ccds_present: np.ndarray,
+               path: Path) -> dict[int, np.ndarray]:
+    by_name = {h.name.upper(): h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)}
+    out: dict[int, np.ndarray] = {}
+    for ccd, ext in _dss_time_gti_refs(header).items():
+        if ext.upper() in by_name:
+            out[ccd] = _read_gti_table(by_name[ext.upper()], path)
+    for name, hdu in by_name.items():
+        m = re.fullmatch(r"STDGTI(\d\d)", name)
+        if m and int(m.group(1)) not in out:
+            std = _read_gti_table(hdu, path)
+            out[int(m.group(1))] = std
+    if not out:
+        single = by_name.get("STDGTI") or by_name.get("GTI")
+        if single is None:
+            raise InputDataError("no GTI extension (STDGTInn, STDGTI or GTI) next to EVENTS", path)
+        g = _read_gti_table(single, path)
+        out = {int(c): g.copy() for c in np.unique(ccds_present)}
+    return out
+
+
+def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
+                camera: str | None = None, time_order: str = "sort") -> EventList:
+    """Read an EPIC calibrated event list.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.fits``/``.FIT``/``.ds`` file, optionally gzip'd.
+    columns : sequence of str, optional
+        Columns to load (default: every column).  ``TIME, X, Y, PI, PATTERN, FLAG, CCDNR``
+        are always required to be present in the file.
+    camera : str, optional
+        Expected camera; a different ``INSTRUME`` raises ``InputDataError``.
+    time_order : {"sort", "require"}
+        What to do when TIME decreases somewhere.  SAS lists merged per CCD/node (e.g. the
+        XCS/XGA ``eclean`` lists of A907) are not time-ordered, so the default sorts the rows
+        once (``EventList.resorted``); ``"require"`` raises ``InputDataError`` instead.
+
+    Returns
+    -------
+    EventList
+
+    Raises
+    ------
+    InputDataError
+        Unreadable or truncated file, no EVENTS or GTI extension, missing columns, wrong
+        instrument, no events, non-finite TIME, or (``time_order="require"``) TIME not
+        monotonically non-decreasing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputDataError("event file does not exist", path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AstropyUserWarning)
+            with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
+                return _read_open(hdul, path, columns, camera, time_order)
+    except InputDataError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AstropyUserWarning) as exc:
+        raise InputDataError(f"cannot read event list ({type(exc).__name__}: {exc}); truncated or not FITS?",
+                             path) from exc
+
+
+def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:
+    for hdu in hdul[1:]:
+        if hdu.name.upper() == "EVENTS" and isinstance(hdu, fits.BinTableHDU):
+            return hdu
+    raise InputDataError("no EVENTS extension", path)
+
+
+def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
+               camera: str | None, time_order: str = "sort") -> EventList:
+    hdu = _events_hdu(hdul, path)
+    header = hdu.header.copy()
+    cam = _camera_of(header, path)
+    if camera is not None and camera != cam:
+        raise InputDataError(f"expected a {camera} event list but INSTRUME={header.get('INSTRUME')!r} ({cam})",
+                             path)
+    names = [n.upper() for n in hdu.columns.names]
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise InputDataError(f"EVENTS lacks required column(s) {', '.join(missing)}", path)
+    wanted = list(hdu.columns.names) if columns is None else list(dict.fromkeys([*REQUIRED_COLUMNS, *columns]))
+    absent = [c for c in wanted if c.upper() not in names]
+    if absent:
+        raise InputDataError(f"EVENTS lacks requested column(s) {', '.join(absent)}", path)
+    nrows = int(header.get("NAXIS2", 0))
+    if nrows == 0:
+        raise InputDataError("EVENTS extension holds no events", path)
+    data = hdu.data
+    if data is None or len(data) != nrows:
+        raise InputDataError("EVENTS data shorter than NAXIS2 (truncated file)", path)
+    cols = {c.upper(): _native(data[c]) for c in wanted}
+    time = cols["TIME"]
+    if not np.all(np.isfinite(time)):
+        raise InputDataError("TIME holds non-finite values", path)
+    resorted = False
+    if time.size > 1:
+        dt = np.diff(time)
+        if np.any(dt < 0):
+            i = int(np.flatnonzero(dt < 0)[0])
+            if time_order == "require":
+                raise InputDataError(
+                    f"TIME is not monotonic (row {i + 1}: {time[i]!r} > row {i + 2}: {time[i + 1]!r})", path)
+            # SAS-made lists merged per CCD/node are often not time-ordered: sort once, stably.
+            order = np.argsort(time, kind="stable")
+            cols = {k: v[order] for k, v in cols.items()}
+            resorted = True
+    gti_ccd = _read_gtis(hdul, header, cols["CCDNR"], path)
+    return EventList(camera=cam, header=header, columns=cols, gti_ccd=gti_ccd,
+                     gti=gtimod.union(*gti_ccd.values()), path=path, resorted=resorted)
+
+
+def flag_mask_for(camera: str, flag: str | int | None, header: Mapping[str, Any] | None = None) -> int | None:
+    """Translate a config ``flag`` (``xmmea`` | ``zero`` | int | None) into a FLAG bit mask.
+
+    ``xmmea`` uses the ``XMMEA_EP``/``XMMEA_EM`` definition in ``header`` when present, else
+    :data:`XMMEA_DEFAULT`; ``zero`` means ``FLAG == 0`` (mask of all bits); ``None`` no cut.
+    """
+    if flag is None:
+        return None
+    if isinstance(flag, (int, np.integer)) and not isinstance(flag, bool):
+        return int(flag)
+    text = str(flag).strip().lower()
+    if text == "zero":
+        return 0xFFFFFFFF
+    if text == "xmmea":
+        key = "XMMEA_EP" if camera == "pn" else "XMMEA_EM"
+        if header is not None and key in header:
+            m = _XMMEA_RE.search(str(header[key]))
+            if m:
+                return int(m.group(1), 16)
+        return XMMEA_DEFAULT[camera]
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"flag must be 'xmmea', 'zero' or an integer bit mask, got {flag!r}") from None
+
+
+def _mask_as(mask: int, dtype: np.dtype) -> np.generic:
+    """The bit mask in the FLAG column's dtype (two's complement for masks above its max)."""
+    dtype = np.dtype(dtype)
+    bits = 8 * dtype.itemsize
+    mask &= (1 << bits) - 1
+    return np.array(mask, dtype=np.dtype(f"u{dtype.itemsize}")).view(dtype)[()] if dtype.kind == "i" \
+        else dtype.type(mask)
+
+
+def screen_mask(cols: Mapping[str, np.ndarray], *, pattern_max: int | None = None, flag_mask: int | None = None,
+                pi_min: float | None = None, pi_max: float | None = None,
+                ccds: Sequence[int] | None = None) -> np.ndarray:
+    """Boolean mask of events passing the standard selections (see :func:`screen`)."""
+    n = cols["PI"].size
+    keep = np.ones(n, dtype=bool)
+    if pattern_max is not None:
+        keep &= cols["PATTERN"] <= pattern_max
+    if flag_mask is not None:
+        keep &= (cols["FLAG"] & _mask_as(flag_mask, cols["FLAG"].dtype)) == 0
+    if pi_min is not None:
+        keep &= cols["PI"] >= pi_min
+    if pi_max is not None:
+        keep &= cols["PI"] <= pi_max
+    if ccds is not None:
+        keep &= np.isin(cols["CCDNR"], np.asarray(list(ccds)))
+    return keep
+
+
+def screen(evl: EventList, *, camera: str | None = None, pattern_max: int | None = None,
+           flag_mask: int | None = None, pi_min: float | None = None, pi_max: float | None = None,
+           ccds: Sequence[int] | None = None) -> EventList:
+    """Apply the SAS standard event selections.
+
+    Parameters
+    ----------
+    evl : EventList
+    camera : str, optional
+        Checked against ``evl.camera``.
+    pattern_max : int, optional
+        Keep ``PATTERN <= pattern_max`` (pn 4, MOS 12).
+    flag_mask : int, optional
+        Keep ``(FLAG & flag_mask) == 0`` (see :func:`flag_mask_for`).
+    pi_min, pi_max : float, optional
+        PI range [eV], inclusive as in ``PI in [pi_min:pi_max]``.
+    ccds : sequence of int, optional
+        Keep only these CCDNR; the other CCDs' GTIs are dropped too.
+    """
+    if camera is not None and camera != evl.camera:
+        raise ValueError(f"screen(camera={camera!r}) given a {evl.camera} event list")
+    keep = screen_mask(evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min,
+                       pi_max=pi_max, ccds=ccds)
+    out = evl.select(keep)
+    if ccds is not None:
+        out.gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
+        out.gti = gtimod.union(*out.gti_ccd.values()) if out.gti_ccd else gtimod.as_gti(None)
+    return out
+
+
+def _gti_hdu(g: np.ndarray, name: str, *, ccd: int | None = None) -> fits.BinTableHDU:
+    g = gtimod.as_gti(g)
+    hdu = fits.BinTableHDU.from_columns([
+        fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
+        fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
+    ], name=name)
+    hdu.header["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
+    hdu.header["HDUCLAS1"] = ("GTI", "table contains good time intervals")
+    hdu.header["HDUCLAS2"] = ("STANDARD", "standard GTIs")
+    hdu.header["TIMEUNIT"] = "s"
+    hdu.header["ONTIME"] = (gtimod.exposure(g), "[s] sum of the GTIs")
+    if ccd is not None:
+        hdu.header["CCDID"] = (ccd, "CCD these GTIs apply to")
+    if g.shape[0]:
+        hdu.header["TSTART"] = float(g[0, 0])
+        hdu.header["TSTOP"] = float(g[-1, 1])
+    return hdu
+
+
+def write_gti(gti: np.ndarray, path: str | Path, *, header: Mapping[str, Any] | None = None,
+              extname: str = "STDGTI") -> Path:
+    """Write a GTI table as an OGIP GTI file (atomic)."""
+    hdu = _gti_hdu(gti, extname)
+    if header:
+        for key in ("TELESCOP", "INSTRUME", "OBS_ID", "MJDREF", "TIMESYS", "TIMEREF"):
+            if key in header:
+                hdu.header[key] = header[key]
+    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
+
+
+_KEEP_EVENT_KEYS = re.compile(
+    r"^(TELESCOP|INSTRUME|OBS_ID|EXP_ID|EXPIDSTR|DATE-OBS|DATE-END|OBJECT|RA_OBJ|DEC_OBJ|RA_NOM|DEC_NOM|RA_PNT|"
+    r"DEC_PNT|PA_PNT|FILTER|SUBMODE|DATAMODE|EQUINOX|RADECSYS|REF[XY]\w+|MJDREF|TIMESYS|TIMEREF|TIMEUNIT|"
+    r"TASSIGN|TIMEZERO|CLOCKAPP|XMMEA_\w+|TELAPSE|REVOLUT|OBS_MODE)$")
+
+
+def write_events(evl: EventList, path: str | Path, *, gti: np.ndarray | None = None,
+                 history: Sequence[str] = ()) -> Path:
+    """Write an event list with per-CCD ``STDGTInn`` tables and a combined ``GTI`` table (atomic).
+
+    Parameters
+    ----------
+    evl : EventList
+    path : str or Path
+    gti : ndarray, optional
+        Extra time filter [s]; per-CCD GTIs are intersected with it and events outside dropped.
+    history : sequence of str
+        HISTORY lines (e.g. the selection expression).
+    """
+    if gti is not None:
+        evl = evl.with_gti(gti)
+    cols = []
+    src_fmt = {"TIME": "D", "X": "J", "Y": "J", "PI": "I", "PATTERN": "B", "FLAG": "J", "CCDNR": "B"}
+    for name, arr in evl.columns.items():
+        fmt = src_fmt.get(name) or _fits_format(arr)
+        cols.append(fits.Column(name=name, format=fmt, array=arr))
+    ev = fits.BinTableHDU.from_columns(cols, name="EVENTS")
+    for key in evl.header:
+        if _KEEP_EVENT_KEYS.match(str(key)):
+            ev.header[key] = (evl.header[key], evl.header.comments[key])
+    for name in ("X", "Y", "DETX", "DETY", "PI", "PATTERN", "CCDNR", "RAWX", "RAWY"):
+        if name in evl.columns:
+            _copy_column_keys(evl.header, ev.header, name)
+    # Dead-time factors are properties of the input exposure: keep LIVETInn/ONTIMEnn for the new GTIs.
+    for ccd, g in sorted(evl.gti_ccd.items()):
+        on = gtimod.exposure(g)
+        ev.header[f"ONTIME{ccd:02d}"] = (on, "[s] sum of GTIs for this CCD")
+        ev.header[f"LIVETI{ccd:02d}"] = (on * evl.deadtime_factor(ccd), "[s] live time for this CCD")
+    ev.header["ONTIME"] = (evl.ontime(), "[s] sum of GTIs for the central CCD")
+    ev.header["LIVETIME"] = (evl.ontime() * evl.deadtime_factor(), "[s] live time for the central CCD")
+    for line in history:
+        ev.header.add_history(line)
+    hdus: list[Any] = [fits.PrimaryHDU(), ev]
+    for ccd, g in sorted(evl.gti_ccd.items()):
+        hdus.append(_gti_hdu(g, f"STDGTI{ccd:02d}", ccd=ccd))
+    hdus.append(_gti_hdu(evl.gti, "GTI"))
+    for key in ("TELESCOP", "INSTRUME", "OBS_ID", "OBJECT", "FILTER", "DATE-OBS"):
+        if key in evl.header:
+            hdus[0].header[key] = evl.header[key]
+    return atomic_write_fits(fits.HDUList(hdus), path)
+
+
+def _fits_format(arr: np.ndarray) -> str:
+    kind, size = arr.dtype.kind, arr.dtype.itemsize
+    if kind == "f":
+        return "D" if size == 8 else "E"
+    if kind in "iu":
+        return {1: "B", 2: "I", 4: "J", 8: "K"}[size]
+    if kind == "b":
+        return "L"
+    raise ValueError(f"cannot write column of dtype {arr.dtype}")
+
+
+def _copy_column_keys(src: Mapping[str, Any], dst: fits.Header, name: str) -> None:
+    src_idx = next((str(k)[5:] for k in src if str(k).startswith("TTYPE") and str(src[k]).strip() == name), None)
+    dst_idx = next((str(k)[5:] for k in dst if str(k).startswith("TTYPE") and str(dst[k]).strip() == name), None)
+    if src_idx is None or dst_idx is None:
+        return
+    for stem in ("TLMIN", "TLMAX", "TCRPX", "TCRVL", "TCDLT", "TCTYP", "TCUNI", "TUNIT", "TNULL"):
+        key = f"{stem}{src_idx}"
+        if key in src:
+            dst[f"{stem}{dst_idx}"] = src[key]
+
+
+def iter_event_chunks(path: str | Path, *, columns: Sequence[str] = ("TIME", "PI", "PATTERN", "FLAG", "CCDNR"),
+                      chunk_rows: int = 2_000_000) -> Iterator[dict[str, np.ndarray]]:
+    """Yield the EVENTS columns in row chunks (native byte order), for lists larger than memory.
+
+    Uncompressed files are memory-mapped, so only one chunk is resident at a time.
+    """
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            hdu = _events_hdu(hdul, path)
+            names = [n.upper() for n in hdu.columns.names]
+            missing = [c for c in columns if c.upper() not in names]
+            if missing:
+                raise InputDataError(f"EVENTS lacks column(s) {', '.join(missing)}", path)
+            n = int(hdu.header.get("NAXIS2", 0))
+            data = hdu.data
+            for start in range(0, n, chunk_rows):
+                stop = min(n, start + chunk_rows)
+                yield {c.upper(): _native(data.field(c)[start:stop]) for c in columns}
+    except InputDataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"cannot read event list ({exc})", path) from exc
+
+
+def stream_filter_bin(chunks: Iterator[Mapping[str, np.ndarray]] | Sequence[Mapping[str, np.ndarray]], *,
+                      gti: np.ndarray | None = None, pattern_max: int | None = None,
+                      flag_mask: int | None = None, pi_min: float | None = None, pi_max: float | None = None,
+                      chan_width_ev: int = 5, n_chan: int = 4096) -> tuple[np.ndarray, int, int]:
+    """Screen and bin events chunk by chunk into a PI channel histogram.
+
+    Returns ``(counts per channel, events in, events kept)``; memory is O(chunk).
+    Channel ``k`` covers ``PI`` in ``[k*chan_width_ev, (k+1)*chan_width_ev)`` as SAS ``specchannel``.
+    """
+    hist = np.zeros(n_chan, dtype=np.int64)
+    g = None if gti is None else gtimod.normalise(gti)
+    n_in = n_out = 0
+    for cols in chunks:
+        keep = screen_mask(cols, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min, pi_max=pi_max)
+        if g is not None:
+            keep &= gtimod.mask_in_gti(cols["TIME"], g)
+        pi = cols["PI"][keep]
+        chan = pi // chan_width_ev
+        chan = chan[(chan >= 0) & (chan < n_chan)]
+        hist += np.bincount(chan.astype(np.intp), minlength=n_chan)[:n_chan]
+        n_in += int(cols["PI"].size)
+        n_out += int(keep.sum())
+    return hist, n_in, n_out

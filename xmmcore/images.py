@@ -1,0 +1,258 @@
+"""Sky images, detector coverage and exposure-weighted images from EPIC event lists.
+
+Images are binned in XMM sky pixels: physical pixel = 0.05 arcsec, the X/Y columns' unit, with
+the tangent-plane WCS of the ``REFXCRPX``/``TCRPXn`` keywords.  An image of ``bin_phys`` physical
+pixels per image pixel starting at physical ``x0`` holds X in ``[x0 + i*bin, x0 + (i+1)*bin)`` in
+column ``i``; its header carries the DS9 ``LTM1_1``/``LTV1`` keywords, so DS9 shows physical
+coordinates.
+
+Detector coverage (chip gaps, chip edges, field-of-view edge, lost CCDs such as MOS1 CCD6 after
+2005) is taken from the event list itself: the convex hull of the event positions of each CCD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+from matplotlib.path import Path as MplPath
+from scipy.spatial import ConvexHull, QhullError
+
+from .events import EventList, sky_wcs_keywords
+from .fsutil import atomic_write_fits
+
+__all__ = [
+    "PHYS_PIXEL_ARCSEC",
+    "Extent",
+    "image_wcs",
+    "phys_wcs",
+    "extent_of",
+    "bin_image",
+    "CcdFootprints",
+    "ccd_footprints",
+    "coverage_image",
+    "exposure_image",
+    "read_exposure_map",
+    "write_image",
+]
+
+#: XMM sky (physical) pixel size [arcsec].
+PHYS_PIXEL_ARCSEC = 0.05
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Image grid in physical pixels: lower-left corner ``(x0, y0)``, bin size and shape (ny, nx)."""
+
+    x0: float
+    y0: float
+    bin_phys: float
+    nx: int
+    ny: int
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """Physical X and Y of the pixel centres (1-D arrays of length nx and ny)."""
+        return (self.x0 + (np.arange(self.nx) + 0.5) * self.bin_phys,
+                self.y0 + (np.arange(self.ny) + 0.5) * self.bin_phys)
+
+    def to_pixel(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Physical -> 0-based fractional image pixel (centre of pixel 0 is 0.0)."""
+        return ((np.asarray(x) - self.x0) / self.bin_phys - 0.5, (np.asarray(y) - self.y0) / self.bin_phys - 0.5)
+
+    def to_phys(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """0-based image pixel -> physical X, Y."""
+        return self.x0 + (np.asarray(i) + 0.5) * self.bin_phys, self.y0 + (np.asarray(j) + 0.5) * self.bin_phys
+
+
+def phys_wcs(header) -> WCS:
+    """WCS whose 0-based pixel coordinates are ``physical - 1`` (regions' convention for DS9 image coords)."""
+    k = sky_wcs_keywords(header)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crpix = [k["crpix1"], k["crpix2"]]
+    w.wcs.crval = [k["crval1"], k["crval2"]]
+    w.wcs.cdelt = [k["cdelt1"], k["cdelt2"]]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "FK5"
+    w.wcs.equinox = 2000.0
+    return w
+
+
+def image_wcs(header, extent: Extent) -> WCS:
+    """Celestial WCS of an image on ``extent`` (FITS 1-based pixel convention)."""
+    k = sky_wcs_keywords(header)
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crpix = [(k["crpix1"] - extent.x0) / extent.bin_phys + 0.5,
+                   (k["crpix2"] - extent.y0) / extent.bin_phys + 0.5]
+    w.wcs.crval = [k["crval1"], k["crval2"]]
+    w.wcs.cdelt = [k["cdelt1"] * extent.bin_phys, k["cdelt2"] * extent.bin_phys]
+    w.wcs.cunit = ["deg", "deg"]
+    w.wcs.radesys = "FK5"
+    w.wcs.equinox = 2000.0
+    return w
+
+
+def extent_of(evls: Sequence[EventList] | EventList, *, bin_phys: float = 80.0, pad_phys: float = 400.0) -> Extent:
+    """Grid covering the events of one or several lists, aligned to multiples of ``bin_phys``."""
+    if isinstance(evls, EventList):
+        evls = [evls]
+    xs = [e["X"][e["X"] > -1e7] for e in evls if len(e)]
+    ys = [e["Y"][e["Y"] > -1e7] for e in evls if len(e)]
+    if not xs or not any(x.size for x in xs):
+        raise ValueError("no events to define an image grid")
+    xmin = min(float(x.min()) for x in xs if x.size) - pad_phys
+    xmax = max(float(x.max()) for x in xs if x.size) + pad_phys
+    ymin = min(float(y.min()) for y in ys if y.size) - pad_phys
+    ymax = max(float(y.max()) for y in ys if y.size) + pad_phys
+    x0 = np.floor(xmin / bin_phys) * bin_phys
+    y0 = np.floor(ymin / bin_phys) * bin_phys
+    return Extent(x0=float(x0), y0=float(y0), bin_phys=float(bin_phys),
+                  nx=int(np.ceil((xmax - x0) / bin_phys)), ny=int(np.ceil((ymax - y0) / bin_phys)))
+
+
+def bin_image(evl: EventList, *, band_kev: tuple[float, float] | None = (0.5, 2.0), bin_phys: float = 80.0,
+              extent: Extent | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, WCS, Extent]:
+    """Counts image in a PI band.
+
+    Parameters
+    ----------
+    evl : EventList
+    band_kev : (float, float) or None
+        PI band [keV] (``None`` = all events).
+    bin_phys : float
+        Image pixel in physical pixels (80 = 4 arcsec, as XGA/SAS images).
+    extent : Extent, optional
+        Grid (default: covering the events).
+    mask : ndarray of bool, optional
+        Extra event selection.
+
+    Returns
+    -------
+    image : ndarray (ny, nx) of float, wcs : astropy.wcs.WCS, extent : Extent
+    """
+    ext = extent or extent_of(evl, bin_phys=bin_phys)
+    sel = np.ones(len(evl), dtype=bool) if mask is None else np.asarray(mask, dtype=bool).copy()
+    if band_kev is not None:
+        pi = evl["PI"]
+        sel &= (pi >= band_kev[0] * 1000.0) & (pi < band_kev[1] * 1000.0)
+    ix = np.floor((evl["X"][sel] - ext.x0) / ext.bin_phys).astype(np.int64)
+    iy = np.floor((evl["Y"][sel] - ext.y0) / ext.bin_phys).astype(np.int64)
+    ok = (ix >= 0) & (ix < ext.nx) & (iy >= 0) & (iy < ext.ny)
+    img = np.bincount(iy[ok] * ext.nx + ix[ok], minlength=ext.nx * ext.ny).reshape(ext.ny, ext.nx)
+    return img.astype(np.float64), image_wcs(evl.header, ext), ext
+
+
+@dataclass
+class CcdFootprints:
+    """Per-CCD convex hulls of event positions in physical pixels (where the detector saw the sky)."""
+
+    hulls: dict[int, np.ndarray]
+
+    def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """True for physical positions inside any CCD footprint."""
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        pts = np.column_stack([x.ravel(), y.ravel()])
+        out = np.zeros(pts.shape[0], dtype=bool)
+        for poly in self.hulls.values():
+            lo, hi = poly.min(axis=0), poly.max(axis=0)
+            box = (pts[:, 0] >= lo[0]) & (pts[:, 0] <= hi[0]) & (pts[:, 1] >= lo[1]) & (pts[:, 1] <= hi[1]) & ~out
+            if box.any():
+                out[box] = MplPath(poly).contains_points(pts[box])
+        return out.reshape(x.shape)
+
+    def ccd_of(self, x: float, y: float) -> int | None:
+        """CCD whose footprint contains the physical position (None if in a gap)."""
+        for ccd, poly in sorted(self.hulls.items()):
+            if MplPath(poly).contains_point((x, y)):
+                return ccd
+        return None
+
+
+def ccd_footprints(evl: EventList, *, min_events: int = 20) -> CcdFootprints:
+    """Convex hull of each CCD's event positions (X, Y); CCDs with fewer than ``min_events`` are skipped."""
+    hulls: dict[int, np.ndarray] = {}
+    x, y, ccd = evl["X"], evl["Y"], evl["CCDNR"]
+    for c in np.unique(ccd):
+        sel = (ccd == c) & (x > -1e7) & (y > -1e7)
+        if sel.sum() < min_events:
+            continue
+        pts = np.column_stack([x[sel], y[sel]]).astype(float)
+        try:
+            hull = ConvexHull(pts)
+        except QhullError:
+            continue
+        hulls[int(c)] = pts[hull.vertices]
+    return CcdFootprints(hulls)
+
+
+def coverage_image(footprints: CcdFootprints, extent: Extent) -> np.ndarray:
+    """1.0 where the pixel centre lies on a CCD footprint, else 0.0 (shape ny, nx)."""
+    xc, yc = extent.centres()
+    xx, yy = np.meshgrid(xc, yc)
+    return footprints.contains(xx, yy).astype(np.float64)
+
+
+def exposure_image(evl: EventList, extent: Extent, *, gti: np.ndarray | None = None,
+                   footprints: CcdFootprints | None = None) -> np.ndarray:
+    """Flat (un-vignetted) exposure image [s]: each CCD footprint filled with its good time.
+
+    Use an ``eexpmap`` exposure map (:func:`read_exposure_map`) for vignetting-corrected rates.
+    """
+    from . import gti as gtimod
+
+    fp = footprints or ccd_footprints(evl)
+    xc, yc = extent.centres()
+    xx, yy = np.meshgrid(xc, yc)
+    out = np.zeros(xx.shape)
+    for ccd, poly in fp.hulls.items():
+        g = evl.gti_ccd.get(ccd, evl.gti)
+        t = gtimod.exposure(g if gti is None else gtimod.intersection(g, gti))
+        inside = MplPath(poly).contains_points(np.column_stack([xx.ravel(), yy.ravel()])).reshape(xx.shape)
+        out = np.where(inside & (out == 0), t, out)
+    return out
+
+
+def read_exposure_map(path: str | Path, extent: Extent) -> np.ndarray:
+    """Read an ``eexpmap`` image and sample it at the centres of ``extent`` (nearest pixel, via LTM/LTV)."""
+    from .errors import InputDataError
+
+    path = Path(path)
+    try:
+        with fits.open(path) as hdul:
+            data = np.asarray(hdul[0].data, dtype=float)
+            h = hdul[0].header
+    except OSError as exc:
+        raise InputDataError(f"cannot read exposure map ({exc})", path) from exc
+    if data.ndim != 2:
+        raise InputDataError("exposure map is not a 2-D image", path)
+    ltm1, ltm2 = float(h.get("LTM1_1", 1.0)), float(h.get("LTM2_2", 1.0))
+    ltv1, ltv2 = float(h.get("LTV1", 0.0)), float(h.get("LTV2", 0.0))
+    xc, yc = extent.centres()
+    # DS9 image pixel (1-based) = LTM * physical + LTV.
+    ix = np.round(ltm1 * xc + ltv1).astype(int) - 1
+    iy = np.round(ltm2 * yc + ltv2).astype(int) - 1
+    out = np.zeros((extent.ny, extent.nx))
+    okx = (ix >= 0) & (ix < data.shape[1])
+    oky = (iy >= 0) & (iy < data.shape[0])
+    out[np.ix_(oky, okx)] = data[np.ix_(iy[oky], ix[okx])]
+    return out
+
+
+def write_image(image: np.ndarray, wcs: WCS, extent: Extent, path: str | Path, *,
+                header_extra: dict | None = None) -> Path:
+    """Write an image with celestial WCS and DS9 physical (LTM/LTV) keywords (atomic)."""
+    hdu = fits.PrimaryHDU(np.asarray(image, dtype=np.float32), header=wcs.to_header())
+    h = hdu.header
+    h["LTM1_1"] = 1.0 / extent.bin_phys
+    h["LTM2_2"] = 1.0 / extent.bin_phys
+    h["LTV1"] = 0.5 - extent.x0 / extent.bin_phys
+    h["LTV2"] = 0.5 - extent.y0 / extent.bin_phys
+    for k, v in (header_extra or {}).items():
+        h[k] = v
+    return atomic_write_fits(fits.HDUList([hdu]), path)

@@ -1,0 +1,88 @@
+"""Per-observation figures: light curve with GTIs, image with regions (PNG, atomic)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .fsutil import atomic_path
+
+__all__ = ["plot_lightcurve", "plot_image_regions"]
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
+    """High-energy light curve with kept (green) and removed (red) intervals and the threshold.
+
+    ``res`` is a :class:`xmmcore.flares.FlareResult`.
+    """
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    try:
+        t0 = float(res.lc_time[0] - res.bin_s / 2) if res.lc_time.size else 0.0
+        t = (res.lc_time - t0) / 1000.0
+        ax.step(t, res.lc_rate, where="mid", color="k", lw=0.8, label=f"{res.band_kev[0]:g}-{res.band_kev[1]:g} keV")
+        ymax = np.nanmax(res.lc_rate) if np.isfinite(res.lc_rate).any() else 1.0
+        for a, b in res.gti:
+            ax.axvspan((a - t0) / 1000.0, (b - t0) / 1000.0, color="tab:green", alpha=0.15, lw=0)
+        if np.isfinite(res.threshold):
+            ax.axhline(res.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.threshold:.3g} ct/s")
+        if np.isfinite(res.mean):
+            ax.axhline(res.mean, color="tab:blue", ls=":", lw=1, label=f"quiescent {res.mean:.3g} ct/s")
+        ax.set_ylim(0, 1.1 * ymax if np.isfinite(ymax) and ymax > 0 else 1.0)
+        ax.set_xlabel(f"time - {t0:.0f} [ks]")
+        ax.set_ylabel("rate [ct/s]")
+        ax.set_title(f"{title}  method={res.method}, flare fraction={res.flare_fraction:.1%} (green = kept)")
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+def plot_image_regions(image: np.ndarray, wcs: Any, extent: Any, regions: dict[str, Any], path: str | Path, *,
+                       title: str = "") -> Path:
+    """Smoothed log image with the source circle, background annulus and masked point sources."""
+    from matplotlib.patches import Circle
+    from scipy import ndimage
+
+    plt = _figure()
+    fig = plt.figure(figsize=(6.5, 6))
+    try:
+        ax = fig.add_subplot(111, projection=wcs)
+        sm = ndimage.gaussian_filter(image, 1.5)
+        pos = sm[sm > 0]
+        vmin = np.percentile(pos, 5) if pos.size else 1e-3
+        ax.imshow(np.log10(np.maximum(sm, vmin)), origin="lower", cmap="magma", interpolation="nearest")
+        cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
+        per_arcmin = 1200.0 / extent.bin_phys
+        ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.2))
+        for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
+            ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.0, ls="--"))
+        for p in regions.get("point_sources", []):
+            px, py = extent.to_pixel(p["x"], p["y"])
+            ax.add_patch(Circle((px, py), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red", lw=0.8))
+        half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6
+        ax.set_xlim(cx - half, cx + half)
+        ax.set_ylim(cy - half, cy + half)
+        ax.set_xlabel("RA")
+        ax.set_ylabel("Dec")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)

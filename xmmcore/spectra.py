@@ -1,0 +1,288 @@
+"""PI spectra on the SAS channel grids, region areas/exposures, and grouping.
+
+Channel grids (identical to the canned SAS RMFs in ``shared/data/xmm``):
+
+====== ========= =========== ==================== =========================================
+camera channels  width [eV]  PI -> channel        keywords
+====== ========= =========== ==================== =========================================
+pn     4096      5           ``PI // 5`` (0-4095)  ``SPECDELT=5``, ``TLMIN1=0``, PI <= 20479
+MOS    800       15          ``PI // 15`` (0-799)  ``SPECDELT=15``, ``TLMIN1=0``, PI <= 11999
+====== ========= =========== ==================== =========================================
+
+Exposure convention (documented choice): like SAS ``evselect`` ("weighted live time of CCDs in
+the extraction region"), ``ONTIME`` is the sum over CCDs of each CCD's GTI overlap with the
+flare-filtered GTIs, weighted by the fraction of the region's on-detector area that lies on that
+CCD; ``EXPOSURE = LIVETIME`` applies each CCD's dead-time factor ``LIVETInn/ONTIMEnn`` from
+the input event header.  ``BACKSCAL`` is the region area on the detector in physical
+pixel^2 (0.05 arcsec pixels), the unit of SAS ``backscale``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import gti as gtimod
+from .events import EventList
+from .images import CcdFootprints
+from .regions import Selection
+
+__all__ = [
+    "CHANNEL_GRID",
+    "channel_grid",
+    "pi_histogram",
+    "RegionGeometry",
+    "region_geometry",
+    "extract",
+    "group_min_counts",
+    "group_optimal",
+    "fwhm_channels",
+    "fwhm_from_rmf",
+]
+
+#: camera -> (number of channels, channel width [eV])
+CHANNEL_GRID = {"pn": (4096, 5), "mos1": (800, 15), "mos2": (800, 15)}
+
+
+def channel_grid(camera: str) -> tuple[int, int]:
+    """``(n_channels, width_eV)`` of a camera's SAS spectral grid."""
+    try:
+        return CHANNEL_GRID[camera]
+    except KeyError:
+        raise ValueError(f"unknown camera {camera!r}; expected pn, mos1 or mos2") from None
+
+
+def pi_histogram(pi: np.ndarray, camera: str) -> np.ndarray:
+    """Counts per channel (``channel = PI // width``; PI beyond the grid dropped), int64."""
+    n, width = channel_grid(camera)
+    pi = np.asarray(pi)
+    chan = pi // width
+    chan = chan[(chan >= 0) & (chan < n)]
+    return np.bincount(chan.astype(np.intp), minlength=n)[:n].astype(np.int64)
+
+
+@dataclass
+class RegionGeometry:
+    """Area and exposure of a region for one camera.
+
+    Attributes
+    ----------
+    area_phys2 : float
+        Area on the detector [physical pixel^2] (BACKSCAL).
+    area_by_ccd : dict of int -> float
+        The same, split by CCD.
+    ontime_s : float
+        Area-weighted GTI overlap [s].
+    livetime_s : float
+        Area-weighted live time [s] (EXPOSURE).
+    """
+
+    area_phys2: float
+    area_by_ccd: dict[int, float]
+    ontime_s: float
+    livetime_s: float
+
+    @property
+    def backscal(self) -> float:
+        return self.area_phys2
+
+
+def region_geometry(sel: Selection, footprints: CcdFootprints, evl: EventList, *, gti: np.ndarray | None = None,
+                    step_phys: float = 20.0) -> RegionGeometry:
+    """Area per CCD and area-weighted exposure of a selection (see the module docstring)."""
+    from matplotlib.path import Path as MplPath
+
+    xmin, xmax, ymin, ymax = sel.bbox()
+    xs = np.arange(np.floor(xmin / step_phys) * step_phys + 0.5 * step_phys, xmax + step_phys, step_phys)
+    ys = np.arange(np.floor(ymin / step_phys) * step_phys + 0.5 * step_phys, ymax + step_phys, step_phys)
+    counts: dict[int, int] = {c: 0 for c in footprints.hulls}
+    paths = {c: MplPath(p) for c, p in footprints.hulls.items()}
+    for row in np.array_split(ys, max(1, ys.size * xs.size // 400_000 + 1)):
+        xx, yy = np.meshgrid(xs, row)
+        ok = sel.contains(xx, yy)
+        pts = np.column_stack([xx[ok], yy[ok]])
+        free = np.ones(pts.shape[0], dtype=bool)
+        for c in sorted(paths):
+            if not free.any():
+                break
+            inside = np.zeros(pts.shape[0], dtype=bool)
+            inside[free] = paths[c].contains_points(pts[free])
+            counts[c] += int(inside.sum())
+            free &= ~inside
+    area_by_ccd = {c: n * step_phys**2 for c, n in counts.items() if n > 0}
+    area = float(sum(area_by_ccd.values()))
+    ontime = livetime = 0.0
+    if area > 0:
+        for c, a in area_by_ccd.items():
+            g = evl.gti_ccd.get(c, evl.gti)
+            t = gtimod.exposure(g if gti is None else gtimod.intersection(g, gti))
+            ontime += a / area * t
+            livetime += a / area * t * evl.deadtime_factor(c)
+    return RegionGeometry(area_phys2=area, area_by_ccd=area_by_ccd, ontime_s=ontime, livetime_s=livetime)
+
+
+def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndarray | None = None,
+            camera: str | None = None, exposure: float, backscal: float, header: Mapping[str, Any] | None = None,
+            respfile: str | None = None, ancrfile: str | None = None, backfile: str | None = None):
+    """Source or background spectrum of the events in a region, as an :class:`xmmcore.ogip.PHA`.
+
+    Parameters
+    ----------
+    evl : EventList
+        Cleaned events.
+    selection : Selection, optional
+        Spatial selection (physical X/Y); or give ``mask`` (bool per event).
+    camera : str, optional
+        Defaults to ``evl.camera``.
+    exposure : float
+        EXPOSURE [s].
+    backscal : float
+        BACKSCAL [physical pixel^2].
+    header : mapping, optional
+        Extra keywords.
+    """
+    from .ogip import PHA
+
+    camera = camera or evl.camera
+    n, width = channel_grid(camera)
+    if mask is None:
+        mask = np.ones(len(evl), dtype=bool) if selection is None else selection.contains(evl["X"], evl["Y"])
+    counts = pi_histogram(evl["PI"][mask], camera)
+    h = {
+        "TELESCOP": "XMM", "INSTRUME": evl.header.get("INSTRUME", "").strip(),
+        "FILTER": str(evl.header.get("FILTER", "NONE")).strip(), "OBS_ID": evl.header.get("OBS_ID", ""),
+        "OBJECT": evl.header.get("OBJECT", ""), "DATE-OBS": evl.header.get("DATE-OBS", ""),
+        "DETCHANS": n, "CHANTYPE": "PI", "SPECDELT": (width, "[eV] PI channels per spectral channel"),
+        "SPECPIX": 0, "SPECVAL": ((width - 1) / 2.0, "PI at the centre of channel SPECPIX"),
+        "HDUCLAS2": "TOTAL", "TLMIN1": 0, "TLMAX1": n - 1,
+    }
+    for key in ("RA_OBJ", "DEC_OBJ", "RA_PNT", "DEC_PNT", "MJDREF", "DATAMODE", "SUBMODE"):
+        if key in evl.header:
+            h[key] = evl.header[key]
+    h.update(dict(header or {}))
+    return PHA(channel=np.arange(n, dtype=np.int64), counts=counts.astype(float), exposure=float(exposure),
+               backscal=float(backscal), areascal=1.0, respfile=respfile, ancrfile=ancrfile, backfile=backfile,
+               header=h)
+
+
+def group_min_counts(counts: np.ndarray, min_counts: int, *, first: int = 0, last: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Group adjacent channels until each group has at least ``min_counts`` counts (as ``grppha group min``).
+
+    Returns ``(grouping, quality)``: grouping 1 starts a group and -1 continues it; a final
+    group short of ``min_counts`` is merged into the previous one (``specgroup`` behaviour) or,
+    if it is the only group, flagged bad (quality 2).
+    """
+    c = np.asarray(counts, dtype=float)
+    n = c.size
+    last = n - 1 if last is None else last
+    grouping = np.ones(n, dtype=np.int16)
+    quality = np.zeros(n, dtype=np.int16)
+    if min_counts <= 1:
+        return grouping, quality
+    starts = []
+    acc = 0.0
+    start = first
+    for i in range(first, last + 1):
+        if acc == 0.0 and i != start:
+            start = i
+        acc += c[i]
+        if acc >= min_counts:
+            starts.append((start, i))
+            acc = 0.0
+            start = i + 1
+    tail = (start, last) if start <= last else None
+    grouping[first:last + 1] = -1
+    if starts and tail is not None:
+        s0, _ = starts[-1]
+        starts[-1] = (s0, last)
+    elif tail is not None:
+        starts = [tail]
+        quality[tail[0]:tail[1] + 1] = 2
+    for s, _e in starts:
+        grouping[s] = 1
+    return grouping, quality
+
+
+def fwhm_channels(camera: str, n: int | None = None) -> np.ndarray:
+    """Approximate FWHM [channels] per channel: ``FWHM(E)^2 = A + B E`` (eV, E in keV).
+
+    pn ``A = 3956, B = 2444``; MOS ``A = 892, B = 2708`` (the widths of the canned SAS RMFs, as in
+    :mod:`xmmcore.responses`).  Use :func:`fwhm_from_rmf` when the RMF is at hand.
+    """
+    nch, width = channel_grid(camera)
+    n = nch if n is None else n
+    e_kev = (np.arange(n) + 0.5) * width / 1000.0
+    a, b = (3956.0, 2444.0) if camera == "pn" else (892.0, 2708.0)
+    return np.sqrt(a + b * e_kev) / width
+
+
+def fwhm_from_rmf(rmf: Any) -> np.ndarray:
+    """FWHM [channels] per channel from an :class:`xmmcore.ogip.RMF` (second moment of each row)."""
+    m = rmf.matrix.tocsr()
+    n_chan = m.shape[1]
+    chans = np.arange(n_chan, dtype=float)
+    e_mid = 0.5 * (rmf.energ_lo + rmf.energ_hi)
+    ch_mid = 0.5 * (rmf.e_min + rmf.e_max)
+    fw = np.full(m.shape[0], np.nan)
+    for i in range(m.shape[0]):
+        row = m.getrow(i)
+        w = row.data
+        if w.sum() <= 0:
+            continue
+        idx = row.indices.astype(float)
+        mu = (idx * w).sum() / w.sum()
+        fw[i] = 2.3548 * np.sqrt(max(((idx - mu) ** 2 * w).sum() / w.sum(), 0.0))
+    good = np.isfinite(fw)
+    return np.interp(ch_mid, e_mid[good], fw[good]) if good.any() else np.full(n_chan, 1.0) + 0 * chans
+
+
+def group_optimal(counts: np.ndarray, fwhm_chan: np.ndarray, *, min_counts: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Kaastra & Bleeker (2016) optimal binning, as ``ftgrouppha grouptype=optimal``.
+
+    For each channel the optimal bin width is ``delta = FWHM * f(x)`` with
+    ``x = ln[N_r (1 + 0.2 ln R)]``, ``N_r`` the counts in one resolution element around the
+    channel and ``R`` the number of resolution elements in the spectrum;
+    ``f = 0.08`` for ``x <= 2.119`` else ``(0.08 + 7/x + 1.8/x^2) / (1 + 5.9/x)`` (their eq. 36).
+    Groups are then built left to right with width ``max(1, floor(min delta in the group))``,
+    optionally also requiring ``min_counts`` per group.
+    """
+    c = np.asarray(counts, dtype=float)
+    n = c.size
+    fw = np.maximum(np.asarray(fwhm_chan, dtype=float)[:n], 1.0)
+    r_elems = float(np.sum(1.0 / fw))
+    cum = np.concatenate([[0.0], np.cumsum(c)])
+    idx = np.arange(n)
+    lo = np.clip(np.floor(idx - fw / 2).astype(int), 0, n)
+    hi = np.clip(np.ceil(idx + fw / 2).astype(int) + 1, 0, n)
+    n_res = cum[hi] - cum[lo]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.log(np.maximum(n_res, 1e-9) * (1.0 + 0.2 * np.log(max(r_elems, 1.0))))
+        f = np.where(x <= 2.119, 0.08, (0.08 + 7.0 / x + 1.8 / x**2) / (1.0 + 5.9 / x))
+    delta = np.maximum(fw * f, 1.0)
+    grouping = -np.ones(n, dtype=np.int16)
+    quality = np.zeros(n, dtype=np.int16)
+    i = 0
+    while i < n:
+        grouping[i] = 1
+        width = max(1, int(np.floor(delta[i])))
+        j = i + width
+        # Shrink the group if a narrower optimal width appears inside it.
+        while j > i + 1 and int(np.floor(delta[i:j].min())) < j - i:
+            j = i + max(1, int(np.floor(delta[i:j].min())))
+        if min_counts > 0:
+            while j < n and c[i:j].sum() < min_counts:
+                j += 1
+        i = j
+    if min_counts > 0:
+        starts = np.flatnonzero(grouping == 1)
+        if starts.size and c[starts[-1]:].sum() < min_counts:
+            if starts.size > 1:
+                grouping[starts[-1]] = -1
+            else:
+                quality[:] = 2
+    return grouping, quality
