@@ -1,0 +1,388 @@
+"""The Python API of the survey: what ``xmm-survey run`` does, callable from a notebook.
+
+Examples
+--------
+>>> from survey.config import load_config
+>>> from survey.api import run_survey
+>>> cfg = load_config("survey.yaml", ["cluster.workers=2"])
+>>> report = run_survey(cfg)
+>>> report.failed          # ObsID -> reason
+{}
+>>> report.catalogue       # [results/catalogue.parquet, results/catalogue.fits]
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xmmcore.errors import ConfigError, InputDataError
+from xmmcore.observation import Observation, discover, list_obsids, validate_obsid
+
+from .config import Config, write_resolved
+from .graph import ObsPlan, build_catalogue, catalogue_is_current, make_tasks, plan_obsid, run_graph
+from .logs import close_survey_logger, collect_worker_logs, survey_logger
+from .steps import Pipeline, execute_step, software_versions
+
+__all__ = [
+    "SurveyReport",
+    "load_observations",
+    "read_obsid_list",
+    "read_targets_csv",
+    "resolve_obsids",
+    "run_one",
+    "run_survey",
+]
+
+_TARGET_FLOATS = ("ra", "dec", "z", "nh", "r500_kpc")
+
+
+@dataclass
+class SurveyReport:
+    """What a survey run did.
+
+    Attributes
+    ----------
+    results_dir : Path
+    obsids : list of str
+    outcomes : dict
+        ObsID -> step -> outcome (status ``done`` / ``cached`` / ``failed`` / ``blocked``, reason, wall_s).
+    failed : dict
+        ObsID -> ``"<step>: <ExceptionClass>: <reason>"`` for every ObsID that did not finish.
+    n_run, n_cached : int
+        Steps computed in this run, steps skipped because their records matched.
+    wall_s : float
+        Wall time of the whole run [s].
+    step_wall_s : dict
+        Step -> summed wall time of the steps computed in this run [s].
+    catalogue : list of Path
+        Catalogue files written (empty when not built).
+    catalogue_error : str or None
+    dashboard_link : str or None
+    config_hash : str
+    """
+
+    results_dir: Path
+    obsids: list[str]
+    outcomes: dict[str, dict[str, dict[str, Any]]]
+    failed: dict[str, str]
+    n_run: int
+    n_cached: int
+    wall_s: float
+    step_wall_s: dict[str, float]
+    catalogue: list[Path] = field(default_factory=list)
+    catalogue_error: str | None = None
+    dashboard_link: str | None = None
+    config_hash: str = ""
+
+    @property
+    def done(self) -> list[str]:
+        """ObsIDs whose every step finished."""
+        return [o for o in self.obsids if o not in self.failed]
+
+    @property
+    def ok(self) -> bool:
+        """True when every ObsID finished and the catalogue was written."""
+        return not self.failed and self.catalogue_error is None
+
+    def summary(self) -> str:
+        """A few lines for the terminal."""
+        head = (f"survey: {len(self.done)}/{len(self.obsids)} ObsIDs done, {len(self.failed)} failed; "
+                f"{self.n_run} steps computed, {self.n_cached} reused; {self.wall_s:.1f} s")
+        lines = [head]
+        for obsid, reason in sorted(self.failed.items()):
+            lines.append(f"  FAILED {obsid}: {reason}")
+        if self.catalogue:
+            lines.append("catalogue: " + ", ".join(str(p) for p in self.catalogue))
+        elif self.catalogue_error:
+            lines.append(self.catalogue_error)
+        plots = self.results_dir / "plots"
+        if plots.is_dir():
+            lines.append(f"plots: {plots}")
+        lines.append(f"status: xmm-survey status --results {self.results_dir}")
+        return "\n".join(lines)
+
+
+def read_obsid_list(path: str | Path) -> list[str]:
+    """ObsIDs from a list file: one per line; ``#`` starts a comment; blank lines ignored.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, or a line that is not a plain ObsID (named with its line number).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the ObsID list {path}: {exc}") from exc
+    out: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        try:
+            out.append(validate_obsid(entry))
+        except InputDataError as exc:
+            raise ConfigError(f"{path}:{number}: {exc}") from exc
+    return list(dict.fromkeys(out))
+
+
+def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per-target metadata from a CSV with columns ``obsid,name,ra,dec,z,nh,r500_kpc``.
+
+    Only ``obsid`` is required; empty cells are missing values; numbers are parsed as floats
+    (ra, dec [deg], z, nh [1e22 cm^-2], r500_kpc [kpc]); other columns are kept as text.
+
+    Raises
+    ------
+    InputDataError
+        Missing file, no ``obsid`` column, a value that is not a number (named by row and column).
+    """
+    path = Path(path)
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputDataError(f"cannot read the targets CSV ({exc})", path) from exc
+    out: dict[str, dict[str, Any]] = {}
+    with fh:
+        rows = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
+        if not rows.fieldnames or "obsid" not in [f.strip().lower() for f in rows.fieldnames]:
+            raise InputDataError(f"no 'obsid' column (columns: {rows.fieldnames})", path)
+        for number, row in enumerate(rows, start=2):
+            clean = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            obsid = clean.pop("obsid")
+            try:
+                validate_obsid(obsid)
+            except InputDataError as exc:
+                raise InputDataError(f"row {number}: {exc}", path) from exc
+            meta: dict[str, Any] = {}
+            for key, value in clean.items():
+                if value == "":
+                    continue
+                if key in _TARGET_FLOATS:
+                    try:
+                        meta[key] = float(value)
+                    except ValueError as exc:
+                        raise InputDataError(f"row {number}: column {key} = {value!r} is not a number",
+                                             path) from exc
+                else:
+                    meta[key] = value
+            out[obsid] = meta
+    return out
+
+
+def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
+    """The ObsIDs a survey covers, from ``obsids`` (list, list file or glob) or the targets CSV or ``data_dir``."""
+    spec = cfg.get("obsids")
+    data_dir = Path(cfg["data_dir"])
+    if isinstance(spec, list):
+        out = []
+        for item in spec:
+            try:
+                out.append(validate_obsid(str(item)))
+            except InputDataError as exc:
+                raise ConfigError(f"obsids: {exc}") from exc
+        return list(dict.fromkeys(out))
+    if isinstance(spec, str):
+        if Path(spec).is_file():
+            return read_obsid_list(spec)
+        if any(ch in spec for ch in "*?["):
+            return [o for o in list_obsids(data_dir) if fnmatch.fnmatch(o, spec)]
+        raise ConfigError(f"obsids: {spec!r} is neither a list file nor a glob over {data_dir}")
+    if cfg.get("targets_csv"):
+        return list(read_targets_csv(cfg["targets_csv"]))
+    return list_obsids(data_dir)
+
+
+def load_observations(cfg: Mapping[str, Any], obsids: Sequence[str]
+                      ) -> dict[str, tuple[Observation | None, tuple[str, str] | None]]:
+    """Discover each ObsID under ``data_dir`` and add the targets-CSV metadata.
+
+    Returns ObsID -> (Observation, None), or (None, (exception class, reason)) when discovery failed.
+    """
+    targets = read_targets_csv(cfg["targets_csv"]) if cfg.get("targets_csv") else {}
+    out: dict[str, tuple[Observation | None, tuple[str, str] | None]] = {}
+    for obsid in obsids:
+        try:
+            obs = discover(Path(cfg["data_dir"]).resolve(), obsid)
+        except InputDataError as exc:
+            out[obsid] = (None, (type(exc).__name__, str(exc)))
+            continue
+        if obsid in targets:
+            obs = obs.with_meta(**targets[obsid])
+        out[obsid] = (obs, None)
+    return out
+
+
+def _pipeline_for(cfg: Mapping[str, Any],
+                  pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None) -> Pipeline:
+    if pipeline is None:
+        return Pipeline.from_config(cfg)
+    if isinstance(pipeline, Pipeline):
+        return pipeline
+    return Pipeline.from_mapping(pipeline)
+
+
+def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed: bool) -> list[ObsPlan]:
+    observations = load_observations(cfg, obsids)
+    versions = software_versions(pipeline.module)
+    plain = cfg.to_dict()
+    results_dir = str(Path(cfg["results_dir"]).resolve())
+    plans = []
+    for obsid in obsids:
+        obs, error = observations[obsid]
+        tasks = make_tasks(obsid, obs, error, pipeline=pipeline, results_dir=results_dir, cfg=plain,
+                           retries=int(cfg["retries"]["transient"]), backoff_s=float(cfg["retries"]["backoff_s"]),
+                           retry_failed=retry_failed, versions=versions)
+        plans.append(plan_obsid(tasks))
+    return plans
+
+
+def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None = None,
+               obsids: Sequence[str] | None = None, retry_failed: bool = False, client: Any = None,
+               progress: bool = True, catalogue: bool = True,
+               on_outcome: Callable[[dict[str, Any]], None] | None = None) -> SurveyReport:
+    """Run (or resume) the survey described by ``cfg`` and build the catalogue.
+
+    Parameters
+    ----------
+    cfg : Config
+        Resolved configuration (:func:`survey.config.load_config`).
+    pipeline : Pipeline or mapping, optional
+        The per-ObsID steps; default ``cfg["pipeline"]["module"]`` (``xmmcore.pipeline``). A mapping
+        step name -> ``fn(obs, outdir, cfg, *, log) -> dict`` is accepted too.
+    obsids : list of str, optional
+        Restrict the run to these ObsIDs (default: :func:`resolve_obsids`).
+    retry_failed : bool
+        Rerun steps whose failure was recorded on the same inputs (normally reported, not rerun).
+    client : distributed.Client, optional
+        Use this client instead of starting the cluster of ``cfg["cluster"]``.
+    progress : bool
+        Show a progress bar.
+    catalogue : bool
+        Build ``results/catalogue.{parquet,fits}`` at the end.
+    on_outcome : callable, optional
+        Called with each step outcome as soon as it finishes.
+
+    Returns
+    -------
+    SurveyReport
+
+    Raises
+    ------
+    ConfigError
+        Bad configuration (nothing has run).
+    """
+    t0 = time.perf_counter()
+    pipe = _pipeline_for(cfg, pipeline)
+    results_dir = Path(cfg["results_dir"]).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    write_resolved(cfg, results_dir)
+    log = survey_logger(results_dir)
+    try:
+        chosen = list(obsids) if obsids is not None else resolve_obsids(cfg)
+        log.info("survey start: %d ObsIDs, steps %s, config hash %s, data %s", len(chosen), list(pipe.steps),
+                 cfg.hash[:12], cfg["data_dir"])
+        plans = _plans(cfg, pipe, chosen, retry_failed)
+        n_todo = sum(len(p.tasks) for p in plans)
+        log.info("%d steps to compute, %d reused from records", n_todo,
+                 sum(len(p.outcomes) for p in plans))
+        outcomes: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
+        dashboard = None
+        if n_todo:
+            handle = None
+            if client is None:
+                from .cluster import start_cluster
+
+                handle = start_cluster(cfg, results_dir=results_dir, log=log)
+                run_client, use_resources, dashboard = handle.client, handle.use_resources, handle.dashboard_link
+                if dashboard:
+                    print(f"Dask dashboard: {dashboard}", flush=True)
+            else:
+                run_client, dashboard = client, getattr(client, "dashboard_link", None)
+                workers = client.scheduler_info().get("workers", {})
+                use_resources = bool(workers) and all("slots" in (w.get("resources") or {})
+                                                      for w in workers.values())
+            try:
+                outcomes = run_graph(run_client, plans, use_resources=use_resources, progress=progress, log=log,
+                                     on_outcome=on_outcome)
+                collect_worker_logs(run_client, results_dir)
+            finally:
+                if handle is not None:
+                    handle.close()
+        report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
+        if catalogue:
+            if n_todo == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
+                log.info("catalogue is up to date")
+                report.catalogue = [results_dir / "catalogue.parquet", results_dir / "catalogue.fits"]
+            else:
+                report.catalogue, report.catalogue_error, _ = build_catalogue(results_dir, log=log)
+        report.wall_s = time.perf_counter() - t0
+        log.info("survey end: %d done, %d failed, %.2f s", len(report.done), len(report.failed), report.wall_s)
+        return report
+    finally:
+        close_survey_logger(log)
+
+
+def _report(cfg: Config, results_dir: Path, obsids: Sequence[str], outcomes: dict[str, dict[str, dict[str, Any]]],
+            pipe: Pipeline, wall_s: float, dashboard: str | None) -> SurveyReport:
+    failed: dict[str, str] = {}
+    n_run = n_cached = 0
+    step_wall = {s: 0.0 for s in pipe.steps}
+    for obsid in obsids:
+        steps = outcomes.get(obsid, {})
+        for step in pipe.steps:
+            out = steps.get(step)
+            if out is None:
+                continue
+            if out["status"] == "cached":
+                n_cached += 1
+            elif out["status"] in ("done", "failed") and out.get("attempts") and not out.get("reused"):
+                n_run += 1
+                step_wall[step] += float(out.get("wall_s") or 0.0)
+            if out["status"] == "failed" and obsid not in failed:
+                failed[obsid] = f"{step}: {out.get('exception')}: {out.get('reason')}"
+        if obsid not in failed and any(steps.get(s, {}).get("status") not in ("done", "cached") for s in pipe.steps):
+            failed[obsid] = "not finished (blocked or lost)"
+    return SurveyReport(results_dir=results_dir, obsids=list(obsids), outcomes=outcomes, failed=failed,
+                        n_run=n_run, n_cached=n_cached, wall_s=wall_s, step_wall_s=step_wall,
+                        dashboard_link=dashboard, config_hash=cfg.hash)
+
+
+def run_one(cfg: Config, obsid: str, *, pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None
+            = None, retry_failed: bool = False) -> dict[str, dict[str, Any]]:
+    """Run the chain of one ObsID in this process, without Dask (SLURM job-array mode).
+
+    Returns
+    -------
+    dict
+        Step -> outcome. Check ``outcome["status"]`` (``done``/``cached``; ``failed`` with a reason).
+    """
+    pipe = _pipeline_for(cfg, pipeline)
+    validate_obsid(obsid)
+    results_dir = Path(cfg["results_dir"]).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    log = survey_logger(results_dir, name=f"survey.{obsid}")
+    try:
+        (plan,) = _plans(cfg, pipe, [obsid], retry_failed)
+        outcomes = dict(plan.outcomes)
+        upstream = plan.upstream
+        for task in plan.tasks:
+            outcome = execute_step(task, upstream)
+            outcomes[task.step] = outcome
+            log.info("%s %s %s (%.2f s) %s", obsid, task.step, outcome["status"], outcome.get("wall_s", 0.0),
+                     outcome.get("reason") or "")
+            upstream = outcome
+        return outcomes
+    finally:
+        close_survey_logger(log)
+
+
+logging.getLogger("survey.run").addHandler(logging.NullHandler())

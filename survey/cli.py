@@ -1,0 +1,278 @@
+"""``xmm-survey``: the command line, a thin shell over :mod:`survey.api`.
+
+Sub-commands here: ``run``, ``run-one``, ``status``, ``init``, ``retry``, ``clean``. Others are
+registered from ``survey/commands/<name>.py`` (``fit``, ``models``, ``simulate``, ``plan``,
+``catalog``) when importable; each module exposes ``add_parser(subparsers)`` and sets
+``func(args) -> int`` on its parser. Exit codes: 0 success, 2 configuration error, 3 bad input data,
+4 tool failure, 5 transient failure, 1 anything else (``xmmcore.errors.exit_code_for``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xmmcore.errors import EXIT_CODES, ConfigError, XmmSurveyError, exit_code_for
+
+__all__ = ["PLUGIN_COMMANDS", "build_parser", "main"]
+
+PLUGIN_COMMANDS = ("fit", "models", "simulate", "plan", "catalog")
+_EXIT_BY_NAME = {cls.__name__: code for cls, code in EXIT_CODES.items()}
+_EXIT_BY_NAME.update({"ExternalToolError": 4, "FitError": 4, "ToolNotFoundError": 2})
+
+
+def _add_config_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (keys of `xmm-survey init`)")
+    if data:
+        p.add_argument("--data", metavar="DIR", help="data folder with <obsid>/ sub-folders (data_dir)")
+    p.add_argument("--results", metavar="DIR", help="results folder (results_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set fit.stat=chi2 --set cluster.slurm.cores=4 (repeatable)")
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N", help="number of workers (cluster.workers)")
+    p.add_argument("--cluster", metavar="local|slurm|ADDRESS",
+                   help="local (default), slurm (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "data", None):
+        out.append(f"data_dir={json.dumps(str(Path(args.data).resolve()))}")
+    if getattr(args, "results", None):
+        out.append(f"results_dir={json.dumps(str(Path(args.results).resolve()))}")
+    if getattr(args, "workers", None) is not None:
+        out.append(f"cluster.workers={args.workers}")
+    cluster = getattr(args, "cluster", None)
+    if cluster:
+        if cluster in ("local", "slurm", "address"):
+            out.append(f"cluster.kind={cluster}")
+        else:
+            out += ["cluster.kind=address", f"cluster.address={json.dumps(cluster)}"]
+    if getattr(args, "obsids", None):
+        out.append(f"obsids={json.dumps(args.obsids)}")
+    if getattr(args, "targets", None):
+        out.append(f"targets_csv={json.dumps(str(Path(args.targets).resolve()))}")
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .config import load_config
+
+    return load_config(args.config, _overrides(args))
+
+
+def _report_exit(report: Any) -> int:
+    print(report.summary())
+    if report.failed:
+        first = next(iter(sorted(report.failed.items())))[1]
+        exc_name = first.split(":", 2)[1].strip() if first.count(":") >= 2 else ""
+        return _EXIT_BY_NAME.get(exc_name, 1)
+    return 0 if report.catalogue_error is None else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .api import run_survey
+
+    cfg = _load(args)
+    if args.catalogue_only:
+        from .graph import build_catalogue
+
+        paths, error, _info = build_catalogue(cfg["results_dir"])
+        print(error or "catalogue: " + ", ".join(map(str, paths)))
+        return 0 if error is None else 1
+    report = run_survey(cfg, progress=not args.no_progress, retry_failed=args.retry_failed)
+    return _report_exit(report)
+
+
+def cmd_run_one(args: argparse.Namespace) -> int:
+    from .api import read_obsid_list, run_one
+
+    cfg = _load(args)
+    obsid = args.obsid
+    if obsid is None:
+        if not args.obsid_list or args.index is None:
+            raise ConfigError("run-one needs --obsid, or --obsid-list FILE with --index N (1-based)")
+        ids = read_obsid_list(args.obsid_list)
+        if not 1 <= args.index <= len(ids):
+            raise ConfigError(f"--index {args.index} is outside 1..{len(ids)} of {args.obsid_list}")
+        obsid = ids[args.index - 1]
+    outcomes = run_one(cfg, obsid, retry_failed=args.retry_failed)
+    worst = 0
+    for step, out in outcomes.items():
+        print(f"{obsid} {step}: {out['status']}" + (f" ({out.get('exception')}: {out.get('reason')})"
+                                                    if out["status"] == "failed" else ""))
+        if out["status"] == "failed" and not worst:
+            worst = _EXIT_BY_NAME.get(out.get("exception") or "", 1)
+    return worst
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import collect_status, format_status
+
+    results = args.results or _load(args)["results_dir"]
+    status = collect_status(results)
+    if args.json:
+        print(json.dumps(status.to_dict(), indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .config import write_example_config
+
+    path = write_example_config(args.path, overwrite=args.force)
+    print(f"wrote {path} (every key with its default; delete what you do not change)")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from .api import run_survey
+    from .config import load_config, read_resolved
+    from .status import failed_obsids
+
+    if not args.failed:
+        raise ConfigError("retry needs --failed (rerun the ObsIDs whose steps failed)")
+    if args.config:
+        cfg = load_config(args.config, _overrides(args))
+    else:
+        results = Path(args.results or "results")
+        cfg = read_resolved(results)
+        extra = _overrides(args)
+        if extra:
+            cfg = cfg.with_overrides(extra)
+    todo = failed_obsids(cfg["results_dir"])
+    if not todo:
+        print("no failed ObsIDs")
+        return 0
+    print(f"retrying {len(todo)} ObsIDs: {' '.join(todo)}")
+    report = run_survey(cfg, obsids=todo, retry_failed=True, progress=not args.no_progress)
+    return _report_exit(report)
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .status import clean_obsid
+
+    results = args.results or _load(args)["results_dir"]
+    for obsid in args.obsid:
+        removed = clean_obsid(results, obsid, step=args.step)
+        print(f"{obsid}: removed {len(removed)} path(s)" + (f" from step {args.step} on" if args.step else ""))
+    return 0
+
+
+def _register_plugins(sub: Any) -> None:
+    for name in PLUGIN_COMMANDS:
+        modname = f"survey.commands.{name}"
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name in (modname, "survey.commands"):
+                continue
+            _broken(sub, name, exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken plug-in must not break the whole CLI
+            _broken(sub, name, exc)
+            continue
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
+
+
+def _broken(sub: Any, name: str, exc: BaseException) -> None:
+    p = sub.add_parser(name, help=f"(unavailable: {type(exc).__name__})")
+
+    def fail(_args: argparse.Namespace) -> int:
+        print(f"error: the {name} command cannot be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+    p.set_defaults(func=fail)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``xmm-survey`` argument parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="xmm-survey",
+        description="XMM-Newton extended-source survey: event lists -> spectra -> fits -> catalogue.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log to the terminal too")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("run", help="run or resume the survey (skips finished steps)",
+                       description="Run the survey on a Dask cluster; finished steps are reused, failed "
+                                   "ObsIDs are recorded and the survey goes on.")
+    _add_config_args(p)
+    _add_cluster_args(p)
+    p.add_argument("--obsids", metavar="FILE|GLOB", help="ObsID list file (one per line, # comments) or a glob")
+    p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
+    p.add_argument("--retry-failed", action="store_true", help="also rerun steps that failed before")
+    p.add_argument("--catalogue-only", action="store_true", help="only (re)build the catalogue from results/")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("run-one", help="run one ObsID in this process, without Dask (SLURM job arrays)",
+                       description="Run the steps of one ObsID here; for `sbatch --array` give --obsid-list "
+                                   "and --index $SLURM_ARRAY_TASK_ID.")
+    _add_config_args(p)
+    p.add_argument("--obsid", help="the ObsID")
+    p.add_argument("--obsid-list", metavar="FILE", help="ObsID list file (with --index)")
+    p.add_argument("--index", type=int, metavar="N", help="1-based line (ignoring comments) of --obsid-list")
+    p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
+    p.add_argument("--retry-failed", action="store_true", help="rerun the steps that failed before")
+    p.set_defaults(func=cmd_run_one)
+
+    p = sub.add_parser("status", help="table of ObsIDs x steps: done / failed (reason) / running / pending",
+                       description="Status of a survey from its step records, with wall time per step.")
+    _add_config_args(p, data=False)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("init", help="write a commented example configuration",
+                       description="Write every configuration key with its default and a comment.")
+    p.add_argument("path", nargs="?", default="survey.yaml", help="file to write (default survey.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("retry", help="rerun the ObsIDs that failed (retry --failed)",
+                       description="Rerun the failed ObsIDs with the configuration of the previous run "
+                                   "(results/config.resolved.yaml) unless --config is given.")
+    p.add_argument("--failed", action="store_true", help="rerun every ObsID with a failed step")
+    _add_config_args(p)
+    _add_cluster_args(p)
+    p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("clean", help="forget the results of ObsIDs (all, or from a step on)",
+                       description="Delete results/<obsid>/ (or only the records of --step and later).")
+    p.add_argument("--obsid", action="append", required=True, help="ObsID to clean (repeatable)")
+    p.add_argument("--step", help="only forget this step and the later ones")
+    _add_config_args(p, data=False)
+    p.set_defaults(func=cmd_clean)
+
+    _register_plugins(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``xmm-survey``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except XmmSurveyError as exc:
+        print(f"error ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("interrupted: finished steps are recorded; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The work graph: one chain of step tasks per ObsID on Dask, then the catalogue.
+
+Task keys are stable and readable, ``<step>-<obsid>-<run token>`` (the dashboard groups them by
+step); every task asks for one worker ``slots`` resource and later steps have higher priority, so
+an ObsID that has started is finished before new ones begin (partial results are whole ObsIDs).
+
+The driver first checks the records: the finished prefix of each chain is not submitted at all, an
+ObsID whose failure was recorded on the same inputs is reported without running, and only the rest
+goes to the cluster. A no-op resume therefore starts no cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xmmcore.fsutil import atomic_write_json
+
+from .cluster import SLOT_RESOURCE
+from .steps import RECORD_SCHEMA, Pipeline, StepTask, check_step, execute_step, record_path
+
+__all__ = ["ObsPlan", "build_catalogue", "catalogue_is_current", "plan_obsid", "run_graph", "task_key"]
+
+
+@dataclass
+class ObsPlan:
+    """What is left to do for one ObsID.
+
+    Attributes
+    ----------
+    obsid : str
+    tasks : list of StepTask
+        Steps to submit, in order (empty when nothing is left).
+    upstream : dict or None
+        Outcome of the last finished step before ``tasks[0]`` (its inputs hash feeds the next one).
+    outcomes : dict
+        Step -> outcome dict for the steps settled on the driver (cached, or failed before).
+    """
+
+    obsid: str
+    tasks: list[StepTask] = field(default_factory=list)
+    upstream: dict[str, Any] | None = None
+    outcomes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def task_key(step: str, obsid: str, token: str) -> str:
+    """Stable, readable Dask key of one step of one ObsID in one run."""
+    return f"{step}-{obsid}-{token}"
+
+
+def plan_obsid(tasks: Sequence[StepTask]) -> ObsPlan:
+    """Check the records of one ObsID's chain on the driver and return what must still run."""
+    plan = ObsPlan(obsid=tasks[0].obsid)
+    if tasks[0].obs is None:
+        plan.tasks = list(tasks)
+        return plan
+    upstream_hash = ""
+    for i, task in enumerate(tasks):
+        state, h, _inputs, record = check_step(task, upstream_hash)
+        if state == "cached":
+            plan.outcomes[task.step] = {"obsid": task.obsid, "step": task.step, "status": "cached",
+                                        "inputs_hash": h, "wall_s": float(record.get("wall_s", 0.0)),
+                                        "reason": "", "exception": None, "attempts": 0, "failed_step": None,
+                                        "reused": True}
+            upstream_hash = h
+            continue
+        if state == "failed":
+            plan.outcomes[task.step] = {"obsid": task.obsid, "step": task.step, "status": "failed",
+                                        "inputs_hash": h, "wall_s": float(record.get("wall_s", 0.0)),
+                                        "reason": record.get("reason", ""), "exception": record.get("exception"),
+                                        "attempts": int(record.get("attempts", 0)), "failed_step": task.step,
+                                        "reused": True}
+            return plan
+        plan.tasks = list(tasks[i:])
+        plan.upstream = {"status": "cached", "inputs_hash": upstream_hash} if i else None
+        return plan
+    return plan
+
+
+def _record_lost(task: StepTask, exc: BaseException) -> dict[str, Any]:
+    """Record a step whose task never returned (its worker died too often: KilledWorker)."""
+    name = type(exc).__name__
+    reason = f"task lost: {exc}"
+    atomic_write_json(record_path(task.outdir, task.step), {
+        "schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "status": "failed",
+        "inputs_hash": "", "reason": reason, "exception": name, "error_class": name, "outputs": []})
+    return {"obsid": task.obsid, "step": task.step, "status": "failed", "inputs_hash": "", "wall_s": 0.0,
+            "reason": reason, "exception": name, "attempts": 0, "failed_step": task.step}
+
+
+def run_graph(client: Any, plans: Sequence[ObsPlan], *, use_resources: bool = True, progress: bool = True,
+              log: logging.Logger | None = None,
+              on_outcome: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Submit the chains of ``plans`` to ``client`` and wait for all of them.
+
+    Every outcome is logged (and passed to ``on_outcome``) as soon as its task finishes; the step
+    records themselves are written by the workers at the end of each step.
+
+    Returns
+    -------
+    dict
+        ObsID -> step -> outcome (including the steps settled on the driver).
+    """
+    from distributed import as_completed
+
+    log = log or logging.getLogger("survey.run")
+    token = secrets.token_hex(3)
+    results: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
+    futures: dict[Any, StepTask] = {}
+    resources = {SLOT_RESOURCE: 1} if use_resources else None
+    for plan in plans:
+        prev: Any = plan.upstream
+        for task in plan.tasks:
+            index = task.pipeline.steps.index(task.step)
+            fut = client.submit(execute_step, task, prev, key=task_key(task.step, task.obsid, token),
+                                priority=index, resources=resources, retries=0, pure=False)
+            futures[fut] = task
+            prev = fut
+    total = len(futures)
+    bar = None
+    if progress and total:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="step", desc="survey", dynamic_ncols=True)
+    counts = {"done": 0, "failed": 0, "cached": 0, "blocked": 0}
+    try:
+        for fut in as_completed(list(futures)):
+            task = futures[fut]
+            try:
+                outcome = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a lost task (KilledWorker) fails its ObsID only
+                upstream_failed = any(o.get("status") == "failed" for o in results[task.obsid].values())
+                if upstream_failed:
+                    outcome = {"obsid": task.obsid, "step": task.step, "status": "blocked", "reason": str(exc),
+                               "exception": type(exc).__name__, "wall_s": 0.0, "failed_step": None}
+                else:
+                    outcome = _record_lost(task, exc)
+            results[task.obsid][task.step] = outcome
+            counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
+            if outcome["status"] == "failed":
+                log.warning("%s %s failed (%s): %s", task.obsid, task.step, outcome.get("exception"),
+                            outcome.get("reason"))
+            else:
+                log.info("%s %s %s (%.2f s)", task.obsid, task.step, outcome["status"], outcome.get("wall_s", 0.0))
+            if on_outcome is not None:
+                on_outcome(outcome)
+            if bar is not None:
+                bar.set_postfix(done=counts["done"], cached=counts["cached"], failed=counts["failed"],
+                                refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        for fut in futures:
+            fut.release()
+    return results
+
+
+def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: Sequence[str]) -> bool:
+    """True when both catalogue files exist and are newer than every step record of ``obsids``."""
+    results_dir = Path(results_dir)
+    try:
+        cat_mtime = min((results_dir / name).stat().st_mtime_ns for name in ("catalogue.parquet", "catalogue.fits"))
+    except OSError:
+        return False
+    for obsid in obsids:
+        for step in steps:
+            try:
+                if record_path(results_dir / obsid, step).stat().st_mtime_ns > cat_mtime:
+                    return False
+            except FileNotFoundError:
+                continue
+    return True
+
+
+def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = None
+                    ) -> tuple[list[Path], str | None, Mapping[str, Any]]:
+    """Build and write the catalogue with ``catalog.build`` + ``catalog.io.write_catalogue``.
+
+    Returns
+    -------
+    paths : list of Path
+        The catalogue files written (``catalogue.parquet``, ``catalogue.fits``).
+    error : str or None
+        Why the catalogue could not be built (missing ``catalog`` package, a failure inside it).
+    info : dict
+        ``n_rows`` and ``wall_s``.
+    """
+    log = log or logging.getLogger("survey.run")
+    results_dir = Path(results_dir)
+    t0 = time.perf_counter()
+    try:
+        import catalog
+        from catalog import io as catalog_io
+    except ImportError as exc:
+        msg = f"catalogue not built: the catalog package is not available ({exc})"
+        log.error(msg)
+        return [], msg, {}
+    if not hasattr(catalog, "build") or not hasattr(catalog_io, "write_catalogue"):
+        msg = "catalogue not built: catalog.build / catalog.io.write_catalogue are not implemented yet"
+        log.error(msg)
+        return [], msg, {}
+    try:
+        df = catalog.build(results_dir)
+        catalog_io.write_catalogue(df, results_dir)
+    except Exception as exc:
+        msg = f"catalogue not built: {type(exc).__name__}: {exc}"
+        log.exception(msg)
+        return [], msg, {}
+    paths = [p for p in (results_dir / "catalogue.parquet", results_dir / "catalogue.fits") if p.exists()]
+    info = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
+    log.info("catalogue: %d rows -> %s (%.2f s)", info["n_rows"], ", ".join(map(str, paths)), info["wall_s"])
+    return paths, None, info
+
+
+def make_tasks(obsid: str, obs: Any, error: tuple[str, str] | None, *, pipeline: Pipeline, results_dir: str,
+               cfg: dict[str, Any], retries: int, backoff_s: float, retry_failed: bool,
+               versions: dict[str, str]) -> list[StepTask]:
+    """One StepTask per pipeline step for ``obsid``."""
+    return [StepTask(obsid=obsid, step=step, obs=obs, results_dir=results_dir, cfg=cfg, pipeline=pipeline,
+                     retries=retries, backoff_s=backoff_s, retry_failed=retry_failed, error=error,
+                     versions=versions) for step in pipeline.steps]

@@ -1,0 +1,98 @@
+"""Log files of a survey: one per ObsID and step, one for the survey, and the collected worker logs.
+
+Layout under ``results/``::
+
+    <obsid>/logs/<step>.log     what the step said (appended per attempt)
+    logs/survey.log             the driver: what ran, what was skipped, what failed and why
+    logs/workers/<worker>.log   the Dask workers' own logs, collected at the end of a run
+    logs/slurm/                 stdout/stderr of the SLURM worker jobs (dask-jobqueue log_directory)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "LOG_FORMAT",
+    "close_survey_logger",
+    "collect_worker_logs",
+    "step_log_path",
+    "step_logger",
+    "survey_logger",
+]
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def step_log_path(results_dir: str | os.PathLike[str], obsid: str, step: str) -> Path:
+    """``results/<obsid>/logs/<step>.log``."""
+    return Path(results_dir) / obsid / "logs" / f"{step}.log"
+
+
+@contextlib.contextmanager
+def step_logger(results_dir: str | os.PathLike[str], obsid: str, step: str) -> Iterator[logging.Logger]:
+    """A logger writing to ``results/<obsid>/logs/<step>.log`` for the duration of the block.
+
+    The logger does not propagate, so a worker running many steps does not mix their messages.
+    """
+    path = step_log_path(results_dir, obsid, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"xmm.{obsid}.{step}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def survey_logger(results_dir: str | os.PathLike[str], *, name: str = "survey") -> logging.Logger:
+    """The driver's logger, appending to ``results/logs/survey.log``."""
+    path = Path(results_dir) / "logs" / "survey.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"{name}.run")
+    logger.setLevel(logging.INFO)
+    target = str(path.resolve())
+    if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in logger.handlers):
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logger.addHandler(handler)
+    return logger
+
+
+def close_survey_logger(logger: logging.Logger) -> None:
+    """Close and detach the file handlers of a logger made by :func:`survey_logger`."""
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write each Dask worker's log to ``results/logs/workers/<worker>.log``; return the files.
+
+    Workers that have gone away are skipped; a failure to collect never fails the survey.
+    """
+    from xmmcore.fsutil import atomic_write_text
+
+    out: list[Path] = []
+    try:
+        logs = client.get_worker_logs(n=10000)
+    except Exception:  # noqa: BLE001 - logs are a convenience; the survey result stands without them
+        return out
+    folder = Path(results_dir) / "logs" / "workers"
+    for worker, lines in logs.items():
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(worker)).strip("_")
+        text = "\n".join(msg for _level, msg in lines) + "\n"
+        out.append(atomic_write_text(folder / f"{name}.log", text))
+    return out

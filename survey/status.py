@@ -1,0 +1,209 @@
+"""Survey status from the step records: table ObsID x step, counts, wall time per step; clean.
+
+States: ``done``, ``failed`` (with the reason), ``running`` (a record opened by a worker that has not
+finished: running now, or lost with its worker), ``pending`` (no record yet).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xmmcore.errors import ConfigError
+from xmmcore.observation import validate_obsid
+
+from .steps import read_record, record_path
+
+__all__ = [
+    "StepState",
+    "SurveyStatus",
+    "clean_obsid",
+    "collect_status",
+    "failed_obsids",
+    "format_status",
+    "steps_for",
+]
+
+_RESERVED = {"logs", "plots", "catalogue", "joint", "report"}
+
+
+@dataclass(frozen=True)
+class StepState:
+    """State of one step of one ObsID: ``state``, ``reason``, ``exception``, ``wall_s`` [s]."""
+
+    state: str
+    reason: str = ""
+    exception: str | None = None
+    wall_s: float | None = None
+
+
+@dataclass
+class SurveyStatus:
+    """Status of every ObsID found under ``results/``.
+
+    Attributes
+    ----------
+    steps : list of str
+    rows : dict
+        ObsID -> step -> StepState.
+    """
+
+    results_dir: Path
+    steps: list[str]
+    rows: dict[str, dict[str, StepState]] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Step -> state -> number of ObsIDs."""
+        out: dict[str, dict[str, int]] = {}
+        for step in self.steps:
+            c = {"done": 0, "failed": 0, "running": 0, "pending": 0}
+            for row in self.rows.values():
+                c[row[step].state] = c.get(row[step].state, 0) + 1
+            out[step] = c
+        return out
+
+    def wall_time(self) -> dict[str, dict[str, float]]:
+        """Step -> ``{"total", "mean", "max"}`` wall time [s] of its done records."""
+        out = {}
+        for step in self.steps:
+            times = [r[step].wall_s for r in self.rows.values() if r[step].state == "done" and r[step].wall_s]
+            out[step] = {"total": sum(times), "mean": sum(times) / len(times) if times else 0.0,
+                         "max": max(times, default=0.0)}
+        return out
+
+    def obsid_state(self, obsid: str) -> str:
+        """``done`` | ``failed`` | ``running`` | ``pending`` for a whole ObsID."""
+        states = [s.state for s in self.rows[obsid].values()]
+        if all(s == "done" for s in states):
+            return "done"
+        for state in ("failed", "running"):
+            if state in states:
+                return state
+        return "pending"
+
+    def failed(self) -> dict[str, str]:
+        """ObsID -> ``"<step>: <Exception>: <reason>"``."""
+        out = {}
+        for obsid, row in self.rows.items():
+            for step in self.steps:
+                if row[step].state == "failed":
+                    out[obsid] = f"{step}: {row[step].exception}: {row[step].reason}"
+                    break
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results_dir": str(self.results_dir), "steps": self.steps,
+                "obsids": {o: {s: vars(st) for s, st in row.items()} for o, row in self.rows.items()},
+                "counts": self.counts(), "wall_time_s": self.wall_time()}
+
+
+def steps_for(results_dir: str | Path) -> list[str]:
+    """Step names: from the resolved config's pipeline if it imports, else from the records found."""
+    results_dir = Path(results_dir)
+    try:
+        from .config import read_resolved
+        from .steps import Pipeline
+
+        return list(Pipeline.from_config(read_resolved(results_dir)).steps)
+    except (ConfigError, ImportError):
+        pass
+    names: list[str] = []
+    for rec in sorted(results_dir.glob("*/steps/*.json"), key=lambda p: p.stat().st_mtime_ns):
+        if rec.stem not in names:
+            names.append(rec.stem)
+    return names
+
+
+def collect_status(results_dir: str | Path, *, steps: Sequence[str] | None = None,
+                   obsids: Sequence[str] | None = None) -> SurveyStatus:
+    """Read every ``results/<obsid>/steps/<step>.json`` into a :class:`SurveyStatus`."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ConfigError(f"results directory {results_dir} does not exist")
+    step_names = list(steps) if steps else steps_for(results_dir)
+    if obsids is None:
+        obsids = sorted(p.name for p in results_dir.iterdir()
+                        if p.is_dir() and p.name not in _RESERVED and not p.name.startswith(".")
+                        and ((p / "steps").is_dir() or (p / "logs").is_dir()))
+    status = SurveyStatus(results_dir=results_dir, steps=step_names)
+    for obsid in obsids:
+        row = {}
+        for step in step_names:
+            rec = read_record(results_dir / obsid, step)
+            if rec is None:
+                row[step] = StepState("pending")
+            else:
+                state = rec.get("status", "pending")
+                row[step] = StepState(state if state in ("done", "failed", "running") else "pending",
+                                      reason=str(rec.get("reason") or ""), exception=rec.get("exception"),
+                                      wall_s=rec.get("wall_s"))
+        status.rows[obsid] = row
+    return status
+
+
+def format_status(status: SurveyStatus, *, width: int = 60) -> str:
+    """The status as a text table: ObsID x steps, then counts and wall time per step."""
+    steps = status.steps
+    col = max([len(s) for s in steps] + [7])
+    oid = max([len(o) for o in status.rows] + [5])
+    lines = ["ObsID".ljust(oid) + "  " + "  ".join(s.ljust(col) for s in steps) + "  reason"]
+    for obsid, row in status.rows.items():
+        reason = ""
+        for step in steps:
+            if row[step].state == "failed":
+                reason = f"{step}: {row[step].exception}: {row[step].reason}".replace("\n", " ")
+                if len(reason) > width:
+                    reason = reason[: width - 3] + "..."
+                break
+        lines.append(obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason)
+    lines.append("")
+    counts, walls = status.counts(), status.wall_time()
+    lines.append("step".ljust(col) + "  " + "  ".join(k.rjust(7) for k in ("done", "failed", "running", "pending"))
+                 + "   total_s    mean_s     max_s")
+    for step in steps:
+        c, w = counts[step], walls[step]
+        lines.append(step.ljust(col) + "  " + "  ".join(str(c[k]).rjust(7)
+                                                        for k in ("done", "failed", "running", "pending"))
+                     + f"  {w['total']:8.2f}  {w['mean']:8.3f}  {w['max']:8.3f}")
+    n = len(status.rows)
+    by_state: dict[str, int] = {}
+    for obsid in status.rows:
+        st = status.obsid_state(obsid)
+        by_state[st] = by_state.get(st, 0) + 1
+    lines.append("")
+    lines.append(f"{n} ObsIDs: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+    return "\n".join(lines)
+
+
+def failed_obsids(results_dir: str | Path) -> list[str]:
+    """ObsIDs with a failed step (what ``xmm-survey retry --failed`` reruns)."""
+    return sorted(collect_status(results_dir).failed())
+
+
+def clean_obsid(results_dir: str | Path, obsid: str, *, step: str | None = None) -> list[Path]:
+    """Forget the results of ``obsid``: all of ``results/<obsid>/``, or the records of ``step`` and later.
+
+    Only the step records are removed with ``step`` (the next run recomputes those steps and
+    overwrites their products atomically). Returns the paths removed.
+    """
+    validate_obsid(obsid)
+    root = Path(results_dir) / obsid
+    if not root.is_dir():
+        raise ConfigError(f"nothing to clean: {root} does not exist")
+    if step is None:
+        shutil.rmtree(root)
+        return [root]
+    steps = steps_for(results_dir)
+    if step not in steps:
+        raise ConfigError(f"unknown step {step!r}; steps are {', '.join(steps)}")
+    removed = []
+    for later in steps[steps.index(step):]:
+        path = record_path(root, later)
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+

@@ -1,0 +1,445 @@
+"""Checkpointed steps: a step is done when its outputs exist and its inputs hash matches the record.
+
+The inputs hash of a step covers
+
+* its section(s) of the resolved configuration (``filter`` + ``flares`` for the filter step, ...),
+* the target metadata of the observation (z, nH, R500... feed regions and fits),
+* the files it reads (path, size and modification time),
+* the inputs hash of the step before it (so a change upstream reruns everything downstream),
+* the versions of the software that computes it.
+
+After each step (successful or not) a record ``results/<obsid>/steps/<step>.json`` is written
+atomically, holding the status (``done`` / ``failed``), the reason and exception class of a failure,
+timings, the hash and the outputs with their sizes. A rerun skips a step whose record says ``done``
+with the same hash and whose outputs are all still there; it does not retry a step that failed
+deterministically (``InputDataError``, ``ToolError``) on the same inputs unless asked to
+(``xmm-survey retry --failed``). Only :class:`~xmmcore.errors.TransientError` is retried, with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from xmmcore.errors import ConfigError, TransientError
+from xmmcore.fsutil import atomic_write_json
+from xmmcore.observation import Observation
+
+from .config import config_hash
+from .logs import step_logger
+
+__all__ = [
+    "RECORD_SCHEMA",
+    "STEP_SECTIONS",
+    "Pipeline",
+    "StepTask",
+    "check_step",
+    "compute_inputs_hash",
+    "execute_step",
+    "invalidate_after",
+    "is_done",
+    "read_record",
+    "record_path",
+    "software_versions",
+    "step_config",
+    "write_record",
+]
+
+RECORD_SCHEMA = 1
+
+#: Configuration sections each pipeline step depends on (others: its own section if any).
+STEP_SECTIONS: dict[str, tuple[str, ...]] = {
+    "filter": ("cameras", "backend", "sas", "filter", "flares"),
+    "regions": ("cameras", "backend", "regions", "cosmology"),
+    "spectra": ("cameras", "backend", "sas", "spectra"),
+    "fit": ("cameras", "backend", "xspec", "fit", "cosmology"),
+}
+# Keys that change how the survey runs, never what a step computes.
+_ORCHESTRATION_KEYS = {"data_dir", "results_dir", "obsids", "targets_csv", "cluster", "retries", "pipeline"}
+
+StepFunc = Callable[..., dict[str, Any]]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@functools.lru_cache(maxsize=8)
+def _versions_cached(module: str | None) -> tuple[tuple[str, str], ...]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for dist in ("xmm-survey", "numpy", "scipy", "astropy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    if module:
+        mod = sys.modules.get(module)
+        version = getattr(mod, "__version__", None) if mod else None
+        if version:
+            out[module] = str(version)
+    return tuple(sorted(out.items()))
+
+
+def software_versions(module: str | None = None) -> dict[str, str]:
+    """Versions that enter every inputs hash (python, xmm-survey, numpy, scipy, astropy, the pipeline)."""
+    return dict(_versions_cached(module))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The per-ObsID chain: step names in order and how to run each.
+
+    Build it with :meth:`from_module` (a module exposing ``STEPS`` and ``run_step(step, obs, outdir,
+    cfg, *, log)``, optionally ``step_inputs(step, obs, outdir)``; the default is
+    ``xmmcore.pipeline``) or :meth:`from_mapping` (step name -> ``fn(obs, outdir, cfg, *, log)``).
+    """
+
+    steps: tuple[str, ...]
+    module: str | None = None
+    funcs: Mapping[str, StepFunc] | None = None
+    inputs_funcs: Mapping[str, Callable[[Observation, Path], Sequence[Path]]] | None = None
+
+    @classmethod
+    def from_module(cls, name: str = "xmmcore.pipeline", steps: Sequence[str] | None = None) -> Pipeline:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"pipeline.module: cannot import {name!r} ({exc})") from exc
+        if not hasattr(mod, "run_step") or not hasattr(mod, "STEPS"):
+            raise ConfigError(f"pipeline.module: {name!r} has no STEPS and run_step(step, obs, outdir, cfg, *, log)")
+        all_steps = tuple(mod.STEPS)
+        chosen = tuple(steps) if steps else all_steps
+        unknown = [s for s in chosen if s not in all_steps]
+        if unknown:
+            raise ConfigError(f"pipeline.steps: unknown step(s) {unknown}; {name} has {list(all_steps)}")
+        if chosen != all_steps[: len(chosen)]:
+            raise ConfigError(f"pipeline.steps must be a leading part of {list(all_steps)}, got {list(chosen)}")
+        return cls(steps=chosen, module=name)
+
+    @classmethod
+    def from_mapping(cls, funcs: Mapping[str, StepFunc],
+                     inputs: Mapping[str, Callable[[Observation, Path], Sequence[Path]]] | None = None
+                     ) -> Pipeline:
+        if not funcs:
+            raise ConfigError("a pipeline needs at least one step")
+        return cls(steps=tuple(funcs), funcs=dict(funcs), inputs_funcs=dict(inputs or {}))
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> Pipeline:
+        section = cfg.get("pipeline") or {}
+        return cls.from_module(section.get("module") or "xmmcore.pipeline", section.get("steps"))
+
+    def run(self, step: str, obs: Observation, outdir: Path, cfg: dict[str, Any], *, log: Any) -> dict[str, Any]:
+        if self.funcs is not None:
+            return self.funcs[step](obs, outdir, cfg, log=log)
+        mod = importlib.import_module(self.module or "xmmcore.pipeline")
+        return mod.run_step(step, obs, outdir, cfg, log=log)
+
+    def inputs(self, step: str, obs: Observation, outdir: Path) -> list[Path]:
+        """Files ``step`` reads: from the pipeline if it says, else the event lists for the first step."""
+        if self.funcs is not None:
+            fn = (self.inputs_funcs or {}).get(step)
+            if fn is not None:
+                return list(fn(obs, outdir))
+        elif self.module:
+            mod = importlib.import_module(self.module)
+            if hasattr(mod, "step_inputs"):
+                return list(mod.step_inputs(step, obs, outdir))
+        return sorted(obs.event_files.values()) if step == self.steps[0] else []
+
+
+def step_config(step: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of the configuration that ``step`` depends on."""
+    sections = STEP_SECTIONS.get(step)
+    if sections is None:
+        sections = (step,) if step in cfg else tuple(k for k in cfg if k not in _ORCHESTRATION_KEYS)
+    return {k: cfg.get(k) for k in sections}
+
+
+def _file_entry(path: Path, roots: Sequence[Path]) -> dict[str, Any]:
+    name = str(path)
+    for root in roots:
+        try:
+            name = str(path.relative_to(root))
+            break
+        except ValueError:
+            continue
+    try:
+        st = path.stat()
+        return {"path": name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {"path": name, "size": None, "mtime_ns": None}
+
+
+def compute_inputs_hash(step: str, obs: Observation, outdir: Path, cfg: Mapping[str, Any],
+                        input_files: Sequence[Path], *, upstream_hash: str = "",
+                        versions: Mapping[str, str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """sha256 of (step config, target metadata, input file signatures, upstream hash, versions).
+
+    Returns
+    -------
+    hash : str
+        Hex digest.
+    inputs : list of dict
+        ``{"path", "size", "mtime_ns"}`` per input file (paths relative to the ObsID data or
+        results folder), as recorded.
+    """
+    roots = [Path(outdir), Path(obs.root)]
+    inputs = [_file_entry(Path(p), roots) for p in input_files]
+    payload = {
+        "step": step,
+        "obsid": obs.obsid,
+        "config": step_config(step, cfg),
+        "meta": obs.meta,
+        "inputs": inputs,
+        "upstream": upstream_hash,
+        "versions": dict(versions or {}),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest(), inputs
+
+
+def record_path(outdir: str | os.PathLike[str], step: str) -> Path:
+    """``results/<obsid>/steps/<step>.json``."""
+    return Path(outdir) / "steps" / f"{step}.json"
+
+
+def read_record(outdir: str | os.PathLike[str], step: str) -> dict[str, Any] | None:
+    """The step record, or ``None`` when absent or unreadable (a half-written record cannot exist)."""
+    try:
+        data = json.loads(record_path(outdir, step).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(outdir: str | os.PathLike[str], step: str, record: Mapping[str, Any]) -> Path:
+    """Write the step record atomically."""
+    return atomic_write_json(record_path(outdir, step), dict(record))
+
+
+def _outputs_present(outdir: Path, record: Mapping[str, Any]) -> bool:
+    for out in record.get("outputs") or []:
+        try:
+            if (outdir / out["path"]).stat().st_size != out["size"]:
+                return False
+        except (OSError, KeyError, TypeError):
+            return False
+    return True
+
+
+def is_done(outdir: str | os.PathLike[str], step: str, inputs_hash: str,
+            record: Mapping[str, Any] | None = None) -> bool:
+    """True when the record says done with this inputs hash and every recorded output is intact."""
+    record = read_record(outdir, step) if record is None else record
+    return (record is not None and record.get("status") == "done" and record.get("inputs_hash") == inputs_hash
+            and _outputs_present(Path(outdir), record))
+
+
+def invalidate_after(outdir: str | os.PathLike[str], steps: Sequence[str], step: str) -> None:
+    """Remove the records of the steps after ``step`` (their inputs are gone or stale)."""
+    if step not in steps:
+        return
+    for later in steps[steps.index(step) + 1:]:
+        try:
+            record_path(outdir, later).unlink()
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class StepTask:
+    """Everything a worker needs to run (or skip) one step of one ObsID.
+
+    Attributes
+    ----------
+    obsid, step : str
+    obs : Observation or None
+        ``None`` when discovery failed; ``error`` then says why and the step is recorded failed.
+    results_dir : str
+    cfg : dict
+        Resolved configuration (plain dict).
+    pipeline : Pipeline
+    retries : int
+        Extra attempts after a ``TransientError``.
+    backoff_s : float
+        First wait before a retry [s]; doubled for each further one.
+    retry_failed : bool
+        Rerun a step whose previous failure was recorded with the same inputs hash.
+    error : tuple or None
+        (exception class name, message) of a discovery failure.
+    """
+
+    obsid: str
+    step: str
+    obs: Observation | None
+    results_dir: str
+    cfg: dict[str, Any]
+    pipeline: Pipeline
+    retries: int = 2
+    backoff_s: float = 2.0
+    retry_failed: bool = False
+    error: tuple[str, str] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def outdir(self) -> Path:
+        return Path(self.results_dir) / self.obsid
+
+
+def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[str, Any]], dict | None]:
+    """Decide whether ``task`` must run.
+
+    Returns
+    -------
+    state : {"cached", "failed", "run"}
+        ``cached``: done with this hash; ``failed``: failed before on the same inputs (deterministic
+        error) and not asked to retry; ``run``: must run.
+    inputs_hash, inputs, record
+    """
+    assert task.obs is not None
+    files = task.pipeline.inputs(task.step, task.obs, task.outdir)
+    h, inputs = compute_inputs_hash(task.step, task.obs, task.outdir, task.cfg, files,
+                                    upstream_hash=upstream_hash, versions=task.versions)
+    record = read_record(task.outdir, task.step)
+    if record is not None and record.get("inputs_hash") == h:
+        if record.get("status") == "done" and _outputs_present(task.outdir, record):
+            return "cached", h, inputs, record
+        if (record.get("status") == "failed" and not task.retry_failed
+                and record.get("exception") not in (None, "TransientError", "KilledWorker")):
+            return "failed", h, inputs, record
+    return "run", h, inputs, record
+
+
+def _scan_outputs(outdir: Path, since_ns: int) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(outdir.rglob("*")):
+        rel = path.relative_to(outdir)
+        if rel.parts[0] in ("steps", "logs") or not path.is_file() or path.name.startswith("."):
+            continue
+        st = path.stat()
+        if st.st_mtime_ns >= since_ns:
+            out.append({"path": str(rel), "size": st.st_size})
+    return out
+
+
+def _declared_outputs(outdir: Path, summary: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    declared = summary.get("outputs") if isinstance(summary, Mapping) else None
+    if not isinstance(declared, (list, tuple)):
+        return None
+    out = []
+    for item in declared:
+        path = Path(item)
+        path = path if path.is_absolute() else outdir / path
+        rel = path.relative_to(outdir) if path.is_relative_to(outdir) else path
+        out.append({"path": str(rel), "size": path.stat().st_size if path.exists() else None})
+    return out
+
+
+def _outcome(task: StepTask, status: str, *, inputs_hash: str = "", wall_s: float = 0.0, reason: str = "",
+             exception: str | None = None, attempts: int = 0, failed_step: str | None = None) -> dict[str, Any]:
+    return {"obsid": task.obsid, "step": task.step, "status": status, "inputs_hash": inputs_hash,
+            "wall_s": wall_s, "reason": reason, "exception": exception, "attempts": attempts,
+            "failed_step": failed_step or (task.step if status == "failed" else None)}
+
+
+def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run one step of one ObsID (or skip it), write its record, and return an outcome dict.
+
+    Never raises for a failure of the step itself: ``InputDataError``, ``ToolError`` and unexpected
+    exceptions are recorded (status ``failed``, with reason and exception class) so that the survey
+    goes on; ``TransientError`` is retried ``task.retries`` times with exponential backoff first.
+
+    Returns
+    -------
+    dict
+        ``obsid, step, status`` (``done`` | ``cached`` | ``failed`` | ``blocked``), ``inputs_hash``,
+        ``wall_s``, ``reason``, ``exception``, ``attempts``, ``failed_step``.
+    """
+    steps = task.pipeline.steps
+    if upstream is not None and upstream.get("status") not in ("done", "cached"):
+        return _outcome(task, "blocked", reason=upstream.get("reason", ""), exception=upstream.get("exception"),
+                        failed_step=upstream.get("failed_step"))
+    outdir = task.outdir
+    if task.obs is None:
+        exc_name, message = task.error or ("InputDataError", "observation not found")
+        now = _now()
+        write_record(outdir, task.step, {
+            "schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "status": "failed",
+            "inputs_hash": "", "reason": message, "exception": exc_name, "error_class": exc_name, "started": now, "finished": now,
+            "wall_s": 0.0, "attempts": 0, "outputs": [], "host": socket.gethostname(), "pid": os.getpid()})
+        invalidate_after(outdir, steps, task.step)
+        return _outcome(task, "failed", reason=message, exception=exc_name)
+
+    upstream_hash = str(upstream.get("inputs_hash", "")) if upstream else ""
+    state, h, inputs, record = check_step(task, upstream_hash)
+    if state == "cached":
+        return _outcome(task, "cached", inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)))
+    if state == "failed":
+        return _outcome(task, "failed", inputs_hash=h, reason=record.get("reason", ""),
+                        exception=record.get("exception"), attempts=int(record.get("attempts", 0)))
+
+    base = {"schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "inputs_hash": h,
+            "inputs": inputs, "versions": task.versions, "config": step_config(task.step, task.cfg),
+            "config_hash": config_hash(task.cfg),
+            "host": socket.gethostname(), "pid": os.getpid()}
+    started = _now()
+    write_record(outdir, task.step, {**base, "status": "running", "started": started})
+    t0 = time.perf_counter()
+    start_ns = time.time_ns()
+    attempts = 0
+    status, reason, exc_name, tb, summary = "failed", "", None, "", {}
+    with step_logger(task.results_dir, task.obsid, task.step) as log:
+        while True:
+            attempts += 1
+            log.info("step %s of %s: attempt %d (inputs hash %s)", task.step, task.obsid, attempts, h[:12])
+            try:
+                summary = task.pipeline.run(task.step, task.obs, outdir, task.cfg, log=log) or {}
+                status = "done"
+                break
+            except TransientError as exc:
+                reason, exc_name, tb = str(exc), type(exc).__name__, traceback.format_exc()
+                if attempts > task.retries:
+                    log.error("transient failure, no retries left: %s", exc)
+                    break
+                wait = task.backoff_s * 2 ** (attempts - 1)
+                log.warning("transient failure (%s); retrying in %.1f s", exc, wait)
+                time.sleep(wait)
+            except Exception as exc:  # noqa: BLE001 - recorded with its class; the survey goes on
+                reason, exc_name, tb = str(exc), type(exc).__name__, traceback.format_exc()
+                log.error("step failed (%s): %s", exc_name, exc)
+                log.debug("%s", tb)
+                break
+        wall = time.perf_counter() - t0
+        log.info("step %s of %s: %s in %.3f s", task.step, task.obsid, status, wall)
+    record_out: dict[str, Any] = {**base, "status": status, "started": started, "finished": _now(),
+                                  "wall_s": wall, "attempts": attempts}
+    if status == "done":
+        outputs = _declared_outputs(outdir, summary)
+        record_out["outputs"] = outputs if outputs is not None else _scan_outputs(outdir, start_ns)
+        record_out["summary"] = summary
+    else:
+        record_out.update(reason=reason, exception=exc_name, error_class=exc_name, traceback=tb[-4000:],
+                          outputs=[])
+    write_record(outdir, task.step, record_out)
+    if status != "done":
+        invalidate_after(outdir, steps, task.step)
+        return _outcome(task, "failed", inputs_hash=h, wall_s=wall, reason=reason, exception=exc_name,
+                        attempts=attempts)
+    return _outcome(task, "done", inputs_hash=h, wall_s=wall, attempts=attempts)
