@@ -139,12 +139,9 @@ def private_headas() -> Path:
 @contextlib.contextmanager
 def _stdout_to_log() -> Iterator[None]:
     """Send what the Fortran/C++ library prints on fd 1 to the log (keeps ``--json`` stdout clean)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    sys.stdout.flush()
+    fd = 1  # the C/Fortran library writes to the process's fd 1, whatever sys.stdout is
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
     saved = os.dup(fd)
     with tempfile.TemporaryFile(mode="w+b") as capture:
         os.dup2(capture.fileno(), fd)
