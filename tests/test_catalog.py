@@ -28,7 +28,7 @@ def _step(obsid: str, step: str, summary: dict, *, status: str = "done", reason:
 
 
 def make_obs(results: Path, obsid: str, *, kT: float, z: float, seed: int, fail_step: str | None = None,
-             cams=("pn", "mos1", "mos2")) -> None:
+             cams=("pn", "mos1", "mos2"), lum: float | None = None) -> None:
     """Write one ObsID's step records, regions.json and fit.json like the pipeline does."""
     rng = np.random.default_rng(seed)
     d = results / obsid
@@ -70,7 +70,8 @@ def make_obs(results: Path, obsid: str, *, kT: float, z: float, seed: int, fail_
            "fluxes": {"0.5-2.0": {"absorbed": 1e-12 * seed, "unabsorbed": 1.1e-12 * seed,
                                   "absorbed_err_lo": 1e-14, "absorbed_err_hi": 2e-14},
                       "2.0-10.0": {"absorbed": 2e-12, "unabsorbed": 2e-12}},
-           "luminosities": {"0.1-2.4": {"value": 1e44 * seed, "err_lo": 1e42, "err_hi": 2e42}}}
+           "luminosities": {"0.1-2.4": {"value": lum or 1e44 * seed, "err_lo": 0.05 * (lum or 1e44 * seed),
+                                         "err_hi": 0.06 * (lum or 1e44 * seed)}}}
     atomic_write_json(d / "fits" / "fit.json", fit)
 
 
@@ -105,6 +106,7 @@ def test_build_rows(survey: Path) -> None:
     assert epic.loc["0100000201", "kT_err_lo"] == pytest.approx(0.45)
     assert epic.loc["0100000201", "z"] == pytest.approx(0.12) and epic.loc["0100000201", "z_frozen"]
     assert epic.loc["0100000201", "lum_0p1_2p4"] == pytest.approx(2e44)
+    assert epic.loc["0100000201", "lum_0p1_2p4_err_hi"] == pytest.approx(0.06 * 2e44)
     assert epic.loc["0100000201", "flux_0p5_2p0_abs_err_hi"] == pytest.approx(2e-14)
     assert epic.loc["0100000201", "n_ptsrc"] == 2
     assert epic.loc["0100000201", "status"] == "done"

@@ -1,0 +1,320 @@
+"""Static HTML survey report: opens from disk without a server (relative links only, no scripts, no CDN).
+
+Layout (``results/report/``)::
+
+    index.html            summary, survey figures, catalogue table, failures, multi-observation section
+    img/*.png             survey figures (and mosaics)
+    obs/<obsid>.html      per-ObsID page: metadata, cameras, fit, light curves, image + regions, spectrum + fit
+
+Per-ObsID figures are linked from ``results/<obsid>/plots/`` (``<cam>_lightcurve.png``, ``<cam>_image.png``,
+``spectrum_fit.png``) by relative paths, so the report folder must stay inside ``results/``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from xmmcore.fsutil import atomic_path, atomic_write_text
+
+from . import build, io, load
+from .query import failures, science_rows
+
+__all__ = ["build_report", "mosaic_figure", "multi_observation_path"]
+
+_CSS = """
+body{font-family:Helvetica,Arial,sans-serif;margin:1.5em;color:#222;background:#fff}
+h1{font-size:1.6em;margin-bottom:.2em} h2{border-bottom:2px solid #3465a4;padding-bottom:.1em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0} th,td{border:1px solid #bbb;padding:3px 7px;text-align:right}
+th{background:#dde6f3} td.l,th.l{text-align:left} tr:nth-child(even){background:#f4f6fa}
+.failed{color:#a40000;font-weight:bold} .done{color:#2e7d32;font-weight:bold} .partial{color:#c17d11;font-weight:bold}
+.figs img{max-width:46%;margin:.4em;border:1px solid #ccc;vertical-align:top} .note{color:#555;font-size:.9em}
+.stats{display:flex;gap:1.2em;flex-wrap:wrap} .stat{background:#3465a4;color:#fff;padding:.6em 1.1em;border-radius:6px}
+.stat b{font-size:1.5em;display:block} code{background:#eee;padding:0 3px}
+"""
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else ""
+    if isinstance(value, (int, np.integer)):
+        return "" if value == -1 else str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return ""
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return html.escape(str(value))
+
+
+def _pm(row: pd.Series, col: str) -> str:
+    v = row.get(col, np.nan)
+    if not isinstance(v, (float, np.floating)) or not math.isfinite(v):
+        return ""
+    lo, hi = row.get(f"{col}_err_lo", np.nan), row.get(f"{col}_err_hi", np.nan)
+    text = _fmt(v)
+    if math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi > 0):
+        text += f" <sub>-{_fmt(lo, 2)}</sub><sup>+{_fmt(hi, 2)}</sup>"
+    elif row.get(f"{col}_frozen", False):
+        text += " (frozen)"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def _status(s: str) -> str:
+    return f'<span class="{html.escape(s)}">{html.escape(s)}</span>'
+
+
+def mosaic_figure(m: Any, path: str | os.PathLike[str], *, title: str = "") -> Path:
+    """PNG of a :class:`catalog.stack.Mosaic` rate image (Gaussian-smoothed, log stretch, RA/Dec axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from scipy.ndimage import gaussian_filter
+
+    sm_c = gaussian_filter(m.counts, 1.5)
+    sm_e = gaussian_filter(m.exposure, 1.5)
+    rate = np.where(sm_e > 0.05 * sm_e.max(), sm_c / np.maximum(sm_e, 1e-9), np.nan)
+    fig = plt.figure(figsize=(6, 5.4))
+    ax = fig.add_subplot(111, projection=m.wcs)
+    finite = rate[np.isfinite(rate) & (rate > 0)]
+    vmin, vmax = (np.percentile(finite, 5), np.percentile(finite, 99.9)) if finite.size else (1e-9, 1)
+    im = ax.imshow(np.log10(np.clip(rate, vmin, None)), origin="lower", cmap="magma",
+                   vmin=np.log10(vmin), vmax=np.log10(vmax))
+    ax.set_xlabel("RA")
+    ax.set_ylabel("Dec")
+    ax.set_title(title or f"mosaic {m.band_kev[0]}-{m.band_kev[1]} keV, {len(m.inputs)} event lists")
+    fig.colorbar(im, ax=ax, label="log10 rate [count/s/pixel]")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def _catalogue(results_dir: Path) -> pd.DataFrame:
+    if (results_dir / io.CATALOGUE_PARQUET).exists():
+        return load(results_dir / io.CATALOGUE_PARQUET)
+    return build(results_dir)
+
+
+def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
+    out = []
+    rows = df[(df["camera"] == "epic")]
+    for _, r in rows.iterrows():
+        link = (f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>' if r.kind == "obs"
+                else html.escape(r.obsid))
+        out.append([link, _fmt(r.target), html.escape(r.kind), _status(r.status), _fmt(r.exposure_s / 1e3),
+                    _fmt(r.net_counts), _fmt(r.snr), _pm(r, "kT"), _pm(r, "Z"), _pm(r, "nH"), _pm(r, "z"),
+                    _pm(r, "flux_0p5_2p0_abs"), _pm(r, "lum_0p1_2p4"), _fmt(r.stat_per_dof)])
+    return out
+
+
+def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) -> str:
+    rows = df[(df["obsid"] == obsid) & (df["kind"] == "obs")]
+    epic = rows[rows["camera"] == "epic"].iloc[0]
+    cams = rows[rows["camera"] != "epic"]
+    parts = [f'<p><a href="../index.html">&larr; survey report</a></p><h1>ObsID {html.escape(obsid)}</h1>',
+             f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
+             f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>"]
+    if epic.status != "done":
+        parts.append(f'<p class="failed">Failed step: {html.escape(epic.failed_step or "-")}; '
+                     f'{html.escape(epic.error_class)}: {html.escape(epic.failure_reason)}</p>')
+    parts.append("<h2>Target and region</h2>" + _table(
+        ["RA [deg]", "Dec [deg]", "z", "nH gal [1e22]", "centre RA", "centre Dec", "r_src [arcmin]",
+         "bkg annulus [arcmin]", "point sources"],
+        [[_fmt(epic.ra_deg, 7), _fmt(epic.dec_deg, 6), _fmt(epic.z_target), _fmt(epic.nh_gal),
+          _fmt(epic.centre_ra, 7), _fmt(epic.centre_dec, 6), _fmt(epic.r_src_arcmin),
+          f"{_fmt(epic.bkg_inner_arcmin)}-{_fmt(epic.bkg_outer_arcmin)}", _fmt(epic.n_ptsrc)]], left=0))
+    if len(cams):
+        parts.append("<h2>Cameras</h2>" + _table(
+            ["camera", "exposure [ks]", "flare fraction", "src counts", "bkg counts", "net counts", "S/N",
+             "cross-norm"],
+            [[html.escape(c.camera), _fmt(c.exposure_s / 1e3), _fmt(c.flare_fraction), _fmt(c.src_counts),
+              _fmt(c.bkg_counts), _fmt(c.net_counts), _fmt(c.snr), _pm(c, "cross_norm")]
+             for _, c in cams.iterrows()]))
+    if epic.fit_model:
+        params = [[p, _pm(epic, p), "frozen" if epic[f"{p}_frozen"] else ("linked" if epic[f"{p}_linked"] else "")]
+                  for p in ("kT", "Z", "nH", "z", "norm", "gamma") if math.isfinite(epic[p])]
+        parts.append(f"<h2>Fit</h2><p><code>{html.escape(epic.fit_model)}</code> with {html.escape(epic.fit_engine)}"
+                     f", {html.escape(epic.fit_stat)} = {_fmt(epic.statistic)} for {_fmt(epic.dof)} dof"
+                     f" (converged: {'yes' if epic.converged else 'no'})</p>"
+                     + _table(["parameter", "value", ""], params))
+    plots = results_dir / obsid / "plots"
+    rel = os.path.relpath(plots, out_dir / "obs")
+    figs = []
+    for label, names in (("Light curves", [f"{c}_lightcurve.png" for c in ("pn", "mos1", "mos2")]),
+                         ("Image and regions", [f"{c}_image.png" for c in ("pn", "mos1", "mos2")]),
+                         ("Spectra and fit", ["spectrum_fit.png"])):
+        present = [n for n in names if (plots / n).exists()]
+        figs.append(f"<h2>{label}</h2>")
+        if present:
+            figs.append('<div class="figs">' + "".join(
+                f'<a href="{html.escape(rel)}/{n}"><img src="{html.escape(rel)}/{n}" alt="{n}"></a>' for n in present)
+                + "</div>")
+        else:
+            figs.append(f'<p class="note">not produced ({", ".join(names)} absent in {obsid}/plots/)</p>')
+    parts += figs
+    parts.append(f'<h2>Provenance</h2><p class="note">config hash <code>{html.escape(epic.config_hash)}</code>, '
+                 f'inputs hash <code>{html.escape(epic.inputs_hash)}</code>, backend {html.escape(epic.backend)}, '
+                 f'{html.escape(epic.started_utc)} &ndash; {html.escape(epic.finished_utc)}, '
+                 f'wall {_fmt(epic.wall_s)} s</p><pre class="note">{html.escape(epic.software_versions)}</pre>')
+    return _page(f"ObsID {obsid}", "\n".join(parts))
+
+
+def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
+    parts = ["<h2>Multi-observation analysis</h2>"]
+    jrows = df[df["is_joint"] & (df["camera"] == "epic")]
+    if len(jrows):
+        parts.append(_table(
+            ["target", "kind", "ObsIDs", "kT [keV]", "Z", "gamma", "stat/dof", "consistency p"],
+            [[html.escape(r.obsid), html.escape(r.kind), html.escape(r.obsids), _pm(r, "kT"), _pm(r, "Z"),
+              _pm(r, "gamma"), _fmt(r.stat_per_dof), _fmt(r.consistency_pvalue)] for _, r in jrows.iterrows()]))
+        per_ds = df[df["is_joint"] & (df["camera"] != "epic")]
+        if len(per_ds):
+            parts.append("<p>Cross-normalisations of the joint fits:</p>" + _table(
+                ["target", "dataset", "constant"],
+                [[html.escape(r.obsid), html.escape(r.camera), _pm(r, "cross_norm")] for _, r in per_ds.iterrows()]))
+    jdir = results_dir / "joint"
+    for path in sorted(jdir.glob("*.json")) if jdir.is_dir() else []:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        if rec.get("missing"):
+            parts.append(f'<p class="failed">{html.escape(rec.get("name", path.stem))}: joint spectral fit not run, '
+                         "inputs missing:</p><ul>"
+                         + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in rec["missing"]) + "</ul>")
+        for note in rec.get("notes") or []:
+            parts.append(f'<p class="note">{html.escape(str(note))}</p>')
+        if rec.get("mosaic_png"):
+            parts.append(f'<div class="figs"><img src="{html.escape(rec["mosaic_png"])}" alt="mosaic"></div>')
+    if len(parts) == 1:
+        parts.append('<p class="note">No target with several ObsIDs was analysed jointly.</p>')
+    return "\n".join(parts)
+
+
+def multi_observation_path(data_dir: str | os.PathLike[str], results_dir: str | os.PathLike[str], out_dir: Path, *,
+                   name: str | None = None) -> dict[str, Any]:
+    """Run the multi-observation path on a data folder of one target (e.g. ``data/a907``).
+
+    Makes the mosaic of every event list (exposure maps used where present), lists exactly which inputs of a
+    joint spectral fit are missing, and records it in ``results/joint/<name>.json`` for the report.
+    """
+    from xmmcore.fsutil import atomic_write_json
+    from xmmcore.observation import validate_obsid
+
+    from .joint import data_inputs
+    from .stack import mosaic, write_mosaic
+
+    data_dir = Path(data_dir)
+    name = validate_obsid(name or data_dir.name)
+    inventory, missing = data_inputs(data_dir)
+    events, expmaps = [], {}
+    for obsid, cams in inventory.items():
+        for cam, entry in cams.items():
+            events.append(entry["events"])
+            if entry["expmap"] is not None:
+                expmaps[str(entry["events"])] = entry["expmap"]
+    notes = []
+    rec: dict[str, Any] = {"name": name, "rows": [], "missing": missing, "notes": notes}
+    if events:
+        m = mosaic(events, exposure_maps=expmaps)
+        fits_path = write_mosaic(m, Path(results_dir) / "joint" / f"{name}_mosaic.fits")
+        png = mosaic_figure(m, out_dir / "img" / f"mosaic_{name}.png",
+                            title=f"{name}: {len(inventory)} ObsIDs x {len(events)} event lists, 0.5-2 keV")
+        rec["mosaic_png"] = os.path.relpath(png, out_dir)
+        rec["mosaic_fits"] = str(fits_path)
+        flat = [i["path"] for i in m.inputs if i["exposure"].startswith("flat")]
+        notes.append(f"{name}: mosaic of {len(events)} event lists ({m.counts.sum():.0f} counts in 0.5-2 keV) "
+                     f"written to {fits_path.name}; exposure maps used for {len(expmaps)}, flat CCD-footprint "
+                     f"exposure (no vignetting) for {len(flat)}: " + ", ".join(Path(p).parent.parent.name + "/"
+                                                                                 + Path(p).name for p in flat))
+    rec["path"] = atomic_write_json(Path(results_dir) / "joint" / f"{name}.json", rec)
+    return rec
+
+
+def build_report(results_dir: str | os.PathLike[str], *, out_dir: str | os.PathLike[str] | None = None,
+                 multi_obs_data: str | os.PathLike[str] | None = None, df: pd.DataFrame | None = None) -> Path:
+    """Write the static HTML report and return the path of ``index.html``.
+
+    Parameters
+    ----------
+    results_dir : path-like
+        Survey results folder.
+    out_dir : path-like, optional
+        Report folder (default ``results/report``); keep it inside ``results/`` so relative links work.
+    multi_obs_data : path-like, optional
+        Data folder of a target with several ObsIDs to mosaic and check for joint-fit inputs.
+    df : pandas.DataFrame, optional
+        Catalogue (default: ``results/catalogue.parquet``, else built from ``results/``).
+    """
+    from .plots import survey_figures
+
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    if multi_obs_data is not None:
+        multi_observation_path(multi_obs_data, results_dir, out_dir)
+    if df is None:
+        df = _catalogue(results_dir)
+    figs = survey_figures(df, out_dir / "img")
+    obs_epic = df[(df["kind"] == "obs") & (df["camera"] == "epic")]
+    n_done = int((obs_epic["status"] == "done").sum())
+    n_fail = int((obs_epic["status"] == "failed").sum())
+    body = ["<h1>XMM-Newton survey report</h1>",
+            f'<p class="note">results: <code>{html.escape(str(results_dir.resolve()))}</code>; '
+            f'catalogue schema {html.escape(str(df.attrs.get("schema_version", "")))}</p>',
+            '<div class="stats">'
+            f'<div class="stat"><b>{len(obs_epic)}</b>ObsIDs</div>'
+            f'<div class="stat"><b>{n_done}</b>done</div>'
+            f'<div class="stat"><b>{n_fail}</b>failed</div>'
+            f'<div class="stat"><b>{int((df["is_joint"] & (df["camera"] == "epic")).sum())}</b>joint/combined</div>'
+            "</div>"]
+    fit = figs["lt_fit"]
+    body.append("<h2>Survey figures</h2>")
+    if fit is not None:
+        body.append(f"<p>L-T (BCES {fit.method}, {fit.n} clusters): L<sub>0.1-2.4</sub>/10<sup>44</sup> = "
+                    f"10<sup>{fit.intercept:.2f}&plusmn;{fit.intercept_err:.2f}</sup> (kT/5 keV)<sup>"
+                    f"{fit.slope:.2f}&plusmn;{fit.slope_err:.2f}</sup>; scatter {fit.scatter_total:.3f} dex total, "
+                    f"{fit.scatter_intrinsic:.3f} dex intrinsic.</p>")
+    body.append('<div class="figs">' + "".join(
+        f'<img src="img/{Path(figs[k]).name}" alt="{k}">' for k in ("lt", "hist", "sky", "exposure_snr")) + "</div>")
+    body.append("<h2>Catalogue</h2>" + _table(
+        ["ObsID", "target", "kind", "status", "exp [ks]", "net counts", "S/N", "kT [keV]", "Z", "nH [1e22]", "z",
+         "F(0.5-2) [cgs]", "L(0.1-2.4) [erg/s]", "stat/dof"], _summary_rows(df), left=3))
+    fails = failures(df)
+    body.append("<h2>Failures</h2>")
+    if len(fails):
+        body.append(_table(["ObsID", "status", "step", "error", "reason"],
+                           [[f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>', _status(r.status),
+                             html.escape(r.failed_step), html.escape(r.error_class), html.escape(r.failure_reason)]
+                            for _, r in fails.iterrows()], left=5))
+    else:
+        body.append('<p class="note">none</p>')
+    body.append(_joint_section(df, results_dir))
+    n_sci = len(science_rows(df))
+    body.append(f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in '
+                f'<a href="{html.escape(os.path.relpath(results_dir / io.CATALOGUE_PARQUET, out_dir))}">'
+                "catalogue.parquet</a> / catalogue.fits.</p>")
+    for obsid in obs_epic["obsid"]:
+        atomic_write_text(out_dir / "obs" / f"{obsid}.html", _obs_page(df, obsid, results_dir, out_dir))
+    return atomic_write_text(out_dir / "index.html", _page("XMM-Newton survey report", "\n".join(body)))

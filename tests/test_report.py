@@ -1,0 +1,121 @@
+"""Survey figures (BCES L-T) and the static HTML report, rendered by headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import catalog
+from catalog import io as cio
+from catalog import plots, report
+from test_catalog import make_obs
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+def test_bces_recovers_injected_relation() -> None:
+    rng = np.random.default_rng(7)
+    n = 300
+    x = rng.normal(0.0, 0.25, n)
+    y = 0.1 + 2.9 * x + rng.normal(0.0, 0.08, n)  # intrinsic scatter 0.08 dex
+    ex = np.full(n, 0.03)
+    ey = np.full(n, 0.04)
+    fit = plots.bces(x + rng.normal(0, ex), y + rng.normal(0, ey), ex, ey, method="orthogonal", n_boot=400)
+    assert abs(fit.slope - 2.9) < 3 * fit.slope_err + 0.05
+    assert abs(fit.intercept - 0.1) < 3 * fit.intercept_err
+    assert fit.scatter_intrinsic == pytest.approx(0.08, abs=0.03)
+    assert fit.scatter_total > fit.scatter_intrinsic
+    yx = plots.bces(x, y, np.zeros(n), np.zeros(n), method="y|x", n_boot=10)
+    assert yx.slope == pytest.approx(np.polyfit(x, y, 1)[0], rel=1e-10)  # no errors: BCES(Y|X) is OLS
+
+
+def _plot_png(path: Path, kind: str, seed: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    fig, ax = plt.subplots(figsize=(4, 3))
+    if kind == "lc":
+        ax.step(np.arange(200) * 100, rng.poisson(20, 200) / 100)
+        ax.set_xlabel("time [s]")
+    elif kind == "img":
+        yy, xx = np.mgrid[:64, :64]
+        ax.imshow(rng.poisson(1 + 40 * np.exp(-((xx - 32) ** 2 + (yy - 30) ** 2) / 60)), origin="lower")
+        ax.add_patch(plt.Circle((32, 30), 12, fill=False, color="w"))
+    else:
+        e = np.geomspace(0.5, 7, 100)
+        ax.loglog(e, e**-1.5 * rng.uniform(0.8, 1.2, 100), ".")
+        ax.loglog(e, e**-1.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+@pytest.fixture()
+def survey(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    rng = np.random.default_rng(11)
+    for i in range(8):
+        kT = float(rng.uniform(1.5, 9))
+        lum = 1e44 * (kT / 5.0) ** 2.9 * 10 ** rng.normal(0, 0.15)
+        make_obs(results, f"01000{i:02d}0101", kT=kT, z=float(rng.uniform(0.05, 0.4)), seed=i + 1,
+                 fail_step="fit" if i == 5 else None, lum=lum)
+        if i != 5:
+            for cam in ("pn", "mos1", "mos2"):
+                _plot_png(results / f"01000{i:02d}0101" / "plots" / f"{cam}_lightcurve.png", "lc", i)
+                _plot_png(results / f"01000{i:02d}0101" / "plots" / f"{cam}_image.png", "img", i)
+            _plot_png(results / f"01000{i:02d}0101" / "plots" / "spectrum_fit.png", "spec", i)
+    cio.write_catalogue(catalog.build(results), results)
+    return results
+
+
+def test_report_files_and_links(survey: Path) -> None:
+    index = report.build_report(survey)
+    text = index.read_text()
+    assert "01000050101" in text and "fit broke: no counts" in text
+    assert "BCES orthogonal" in text
+    for link in re.findall(r'(?:src|href)="([^"]+)"', text):
+        assert not link.startswith(("http:", "https:", "/")), link
+        assert (index.parent / link).exists(), link
+    page = (index.parent / "obs" / "01000000101.html").read_text()
+    for link in re.findall(r'(?:src|href)="([^"]+)"', page):
+        assert (index.parent / "obs" / link).exists(), link
+    assert "mos1_lightcurve.png" in page and "spectrum_fit.png" in page
+    failed = (index.parent / "obs" / "01000050101.html").read_text()
+    assert "Failed step: fit" in failed and "not produced" in failed
+
+
+@pytest.mark.chromium
+def test_report_renders_in_headless_chromium(survey: Path, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run must install it)")
+    index = report.build_report(survey)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report_index.png"
+    if shot.exists():
+        shot.unlink()
+    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--hide-scrollbars",
+            "--window-size=1280,1800", f"--screenshot={shot}", index.resolve().as_uri()]
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TMPDIR")}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    assert shot.exists(), f"no screenshot; chromium exit {proc.returncode}: {proc.stderr[-2000:]}"
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    assert img.std() > 20, f"screenshot looks blank (pixel std {img.std():.1f})"
+    # the figures are drawn: a good fraction of the page is neither white nor one flat colour
+    assert (img < 200).mean() > 0.05
