@@ -1,0 +1,645 @@
+"""The built-in fit: datasets x model x statistic -> best fit, errors, fluxes.
+
+A joint fit shares every model parameter between datasets, except the factor of the ``constant``
+component used for cross-normalisation (``cross_norm=True`` with several datasets): each dataset
+gets its own factor, the first frozen at 1 (a ``constant*`` is put in front of the model if it has
+none). Links tie one parameter to another, also across datasets (``"2:constant_1.factor"`` names
+dataset 2's copy). The optimiser is iminuit's MIGRAD on the statistic (errordef 1), with restarts
+from perturbed starting points when the fit is poor or did not converge. Errors: MINOS profiles
+(``errors="profile"``, delta-stat 1.0 by default, 2.706 for 90 %), or the covariance
+(``errors="covariance"``): for chi-square statistics (J^T J)^-1 from the Jacobian of the weighted
+residuals (as Sherpa's ``covar``), for Poisson likelihoods 2 H^-1 from MIGRAD/HESSE.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, FitError
+from . import models as _models
+from . import stats as _stats
+from .datasets import SpectrumDataset
+from .fluxes import flux_table
+from .models import CompositeModel, Parameter, parse_expression
+from .results import FitResult
+
+__all__ = ["fit", "parse_setting", "FitProblem"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FLUX_BANDS = ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
+_FD_REL_STEP = 1e-3  # >= sqrt(float32 eps): XSPEC's float32 models need it for a non-zero gradient
+
+
+@dataclass
+class _Slot:
+    """A fitted quantity: one model parameter shared by datasets, or a per-dataset copy of one."""
+
+    param: Parameter
+    name: str  # full name, e.g. wabs_1.nH
+    number: int  # XSPEC number in the model
+    dataset: str | None = None  # dataset name for per-dataset slots
+    link: int | None = None  # slot index this one copies
+
+
+def parse_setting(setting: Any) -> tuple[str, float | None, bool | None, str | None]:
+    """Parse an XSPEC-like setting.
+
+    Accepted forms: ``"1=0.0119,frozen"``, ``"wabs_1.nH=0.03,frozen"``, ``"PhoIndex=2"``,
+    ``"zgauss_1.Sigma=0,free"``, ``"zgauss_1.Redshift=zbremss_1.Redshift"`` or ``"...=p3"`` (link),
+    ``"2:constant_1.factor=1,frozen"`` (dataset 2), or a tuple ``(key, value[, frozen])``.
+
+    Returns
+    -------
+    key, value, frozen, link_to
+    """
+    if isinstance(setting, (tuple, list)):
+        key = str(setting[0])
+        value = None if len(setting) < 2 or setting[1] is None else float(setting[1])
+        frozen = None if len(setting) < 3 or setting[2] is None else bool(setting[2])
+        return key, value, frozen, None
+    text = str(setting).strip()
+    if "=" not in text:
+        raise ConfigError(f"parameter setting {text!r} is not 'name=value[,frozen]'")
+    key, rhs = (s.strip() for s in text.split("=", 1))
+    parts = [p.strip() for p in rhs.split(",") if p.strip()]
+    frozen: bool | None = None
+    value: float | None = None
+    link: str | None = None
+    for part in parts:
+        low = part.lower()
+        if low in ("frozen", "freeze", "f"):
+            frozen = True
+        elif low in ("free", "thaw", "thawed"):
+            frozen = False
+        else:
+            try:
+                value = float(part)
+            except ValueError:
+                link = part[1:] if re.fullmatch(r"[pP]\d+", part) else part
+    if not key:
+        raise ConfigError(f"parameter setting {text!r} has no parameter name")
+    return key, value, frozen, link
+
+
+class FitProblem:
+    """Datasets + model + statistic, with the slot bookkeeping of shared / per-dataset parameters.
+
+    Parameters
+    ----------
+    datasets : list of SpectrumDataset
+    model : CompositeModel
+    stat : str
+        Statistic name (see :mod:`~xmmcore.fitting.stats`).
+    cross_norm : bool
+        Per-dataset ``constant`` factors (first frozen at 1) when there are several datasets.
+    """
+
+    def __init__(self, datasets: Sequence[SpectrumDataset], model: CompositeModel, stat: str, *,
+                 cross_norm: bool = True) -> None:
+        if not datasets:
+            raise ConfigError("no datasets to fit")
+        self.datasets = list(datasets)
+        self.stat = _stats.canonical_stat(stat)
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            for i, d in enumerate(self.datasets):
+                d.name = f"{d.name}_{i + 1}"
+        if cross_norm and len(self.datasets) > 1 and not any(c.name == "constant" for c in model.components):
+            wrapped = parse_expression(f"constant*({model.expression})")
+            for mp in model.parameters:
+                wrapped.parameters[mp.number].param = copy.copy(mp.param)
+                wrapped.parameters[mp.number].link = None if mp.link is None else mp.link + 1
+            model = wrapped
+        self.model = model
+        self.cross_norm = cross_norm and len(self.datasets) > 1
+        npar = len(model.parameters)
+        self.slots: list[_Slot] = [
+            _Slot(copy.copy(mp.param), mp.full_name, mp.number) for mp in model.parameters]
+        self.index = np.tile(np.arange(npar), (len(self.datasets), 1))
+        if self.cross_norm:
+            ci = next(i for i, c in enumerate(model.components) if c.name == "constant")
+            pi = model._slices[ci].start
+            self.slots[pi].dataset = self.datasets[0].name
+            self.slots[pi].param.value = 1.0
+            self.slots[pi].param.frozen = True
+            for d in range(1, len(self.datasets)):
+                par = copy.copy(self.slots[pi].param)
+                par.frozen = False
+                par.value = 1.0
+                par.min, par.max = max(par.min, 1e-3), min(par.max, 1e3)
+                self.slots.append(_Slot(par, self.slots[pi].name, self.slots[pi].number, self.datasets[d].name))
+                self.index[d, pi] = len(self.slots) - 1
+        for i, mp in enumerate(model.parameters):
+            if mp.link is not None:
+                self.slots[i].link = int(mp.link)
+        self._dataset_names = [d.name for d in self.datasets]
+
+    # ------------------------------------------------------------------ addressing
+    def slot_of(self, key: str | int) -> int:
+        """Slot index for ``key`` (model parameter key, optionally prefixed ``"<dataset>:"``)."""
+        dataset = 0
+        k = str(key).strip()
+        m = re.fullmatch(r"([^:]+):(.+)", k)
+        if m:
+            ds, k = m.group(1).strip(), m.group(2).strip()
+            if ds.isdigit():
+                dataset = int(ds) - 1
+            elif ds in self._dataset_names:
+                dataset = self._dataset_names.index(ds)
+            else:
+                raise ConfigError(f"no dataset {ds!r} (datasets: {', '.join(self._dataset_names)})")
+            if not 0 <= dataset < len(self.datasets):
+                raise ConfigError(f"dataset number {ds} out of range 1..{len(self.datasets)}")
+        return int(self.index[dataset, self.model.index(k)])
+
+    def apply_setting(self, setting: Any) -> None:
+        """Apply one :func:`parse_setting` setting (value, frozen state, link)."""
+        key, value, frozen, link = parse_setting(setting)
+        s = self.slot_of(key)
+        par = self.slots[s].param
+        if value is not None:
+            if not par.hard_min <= value <= par.hard_max:
+                raise ConfigError(f"{key}={value} outside the hard limits [{par.hard_min}, {par.hard_max}] "
+                                  f"of {self.slots[s].name}")
+            par.value = value
+            par.min = min(par.min, value)
+            par.max = max(par.max, value)
+        if frozen is not None:
+            par.frozen = frozen
+        if link is not None:
+            target = self.slot_of(link)
+            if target == s:
+                raise ConfigError(f"cannot link {key} to itself")
+            self.slots[s].link = target
+
+    def link(self, target: str, source: str) -> None:
+        """Tie ``target`` to ``source`` (both keys may carry a ``"<dataset>:"`` prefix)."""
+        t, s = self.slot_of(target), self.slot_of(source)
+        if t == s:
+            raise ConfigError(f"cannot link {target} to itself")
+        self.slots[t].link = s
+
+    @property
+    def free(self) -> list[int]:
+        """Indices of the slots the optimiser varies."""
+        return [i for i, s in enumerate(self.slots) if not s.param.frozen and s.link is None]
+
+    def slot_values(self, x_free: np.ndarray | None = None) -> np.ndarray:
+        """All slot values with ``x_free`` put in the free slots and links resolved."""
+        v = np.array([s.param.value for s in self.slots], dtype=float)
+        if x_free is not None:
+            v[self.free] = x_free
+        for i, s in enumerate(self.slots):
+            j, hops = s.link, 0
+            while j is not None and hops <= len(self.slots):
+                v[i] = v[j]
+                j = self.slots[j].link
+                hops += 1
+        return v
+
+    def dataset_values(self, slot_values: np.ndarray, d: int) -> np.ndarray:
+        """Model parameter values (XSPEC order) of dataset ``d``."""
+        return slot_values[self.index[d]]
+
+    # ------------------------------------------------------------------ statistic
+    def predicted(self, slot_values: np.ndarray, d: int) -> np.ndarray:
+        """Predicted source counts per noticed group of dataset ``d``."""
+        ds = self.datasets[d]
+        flux = self.model.evaluate(ds.energ_lo, ds.energ_hi, self.dataset_values(slot_values, d))
+        return ds.predict(flux)
+
+    def effective_stat(self, d: int) -> str:
+        """Statistic applied to dataset ``d`` (cstat with a background becomes wstat, as in XSPEC)."""
+        ds = self.datasets[d]
+        if self.stat in ("cstat", "wstat"):
+            return "wstat" if ds.has_background else "cstat"
+        return self.stat
+
+    def _chi2_terms(self, d: int, model_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ds = self.datasets[d]
+        counts = ds.counts
+        stat_err = None
+        if ds.group_stat_err is not None and not ds.pha.poisserr:
+            stat_err = ds.group_stat_err[ds.mask]
+        var = _stats.chi2_variance(self.stat, counts, model_counts, stat_err)
+        data = counts
+        if ds.has_background:
+            scale = ds.bkg_scale
+            b = ds.bkg_counts
+            data = counts - scale * b
+            bvar = _stats.gehrels_sigma(b) ** 2 if self.stat == "chi2gehrels" else np.maximum(b, 1.0)
+            var = var + scale * scale * bvar
+        return data, var
+
+    def dataset_stat(self, slot_values: np.ndarray, d: int) -> float:
+        ds = self.datasets[d]
+        m = self.predicted(slot_values, d)
+        if not np.all(np.isfinite(m)):
+            return 1e30
+        which = self.effective_stat(d)
+        if which == "cstat":
+            return _stats.cstat(ds.counts, m)
+        if which == "wstat":
+            t_src = ds.exposure * float(np.mean(ds.pha.areascal))
+            t_bkg = t_src / ds.bkg_scale
+            return _stats.wstat(ds.counts, ds.bkg_counts, m, t_src, t_bkg)
+        data, var = self._chi2_terms(d, m)
+        return _stats.chi2(data, m, var)
+
+    def statistic(self, x_free: np.ndarray) -> float:
+        """Total statistic for the free values ``x_free`` (clipped to the soft limits)."""
+        v = self.slot_values(self.clip(x_free))
+        return float(sum(self.dataset_stat(v, d) for d in range(len(self.datasets))))
+
+    def residuals(self, x_free: np.ndarray) -> np.ndarray:
+        """Weighted residuals (data - model) / sigma of all datasets (chi-square statistics)."""
+        v = self.slot_values(x_free)
+        out = []
+        for d in range(len(self.datasets)):
+            m = self.predicted(v, d)
+            data, var = self._chi2_terms(d, m)
+            out.append((data - m) / np.sqrt(var))
+        return np.concatenate(out)
+
+    @property
+    def n_bins(self) -> int:
+        return int(sum(d.n_noticed for d in self.datasets))
+
+    # ------------------------------------------------------------------ helpers
+    def scale_norms(self) -> None:
+        """Rescale the free additive ``norm`` slots so that the model predicts the observed net counts."""
+        norm_slots = [i for i in self.free if self.slots[i].name.endswith(".norm")]
+        if not norm_slots:
+            return
+        v = self.slot_values()
+        pred = sum(float(self.predicted(v, d).sum()) for d in range(len(self.datasets)))
+        net = 0.0
+        for ds in self.datasets:
+            net += float(ds.counts.sum())
+            if ds.has_background:
+                net -= ds.bkg_scale * float(ds.bkg_counts.sum())
+        if pred > 0 and net > 0:
+            factor = net / pred
+            for i in norm_slots:
+                par = self.slots[i].param
+                par.value = float(np.clip(par.value * factor, max(par.min, 1e-300), par.max))
+
+    def bounds(self) -> list[tuple[float | None, float | None]]:
+        """Soft limits of the free slots for the optimiser.
+
+        Very wide limits (beyond +-1e6, e.g. ``norm`` up to 1e24) are dropped: MINUIT's sine transform
+        of a two-sided range loses all precision for values many orders of magnitude below the range.
+        The statistic clips the values to the soft limits anyway.
+        """
+        out: list[tuple[float | None, float | None]] = []
+        for i in self.free:
+            p = self.slots[i].param
+            lo = p.min if math.isfinite(p.min) and p.min > -1e6 else None
+            hi = p.max if math.isfinite(p.max) and p.max < 1e6 else None
+            out.append((lo, hi))
+        return out
+
+    def clip(self, x_free: np.ndarray) -> np.ndarray:
+        """``x_free`` clipped to the soft limits."""
+        lo = np.array([self.slots[i].param.min for i in self.free])
+        hi = np.array([self.slots[i].param.max for i in self.free])
+        return np.clip(np.asarray(x_free, dtype=float), lo, hi)
+
+
+def _steps(problem: FitProblem, x: np.ndarray) -> np.ndarray:
+    steps = []
+    for i, xi in zip(problem.free, x):
+        p = problem.slots[i].param
+        base = abs(xi) * 0.05 if xi != 0 else max(abs(p.delta), 1e-3)
+        steps.append(max(base, abs(p.delta) * 0.1, 1e-12))
+    return np.array(steps)
+
+
+def _migrad(problem: FitProblem, x0: np.ndarray, *, tol: float = 0.01) -> Any:
+    from iminuit import Minuit
+
+    names = [f"p{i}" for i in problem.free]
+    m = Minuit(problem.statistic, np.asarray(x0, dtype=float), name=names)
+    m.errordef = 1.0
+    m.limits = problem.bounds()
+    m.errors = _steps(problem, x0)
+    m.strategy = 1
+    m.tol = tol
+    m.print_level = 0
+    m.migrad(ncall=20000)
+    if not m.valid:
+        m.simplex(ncall=5000)
+        m.migrad(ncall=20000)
+    return m
+
+
+def _perturbed(problem: FitProblem, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    out = np.array(x, dtype=float)
+    for k, i in enumerate(problem.free):
+        p = problem.slots[i].param
+        if problem.slots[i].name.endswith(".norm") or x[k] > 0 and p.min >= 0:
+            out[k] = x[k] * math.exp(rng.normal(0, 0.5)) if x[k] > 0 else max(p.min, 1e-6)
+        else:
+            out[k] = x[k] + rng.normal(0, 0.3 * max(abs(x[k]), 1.0))
+        lo = p.min if math.isfinite(p.min) else -1e30
+        hi = p.max if math.isfinite(p.max) else 1e30
+        out[k] = float(np.clip(out[k], lo, hi))
+    return out
+
+
+def _jacobian_covariance(problem: FitProblem, x: np.ndarray) -> np.ndarray:
+    """(J^T J)^-1 from central differences of the weighted residuals (relative step 1e-3)."""
+    r0 = problem.residuals(x)
+    jac = np.empty((r0.size, x.size))
+    for k in range(x.size):
+        h = _FD_REL_STEP * abs(x[k]) if x[k] != 0 else 1e-6
+        xp, xm = x.copy(), x.copy()
+        xp[k] += h
+        xm[k] -= h
+        jac[:, k] = (problem.residuals(xp) - problem.residuals(xm)) / (2 * h)
+    return np.linalg.pinv(jac.T @ jac)
+
+
+def _delta_for(level: float) -> float:
+    """delta-stat for a confidence level (0.683 -> 1.0, 0.9 -> 2.706) or a delta given directly (> 1)."""
+    if level >= 1.0:
+        return float(level)
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(level, 1))
+
+
+def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | CompositeModel, *,
+        stat: str = "cstat", set_params: Sequence[Any] = (), links: Sequence[tuple[str, str]] = (),
+        cross_norm: bool = True, errors: str | None = "profile", error_level: float = 1.0,
+        abund: str = "angr", redshift: float | None = None, cosmology: Any = None,
+        flux_bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS, restarts: int = 3,
+        flux_samples: int = 200, goodness_sims: int = 0, seed: int = 12345,
+        log: logging.Logger | None = None) -> FitResult:
+    """Fit one or more spectra with an XSPEC model expression.
+
+    Parameters
+    ----------
+    datasets : SpectrumDataset or list of them
+        Spectra with their filters already applied (:meth:`SpectrumDataset.notice`).
+    model : str or CompositeModel
+        Model expression (``"wabs*(zbremss+zgauss)"``) or a parsed model (its values are the start).
+    stat : {"cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"}
+        Statistic. ``cstat`` on a dataset with a background becomes ``wstat`` (as XSPEC).
+    set_params : sequence
+        Settings applied in order, see :func:`parse_setting`.
+    links : sequence of (target, source)
+        Extra parameter links, keys as in :func:`parse_setting` (``"2:constant_1.factor"``).
+    cross_norm : bool
+        Per-dataset ``constant`` factor, the first frozen at 1.
+    errors : {"profile", "covariance", None}
+        Profile-likelihood (MINOS) intervals, covariance errors, or none.
+    error_level : float
+        Delta-stat of the intervals (1.0 = 68 %, 2.706 = 90 %) or a confidence level < 1.
+    abund : str
+        Abundance table (``models.set_abundance``).
+    redshift : float, optional
+        Source redshift for luminosities (default: the first free-or-frozen ``Redshift`` parameter).
+    cosmology : astropy cosmology or {"H0", "Om0"}, optional
+    flux_bands : sequence of (lo, hi)
+        Bands (keV) of fluxes and luminosities.
+    restarts : int
+        Extra MIGRAD runs from perturbed starts when the fit did not converge or is poor
+        (reduced statistic > 2).
+    flux_samples : int
+        Covariance draws for the flux errors (0 = no flux errors).
+    goodness_sims : int
+        For Poisson statistics, simulate this many spectra from the best fit, refit them and report
+        the fraction with a statistic above the observed one (``goodness_pvalue``).
+    seed : int
+        Random seed (restarts, flux errors, simulations).
+    log : logging.Logger, optional
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    FitError
+        No data bins, no free parameters, or no finite statistic.
+    """
+    logger = log or globals()["log"]
+    t0 = time.perf_counter()
+    _models.set_abundance(abund)
+    ds_list = [datasets] if isinstance(datasets, SpectrumDataset) else list(datasets)
+    cmodel = parse_expression(model) if isinstance(model, str) else model.copy()
+    problem = FitProblem(ds_list, cmodel, stat, cross_norm=cross_norm)
+    for setting in set_params:
+        problem.apply_setting(setting)
+    for target, source in links:
+        problem.link(target, source)
+    if problem.n_bins == 0:
+        raise FitError("no noticed data bins to fit (check the energy range and QUALITY)")
+    free = problem.free
+    if not free:
+        raise FitError("every parameter is frozen or linked: nothing to fit")
+    problem.scale_norms()
+    rng = np.random.default_rng(seed)
+    x0 = problem.slot_values()[free]
+    minuit = _migrad(problem, x0)
+    best_x, best_stat = np.array(minuit.values), float(minuit.fval)
+    dof = problem.n_bins - len(free)
+    for attempt in range(restarts):
+        poor = dof > 0 and best_stat / dof > 2.0
+        if minuit.valid and not poor:
+            break
+        trial = _migrad(problem, _perturbed(problem, best_x, rng))
+        logger.debug("restart %d: stat %.4f -> %.4f", attempt + 1, best_stat, trial.fval)
+        if trial.fval < best_stat - 1e-6 or (trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6):
+            minuit, best_x, best_stat = trial, np.array(trial.values), float(trial.fval)
+    if not math.isfinite(best_stat) or best_stat >= 1e29:
+        raise FitError("the fit statistic is not finite at the best fit (model predicts no counts?)")
+    converged = bool(minuit.valid)
+
+    # Errors.
+    cov = None
+    try:
+        if problem.stat.startswith("chi2") and not any(problem.effective_stat(d) != problem.stat
+                                                        for d in range(len(ds_list))):
+            cov = _jacobian_covariance(problem, best_x)
+        else:
+            minuit.hesse()
+            cov = np.array(minuit.covariance)
+    except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:
+        logger.warning("covariance failed: %s", exc)
+    sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) if cov is not None else np.full(len(free), np.nan)
+    delta = _delta_for(error_level)
+    err_lo = sigma * math.sqrt(delta)
+    err_hi = sigma * math.sqrt(delta)
+    error_method = "covariance" if errors else "none"
+    if errors is None or str(errors).lower() in ("none", "no", "false"):
+        err_lo = err_hi = np.full(len(free), np.nan)
+    elif str(errors).lower() == "profile":
+        error_method = "profile"
+        try:
+            minuit.values = best_x
+            minuit.errordef = delta
+            minuit.minos()
+            for k, name in enumerate(minuit.parameters):
+                me = minuit.merrors[name]
+                err_lo[k] = abs(me.lower) if me.lower_valid else (0.0 if me.at_lower_limit else np.nan)
+                err_hi[k] = abs(me.upper) if me.upper_valid else (0.0 if me.at_upper_limit else np.nan)
+            minuit.errordef = 1.0
+            if minuit.fmin is not None and minuit.fval < best_stat - 1e-3:
+                logger.warning("profiling found a better fit (%.4f < %.4f): using it", minuit.fval, best_stat)
+                best_x, best_stat = np.array(minuit.values), float(minuit.fval)
+        except RuntimeError as exc:
+            logger.warning("profile errors failed (%s); keeping covariance errors", exc)
+            error_method = "covariance"
+    elif str(errors).lower() != "covariance":
+        raise ConfigError(f"errors must be 'profile', 'covariance' or None, not {errors!r}")
+
+    all_values = problem.slot_values(best_x)
+    model_values = problem.dataset_values(all_values, 0)
+
+    # Fluxes with errors from covariance draws.
+    samples = None
+    if cov is not None and flux_samples > 0 and np.all(np.isfinite(cov)):
+        draws = rng.multivariate_normal(best_x, cov, size=flux_samples, check_valid="ignore")
+        lows = np.array([b[0] if b[0] is not None else -np.inf for b in problem.bounds()])
+        highs = np.array([b[1] if b[1] is not None else np.inf for b in problem.bounds()])
+        draws = np.clip(draws, lows, highs)
+        samples = np.array([problem.dataset_values(problem.slot_values(x), 0) for x in draws])
+    z = redshift
+    if z is None:
+        z_index = [i for i, mp in enumerate(problem.model.parameters) if mp.name.lower() == "redshift"]
+        z = float(model_values[z_index[0]]) if z_index else None
+    fluxes, lums = flux_table(problem.model, model_values, flux_bands, samples=samples, redshift=z,
+                              cosmology=cosmology)
+
+    pvalue = None
+    if goodness_sims > 0 and not problem.stat.startswith("chi2"):
+        pvalue = _simulated_pvalue(problem, best_x, best_stat, goodness_sims, rng)
+
+    params = []
+    free_pos = {s: k for k, s in enumerate(free)}
+    multi = len(ds_list) > 1
+    for i, slot in enumerate(problem.slots):
+        k = free_pos.get(i)
+        entry = {
+            "name": slot.name,
+            "number": slot.number + len(problem.model.parameters) * _dataset_number(slot, ds_list),
+            "value": float(all_values[i]),
+            "err_lo": float(err_lo[k]) if k is not None else 0.0,
+            "err_hi": float(err_hi[k]) if k is not None else 0.0,
+            "sigma": float(sigma[k]) if k is not None else 0.0,
+            "unit": slot.param.unit,
+            "frozen": bool(slot.param.frozen),
+            "linked": slot.link is not None or (multi and slot.dataset is None),
+            "link_to": None if slot.link is None else problem.slots[slot.link].name,
+            "min": slot.param.min,
+            "max": slot.param.max,
+        }
+        if slot.dataset is not None:
+            entry["dataset"] = slot.dataset
+        params.append(entry)
+    result = FitResult(
+        model=problem.model.expression,
+        engine="builtin",
+        stat=problem.stat,
+        statistic=float(best_stat),
+        dof=int(dof),
+        parameters=params,
+        fluxes=fluxes,
+        luminosities=lums,
+        converged=converged,
+        datasets=[_dataset_info(ds, problem.effective_stat(d)) for d, ds in enumerate(ds_list)],
+        abund=abund,
+        error_method=error_method,
+        error_delta=delta,
+        redshift=z,
+        goodness_pvalue=pvalue,
+        fit_time_s=time.perf_counter() - t0,
+        covariance={"parameters": [problem.slots[i].name + (f"[{problem.slots[i].dataset}]"
+                                                             if problem.slots[i].dataset else "") for i in free],
+                    "matrix": cov.tolist() if cov is not None else None},
+    )
+    result.attach(problem, all_values)
+    logger.info("fit %s (%s): stat %.3f / %d dof in %.2f s", problem.model.expression, problem.stat,
+                best_stat, dof, result.fit_time_s)
+    return result
+
+
+def _dataset_number(slot: _Slot, ds_list: list[SpectrumDataset]) -> int:
+    """0-based data group of a per-dataset slot (0 for shared slots), for XSPEC-style numbering."""
+    if slot.dataset is None:
+        return 0
+    return next(k for k, d in enumerate(ds_list) if d.name == slot.dataset)
+
+
+def _dataset_info(ds: SpectrumDataset, stat: str) -> dict[str, Any]:
+    return {
+        "name": ds.name,
+        "pha": str(ds.pha.path) if ds.pha.path else None,
+        "rmf": str(ds.rmf.path) if ds.rmf.path else None,
+        "arf": str(ds.arf.path) if ds.arf is not None and ds.arf.path else None,
+        "bkg": str(ds.bkg.path) if ds.bkg is not None and ds.bkg.path and ds.has_background else None,
+        "exposure_s": ds.exposure,
+        "n_bins": ds.n_noticed,
+        "n_groups": ds.n_groups,
+        "counts": float(ds.counts.sum()),
+        "noticed_kev": [float(ds.group_lo_kev[ds.mask].min()), float(ds.group_hi_kev[ds.mask].max())]
+        if ds.n_noticed else None,
+        "ignored_kev": _ignored_ranges(ds),
+        "stat": stat,
+    }
+
+
+def _ignored_ranges(ds: SpectrumDataset) -> list[list[float | None]]:
+    """Energy ranges of the ignored groups as [lo, hi] pairs (None = open end), for XSPEC ``ignore``."""
+    out: list[list[float | None]] = []
+    mask = ds.mask
+    i = 0
+    n = mask.size
+    while i < n:
+        if mask[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and not mask[j + 1]:
+            j += 1
+        # Boundaries half-way between a group's edge and its centre: the same bins are selected whether
+        # XSPEC tests bin centres or overlaps.
+        lo = None if i == 0 else float(0.75 * ds.group_lo_kev[i] + 0.25 * ds.group_hi_kev[i])
+        hi = None if j == n - 1 else float(0.25 * ds.group_lo_kev[j] + 0.75 * ds.group_hi_kev[j])
+        out.append([lo, hi])
+        i = j + 1
+    return out
+
+
+def _simulated_pvalue(problem: FitProblem, best_x: np.ndarray, best_stat: float, n: int,
+                      rng: np.random.Generator) -> float:
+    """Fraction of Poisson simulations of the best fit whose refitted statistic exceeds the observed one."""
+    v = problem.slot_values(best_x)
+    expected = [problem.predicted(v, d) for d in range(len(problem.datasets))]
+    saved = [(ds.group_counts.copy(), ds.group_bkg_counts) for ds in problem.datasets]
+    worse = 0
+    try:
+        for _ in range(n):
+            for d, ds in enumerate(problem.datasets):
+                sim = ds.group_counts.copy()
+                bkg_mean = 0.0 if not ds.has_background else ds.bkg_scale * ds.bkg_counts
+                sim[ds.mask] = rng.poisson(np.maximum(expected[d] + bkg_mean, 0))
+                ds.group_counts = sim
+            m = _migrad(problem, best_x)
+            worse += m.fval >= best_stat
+    finally:
+        for ds, (c, b) in zip(problem.datasets, saved):
+            ds.group_counts, ds.group_bkg_counts = c, b
+    return worse / n
