@@ -243,13 +243,7 @@ def test_parse_task_banners():
 
 
 def test_parse_sas_messages_error_and_warning():
-    text = "\n".join([
-        "evselect:- Executing (routine): evselect table=pn.fits expression=true -w 1 -V 2",
-        "** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file "
-        "`/home/dt237/apollo_mnt/xmm_obs/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS'",
-        "** odfingest: warning (NoValueAttribute), attribute has no value",
-        "#### Sometimes XMM/SAS will give warnings like \"** odfingest: warning\", most are OK.",
-    ])
+    text = "evselect:- Executing (routine): evselect table=pn.fits expression=true -w 1 -V 2\n** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file `/home/dt237/apollo_mnt/xmm_obs/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS'\n** odfingest: warning (NoValueAttribute), attribute has no value\n#### Sometimes XMM/SAS will give warnings like \"** odfingest: warning\", most are OK."
     msgs = parse_sas_messages(text)
     assert [(m.task, m.level, m.code) for m in msgs] == [
         ("cifbuild", "error", "UnexpectedEOF"), ("odfingest", "warning", "NoValueAttribute")]

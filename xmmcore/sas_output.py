@@ -22,16 +22,16 @@ from dataclasses import asdict, dataclass
 
 __all__ = [
     "SasMessage",
+    "XspecMessage",
     "parse_sas_messages",
-    "parse_task_version",
-    "parse_task_versions",
     "parse_sas_release",
     "parse_sasversion",
-    "XspecMessage",
-    "parse_xspec_messages",
-    "parse_xspec_version",
+    "parse_task_version",
+    "parse_task_versions",
     "parse_xspec_error_table",
     "parse_xspec_flux",
+    "parse_xspec_messages",
+    "parse_xspec_version",
 ]
 
 _SAS_MSG = re.compile(

@@ -30,7 +30,7 @@ from typing import IO
 from .errors import ExternalToolError, ToolNotFoundError
 from .sas_output import SasMessage, parse_sas_messages, parse_task_version
 
-__all__ = ["ToolRun", "run_tool", "child_env", "find_executable", "KILL_GRACE_S"]
+__all__ = ["KILL_GRACE_S", "ToolRun", "child_env", "find_executable", "run_tool"]
 
 #: Seconds between SIGTERM and SIGKILL when a process group is stopped.
 KILL_GRACE_S = 3.0
