@@ -155,14 +155,15 @@ def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndar
         "TELESCOP": "XMM", "INSTRUME": evl.header.get("INSTRUME", "").strip(),
         "FILTER": str(evl.header.get("FILTER", "NONE")).strip(), "OBS_ID": evl.header.get("OBS_ID", ""),
         "OBJECT": evl.header.get("OBJECT", ""), "DATE-OBS": evl.header.get("DATE-OBS", ""),
-        "DETCHANS": n, "CHANTYPE": "PI", "SPECDELT": (width, "[eV] PI channels per spectral channel"),
-        "SPECPIX": 0, "SPECVAL": ((width - 1) / 2.0, "PI at the centre of channel SPECPIX"),
+        "DETCHANS": n, "CHANTYPE": "PI", "SPECDELT": width,
+        "SPECPIX": 0, "SPECVAL": (width - 1) / 2.0,
         "HDUCLAS2": "TOTAL", "TLMIN1": 0, "TLMAX1": n - 1,
     }
     for key in ("RA_OBJ", "DEC_OBJ", "RA_PNT", "DEC_PNT", "MJDREF", "DATAMODE", "SUBMODE"):
         if key in evl.header:
             h[key] = evl.header[key]
-    h.update(dict(header or {}))
+    # ogip.write_pha takes plain values (no (value, comment) tuples)
+    h.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in dict(header or {}).items()})
     return PHA(channel=np.arange(n, dtype=np.int64), counts=counts.astype(float), exposure=float(exposure),
                backscal=float(backscal), areascal=1.0, respfile=respfile, ancrfile=ancrfile, backfile=backfile,
                header=h)

@@ -1,0 +1,151 @@
+"""Must show (issues 3 and 4): the real A907 MOS event lists through the Python backend.
+
+Three ObsIDs x MOS1/MOS2 from ``../shared/data/xmm/a907``: cleaned events, flare GTIs, images with
+regions, spectra; exposure = GTI overlap, BACKSCAL ratio = independently integrated area ratio
+(within 1 %), counts > 0, SAS channel grid and OGIP keywords.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+from regions import PixCoord, Regions
+
+from test_spectra import check_ogip_pha
+from xmmcore import events as E
+from xmmcore import gti as G
+from xmmcore import images as I
+from xmmcore.backends import get_backend
+from xmmcore.observation import discover
+from xmmcore.regions import make_regions
+
+pytestmark = pytest.mark.realdata
+OBSIDS = ("0201901401", "0201903501", "0404910601")
+CAMS = ("mos1", "mos2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def a907(xmm_data, tmp_path_factory):
+    cfg = yaml.safe_load((REPO / "survey" / "defaults.yaml").read_text())
+    cfg["cameras"] = list(CAMS)
+    backend = get_backend("python")
+    log = logging.getLogger("test_a907")
+    out = {}
+    for obsid in OBSIDS:
+        obs = discover(xmm_data / "a907", obsid)
+        outdir = tmp_path_factory.mktemp(obsid)
+        filt = {c: backend.filter_camera(obs, c, outdir, cfg, log=log) for c in CAMS}
+        regs = make_regions(obs, outdir, cfg, log=log)
+        spec = {c: backend.spectra_camera(obs, c, outdir, regs, cfg, log=log) for c in CAMS}
+        out[obsid] = (obs, outdir, filt, regs, spec)
+    return out
+
+
+@pytest.mark.parametrize("obsid", OBSIDS)
+@pytest.mark.parametrize("cam", CAMS)
+def test_filter_products(a907, obsid, cam):
+    obs, outdir, filt, _, _ = a907[obsid]
+    s = filt[cam]
+    raw = E.read_events(obs.event_files[cam])
+    clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
+    flare = fits.getdata(outdir / "events" / f"{cam}_gti.fits", "STDGTI")
+    fgti = np.column_stack([flare["START"], flare["STOP"]])
+    assert 0 < len(clean) < len(raw) == s["n_events_in"]
+    assert len(clean) == s["n_events_out"]
+    for ccd, g in clean.gti_ccd.items():
+        # per-CCD GTIs of the clean list = input CCD GTIs AND flare GTIs; all events inside
+        assert G.exposure(g) == pytest.approx(G.overlap(raw.gti_ccd[ccd], fgti), abs=1e-6)
+        t = clean["TIME"][clean["CCDNR"] == ccd]
+        assert G.mask_in_gti(t, g).all()
+    assert np.all(clean["PATTERN"] <= 12) and np.all((clean["FLAG"] & 0x766BA000) == 0)
+    assert clean["PI"].min() >= 200 and clean["PI"].max() <= 12000
+    assert 0.0 <= s["flare_fraction"] < 0.3
+    assert s["exposure_s"] == pytest.approx(G.overlap(raw.gti_ccd[1], fgti))
+    assert s["exposure_raw_s"] == pytest.approx(raw.header["ONTIME01"], rel=1e-6)
+    for name in (f"events/{cam}_lc.fits", f"plots/{cam}_lightcurve.png", f"plots/{cam}_image.png"):
+        assert (outdir / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("obsid", OBSIDS)
+def test_regions_centre_on_a907(a907, obsid):
+    _, outdir, _, regs, _ = a907[obsid]
+    # X-ray peak of A907 (RXC J0958.3-1103: 09 58 22.2 -11 03 50): within 20 arcsec
+    sep = np.hypot((regs["centre_ra"] - 149.5925) * np.cos(np.radians(-11.064)), regs["centre_dec"] + 11.0639)
+    assert sep * 3600 < 20.0
+    assert regs["r_src_arcmin"] == 3.0 and regs["bkg_inner_arcmin"] == pytest.approx(3.15)
+    assert (outdir / "regions" / "ptsrc.reg").exists() and (outdir / "regions" / "regions.json").exists()
+
+
+def _area_regions_pkg(reg_path: Path, header, footprints) -> float:
+    """Independent area [phys px^2]: regions' pixel-centre masks on a 2" grid times CCD coverage."""
+    regs = Regions.read(str(reg_path), format="ds9")
+    ext = I.Extent(x0=18000.0, y0=18000.0, bin_phys=40.0, nx=400, ny=400)
+    wcs = I.image_wcs(header, ext)
+    cover = I.coverage_image(footprints, ext)
+    inc = np.zeros((ext.ny, ext.nx))
+    exc = np.zeros_like(inc)
+    for r in regs:
+        m = r.to_pixel(wcs).to_mask(mode="center").to_image((ext.ny, ext.nx))
+        if m is None:
+            continue
+        if int(r.meta.get("include", 1)) == 0:
+            exc = np.maximum(exc, m)
+        else:
+            inc = np.maximum(inc, m)
+    return float((np.clip(inc - exc, 0, 1) * cover).sum() * ext.bin_phys**2)
+
+
+@pytest.mark.parametrize("obsid", OBSIDS)
+@pytest.mark.parametrize("cam", CAMS)
+def test_spectra_consistent_with_inputs(a907, obsid, cam):
+    obs, outdir, _, regs, spec = a907[obsid]
+    s = spec[cam]
+    raw = E.read_events(obs.event_files[cam])
+    clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
+    flare = fits.getdata(outdir / "events" / f"{cam}_gti.fits", "STDGTI")
+    fgti = np.column_stack([flare["START"], flare["STOP"]])
+    src_h = check_ogip_pha(outdir / "spectra" / f"{cam}_src.pha", n_chan=800)
+    bkg_h = check_ogip_pha(outdir / "spectra" / f"{cam}_bkg.pha", n_chan=800)
+    assert src_h["INSTRUME"] == cam.upper().replace("MOS", "EMOS") and src_h["SPECDELT"] == 15
+    assert src_h["BACKFILE"] == f"{cam}_bkg.pha"
+    assert s["src_counts"] > 1000 and s["bkg_counts"] > 100
+    # EXPOSURE: area-weighted (per CCD) GTI overlap of input CCD GTIs with the flare GTIs, x dead time
+    w = {int(k): v for k, v in s["src_area_by_ccd"].items()}
+    tot = sum(w.values())
+    ontime = sum(a / tot * G.overlap(raw.gti_ccd[c], fgti) for c, a in w.items())
+    live = sum(a / tot * G.overlap(raw.gti_ccd[c], fgti) * raw.header[f"LIVETI{c:02d}"] / raw.header[f"ONTIME{c:02d}"]
+               for c, a in w.items())
+    assert src_h["ONTIME"] == pytest.approx(ontime, rel=1e-9)
+    assert src_h["EXPOSURE"] == pytest.approx(live, rel=1e-9)
+    # BACKSCAL: ratio equal to the independently integrated area ratio within 1 %
+    fp = I.ccd_footprints(clean)
+    a_src = _area_regions_pkg(outdir / "regions" / f"{cam}_src.reg", clean.header, fp)
+    a_bkg = _area_regions_pkg(outdir / "regions" / f"{cam}_bkg.reg", clean.header, fp)
+    assert src_h["BACKSCAL"] / bkg_h["BACKSCAL"] == pytest.approx(a_src / a_bkg, rel=0.01)
+    assert src_h["BACKSCAL"] == pytest.approx(a_src, rel=0.01)
+    assert src_h["BACKSCAL"] <= np.pi * (3.0 * 1200.0) ** 2
+    # Counts: events of the clean list inside the DS9 source region (regions package), PI < 12000
+    regs_src = Regions.read(str(outdir / "regions" / f"{cam}_src.reg"), format="ds9")
+    pw = I.phys_wcs(clean.header)
+    pc = PixCoord(clean["X"] - 1.0, clean["Y"] - 1.0)
+    inside = np.zeros(len(clean), bool)
+    for r in regs_src:
+        m = np.asarray(r.to_pixel(pw).contains(pc))
+        inside = inside & ~m if int(r.meta.get("include", 1)) == 0 else inside | m
+    with fits.open(outdir / "spectra" / f"{cam}_src.pha") as h:
+        assert int(h["SPECTRUM"].data["COUNTS"].sum()) == int((inside & (clean["PI"] < 12000)).sum())
+
+
+@pytest.mark.sherpa
+def test_pha_loads_in_sherpa(a907):
+    from sherpa.astro import io as sio
+
+    _, outdir, _, _, _ = a907[OBSIDS[0]]
+    d = sio.read_pha(str(outdir / "spectra" / "mos1_src.pha"))
+    assert d.exposure > 0 and d.counts.sum() > 0

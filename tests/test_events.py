@@ -1,0 +1,154 @@
+"""Event-list reading, screening, writing and streaming on tiny event lists built in code."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from xmmcore import events as E
+from xmmcore import gti as G
+from xmmcore.errors import InputDataError
+
+T0 = 2.0e8
+
+
+def make_event_file(path: Path, *, n: int = 400, instrume: str = "EMOS1", seed: int = 1,
+                    times: np.ndarray | None = None, drop: tuple[str, ...] = (), gti: bool = True,
+                    ccds: tuple[int, ...] = (1, 2), span_s: float = 1000.0, xy: tuple[np.ndarray, np.ndarray] | None = None,
+                    pi: np.ndarray | None = None, extra_header: dict | None = None) -> Path:
+    """Write an XMM-like event list (big-endian columns, STDGTInn per CCD) and return its path."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(T0, T0 + span_s, n)) if times is None else np.asarray(times, float)
+    n = t.size
+    x, y = xy if xy is not None else (rng.integers(24000, 28000, n), rng.integers(24000, 28000, n))
+    cols = {
+        "TIME": ("D", t), "X": ("J", np.asarray(x)), "Y": ("J", np.asarray(y)),
+        "PI": ("I", rng.integers(100, 15000, n) if pi is None else np.asarray(pi)),
+        "PATTERN": ("B", rng.integers(0, 16, n)), "FLAG": ("J", np.where(rng.random(n) < 0.1, 0x2000, 0)),
+        "CCDNR": ("B", np.asarray(ccds)[rng.integers(0, len(ccds), n)]),
+    }
+    fcols = [fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items() if k not in drop]
+    ev = fits.BinTableHDU.from_columns(fcols, name="EVENTS")
+    h = ev.header
+    h["INSTRUME"] = instrume
+    h["TELESCOP"] = "XMM"
+    h["OBS_ID"] = "0000000001"
+    h["FILTER"] = "Thin1"
+    for k, v in {"REFXCRPX": 25921, "REFYCRPX": 25921, "REFXCRVL": 149.6, "REFYCRVL": -11.08,
+                 "REFXCDLT": -1.38888888888889e-05, "REFYCDLT": 1.38888888888889e-05}.items():
+        h[k] = v
+    for c in ccds:
+        h[f"ONTIME{c:02d}"] = span_s
+        h[f"LIVETI{c:02d}"] = 0.97 * span_s
+    for k, v in (extra_header or {}).items():
+        h[k] = v
+    hdus = [fits.PrimaryHDU(), ev]
+    if gti:
+        for c in ccds:
+            hdus.append(fits.BinTableHDU.from_columns([
+                fits.Column(name="START", format="D", array=[T0]), fits.Column(name="STOP", format="D",
+                                                                               array=[T0 + span_s])],
+                name=f"STDGTI{c:02d}"))
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+def test_read_native_endian_and_gtis(tmp_path):
+    p = make_event_file(tmp_path / "m1.fits")
+    evl = E.read_events(p)
+    assert evl.camera == "mos1" and len(evl) == 400
+    assert all(a.dtype.isnative for a in evl.columns.values())
+    assert sorted(evl.gti_ccd) == [1, 2]
+    assert G.exposure(evl.gti) == pytest.approx(1000.0)
+    assert evl.deadtime_factor(1) == pytest.approx(0.97)
+
+
+def test_gzip_and_columns(tmp_path):
+    p = make_event_file(tmp_path / "pn.fits", instrume="EPN")
+    gz = tmp_path / "pn.fits.gz"
+    with open(p, "rb") as fi, gzip.open(gz, "wb") as fo:
+        shutil.copyfileobj(fi, fo)
+    a, b = E.read_events(p), E.read_events(gz, columns=["PI"])
+    assert b.camera == "pn" and np.array_equal(a["PI"], b["PI"])
+    assert set(b.columns) == set(E.REQUIRED_COLUMNS)
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("nocol", "lacks required column"), ("instrume", "not an EPIC camera"), ("empty", "no events"),
+    ("nogti", "no GTI extension"), ("truncated", "truncated|cannot read"), ("noevents", "no EVENTS"),
+    ("camera", "expected a pn event list"),
+])
+def test_bad_inputs_name_the_file(tmp_path, kind, match):
+    p = tmp_path / f"{kind}.fits"
+    if kind == "nocol":
+        make_event_file(p, drop=("PATTERN",))
+    elif kind == "instrume":
+        make_event_file(p, instrume="ACIS")
+    elif kind == "empty":
+        make_event_file(p, times=np.array([]))
+    elif kind == "nogti":
+        make_event_file(p, gti=False)
+    elif kind == "truncated":
+        full = make_event_file(tmp_path / "full.fits", n=5000)
+        p.write_bytes(full.read_bytes()[: 2880 * 8])
+    elif kind == "noevents":
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
+            [fits.Column(name="A", format="D", array=[1.0])], name="OTHER")]).writeto(p)
+    else:
+        make_event_file(p)
+    with pytest.raises(InputDataError, match=match) as info:
+        E.read_events(p, camera="pn" if kind == "camera" else None)
+    assert str(p) in str(info.value)
+
+
+def test_unordered_time_sorted_or_rejected(tmp_path):
+    t = T0 + np.array([0.0, 5.0, 3.0, 9.0])
+    p = make_event_file(tmp_path / "u.fits", times=t)
+    evl = E.read_events(p)
+    assert evl.resorted and np.all(np.diff(evl["TIME"]) >= 0)
+    with pytest.raises(InputDataError, match="not monotonic"):
+        E.read_events(p, time_order="require")
+
+
+def test_screen_and_flag_masks(tmp_path):
+    p = make_event_file(tmp_path / "m.fits", n=2000, extra_header={"XMMEA_EM": "(FLAG & 0x766ba000) == 0"})
+    evl = E.read_events(p)
+    mask = E.flag_mask_for("mos1", "xmmea", evl.header)
+    assert mask == 0x766BA000
+    assert E.flag_mask_for("pn", "xmmea") == E.XMMEA_DEFAULT["pn"]
+    s = E.screen(evl, pattern_max=12, flag_mask=mask, pi_min=200, pi_max=12000, ccds=[1])
+    expect = ((evl["PATTERN"] <= 12) & ((evl["FLAG"] & 0x766BA000) == 0) & (evl["PI"] >= 200)
+              & (evl["PI"] <= 12000) & (evl["CCDNR"] == 1))
+    assert len(s) == int(expect.sum()) > 0
+    assert s.ccds == [1]
+    zero = E.screen(evl, flag_mask=E.flag_mask_for("mos1", "zero"))
+    assert len(zero) == int((evl["FLAG"] == 0).sum())
+
+
+def test_write_roundtrip_with_gti(tmp_path):
+    evl = E.read_events(make_event_file(tmp_path / "m.fits", n=1000))
+    cut = np.array([[T0, T0 + 300.0], [T0 + 500.0, T0 + 800.0]])
+    out = E.write_events(evl, tmp_path / "clean.fits", gti=cut)
+    back = E.read_events(out)
+    assert len(back) == int(G.mask_in_gti(evl["TIME"], cut).sum())
+    assert G.exposure(back.gti_ccd[1]) == pytest.approx(600.0)
+    assert back.header["ONTIME01"] == pytest.approx(600.0)
+    assert back.deadtime_factor(1) == pytest.approx(0.97)
+
+
+def test_stream_filter_bin_matches_in_memory(tmp_path):
+    p = make_event_file(tmp_path / "pn.fits", n=5000, instrume="EPN")
+    evl = E.read_events(p)
+    g = np.array([[T0 + 100, T0 + 700]])
+    hist, n_in, n_out = E.stream_filter_bin(E.iter_event_chunks(p, chunk_rows=777), gti=g, pattern_max=4,
+                                            flag_mask=0xFA000C, pi_min=200, pi_max=15000)
+    keep = E.screen_mask(evl.columns, pattern_max=4, flag_mask=0xFA000C, pi_min=200, pi_max=15000)
+    keep &= G.mask_in_gti(evl["TIME"], g)
+    ref = np.bincount(evl["PI"][keep] // 5, minlength=4096)[:4096]
+    assert n_in == 5000 and n_out == int(keep.sum())
+    assert np.array_equal(hist, ref)

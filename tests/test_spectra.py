@@ -1,0 +1,81 @@
+"""Spectra: SAS channel grids, grouping, OGIP PHA validity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from test_events import make_event_file
+from xmmcore import events as E
+from xmmcore import spectra as S
+
+
+def test_channel_grids_match_sas():
+    assert S.channel_grid("pn") == (4096, 5) and S.channel_grid("mos2") == (800, 15)
+    h = S.pi_histogram(np.array([0, 4, 5, 20479, 20480, 11999]), "pn")
+    assert h[0] == 2 and h[1] == 1 and h[4095] == 1 and h.sum() == 5
+    m = S.pi_histogram(np.array([14, 15, 11999, 12000]), "mos1")
+    assert m[0] == 1 and m[1] == 1 and m[799] == 1 and m.sum() == 3
+
+
+def test_group_min_counts():
+    c = np.array([0, 3, 1, 0, 5, 0, 0, 1, 1, 0])
+    g, q = S.group_min_counts(c, 3)
+    starts = np.flatnonzero(g == 1)
+    sums = np.add.reduceat(c, starts)
+    assert np.all(sums >= 3) and sums.sum() == c.sum()
+    assert set(np.unique(g)) <= {1, -1} and not q.any()
+    g, q = S.group_min_counts(np.array([1, 0, 1]), 5)
+    assert np.all(q == 2)
+
+
+def test_group_optimal_kaastra_bleeker():
+    rng = np.random.default_rng(0)
+    e = (np.arange(800) + 0.5) * 0.015
+    counts = rng.poisson(2000 * np.exp(-e / 2.0) * (e > 0.2))
+    g, q = S.group_optimal(counts, S.fwhm_channels("mos1"))
+    starts = np.flatnonzero(g == 1)
+    widths = np.diff(np.append(starts, 800))
+    assert starts[0] == 0 and widths.sum() == 800
+    # Bright channels are binned finer than the resolution; the faint tail in wider groups.
+    assert widths[:20].mean() < widths[-5:].mean()
+    assert widths.max() <= np.ceil(S.fwhm_channels("mos1").max())
+    g2, _ = S.group_optimal(counts, S.fwhm_channels("mos1"), min_counts=20)
+    assert np.all(np.add.reduceat(counts, np.flatnonzero(g2 == 1))[:-1] >= 20)
+
+
+def test_extract_writes_valid_ogip_pha(tmp_path):
+    from xmmcore.ogip import read_pha, write_pha
+
+    evl = E.read_events(make_event_file(tmp_path / "m.fits", n=3000))
+    pha = S.extract(evl, exposure=970.0, backscal=1.234e6, respfile="mos1.rmf", ancrfile="mos1.arf",
+                    backfile="mos1_bkg.pha")
+    pha.grouping, pha.quality = S.group_min_counts(pha.counts, 5)
+    p = write_pha(pha, tmp_path / "src.pha")
+    check_ogip_pha(p, n_chan=800)
+    back = read_pha(p)
+    assert back.counts.sum() == pytest.approx(np.sum(evl["PI"] < 12000))
+    assert back.backscal == pytest.approx(1.234e6) and back.exposure == pytest.approx(970.0)
+
+
+def check_ogip_pha(path, *, n_chan: int) -> fits.Header:
+    """astropy-based OGIP type-I checks (OGIP/92-007): structure, keywords, channel numbering."""
+    with fits.open(path, checksum=True) as h:
+        sp = h["SPECTRUM"]
+        hdr = sp.header
+        for key in ("TELESCOP", "INSTRUME", "FILTER", "EXPOSURE", "BACKSCAL", "AREASCAL", "BACKFILE", "RESPFILE",
+                    "ANCRFILE", "CORRFILE", "CORRSCAL", "HDUCLASS", "HDUCLAS1", "HDUCLAS2", "HDUCLAS3", "CHANTYPE",
+                    "DETCHANS", "POISSERR"):
+            assert key in hdr, key
+        assert hdr["HDUCLASS"] == "OGIP" and hdr["HDUCLAS1"] == "SPECTRUM" and hdr["HDUCLAS3"] == "COUNT"
+        assert hdr["DETCHANS"] == n_chan == len(sp.data)
+        assert hdr["TLMIN1"] == 0 and hdr["TLMAX1"] == n_chan - 1
+        assert np.array_equal(sp.data["CHANNEL"], np.arange(n_chan))
+        assert hdr["EXPOSURE"] > 0 and hdr["BACKSCAL"] > 0 and hdr["POISSERR"] is True
+        c = sp.data["COUNTS"]
+        assert np.all(c >= 0) and np.all(c == np.round(c))
+        if "GROUPING" in sp.columns.names:
+            assert set(np.unique(sp.data["GROUPING"])) <= {-1, 0, 1}
+            assert set(np.unique(sp.data["QUALITY"])) <= {0, 1, 2, 5}
+        return hdr.copy()
