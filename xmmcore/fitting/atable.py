@@ -41,15 +41,15 @@ from .models import Component, Parameter
 
 __all__ = [
     "APEC_TABLE_ENV",
-    "TableParameter",
-    "TableModel",
     "TableComponent",
-    "read_table_model",
-    "table_component",
-    "resolve_table_name",
+    "TableModel",
+    "TableParameter",
+    "apec_component",
     "default_apec_cache_path",
     "find_apec_table",
-    "apec_component",
+    "read_table_model",
+    "resolve_table_name",
+    "table_component",
 ]
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ class TableModel:
             photons cm^-2 s^-1 per table bin (additive, norm = 1) or the factor per bin.
         """
         n_int = len(self.interp_params)
-        axes = []
+        axes: list[tuple[tuple[int, float], ...]] = []
         for p, v in zip(self.interp_params, values[:n_int]):
             grid = p.values
             if grid.size == 1:

@@ -36,13 +36,13 @@ from ..tools import run_tool
 from .atable import default_apec_cache_path
 
 __all__ = [
-    "JAXSPEC_REQUIREMENT",
     "APEC_MEMBER",
+    "JAXSPEC_REQUIREMENT",
     "METALS_Z",
-    "download_jaxspec_wheel",
-    "read_apec_nc",
     "apec_table_hdul",
     "build_apec",
+    "download_jaxspec_wheel",
+    "read_apec_nc",
 ]
 
 log = logging.getLogger(__name__)

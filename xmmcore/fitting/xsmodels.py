@@ -52,16 +52,16 @@ from . import models
 from .models import Component, Parameter
 
 __all__ = [
-    "XSPEC_COMPONENTS",
     "MEKAL_FILES",
-    "XspecModelInfo",
+    "XSPEC_COMPONENTS",
     "XspecComponent",
+    "XspecModelInfo",
     "available",
-    "load_library",
     "library_version",
+    "load_library",
     "model_info",
-    "xspec_component",
     "private_headas",
+    "xspec_component",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _package_dir() -> Path:
     spec = importlib.util.find_spec("xspectrampoline")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"XSPEC models need the optional xspectrampoline package: {_INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _libxspec_dir() -> Path:
@@ -346,6 +346,7 @@ class XspecComponent(Component):
         if info.kind == "add":
             self.params.append(Parameter("norm", 1.0, "", 0.0, 1e24, 0.0, 1e24, delta=0.01))
         fn = info.function
+        self._dtype: type[np.floating[Any]]
         if fn.startswith("C_"):
             self._symbol, self._dtype = fn, np.float64
         elif fn.startswith(("F_", "c_", "f_")):
