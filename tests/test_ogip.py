@@ -1,0 +1,117 @@
+"""OGIP PHA/RMF/ARF readers and writers: round trips, real XMM files, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from astropy.io import fits
+
+from xmmcore import ogip
+from xmmcore.errors import InputDataError
+
+
+def _small_rmf(offset: int = 1) -> ogip.RMF:
+    edges = np.linspace(0.1, 10.0, 41)
+    n_chan = 20
+    rows, cols, vals = [], [], []
+    for i in range(40):
+        c = min(i // 2, n_chan - 1)
+        for j, w in ((c - 1, 0.2), (c, 0.6), (c + 1, 0.2)):
+            if 0 <= j < n_chan:
+                rows.append(i)
+                cols.append(j)
+                vals.append(w)
+    mat = sp.csr_matrix((vals, (rows, cols)), shape=(40, n_chan))
+    ch_edges = np.linspace(0.1, 10.0, n_chan + 1)
+    return ogip.RMF(energ_lo=edges[:-1], energ_hi=edges[1:], matrix=mat, e_min=ch_edges[:-1], e_max=ch_edges[1:],
+                    channel_offset=offset, header={"TELESCOP": "XMM", "INSTRUME": "EPN"})
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_rmf_round_trip(tmp_path: Path, offset: int) -> None:
+    rmf = _small_rmf(offset)
+    path = ogip.write_rmf(rmf, tmp_path / "x.rmf")
+    back = ogip.read_rmf(path)
+    assert back.channel_offset == offset
+    assert abs(back.matrix - rmf.matrix).max() < 1e-7
+    np.testing.assert_allclose(back.e_min, rmf.e_min, rtol=1e-6)
+    with fits.open(path) as hdul:
+        m = hdul["MATRIX"].header
+        assert m["HDUCLASS"] == "OGIP" and m["HDUCLAS1"] == "RESPONSE" and m["DETCHANS"] == 20
+        assert m["TLMIN4"] == offset
+        assert hdul["MATRIX"].columns["F_CHAN"].format.startswith("P")  # variable length
+        assert hdul["EBOUNDS"].header["TLMIN1"] == offset
+
+
+def test_pha_arf_round_trip(tmp_path: Path) -> None:
+    counts = np.arange(20, dtype=float)
+    grouping = np.where(np.arange(20) % 4 == 0, 1, -1)
+    pha = ogip.PHA(channel=np.arange(20), counts=counts, exposure=1234.5, backscal=2.5e6, grouping=grouping,
+                   quality=np.zeros(20, int), respfile="x.rmf", ancrfile="x.arf", backfile=None,
+                   header={"TELESCOP": "XMM", "INSTRUME": "EPN", "OBS_ID": "0123456789"})
+    path = ogip.write_pha(pha, tmp_path / "x.pha")
+    with fits.open(path) as hdul:
+        h = hdul["SPECTRUM"].header
+        assert (h["HDUCLASS"], h["HDUCLAS1"], h["HDUVERS"], h["CHANTYPE"]) == ("OGIP", "SPECTRUM", "1.2.1", "PI")
+        assert h["DETCHANS"] == 20 and h["TLMIN1"] == 0 and h["TLMAX1"] == 19 and h["POISSERR"] is True
+        assert hdul["SPECTRUM"].columns["COUNTS"].format == "J"
+        assert h["BACKFILE"] == "none"
+    back = ogip.read_pha(path)
+    np.testing.assert_array_equal(back.counts, counts)
+    np.testing.assert_array_equal(back.grouping, grouping)
+    assert back.exposure == pytest.approx(1234.5) and back.backscal == pytest.approx(2.5e6)
+    assert back.backfile is None and back.header["OBS_ID"] == "0123456789"
+    assert back.resolve("respfile") == tmp_path / "x.rmf"
+    arf = ogip.ARF(energ_lo=np.linspace(0.1, 9.9, 40), energ_hi=np.linspace(0.35, 10.0, 40),
+                   specresp=np.linspace(10, 500, 40))
+    back_arf = ogip.read_arf(ogip.write_arf(arf, tmp_path / "x.arf"))
+    np.testing.assert_allclose(back_arf.specresp, arf.specresp, rtol=1e-6)
+
+
+def test_rate_and_type2(tmp_path: Path) -> None:
+    rate = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+    cols = [fits.Column(name="SPEC_NUM", format="J", array=[1, 2]),
+            fits.Column(name="CHANNEL", format="3J", array=np.tile(np.arange(1, 4), (2, 1))),
+            fits.Column(name="RATE", format="3D", array=rate),
+            fits.Column(name="EXPOSURE", format="D", array=[10.0, 100.0])]
+    hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
+    hdu.header["HDUCLAS4"] = "TYPE:II"
+    path = tmp_path / "t2.pha"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    row = ogip.read_pha(path, row=1)
+    np.testing.assert_allclose(row.counts, [100.0, 200.0, 300.0])
+    assert row.exposure == 100.0
+    with pytest.raises(InputDataError, match="type II"):
+        ogip.read_pha(path)
+
+
+def test_errors_name_file_and_keyword(tmp_path: Path) -> None:
+    with pytest.raises(InputDataError, match="does not exist"):
+        ogip.read_pha(tmp_path / "missing.pha")
+    hdu = fits.BinTableHDU.from_columns([fits.Column(name="CHANNEL", format="J", array=[1, 2]),
+                                         fits.Column(name="COUNTS", format="J", array=[1, 2])], name="SPECTRUM")
+    path = tmp_path / "noexp.pha"
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
+    with pytest.raises(InputDataError, match=r"noexp\.pha.*EXPOSURE"):
+        ogip.read_pha(path)
+    (tmp_path / "junk.rmf").write_text("not fits")
+    with pytest.raises(InputDataError, match="junk.rmf"):
+        ogip.read_rmf(tmp_path / "junk.rmf")
+
+
+@pytest.mark.realdata
+def test_real_files(xmm_data: Path) -> None:
+    rmf = ogip.read_rmf(xmm_data / "sherpa_pn" / "epn_ff20_dY9.rmf")  # SPECRESP MATRIX, no TLMIN: offset 0
+    assert rmf.matrix.shape == (1319, 4096) and rmf.channel_offset == 0
+    fixed = ogip.read_rmf(xmm_data / "a2443_fakeit" / "pnS004-A2443_reg2.rmf")  # fixed-length F_CHAN (9I)
+    assert fixed.matrix.shape == (2067, 4039)
+    # redistribution rows sum to ~1 where the response is complete
+    assert np.median(np.asarray(fixed.matrix.sum(axis=1)).ravel()[500:1500]) == pytest.approx(1.0, abs=0.02)
+    pha = ogip.read_pha(xmm_data / "sherpa_pn" / "pn_pi_src_bin10.ds")
+    assert pha.counts.sum() == 4784 and (pha.grouping == 1).sum() == 410
+    assert int((pha.quality != 0).sum()) == 6 and pha.exposure == pytest.approx(11754.644, rel=1e-6)
+    bkg = ogip.read_pha(xmm_data / "psrj0855" / "pn" / "xmm_pn_0605960101_bkg.pha")
+    assert bkg.counts.sum() == pytest.approx(333378.75, rel=1e-6)

@@ -1,0 +1,99 @@
+"""Plot of a fit: data and folded model per dataset (counts s^-1 keV^-1, log energy) with residuals."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..fsutil import atomic_path
+from .results import FitResult
+
+__all__ = ["plot_fit"]
+
+
+def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path) -> Path:
+    """Write a PNG/PDF with the data, the folded model and (data - model) / sigma per dataset.
+
+    Parameters
+    ----------
+    result : FitResult
+        A result of the built-in engine (it keeps the fitted datasets). For results of other engines
+        the spectra in ``datasets`` are re-read and the model evaluated with the result's parameters.
+    datasets : sequence of SpectrumDataset or FitInput, optional
+        Used when ``result`` carries no datasets.
+    path : str or Path
+        Output image.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problem = result._problem
+    values = result._values
+    if problem is None:
+        problem, values = _rebuild(result, datasets)
+    fig, (ax, axr) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 6.0), gridspec_kw={"height_ratios": [3, 1]})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for d, ds in enumerate(problem.datasets):
+        colour = colours[d % len(colours)]
+        lo = ds.group_lo_kev[ds.mask]
+        hi = ds.group_hi_kev[ds.mask]
+        width = np.maximum(hi - lo, 1e-6)
+        centre = 0.5 * (lo + hi)
+        counts = ds.counts
+        model = problem.predicted(values, d)
+        net = counts.astype(float)
+        var = np.maximum(counts, 1.0)
+        if ds.has_background:
+            net = counts - ds.bkg_scale * ds.bkg_counts
+            var = var + ds.bkg_scale**2 * np.maximum(ds.bkg_counts, 1.0)
+        norm = ds.exposure * width
+        ax.errorbar(centre, net / norm, xerr=0.5 * width, yerr=np.sqrt(var) / norm, fmt=".", ms=2, lw=0.6,
+                    color=colour, label=f"{ds.name}")
+        ax.step(np.r_[lo, hi[-1:]], np.r_[model / norm, (model / norm)[-1:]], where="post", color=colour, lw=1.0)
+        axr.errorbar(centre, (net - model) / np.sqrt(var), xerr=0.5 * width, yerr=1.0, fmt=".", ms=2, lw=0.6,
+                     color=colour)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylabel("counts s$^{-1}$ keV$^{-1}$")
+    ax.set_title(f"{result.model}  ({result.stat} = {result.statistic:.1f} / {result.dof} dof)", fontsize=9)
+    ax.legend(fontsize=8)
+    axr.axhline(0, color="k", lw=0.8)
+    axr.set_xlabel("Energy (keV)")
+    axr.set_ylabel("(data-model)/$\\sigma$")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return path
+
+
+def _rebuild(result: FitResult, datasets: Sequence[Any] | None) -> tuple[Any, np.ndarray]:
+    from .datasets import SpectrumDataset
+    from .engines.builtin import load_datasets
+    from .models import parse_expression
+    from .optimize import FitProblem
+
+    if not datasets:
+        raise ValueError("plot_fit needs the datasets for a result without them")
+    ds_list = [d for d in datasets if isinstance(d, SpectrumDataset)]
+    if len(ds_list) != len(datasets):
+        ds_list = load_datasets(list(datasets), notice_kev=None)
+        for ds, info in zip(ds_list, result.datasets):
+            rng = info.get("noticed_kev")
+            if rng:
+                ds.notice(rng[0] + 1e-9, rng[1] - 1e-9)
+    problem = FitProblem(ds_list, parse_expression(result.model), result.stat, cross_norm=len(ds_list) > 1)
+    values = problem.slot_values()
+    for p in result.parameters:
+        key = p["name"] if not p.get("dataset") else f"{p['dataset']}:{p['name']}"
+        try:
+            values[problem.slot_of(key)] = float(p["value"])
+        except (KeyError, ValueError):  # a parameter the rebuilt model lacks is skipped
+            continue
+    return problem, values
