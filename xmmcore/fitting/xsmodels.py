@@ -18,8 +18,8 @@ and ``spectral/manager`` to the wheel, ``spectral/modelData/mekal?.dat`` to the 
 ``os.environ["HEADAS"]`` to it for the import only, and restores the previous value (or removes it)
 right after. This is the one place the project touches ``os.environ``: the library reads the variable at
 import, and restoring it keeps a user's HEASoft ``HEADAS`` intact for everything else.
-Import ``xspectrampoline`` only through :func:`load_library`; if something imported it earlier with
-another ``HEADAS``, ``mekal``/``vmekal`` raise ConfigError instead of returning zeros.
+If something imported ``xspectrampoline`` earlier with another ``HEADAS``, :func:`load_library`
+re-runs the library's ``FNINIT`` (which re-reads ``HEADAS``) under the private directory, the same way.
 ``mekal``'s ``switch`` is fixed to 0 (calculate: switch 1 needs ``mekal.mod``, which is not shipped);
 ``C_meka`` is never called (with its data missing it ends the process).
 
@@ -72,14 +72,13 @@ XSPEC_COMPONENTS = ("tbabs", "ztbabs", "phabs", "zphabs", "zwabs", "cabs", "meka
 #: XSPEC models whose numpy version in ``models`` is kept; registered only if missing there.
 _FALLBACKS = ("wabs", "powerlaw", "bremss", "zbremss", "gaussian", "zgauss", "bbody", "bbodyrad")
 MEKAL_FILES = tuple(f"mekal{i}.dat" for i in range(1, 7))
-_NEEDS_MEKAL = {"mekal", "vmekal"}
 _NEVER_CALL = {"C_meka", "C_vmeka"}  # end the process when their data are missing
 _FIXED_SWITCH = {"mekal": 0.0, "vmekal": 0.0}
 
 _INSTALL_HINT = "pip install 'xmm-survey[models]'"
 _lock = threading.RLock()
 _called: set[str] = set()
-_state: dict[str, Any] = {"lib": None, "abund": None, "mekal_ok": False, "models": None}
+_state: dict[str, Any] = {"lib": None, "abund": None, "models": None}
 
 
 # ------------------------------------------------------------------------------ locating the wheel
@@ -158,6 +157,20 @@ def _stdout_to_log() -> Iterator[None]:
                 log.info("XSPEC library: %s", " | ".join(line.strip() for line in text.splitlines()))
 
 
+@contextlib.contextmanager
+def _headas_set(headas: Path) -> Iterator[None]:
+    """``HEADAS`` set for the duration of the block only (the library reads it at import/FNINIT)."""
+    previous = os.environ.get("HEADAS")
+    os.environ["HEADAS"] = str(headas)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("HEADAS", None)
+        else:
+            os.environ["HEADAS"] = previous
+
+
 def load_library() -> Any:
     """Import xspectrampoline (once) with the private ``HEADAS`` and return its ``LibXSPEC`` handle.
 
@@ -172,25 +185,17 @@ def load_library() -> Any:
         if not available():
             raise ConfigError(f"XSPEC models need the optional xspectrampoline package: {_INSTALL_HINT}")
         headas = private_headas()
-        already = "xspectrampoline" in sys.modules
-        previous = os.environ.get("HEADAS")
-        # The library reads HEADAS only while importing: set it for the import, then restore.
-        os.environ["HEADAS"] = str(headas)
         try:
-            with _stdout_to_log():
+            with _headas_set(headas), _stdout_to_log():
                 import xspectrampoline
         except Exception as exc:  # NoLibXSPEC, OSError from dlopen
             raise ConfigError(f"xspectrampoline failed to load ({exc!r}); reinstall it: {_INSTALL_HINT}") from exc
-        finally:
-            if previous is None:
-                os.environ.pop("HEADAS", None)
-            else:
-                os.environ["HEADAS"] = previous
         used = Path(xspectrampoline.get_HEADAS())
-        _state["mekal_ok"] = all((used / "spectral" / "modelData" / n).is_file() for n in MEKAL_FILES)
-        if already and not _state["mekal_ok"]:
-            log.warning("xspectrampoline was imported before xmmcore.fitting.xsmodels (HEADAS=%s): mekal and "
-                        "vmekal are unavailable in this process", used)
+        if not all((used / "spectral" / "modelData" / n).is_file() for n in MEKAL_FILES):
+            # imported earlier by someone else with another HEADAS: FNINIT re-reads it (model-data path)
+            log.info("xspectrampoline was imported with HEADAS=%s; re-initialising it with %s", used, headas)
+            with _headas_set(headas), _stdout_to_log():
+                xspectrampoline.get_libraries().lib_xs_functions.FNINIT()
         lib = xspectrampoline.get_libraries()
         funcs = lib.lib_xs_functions
         funcs.FPSOLR.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]
@@ -358,10 +363,6 @@ class XspecComponent(Component):
     def _function(self) -> Any:
         if self._call is None:
             lib = load_library()
-            if self.name in _NEEDS_MEKAL and not _state["mekal_ok"]:
-                raise ConfigError(f"{self.name}: the MEKAL data files are not visible to the XSPEC library "
-                                  "(xspectrampoline was imported before xmmcore.fitting.xsmodels); import it only "
-                                  "through xmmcore.fitting.xsmodels.load_library()")
             try:
                 self._call = lib.get_model(self._symbol)
             except AttributeError:
