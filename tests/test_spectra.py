@@ -79,3 +79,42 @@ def check_ogip_pha(path, *, n_chan: int) -> fits.Header:
             assert set(np.unique(sp.data["GROUPING"])) <= {-1, 0, 1}
             assert set(np.unique(sp.data["QUALITY"])) <= {0, 1, 2, 5}
         return hdr.copy()
+
+
+def test_blanksky_scale_and_double_subtraction(tmp_path):
+    """Template = 2x the observation's particle level; a soft excess only in the observation."""
+    from xmmcore import background as B
+    from xmmcore.regions import Selection, _phys_annulus, _phys_circle
+
+    rng = np.random.default_rng(5)
+
+    def evl(name, n_fov, n_oof, soft):
+        n = n_fov + n_oof + soft
+        x = np.concatenate([rng.uniform(24000, 28000, n_fov), rng.uniform(30000, 31000, n_oof),
+                            rng.uniform(24000, 28000, soft)])
+        y = np.concatenate([rng.uniform(24000, 28000, n_fov), rng.uniform(30000, 31000, n_oof),
+                            rng.uniform(24000, 28000, soft)])
+        pi = np.concatenate([rng.uniform(300, 12000, n_fov + n_oof), rng.uniform(300, 900, soft)]).astype(int)
+        p = make_event_file(tmp_path / name, n=n, xy=(x.astype(int), y.astype(int)), pi=pi)
+        e = E.read_events(p)
+        e.columns["FLAG"] = np.concatenate([np.zeros(n_fov), np.full(n_oof, B.OUT_OF_FOV),
+                                            np.zeros(soft)]).astype(np.int32)
+        e.columns["X"], e.columns["Y"], e.columns["PI"] = x.astype(np.int32), y.astype(np.int32), pi.astype(np.int16)
+        e.columns["PATTERN"][:] = 0
+        return e
+
+    obs = evl("obs.fits", 20000, 4000, 3000)
+    tpl = evl("tpl.fits", 40000, 8000, 0)
+    sc = B.blanksky_scale(obs, tpl, band_kev=(0.3, 12.0))
+    assert sc.scale == pytest.approx(0.5, rel=0.05)
+    src = Selection(include=[_phys_circle(26000.0, 26000.0, 1000.0)])
+    ann = Selection(include=[_phys_annulus(26000.0, 26000.0, 1200.0, 1900.0)])
+    a_src, a_ann = np.pi * 1000.0**2, np.pi * (1900.0**2 - 1200.0**2)
+    bkg = B.double_subtracted_background(obs_clean=obs, template_clean=tpl, src=src, annulus=ann, area_src=a_src,
+                                         area_ann=a_ann, exposure_s=1000.0, template_exposure_s=1000.0, scale=sc)
+    in_src = src.contains(obs["X"], obs["Y"])
+    # the double-subtracted background predicts the observation's own counts in the (source-free) source region
+    assert bkg.counts.sum() == pytest.approx(in_src.sum(), rel=0.08)
+    assert not bkg.poisserr and bkg.stat_err is not None
+    soft = (np.arange(800) * 15 < 900)
+    assert bkg.counts[soft].sum() == pytest.approx((in_src & (obs["PI"] < 900)).sum(), rel=0.12)
