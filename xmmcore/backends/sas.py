@@ -893,9 +893,13 @@ class SasBackend:
     def __init__(self, settings: SasSettings | None = None):
         self._settings = settings
         self._versions: dict[str, str] | None = None
+        self._cfg: Mapping[str, Any] = {}
 
     def settings(self, cfg: Mapping[str, Any] | None = None) -> SasSettings:
-        return self._settings or settings_from_config(cfg or {})
+        """Settings given at construction, else from ``cfg`` (or the last config a step was called with)."""
+        if cfg:
+            self._cfg = cfg
+        return self._settings or settings_from_config(cfg or self._cfg)
 
     def check_installation(self, tools: Iterable[str] = ("sasversion", *_SAS_TASKS_FILTER),
                            cfg: Mapping[str, Any] | None = None) -> str:
