@@ -20,7 +20,8 @@ Energy resolution
     10 keV); MOS: ``A = 892, B = 2708`` (60 eV at 1 keV, 135 eV at 6.4 keV, 167 eV at 10 keV) -- the
     FWHM measured on the canned SAS RMFs in ``shared/data/xmm/psrj0855``. A row of the matrix is the
     Gaussian (centred on the bin's mid energy) integrated over each channel, truncated at +-6 sigma,
-    so every row sums to <= 1 (exactly 1 up to 2e-9 unless the Gaussian runs off the channel grid).
+    and scaled by 1 - 1e-6, so every row sums to <= 1 even after float32 rounding (1 - 1e-6 unless the
+    Gaussian runs off the channel grid).
     No low-energy tail, no pattern dependence.
 
 Effective area (on axis)
@@ -217,7 +218,8 @@ def make_rmf(camera: str, *, filter_name: str = "Medium"):  # -> xmmcore.ogip.RM
     cols = starts + offsets
     z_lo = (edges[cols] - mid[rows]) / sig[rows]
     z_hi = (edges[cols + 1] - mid[rows]) / sig[rows]
-    vals = ndtr(z_hi) - ndtr(z_lo)
+    # 1 - 1e-6: a row stays <= 1 after the float32 rounding of the written MATRIX column.
+    vals = (ndtr(z_hi) - ndtr(z_lo)) * (1.0 - 1e-6)
     keep = vals > 1e-9
     matrix = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(lo.size, spec.n_chan))
     header = _header(camera, filter_name) | {"HDUCLAS3": "REDIST", "LO_THRES": 1e-9}

@@ -49,6 +49,7 @@ the same seed gives the same bytes.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,8 +59,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputDataError
-from .fsutil import atomic_path, atomic_write_fits, atomic_write_json
+from .errors import ConfigError, InputDataError
+from .fsutil import atomic_path, atomic_write_json
 from .observation import CAMERAS, validate_obsid
 from .responses import camera_spec, effective_area, energy_grid, sigma_kev, vignetting
 
@@ -497,7 +498,14 @@ class _CameraSim:
         self.mid = 0.5 * (self.lo + self.hi)
         self.sig = sigma_kev(camera, self.mid)
         self.area = effective_area(camera, self.mid)
-        self.livetime = field.ontime * _LIVE_FRACTION[camera]
+        # GTI edges on the camera's frame grid, so frame-time stamps stay inside the GTIs.
+        frame = _FRAME_S[camera]
+        k0 = np.ceil((field.gti[:, 0] - field.tstart) / frame - 1e-9)
+        k1 = np.floor((field.gti[:, 1] - field.tstart) / frame + 1e-9)
+        self._frames = (k0, k1)
+        self.gti = np.column_stack([field.tstart + k0 * frame, field.tstart + k1 * frame])
+        self.ontime = float(np.sum(self.gti[:, 1] - self.gti[:, 0]))
+        self.livetime = self.ontime * _LIVE_FRACTION[camera]
         self.parts: list[_Events] = []
 
     # -- geometry helpers
@@ -537,7 +545,7 @@ class _CameraSim:
         e_obs = self.mid[ebin[ok]] + self.sig[ebin[ok]] * rng.standard_normal(int(ok.sum()))
         pi = np.floor(e_obs * 1000.0)
         m = ok.sum()
-        self.parts.append(_Events(dx[ok], dy[ok], ox[ok], oy[ok], pi, _times_in_gti(rng, m, self.field.gti),
+        self.parts.append(_Events(dx[ok], dy[ok], ox[ok], oy[ok], pi, _times_in_gti(rng, m, self.gti),
                                   ccd[ok], np.zeros(m, np.int8)))
 
     def cluster_lambda(self, p: Mapping[str, float]) -> np.ndarray:
@@ -602,15 +610,15 @@ class _CameraSim:
         dx = lay.x0[k] + rng.random(n) * (lay.x1 - lay.x0)[k]
         dy = lay.y0[k] + rng.random(n) * (lay.y1 - lay.y0)[k]
         ox, oy = _sky_to_det(dx, dy, -self.rot)
-        times = _times_in_gti(rng, n, self.field.gti)
+        times = _times_in_gti(rng, n, self.gti)
         self._pi_events(n, dens * (hi - lo), lo, ox, oy, dx, dy, lay.ccd[k].astype(np.int16), times, 1)
 
     def _flare_grid(self) -> tuple[np.ndarray, np.ndarray]:
         f = self.field
-        edges = np.arange(f.gti[0, 0], f.gti[-1, 1] + 10.0, 10.0)
+        edges = np.arange(self.gti[0, 0], self.gti[-1, 1] + 10.0, 10.0)
         t = 0.5 * (edges[:-1] + edges[1:])
         ingti = np.zeros(t.size, bool)
-        for a, b in f.gti:
+        for a, b in self.gti:
             ingti |= (t >= a) & (t < b)
         return t, _flare_profile(f, t) * ingti * 10.0 * _LIVE_FRACTION[self.camera]
 
@@ -717,7 +725,11 @@ class _CameraSim:
         idx, flag, pattern = idx[order], flag[order], pattern[order]
         frame = _FRAME_S[cam]
         t0 = self.field.tstart
-        time = t0 + (np.floor((ev.time[idx] - t0) / frame) + 0.5) * frame
+        t_raw = ev.time[idx]
+        k = np.floor((t_raw - t0) / frame)
+        g = np.clip(np.searchsorted(self.gti[:, 0], t_raw, side="right") - 1, 0, self.gti.shape[0] - 1)
+        k = np.clip(k, self._frames[0][g], self._frames[1][g] - 1)
+        time = t0 + (k + 0.5) * frame
         ccd = ev.ccd[idx].astype(np.uint8)
         rawx, rawy = self.layout.raw(ev.dx[idx], ev.dy[idx], ccd)
         gain = _GAIN_EV_PER_ADU[cam] * (1.0 + 0.01 * np.sin(1.7 * ccd))
@@ -804,7 +816,7 @@ def _common_keys(field: _Field, camera: str, target: Mapping[str, Any]) -> list[
 
 
 def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target: Mapping[str, Any],
-                live: Sequence[int]):
+                live: Sequence[int], gti: np.ndarray):
     from astropy.io import fits
 
     spec = camera_spec(camera)
@@ -850,11 +862,11 @@ def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target:
         h[f"REF{ax}LMIN"] = 1
         h[f"REF{ax}LMAX"] = 51840
         h[f"REF{ax}CUNI"] = "deg"
-    ontime = float(np.sum(field.gti[:, 1] - field.gti[:, 0]))
+    ontime = float(np.sum(gti[:, 1] - gti[:, 0]))
     livetime = ontime * _LIVE_FRACTION[camera]
-    h["TSTART"] = (float(field.gti[0, 0]), "[s] Start time of first frame")
-    h["TSTOP"] = (float(field.gti[-1, 1]), "[s] End time of last frame")
-    h["TELAPSE"] = (float(field.gti[-1, 1] - field.gti[0, 0]), "[s] Full time interval for the exposure")
+    h["TSTART"] = (float(gti[0, 0]), "[s] Start time of first frame")
+    h["TSTOP"] = (float(gti[-1, 1]), "[s] End time of last frame")
+    h["TELAPSE"] = (float(gti[-1, 1] - gti[0, 0]), "[s] Full time interval for the exposure")
     for c in live:
         h[f"ONTIME{c:02d}"] = (ontime, "Sum of GTIs for a particular CCD")
         h[f"LIVETI{c:02d}"] = (livetime, "Live time for a particular CCD")
@@ -897,16 +909,16 @@ def _gti_hdu(name: str, gti: np.ndarray, field: _Field, camera: str, ccd: int | 
 
 
 def _write_event_file(path: Path, cols: dict[str, np.ndarray], field: _Field, camera: str,
-                      target: Mapping[str, Any], live: Sequence[int]) -> Path:
+                      target: Mapping[str, Any], live: Sequence[int], gti: np.ndarray) -> Path:
     from astropy.io import fits
 
     primary = fits.PrimaryHDU()
     for key, val, com in _common_keys(field, camera, target):
         primary.header[key] = (val, com)
-    hdus = [primary, _events_hdu(cols, field, camera, target, live)]
-    hdus += [_gti_hdu(f"STDGTI{c:02d}", field.gti, field, camera, c) for c in live]
-    hdus.append(_gti_hdu("GTI", field.gti, field, camera, None))
-    return atomic_write_fits(fits.HDUList(hdus), path)
+    hdus = [primary, _events_hdu(cols, field, camera, target, live, gti)]
+    hdus += [_gti_hdu(f"STDGTI{c:02d}", gti, field, camera, c) for c in live]
+    hdus.append(_gti_hdu("GTI", gti, field, camera, None))
+    return _write_fits(fits.HDUList(hdus), path)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -920,6 +932,33 @@ def _target_meta(field: _Field) -> dict[str, Any]:
     dd, dm = int(abs(dec)), int((abs(dec) - int(abs(dec))) * 60.0)
     return {"name": f"XSIM J{hh:02d}{mm:04.1f}{sign}{dd:02d}{dm:02d}", "ra": ra, "dec": dec, "z": c["z"],
             "nh": field.nh, "r500_kpc": _r500_kpc(c["kT"], c["z"])}
+
+
+_CLUSTER_KEYS = {"kT", "z", "abundance", "rc_arcsec", "beta", "counts_pn", "line_sigma"}
+
+
+def _check_options(*, cameras, exposure_ks, targets_per_field, point_sources, flare_fraction, cluster_counts,
+                   kt_range, z_range, nh_range, cluster) -> None:
+    """Raise ``ConfigError`` naming the first bad simulation option."""
+    if not cameras or any(cam not in CAMERAS for cam in cameras):
+        raise ConfigError(f"cameras must be a non-empty subset of {CAMERAS}, got {tuple(cameras)}")
+    exp = (exposure_ks, exposure_ks) if np.isscalar(exposure_ks) else tuple(exposure_ks)
+    checks = [
+        ("exposure_ks", exp, len(exp) == 2 and 0 < exp[0] <= exp[1] <= 1000),
+        ("targets_per_field", targets_per_field, int(targets_per_field) >= 1),
+        ("point_sources", point_sources, point_sources >= 0),
+        ("flare_fraction", flare_fraction, 0.0 <= flare_fraction < 0.9),
+        ("cluster_counts", cluster_counts, 0 < cluster_counts[0] <= cluster_counts[1]),
+        ("kt_range", kt_range, 0.1 <= kt_range[0] <= kt_range[1] <= 50.0),
+        ("z_range", z_range, 0.001 <= z_range[0] <= z_range[1] <= 3.0),
+        ("nh_range", nh_range, 0 < nh_range[0] <= nh_range[1] <= 10.0),
+    ]
+    for name, value, ok in checks:
+        if not ok:
+            raise ConfigError(f"simulation option {name}={value!r} is out of range")
+    unknown = set(cluster or {}) - _CLUSTER_KEYS
+    if unknown:
+        raise ConfigError(f"unknown cluster parameter(s) {sorted(unknown)}; known: {sorted(_CLUSTER_KEYS)}")
 
 
 def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: int = 0,
@@ -968,11 +1007,9 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
         ``<out_dir>/<obsid>``.
     """
     validate_obsid(obsid)
-    for cam in cameras:
-        if cam not in CAMERAS:
-            raise InputDataError(f"unknown camera {cam!r} (expected a subset of {CAMERAS})")
-    if not 0.0 <= flare_fraction < 0.9:
-        raise InputDataError(f"flare_fraction must be in [0, 0.9), got {flare_fraction}")
+    _check_options(cameras=cameras, exposure_ks=exposure_ks, targets_per_field=targets_per_field,
+                   point_sources=point_sources, flare_fraction=flare_fraction, cluster_counts=cluster_counts,
+                   kt_range=kt_range, z_range=z_range, nh_range=nh_range, cluster=cluster)
     root = Path(out_dir) / obsid
     ss = np.random.SeedSequence([int(seed), int(index)])
     s_field, s_mc, *s_cams = ss.spawn(2 + len(CAMERAS))
@@ -996,7 +1033,7 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
         sim.simulate_particles()
         sim.simulate_flares()
         cols = sim.events()
-        path = _write_event_file(root / "pps" / event_file_name(obsid, cam), cols, field, cam, target, sim.live)
+        path = _write_event_file(root / "pps" / event_file_name(obsid, cam), cols, field, cam, target, sim.live, sim.gti)
         event_files[cam] = str(path.relative_to(root))
         exp = sim.expected(region, band_kev)
         exp["cluster_detected_all"] = sim.expected_cluster_detected(c0)
@@ -1034,10 +1071,33 @@ def _response_bytes(camera: str) -> tuple[bytes, bytes]:
     from .ogip import write_arf, write_rmf
     from .responses import make_arf, make_rmf
 
+    from astropy.io import fits
+
+    out = []
     with tempfile.TemporaryDirectory() as tmp:
-        rmf = write_rmf(make_rmf(camera), Path(tmp) / f"{camera}.rmf").read_bytes()
-        arf = write_arf(make_arf(camera), Path(tmp) / f"{camera}.arf").read_bytes()
-    return rmf, arf
+        for path in (write_rmf(make_rmf(camera), Path(tmp) / f"{camera}.rmf"),
+                     write_arf(make_arf(camera), Path(tmp) / f"{camera}.arf")):
+            with fits.open(path) as hdul:
+                hdul.readall()
+                _fixed_checksums(hdul)
+                buf = io.BytesIO()
+                hdul.writeto(buf, checksum=False)
+            out.append(buf.getvalue())
+    return out[0], out[1]
+
+
+def _fixed_checksums(hdul) -> None:
+    """CHECKSUM/DATASUM with a constant comment (astropy's default comment is the time: not reproducible)."""
+    for hdu in hdul:
+        hdu.add_checksum(when="xmmcore.simulate")
+
+
+def _write_fits(hdul, target: Path) -> Path:
+    """Atomic, reproducible FITS write (same HDUs -> same bytes)."""
+    _fixed_checksums(hdul)
+    with atomic_path(target) as tmp:
+        hdul.writeto(tmp, checksum=False)
+    return Path(target)
 
 
 def _write_bytes(target: Path, data: bytes) -> None:
@@ -1088,6 +1148,7 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
         "tstop": float(field.gti[-1, 1]),
         "gti": field.gti.tolist(),
         "ontime_s": field.ontime,
+        "ontime_s_by_camera": {cam: sims[cam].ontime for cam in cameras},
         "livetime_s": {cam: sims[cam].livetime for cam in cameras},
         "live_ccds": {cam: list(sims[cam].live) for cam in cameras},
         "event_files": event_files,
@@ -1123,7 +1184,7 @@ def simulate_survey(out_dir: str | Path, *, n_obsids: int, seed: int, cameras: S
     ``progress`` (optional) is called as ``progress(i, obsid)`` after each ObsID.
     """
     if n_obsids < 1:
-        raise InputDataError(f"n_obsids must be >= 1, got {n_obsids}")
+        raise ConfigError(f"n_obsids must be >= 1, got {n_obsids}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     obsids = []
@@ -1148,9 +1209,9 @@ def simulate_events(path: str | Path, *, n_events: int, seed: int = 0, camera: s
     of the good + extra events are kept (a random subset). No truth, no responses.
     """
     if camera not in CAMERAS:
-        raise InputDataError(f"unknown camera {camera!r} (expected one of {CAMERAS})")
+        raise ConfigError(f"unknown camera {camera!r} (expected one of {CAMERAS})")
     if n_events < 1:
-        raise InputDataError(f"n_events must be >= 1, got {n_events}")
+        raise ConfigError(f"n_events must be >= 1, got {n_events}")
     validate_obsid(obsid)
     ss = np.random.SeedSequence([int(seed), 999_999])
     s_field, s_mc, s_cam, s_pick = ss.spawn(4)
@@ -1181,4 +1242,4 @@ def simulate_events(path: str | Path, *, n_events: int, seed: int = 0, camera: s
     keep = np.sort(np.random.default_rng(s_pick).choice(n_all, size=n_events, replace=False))
     cols = {k: v[keep] for k, v in cols.items()}
     target = _target_meta(field)
-    return _write_event_file(Path(path), cols, field, camera, target, sim.live)
+    return _write_event_file(Path(path), cols, field, camera, target, sim.live, sim.gti)
