@@ -71,6 +71,10 @@ def test_build_job_joint_fit(xmm_data, tmp_path):
     assert job["band_keys"] == {"0.5-2.0": "0.5-2.0", "0.1-2.4": "0.1-2.4"}
     assert job["abund"] == "aspl" and job["xsect"] == "vern" and job["notice_kev"] == [0.5, 7.0]
     json.dumps(job)  # the runner reads it back as JSON
+    named = build_job(inputs, "wabs*powerlaw", workdir=tmp_path, set_params=["mos2:constant_1.factor=0.9"])
+    assert named["settings"] == [["constant_1.factor", 0.9, None, None, 3]]
+    with pytest.raises(ConfigError, match="no dataset 'mos3'"):
+        build_job(inputs, "wabs*powerlaw", workdir=tmp_path, set_params=["mos3:constant_1.factor=0.9"])
     one = build_job(inputs[:1], "wabs*(zbremss+zgauss)", workdir=tmp_path, esas_sky={"halo_kT": 0.2})
     assert one["model"] == f"wabs*(zbremss+zgauss) + {ESAS_SKY_COMPONENTS}"
     assert one["esas_sky"] == {"halo_kT": 0.2} and one["error_delta"] == 1.0

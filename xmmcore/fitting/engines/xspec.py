@@ -80,7 +80,18 @@ def _cosmology_dict(cosmology: Any) -> dict[str, float] | None:
     raise ConfigError(f"cosmology must be {{H0, Om0}} or an astropy cosmology, not {cosmology!r}")
 
 
-def _parse_settings(set_params: Sequence[Any], links: Sequence[tuple[str, str]]) -> list[list[Any]]:
+def _group_of(prefix: str, names: Sequence[str], what: object) -> int:
+    """Data group (1-based) of a ``"2:"`` or ``"mos1:"`` prefix."""
+    p = prefix.strip()
+    if p.isdigit() and 1 <= int(p) <= len(names):
+        return int(p)
+    if p in names:
+        return list(names).index(p) + 1
+    raise ConfigError(f"setting {what!r}: no dataset {p!r} (datasets: {', '.join(names)})")
+
+
+def _parse_settings(set_params: Sequence[Any], links: Sequence[tuple[str, str]],
+                    names: Sequence[str]) -> list[list[Any]]:
     """Settings as ``[key, value, frozen, link, group]`` rows for the runner."""
     from ..optimize import parse_setting
 
@@ -90,15 +101,13 @@ def _parse_settings(set_params: Sequence[Any], links: Sequence[tuple[str, str]])
         group = None
         if ":" in key:
             g, key = key.split(":", 1)
-            if not g.strip().isdigit():
-                raise ConfigError(f"setting {setting!r}: data group before ':' must be a number")
-            group = int(g)
+            group = _group_of(g, names, setting)
         rows.append([key.strip(), value, frozen, link, group])
     for target, source in links:
         group = None
         if ":" in target:
             g, target = target.split(":", 1)
-            group = int(g)
+            group = _group_of(g, names, target)
         src = source.strip()
         if re.fullmatch(r"[pP]\d+", src):
             src = src[1:]
@@ -155,7 +164,7 @@ def build_job(inputs: Sequence[FitInput], model: str, *, workdir: Path, stat: st
     bands = [[float(b[0]), float(b[1])] for b in flux_bands_kev]
     return {
         "datasets": datasets, "model": expr, "stat": stat, "notice_kev": [float(notice_kev[0]), float(notice_kev[1])],
-        "settings": _parse_settings(set_params, links), "abund": abund, "xsect": xsect,
+        "settings": _parse_settings(set_params, links, [d["name"] for d in datasets]), "abund": abund, "xsect": xsect,
         "errors": "profile" if errors == "profile" else ("covariance" if errors == "covariance" else None),
         "error_delta": float(delta), "redshift": None if redshift is None else float(redshift),
         "cosmology": _cosmology_dict(cosmology), "flux_bands_kev": bands,

@@ -171,13 +171,12 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     xs.Fit.nIterations = int(job.get("max_iterations", 1000))
     converged = True
+    fit_error: str | None = None
     try:
         xs.Fit.perform()
     except Exception as exc:  # noqa: BLE001 - PyXspec raises plain Exception; the values are still reported
         converged = False
         fit_error = str(exc)
-    else:
-        fit_error = None
 
     delta = float(job.get("error_delta", 1.0))
     free = []
@@ -201,6 +200,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     params = []
     multi = len(groups) > 1
+    # Parameters with their own value in some other data group (cross-normalisation constants...):
+    # their group-1 entry belongs to the first dataset, as in the built-in engine.
+    untied = {idx for m in groups[1:] for _, _, idx in table if not _links_to_same(m(idx).link, idx)}
     for g, m in enumerate(groups, start=1):
         for name, _, idx in table:
             par = m(idx)
@@ -219,11 +221,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             entry = {
                 "name": name, "number": number, "value": value, "err_lo": err_lo, "err_hi": err_hi,
                 "sigma": sigma, "unit": par.unit or "", "frozen": bool(par.frozen),
-                "linked": bool(par.link) or (multi and g == 1),
+                "linked": bool(par.link) or (multi and g == 1 and idx not in untied),
                 "link_to": _link_target(par.link, table, npar) if par.link else None,
                 "min": _finite(par.values[2]), "max": _finite(par.values[5]),
             }
-            if g > 1:
+            if g > 1 or idx in untied:
                 entry["dataset"] = datasets[g - 1]["name"]
             if number in error_flags:
                 entry["error_flags"] = error_flags[number]
@@ -262,7 +264,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 def _links_to_same(link: str, idx: int) -> bool:
     """True for the default tie of a data group's parameter to the same parameter of group 1."""
     m = re.fullmatch(r"\s*=?\s*[pP]?(\d+)\s*", link or "")
-    return bool(m) and int(m.group(1)) == idx
+    return m is not None and int(m.group(1)) == idx
 
 
 def _link_target(link: str, table: list[tuple[str, Any, int]], npar: int) -> str | None:
