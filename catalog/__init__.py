@@ -215,6 +215,8 @@ def fit_to_row(fit: Mapping[str, Any], *, flux_bands_kev: Sequence[Sequence[floa
     if dof_i > 0 and math.isfinite(statistic):
         row["stat_per_dof"] = statistic / dof_i
         row["fit_pvalue"] = float(stats.chi2.sf(statistic, dof_i))
+    if fit.get("goodness_pvalue") is not None:
+        row["fit_pvalue"] = _num(fit["goodness_pvalue"])
     row["converged"] = bool(fit.get("converged", False))
     n_ds = fit.get("n_datasets", len(fit.get("datasets") or []) or None)
     row["n_datasets"] = int(n_ds) if n_ds else -1

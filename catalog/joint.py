@@ -113,9 +113,9 @@ def weighted_mean(values: Sequence[float], err_lo: Sequence[float], err_hi: Sequ
         raise InputDataError("weighted mean: no measurement with a finite value and positive errors")
     chi2 = _chi2_fn(x, lo, hi)
     w = 1.0 / (0.5 * (lo + hi)) ** 2
-    start = float(np.sum(w * x) / np.sum(w))
-    span = float(np.max(x + 5 * hi) - np.min(x - 5 * lo))
-    res = optimize.minimize_scalar(chi2, bracket=(start - 0.1 * span, start, start + 0.1 * span))
+    lo_bound, hi_bound = float(np.min(x - 5 * lo)), float(np.max(x + 5 * hi))
+    res = optimize.minimize_scalar(chi2, bounds=(lo_bound, hi_bound), method="bounded",
+                                   options={"xatol": 1e-10 * (hi_bound - lo_bound)})
     mu = float(res.x)
     cmin = chi2(mu)
     half = 1.0 / math.sqrt(float(np.sum(w)))
@@ -299,7 +299,7 @@ def joint_fit(inputs: Sequence[JointInput], model: str, *, engine: str = "builti
                            cosmology=cosmology, flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),
                            cross_norm=True, workdir=workdir, log=log)
     out = dict(result.to_dict())
-    out.setdefault("datasets", [i.name for i in inputs])
+    out.setdefault("datasets", [{"name": i.name} for i in inputs])
     out["obsids"] = sorted({i.obsid for i in inputs})
     return out
 
@@ -325,9 +325,10 @@ def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInp
     for key, col in (("ra", "ra_deg"), ("dec", "dec_deg"), ("z", "z_target"), ("nh", "nh_gal")):
         if meta and meta.get(key) is not None:
             base[col] = float(meta[key])
-    epic = dict(base, **fit_row, camera="epic", n_datasets=len(inputs))
+    epic = {**base, **fit_row, "camera": "epic", "n_datasets": len(inputs)}
     rows = [epic]
-    names = list(fit.get("datasets") or [i.name for i in inputs])
+    names = [d.get("name", "") if isinstance(d, Mapping) else str(d)
+             for d in (fit.get("datasets") or [i.name for i in inputs])]
     ordered = list(cross.items())
     for k, item in enumerate(inputs):
         row = dict(base, camera=item.name, obsids=item.obsid, n_obs=1,
