@@ -14,7 +14,13 @@ from astropy.wcs import WCS
 
 from xmmcore.errors import ConfigError
 from xmmcore.observation import CAMERAS, discover, list_obsids
-from xmmcore.simulate import event_file_name, obsid_for, simulate_events, simulate_observation, simulate_survey
+from xmmcore.simulate import (
+    event_file_name,
+    obsid_for,
+    simulate_events,
+    simulate_observation,
+    simulate_survey,
+)
 
 SEED = 7
 INSTRUME = {"pn": "EPN", "mos1": "EMOS1", "mos2": "EMOS2"}
@@ -140,7 +146,7 @@ def test_real_mos_columns_match(survey, xmm_data):
 
 
 def test_reproducible_bit_for_bit(tmp_path):
-    kwargs = dict(seed=11, index=3, exposure_ks=8.0, point_sources=3.0)
+    kwargs = {"seed": 11, "index": 3, "exposure_ks": 8.0, "point_sources": 3.0}
     a = simulate_observation(tmp_path / "a", "0901100301", **kwargs)
     b = simulate_observation(tmp_path / "b", "0901100301", **kwargs)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
@@ -173,8 +179,8 @@ def test_region_counts_match_truth(survey):
 
 def test_spectral_shape_matches_truth(tmp_path):
     """Soft and hard band counts match truth separately; the band only changes truth.json, not the events."""
-    kwargs = dict(seed=5, index=0, exposure_ks=30.0, flare_fraction=0.0, point_sources=0.0,
-                  cluster={"kT": 6.0, "z": 0.1, "counts_pn": 30000.0, "rc_arcsec": 40.0})
+    kwargs = {"seed": 5, "index": 0, "exposure_ks": 30.0, "flare_fraction": 0.0, "point_sources": 0.0,
+                  "cluster": {"kT": 6.0, "z": 0.1, "counts_pn": 30000.0, "rc_arcsec": 40.0}}
     soft = simulate_observation(tmp_path / "soft", "0900500001", band_kev=(0.5, 2.0), **kwargs)
     hard = simulate_observation(tmp_path / "hard", "0900500001", band_kev=(2.0, 7.0), **kwargs)
     for cam in CAMERAS:

@@ -49,17 +49,17 @@ from scipy.special import ndtr
 from .errors import InputDataError
 
 __all__ = [
-    "CameraSpec",
     "CAMERA_SPECS",
+    "CameraSpec",
     "camera_spec",
-    "energy_grid",
     "channel_edges_kev",
-    "fwhm_kev",
-    "sigma_kev",
     "effective_area",
-    "vignetting",
-    "make_rmf",
+    "energy_grid",
+    "fwhm_kev",
     "make_arf",
+    "make_rmf",
+    "sigma_kev",
+    "vignetting",
     "write_responses",
 ]
 
@@ -136,7 +136,7 @@ def camera_spec(camera: str) -> CameraSpec:
 def energy_grid(camera: str) -> tuple[np.ndarray, np.ndarray]:
     """Photon-energy bin edges (``energ_lo``, ``energ_hi``) in keV of the ARF and RMF of ``camera``."""
     spec = camera_spec(camera)
-    n = int(round((spec.e_max_kev - _E_MIN_KEV) / _E_STEP_KEV))
+    n = round((spec.e_max_kev - _E_MIN_KEV) / _E_STEP_KEV)
     edges = _E_MIN_KEV + _E_STEP_KEV * np.arange(n + 1)
     return edges[:-1].copy(), edges[1:].copy()
 

@@ -53,7 +53,7 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +69,9 @@ __all__ = [
     "SKY_REF_PIXEL",
     "event_file_name",
     "obsid_for",
-    "simulate_survey",
-    "simulate_observation",
     "simulate_events",
+    "simulate_observation",
+    "simulate_survey",
 ]
 
 SKY_PIXEL_ARCSEC = 0.05
@@ -150,27 +150,30 @@ class _Layout:
         return float(np.sum((self.x1 - self.x0)[keep] * (self.y1 - self.y0)[keep]) / 3600.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layout(camera: str) -> _Layout:
     if camera == "pn":
         w, h, gap, qgap = 64 * 4.1, 200 * 4.1, 8.0, 30.0
         # Aim point on CCD4, ~1.2 arcmin from the gap between the two rows (as the real pn).
         shift_x, shift_y = -(0.5 * w + 0.5 * gap), -72.0
-        x0s, y0s, ccds = [], [], []
-        for row, (y0, order) in enumerate(((0.5 * qgap, range(6)), (-0.5 * qgap - h, range(5, -1, -1)))):
+        x0s: list[float] = []
+        y0s: list[float] = []
+        ccds: list[int] = []
+        for row, (y_row, order) in enumerate(((0.5 * qgap, range(6)), (-0.5 * qgap - h, range(5, -1, -1)))):
             for n, col in enumerate(order):
                 x0s.append((col - 3) * (w + gap) + 0.5 * gap + shift_x)
-                y0s.append(y0 + shift_y)
+                y0s.append(y_row + shift_y)
                 ccds.append(row * 6 + n + 1)
-        x0, y0 = np.array(x0s), np.array(y0s)
+        x0 = np.array(x0s)
+        y0 = np.array(y0s)
         return _Layout("pn", np.array(ccds), x0, x0 + w, y0, y0 + h, 4.1, (64, 200))
     s, gap = 600 * 1.1, 10.0
     step = s + gap
     centres = {1: (0.0, 0.0), 2: (0.0, step), 3: (-step, 0.5 * step), 4: (-step, -0.5 * step),
                5: (0.0, -step), 6: (step, -0.5 * step), 7: (step, 0.5 * step)}
     ccd = np.arange(1, 8)
-    cx = np.array([centres[c][0] for c in ccd])
-    cy = np.array([centres[c][1] for c in ccd])
+    cx = np.array([centres[int(c)][0] for c in ccd])
+    cy = np.array([centres[int(c)][1] for c in ccd])
     return _Layout(camera, ccd, cx - s / 2, cx + s / 2, cy - s / 2, cy + s / 2, 1.1, (600, 600))
 
 
@@ -229,7 +232,7 @@ def _sample_bins(rng: np.random.Generator, n: int, weights: np.ndarray) -> np.nd
 
 
 # ------------------------------------------------------------------------------------------ models
-@lru_cache(maxsize=None)
+@cache
 def _model(expr: str):
     from .fitting.models import parse_expression
 
@@ -389,6 +392,13 @@ class _Field:
     flare_peak_10_12: dict[str, float]
 
 
+def _ks_range(exposure_ks: float | Sequence[float]) -> tuple[float, float]:
+    if isinstance(exposure_ks, (int, float, np.integer, np.floating)):
+        return float(exposure_ks), float(exposure_ks)
+    lo, hi = exposure_ks
+    return float(lo), float(hi)
+
+
 def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_per_field: int,
                 point_sources: float, flare_fraction: float, counts_range, kt_range, z_range, nh_range,
                 cluster_overrides: Mapping[str, float] | None) -> _Field:
@@ -396,7 +406,7 @@ def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_pe
     dec_pnt = float(np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(-60)), math.sin(math.radians(70))))))
     pa = float(rng.uniform(0.0, 360.0))
     tstart = float(np.floor(rng.uniform(_MET_2003, _MET_2020)))
-    lo_ks, hi_ks = (exposure_ks, exposure_ks) if np.isscalar(exposure_ks) else exposure_ks
+    lo_ks, hi_ks = _ks_range(exposure_ks)
     ontime_target = float(rng.uniform(lo_ks, hi_ks)) * 1000.0
     # A few short telemetry drop-outs split the GTI.
     n_gaps = int(rng.integers(0, 4))
@@ -429,7 +439,7 @@ def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_pe
                                       centre_xy=xy, overrides=ov))
 
     n_ps = int(rng.poisson(point_sources)) if point_sources > 0 else 0
-    pss = []
+    pss: list[dict[str, float]] = []
     while len(pss) < n_ps:
         ox, oy = _uniform_disk(rng, 1, 13.0 * 60.0)
         x = SKY_REF_PIXEL + ox[0] / SKY_PIXEL_ARCSEC
@@ -942,9 +952,12 @@ def _check_options(*, cameras, exposure_ks, targets_per_field, point_sources, fl
     """Raise ``ConfigError`` naming the first bad simulation option."""
     if not cameras or any(cam not in CAMERAS for cam in cameras):
         raise ConfigError(f"cameras must be a non-empty subset of {CAMERAS}, got {tuple(cameras)}")
-    exp = (exposure_ks, exposure_ks) if np.isscalar(exposure_ks) else tuple(exposure_ks)
+    try:
+        exp = _ks_range(exposure_ks)
+    except (TypeError, ValueError):
+        raise ConfigError(f"simulation option exposure_ks={exposure_ks!r} is not a number or (min, max)") from None
     checks = [
-        ("exposure_ks", exp, len(exp) == 2 and 0 < exp[0] <= exp[1] <= 1000),
+        ("exposure_ks", exp, 0 < exp[0] <= exp[1] <= 1000),
         ("targets_per_field", targets_per_field, int(targets_per_field) >= 1),
         ("point_sources", point_sources, point_sources >= 0),
         ("flare_fraction", flare_fraction, 0.0 <= flare_fraction < 0.9),
@@ -1068,10 +1081,10 @@ def _response_bytes(camera: str) -> tuple[bytes, bytes]:
     """The RMF and ARF files of ``camera`` as bytes (built once per process, then copied per ObsID)."""
     import tempfile
 
+    from astropy.io import fits
+
     from .ogip import write_arf, write_rmf
     from .responses import make_arf, make_rmf
-
-    from astropy.io import fits
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
