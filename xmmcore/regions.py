@@ -251,8 +251,9 @@ def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverag
     """Sliding-cell detection (as ``eboxdetect`` in local mode).
 
     The counts in a ``cell x cell`` box are compared with the local background expected from a
-    ``bkg_box`` square (the cell excluded, chip gaps excluded through ``coverage``);
-    ``snr = (C - B) / sqrt(B)``.  Detections are local maxima with ``snr`` above the threshold and
+    ``bkg_box`` square (the cell excluded, chip gaps excluded through ``coverage``); ``snr`` is the
+    Gaussian-equivalent significance of the Poisson probability of ``>= C`` counts given ``B``
+    (candidates pre-selected with ``(C - B) / sqrt(B)``).  Detections are local maxima with ``snr`` above the threshold and
     at least ``min_counts`` counts.  Positions within ``exclude_radius_phys`` of ``exclude_xy``
     (the cluster core, whose peak is not a point source) are skipped.
     """
@@ -270,6 +271,15 @@ def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverag
     peak = (sig == ndimage.maximum_filter(sig, size=cell)) & (sig >= snr) & (c_sum >= min_counts) \
         & (c_cov >= 0.9 * cell**2)
     jj, ii = np.nonzero(peak)
+    # Gaussian-equivalent significance of the Poisson tail P(N >= C | B): the (C-B)/sqrt(B)
+    # shortcut overstates faint cells on low backgrounds.
+    from scipy import stats
+
+    p_tail = stats.poisson.sf(c_sum[jj, ii] - 1, np.maximum(expect[jj, ii], 1e-3))
+    sig_p = stats.norm.isf(np.clip(p_tail, 1e-300, 0.5))
+    good = sig_p >= snr
+    jj, ii = jj[good], ii[good]
+    sig[jj, ii] = sig_p[good]
     order = np.argsort(-sig[jj, ii])
     out: list[PointSource] = []
     for k in order:
@@ -490,6 +500,17 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
         "user_bkg_region": str(user_bkg) if user_bkg else None,
         "files": files, "ptsrc_file": str(rdir / "ptsrc.reg"),
     }
+    from .images import exposure_image, image_wcs, write_image
+
+    for cam in cams:
+        img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
+        write_image(img, wcs_c, extent, rdir / f"{cam}_img_0.5-2keV.fits",
+                    header_extra={"INSTRUME": evls[cam].header.get("INSTRUME", ""), "E_MIN": 0.5, "E_MAX": 2.0})
+        expo = exposure_image(evls[cam], extent, footprints=footprints[cam])
+        write_image(expo, image_wcs(evls[cam].header, extent), extent, rdir / f"{cam}_flatexp_0.5-2keV.fits",
+                    header_extra={"BUNIT": "s", "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI"})
+        files[f"{cam}_image"] = str(rdir / f"{cam}_img_0.5-2keV.fits")
+        files[f"{cam}_expmap"] = str(rdir / f"{cam}_flatexp_0.5-2keV.fits")
     atomic_write_json(rdir / "regions.json", result)
     try:
         from .plots import plot_image_regions

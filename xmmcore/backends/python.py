@@ -159,6 +159,10 @@ class PythonBackend:
 
         bkg = one(f"{camera}_bkg", "bkg", None)
         src = one(f"{camera}_src", "src", f"{camera}_bkg.pha")
+        bcfg = (cfg.get("regions", {}) or {}).get("background", {}) or {}
+        if bcfg.get("method") == "blanksky":
+            out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, sdir, log))
+            bkg = dict(bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"])
         scale = src["backscal"] * src["exposure_s"] / (bkg["backscal"] * bkg["exposure_s"])
         net = src["counts"] - scale * bkg["counts"]
         out.update({
@@ -170,7 +174,7 @@ class PythonBackend:
             "bkg_scale": scale, "net_counts": net,
             "net_counts_err": float(np.sqrt(src["counts"] + scale**2 * bkg["counts"])),
             "src_area_by_ccd": src["area_by_ccd"], "n_groups": src["n_groups"],
-            "background_method": "local", "outputs": [src["path"], bkg["path"], *resp.get("outputs", [])],
+            "background_method": out.get("background_method", "local"), "outputs": [src["path"], bkg["path"], *resp.get("outputs", [])],
         })
         annuli = sorted(k for k in files if k.startswith(f"{camera}_ann") and k.endswith("_src"))
         if annuli:
@@ -180,6 +184,36 @@ class PythonBackend:
         if src["counts"] == 0:
             raise InputDataError(f"no {camera} events in the source region", files[f"{camera}_src"])
         return out
+
+    def _blanksky(self, obs: Any, camera: str, evl: Any, files: dict[str, str], src: dict[str, Any],
+                  bkg: dict[str, Any], bcfg: dict[str, Any], cfg: dict[str, Any], sdir: Path,
+                  log: logging.Logger) -> dict[str, Any]:
+        """Replace the local background by a blank-sky/FWC template, OOF-scaled and double-subtracted."""
+        from ..background import blanksky_scale, double_subtracted_background
+        from ..ogip import write_pha
+
+        tpl_path = (bcfg.get("blanksky_files") or {}).get(camera)
+        if not tpl_path:
+            raise InputDataError(f"regions.background.method: blanksky needs blanksky_files.{camera}")
+        fcfg = cfg["filter"][camera]
+        raw_obs = read_events(obs.event_files[camera], camera=camera)
+        raw_tpl = read_events(tpl_path, camera=camera)
+        scale = blanksky_scale(raw_obs, raw_tpl, band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
+                               obs_gti=evl.gti)
+        tpl = screen(raw_tpl, pattern_max=fcfg.get("pattern_max"),
+                     flag_mask=flag_mask_for(camera, fcfg.get("flag", "xmmea"), raw_tpl.header),
+                     pi_min=fcfg.get("pi_min"), pi_max=fcfg.get("pi_max"), ccds=fcfg.get("ccds"))
+        src_sel = read_ds9(files[f"{camera}_src"], evl.header)
+        ann_sel = read_ds9(files[f"{camera}_bkg"], evl.header)
+        pha = double_subtracted_background(
+            obs_clean=evl, template_clean=tpl, src=src_sel, annulus=ann_sel, area_src=src["backscal"],
+            area_ann=bkg["backscal"], exposure_s=src["exposure_s"], template_exposure_s=tpl.ontime() *
+            tpl.deadtime_factor(), scale=scale, header={"BKGFILE": Path(tpl_path).name})
+        path = write_pha(pha, sdir / f"{camera}_bkg.pha")
+        log.info("%s: blank-sky background %s scaled by %.3f +- %.3f (out-of-FOV rates), double-subtracted",
+                 camera, tpl_path, scale.scale, scale.scale_err)
+        return {"background_method": "blanksky_double", "blanksky_file": str(tpl_path),
+                "bkg_model_counts": float(pha.counts.sum()), "bkg_pha": str(path), **scale.to_dict()}
 
     def _responses(self, obs: Any, camera: str, sdir: Path, cfg: dict[str, Any], log: logging.Logger
                    ) -> dict[str, Any]:
