@@ -89,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         paths, error, _info = build_catalogue(cfg["results_dir"])
         print(error or "catalogue: " + ", ".join(map(str, paths)))
         return 0 if error is None else 1
-    report = run_survey(cfg, progress=not args.no_progress, retry_failed=args.retry_failed)
+    report = run_survey(cfg, progress=not args.no_progress, retry_failed=args.retry_failed,
+                        catalogue=not args.no_catalogue)
     return _report_exit(report)
 
 
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
     p.add_argument("--retry-failed", action="store_true", help="also rerun steps that failed before")
     p.add_argument("--catalogue-only", action="store_true", help="only (re)build the catalogue from results/")
+    p.add_argument("--no-catalogue", action="store_true", help="do not build the catalogue at the end")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("run-one", help="run one ObsID in this process, without Dask (SLURM job arrays)",

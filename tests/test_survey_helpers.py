@@ -126,7 +126,8 @@ def _fit(obs, outdir: Path, cfg: dict, log) -> dict:
     counts, edges = np.array(spec["counts"]), np.array(spec["edges_ev"])
     mid = 0.5 * (edges[1:] + edges[:-1]) / 1000.0
     mean = float(np.sum(counts * mid) / max(counts.sum(), 1))
-    result = {"obsid": obs.obsid, "mean_kev": mean, "counts": int(counts.sum())}
+    result = {"obsid": obs.obsid, "mean_kev": mean, "counts": int(counts.sum()), "z": obs.meta.get("z"),
+              "stat": cfg["fit"]["stat"]}
     atomic_write_json(outdir / "fits" / "fit.json", result)
     return result
 

@@ -1,0 +1,135 @@
+"""Strict layered configuration: defaults < YAML file < command line; unknown keys and bad types rejected."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from survey.config import (
+    RESOLVED_NAME,
+    example_config_text,
+    load_config,
+    load_defaults,
+    parse_override,
+    read_resolved,
+    write_example_config,
+    write_resolved,
+)
+from xmmcore.errors import ConfigError
+
+
+def test_defaults_are_the_reference():
+    cfg = load_config()
+    assert cfg.to_dict() == load_defaults()
+    assert cfg["cluster"]["kind"] == "local"
+    assert cfg.get("cluster.dashboard_address").startswith("127.0.0.1:")
+    assert cfg.get("filter.pn.pattern_max") == 4
+    assert cfg.get("no.such.key", "absent") == "absent"
+    assert cfg.sources == ("defaults",)
+
+
+def test_layering_file_then_cli(tmp_path):
+    path = tmp_path / "survey.yaml"
+    path.write_text("fit:\n  stat: chi2\n  notice_kev: [0.3, 8]\ncluster:\n  workers: 3\n")
+    cfg = load_config(path, ["cluster.workers=5", "fit.abund=wilm"])
+    assert cfg["fit"]["stat"] == "chi2"                     # file over defaults
+    assert cfg["fit"]["notice_kev"] == [0.3, 8]
+    assert cfg["cluster"]["workers"] == 5                   # CLI over file
+    assert cfg["fit"]["abund"] == "wilm"
+    assert cfg["fit"]["model"] == load_defaults()["fit"]["model"]   # untouched keys keep defaults
+    assert cfg["filter"]["mos1"]["pattern_max"] == 12        # sibling keys of a nested override kept
+    assert cfg.sources == ("defaults", str(path), "cli")
+
+
+@pytest.mark.parametrize("text, key", [
+    ("fit:\n  modle: apec\n", "fit.modle"),
+    ("cluster:\n  slurm:\n    partition: short\n", "cluster.slurm.partition"),
+    ("worker: 3\n", "worker"),
+    ("filter:\n  pn:\n    patern_max: 4\n", "filter.pn.patern_max"),
+])
+def test_unknown_key_in_file_named(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"'{key}'") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_key_on_command_line_named():
+    with pytest.raises(ConfigError, match="'cluster.worker'"):
+        load_config(None, ["cluster.worker=2"])
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("cluster.workers=two", "cluster.workers must be integer"),
+    ("cluster.workers=0", "cluster.workers must be >= 1"),
+    ("cluster.kind=kubernetes", "cluster.kind must be one of local, slurm, address"),
+    ("fit.notice_kev=0.5", "fit.notice_kev must be list"),
+    ("flares.nsigma=high", "flares.nsigma must be"),
+    ("fit.joint_cameras=1", "fit.joint_cameras must be true/false"),
+    ("fit={stat: cstat, x: 1}", "'fit.x'"),
+    ("regions=3", "regions must be a mapping"),
+])
+def test_type_errors(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_values_are_yaml_and_ints_become_floats():
+    cfg = load_config(None, ["flares.nsigma=3", "regions.centre=[150.1, 2.2]", "obsids=[a1, b2]",
+                             "filter.pn.flag=0", "regions.background.blanksky_files={pn: /x/pn.fits}"])
+    assert cfg["flares"]["nsigma"] == 3.0 and isinstance(cfg["flares"]["nsigma"], float)
+    assert cfg["regions"]["centre"] == [150.1, 2.2]
+    assert cfg["obsids"] == ["a1", "b2"]
+    assert cfg["filter"]["pn"]["flag"] == 0
+    assert cfg["regions"]["background"]["blanksky_files"] == {"pn": "/x/pn.fits"}
+    assert parse_override("fit.notice_kev=[0.3, 7]") == ("fit.notice_kev", [0.3, 7])
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_override("fit.stat")
+
+
+def test_unsafe_yaml_rejected(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("data_dir: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_resolved_config_written_with_hash_and_reloads(tmp_path):
+    cfg = load_config(None, ["fit.stat=chi2", f"results_dir={tmp_path}"])
+    path = write_resolved(cfg)
+    assert path == tmp_path / RESOLVED_NAME
+    text = path.read_text()
+    assert f"# config_hash: sha256:{cfg.hash}" in text
+    assert yaml.safe_load(text) == cfg.to_dict()
+    again = read_resolved(tmp_path)
+    assert again.to_dict() == cfg.to_dict() and again.hash == cfg.hash
+    assert load_config(None, ["fit.stat=cstat"]).hash != cfg.hash
+    assert not list(tmp_path.glob(".*.tmp"))                # atomic write left no temp file
+
+
+def test_example_config_is_commented_defaults(tmp_path):
+    path = write_example_config(tmp_path / "survey.yaml")
+    text = path.read_text()
+    assert text == example_config_text()
+    assert text.count("#") > 50                              # commented
+    assert load_config(path).to_dict() == load_defaults()
+    with pytest.raises(ConfigError, match="exists"):
+        write_example_config(path)
+    write_example_config(path, overwrite=True)
+
+
+def test_with_overrides_checks_keys():
+    cfg = load_config()
+    assert cfg.with_overrides(["cluster.workers=7"])["cluster"]["workers"] == 7
+    with pytest.raises(ConfigError, match="'cluster.wrkers'"):
+        cfg.with_overrides({"cluster.wrkers": 7})
