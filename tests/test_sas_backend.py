@@ -226,7 +226,7 @@ def test_golden_real_odf_chain(xmm_data, tmp_path):
     _check_golden("mos1_odf_chain", text)
     assert [c.task for c in cmds] == ["cifbuild", "odfingest", "emchain", "evselect", "espfilt", "evselect"]
     emchain = cmds[2]
-    assert emchain.env["SAS_ODF"].endswith("odfingest/*SUM.SAS")
+    assert emchain.env["SAS_ODF"].endswith("sas/odf/odfingest")
     assert emchain.env["SAS_CCF"].endswith("cifbuild/ccf.cif")
 
 

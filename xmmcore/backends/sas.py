@@ -367,6 +367,16 @@ def _ccf_for(obs: Observation, outdir: Path, settings: SasSettings) -> tuple[str
     return None, []
 
 
+def _odf_for(obs: Observation, outdir: Path, settings: SasSettings, camera: str) -> str | None:
+    """``SAS_ODF`` of a task: the fresh odfingest summary file when the chain is rerun, else the ODF folder."""
+    if obs.odf_dir is None:
+        return None
+    if not (settings.use_pps_events and camera in obs.event_files):
+        # A folder holding one *SUM.SAS is a valid SAS_ODF (SAS Users' Guide, 2.6).
+        return str(_sas_dir(outdir, "odf", "odfingest"))
+    return str(obs.odf_dir.resolve())
+
+
 def _sas_dir(outdir: Path, step: str, label: str) -> Path:
     return (outdir / "sas" / step / label).resolve()
 
@@ -399,7 +409,7 @@ def build_odf_commands(obs: Observation, outdir: Path, settings: SasSettings, *,
              description="ODF summary file with instrument modes"),
     ]
     if chain:
-        sum_glob = str(ingest_dir / "*SUM.SAS")
+        sum_glob = str(ingest_dir)  # the folder of the new *SUM.SAS (SAS_ODF may name a folder)
         if any(c.startswith("mos") for c in cameras):
             d = _sas_dir(outdir, "odf", "emchain")
             cmds.append(_cmd("odf", "emchain", ("emchain",), outdir, settings, odf=sum_glob, ccf=ccf,
@@ -437,7 +447,7 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
     """
     step = f"filter_{camera}"
     ccf, cmds = _ccf_for(obs, outdir, settings)
-    odf = str(obs.odf_dir.resolve()) if obs.odf_dir is not None else None
+    odf = _odf_for(obs, outdir, settings, camera)
     if not (settings.use_pps_events and camera in obs.event_files) and obs.odf_dir is not None:
         # Reprocess from the ODF with the current SAS and CCF (cifbuild, odfingest, the chain).
         cmds = build_odf_commands(obs, outdir, settings, cameras=(camera,))
@@ -524,7 +534,7 @@ def build_spectra_commands(obs: Observation, camera: str, outdir: Path, regions:
     step = f"spectra_{camera}"
     ccf, _ = _ccf_for(obs, outdir, settings)  # made by the filter step when it needed cifbuild
     cmds: list[Command] = []
-    odf = str(obs.odf_dir.resolve()) if obs.odf_dir is not None else None
+    odf = _odf_for(obs, outdir, settings, camera)
     clean = str(Path(clean_events).resolve()) if clean_events else str((outdir / "events" / f"{camera}_clean.fits").resolve())
     fcfg = cfg["filter"][camera]
     grouping = cfg["spectra"]["grouping"]
@@ -672,7 +682,7 @@ def build_image_commands(obs: Observation, camera: str, outdir: Path, cfg: Mappi
     """Counts image and exposure map (``evselect`` + ``eexpmap``) of one camera in one band."""
     step = f"images_{camera}"
     ccf, _ = _ccf_for(obs, outdir, settings)
-    odf = str(obs.odf_dir.resolve()) if obs.odf_dir is not None else None
+    odf = _odf_for(obs, outdir, settings, camera)
     clean = str(Path(clean_events).resolve()) if clean_events else str((outdir / "events" / f"{camera}_clean.fits").resolve())
     lo, hi = (round(1000 * b) for b in band_kev)
     tag = f"{camera}_{band_kev[0]:.2f}-{band_kev[1]:.2f}keV"

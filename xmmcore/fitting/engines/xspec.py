@@ -273,6 +273,7 @@ class XspecEngine:
             except ToolNotFoundError:
                 raise
             elapsed = time.monotonic() - t0
+            self._log_xspec_messages(wd, logger)
             try:
                 record = json.loads(result_path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
@@ -283,6 +284,17 @@ class XspecEngine:
         finally:
             if tmp_ctx is not None:
                 tmp_ctx.cleanup()
+
+    @staticmethod
+    def _log_xspec_messages(wd: Path, logger: logging.Logger) -> None:
+        """Pass XSPEC's ``***Warning``/``***XSPEC Error`` lines from its log file on to the fit log."""
+        from ...sas_output import parse_xspec_messages
+
+        log_file = wd / "xspec.log"
+        if not log_file.exists():
+            return
+        for msg in parse_xspec_messages(log_file.read_text(errors="replace")):
+            logger.warning("XSPEC %s: %s", msg.level, msg.message)
 
     @staticmethod
     def _record_failure(wd: Path, job: Mapping[str, Any], exc: ExternalToolError, result_path: Path) -> None:
