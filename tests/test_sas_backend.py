@@ -365,3 +365,22 @@ def test_real_sas_filter_and_version(xmm_data, tmp_path):
     with fits.open(clean) as hdul:
         assert len(hdul["EVENTS"].data) > 1000
         assert hdul["EVENTS"].data["PATTERN"].max() <= 12
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("overrides", [[], ["sas.esas=false", "flares.method=fixed"]])
+def test_plan_export_for_real_a907_obsid(xmm_data, tmp_path, overrides):
+    """Sample ObsID 0201901401 (A907, MOS1+MOS2): the script is valid bash and runs the backend's argv."""
+    from survey.commands.plan import plan_commands, render_script
+
+    cmds, skipped, _cfg_used, obs = plan_commands("0201901401", data=str(xmm_data / "a907"),
+                                                  results=str(tmp_path / "results"),
+                                                  overrides=["sas.sas_dir=/opt/xmmsas", *overrides])
+    assert skipped == {}
+    script = render_script(cmds, obsid=obs.obsid, sas_dir="/opt/xmmsas")
+    path = tmp_path / "run.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+    parsed = _script_commands(script)
+    assert [t[5 + len(c.env):-1] for t, c in zip(parsed, cmds, strict=True)] == [list(c.argv) for c in cmds]
+    assert {c.step for c in cmds} == {"filter_mos1", "filter_mos2", "spectra_mos1", "spectra_mos2"}
