@@ -181,3 +181,31 @@ def test_images_with_wcs(a907, obsid):
         assert h[0].header["LTM1_1"] == pytest.approx(1 / 80.0)
     with fits.open(regs["files"]["mos1_expmap"]) as h:
         assert h[0].data.max() == pytest.approx(a907[obsid][2]["mos1"]["exposure_s"], rel=0.05)
+
+
+def test_responses_copied_and_optimal_grouping(a907, xmm_data, tmp_path):
+    """With a canned MOS RMF/ARF beside the observation: copied atomically, RESPFILE/ANCRFILE set,
+    channel grid identical to the RMF's EBOUNDS, Kaastra & Bleeker grouping from the RMF resolution."""
+    import dataclasses
+    import shutil
+
+    from xmmcore.ogip import read_arf, read_rmf
+
+    obs, outdir, _, regs, _ = a907["0201903501"]
+    canned = xmm_data / "psrj0855" / "mos1"
+    obs2 = dataclasses.replace(obs, rmf_files={"mos1": canned / "xmm_mos1_0605960101.rmf"},
+                               arf_files={"mos1": canned / "xmm_mos1_0605960101.arf"})
+    work = tmp_path / "out"
+    shutil.copytree(outdir / "events", work / "events")
+    cfg = yaml.safe_load((REPO / "survey" / "defaults.yaml").read_text())
+    cfg["spectra"]["grouping"] = "optimal"
+    s = get_backend("python").spectra_camera(obs2, "mos1", work, regs, cfg, log=logging.getLogger("t"))
+    assert s["responses"]["rmf"] and "rmfgen" in s["responses"]["note"]
+    rmf = read_rmf(work / "spectra" / "mos1.rmf")
+    arf = read_arf(work / "spectra" / "mos1.arf")
+    hdr = check_ogip_pha(work / "spectra" / "mos1_src.pha", n_chan=rmf.matrix.shape[1])
+    assert hdr["RESPFILE"] == "mos1.rmf" and hdr["ANCRFILE"] == "mos1.arf"
+    assert rmf.channel_offset == 0 and arf.specresp.size == rmf.energ_lo.size
+    with fits.open(work / "spectra" / "mos1_src.pha") as h:
+        g = h["SPECTRUM"].data["GROUPING"]
+    assert 50 < (g == 1).sum() < 400

@@ -60,8 +60,14 @@ def test_extract_writes_valid_ogip_pha(tmp_path):
 
 
 def check_ogip_pha(path, *, n_chan: int) -> fits.Header:
-    """astropy-based OGIP type-I checks (OGIP/92-007): structure, keywords, channel numbering."""
-    with fits.open(path, checksum=True) as h:
+    """astropy-based OGIP type-I checks (OGIP/92-007): structure, keywords, channel numbering; no warnings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with fits.open(path, checksum=True) as h:
+            h.verify("exception")
+    with fits.open(path) as h:
         sp = h["SPECTRUM"]
         hdr = sp.header
         for key in ("TELESCOP", "INSTRUME", "FILTER", "EXPOSURE", "BACKSCAL", "AREASCAL", "BACKFILE", "RESPFILE",

@@ -222,23 +222,44 @@ def fwhm_channels(camera: str, n: int | None = None) -> np.ndarray:
 
 
 def fwhm_from_rmf(rmf: Any) -> np.ndarray:
-    """FWHM [channels] per channel from an :class:`xmmcore.ogip.RMF` (second moment of each row)."""
+    """FWHM [channels] per channel from an :class:`xmmcore.ogip.RMF`.
+
+    For each energy row, the width of the main peak at half its maximum (channels above half
+    maximum, linearly interpolated at both edges); the EPIC low-energy shoulders and tails do not
+    count, as in ``ftgrouppha``'s use of the resolution.  Interpolated from photon energy to
+    channel energy.
+    """
     m = rmf.matrix.tocsr()
     n_chan = m.shape[1]
-    chans = np.arange(n_chan, dtype=float)
-    e_mid = 0.5 * (rmf.energ_lo + rmf.energ_hi)
-    ch_mid = 0.5 * (rmf.e_min + rmf.e_max)
+    e_mid = 0.5 * (np.asarray(rmf.energ_lo) + np.asarray(rmf.energ_hi))
+    ch_mid = 0.5 * (np.asarray(rmf.e_min) + np.asarray(rmf.e_max))
     fw = np.full(m.shape[0], np.nan)
     for i in range(m.shape[0]):
-        row = m.getrow(i)
-        w = row.data
-        if w.sum() <= 0:
+        lo_i, hi_i = m.indptr[i], m.indptr[i + 1]
+        if hi_i - lo_i < 2:
             continue
-        idx = row.indices.astype(float)
-        mu = (idx * w).sum() / w.sum()
-        fw[i] = 2.3548 * np.sqrt(max(((idx - mu) ** 2 * w).sum() / w.sum(), 0.0))
-    good = np.isfinite(fw)
-    return np.interp(ch_mid, e_mid[good], fw[good]) if good.any() else np.full(n_chan, 1.0) + 0 * chans
+        idx, w = m.indices[lo_i:hi_i], m.data[lo_i:hi_i]
+        row = np.zeros(idx.max() - idx.min() + 1)
+        row[idx - idx.min()] = w
+        k = int(np.argmax(row))
+        half = 0.5 * row[k]
+        if half <= 0:
+            continue
+        left = k
+        while left > 0 and row[left - 1] >= half:
+            left -= 1
+        right = k
+        while right < row.size - 1 and row[right + 1] >= half:
+            right += 1
+        # linear interpolation of the half-maximum crossings
+        fl = (row[left] - half) / (row[left] - row[left - 1]) if left > 0 and row[left] > row[left - 1] else 0.5
+        fr = (row[right] - half) / (row[right] - row[right + 1]) if right < row.size - 1 and row[right] > row[
+            right + 1] else 0.5
+        fw[i] = (right - left) + fl + fr
+    good = np.isfinite(fw) & (e_mid > 0)
+    if not good.any():
+        return np.ones(n_chan)
+    return np.interp(ch_mid, e_mid[good], fw[good])
 
 
 def group_optimal(counts: np.ndarray, fwhm_chan: np.ndarray, *, min_counts: int = 0
