@@ -384,3 +384,15 @@ def test_plan_export_for_real_a907_obsid(xmm_data, tmp_path, overrides):
     parsed = _script_commands(script)
     assert [t[5 + len(c.env):-1] for t, c in zip(parsed, cmds, strict=True)] == [list(c.argv) for c in cmds]
     assert {c.step for c in cmds} == {"filter_mos1", "filter_mos2", "spectra_mos1", "spectra_mos2"}
+
+
+def test_esas_needs_espfilt_corner_events(obs_dir):
+    from xmmcore.errors import ConfigError
+
+    obs = discover(obs_dir / "data", "0123456789")
+    cfg = _cfg(**{"flares.method": "fixed"})
+    with pytest.raises(ConfigError, match="flares.method: espfilt"):
+        build_spectra_commands(obs, "mos1", obs_dir / "results" / obs.obsid, REGIONS, cfg, SETTINGS)
+    cmds = build_spectra_commands(obs, "mos1", obs_dir / "results" / obs.obsid, REGIONS, _cfg(), SETTINGS)
+    # ESAS reads espfilt's list with the corners, not the flag-screened clean list
+    assert cmds[0].links[0][1].endswith("filter_mos1/espfilt/mos1S001-allevc.fits")

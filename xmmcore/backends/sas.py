@@ -336,20 +336,23 @@ def region_expression(regions: Mapping[str, Any], kind: str, *, coords: tuple[st
 
 # --------------------------------------------------------------------------------------------- helpers
 def esas_prefix(obs: Observation, camera: str) -> str:
-    """ESAS file prefix, instrument + exposure: ``mos1S001``, ``pnS003``."""
+    """ESAS file prefix, instrument + exposure: ``mos1S001``, ``pnS003``.
+
+    ESAS tasks (SAS >= 21) derive it from the ``EXPIDSTR`` keyword of the event list, so that comes
+    first; the PPS file name (``...M1S001MIEVLI...``) is the fallback.
+    """
     evt = obs.event_files.get(camera)
     exp = None
     if evt is not None:
-        m = re.search(rf"{_PPS_TAG[camera]}([SU]\d{{3}})", evt.name, re.IGNORECASE)
-        if m:
-            exp = m.group(1).upper()
-        else:
-            from astropy.io import fits
+        from astropy.io import fits
 
-            try:
-                exp = fits.getheader(evt, "EVENTS").get("EXPIDSTR") or None
-            except (OSError, KeyError):
-                exp = None
+        try:
+            exp = fits.getheader(evt, "EVENTS").get("EXPIDSTR") or None
+        except (OSError, KeyError):
+            exp = None
+        if exp is None:
+            m = re.search(rf"{_PPS_TAG[camera]}([SU]\d{{3}})", evt.name, re.IGNORECASE)
+            exp = m.group(1).upper() if m else None
     return f"{camera}{exp or _DEFAULT_EXP[camera]}"
 
 
@@ -471,11 +474,19 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
         d = _sas_dir(outdir, step, "espfilt")
         prefix = esas_prefix(obs, camera)
         link = f"{prefix}.fits"
+        links = [(link, events)]
+        outputs = [d / f"{prefix}-gti.fits", d / f"{prefix}-allevc.fits"]
+        oot_params: dict[str, object] = {}
+        oot = _pn_oot_events(obs, outdir, settings, required=False) if camera == "pn" else None
+        if oot is not None:
+            # The same GTI is applied to the out-of-time list, which pnspectra/pnback need.
+            links.append((f"{prefix}-oot.fits", oot))
+            oot_params = {"withoot": True, "ootfile": f"{prefix}-oot.fits"}
+            outputs.append(d / f"{prefix}-allevcoot.fits")
         cmds.append(_cmd(step, "espfilt", _argv(
-            "espfilt", eventfile=link, method="histogram", elow=2500, ehigh=8500, withsmoothing=True, smooth=51,
-            rangescale=6.0, allowsigma=_num(fl["nsigma"]), keepinterfiles=False),
-            outdir, settings, odf=odf, ccf=ccf, links=[(link, events)],
-            outputs=[d / f"{prefix}-gti.fits", d / f"{prefix}-allevc.fits"],
+            "espfilt", eventfile=link, **oot_params, method="histogram", elow=2500, ehigh=8500,
+            withsmoothing=True, smooth=51, rangescale=6.0, allowsigma=_num(fl["nsigma"]), keepinterfiles=False),
+            outdir, settings, odf=odf, ccf=ccf, links=links, outputs=outputs,
             description=f"ESAS soft-proton flare filtering ({fl['nsigma']} sigma around the rate histogram peak)"))
         gti = d / f"{prefix}-gti.fits"
         table = str(d / f"{prefix}-allevc.fits")
@@ -541,7 +552,7 @@ def build_spectra_commands(obs: Observation, camera: str, outdir: Path, regions:
     min_counts = int(cfg["spectra"].get("min_counts", 1))
     if settings.esas:
         return _esas_spectra(obs, camera, outdir, regions, settings, step, clean, ccf, odf, fcfg, grouping,
-                             min_counts)
+                             min_counts, flare_method=cfg["flares"]["method"])
     sel = spectrum_selection(camera, fcfg)
     binsize, chanmax = _SPEC_BINNING[camera]
     out: dict[str, Path] = {}
@@ -598,14 +609,22 @@ def _specgroup(step: str, camera: str, outdir: Path, settings: SasSettings, odf:
 
 def _esas_spectra(obs: Observation, camera: str, outdir: Path, regions: Mapping[str, Any], settings: SasSettings,
                   step: str, clean: str, ccf: str | None, odf: str | None, fcfg: Mapping[str, Any],
-                  grouping: str, min_counts: int) -> list[Command]:
+                  grouping: str, min_counts: int, *, flare_method: str = "espfilt") -> list[Command]:
     prefix = esas_prefix(obs, camera)
+    if flare_method != "espfilt":
+        raise ConfigError("sas.esas: true needs flares.method: espfilt: mosspectra/pnspectra and mosback/pnback "
+                          "use the unexposed corner events, which espfilt keeps and the screened list drops "
+                          f"(flares.method is {flare_method!r}); or set sas.esas: false")
     d = _sas_dir(outdir, step, "esas")
     evt_link = f"{prefix}-allevc.fits"
-    links: list[tuple[str, str]] = [(evt_link, clean)]
+    # espfilt's filtered list (FOV + corners), not the flag-screened events/<cam>_clean.fits.
+    allevc = str(_sas_dir(outdir, f"filter_{camera}", "espfilt") / evt_link)
+    links: list[tuple[str, str]] = [(evt_link, allevc)]
     cheese_params: dict[str, object] = {("pnfile" if camera == "pn" else f"{camera}file"): evt_link}
     if camera == "pn":
-        oot = _pn_oot_events(obs, outdir, settings)
+        _pn_oot_events(obs, outdir, settings)  # raises with advice when there is no OOT list at all
+        # the OOT list filtered with the same GTI by espfilt in the filter step
+        oot = str(_sas_dir(outdir, f"filter_{camera}", "espfilt") / f"{prefix}-allevcoot.fits")
         links.append((f"{prefix}-allevcoot.fits", oot))
         cheese_params["pnootfile"] = f"{prefix}-allevcoot.fits"
     cheese_params.update(scale=0.5, ratetotal=1.0, dist=40.0, elowlist=400, ehighlist=7200, mlmin=15)
@@ -650,12 +669,16 @@ def _esas_spectra(obs: Observation, camera: str, outdir: Path, regions: Mapping[
     return cmds
 
 
-def _pn_oot_events(obs: Observation, outdir: Path, settings: SasSettings) -> str:
-    for path in sorted(obs.root.rglob("*")):
-        if re.search(r"PN[SU]\d{3}OOEVLI", path.name, re.IGNORECASE):
-            return str(path.resolve())
+def _pn_oot_events(obs: Observation, outdir: Path, settings: SasSettings, *, required: bool = True) -> str | None:
+    """The pn out-of-time event list: PPS ``*PNS003OOEVLI*`` file, or ``epchain withoutoftime=true`` output."""
+    if settings.use_pps_events or obs.odf_dir is None:
+        for path in sorted(obs.root.rglob("*")):
+            if re.search(r"PN[SU]\d{3}OOEVLI", path.name, re.IGNORECASE):
+                return str(path.resolve())
     if obs.odf_dir is not None:
         return str(_sas_dir(outdir, "odf", "epchain") / "P*PN*OOEVLI*.FIT")
+    if not required:
+        return None
     raise InputDataError("ESAS pnspectra/pnback need the pn out-of-time event list (*PNS003OOEVLI*) or an ODF "
                          "to make it with `epchain withoutoftime=true`; set sas.esas: false to use the "
                          "evselect/arfgen path", obs.root)
