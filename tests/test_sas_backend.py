@@ -365,6 +365,17 @@ def test_real_sas_filter_and_version(xmm_data, tmp_path):
     with fits.open(clean) as hdul:
         assert len(hdul["EVENTS"].data) > 1000
         assert hdul["EVENTS"].data["PATTERN"].max() <= 12
+    # evselect spectra + backscale + rmfgen + arfgen (extended) + specgroup on the cleaned list
+    from xmmcore.backends.sas import _provisional_regions
+
+    cfg_std = _cfg(**{"flares.method": "fixed", "sas.esas": False})
+    spec = backend.spectra_camera(obs, "mos1", tmp_path / obs.obsid, _provisional_regions(obs, "mos1", cfg_std),
+                                  cfg_std, log=logging.getLogger("sas"))
+    with fits.open(spec["products"]["src"]) as hdul:
+        hdr = hdul["SPECTRUM"].header
+        assert hdr["RESPFILE"] == "mos1.rmf" and hdr["BACKFILE"] == "mos1_bkg.pha"
+        assert hdr["BACKSCAL"] > 0 and hdul["SPECTRUM"].data["COUNTS"].sum() > 100
+    assert all(t["returncode"] == 0 for t in spec["tasks"])
 
 
 @pytest.mark.realdata
