@@ -55,13 +55,27 @@ class _Scanner(ast.NodeVisitor):
         self.rel = rel
         self.alias: dict[str, str] = {}  # local name -> dotted origin ("sp" -> "subprocess")
         self.hits: list[tuple[str, int, str]] = []  # (kind, line, detail)
+        self.func: list[str] = []
+        self.where: dict[int, str] = {}  # line of a hit -> enclosing function
+
+    def _in_function(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.func.append(node.name)
+        self.generic_visit(node)
+        self.func.pop()
+
+    visit_FunctionDef = _in_function
+    visit_AsyncFunctionDef = _in_function
+
+    def _hit(self, kind: str, line: int, detail: str) -> None:
+        self.hits.append((kind, line, detail))
+        self.where[line] = self.func[-1] if self.func else "<module>"
 
     # --- imports -------------------------------------------------------------------------------
     def visit_Import(self, node: ast.Import) -> None:
         for a in node.names:
             self.alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
             if a.name.split(".")[0] in _PROCESS_MODULES:
-                self.hits.append(("process-import", node.lineno, a.name))
+                self._hit("process-import", node.lineno, a.name)
         self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
@@ -69,11 +83,11 @@ class _Scanner(ast.NodeVisitor):
         for a in node.names:
             self.alias[a.asname or a.name] = f"{mod}.{a.name}"
         if mod.split(".")[0] in _PROCESS_MODULES:
-            self.hits.append(("process-import", node.lineno, mod))
+            self._hit("process-import", node.lineno, mod)
         if mod == "os":
             for a in node.names:
                 if a.name in _BANNED_OS:
-                    self.hits.append(("banned-os", node.lineno, f"from os import {a.name}"))
+                    self._hit("banned-os", node.lineno, f"from os import {a.name}")
         self.generic_visit(node)
 
     # --- calls ---------------------------------------------------------------------------------
@@ -92,58 +106,68 @@ class _Scanner(ast.NodeVisitor):
         name = self._dotted(node.func)
         for kw in node.keywords:
             if kw.arg == "shell" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False):
-                self.hits.append(("shell", node.lineno, f"{name}(shell=...)"))
+                self._hit("shell", node.lineno, f"{name}(shell=...)")
         head, _, last = name.rpartition(".")
         if head == "os" and last in _BANNED_OS:
-            self.hits.append(("banned-os", node.lineno, name))
+            self._hit("banned-os", node.lineno, name)
         if head == "os.environ" and last in {"update", "setdefault", "pop", "popitem", "clear", "__setitem__"}:
-            self.hits.append(("environ-edit", node.lineno, name))
+            self._hit("environ-edit", node.lineno, name)
         if name.split(".")[0] in _PROCESS_MODULES:
-            self.hits.append(("process-call", node.lineno, name))
+            self._hit("process-call", node.lineno, name)
             if last in _SHELL_FUNCS:
-                self.hits.append(("shell", node.lineno, name))
+                self._hit("shell", node.lineno, name)
         if name in {"asyncio.create_subprocess_shell"}:
-            self.hits.append(("shell", node.lineno, name))
+            self._hit("shell", node.lineno, name)
         if name in {"asyncio.create_subprocess_exec"}:
-            self.hits.append(("process-call", node.lineno, name))
+            self._hit("process-call", node.lineno, name)
         if head == "yaml" and last in _UNSAFE_YAML:
-            self.hits.append(("yaml", node.lineno, name))
+            self._hit("yaml", node.lineno, name)
         if head == "yaml" and last in {"load", "load_all"}:
             loader = next((kw.value for kw in node.keywords if kw.arg == "Loader"), None)
             if loader is None and len(node.args) > 1:
                 loader = node.args[1]
             loader_name = self._dotted(loader) if loader is not None else ""
             if loader_name.rpartition(".")[2] not in _SAFE_LOADERS:
-                self.hits.append(("yaml", node.lineno, f"{name}(Loader={loader_name or 'missing'})"))
+                self._hit("yaml", node.lineno, f"{name}(Loader={loader_name or 'missing'})")
         if name in {"eval", "exec"} or (name == "builtins.eval"):
-            self.hits.append(("eval", node.lineno, name))
+            self._hit("eval", node.lineno, name)
         if name in {"pickle.load", "pickle.loads", "marshal.loads"}:
-            self.hits.append(("pickle", node.lineno, name))
+            self._hit("pickle", node.lineno, name)
         self.generic_visit(node)
 
     def visit_Assign(self, node: ast.Assign) -> None:
         for target in node.targets:
             if isinstance(target, ast.Subscript) and self._dotted(target.value) == "os.environ":
-                self.hits.append(("environ-edit", node.lineno, "os.environ[...] = ..."))
+                self._hit("environ-edit", node.lineno, "os.environ[...] = ...")
         self.generic_visit(node)
 
     def visit_Delete(self, node: ast.Delete) -> None:
         for target in node.targets:
             if isinstance(target, ast.Subscript) and self._dotted(target.value) == "os.environ":
-                self.hits.append(("environ-edit", node.lineno, "del os.environ[...]"))
+                self._hit("environ-edit", node.lineno, "del os.environ[...]")
         self.generic_visit(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str) and "0.0.0.0" in node.value and len(node.value) < 40:
-            self.hits.append(("bind-all", node.lineno, repr(node.value)))
+            self._hit("bind-all", node.lineno, repr(node.value))
+
+
+# Reviewed exceptions: (file, function, kind) -> why it is acceptable. Keep this list short and argued.
+EXEMPT: dict[tuple[str, str, str], str] = {
+    ("xmmcore/fitting/xsmodels.py", "_headas_set", "environ-edit"):
+        "the XSPEC model library reads HEADAS with getenv() while it initialises in this process, so it cannot "
+        "be passed as env=; set for the block only and restored in finally",
+}
 
 
 def _scan() -> dict[str, list[tuple[str, int, str]]]:
     out = {}
     for path in _python_files():
-        scanner = _Scanner(_rel(path))
+        rel = _rel(path)
+        scanner = _Scanner(rel)
         scanner.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
-        out[_rel(path)] = scanner.hits
+        out[rel] = [(k, line, d) for k, line, d in scanner.hits
+                    if (rel, scanner.where.get(line, ""), k) not in EXEMPT]
     return out
 
 
@@ -206,6 +230,19 @@ def test_no_shell_true_anywhere(scan):
     offenders = _report(scan, {"shell"})
     assert not offenders, "shell=True / shell helpers found (use argv lists via xmmcore.tools.run_tool):\n" + \
         "\n".join(offenders)
+
+
+def test_exemptions_are_still_needed():
+    """An exemption whose function no longer does the exempted thing must be removed from EXEMPT."""
+    for (rel, func, kind), why in EXEMPT.items():
+        path = REPO / rel
+        if not path.exists():
+            continue
+        scanner = _Scanner(rel)
+        scanner.visit(ast.parse(path.read_text(encoding="utf-8")))
+        assert any(k == kind and scanner.where.get(line) == func for k, line, _ in scanner.hits), \
+            f"EXEMPT entry {(rel, func, kind)} matches nothing any more: delete it"
+        assert len(why) > 40
 
 
 def test_no_os_system_popen_chdir_exec(scan):
@@ -343,36 +380,22 @@ def test_cluster_code_passes_the_configured_dashboard_address():
 
 def test_local_cluster_listens_on_loopback_only():
     """Start the survey's local cluster from the default config and check where it listens."""
-    cluster_mod = None
-    for name in ("survey.cluster", "survey.api"):
-        try:
-            cluster_mod = __import__(name, fromlist=["x"])
-        except ImportError:
-            continue
-        if hasattr(cluster_mod, "make_cluster") or hasattr(cluster_mod, "start_cluster"):
-            break
-        cluster_mod = None
-    if cluster_mod is None:
-        pytest.skip("survey.cluster.make_cluster/start_cluster has not landed yet")
+    cluster_mod = pytest.importorskip("survey.cluster", reason="survey/cluster.py has not landed yet")
+    if not hasattr(cluster_mod, "start_cluster"):
+        pytest.skip("survey.cluster.start_cluster has not landed yet")
     config = pytest.importorskip("survey.config")
-    cfg = config.load_config(overrides={"cluster": {"workers": 1}})
-    factory = getattr(cluster_mod, "make_cluster", None) or getattr(cluster_mod, "start_cluster")
+    cfg = config.load_config(overrides={"cluster.workers": 1, "cluster.dashboard_address": "127.0.0.1:0"})
+    handle = cluster_mod.start_cluster(cfg, results_dir=".")
     try:
-        made = factory(cfg)
-    except TypeError:
-        made = factory(cfg.cluster if hasattr(cfg, "cluster") else cfg["cluster"])
-    client = made[1] if isinstance(made, tuple) else None
-    cluster = made[0] if isinstance(made, tuple) else made
-    try:
-        addr = cluster.scheduler_address
-        assert "127.0.0.1" in addr or "localhost" in addr, f"scheduler listens on {addr}"
-        link = getattr(cluster, "dashboard_link", "") or ""
+        addr = handle.client.scheduler.address
+        assert addr.startswith("tcp://127.0.0.1:"), f"scheduler listens on {addr}"
+        workers = handle.client.scheduler_info()["workers"]
+        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers), f"workers on {list(workers)}"
+        link = handle.dashboard_link or ""
         if link:
             assert "127.0.0.1" in link or "localhost" in link, f"dashboard at {link}"
     finally:
-        if client is not None:
-            client.close()
-        cluster.close()
+        handle.close()
 
 
 def test_os_environ_unchanged_by_imports():
