@@ -152,3 +152,9 @@ def test_stream_filter_bin_matches_in_memory(tmp_path):
     ref = np.bincount(evl["PI"][keep] // 5, minlength=4096)[:4096]
     assert n_in == 5000 and n_out == int(keep.sum())
     assert np.array_equal(hist, ref)
+
+
+def test_zero_exposure_gti_is_input_error(tmp_path):
+    p = make_event_file(tmp_path / "z.fits", span_s=0.0)
+    with pytest.raises(InputDataError, match="0 s of exposure"):
+        E.read_events(p)

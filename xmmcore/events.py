@@ -264,7 +264,7 @@ def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
     ------
     InputDataError
         Unreadable or truncated file, no EVENTS or GTI extension, missing columns, wrong
-        instrument, no events, non-finite TIME, or (``time_order="require"``) TIME not
+        instrument, no events, GTIs summing to 0 s, non-finite TIME, or (``time_order="require"``) TIME not
         monotonically non-decreasing.
     """
     path = Path(path)
@@ -328,6 +328,8 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
             cols = {k: v[order] for k, v in cols.items()}
             resorted = True
     gti_ccd = _read_gtis(hdul, header, cols["CCDNR"], path)
+    if all(g.shape[0] == 0 for g in gti_ccd.values()):
+        raise InputDataError("GTI tables sum to 0 s of exposure (no good time)", path)
     return EventList(camera=cam, header=header, columns=cols, gti_ccd=gti_ccd,
                      gti=gtimod.union(*gti_ccd.values()), path=path, resorted=resorted)
 
