@@ -261,12 +261,20 @@ def _camera_block(summary: Mapping[str, Any] | None, camera: str) -> dict[str, A
     return dict(sub) if isinstance(sub, Mapping) else {}
 
 
-def _cameras_in(*summaries: Mapping[str, Any] | None) -> list[str]:
-    found = []
-    for cam in CAMERA_ROWS:
-        if any(_camera_block(s, cam) for s in summaries):
-            found.append(cam)
-    return found
+def _failed_cameras(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Camera -> (step, reason) for cameras a step left out while going on with the others."""
+    out: dict[str, tuple[str, str]] = {}
+    for step in STEPS:
+        summ = (steps.get(step) or {}).get("summary") or {}
+        for key in ("failed_cameras", "left_out"):
+            for cam, why in (summ.get(key) or {}).items():
+                out.setdefault(str(cam), (step, str(why)))
+    return out
+
+
+def _cameras_in(*summaries: Mapping[str, Any] | None, extra: Iterable[str] = ()) -> list[str]:
+    extra = set(extra)
+    return [cam for cam in CAMERA_ROWS if cam in extra or any(_camera_block(s, cam) for s in summaries)]
 
 
 def _counts_columns(spec: Mapping[str, Any]) -> dict[str, float]:
@@ -287,12 +295,24 @@ def _counts_columns(spec: Mapping[str, Any]) -> dict[str, float]:
     if math.isnan(net) and not math.isnan(src):
         net = src - (bkg * scale if not (math.isnan(bkg) or math.isnan(scale)) else 0.0)
     var = src + (bkg * scale * scale if not (math.isnan(bkg) or math.isnan(scale)) else 0.0)
-    err = math.sqrt(var) if var > 0 else math.nan
+    err = _num(_first(spec, "net_counts_err"))
+    if math.isnan(err):
+        err = math.sqrt(var) if var > 0 else math.nan
     out["net_counts"], out["net_counts_err"] = net, err
     out["snr"] = net / err if err and err > 0 else math.nan
     if not math.isnan(src_exp):
         out["exposure_s"] = src_exp
     return out
+
+
+def _cfg_path(value: Any, results_dir: Path) -> Path | None:
+    """A path from the resolved config: as written, else relative to the folder holding ``results/``."""
+    if not value:
+        return None
+    path = Path(str(value))
+    if path.exists() or path.is_absolute():
+        return path
+    return results_dir.parent / path
 
 
 def _meta_for(obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]], cfg: Mapping[str, Any]
@@ -302,13 +322,13 @@ def _meta_for(obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]],
         summ = rec.get("summary") or {}
         if isinstance(summ.get("meta"), Mapping):
             meta.update(summ["meta"])
-    for candidate in (obs_dir / "meta.json",
-                      Path(str(cfg.get("data_dir", ""))) / obsid / "meta.json" if cfg.get("data_dir") else None):
+    data_dir = _cfg_path(cfg.get("data_dir"), obs_dir.parent)
+    for candidate in (obs_dir / "meta.json", data_dir / obsid / "meta.json" if data_dir else None):
         if candidate is not None and candidate.exists():
             for k, v in _read_json(candidate).items():
                 meta.setdefault(k, v)
-    csv = cfg.get("targets_csv")
-    if csv and Path(csv).exists():
+    csv = _cfg_path(cfg.get("targets_csv"), obs_dir.parent)
+    if csv is not None and csv.exists():
         table = pd.read_csv(csv, dtype={"obsid": str})
         hit = table[table["obsid"].astype(str) == obsid]
         if len(hit):
@@ -339,7 +359,7 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         row["status"] = "failed"
         row["failed_step"] = str(first.get("step") or "")
         row["failure_reason"] = str(first.get("reason") or first.get("error") or "")
-        row["error_class"] = str(first.get("error_class") or "")
+        row["error_class"] = str(first.get("error_class") or first.get("exception") or "")
     elif all(s in done for s in STEPS):
         row["status"] = "done"
     else:
@@ -350,7 +370,8 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for r in ordered:
         versions.update(r.get("versions") or {})
     row["software_versions"] = json.dumps(versions, sort_keys=True)
-    row["backend"] = str(_first(versions, "backend", "reduction_backend") or "")
+    filt_summary = (steps.get("filter") or {}).get("summary") or {}
+    row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend", "reduction_backend") or "")
     row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
     last = steps.get("fit") or ordered[-1]
     row["inputs_hash"] = str(last.get("inputs_hash") or "")
@@ -411,7 +432,8 @@ def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
 
     filt = (steps.get("filter") or {}).get("summary") or {}
     spec = (steps.get("spectra") or {}).get("summary") or {}
-    cams = _cameras_in(filt, spec)
+    failed_cams = _failed_cameras(steps)
+    cams = _cameras_in(filt, spec, extra=failed_cams)
 
     fits_dir = obs_dir / "fits"
     fit_files = sorted(fits_dir.glob("fit*.json")) if fits_dir.is_dir() else []
@@ -444,6 +466,10 @@ def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
                 row["cross_norm"], row["cross_norm_err_lo"], row["cross_norm_err_hi"] = value
             for key in ("fit_model", "fit_engine", "fit_stat"):
                 row[key] = epic[key]
+            if cam in failed_cams:
+                row["status"] = "failed"
+                row["failed_step"], row["failure_reason"] = failed_cams[cam]
+                row["error_class"] = row["failure_reason"].split(":", 1)[0] if ":" in row["failure_reason"] else ""
             cam_rows.append(row)
         if cam_rows:
             for col in ("src_counts", "bkg_counts", "net_counts"):

@@ -210,3 +210,31 @@ def test_json_columns_are_json(survey: Path) -> None:
     df = catalog.build(survey)
     assert json.loads(df.software_versions.iloc[0])["backend"] == "python"
     assert df.backend.iloc[0] == "python"
+
+
+def test_failed_camera_gets_its_own_status(survey: Path) -> None:
+    # a step that went on without one camera records it under failed_cameras
+    rec_path = survey / "0100000101" / "steps" / "spectra.json"
+    rec = json.loads(rec_path.read_text())
+    rec["summary"]["failed_cameras"] = {"mos2": "InputDataError: no counts in the source region"}
+    del rec["summary"]["cameras"]["mos2"]
+    atomic_write_json(rec_path, rec)
+    df = catalog.build(survey, obsids=["0100000101"])
+    cams = df.set_index("camera")
+    assert cams.loc["mos2", "status"] == "failed" and cams.loc["mos2", "failed_step"] == "spectra"
+    assert cams.loc["mos2", "error_class"] == "InputDataError"
+    assert math.isnan(cams.loc["mos2", "src_counts"])
+    assert cams.loc["epic", "status"] == "done" and cams.loc["pn", "status"] == "done"
+
+
+def test_report_cli(survey: Path) -> None:
+    from survey.commands import catalog as cmd
+
+    parser = argparse.ArgumentParser(prog="xmm-survey")
+    cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["catalog", "build", "--results", str(survey)])
+    assert args.func(args) == 0
+    args = parser.parse_args(["report", "--results", str(survey)])
+    assert args.func(args) == 0
+    assert (survey / "report" / "index.html").exists()
+    assert (survey / "report" / "obs" / "0100000401.html").exists()

@@ -73,19 +73,12 @@ def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
     rows = joint.joint_rows(fit, target="PSRJ0855", inputs=inputs, flux_bands_kev=((2.0, 10.0),))
     epic, per_ds = rows[0], {r["camera"]: r for r in rows[1:]}
     assert per_ds["0605960101_pn"]["cross_norm"] == 1.0
-    # independent single-camera fits give the flux ratios the constants must reproduce
-    single = {}
-    for item in inputs:
-        one = joint.joint_fit([item], "phabs*powerlaw", stat="cstat", notice_kev=(2.0, 10.0), errors=None,
-                              flux_bands_kev=((2.0, 10.0),))
-        single[item.camera] = one["fluxes"]["2.0-10.0"]["absorbed"]
     for cam in ("mos1", "mos2"):
         c = per_ds[f"0605960101_{cam}"]
-        print(cam, "constant", c["cross_norm"], "+-", c["cross_norm_err_lo"], "flux ratio", single[cam] / single["pn"])
+        print(cam, "constant", c["cross_norm"], "+-", c["cross_norm_err_lo"])
         # near 1: MOS reads 15-19 % above pn here (the EPIC 2-10 keV cross-calibration offset plus pn chip gaps
-        # in this extended nebula); the single-camera fits show the same ratio
+        # in this extended nebula); test_psrj0855_constants_match_single_camera_fluxes shows the data say so
         assert 0.8 < c["cross_norm"] < 1.25, c["cross_norm"]
-        assert c["cross_norm"] == pytest.approx(single[cam] / single["pn"], rel=0.04)
         assert 0 < c["cross_norm_err_lo"] < 0.05
     print("nH", epic["nH"], "Gamma", epic["gamma"], "stat/dof", epic["stat_per_dof"])
     assert 0.1 < epic["nH"] < 1.0 and 1.5 < epic["gamma"] < 2.4
@@ -98,6 +91,21 @@ def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
     df = catalog.build(res, flux_bands_kev=((2.0, 10.0),))
     assert set(df.kind) == {"joint"} and df.is_joint.all() and len(df) == 4
     assert df[df.camera == "epic"].flux_2p0_10p0_abs.item() > 0
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_psrj0855_constants_match_single_camera_fluxes(xmm_data: Path) -> None:
+    inputs = _psr_inputs(xmm_data)
+    opts = dict(stat="cstat", notice_kev=(2.0, 10.0), flux_bands_kev=((2.0, 10.0),))
+    fit = joint.joint_fit(inputs, "phabs*powerlaw", errors="covariance", **opts)
+    per_ds = {r["camera"]: r for r in joint.joint_rows(fit, target="PSRJ0855", inputs=inputs)[1:]}
+    single = {i.camera: joint.joint_fit([i], "phabs*powerlaw", errors=None, **opts)["fluxes"]["2.0-10.0"]["absorbed"]
+              for i in inputs}
+    for cam in ("mos1", "mos2"):
+        ratio = single[cam] / single["pn"]
+        print(cam, per_ds[f"0605960101_{cam}"]["cross_norm"], "single-fit flux ratio", ratio)
+        assert per_ds[f"0605960101_{cam}"]["cross_norm"] == pytest.approx(ratio, rel=0.04)
 
 
 # --------------------------------------------------------------------------- simulated 3 ObsIDs x 2 cameras
