@@ -158,3 +158,18 @@ def test_zero_exposure_gti_is_input_error(tmp_path):
     p = make_event_file(tmp_path / "z.fits", span_s=0.0)
     with pytest.raises(InputDataError, match="0 s of exposure"):
         E.read_events(p)
+
+
+def test_prefilter_streaming_read_matches_full_read(tmp_path):
+    p = make_event_file(tmp_path / "big.fits", n=10000)
+    full = E.read_events(p)
+    def sel(c):
+        return (c["PATTERN"] <= 4) & (c["PI"] >= 2000)
+
+    part = E.read_events(p, prefilter=sel, chunk_rows=999)
+    keep = sel(full.columns)
+    assert part.n_rows_file == 10000 and len(part) == int(keep.sum())
+    for k in full.columns:
+        assert np.array_equal(part[k], full[k][keep])
+    with pytest.raises(InputDataError, match="pre-selection"):
+        E.read_events(p, prefilter=lambda c: np.zeros(c["PI"].size, bool))

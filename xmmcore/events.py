@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,8 @@ class EventList:
         File it was read from.
     resorted : bool
         True if TIME was not ordered in the file and the rows were sorted on reading.
+    n_rows_file : int or None
+        Number of events in the file (more than ``len()`` when read with a ``prefilter``).
     """
 
     camera: str
@@ -85,6 +87,7 @@ class EventList:
     gti: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     path: Path | None = None
     resorted: bool = False
+    n_rows_file: int | None = None
 
     def __len__(self) -> int:
         return int(next(iter(self.columns.values())).size) if self.columns else 0
@@ -239,7 +242,9 @@ def _read_gtis(hdul: fits.HDUList, header: Mapping[str, Any], ccds_present: np.n
 
 
 def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
-                camera: str | None = None, time_order: str = "sort") -> EventList:
+                camera: str | None = None, time_order: str = "sort",
+                prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+                chunk_rows: int = 2_000_000) -> EventList:
     """Read an EPIC calibrated event list.
 
     Parameters
@@ -255,6 +260,11 @@ def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
         What to do when TIME decreases somewhere.  SAS lists merged per CCD/node (e.g. the
         XCS/XGA ``eclean`` lists of A907) are not time-ordered, so the default sorts the rows
         once (``EventList.resorted``); ``"require"`` raises ``InputDataError`` instead.
+    prefilter : callable, optional
+        ``f(columns_of_a_chunk) -> bool mask``: the streaming path for lists larger than memory.
+        Rows are read ``chunk_rows`` at a time and only those passing are kept.
+    chunk_rows : int
+        Rows per chunk for ``prefilter``.
 
     Returns
     -------
@@ -274,7 +284,7 @@ def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
             with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
-                return _read_open(hdul, path, columns, camera, time_order)
+                return _read_open(hdul, path, columns, camera, time_order, prefilter, chunk_rows)
     except InputDataError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AstropyUserWarning) as exc:
@@ -290,7 +300,9 @@ def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:
 
 
 def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
-               camera: str | None, time_order: str = "sort") -> EventList:
+               camera: str | None, time_order: str = "sort",
+               prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+               chunk_rows: int = 2_000_000) -> EventList:
     hdu = _events_hdu(hdul, path)
     header = hdu.header.copy()
     cam = _camera_of(header, path)
@@ -311,7 +323,20 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
     data = hdu.data
     if data is None or len(data) != nrows:
         raise InputDataError("EVENTS data shorter than NAXIS2 (truncated file)", path)
-    cols = {c.upper(): _native(data[c]) for c in wanted}
+    if prefilter is None:
+        cols = {c.upper(): _native(data[c]) for c in wanted}
+    else:
+        # Streaming path: only the rows passing ``prefilter`` are kept, chunk by chunk, so memory
+        # is O(kept rows + one chunk) (uncompressed files are memory-mapped).
+        parts: dict[str, list[np.ndarray]] = {c.upper(): [] for c in wanted}
+        for start in range(0, nrows, chunk_rows):
+            chunk = {c.upper(): _native(data.field(c)[start:start + chunk_rows]) for c in wanted}
+            keep = np.asarray(prefilter(chunk), dtype=bool)
+            for k, v in chunk.items():
+                parts[k].append(v[keep])
+        cols = {k: np.concatenate(v) for k, v in parts.items()}
+        if cols["TIME"].size == 0:
+            raise InputDataError("no events pass the pre-selection", path)
     time = cols["TIME"]
     if not np.all(np.isfinite(time)):
         raise InputDataError("TIME holds non-finite values", path)
@@ -331,7 +356,7 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
     if all(g.shape[0] == 0 for g in gti_ccd.values()):
         raise InputDataError("GTI tables sum to 0 s of exposure (no good time)", path)
     return EventList(camera=cam, header=header, columns=cols, gti_ccd=gti_ccd,
-                     gti=gtimod.union(*gti_ccd.values()), path=path, resorted=resorted)
+                     gti=gtimod.union(*gti_ccd.values()), path=path, resorted=resorted, n_rows_file=nrows)
 
 
 def flag_mask_for(camera: str, flag: str | int | None, header: Mapping[str, Any] | None = None) -> int | None:

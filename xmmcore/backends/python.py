@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
-from ..events import flag_mask_for, read_events, screen, write_events, write_gti
+from ..events import flag_mask_for, read_events, screen, screen_mask, write_events, write_gti
 from ..flares import flare_gti, write_light_curve
 from ..fsutil import atomic_path
 from ..images import ccd_footprints
@@ -27,6 +27,16 @@ __all__ = ["PythonBackend"]
 
 RESPONSE_NOTE = ("responses copied from the observation folder/config; exact region-specific responses "
                  "need SAS rmfgen/arfgen (backend: sas)")
+
+
+def _events_header(path: Path) -> Any:
+    """The EVENTS header (for the #XMMEA definitions), or None if unreadable (read_events then says why)."""
+    from astropy.io import fits
+
+    try:
+        return fits.getheader(path, "EVENTS")
+    except (OSError, KeyError, IndexError, ValueError):
+        return None
 
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
@@ -58,17 +68,26 @@ class PythonBackend:
         if path is None:
             raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
         fcfg = cfg["filter"][camera]
-        evl = read_events(path, camera=camera)
-        if evl.resorted:
-            log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
-        flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), evl.header)
-        clean = screen(evl, pattern_max=fcfg.get("pattern_max"), flag_mask=flag_mask, pi_min=fcfg.get("pi_min"),
-                       pi_max=fcfg.get("pi_max"), ccds=fcfg.get("ccds"))
-        if len(clean) == 0:
-            raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
         fl = cfg.get("flares", {})
         method = fl.get("method", "espfilt")
-        res = flare_gti(evl, method=method, band_kev=tuple(fl.get("band_kev", (10.0, 12.0))),
+        band = tuple(fl.get("band_kev", (10.0, 12.0)))
+        flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), _events_header(path))
+        lc_mask = flag_mask_for(camera, "xmmea", _events_header(path))
+        screen_kw = {"pattern_max": fcfg.get("pattern_max"), "flag_mask": flag_mask, "pi_min": fcfg.get("pi_min"),
+                     "pi_max": fcfg.get("pi_max"), "ccds": fcfg.get("ccds")}
+
+        def wanted(cols: Any) -> np.ndarray:
+            # Streaming pre-selection: rows that pass the screening or feed the flare light curve.
+            return screen_mask(cols, **screen_kw) | screen_mask(cols, pattern_max=0, flag_mask=lc_mask,
+                                                                pi_min=band[0] * 1000.0, pi_max=band[1] * 1000.0)
+
+        evl = read_events(path, camera=camera, prefilter=wanted)
+        if evl.resorted:
+            log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
+        clean = screen(evl, **screen_kw)
+        if len(clean) == 0:
+            raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
+        res = flare_gti(evl, method=method, band_kev=band,
                         bin_s=float(fl.get("bin_s", 100.0)), nsigma=float(fl.get("nsigma", 2.0)),
                         rate=(fl.get("fixed_rate") or {}).get(camera), min_gti_s=float(fl.get("min_gti_s", 100.0)))
         if res.gti.shape[0] == 0:
@@ -94,7 +113,7 @@ class PythonBackend:
         exp_raw = evl.ontime()
         exp_clean = clean_t.ontime()
         summary.update({
-            "camera": camera, "input": str(path), "n_events_in": len(evl), "n_events_screened": len(clean),
+            "camera": camera, "input": str(path), "n_events_in": evl.n_rows_file, "n_events_screened": len(clean),
             "n_events_out": len(clean_t), "flag_mask": flag_mask, "pattern_max": fcfg.get("pattern_max"),
             "pi_range": [fcfg.get("pi_min"), fcfg.get("pi_max")], "ccds": sorted(clean_t.gti_ccd),
             "exposure_raw_s": exp_raw, "exposure_s": exp_clean,
@@ -104,7 +123,7 @@ class PythonBackend:
         })
         summary.update(res.summary())
         log.info("%s: %d -> %d events, exposure %.0f -> %.0f s (central CCD), flare fraction %.3f", camera,
-                 len(evl), len(clean_t), exp_raw, exp_clean, res.flare_fraction)
+                 evl.n_rows_file, len(clean_t), exp_raw, exp_clean, res.flare_fraction)
         return summary
 
     # ------------------------------------------------------------------ spectra
