@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import io
 import math
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -58,6 +60,37 @@ def _row(raw: dict[str, Any], module: str, seconds: float) -> dict[str, Any]:
     return row
 
 
+def _from_main(mod: Any, what: str) -> dict[str, Any]:
+    """Call a benchmark's ``main()`` (own argv, stdout captured) and turn what it prints into a row.
+
+    A printed ``ratio ... = <number>`` becomes the row's value and ratio; every line goes to the note.
+    """
+    buf = io.StringIO()
+    saved_argv = sys.argv
+    sys.argv = [mod.__name__]  # the benchmark's argparse must not see run.py's options
+    code: Any = 0
+    try:
+        with contextlib.redirect_stdout(buf):
+            try:
+                code = mod.main([]) if inspect.signature(mod.main).parameters else mod.main()
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.argv = saved_argv
+    lines = [line.strip() for line in buf.getvalue().splitlines() if line.strip()]
+    row: dict[str, Any] = {"name": what, "ok": code in (0, None), "note": " ; ".join(lines)[:400]}
+    for line in lines:
+        m = re.search(r"ratio[^=]*=\s*([-+0-9.eE]+)", line)
+        if m:
+            row["value"] = row["ratio"] = float(m.group(1))
+            row["unit"] = "x"
+            t = re.search(r"target\s*([<>]=?\s*[0-9.]+)", line)
+            row["target"] = t.group(1) if t else ""
+    if "value" not in row:
+        row["ok"] = None  # nothing measured against a reference
+    return row
+
+
 def _run_one(module: str, what: str, quick: bool) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     if not (HERE / f"{module}.py").exists():
@@ -69,12 +102,7 @@ def _run_one(module: str, what: str, quick: bool) -> list[dict[str, Any]]:
             rows = raw if isinstance(raw, list) else [raw]
             return [_row(r, module, time.perf_counter() - t0) for r in rows]
         if hasattr(mod, "main"):
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                code = mod.main([])
-            text = " | ".join(line.strip() for line in buf.getvalue().splitlines() if line.strip())
-            return [_row({"name": what, "ok": code in (0, None), "note": text[:400]}, module,
-                         time.perf_counter() - t0)]
+            return [_row(_from_main(mod, what), module, time.perf_counter() - t0)]
         return [_row({"name": what, "note": f"{module} has neither run() nor main()", "ok": False}, module, 0.0)]
     except Exception as exc:  # a broken benchmark must not hide the others
         last = traceback.extract_tb(exc.__traceback__)[-1]
