@@ -206,13 +206,14 @@ def test_flares_raise_the_10_12_kev_rate(survey):
             sel = (evt["PI"] >= 10000) & (evt["PI"] < 12000) & (evt["PATTERN"] <= PATTERN_MAX[cam])
             t = evt["TIME"][sel]
             inside = np.zeros(t.size, bool)
-            t_in = 0.0
+            t_in = peak_counts = 0.0
             for fl in truth["flares"]:
                 # the flat top of the flare (10% ramps at both ends)
                 d = fl["tstop"] - fl["tstart"]
                 a, b = fl["tstart"] + 0.1 * d, fl["tstop"] - 0.1 * d
                 inside |= (t >= a) & (t < b)
                 t_in += b - a
+                peak_counts += fl["peak_rate_10_12_kev"][cam] * (b - a)
             full = np.zeros(t.size, bool)
             for fl in truth["flares"]:
                 full |= (t >= fl["tstart"]) & (t < fl["tstop"])
@@ -222,6 +223,8 @@ def test_flares_raise_the_10_12_kev_rate(survey):
             # outside flares the 10-12 keV rate is the quiescent particle rate (+ a few photons)
             q = truth["background"]["particle_rate_10_12_kev"][cam] * truth["livetime_s"][cam] / truth["ontime_s"]
             assert rate_out == pytest.approx(q, rel=0.2)
+            # inside, the truth peak rate (detected, 10-12 keV) adds to it
+            assert rate_in == pytest.approx(rate_out + peak_counts / t_in, rel=0.2)
 
 
 def test_responses_are_ogip_and_normalised(survey, tmp_path):

@@ -153,9 +153,9 @@ class _Layout:
 @cache
 def _layout(camera: str) -> _Layout:
     if camera == "pn":
-        w, h, gap, qgap = 64 * 4.1, 200 * 4.1, 8.0, 30.0
-        # Aim point on CCD4, ~1.2 arcmin from the gap between the two rows (as the real pn).
-        shift_x, shift_y = -(0.5 * w + 0.5 * gap), -72.0
+        w, h, gap, qgap = 64 * 4.1, 200 * 4.1, 6.0, 12.0
+        # Aim point on CCD4, ~25 pixels (100 arcsec) from the gap between the two rows (as the real pn).
+        shift_x, shift_y = -(0.5 * w + 0.5 * gap), -100.0 - 0.5 * qgap
         x0s: list[float] = []
         y0s: list[float] = []
         ccds: list[int] = []
@@ -367,7 +367,7 @@ def _draw_cluster(rng: np.random.Generator, *, z_range, kt_range, nh: float, cou
     }
     p.update({k: float(v) for k, v in (overrides or {}).items()})
     if "rc_arcsec" not in (overrides or {}):
-        p["rc_arcsec"] = float(np.clip(p["rc_kpc"] / _kpc_per_arcsec(p["z"]), 15.0, 120.0))
+        p["rc_arcsec"] = float(np.clip(p["rc_kpc"] / _kpc_per_arcsec(p["z"]), 15.0, 90.0))
     p["rc_kpc"] = p["rc_arcsec"] * _kpc_per_arcsec(p["z"])
     p["x"], p["y"] = centre_xy
     return p
@@ -517,6 +517,7 @@ class _CameraSim:
         self.ontime = float(np.sum(self.gti[:, 1] - self.gti[:, 0]))
         self.livetime = self.ontime * _LIVE_FRACTION[camera]
         self.parts: list[_Events] = []
+        self.sp_acceptance = float("nan")  # fraction of soft protons detected (set by expected())
 
     # -- geometry helpers
     def _accept(self, ox: np.ndarray, oy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -690,6 +691,7 @@ class _CameraSim:
         dens = _qpb_density(self.camera, 0.5 * (lo + hi)) * f.qpb_scale[self.camera] * (hi - lo)
         inband = (lo >= band[0]) & (hi <= band[1])
         out["particle_background"] = float(dens[inband].sum() * area_live * self.livetime)
+        self.sp_acceptance = float(self._weights(ox, oy, None, sp=True)[0])
         if f.flares:
             _, w = self._flare_grid()
             n_emit = w.sum() * self.sp_emitted_10_12() / self._sp_band_fraction()
@@ -1148,6 +1150,7 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
     for fl in field.flares:
         flares.append({"tstart": fl["tstart"], "tstop": fl["tstop"], "peak_factor": fl["peak_factor"],
                        "peak_rate_10_12_kev": {cam: fl["peak_factor"] * sims[cam].sp_emitted_10_12()
+                                               * sims[cam].sp_acceptance * _LIVE_FRACTION[cam]
                                                for cam in cameras}})
     return {
         "simulator": "xmmcore.simulate",
