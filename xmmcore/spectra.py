@@ -37,6 +37,7 @@ __all__ = [
     "RegionGeometry",
     "region_geometry",
     "extract",
+    "backscal",
     "group_min_counts",
     "group_optimal",
     "fwhm_channels",
@@ -125,7 +126,7 @@ def region_geometry(sel: Selection, footprints: CcdFootprints, evl: EventList, *
 
 
 def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndarray | None = None,
-            camera: str | None = None, exposure: float, backscal: float, header: Mapping[str, Any] | None = None,
+            mask_fn: Any = None, camera: str | None = None, exposure: float, backscal: float, header: Mapping[str, Any] | None = None,
             respfile: str | None = None, ancrfile: str | None = None, backfile: str | None = None):
     """Source or background spectrum of the events in a region, as an :class:`xmmcore.ogip.PHA`.
 
@@ -134,7 +135,8 @@ def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndar
     evl : EventList
         Cleaned events.
     selection : Selection, optional
-        Spatial selection (physical X/Y); or give ``mask`` (bool per event).
+        Spatial selection (physical X/Y); or give ``mask`` (bool per event), or ``mask_fn(x, y)``
+        returning a bool per event from physical X, Y.
     camera : str, optional
         Defaults to ``evl.camera``.
     exposure : float
@@ -148,6 +150,8 @@ def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndar
 
     camera = camera or evl.camera
     n, width = channel_grid(camera)
+    if mask is None and mask_fn is not None:
+        mask = np.asarray(mask_fn(evl["X"], evl["Y"]), dtype=bool)
     if mask is None:
         mask = np.ones(len(evl), dtype=bool) if selection is None else selection.contains(evl["X"], evl["Y"])
     counts = pi_histogram(evl["PI"][mask], camera)
@@ -167,6 +171,13 @@ def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndar
     return PHA(channel=np.arange(n, dtype=np.int64), counts=counts.astype(float), exposure=float(exposure),
                backscal=float(backscal), areascal=1.0, respfile=respfile, ancrfile=ancrfile, backfile=backfile,
                header=h)
+
+
+def backscal(sel: Selection, footprints: CcdFootprints | None = None, *, step_phys: float = 20.0) -> float:
+    """BACKSCAL of a selection: its area on the detector [physical pixel^2] (SAS ``backscale`` unit)."""
+    from .regions import region_area
+
+    return region_area(sel, footprints=footprints, step_phys=step_phys)
 
 
 def group_min_counts(counts: np.ndarray, min_counts: int, *, first: int = 0, last: int | None = None
