@@ -41,12 +41,12 @@ from .schema import (
 __all__ = [
     "SCHEMA_VERSION",
     "build",
-    "load",
-    "rows_for_obsid",
     "fit_to_row",
+    "io",
+    "load",
     "parse_band",
     "read_config",
-    "io",
+    "rows_for_obsid",
     "schema",
 ]
 
@@ -323,8 +323,9 @@ def _meta_for(obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]],
         if isinstance(summ.get("meta"), Mapping):
             meta.update(summ["meta"])
     data_dir = _cfg_path(cfg.get("data_dir"), obs_dir.parent)
-    for candidate in (obs_dir / "meta.json", data_dir / obsid / "meta.json" if data_dir else None):
-        if candidate is not None and candidate.exists():
+    candidates = [obs_dir / "meta.json"] + ([data_dir / obsid / "meta.json"] if data_dir else [])
+    for candidate in candidates:
+        if candidate.exists():
             for k, v in _read_json(candidate).items():
                 meta.setdefault(k, v)
     csv = _cfg_path(cfg.get("targets_csv"), obs_dir.parent)
@@ -436,7 +437,7 @@ def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
     cams = _cameras_in(filt, spec, extra=failed_cams)
 
     fits_dir = obs_dir / "fits"
-    fit_files = sorted(fits_dir.glob("fit*.json")) if fits_dir.is_dir() else []
+    fit_files: list[Path | None] = sorted(fits_dir.glob("fit*.json")) if fits_dir.is_dir() else []
     rows: list[dict[str, Any]] = []
     for fit_path in fit_files or [None]:
         region = "src"

@@ -21,15 +21,15 @@ from xmmcore.fsutil import atomic_path
 from .schema import KEY, SCHEMA_VERSION, Column, attach_attrs, columns_from_attrs, conform
 
 __all__ = [
-    "CATALOGUE_PARQUET",
     "CATALOGUE_FITS",
-    "write_parquet",
-    "write_fits",
-    "read_parquet",
-    "read_fits",
-    "read_catalogue",
-    "write_catalogue",
+    "CATALOGUE_PARQUET",
     "merge_rows",
+    "read_catalogue",
+    "read_fits",
+    "read_parquet",
+    "write_catalogue",
+    "write_fits",
+    "write_parquet",
 ]
 
 CATALOGUE_PARQUET = "catalogue.parquet"

@@ -30,14 +30,14 @@ from .schema import DEFAULT_FLUX_BANDS_KEV, PARAMETERS, columns, empty_row
 __all__ = [
     "Combined",
     "JointInput",
-    "weighted_mean",
-    "combine_rows",
     "collect_inputs",
+    "combine_rows",
     "data_inputs",
     "joint_fit",
     "joint_rows",
     "record_rows",
     "run_joint",
+    "weighted_mean",
 ]
 
 

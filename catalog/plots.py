@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,16 @@ import pandas as pd
 from xmmcore.errors import InputDataError
 from xmmcore.fsutil import atomic_path
 
-__all__ = ["BcesFit", "bces", "fit_lt", "plot_lt", "plot_histograms", "plot_sky", "plot_exposure_snr",
-           "survey_figures"]
+__all__ = [
+    "BcesFit",
+    "bces",
+    "fit_lt",
+    "plot_exposure_snr",
+    "plot_histograms",
+    "plot_lt",
+    "plot_sky",
+    "survey_figures",
+]
 
 LN10 = math.log(10.0)
 
@@ -163,7 +172,7 @@ def _figure(figsize=(6.0, 4.5)):
 def plot_lt(df: pd.DataFrame, path: str | os.PathLike[str], *, lum_col: str = "lum_0p1_2p4",
             method: str = "orthogonal") -> tuple[Path, BcesFit | None]:
     """L-T diagram with error bars and the BCES power law (when >= 3 clusters have kT and L)."""
-    rows, t, L, et, eL = _lt_data(df, lum_col)
+    rows, t, L, _, _ = _lt_data(df, lum_col)
     fig, ax = _figure()
     if t.size:
         ax.errorbar(t, L, xerr=[rows["kT_err_lo"].fillna(0), rows["kT_err_hi"].fillna(0)],
@@ -192,9 +201,9 @@ def plot_lt(df: pd.DataFrame, path: str | os.PathLike[str], *, lum_col: str = "l
 
 def plot_histograms(df: pd.DataFrame, path: str | os.PathLike[str], *, flux_col: str = "flux_0p5_2p0_abs") -> Path:
     """Histograms of kT, abundance and flux of the fitted rows."""
-    from .query import science_rows
-
     import matplotlib.pyplot as plt
+
+    from .query import science_rows
 
     rows = science_rows(df)
     _figure()
@@ -267,7 +276,7 @@ def plot_exposure_snr(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     return _save(fig, path)
 
 
-def survey_figures(df: pd.DataFrame, outdir: str | os.PathLike[str]) -> dict[str, object]:
+def survey_figures(df: pd.DataFrame, outdir: str | os.PathLike[str]) -> dict[str, Any]:
     """Make all survey figures in ``outdir``; returns name -> path (and ``"lt_fit"`` -> BcesFit or None)."""
     outdir = Path(outdir)
     lt_path, lt_fit = plot_lt(df, outdir / "lt.png")

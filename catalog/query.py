@@ -17,7 +17,7 @@ from xmmcore.fsutil import atomic_path
 from . import io
 from .schema import attach_attrs, columns_from_attrs
 
-__all__ = ["query", "science_rows", "per_camera", "failures", "joint_rows", "export", "FORMATS"]
+__all__ = ["FORMATS", "export", "failures", "joint_rows", "per_camera", "query", "science_rows"]
 
 FORMATS = ("csv", "parquet", "fits")
 

@@ -50,6 +50,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, (int, np.integer)):
         return "" if value == -1 else str(int(value))
     if isinstance(value, (float, np.floating)):
+        value = float(value)
         if not math.isfinite(value):
             return ""
         if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-2):
@@ -62,7 +63,7 @@ def _pm(row: pd.Series, col: str) -> str:
     v = row.get(col, np.nan)
     if not isinstance(v, (float, np.floating)) or not math.isfinite(v):
         return ""
-    lo, hi = row.get(f"{col}_err_lo", np.nan), row.get(f"{col}_err_hi", np.nan)
+    lo, hi = float(row.get(f"{col}_err_lo", np.nan)), float(row.get(f"{col}_err_hi", np.nan))
     text = _fmt(v)
     if math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi > 0):
         text += f" <sub>-{_fmt(lo, 2)}</sub><sup>+{_fmt(hi, 2)}</sup>"
@@ -137,8 +138,8 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
     epic = rows[rows["camera"] == "epic"].iloc[0]
     cams = rows[rows["camera"] != "epic"]
     parts = [f'<p><a href="../index.html">&larr; survey report</a></p><h1>ObsID {html.escape(obsid)}</h1>',
-             f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
-             f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>"]
+             (f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
+              f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>")]
     if epic.status != "done":
         parts.append(f'<p class="failed">Failed step: {html.escape(epic.failed_step or "-")}; '
                      f'{html.escape(epic.error_class)}: {html.escape(epic.failure_reason)}</p>')
@@ -229,13 +230,17 @@ def multi_observation_path(data_dir: str | os.PathLike[str], results_dir: str | 
     data_dir = Path(data_dir)
     name = validate_obsid(name or data_dir.name)
     inventory, missing = data_inputs(data_dir)
-    events, expmaps = [], {}
-    for obsid, cams in inventory.items():
-        for cam, entry in cams.items():
-            events.append(entry["events"])
-            if entry["expmap"] is not None:
-                expmaps[str(entry["events"])] = entry["expmap"]
-    notes = []
+    events: list[str | os.PathLike[str]] = []
+    expmaps: dict[str, str | os.PathLike[str]] = {}
+    for cams in inventory.values():
+        for entry in cams.values():
+            ev, em = entry["events"], entry["expmap"]
+            if ev is None:
+                continue
+            events.append(ev)
+            if em is not None:
+                expmaps[str(ev)] = em
+    notes: list[str] = []
     rec: dict[str, Any] = {"name": name, "rows": [], "missing": missing, "notes": notes}
     if events:
         m = mosaic(events, exposure_maps=expmaps)
@@ -281,14 +286,14 @@ def build_report(results_dir: str | os.PathLike[str], *, out_dir: str | os.PathL
     n_done = int((obs_epic["status"] == "done").sum())
     n_fail = int((obs_epic["status"] == "failed").sum())
     body = ["<h1>XMM-Newton survey report</h1>",
-            f'<p class="note">results: <code>{html.escape(str(results_dir.resolve()))}</code>; '
-            f'catalogue schema {html.escape(str(df.attrs.get("schema_version", "")))}</p>',
-            '<div class="stats">'
-            f'<div class="stat"><b>{len(obs_epic)}</b>ObsIDs</div>'
-            f'<div class="stat"><b>{n_done}</b>done</div>'
-            f'<div class="stat"><b>{n_fail}</b>failed</div>'
-            f'<div class="stat"><b>{int((df["is_joint"] & (df["camera"] == "epic")).sum())}</b>joint/combined</div>'
-            "</div>"]
+            (f'<p class="note">results: <code>{html.escape(str(results_dir.resolve()))}</code>; '
+             f'catalogue schema {html.escape(str(df.attrs.get("schema_version", "")))}</p>'),
+            ('<div class="stats">'
+             f'<div class="stat"><b>{len(obs_epic)}</b>ObsIDs</div>'
+             f'<div class="stat"><b>{n_done}</b>done</div>'
+             f'<div class="stat"><b>{n_fail}</b>failed</div>'
+             f'<div class="stat"><b>{int((df["is_joint"] & (df["camera"] == "epic")).sum())}</b>joint/combined</div>'
+             "</div>")]
     fit = figs["lt_fit"]
     body.append("<h2>Survey figures</h2>")
     if fit is not None:

@@ -19,25 +19,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "SCHEMA_VERSION",
+    "CAMERA_ROWS",
+    "DEFAULT_FLUX_BANDS_KEV",
     "KEY",
     "KINDS",
-    "CAMERA_ROWS",
-    "Column",
     "PARAMETERS",
     "PARAMETER_ALIASES",
-    "DEFAULT_FLUX_BANDS_KEV",
-    "band_tag",
-    "columns",
-    "column_map",
-    "empty_row",
-    "conform",
+    "SCHEMA_VERSION",
+    "Column",
     "attach_attrs",
+    "band_tag",
+    "column_map",
+    "columns",
     "columns_from_attrs",
+    "conform",
+    "empty_row",
 ]
 
 SCHEMA_VERSION = "1.0"
@@ -221,7 +222,7 @@ def column_map(flux_bands_kev: Iterable[Sequence[float]] = DEFAULT_FLUX_BANDS_KE
     return {col.name: col for col in columns(flux_bands_kev)}
 
 
-def empty_row(cols: Sequence[Column]) -> dict[str, object]:
+def empty_row(cols: Sequence[Column]) -> dict[str, Any]:
     """A row with every column at its missing value (and the schema version filled in)."""
     row = {col.name: col.missing for col in cols}
     row["schema_version"] = SCHEMA_VERSION

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from xmmcore.errors import InputDataError
 from xmmcore.fsutil import atomic_write_fits
 
-__all__ = ["Mosaic", "mosaic", "write_mosaic", "events_radec", "stack_spectra", "write_stack"]
+__all__ = ["Mosaic", "events_radec", "mosaic", "stack_spectra", "write_mosaic", "write_stack"]
 
 
 @dataclass
@@ -153,12 +153,10 @@ def _flat_exposure(ra: np.ndarray, dec: np.ndarray, ccd: np.ndarray, header: dic
 
 
 def _sample_expmap(path: Path, wcs: Any, shape: tuple[int, int]) -> np.ndarray:
-    from astropy.io import fits
-    from astropy.wcs import WCS
-
     import warnings
 
-    from astropy.wcs import FITSFixedWarning
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
 
     try:
         with fits.open(path, memmap=False) as hdul, warnings.catch_warnings():
@@ -180,7 +178,7 @@ def _sample_expmap(path: Path, wcs: Any, shape: tuple[int, int]) -> np.ndarray:
 
 def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[float, float] = (0.5, 2.0),
            centre: tuple[float, float] | None = None, size_arcmin: float = 30.0, pixel_arcsec: float = 8.0,
-           exposure_maps: dict[str, str | os.PathLike[str]] | None = None) -> Mosaic:
+           exposure_maps: Mapping[str, str | os.PathLike[str]] | None = None) -> Mosaic:
     """Mosaic event lists of several ObsIDs/cameras onto one tangent-plane grid.
 
     Parameters
@@ -200,9 +198,9 @@ def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[flo
     """
     if not event_files:
         raise InputDataError("mosaic: no event lists given")
-    npix = int(round(size_arcmin * 60.0 / pixel_arcsec))
+    npix = round(size_arcmin * 60.0 / pixel_arcsec)
     shape = (npix, npix)
-    exposure_maps = {str(k): Path(v) for k, v in (exposure_maps or {}).items()}
+    maps = {str(k): Path(v) for k, v in (exposure_maps or {}).items()}
     counts = np.zeros(shape)
     exposure = np.zeros(shape)
     wcs = None
@@ -222,7 +220,7 @@ def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[flo
         px, py = wcs.wcs_world2pix(ra, dec, 0)
         h, _, _ = np.histogram2d(py, px, bins=[np.arange(npix + 1) - 0.5, np.arange(npix + 1) - 0.5])
         counts += h
-        exp_src = exposure_maps.get(str(path))
+        exp_src = maps.get(str(path))
         if exp_src is not None:
             exposure += _sample_expmap(exp_src, wcs, shape)
             how = str(exp_src)
@@ -290,7 +288,7 @@ def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str 
 
     if not phas or not (len(phas) == len(rmfs) == len(arfs)):
         raise InputDataError("stack_spectra: give one RMF and one ARF per spectrum")
-    spectra = [read_pha(p) for p in phas]
+    spectra = [read_pha(Path(p)) for p in phas]
     n_chan = {s.counts.size for s in spectra}
     if len(n_chan) != 1:
         raise InputDataError(f"stack_spectra: spectra have different channel counts {sorted(n_chan)}", phas[0])
@@ -298,18 +296,18 @@ def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str 
     if np.any(expo <= 0):
         raise InputDataError("stack_spectra: a spectrum has EXPOSURE <= 0", phas[int(np.argmin(expo))])
     w = expo / expo.sum()
-    r0 = read_rmf(rmfs[0])
-    a0 = read_arf(arfs[0])
+    r0 = read_rmf(Path(rmfs[0]))
+    a0 = read_arf(Path(arfs[0]))
     matrix = sp.csr_matrix(r0.matrix.shape, dtype=float)
     area = np.zeros_like(a0.specresp, dtype=float)
     for wi, rmf_path, arf_path in zip(w, rmfs, arfs):
-        r = read_rmf(rmf_path)
+        r = read_rmf(Path(rmf_path))
         if r.matrix.shape != r0.matrix.shape:
             raise InputDataError(f"RMF shape {r.matrix.shape} differs from {r0.matrix.shape}", rmf_path)
         if not np.allclose(r.energ_lo, r0.energ_lo) or not np.allclose(r.energ_hi, r0.energ_hi):
             raise InputDataError("RMF energy grid differs from the first RMF of the stack", rmf_path)
         matrix = matrix + wi * r.matrix
-        a = read_arf(arf_path)
+        a = read_arf(Path(arf_path))
         area += wi * _on_grid(a.energ_lo, a.energ_hi, a0.energ_lo, a0.energ_hi, a.specresp, arf_path)
     backscal = float(np.sum(w * np.array([float(np.mean(s.backscal)) for s in spectra])))
     header = dict(spectra[0].header)
@@ -319,7 +317,7 @@ def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str 
               exposure=float(expo.sum()), backscal=backscal, header=header)
     bkg = None
     if bkgs:
-        bspec = [read_pha(p) for p in bkgs]
+        bspec = [read_pha(Path(p)) for p in bkgs]
         bexpo = np.array([b.exposure for b in bspec], dtype=float)
         bw = bexpo / bexpo.sum()
         bkg = PHA(channel=bspec[0].channel.copy(), counts=np.sum([b.counts for b in bspec], axis=0),

@@ -97,7 +97,7 @@ def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_psrj0855_constants_match_single_camera_fluxes(xmm_data: Path) -> None:
     inputs = _psr_inputs(xmm_data)
-    opts = dict(stat="cstat", notice_kev=(2.0, 10.0), flux_bands_kev=((2.0, 10.0),))
+    opts = {"stat": "cstat", "notice_kev": (2.0, 10.0), "flux_bands_kev": ((2.0, 10.0),)}
     fit = joint.joint_fit(inputs, "phabs*powerlaw", errors="covariance", **opts)
     per_ds = {r["camera"]: r for r in joint.joint_rows(fit, target="PSRJ0855", inputs=inputs)[1:]}
     single = {i.camera: joint.joint_fit([i], "phabs*powerlaw", errors=None, **opts)["fluxes"]["2.0-10.0"]["absorbed"]
@@ -142,8 +142,8 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
     rng = np.random.default_rng(2026)
     exposures = {"0900000101": 8e3, "0900000201": 12e3, "0900000301": 16e3}
     inputs = [_simulate(tmp_path, xmm_data, o, cam, t, rng) for o, t in exposures.items() for cam in ("mos1", "mos2")]
-    opts = dict(stat="cstat", notice_kev=(0.5, 7.0), errors="covariance",
-                set_params=["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"])
+    opts = {"stat": "cstat", "notice_kev": (0.5, 7.0), "errors": "covariance",
+            "set_params": ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"]}
     singles = {}
     for obsid in exposures:
         fit = joint.joint_fit([i for i in inputs if i.obsid == obsid], MODEL, **opts)

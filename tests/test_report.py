@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_catalog import make_obs
 
 import catalog
 from catalog import io as cio
 from catalog import plots, report
-from test_catalog import make_obs
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -110,7 +110,7 @@ def test_report_renders_in_headless_chromium(survey: Path, tmp_path: Path) -> No
             "--window-size=1280,1800", f"--screenshot={shot}", index.resolve().as_uri()]
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TMPDIR")}
     env["HOME"] = str(tmp_path)
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
     assert shot.exists(), f"no screenshot; chromium exit {proc.returncode}: {proc.stderr[-2000:]}"
     from PIL import Image
 
