@@ -20,8 +20,8 @@ from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from xmmcore import events as E  # noqa: E402
-from xmmcore import gti as G  # noqa: E402
+from xmmcore import events as E
+from xmmcore import gti as G
 
 N_EVENTS = 5_000_000
 TARGET = 0.5

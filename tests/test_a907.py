@@ -15,8 +15,8 @@ import pytest
 import yaml
 from astropy.io import fits
 from regions import PixCoord, Regions
-
 from test_spectra import check_ogip_pha
+
 from xmmcore import events as E
 from xmmcore import gti as G
 from xmmcore import images as I
@@ -104,7 +104,7 @@ def _area_regions_pkg(reg_path: Path, header, footprints) -> float:
 @pytest.mark.parametrize("obsid", OBSIDS)
 @pytest.mark.parametrize("cam", CAMS)
 def test_spectra_consistent_with_inputs(a907, obsid, cam):
-    obs, outdir, _, regs, spec = a907[obsid]
+    obs, outdir, _, _regs, spec = a907[obsid]
     s = spec[cam]
     raw = E.read_events(obs.event_files[cam])
     clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
@@ -164,7 +164,7 @@ def test_point_sources_repeat_across_obsids(a907):
 
 @pytest.mark.parametrize("obsid", OBSIDS)
 def test_images_with_wcs(a907, obsid):
-    _, outdir, _, regs, _ = a907[obsid]
+    _, _outdir, _, regs, _ = a907[obsid]
     with fits.open(regs["files"]["mos1_image"]) as h:
         from astropy.wcs import WCS
 

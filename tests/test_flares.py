@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_events import T0, make_event_file
+
 from xmmcore import events as E
 from xmmcore import flares as F
 from xmmcore import gti as G
@@ -49,7 +49,7 @@ def test_fixed_threshold_and_none(tmp_path):
 
 def test_light_curve_partial_bins():
     t = np.array([0.5, 1.5, 2.5, 12.0])
-    edges, counts, good, rate = F.light_curve(t, np.array([[0.0, 5.0], [10.0, 15.0]]), bin_s=10.0)
+    _edges, counts, good, rate = F.light_curve(t, np.array([[0.0, 5.0], [10.0, 15.0]]), bin_s=10.0)
     assert counts.tolist() == [3.0, 1.0] and good.tolist() == [5.0, 5.0]
     assert rate.tolist() == [0.6, 0.2]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from test_events import make_event_file
+
 from xmmcore import events as E
 from xmmcore import images as I
 from xmmcore import regions as R
@@ -86,9 +86,9 @@ def test_auto_centre_and_point_sources(header):
 
 
 def test_radius_methods():
-    r, note = R.auto_radius("fixed", arcmin=3.0)
+    r, _ = R.auto_radius("fixed", arcmin=3.0)
     assert r == 3.0
-    r, note = R.auto_radius("physical", r_kpc=1000.0, z=0.16, cosmology={"H0": 70.0, "Om0": 0.3})
+    r, _note = R.auto_radius("physical", r_kpc=1000.0, z=0.16, cosmology={"H0": 70.0, "Om0": 0.3})
     # 1 Mpc at z = 0.16 (flat LCDM 70/0.3): 2.755 kpc/arcsec -> 6.05 arcmin
     assert r == pytest.approx(6.05, rel=0.01)
     with pytest.raises(InputDataError, match="r500_kpc"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from astropy.io import fits
-
 from test_events import make_event_file
+
 from xmmcore import events as E
 from xmmcore import spectra as S
 
@@ -34,7 +34,7 @@ def test_group_optimal_kaastra_bleeker():
     rng = np.random.default_rng(0)
     e = (np.arange(800) + 0.5) * 0.015
     counts = rng.poisson(2000 * np.exp(-e / 2.0) * (e > 0.2))
-    g, q = S.group_optimal(counts, S.fwhm_channels("mos1"))
+    g, _q = S.group_optimal(counts, S.fwhm_channels("mos1"))
     starts = np.flatnonzero(g == 1)
     widths = np.diff(np.append(starts, 800))
     assert starts[0] == 0 and widths.sum() == 800

@@ -32,7 +32,7 @@ from .events import EventList, flag_mask_for
 from .regions import Selection
 from .spectra import extract, pi_histogram
 
-__all__ = ["OUT_OF_FOV", "oof_rate", "BlankSkyScale", "blanksky_scale", "double_subtracted_background"]
+__all__ = ["OUT_OF_FOV", "BlankSkyScale", "blanksky_scale", "double_subtracted_background", "oof_rate"]
 
 #: EPIC FLAG bit of events outside the field of view (``XMMEA_16``).
 OUT_OF_FOV = 0x10000
@@ -47,7 +47,7 @@ def oof_rate(evl: EventList, *, band_kev: tuple[float, float] = (10.0, 12.0), pa
     ``(rate [ct/s], counts, exposure [s])``; exposure is the union GTI (intersected with ``gti``).
     """
     flag = evl["FLAG"].astype(np.int64)
-    other = flag_mask_for(evl.camera, "xmmea", evl.header) & ~OUT_OF_FOV
+    other = int(flag_mask_for(evl.camera, "xmmea", evl.header) or 0) & ~OUT_OF_FOV
     sel = ((flag & OUT_OF_FOV) != 0) & ((flag & other) == 0) & (evl["PATTERN"] <= pattern_max)
     sel &= (evl["PI"] >= band_kev[0] * 1000.0) & (evl["PI"] <= band_kev[1] * 1000.0)
     g = evl.gti if gti is None else gtimod.intersection(evl.gti, gti)

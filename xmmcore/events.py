@@ -31,20 +31,20 @@ from .errors import InputDataError
 from .fsutil import atomic_write_fits
 
 __all__ = [
-    "EventList",
-    "INSTRUME_TO_CAMERA",
     "CAMERA_TO_INSTRUME",
-    "XMMEA_DEFAULT",
     "CENTRAL_CCD",
+    "INSTRUME_TO_CAMERA",
     "REQUIRED_COLUMNS",
+    "XMMEA_DEFAULT",
+    "EventList",
+    "flag_mask_for",
+    "iter_event_chunks",
     "read_events",
     "screen",
     "screen_mask",
-    "flag_mask_for",
+    "stream_filter_bin",
     "write_events",
     "write_gti",
-    "iter_event_chunks",
-    "stream_filter_bin",
 ]
 
 INSTRUME_TO_CAMERA = {"EPN": "pn", "EMOS1": "mos1", "EMOS2": "mos2"}
@@ -385,7 +385,7 @@ def flag_mask_for(camera: str, flag: str | int | None, header: Mapping[str, Any]
         raise ValueError(f"flag must be 'xmmea', 'zero' or an integer bit mask, got {flag!r}") from None
 
 
-def _mask_as(mask: int, dtype: np.dtype) -> np.generic:
+def _mask_as(mask: int, dtype: Any) -> Any:
     """The bit mask in the FLAG column's dtype (two's complement for masks above its max)."""
     dtype = np.dtype(dtype)
     bits = 8 * dtype.itemsize

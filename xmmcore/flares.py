@@ -28,7 +28,7 @@ from . import gti as gtimod
 from .events import EventList, flag_mask_for, screen_mask
 from .fsutil import atomic_write_fits
 
-__all__ = ["FlareResult", "light_curve", "flare_gti", "fit_quiescent_peak", "write_light_curve"]
+__all__ = ["FlareResult", "fit_quiescent_peak", "flare_gti", "light_curve", "write_light_curve"]
 
 
 @dataclass

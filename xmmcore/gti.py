@@ -9,21 +9,22 @@ zero-length or overlapping intervals, touching intervals merged.  Empty tables h
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "as_gti",
     "check_gti",
-    "normalise",
-    "union",
-    "intersection",
     "complement",
-    "exposure",
-    "overlap",
-    "mask_in_gti",
     "drop_short",
+    "exposure",
     "from_bins",
+    "intersection",
+    "mask_in_gti",
+    "normalise",
+    "overlap",
+    "union",
 ]
 
 
@@ -41,7 +42,7 @@ def as_gti(gti: Iterable | np.ndarray | None) -> np.ndarray:
     return arr
 
 
-def check_gti(gti: np.ndarray) -> np.ndarray:
+def check_gti(gti: Any) -> np.ndarray:
     """Validate a GTI table: finite, start < stop, sorted and non-overlapping.
 
     Returns the table as float64; raises ``ValueError`` naming the first bad row.
@@ -84,7 +85,7 @@ def normalise(gti: Iterable | np.ndarray | None) -> np.ndarray:
     return np.column_stack([starts, stops])
 
 
-def union(*gtis: np.ndarray) -> np.ndarray:
+def union(*gtis: Any) -> np.ndarray:
     """Times covered by at least one of the tables."""
     parts = [as_gti(g) for g in gtis]
     if not parts:
@@ -92,7 +93,7 @@ def union(*gtis: np.ndarray) -> np.ndarray:
     return normalise(np.concatenate(parts, axis=0))
 
 
-def _intersect_two(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _intersect_two(a: Any, b: Any) -> np.ndarray:
     a = normalise(a)
     b = normalise(b)
     if a.shape[0] == 0 or b.shape[0] == 0:
@@ -111,7 +112,7 @@ def _intersect_two(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return normalise(np.column_stack([start, stop]))
 
 
-def intersection(*gtis: np.ndarray) -> np.ndarray:
+def intersection(*gtis: Any) -> np.ndarray:
     """Times covered by every table (empty tables give an empty result)."""
     if not gtis:
         return np.zeros((0, 2))
@@ -121,25 +122,25 @@ def intersection(*gtis: np.ndarray) -> np.ndarray:
     return out
 
 
-def complement(gti: np.ndarray, *, tstart: float, tstop: float) -> np.ndarray:
+def complement(gti: Any, *, tstart: float, tstop: float) -> np.ndarray:
     """Bad time intervals: ``[tstart, tstop)`` minus ``gti``."""
     g = intersection(gti, [[tstart, tstop]])
     edges = np.concatenate([[tstart], g.ravel(), [tstop]])
     return normalise(edges.reshape(-1, 2))
 
 
-def exposure(gti: np.ndarray) -> float:
+def exposure(gti: Any) -> float:
     """Total length of the (normalised) intervals [s]."""
     g = normalise(gti)
     return float(np.sum(g[:, 1] - g[:, 0]))
 
 
-def overlap(a: np.ndarray, b: np.ndarray) -> float:
+def overlap(a: Any, b: Any) -> float:
     """Length of the intersection of two tables [s]."""
     return exposure(intersection(a, b))
 
 
-def mask_in_gti(time: np.ndarray, gti: np.ndarray) -> np.ndarray:
+def mask_in_gti(time: Any, gti: Any) -> np.ndarray:
     """Boolean mask of the times that fall in ``[start, stop)`` of some interval.
 
     O(n log m) with ``searchsorted``; ``time`` need not be sorted.
@@ -155,7 +156,7 @@ def mask_in_gti(time: np.ndarray, gti: np.ndarray) -> np.ndarray:
     return out
 
 
-def drop_short(gti: np.ndarray, *, min_length_s: float) -> np.ndarray:
+def drop_short(gti: Any, *, min_length_s: float) -> np.ndarray:
     """Remove intervals shorter than ``min_length_s`` [s]."""
     g = normalise(gti)
     return g[(g[:, 1] - g[:, 0]) >= min_length_s]

@@ -27,15 +27,15 @@ from .fsutil import atomic_write_fits
 
 __all__ = [
     "PHYS_PIXEL_ARCSEC",
-    "Extent",
-    "image_wcs",
-    "phys_wcs",
-    "extent_of",
-    "bin_image",
     "CcdFootprints",
+    "Extent",
+    "bin_image",
     "ccd_footprints",
     "coverage_image",
     "exposure_image",
+    "extent_of",
+    "image_wcs",
+    "phys_wcs",
     "read_exposure_map",
     "write_image",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 
 from .fsutil import atomic_path
 
-__all__ = ["plot_lightcurve", "plot_image_regions"]
+__all__ = ["plot_image_regions", "plot_lightcurve"]
 
 
 def _figure():

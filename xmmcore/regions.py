@@ -9,6 +9,7 @@ the physical grid).  Region areas (BACKSCAL) are in physical pixels squared, the
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections.abc import Sequence
@@ -26,22 +27,30 @@ from scipy import ndimage
 from .errors import ConfigError, InputDataError
 from .events import EventList, read_events
 from .fsutil import atomic_write_json, atomic_write_text
-from .images import (PHYS_PIXEL_ARCSEC, CcdFootprints, Extent, bin_image, ccd_footprints, coverage_image,
-                     extent_of, phys_wcs)
+from .images import (
+    PHYS_PIXEL_ARCSEC,
+    CcdFootprints,
+    Extent,
+    bin_image,
+    ccd_footprints,
+    coverage_image,
+    extent_of,
+    phys_wcs,
+)
 
 __all__ = [
     "PointSource",
     "Selection",
     "auto_centre",
     "auto_radius",
-    "sb_radius",
     "bkg_annulus",
     "detect_point_sources",
-    "read_ds9",
-    "write_ds9",
-    "region_area",
     "make_regions",
+    "read_ds9",
+    "region_area",
+    "sb_radius",
     "selection_from_regions_dict",
+    "write_ds9",
 ]
 
 _ARCMIN_PHYS = 60.0 / PHYS_PIXEL_ARCSEC  # physical pixels per arcmin (1200)
@@ -194,7 +203,7 @@ def sb_radius(image: np.ndarray, extent: Extent, centre_xy: tuple[float, float],
     b = image[bsel].sum() / bsel.sum()
     edges = np.arange(0.0, r_max_arcmin + width_arcmin, width_arcmin)
     radius = r_min_arcmin
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = on & (rr >= lo) & (rr < hi)
         npix = sel.sum()
         if npix == 0:
@@ -292,8 +301,8 @@ def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverag
             fi, fj = float((gi * w).sum() / w.sum()), float((gj * w).sum() / w.sum())
         else:
             fi, fj = float(i), float(j)
-        x, y = extent.to_phys(fi, fj)
-        x, y = float(x), float(y)
+        px, py = extent.to_phys(np.asarray(fi), np.asarray(fj))
+        x, y = float(px), float(py)
         if exclude_xy is not None and np.hypot(x - exclude_xy[0], y - exclude_xy[1]) < exclude_radius_phys:
             continue
         if any(np.hypot(x - p.x, y - p.y) < mask_radius_arcsec / PHYS_PIXEL_ARCSEC for p in out):
@@ -480,10 +489,10 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
     annuli = rcfg.get("annuli")
     if annuli:
         radii = [float(r) for r in annuli]
-        if any(b <= a for a, b in zip(radii[:-1], radii[1:])):
+        if any(b <= a for a, b in itertools.pairwise(radii)):
             raise ConfigError(f"regions.annuli must increase, got {annuli}")
         for cam in cams:
-            for k, (a, b) in enumerate(zip(radii[:-1], radii[1:])):
+            for k, (a, b) in enumerate(itertools.pairwise(radii)):
                 p = rdir / f"{cam}_ann{k}_src.reg"
                 write_ds9(p, centre_radec=(csky.ra.deg, csky.dec.deg), r_in_arcmin=a, r_out_arcmin=b,
                           point_sources=_sel_overlapping(points, cx, cy, b * _ARCMIN_PHYS),

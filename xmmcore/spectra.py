@@ -32,16 +32,16 @@ from .regions import Selection
 
 __all__ = [
     "CHANNEL_GRID",
-    "channel_grid",
-    "pi_histogram",
     "RegionGeometry",
-    "region_geometry",
-    "extract",
     "backscal",
-    "group_min_counts",
-    "group_optimal",
+    "channel_grid",
+    "extract",
     "fwhm_channels",
     "fwhm_from_rmf",
+    "group_min_counts",
+    "group_optimal",
+    "pi_histogram",
+    "region_geometry",
 ]
 
 #: camera -> (number of channels, channel width [eV])

@@ -11,7 +11,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 
-__all__ = ["ReductionBackend", "get_backend", "BACKENDS"]
+__all__ = ["BACKENDS", "ReductionBackend", "get_backend"]
 
 BACKENDS = ("python", "sas")
 
