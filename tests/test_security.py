@@ -345,6 +345,66 @@ def test_survey_refuses_obsid_with_path_characters(tmp_path):
     assert not (tmp_path / "escape").exists()
 
 
+def _victim(tmp_path):
+    """A folder beside results/ that a path-traversing ObsID would reach, with a file to check afterwards."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("do not delete")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "data").mkdir()
+    return victim
+
+
+def test_obsid_list_file_with_traversal_refused(tmp_path):
+    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from xmmcore.errors import ConfigError
+
+    lst = tmp_path / "obsids.txt"
+    lst.write_text("# survey\n0201901401\n../victim\n")
+    with pytest.raises(ConfigError) as info:
+        api.read_obsid_list(lst)
+    assert f"{lst}:3" in str(info.value) and "../victim" in str(info.value)
+
+
+def test_targets_csv_with_traversal_refused(tmp_path):
+    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from xmmcore.errors import ConfigError
+
+    csv = tmp_path / "targets.csv"
+    csv.write_text("obsid,name,z\n0201901401,A907,0.16\n../victim,evil,0.1\n")
+    with pytest.raises((ConfigError, InputDataError)) as info:
+        api.read_targets_csv(csv)
+    assert str(csv) in str(info.value) and "../victim" in str(info.value)
+
+
+def test_clean_cannot_delete_outside_results(tmp_path):
+    status = pytest.importorskip("survey.status", reason="survey status has not landed yet")
+    from xmmcore.errors import ConfigError
+
+    victim = _victim(tmp_path)
+    for bad in ("../victim", "..", str(victim), "victim/../../victim"):
+        with pytest.raises((InputDataError, ConfigError)) as info:
+            status.clean_obsid(tmp_path / "results", bad)
+        assert bad in str(info.value)
+    assert (victim / "precious.txt").read_text() == "do not delete"
+
+
+def test_run_one_refuses_traversing_obsid(tmp_path):
+    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    config = pytest.importorskip("survey.config")
+    from xmmcore.errors import ConfigError
+
+    victim = _victim(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    cfg = config.load_config(overrides={"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")})
+    with pytest.raises((ConfigError, InputDataError)):
+        api.run_one(cfg, "../victim")
+    assert (victim / "precious.txt").read_text() == "do not delete"
+    assert not (victim / "steps").exists() and not (victim / "logs").exists()
+    after = sorted(p.name for p in tmp_path.rglob("*"))
+    assert set(after) - set(before) <= {"config.resolved.yaml", "logs", "survey.log"}
+
+
 # ----------------------------------------------------------------------------------------------
 # Network: dashboard and servers on localhost unless configured
 # ----------------------------------------------------------------------------------------------
