@@ -240,7 +240,7 @@ def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed:
         obs, error = observations[obsid]
         tasks = make_tasks(obsid, obs, error, pipeline=pipeline, results_dir=results_dir, cfg=plain,
                            retries=int(cfg["retries"]["transient"]), backoff_s=float(cfg["retries"]["backoff_s"]),
-                           retry_failed=retry_failed, versions=versions)
+                           retry_failed=retry_failed, versions=versions, config_hash=cfg.hash)
         plans.append(plan_obsid(tasks))
     return plans
 

@@ -27,6 +27,10 @@ from xmmcore.errors import ConfigError
 __all__ = ["SLOT_RESOURCE", "ClusterHandle", "slurm_cluster_kwargs", "start_cluster"]
 
 SLOT_RESOURCE = "slots"
+#: Scheduler settings for chains of short tasks: queue ready first steps on the workers (no
+#: scheduler-side queuing), so a worker never idles for a scheduler round trip between two steps;
+#: work stealing still balances the queues when workers come and go.
+SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": float("inf")}
 
 
 @dataclass
@@ -99,6 +103,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
     ConfigError
         ``kind: address`` without an address, or ``slurm`` without dask-jobqueue installed.
     """
+    import dask
     from distributed import Client
 
     c = cfg["cluster"]
@@ -108,9 +113,10 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
         from distributed import LocalCluster
 
         threads = int(c["threads_per_worker"])
-        cluster = LocalCluster(n_workers=int(c["workers"]), threads_per_worker=threads, processes=True,
-                               memory_limit=c["memory_limit"], dashboard_address=c["dashboard_address"],
-                               host="127.0.0.1", resources={SLOT_RESOURCE: threads})
+        with dask.config.set(SCHEDULER_CONFIG):
+            cluster = LocalCluster(n_workers=int(c["workers"]), threads_per_worker=threads, processes=True,
+                                   memory_limit=c["memory_limit"], dashboard_address=c["dashboard_address"],
+                                   host="127.0.0.1", resources={SLOT_RESOURCE: threads})
         client = Client(cluster)
         handle = ClusterHandle(client, cluster, kind, _dashboard(client), True)
     elif kind == "slurm":
@@ -118,7 +124,8 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
             from dask_jobqueue import SLURMCluster
         except ImportError as exc:
             raise ConfigError("cluster.kind: slurm needs dask-jobqueue (pip install 'xmm-survey[slurm]')") from exc
-        cluster = SLURMCluster(**slurm_cluster_kwargs(cfg, results_dir))
+        with dask.config.set(SCHEDULER_CONFIG):
+            cluster = SLURMCluster(**slurm_cluster_kwargs(cfg, results_dir))
         s = c["slurm"]
         cluster.adapt(minimum_jobs=int(s["minimum_jobs"]), maximum_jobs=max(int(s["maximum_jobs"]),
                                                                              int(s["minimum_jobs"])))

@@ -220,8 +220,8 @@ def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = Non
 
 def make_tasks(obsid: str, obs: Any, error: tuple[str, str] | None, *, pipeline: Pipeline, results_dir: str,
                cfg: dict[str, Any], retries: int, backoff_s: float, retry_failed: bool,
-               versions: dict[str, str]) -> list[StepTask]:
+               versions: dict[str, str], config_hash: str = "") -> list[StepTask]:
     """One StepTask per pipeline step for ``obsid``."""
     return [StepTask(obsid=obsid, step=step, obs=obs, results_dir=results_dir, cfg=cfg, pipeline=pipeline,
                      retries=retries, backoff_s=backoff_s, retry_failed=retry_failed, error=error,
-                     versions=versions) for step in pipeline.steps]
+                     versions=versions, config_hash=config_hash) for step in pipeline.steps]

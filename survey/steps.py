@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.errors import ConfigError, TransientError
-from xmmcore.fsutil import atomic_write_json
+from xmmcore.fsutil import _jsonable, atomic_path, atomic_write_json
 from xmmcore.observation import Observation
 
 from .config import config_hash
@@ -229,9 +229,19 @@ def read_record(outdir: str | os.PathLike[str], step: str) -> dict[str, Any] | N
     return data if isinstance(data, dict) else None
 
 
-def write_record(outdir: str | os.PathLike[str], step: str, record: Mapping[str, Any]) -> Path:
-    """Write the step record atomically."""
-    return atomic_write_json(record_path(outdir, step), dict(record))
+def write_record(outdir: str | os.PathLike[str], step: str, record: Mapping[str, Any], *,
+                 durable: bool = False) -> Path:
+    """Write the step record atomically (temp file + rename: never half-written).
+
+    Without ``durable`` the file is not fsync'd: a record lost to a power cut only means that its
+    step is recomputed, while an fsync per step costs more than a short step on network file systems.
+    """
+    path = record_path(outdir, step)
+    if durable:
+        return atomic_write_json(path, dict(record))
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_jsonable(dict(record)), indent=1) + "\n")
+    return path
 
 
 def _outputs_present(outdir: Path, record: Mapping[str, Any]) -> bool:
@@ -297,6 +307,7 @@ class StepTask:
     retry_failed: bool = False
     error: tuple[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    config_hash: str = ""
 
     @property
     def outdir(self) -> Path:
@@ -396,8 +407,9 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
                         exception=record.get("exception"), attempts=int(record.get("attempts", 0)))
 
     base = {"schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "inputs_hash": h,
-            "inputs": inputs, "versions": task.versions, "config": step_config(task.step, task.cfg),
-            "config_hash": config_hash(task.cfg),
+            "inputs": inputs, "versions": task.versions,
+            "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
+            "config_hash": task.config_hash or config_hash(task.cfg),
             "host": socket.gethostname(), "pid": os.getpid()}
     started = _now()
     write_record(outdir, task.step, {**base, "status": "running", "started": started})
