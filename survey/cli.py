@@ -170,8 +170,23 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plugin_names() -> list[str]:
+    """The known plug-in commands first, then any other module found in ``survey/commands/``."""
+    import pkgutil
+
+    names = list(PLUGIN_COMMANDS)
+    try:
+        from . import commands
+
+        names += sorted(m.name for m in pkgutil.iter_modules(commands.__path__)
+                        if m.name not in names and not m.name.startswith("_"))
+    except ImportError:
+        pass
+    return names
+
+
 def _register_plugins(sub: Any) -> None:
-    for name in PLUGIN_COMMANDS:
+    for name in _plugin_names():
         modname = f"survey.commands.{name}"
         try:
             mod = importlib.import_module(modname)
