@@ -302,3 +302,35 @@ def test_cli_simulate(tmp_path, capsys):
     assert bad.func(bad) == ConfigError.exit_code
     with pytest.raises(ConfigError, match="cluster parameter"):
         simulate_observation(tmp_path, "0900000001", seed=1, cluster={"temperature": 5.0})
+
+
+def test_injected_kt_recovered_by_builtin_fit(tmp_path):
+    """Spectra extracted from the simulated events and fitted with the responses give back the true kT."""
+    from xmmcore.fitting.engines import FitInput, get_engine
+    from xmmcore.ogip import PHA, write_pha
+
+    root = simulate_observation(tmp_path / "data", "0902100001", seed=21, exposure_ks=25.0, point_sources=0.0,
+                                flare_fraction=0.0, cluster={"kT": 5.0, "z": 0.15, "counts_pn": 20000.0})
+    obs = discover(root.parent, root.name)
+    c = obs.truth["cluster"]
+    inputs = []
+    for cam in CAMERAS:
+        evt = fits.getdata(obs.event_files[cam], "EVENTS")
+        hdr = fits.getheader(obs.event_files[cam], "EVENTS")
+        width, n_chan = (5, 4096) if cam == "pn" else (15, 800)
+        good = (evt["FLAG"] == 0) & (evt["PATTERN"] <= PATTERN_MAX[cam]) & (evt["PI"] < width * n_chan)
+        r = np.hypot(evt["X"] - c["x"], evt["Y"] - c["y"]) * 0.05 / 60.0
+        chan = evt["PI"] // width
+        for name, sel, area in (("src", r < 3.0, 9.0), ("bkg", (r > 4.0) & (r < 6.0), 20.0)):
+            counts = np.bincount(chan[good & sel], minlength=n_chan).astype(float)
+            write_pha(PHA(channel=np.arange(n_chan), counts=counts, exposure=hdr["EXPOSURE"], backscal=area,
+                          header={"TELESCOP": "XMM", "INSTRUME": hdr["INSTRUME"]}), tmp_path / f"{cam}_{name}.pha")
+        inputs.append(FitInput(pha=tmp_path / f"{cam}_src.pha", bkg=tmp_path / f"{cam}_bkg.pha",
+                               rmf=obs.rmf_files[cam], arf=obs.arf_files[cam], name=cam))
+    frozen = [f"wabs_1.nH={c['nH']},frozen", f"zbremss_1.Redshift={c['z']},frozen",
+              f"zgauss_1.Redshift={c['z']},frozen", "zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0,frozen"]
+    result = get_engine("builtin").fit_files(inputs, "wabs*(zbremss+zgauss)", stat="cstat", notice_kev=(0.5, 7.0),
+                                             set_params=frozen, errors="covariance").to_dict()
+    kt = next(p for p in result["parameters"] if p["name"] == "zbremss_1.kT")
+    assert abs(kt["value"] - 5.0) < 2.0 * kt["sigma"], kt
+    assert kt["sigma"] < 0.6
