@@ -86,7 +86,8 @@ def blanksky_scale(obs_raw: EventList, template_raw: EventList, *, band_kev: tup
         raise ValueError(f"no out-of-FOV events in {band_kev} keV (observation {n_o}, template {n_t}); "
                          "use unscreened event lists (FLAG OUT_OF_FOV kept)")
     s = r_o / r_t
-    return BlankSkyScale(scale=s, scale_err=s * np.sqrt(1.0 / n_o + 1.0 / n_t), obs_rate=r_o, template_rate=r_t,
+    return BlankSkyScale(scale=float(s), scale_err=float(s * np.sqrt(1.0 / n_o + 1.0 / n_t)), obs_rate=r_o,
+                         template_rate=r_t,
                          obs_counts=n_o, template_counts=n_t, band_kev=(float(band_kev[0]), float(band_kev[1])))
 
 

@@ -217,8 +217,11 @@ class PythonBackend:
         fcfg = cfg["filter"][camera]
         raw_obs = read_events(obs.event_files[camera], camera=camera)
         raw_tpl = read_events(tpl_path, camera=camera)
-        scale = blanksky_scale(raw_obs, raw_tpl, band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
-                               obs_gti=evl.gti)
+        try:
+            scale = blanksky_scale(raw_obs, raw_tpl, band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
+                                   obs_gti=evl.gti)
+        except ValueError as exc:
+            raise InputDataError(f"cannot scale the blank-sky template: {exc}", tpl_path) from exc
         tpl = screen(raw_tpl, pattern_max=fcfg.get("pattern_max"),
                      flag_mask=flag_mask_for(camera, fcfg.get("flag", "xmmea"), raw_tpl.header),
                      pi_min=fcfg.get("pi_min"), pi_max=fcfg.get("pi_max"), ccds=fcfg.get("ccds"))
