@@ -37,6 +37,7 @@ __all__ = [
     "joint_rows",
     "record_rows",
     "run_joint",
+    "auto_settings",
     "weighted_mean",
 ]
 
@@ -357,24 +358,148 @@ def record_rows(results_dir: str | os.PathLike[str], name: str, rows: Sequence[M
     return path
 
 
-def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Sequence[str], model: str,
+def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
+    """Freeze every ``Redshift`` at ``meta["z"]`` and absorbers' ``nH`` at ``meta["nh"]`` (as the fit step does)."""
+    from xmmcore.fitting.models import parse_expression
+
+    out = []
+    for par in parse_expression(model).parameters:
+        comp, _, pname = par.full_name.partition(".")
+        if pname.lower() == "redshift" and _finite(meta.get("z")):
+            out.append(f"{par.full_name}={float(meta['z'])},frozen")
+        elif pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite(meta.get("nh")):
+            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
+    return out
+
+
+_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _target_meta(results_dir: Path, obsids: Sequence[str]) -> dict[str, Any]:
+    """Target metadata (ra, dec, z, nh) from the first ObsID's catalogue rows."""
+    from . import rows_for_obsid
+
+    for obsid in obsids:
+        if not (results_dir / obsid).is_dir():
+            continue
+        row = rows_for_obsid(results_dir, obsid)[0]
+        meta = {"ra": row["ra_deg"], "dec": row["dec_deg"], "z": row["z_target"], "nh": row["nh_gal"],
+                "name": row["target"]}
+        return {k: v for k, v in meta.items() if v not in ("",) and not (isinstance(v, float) and math.isnan(v))}
+    return {}
+
+
+def _combined_row(results_dir: Path, target: str, obsids: Sequence[str]) -> dict[str, Any] | None:
+    """Weighted mean of the per-ObsID fits (``kind="combined"``) when at least two ObsIDs were fitted."""
+    import pandas as pd
+
+    from . import rows_for_obsid
+    from .schema import conform
+
+    rows = [r for o in obsids if (results_dir / o).is_dir() for r in rows_for_obsid(results_dir, o)]
+    if not rows:
+        return None
+    df = conform(pd.DataFrame(rows), columns())
+    fitted = df[(df["camera"] == "epic") & (df["status"] == "done") & (df["kT"] > 0)]
+    if len(fitted) < 2:
+        return None
+    return combine_rows(df, target=target, obsids=list(fitted["obsid"]), params=("kT", "Z", "gamma", "nH"))
+
+
+def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Sequence[str], model: str | None = None,
               engine: str = "builtin", cameras: Sequence[str] = ("pn", "mos1", "mos2"), stat: str = "cstat",
-              notice_kev: tuple[float, float] = (0.5, 7.0), **fit_options: Any) -> dict[str, Any]:
+              notice_kev: tuple[float, float] | None = None, auto_set: bool = True, stack: bool = False,
+              **fit_options: Any) -> dict[str, Any]:
     """Collect, fit jointly and record a target observed in several ObsIDs.
+
+    Parameters
+    ----------
+    results_dir : path-like
+        Survey results (``<obsid>/spectra/<cam>_src.pha``, ``<cam>_bkg.pha``, ``<cam>.rmf``, ``<cam>.arf``).
+    target : str
+        Name of the joint rows (``obsid`` column).
+    obsids : sequence of str
+        ObsIDs to combine.
+    model : str, optional
+        Model expression (default: ``fit.model`` of ``config.resolved.yaml``).
+    engine, cameras, stat : str
+        Fit engine, cameras to use, statistic.
+    notice_kev : (float, float), optional
+        Fit band (default: ``fit.notice_kev`` of the config, else 0.5-7 keV).
+    auto_set : bool
+        Freeze Redshift / absorber nH at the target's z / nh (from the ObsIDs' metadata).
+    stack : bool
+        Also stack the spectra per camera (:func:`catalog.stack.stack_spectra`), fit the stacks jointly across
+        cameras and record them as ``kind="stack"`` rows.
+    **fit_options
+        Passed to :func:`joint_fit` (``errors``, ``set_params``, ``flux_bands_kev``, ...).
 
     Returns
     -------
     dict
         ``{"target", "rows", "fit", "missing", "path"}``. With inputs missing nothing is fitted and
-        ``missing`` lists the files (the record is still written so the report can show it).
+        ``missing`` lists the files (the record is still written so the report can show it). A weighted mean
+        of the per-ObsID fits (``kind="combined"``) is added when at least two ObsIDs have fits.
     """
+    from . import read_config
+
+    results_dir = Path(results_dir)
+    fit_cfg = read_config(results_dir).get("fit") or {}
+    model = model or fit_cfg.get("model") or "wabs*zbremss"
+    notice = tuple(notice_kev or fit_cfg.get("notice_kev") or (0.5, 7.0))
+    fit_options.setdefault("flux_bands_kev", fit_cfg.get("flux_bands_kev") or DEFAULT_FLUX_BANDS_KEV)
+    bands = [tuple(b) for b in fit_options["flux_bands_kev"]]
     inputs, missing = collect_inputs(results_dir, obsids, cameras=cameras)
     if missing or not inputs:
         if not inputs and not missing:
             missing = [f"no ObsID given for {target}"]
         path = record_rows(results_dir, target, [], missing=missing)
         return {"target": target, "rows": [], "fit": {}, "missing": missing, "path": path}
-    fit = joint_fit(inputs, model, engine=engine, stat=stat, notice_kev=notice_kev, **fit_options)
-    rows = joint_rows(fit, target=target, inputs=inputs)
+    meta = _target_meta(results_dir, obsids)
+    settings = list(fit_options.pop("set_params", ()))
+    if auto_set:
+        settings = auto_settings(model, meta) + settings
+    if _finite(meta.get("z")):
+        fit_options.setdefault("redshift", float(meta["z"]))
+    fit = joint_fit(inputs, model, engine=engine, stat=stat, notice_kev=notice, set_params=settings, **fit_options)
+    rows = joint_rows(fit, target=target, inputs=inputs, meta=meta, flux_bands_kev=bands)
+    combined = _combined_row(results_dir, target, obsids)
+    if combined is not None:
+        rows.append(combined)
+    if stack:
+        rows += _stack_rows(results_dir, target, inputs, model, engine=engine, stat=stat, notice_kev=notice,
+                            set_params=settings, meta=meta, bands=bands, **fit_options)
     path = record_rows(results_dir, target, rows, fit=fit)
     return {"target": target, "rows": rows, "fit": fit, "missing": [], "path": path}
+
+
+def _stack_rows(results_dir: Path, target: str, inputs: Sequence[JointInput], model: str, *, meta: Mapping[str, Any],
+                bands: Sequence[Sequence[float]], **fit_kw: Any) -> list[dict[str, Any]]:
+    from .stack import stack_spectra, write_stack
+
+    stacked: list[JointInput] = []
+    for cam in dict.fromkeys(i.camera for i in inputs):
+        items = [i for i in inputs if i.camera == cam]
+        if len(items) < 2:
+            continue
+        bkgs = [i.bkg for i in items if i.bkg is not None]
+        st = stack_spectra([i.pha for i in items], rmfs=[i.rmf for i in items if i.rmf is not None],
+                           arfs=[i.arf for i in items if i.arf is not None],
+                           bkgs=bkgs if len(bkgs) == len(items) else None)
+        paths = write_stack(st, results_dir / "joint" / f"{target}_stack", stem=cam)
+        stacked.append(JointInput("stack", cam, paths["pha"], paths["rmf"], paths["arf"], paths.get("bkg")))
+    if not stacked:
+        return []
+    fit = joint_fit(stacked, model, **fit_kw)
+    rows = joint_rows(fit, target=target, inputs=stacked, kind="stack", meta=meta, flux_bands_kev=bands)
+    obsids = ",".join(sorted({i.obsid for i in inputs}))
+    for row in rows:
+        row["obsids"], row["n_obs"] = obsids, len(obsids.split(","))
+    return rows

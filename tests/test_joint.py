@@ -114,7 +114,9 @@ KT_TRUE, NORM_TRUE, Z_TRUE, NH_TRUE = 5.0, 1.2e-3, 0.1, 0.05
 MODEL = "wabs*zbremss"
 
 
-def _simulate(tmp: Path, xmm_data: Path, obsid: str, cam: str, exposure: float, rng) -> joint.JointInput:
+def _simulate(results: Path, xmm_data: Path, obsid: str, cam: str, exposure: float, rng) -> None:
+    """Write results/<obsid>/spectra/<cam>_{src,bkg}.pha folded through the real MOS response of psrj0855;
+    the RMF/ARF are linked (not copied) as <cam>.rmf/.arf, the layout the spectra step produces."""
     from xmmcore.fitting.models import parse_expression
     from xmmcore.ogip import PHA, read_arf, read_rmf, write_pha
 
@@ -131,62 +133,81 @@ def _simulate(tmp: Path, xmm_data: Path, obsid: str, cam: str, exposure: float, 
               backscal=1.0, header=hdr)
     bkg = PHA(channel=chan, counts=rng.poisson(4.0 * bkg_rate * exposure, rmf.n_chan).astype(float),
               exposure=exposure, backscal=4.0, header=hdr)
-    out = tmp / obsid / "spectra"
+    out = results / obsid / "spectra"
     write_pha(bkg, out / f"{cam}_bkg.pha")
     write_pha(src, out / f"{cam}_src.pha")
-    return joint.JointInput(obsid, cam, out / f"{cam}_src.pha", rmf_path, arf_path, out / f"{cam}_bkg.pha")
+    (out / f"{cam}.rmf").symlink_to(rmf_path)
+    (out / f"{cam}.arf").symlink_to(arf_path)
 
 
 @pytest.mark.realdata
 def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(2026)
+    results = tmp_path / "results"
     exposures = {"0900000101": 8e3, "0900000201": 12e3, "0900000301": 16e3}
-    inputs = [_simulate(tmp_path, xmm_data, o, cam, t, rng) for o, t in exposures.items() for cam in ("mos1", "mos2")]
+    for obsid, t in exposures.items():
+        for cam in ("mos1", "mos2"):
+            _simulate(results, xmm_data, obsid, cam, t, rng)
     opts = {"stat": "cstat", "notice_kev": (0.5, 7.0), "errors": "covariance",
             "set_params": ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"]}
     singles = {}
     for obsid in exposures:
-        fit = joint.joint_fit([i for i in inputs if i.obsid == obsid], MODEL, **opts)
-        row = joint.joint_rows(fit, target=obsid, inputs=[i for i in inputs if i.obsid == obsid])[0]
+        inputs, missing = joint.collect_inputs(results, [obsid], cameras=("mos1", "mos2"))
+        assert not missing and len(inputs) == 2
+        fit = joint.joint_fit(inputs, MODEL, **opts)
+        row = joint.joint_rows(fit, target=obsid, inputs=inputs)[0]
         singles[obsid] = (row["kT"], row["kT_err_lo"], row["kT_err_hi"])
-    fit = joint.joint_fit(inputs, MODEL, **opts)
-    rows = joint.joint_rows(fit, target="SIM1", inputs=inputs)
-    kT, lo, hi = rows[0]["kT"], rows[0]["kT_err_lo"], rows[0]["kT_err_hi"]
+    # the multi-observation path from results/: 3 ObsIDs x 2 cameras jointly, plus stacked spectra per camera
+    rec = joint.run_joint(results, target="SIM1", obsids=list(exposures), model=MODEL, cameras=("mos1", "mos2"),
+                          stack=True, **opts)
+    assert not rec["missing"] and rec["fit"]["converged"]
+    rows = {(r["kind"], r["camera"]): r for r in rec["rows"]}
+    kT, lo, hi = (rows["joint", "epic"][k] for k in ("kT", "kT_err_lo", "kT_err_hi"))
     print("single fits", singles, "joint", kT, lo, hi)
-    assert fit["converged"] and rows[0]["n_datasets"] == 6
+    assert rows["joint", "epic"]["n_datasets"] == 6
     assert KT_TRUE - 2 * lo < kT < KT_TRUE + 2 * hi
-    for k_s, lo_s, hi_s in singles.values():
+    for _, lo_s, hi_s in singles.values():
         assert lo < lo_s and hi < hi_s
     # the cross-normalisations of identical simulated instruments are 1 within errors
-    for r in rows[2:]:
-        assert abs(r["cross_norm"] - 1.0) < 3 * max(r["cross_norm_err_lo"], r["cross_norm_err_hi"])
+    for (kind, cam), r in rows.items():
+        if kind == "joint" and cam not in ("epic", "0900000101_mos1"):
+            assert abs(r["cross_norm"] - 1.0) < 3 * max(r["cross_norm_err_lo"], r["cross_norm_err_hi"])
     # combination of the independent fits agrees with the joint fit, and the ObsIDs are consistent
     comb = joint.weighted_mean(*zip(*singles.values()))
     print("weighted mean", comb)
     assert comb.pvalue > 0.01
     assert abs(comb.value - kT) < max(lo, hi) * 1.5
-    # the catalogue marks the joint rows
-    joint.record_rows(tmp_path, "SIM1", rows, fit=fit)
-    df = catalog.build(tmp_path)
-    j = df[df.kind == "joint"]
-    assert len(j) == 7 and j.is_joint.all() and set(j.obsid) == {"SIM1"}
-    assert j[j.camera == "epic"].obsids.item() == "0900000101,0900000201,0900000301"
+    # stacked spectra (counts summed, responses exposure-weighted) fitted across the two cameras
+    st = rows["stack", "epic"]
+    print("stacked kT", st["kT"], st["kT_err_lo"], st["kT_err_hi"])
+    assert abs(st["kT"] - KT_TRUE) < 3 * max(st["kT_err_lo"], st["kT_err_hi"])
+    from xmmcore.ogip import read_pha
 
-    # stacked spectra of the same 3 ObsIDs per camera: counts summed, exposure summed, responses weighted
-    mos1 = [i for i in inputs if i.camera == "mos1"]
-    st = stack.stack_spectra([i.pha for i in mos1], rmfs=[i.rmf for i in mos1], arfs=[i.arf for i in mos1],
-                             bkgs=[i.bkg for i in mos1])
-    from xmmcore.ogip import read_arf, read_pha
+    stacked = read_pha(results / "joint" / "SIM1_stack" / "mos1_src.pha")
+    assert stacked.exposure == pytest.approx(sum(exposures.values()))
+    assert stacked.counts.sum() == sum(read_pha(results / o / "spectra" / "mos1_src.pha").counts.sum()
+                                       for o in exposures)
+    # the catalogue marks the joint and stack rows
+    df = catalog.build(results)
+    assert set(df.kind) == {"joint", "stack"} and df.is_joint.all()
+    assert len(df[df.kind == "joint"]) == 7 and len(df[df.kind == "stack"]) == 3
+    assert df[(df.kind == "joint") & (df.camera == "epic")].obsids.item() == "0900000101,0900000201,0900000301"
 
-    assert st["pha"].exposure == pytest.approx(sum(exposures.values()))
-    assert st["pha"].counts.sum() == pytest.approx(sum(read_pha(i.pha).counts.sum() for i in mos1))
-    assert np.allclose(st["arf"].specresp, read_arf(mos1[0].arf).specresp)  # same ARF in, same ARF out
-    paths = stack.write_stack(st, tmp_path / "stack", stem="SIM1_mos1")
-    fit_st = joint.joint_fit([joint.JointInput("stack", "mos1", paths["pha"], paths["rmf"], paths["arf"],
-                                               paths["bkg"])], MODEL, **opts)
-    kst = next(p for p in fit_st["parameters"] if p["name"].endswith(".kT"))
-    print("stacked mos1 kT", kst["value"], kst["sigma"])
-    assert abs(kst["value"] - KT_TRUE) < 3 * kst["sigma"]
+
+def test_stack_spectra_weights(tmp_path: Path, xmm_data: Path) -> None:
+    rng = np.random.default_rng(1)
+    for obsid, t in (("A", 1e3), ("B", 3e3)):
+        _simulate(tmp_path, xmm_data, obsid, "mos2", t, rng)
+    paths = [tmp_path / o / "spectra" for o in ("A", "B")]
+    st = stack.stack_spectra([p / "mos2_src.pha" for p in paths], rmfs=[p / "mos2.rmf" for p in paths],
+                             arfs=[p / "mos2.arf" for p in paths], bkgs=[p / "mos2_bkg.pha" for p in paths])
+    assert list(st["weights"]) == [0.25, 0.75]
+    from xmmcore.ogip import read_arf
+
+    assert np.allclose(st["arf"].specresp, read_arf(paths[0] / "mos2.arf").specresp)  # same ARF in, same out
+    assert st["bkg"].exposure == 4e3 and st["bkg"].backscal == 4.0
+    with pytest.raises(InputDataError):
+        stack.stack_spectra([paths[0] / "mos2_src.pha"], rmfs=[], arfs=[])
 
 
 def test_collect_inputs_names_missing_files(tmp_path: Path) -> None:

@@ -78,13 +78,16 @@ def _joint(args: argparse.Namespace) -> int:
     try:
         rec = joint.run_joint(args.results, target=args.target, obsids=args.obsids, model=args.model,
                               engine=args.engine, cameras=args.cameras, stat=args.stat,
-                              notice_kev=tuple(args.notice_kev))
+                              notice_kev=tuple(args.notice_kev) if args.notice_kev else None,
+                              auto_set=not args.no_auto_set, stack=args.stack,
+                              errors=None if args.errors == "none" else args.errors)
     except XmmSurveyError as exc:
         return _fail(exc)
     if rec.get("missing"):
         print("joint fit not possible; missing inputs:\n  " + "\n  ".join(rec["missing"]))
         return 3
-    print(f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']}")
+    print(f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']} "
+          "(run `xmm-survey catalog build` to add them to the catalogue)")
     return 0
 
 
@@ -118,9 +121,13 @@ def add_parser(subparsers) -> None:
     j.add_argument("--results", type=Path, default=Path("results"), help="results folder [results]")
     j.add_argument("--target", required=True, help="target name (row key of the joint rows)")
     j.add_argument("--obsids", nargs="+", required=True, help="ObsIDs to fit jointly")
-    j.add_argument("--model", default="wabs*apec", help="model expression [wabs*apec]")
+    j.add_argument("--model", default=None, help="model expression [fit.model of the run's config]")
     j.add_argument("--engine", default="builtin", help="fit engine [builtin]")
     j.add_argument("--cameras", nargs="+", default=["pn", "mos1", "mos2"], help="cameras [pn mos1 mos2]")
     j.add_argument("--stat", default="cstat", help="fit statistic [cstat]")
-    j.add_argument("--notice-kev", nargs=2, type=float, default=[0.5, 7.0], help="fit band [0.5 7.0]")
+    j.add_argument("--notice-kev", nargs=2, type=float, default=None, help="fit band [fit.notice_kev]")
+    j.add_argument("--errors", default="covariance", choices=("covariance", "profile", "none"),
+                   help="parameter errors [covariance]")
+    j.add_argument("--stack", action="store_true", help="also stack the spectra per camera and fit the stacks")
+    j.add_argument("--no-auto-set", action="store_true", help="do not freeze z and nH at the target metadata")
     j.set_defaults(func=_joint)
