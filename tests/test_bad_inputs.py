@@ -607,6 +607,43 @@ def test_missing_xspec_when_selected(tmp_path, monkeypatch):
     assert "xspec" in str(info.value).lower()
 
 
+def _survey_cli(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[int, str]:
+    """Run ``xmm-survey run`` in this process with no SAS/XSPEC on PATH; return (exit code, output)."""
+    cli = pytest.importorskip("survey.cli", reason="survey CLI has not landed yet")
+    import shutil
+
+    if shutil.which("evselect") or shutil.which("xspec"):
+        pytest.skip("SAS or XSPEC is installed here")
+    monkeypatch.delenv("SAS_DIR", raising=False)
+    monkeypatch.delenv("HEADAS", raising=False)
+    monkeypatch.setenv("PATH", str(Path(os.__file__).parent) + os.pathsep + "/nonexistent-bin")
+    good_events(tmp_path / "data" / "0000000001" / "pn_evts.fits", n=20_000)
+    from xmmcore.responses import write_responses
+
+    write_responses(tmp_path / "data" / "0000000001", ("pn",))  # so that the chain reaches the fit
+    code = cli.main(["run", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
+                     "--workers", "1", "--no-progress", "--set", "cameras=[pn]",
+                     "--set", "cluster.dashboard_address=127.0.0.1:0", *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_survey_with_sas_selected_but_missing_stops_with_config_exit_code(tmp_path, monkeypatch, capsys):
+    """backend.reduction=sas without SAS: the run stops with exit 2 (ConfigError) saying how to install/point
+    to SAS, instead of recording every ObsID as a bad-data failure (exit 3) that a rerun would then reuse."""
+    code, text = _survey_cli(tmp_path, monkeypatch, capsys, "--set", "backend.reduction=sas")
+    assert "SAS" in text and "evselect" in text
+    assert code == 2, f"exit code {code} (expected 2: missing tool = configuration problem):\n{text[-1500:]}"
+    assert "InputDataError" not in text
+
+
+@pytest.mark.slow  # runs filter/regions/spectra first; the engine-level test above covers the error itself
+def test_survey_with_xspec_selected_but_missing_stops_with_config_exit_code(tmp_path, monkeypatch, capsys):
+    code, text = _survey_cli(tmp_path, monkeypatch, capsys, "--set", "backend.fitting=xspec")
+    assert "xspec" in text.lower()
+    assert code == 2, f"exit code {code} (expected 2: missing tool = configuration problem):\n{text[-1500:]}"
+
+
 # ----------------------------------------------------------------------------------------------
 # ObsIDs
 # ----------------------------------------------------------------------------------------------
