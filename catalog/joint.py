@@ -30,6 +30,7 @@ from .schema import DEFAULT_FLUX_BANDS_KEV, PARAMETERS, columns, empty_row
 __all__ = [
     "Combined",
     "JointInput",
+    "auto_settings",
     "collect_inputs",
     "combine_rows",
     "data_inputs",
@@ -37,7 +38,6 @@ __all__ = [
     "joint_rows",
     "record_rows",
     "run_joint",
-    "auto_settings",
     "weighted_mean",
 ]
 
