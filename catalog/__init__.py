@@ -437,7 +437,9 @@ def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
     cams = _cameras_in(filt, spec, extra=failed_cams)
 
     fits_dir = obs_dir / "fits"
-    fit_files: list[Path | None] = sorted(fits_dir.glob("fit*.json")) if fits_dir.is_dir() else []
+    fit_files: list[Path | None] = []
+    if fits_dir.is_dir():
+        fit_files.extend(sorted(fits_dir.glob("fit*.json")))
     rows: list[dict[str, Any]] = []
     for fit_path in fit_files or [None]:
         region = "src"
