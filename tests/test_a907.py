@@ -230,3 +230,22 @@ def test_binning_reproduces_sas_evselect_image(xmm_data, obsid):
     assert wcs.wcs.crpix == pytest.approx([hd["CRPIX1"], hd["CRPIX2"]], abs=1e-6)
     assert wcs.wcs.cdelt == pytest.approx([hd["CDELT1"], hd["CDELT2"]], rel=1e-9)
     assert wcs.wcs.crval == pytest.approx([hd["CRVAL1"], hd["CRVAL2"]], abs=1e-9)
+
+
+@pytest.mark.parametrize("obsid", OBSIDS)
+def test_sas_exposure_map_sampled_on_our_grid(xmm_data, obsid):
+    """eexpmap maps (with or without LTM/LTV) land on our grid; the on-axis value is the central CCD's
+    live time corrected for vignetting (<= LIVETI01, within 3 %)."""
+    p = next((xmm_data / "a907" / obsid / "images").glob("*mos1*expmap.fits"))
+    evl = E.read_events(next((xmm_data / "a907" / obsid / "eclean").glob("mos1*")))
+    with fits.open(p) as h:
+        sas = h[0].data.astype(float)
+        hd = h[0].header
+    b = 87.0
+    # the SAS image grid: CRPIX of the image = (25921 - x0) / b + 0.5
+    x0 = 25921.0 - (hd["CRPIX1"] - 0.5) * b
+    y0 = 25921.0 - (hd["CRPIX2"] - 0.5) * b
+    ext = I.Extent(x0=x0, y0=y0, bin_phys=b, nx=hd["NAXIS1"], ny=hd["NAXIS2"])
+    ours = I.read_exposure_map(p, ext, wcs=I.image_wcs(evl.header, ext))
+    assert np.allclose(ours, sas)
+    assert 0.97 * evl.header["LIVETI01"] < ours.max() <= 1.02 * evl.header["LIVETI01"]

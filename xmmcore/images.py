@@ -218,8 +218,13 @@ def exposure_image(evl: EventList, extent: Extent, *, gti: np.ndarray | None = N
     return out
 
 
-def read_exposure_map(path: str | Path, extent: Extent) -> np.ndarray:
-    """Read an ``eexpmap`` image and sample it at the centres of ``extent`` (nearest pixel, via LTM/LTV)."""
+def read_exposure_map(path: str | Path, extent: Extent, *, wcs: WCS | None = None) -> np.ndarray:
+    """Read an ``eexpmap`` exposure map [s] and sample it at the pixel centres of ``extent`` (nearest pixel).
+
+    The map's physical grid is taken from its DS9 ``LTM``/``LTV`` keywords; maps without them (older
+    ``eexpmap``) are sampled through celestial coordinates, which needs ``wcs``, the celestial WCS of
+    ``extent`` (:func:`image_wcs`).  Pixels outside the map are 0.
+    """
     from .errors import InputDataError
 
     path = Path(path)
@@ -231,16 +236,29 @@ def read_exposure_map(path: str | Path, extent: Extent) -> np.ndarray:
         raise InputDataError(f"cannot read exposure map ({exc})", path) from exc
     if data.ndim != 2:
         raise InputDataError("exposure map is not a 2-D image", path)
-    ltm1, ltm2 = float(h.get("LTM1_1", 1.0)), float(h.get("LTM2_2", 1.0))
-    ltv1, ltv2 = float(h.get("LTV1", 0.0)), float(h.get("LTV2", 0.0))
     xc, yc = extent.centres()
-    # DS9 image pixel (1-based) = LTM * physical + LTV.
-    ix = np.round(ltm1 * xc + ltv1).astype(int) - 1
-    iy = np.round(ltm2 * yc + ltv2).astype(int) - 1
+    if "LTM1_1" in h and "LTV1" in h:
+        # DS9 image pixel (1-based) = LTM * physical + LTV.
+        ix = np.round(float(h["LTM1_1"]) * xc + float(h["LTV1"])).astype(int) - 1
+        iy = np.round(float(h.get("LTM2_2", h["LTM1_1"])) * yc + float(h.get("LTV2", h["LTV1"]))).astype(int) - 1
+        xx, yy = np.meshgrid(ix, iy)
+    else:
+        if wcs is None:
+            raise InputDataError("exposure map has no LTM/LTV keywords: pass the image WCS to sample it", path)
+        jj, ii = np.mgrid[0:extent.ny, 0:extent.nx]
+        world = wcs.pixel_to_world(ii, jj)
+        import warnings
+
+        from astropy.wcs import FITSFixedWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # eexpmap headers: DATE-OBS/MJD fixes only
+            map_wcs = WCS(h)
+        px, py = map_wcs.world_to_pixel(world)
+        xx, yy = np.round(px).astype(int), np.round(py).astype(int)
+    ok = (xx >= 0) & (xx < data.shape[1]) & (yy >= 0) & (yy < data.shape[0])
     out = np.zeros((extent.ny, extent.nx))
-    okx = (ix >= 0) & (ix < data.shape[1])
-    oky = (iy >= 0) & (iy < data.shape[0])
-    out[np.ix_(oky, okx)] = data[np.ix_(iy[oky], ix[okx])]
+    out[ok] = data[yy[ok], xx[ok]]
     return out
 
 
