@@ -98,3 +98,10 @@ def test_exit_codes():
     assert exit_code_for(ToolNotFoundError("no evselect")) == 2
     assert exit_code_for(KeyError("x")) == 1
     assert str(InputDataError("truncated", "/d/f.fits")) == "/d/f.fits: truncated"
+
+
+def test_pn_out_of_time_list_is_not_taken_as_events(tmp_path):
+    root = tmp_path / "0123456789"
+    pn = _touch(root / "pps" / "P0123456789PNS003PIEVLI0000.FIT")
+    _touch(root / "pps" / "P0123456789PNS003OOEVLI0000.FIT")
+    assert discover(tmp_path, "0123456789").event_files == {"pn": pn}

@@ -58,8 +58,9 @@ def _is_event_file(path: Path) -> bool:
     name = path.name.lower()
     if not _EVENT_SUFFIX.search(name):
         return False
-    if any(tag in name for tag in ("img", "expmap", "image", "att", "rmf", "arf", "pha", "spec", "bkg", "gti")):
-        return False
+    if any(tag in name for tag in ("img", "expmap", "image", "att", "rmf", "arf", "pha", "spec", "bkg", "gti",
+                                   "ooevli", "_oot")):
+        return False  # products, and pn out-of-time event lists (they are used only to subtract OOT events)
     return "evli" in name or "evt" in name or "event" in name or "clean" in name or camera_from_name(name) is not None
 
 

@@ -152,7 +152,14 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         inputs = inputs[:1]
     settings = auto_settings(fit_cfg["model"], obs.meta, enabled=fit_cfg.get("auto_set", True))
     settings += list(fit_cfg.get("set") or [])
-    engine = get_engine(cfg["backend"]["fitting"])
+    engine_name = cfg["backend"]["fitting"]
+    extra: dict[str, Any] = {}
+    if engine_name == "xspec":
+        xcfg = cfg.get("xspec", {})
+        engine = get_engine(engine_name, timeout_s=xcfg.get("timeout_s", 1800), chatter=xcfg.get("chatter", 0))
+        extra["esas_sky"] = bool(xcfg.get("esas_sky", False))
+    else:
+        engine = get_engine(engine_name)
     fits_dir = outdir / "fits"
     fits_dir.mkdir(parents=True, exist_ok=True)
     log.info("fit: engine=%s model=%s stat=%s datasets=%s", engine.name, fit_cfg["model"], fit_cfg["stat"],
@@ -163,7 +170,7 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
             set_params=settings, abund=fit_cfg.get("abund", "angr"), errors=fit_cfg.get("errors", "profile"),
             redshift=obs.meta.get("z"), cosmology=cfg.get("cosmology"),
             flux_bands_kev=[tuple(b) for b in fit_cfg.get("flux_bands_kev", [])],
-            cross_norm=len(inputs) > 1, workdir=fits_dir, log=log)
+            cross_norm=len(inputs) > 1, workdir=fits_dir, log=log, **extra)
     except (ConfigError, InputDataError, ToolError):
         raise
     except (ValueError, RuntimeError, FloatingPointError) as exc:

@@ -39,8 +39,10 @@ class FitInput:
     name: str = ""
 
 
-def get_engine(name: str) -> Any:
+def get_engine(name: str, **options: Any) -> Any:
     """Return the fit engine called ``name`` (``builtin`` | ``xspec``).
+
+    ``options`` go to the engine's own ``get_engine`` (e.g. ``timeout_s``, ``chatter`` for XSPEC).
 
     Raises
     ------
@@ -53,4 +55,6 @@ def get_engine(name: str) -> Any:
     if key not in ENGINES:
         raise ConfigError(f"unknown fit engine {name!r}; choose one of {', '.join(ENGINES)}")
     module = importlib.import_module(f"{__name__}.{key}")
-    return module.get_engine() if hasattr(module, "get_engine") else module.ENGINE
+    if hasattr(module, "get_engine"):
+        return module.get_engine(**options)
+    return module.ENGINE
