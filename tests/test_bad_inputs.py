@@ -842,7 +842,7 @@ def test_plain_parquet_is_not_a_catalogue(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_survey(tmp_path_factory):
-    """Three ObsIDs (two good, one truncated) run through the survey API once; returns paths and outcome."""
+    """Five ObsIDs (two good; truncated, wrong INSTRUME, no event list) run through the survey API once."""
     config = pytest.importorskip("survey.config")
     api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
     pytest.importorskip("xmmcore.backends.python", reason="python backend has not landed yet")
@@ -851,12 +851,14 @@ def small_survey(tmp_path_factory):
     for i, obsid in enumerate(("0000000001", "0000000002")):
         good_events(data / obsid / "pn_evts.fits", n=6000, seed=10 + i)
     bad = good_events(data / "0000000003" / "pn_evts.fits")
-    bad.write_bytes(bad.read_bytes()[:5000])
+    bad.write_bytes(bad.read_bytes()[:5000])  # truncated
+    good_events(data / "0000000004" / "pn_evts.fits", instrume="ACIS")  # not an EPIC list
+    (data / "0000000005").mkdir()  # listed but holds no event list
+    (data / "0000000005" / "README").write_text("ODF not downloaded yet")
     cfg = config.load_config(overrides={"data_dir": str(data), "results_dir": str(results), "cameras": ["pn"],
-                                        "cluster.workers": 1, "pipeline.steps": ["filter", "regions"]}
-                             if "pipeline" in config.load_defaults() else
-                             {"data_dir": str(data), "results_dir": str(results), "cameras": ["pn"],
-                              "cluster.workers": 1})
+                                        "cluster.workers": 1, "pipeline.steps": ["filter", "regions"],
+                                        "obsids": [f"000000000{i}" for i in range(1, 6)],
+                                        "cluster.dashboard_address": "127.0.0.1:0"})
     outcome = None
     try:
         outcome = api.run_survey(cfg)
@@ -876,6 +878,12 @@ def test_survey_bad_obsid_recorded_others_done(small_survey):
     text = " ".join(p.read_text() for p in bad_dir.rglob("*.json")) if bad_dir.exists() else ""
     text += " ".join(p.read_text() for p in bad_dir.rglob("*.log")) if bad_dir.exists() else ""
     assert "InputDataError" in text or "pn_evts.fits" in text, "the bad ObsID's reason is not recorded"
+    assert sorted(outcome.done) == ["0000000001", "0000000002"]
+    reasons = outcome.failed
+    assert set(reasons) == {"0000000003", "0000000004", "0000000005"}
+    assert "InputDataError" in reasons["0000000003"] and "pn_evts.fits" in reasons["0000000003"]
+    assert "INSTRUME" in reasons["0000000004"] and "ACIS" in reasons["0000000004"]
+    assert "event list" in reasons["0000000005"]
 
 
 def test_survey_rerun_with_bad_obsid_alters_nothing(small_survey):
