@@ -193,7 +193,7 @@ def test_spectral_shape_matches_truth(tmp_path):
             assert abs(n - ec[cam]["total"]) < 4.0 * np.sqrt(ec[cam]["total"]), (cam, band, n, ec[cam]["total"])
     truth = json.loads((soft / "truth.json").read_text())["cluster"]
     assert truth["kT"] == 6.0 and truth["z"] == 0.1 and truth["rc_arcsec"] == 40.0
-    assert truth["counts_pn_detected"] == 30000.0
+    assert truth["counts_pn_detected"] == pytest.approx(30000.0, rel=0.01)  # Monte Carlo estimate
 
 
 def test_flares_raise_the_10_12_kev_rate(survey):

@@ -14,8 +14,11 @@ What is in a field
 * **Cluster(s)**: a beta model ``S(r) ~ (1 + (r/rc)^2)^(0.5 - 3 beta)`` (truncated at 15 arcmin) around a centre
   within 1 arcmin of the aim point, with the spectrum ``wabs*(zbremss+zgauss)`` evaluated by
   :func:`xmmcore.fitting.models.parse_expression` (Fe XXV line at 6.7 keV rest frame, Sigma 0, equivalent width
-  set by the abundance). The normalisation is set so that the pn camera detects a drawn number of cluster
-  photons. ``targets_per_field > 1`` adds serendipitous clusters 6-11 arcmin off axis.
+  set by the abundance). kT is drawn in the kT range; the luminosity follows an L-T relation,
+  ``L(0.1-2.4 keV) = 1.5e44 (kT/5)^3 E(z) erg/s`` with 0.12 dex scatter, and the redshift (within the z range)
+  is the one at which pn detects a drawn number of photons -- so hot clusters lie farther away, as in a
+  flux-limited survey. Fixing ``counts_pn`` sets the norm from the counts instead; fixing ``z`` keeps it.
+  ``targets_per_field > 1`` adds serendipitous clusters 6-11 arcmin off axis.
 * **Point sources**: ``wabs*powerlaw`` (Gamma ~ 1.8), more than 5 arcmin from every cluster centre, with a
   King PSF ``(1 + (r/r0)^2)^-1.5``, ``r0 = 4 arcsec`` (FWHM 6 arcsec, HEW 14 arcsec, as the EPIC PSF).
 * **Sky background**: cosmic X-ray background ``wabs*powerlaw`` (Gamma 1.46, 10.9 photons/cm^2/s/keV/sr at
@@ -85,6 +88,9 @@ _PSF_TRUNC_ARCSEC = 300.0
 _SP_VIGNETTING_POWER = 0.5  # soft protons: v(theta, 1.5 keV) ** 0.5, flatter than photons
 _CXB_NORM_PER_ARCMIN2 = 10.9 / 1.1818e7  # photons/cm^2/s/keV at 1 keV per arcmin^2
 _LINE_E_KEV = 6.7
+_LT_NORM_ERG_S = 1.5e44
+_LT_SLOPE = 3.0
+_LT_SCATTER_DEX = 0.12
 _MC_POINTS = 120_000
 _MC_ENERGIES = np.geomspace(0.05, 15.0, 48)
 
@@ -341,10 +347,15 @@ def _r500_kpc(kt: float, z: float, h0: float = 70.0, om0: float = 0.3) -> float:
     return 1104.0 * (kt / 5.0) ** 0.57 / ez * (70.0 / h0)
 
 
-def _kpc_per_arcsec(z: float) -> float:
+@lru_cache(maxsize=1)
+def _cosmology():
     from astropy.cosmology import FlatLambdaCDM
 
-    return float(FlatLambdaCDM(H0=70.0, Om0=0.3).kpc_proper_per_arcmin(z).value / 60.0)
+    return FlatLambdaCDM(H0=70.0, Om0=0.3)
+
+
+def _kpc_per_arcsec(z: float) -> float:
+    return float(_cosmology().kpc_proper_per_arcmin(z).value / 60.0)
 
 
 def _ew_rest_kev(kt: float, abundance: float) -> float:
@@ -365,7 +376,14 @@ def _draw_cluster(rng: np.random.Generator, *, z_range, kt_range, nh: float, cou
         "nh": nh,
         "line_sigma": 0.0,
     }
+    p["lt_scatter_dex"] = float(rng.normal(0.0, _LT_SCATTER_DEX))
+    # With a given counts_pn the norm follows the counts; else from the L-T relation (z chosen to give ~counts_pn).
+    p["norm_from_counts"] = 1.0 if "counts_pn" in (overrides or {}) else 0.0
+    p["z_fixed"] = 1.0 if "z" in (overrides or {}) else 0.0
+    p["z_min"], p["z_max"] = float(z_range[0]), float(z_range[1])
     p.update({k: float(v) for k, v in (overrides or {}).items()})
+    p["rc_kpc_drawn"] = p["rc_kpc"]
+    p["rc_fixed"] = 1.0 if "rc_arcsec" in (overrides or {}) else 0.0
     if "rc_arcsec" not in (overrides or {}):
         p["rc_arcsec"] = float(np.clip(p["rc_kpc"] / _kpc_per_arcsec(p["z"]), 15.0, 90.0))
     p["rc_kpc"] = p["rc_arcsec"] * _kpc_per_arcsec(p["z"])
@@ -1005,7 +1023,8 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
     flare_fraction : float
         Fraction of the on-time inside soft-proton flares (0 = none).
     cluster_counts : (float, float)
-        Range (log-uniform) of the target's detected pn photons (all energies); sets its norm.
+        Range (log-uniform) of the target's detected pn photons (all energies): with the L-T relation
+        this sets the redshift (clipped to ``z_range``, so the counts may fall outside this range).
     kt_range, z_range, nh_range : (float, float)
         Ranges of kT [keV], redshift and nH [1e22 cm^-2] (nH log-uniform).
     region_radius_arcmin : float
@@ -1014,7 +1033,7 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
         PI band of the expected counts (``band[0] <= PI/1000 < band[1]``).
     cluster : mapping, optional
         Fixed values for the target (``kT``, ``z``, ``abundance``, ``rc_arcsec``, ``beta``, ``counts_pn``,
-        ``line_sigma``) instead of drawn ones.
+        ``line_sigma``) instead of drawn ones. ``counts_pn`` makes the norm follow the counts (no L-T).
 
     Returns
     -------
@@ -1061,16 +1080,59 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
     return root
 
 
+def _lt_luminosity(kt: float, z: float, scatter_dex: float) -> float:
+    """L(0.1-2.4 keV, rest) [erg/s] = 1.5e44 (kT/5 keV)^3 E(z) 10^scatter (close to Pratt et al. 2009, h70)."""
+    ez = math.sqrt(0.3 * (1 + z) ** 3 + 0.7)
+    return _LT_NORM_ERG_S * (kt / 5.0) ** _LT_SLOPE * ez * 10.0**scatter_dex
+
+
+def _set_redshift(c: dict[str, Any], z: float) -> None:
+    c["z"] = float(z)
+    if not c["rc_fixed"]:
+        c["rc_arcsec"] = float(np.clip(c["rc_kpc_drawn"] / _kpc_per_arcsec(z), 15.0, 90.0))
+    c["rc_kpc"] = c["rc_arcsec"] * _kpc_per_arcsec(z)
+
+
+def _unit_norms(c: dict[str, Any]) -> None:
+    """norm = 1 and the line norm giving the equivalent width at that norm."""
+    c["norm"], c["line_norm"] = 1.0, 0.0
+    c["line_norm"] = _line_norm_for_ew(c, 1.0, c["ew_rest_kev"])
+
+
 def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
-    """Set cluster norms (and Fe line norms) and point-source norms from the drawn pn counts."""
+    """Set cluster norms (and Fe line norms) and point-source norms.
+
+    A cluster's norm comes from the L-T relation (:func:`_lt_luminosity`); unless its redshift was given,
+    the redshift (within the z range) is the one at which the pn camera detects about ``counts_pn``
+    photons -- hot, luminous clusters end up farther away, as in a flux-limited survey. With a given
+    ``counts_pn`` the norm is set from those counts instead.
+    """
     for c in field.clusters:
-        c["norm"], c["line_norm"] = 1.0, 0.0
         c["ew_rest_kev"] = _ew_rest_kev(c["kT"], c["abundance"])
-        c["line_norm"] = _line_norm_for_ew(c, 1.0, c["ew_rest_kev"])
-        per_norm = pn.expected_cluster_detected(c)
-        scale = c["counts_pn"] / per_norm
+        _unit_norms(c)
+        if not c["norm_from_counts"]:
+            if not c["z_fixed"]:
+                # detected fraction of on-axis photons (vignetting, gaps), ~independent of z
+                acc = pn.expected_cluster_detected(c) / float(pn.cluster_lambda(c).sum())
+                zs = np.linspace(c["z_min"], c["z_max"], 24)
+                counts = []
+                for z in zs:
+                    _set_redshift(c, z)
+                    _unit_norms(c)
+                    lum = _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+                    norm = _lt_luminosity(c["kT"], z, c["lt_scatter_dex"]) / lum
+                    counts.append(acc * norm * float(pn.cluster_lambda(c).sum()))
+                # counts fall with z: the z whose counts are closest to the target (log), interpolated
+                logc = np.log(np.asarray(counts))[::-1]
+                z_best = float(np.interp(math.log(c["counts_pn"]), logc, zs[::-1]))
+                _set_redshift(c, z_best)
+                _unit_norms(c)
+            scale = _lt_luminosity(c["kT"], c["z"], c["lt_scatter_dex"]) / _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+        else:
+            scale = c["counts_pn"] / pn.expected_cluster_detected(c)
         c["norm"] *= scale
         c["line_norm"] *= scale
+        c["counts_pn"] = pn.expected_cluster_detected(c)
     for ps in field.point_sources:
         ps["norm"] = 1.0
         lam = pn.ps_lambda(ps)
@@ -1127,6 +1189,30 @@ def _write_responses(directory: Path, cameras: tuple[str, ...]) -> None:
         _write_bytes(directory / f"{cam}.arf", arf)
 
 
+_KEV_TO_ERG = 1.602176634e-9
+
+
+def _band_energy_flux(p: Mapping[str, float], band: tuple[float, float], *, unabsorbed: bool) -> float:
+    edges = np.linspace(band[0], band[1], 2001)
+    lo, hi = edges[:-1], edges[1:]
+    phot = _model("wabs*(zbremss+zgauss)").evaluate(lo, hi, _cluster_values(p, p["norm"], p["line_norm"]),
+                                                     unabsorbed=unabsorbed)
+    return float(np.sum(phot * 0.5 * (lo + hi)) * _KEV_TO_ERG)
+
+
+def _cluster_fluxes(p: Mapping[str, float]) -> dict[str, float]:
+    """Observed-frame fluxes (erg/cm^2/s) and the rest-frame 0.1-2.4 keV luminosity (erg/s, H0 70, Om0 0.3)."""
+    z = p["z"]
+    d_l = float(_cosmology().luminosity_distance(z).to("cm").value)
+    rest = (0.1 / (1.0 + z), 2.4 / (1.0 + z))
+    return {
+        "flux_0.5_2.0_kev": _band_energy_flux(p, (0.5, 2.0), unabsorbed=False),
+        "flux_unabs_0.5_2.0_kev": _band_energy_flux(p, (0.5, 2.0), unabsorbed=True),
+        "flux_unabs_2.0_10.0_kev": _band_energy_flux(p, (2.0, 10.0), unabsorbed=True),
+        "lum_0.1_2.4_kev_rest": 4.0 * math.pi * d_l**2 * _band_energy_flux(p, rest, unabsorbed=True),
+    }
+
+
 def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_files, seed, index) -> dict:
     def cl(c: Mapping[str, Any]) -> dict[str, Any]:
         ra, dec = _pix_to_ra_dec(c["x"], c["y"], field.ra_pnt, field.dec_pnt)
@@ -1134,7 +1220,7 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
                 "abundance": c["abundance"], "line_energy_rest_kev": _LINE_E_KEV, "line_sigma_kev": c["line_sigma"],
                 "line_norm": c["line_norm"], "line_ew_rest_kev": c["ew_rest_kev"], "rc_arcsec": c["rc_arcsec"],
                 "rc_kpc": c["rc_kpc"], "beta": c["beta"], "ra": float(ra), "dec": float(dec), "x": c["x"],
-                "y": c["y"], "counts_pn_detected": c["counts_pn"],
+                "y": c["y"], "counts_pn_detected": c["counts_pn"], **_cluster_fluxes(c),
                 "parameters": dict(zip(
                     ["wabs_1.nH", "zbremss_1.kT", "zbremss_1.Redshift", "zbremss_1.norm", "zgauss_1.LineE",
                      "zgauss_1.Sigma", "zgauss_1.Redshift", "zgauss_1.norm"],
@@ -1233,7 +1319,8 @@ def simulate_events(path: str | Path, *, n_events: int, seed: int = 0, camera: s
     s_field, s_mc, s_cam, s_pick = ss.spawn(4)
     field = _draw_field(np.random.default_rng(s_field), obsid, exposure_ks=40.0, targets_per_field=1,
                         point_sources=8.0, flare_fraction=flare_fraction, counts_range=(20000.0, 20000.0),
-                        kt_range=(2.0, 9.0), z_range=(0.05, 0.4), nh_range=(0.01, 0.1), cluster_overrides=None)
+                        kt_range=(2.0, 9.0), z_range=(0.05, 0.4), nh_range=(0.01, 0.1),
+                        cluster_overrides={"counts_pn": 20000.0})
     mc_rng = np.random.default_rng(s_mc)
     pn = _CameraSim(field, "pn", mc_rng, mc_rng)
     _normalise_sources(field, pn)
