@@ -687,20 +687,21 @@ def test_corrupt_meta_json(tmp_path):
 
 
 def test_duplicated_obsid_in_list(tmp_path):
-    """The same ObsID twice in the list: refused (ConfigError naming it) or processed once, never twice."""
+    """The same ObsID twice (config list or list file): refused naming it, or kept once -- never run twice."""
     config = pytest.importorskip("survey.config")
     api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
     good_events(tmp_path / "data" / "0000000001" / "pn_evts.fits")
-    try:
+    lst = tmp_path / "obsids.txt"
+    lst.write_text("0000000001\n0000000001  # again\n")
+    for spec in (["0000000001", "0000000001"], str(lst)):
         cfg = config.load_config(overrides={"data_dir": str(tmp_path / "data"),
-                                            "results_dir": str(tmp_path / "results"),
-                                            "obsids": ["0000000001", "0000000001"], "cameras": ["pn"]})
-        api.run_survey(cfg)
-    except ConfigError as exc:
-        assert "0000000001" in str(exc) and "duplicate" in str(exc).lower()
-        return
-    dirs = [p for p in (tmp_path / "results").iterdir() if p.is_dir() and p.name.startswith("0000000001")]
-    assert len(dirs) == 1
+                                            "results_dir": str(tmp_path / "results"), "obsids": spec})
+        try:
+            chosen = api.resolve_obsids(cfg)
+        except ConfigError as exc:
+            assert "0000000001" in str(exc) and "duplicate" in str(exc).lower()
+            continue
+        assert chosen == ["0000000001"]
 
 
 # ----------------------------------------------------------------------------------------------
