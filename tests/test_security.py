@@ -298,6 +298,32 @@ def test_tool_runner_uses_argv_and_its_own_session():
                 "Popen without start_new_session: a timeout would kill only the parent, not SAS's children"
 
 
+def test_run_tool_passes_shell_metacharacters_literally(tmp_path):
+    """An argument such as a user's region expression reaches the program verbatim: nothing is interpreted."""
+    tools = pytest.importorskip("xmmcore.tools")
+    import shutil
+
+    echo = shutil.which("echo")
+    if echo is None:
+        pytest.skip("no echo on PATH")
+    marker = tmp_path / "pwned"
+    payload = f"$(touch {marker}); `touch {marker}` && touch {marker} | touch {marker}"
+    run = tools.run_tool([echo, payload, "*"], cwd=tmp_path, timeout_s=30)
+    assert payload in run.output and " *" in run.output  # no substitution, no globbing
+    assert not marker.exists()
+
+
+def test_run_tool_refuses_a_command_string(tmp_path):
+    """A single string is not split by a shell: it is refused (or not found), never run."""
+    tools = pytest.importorskip("xmmcore.tools")
+    from xmmcore.errors import ToolError
+
+    marker = tmp_path / "pwned"
+    with pytest.raises((TypeError, ValueError, ToolError)):
+        tools.run_tool(f"touch {marker}", cwd=tmp_path, timeout_s=30)
+    assert not marker.exists()
+
+
 # ----------------------------------------------------------------------------------------------
 # Paths confined to the data/results roots
 # ----------------------------------------------------------------------------------------------
