@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from xmmcore.errors import InputDataError
+from xmmcore.errors import FitError, InputDataError, XmmSurveyError
 from xmmcore.fsutil import atomic_write_json
 
 from .schema import DEFAULT_FLUX_BANDS_KEV, PARAMETERS, columns, empty_row
@@ -295,10 +295,16 @@ def joint_fit(inputs: Sequence[JointInput], model: str, *, engine: str = "builti
     if not inputs:
         raise InputDataError("joint fit: no input spectra")
     eng = get_engine(engine)
-    result = eng.fit_files([_fit_input(i) for i in inputs], model, stat=stat, notice_kev=tuple(notice_kev),
-                           set_params=tuple(set_params), abund=abund, errors=errors, redshift=redshift,
-                           cosmology=cosmology, flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),
-                           cross_norm=True, workdir=workdir, log=log)
+    try:
+        result = eng.fit_files([_fit_input(i) for i in inputs], model, stat=stat, notice_kev=tuple(notice_kev),
+                               set_params=tuple(set_params), abund=abund, errors=errors, redshift=redshift,
+                               cosmology=cosmology, flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),
+                               cross_norm=len(inputs) > 1, workdir=workdir, log=log)
+    except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as exc:
+        if isinstance(exc, XmmSurveyError):
+            raise
+        names = ", ".join(i.name for i in inputs)
+        raise FitError(f"joint fit of {names} with {model!r} failed: {type(exc).__name__}: {exc}") from exc
     out = dict(result.to_dict())
     out.setdefault("datasets", [{"name": i.name} for i in inputs])
     out["obsids"] = sorted({i.obsid for i in inputs})
@@ -348,13 +354,14 @@ def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInp
 
 
 def record_rows(results_dir: str | os.PathLike[str], name: str, rows: Sequence[Mapping[str, Any]], *,
-                fit: Mapping[str, Any] | None = None, missing: Sequence[str] = ()) -> Path:
+                fit: Mapping[str, Any] | None = None, missing: Sequence[str] = (), notes: Sequence[str] = ()) -> Path:
     """Write ``results/joint/<name>.json`` (rows picked up by :func:`catalog.build`), atomically."""
     from xmmcore.observation import validate_obsid
 
     validate_obsid(name)
     path = Path(results_dir) / "joint" / f"{name}.json"
-    atomic_write_json(path, {"name": name, "rows": list(rows), "fit": dict(fit or {}), "missing": list(missing)})
+    atomic_write_json(path, {"name": name, "rows": list(rows), "fit": dict(fit or {}), "missing": list(missing),
+                             "notes": list(notes)})
     return path
 
 
@@ -463,7 +470,7 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
         path = record_rows(results_dir, target, [], missing=missing)
         return {"target": target, "rows": [], "fit": {}, "missing": missing, "path": path}
     meta = _target_meta(results_dir, obsids)
-    settings = list(fit_options.pop("set_params", ()))
+    settings = list(fit_options.pop("set_params", None) or fit_cfg.get("set") or ())
     if auto_set:
         settings = auto_settings(model, meta) + settings
     if _finite(meta.get("z")):
@@ -473,11 +480,15 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
     combined = _combined_row(results_dir, target, obsids)
     if combined is not None:
         rows.append(combined)
+    notes: list[str] = []
     if stack:
-        rows += _stack_rows(results_dir, target, inputs, model, engine=engine, stat=stat, notice_kev=notice,
-                            set_params=settings, meta=meta, bands=bands, **fit_options)
-    path = record_rows(results_dir, target, rows, fit=fit)
-    return {"target": target, "rows": rows, "fit": fit, "missing": [], "path": path}
+        try:
+            rows += _stack_rows(results_dir, target, inputs, model, engine=engine, stat=stat, notice_kev=notice,
+                                set_params=settings, meta=meta, bands=bands, **fit_options)
+        except (FitError, InputDataError) as exc:  # the joint fit stands on its own
+            notes.append(f"{target}: stacked-spectra fit failed: {exc}")
+    path = record_rows(results_dir, target, rows, fit=fit, notes=notes)
+    return {"target": target, "rows": rows, "fit": fit, "missing": [], "notes": notes, "path": path}
 
 
 def _stack_rows(results_dir: Path, target: str, inputs: Sequence[JointInput], model: str, *, meta: Mapping[str, Any],

@@ -131,9 +131,14 @@ def _lt_data(df: pd.DataFrame, lum_col: str):
     from .query import science_rows
 
     rows = science_rows(df)
-    rows = rows[(rows["kind"] == "obs") | (rows["kind"] == "joint")]
-    ok = (rows["kT"] > 0) & (rows[lum_col] > 0)
-    rows = rows[ok]
+    rows = rows[((rows["kind"] == "obs") | (rows["kind"] == "joint")) & (rows["kT"] > 0) & (rows[lum_col] > 0)]
+    # one point per cluster: a joint fit replaces its ObsIDs, else the ObsID with the most net counts
+    joint_rows = rows[rows["kind"] == "joint"]
+    covered = {o for obsids in joint_rows["obsids"] for o in obsids.split(",") if o}
+    obs = rows[(rows["kind"] == "obs") & ~rows["obsid"].isin(covered)]
+    key = obs["target"].where(obs["target"] != "", obs["obsid"])
+    obs = obs.assign(_key=key).sort_values("net_counts", ascending=False).drop_duplicates("_key").drop(columns="_key")
+    rows = pd.concat([obs, joint_rows])
     t, L = rows["kT"].to_numpy(), rows[lum_col].to_numpy()
     et = 0.5 * (rows["kT_err_lo"].to_numpy() + rows["kT_err_hi"].to_numpy())
     eL = 0.5 * (rows[f"{lum_col}_err_lo"].to_numpy() + rows[f"{lum_col}_err_hi"].to_numpy())

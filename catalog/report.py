@@ -136,7 +136,8 @@ def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
 def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) -> str:
     rows = df[(df["obsid"] == obsid) & (df["kind"] == "obs")]
     epic = rows[rows["camera"] == "epic"].iloc[0]
-    cams = rows[rows["camera"] != "epic"]
+    order = {c: i for i, c in enumerate(("pn", "mos1", "mos2"))}
+    cams = rows[rows["camera"] != "epic"].sort_values("camera", key=lambda s: s.map(lambda c: order.get(c, 9)))
     parts = [f'<p><a href="../index.html">&larr; survey report</a></p><h1>ObsID {html.escape(obsid)}</h1>',
              (f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
               f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>")]

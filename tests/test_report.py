@@ -119,3 +119,18 @@ def test_report_renders_in_headless_chromium(survey: Path, tmp_path: Path) -> No
     assert img.std() > 20, f"screenshot looks blank (pixel std {img.std():.1f})"
     # the figures are drawn: a good fraction of the page is neither white nor one flat colour
     assert (img < 200).mean() > 0.05
+
+
+def test_lt_uses_one_point_per_cluster(survey: Path) -> None:
+    from catalog import joint
+
+    df = catalog.build(survey)
+    n_obs = int(((df.kind == "obs") & (df.camera == "epic") & (df.status == "done")).sum())
+    assert plots.fit_lt(df, n_boot=50).n == n_obs
+    # a joint fit of two ObsIDs replaces their two points by one
+    fit = {"model": "wabs*zbremss", "engine": "builtin", "stat": "cstat", "statistic": 900.0, "dof": 880,
+           "converged": True, "parameters": [{"name": "zbremss_1.kT", "value": 5.0, "err_lo": 0.2, "err_hi": 0.2}],
+           "luminosities": {"0.1-2.4": {"value": 1e44, "err_lo": 1e42, "err_hi": 1e42}}}
+    inputs = [joint.JointInput(o, "pn", Path("x")) for o in ("01000000101", "01000010101")]
+    joint.record_rows(survey, "CLJ", joint.joint_rows(fit, target="CLJ", inputs=inputs))
+    assert plots.fit_lt(catalog.build(survey), n_boot=50).n == n_obs - 1
