@@ -240,6 +240,12 @@ def measure_peak_memory(n_events: int = 5_000_000, *, workdir: str | Path | None
         data = Path(tmp) / "data"
         t0 = time.perf_counter()
         synthesise_pn_events(data / "0999999901" / "pn_evts.fits", n_events)
+        try:  # responses beside the events, as for a real ObsID, so the spectra step copies them
+            from xmmcore.responses import write_responses
+
+            write_responses(data / "0999999901", ("pn",))
+        except ImportError:
+            pass
         synth_s = time.perf_counter() - t0
         base = _spawn(data, Path(tmp) / "results_base", "baseline")
         work = _spawn(data, Path(tmp) / "results", mode)
