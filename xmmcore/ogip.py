@@ -192,9 +192,18 @@ def _open(path: Path) -> fits.HDUList:
     if not path.exists():
         raise InputDataError("file does not exist", path)
     try:
-        return fits.open(path, memmap=False)
+        hdul = fits.open(path, memmap=False)
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError on corrupt files
         raise InputDataError(f"not a readable FITS file ({exc})", path) from exc
+    try:
+        # OGIP files are small: read every HDU now so that a truncated file fails here, by name,
+        # not later as a reshape error deep in astropy.
+        for hdu in hdul:
+            _ = hdu.data
+    except Exception as exc:
+        hdul.close()
+        raise InputDataError(f"truncated or corrupt FITS data ({exc})", path) from exc
+    return hdul
 
 
 def _find_hdu(hdul: fits.HDUList, path: Path, names: tuple[str, ...], hduclas: str | None = None) -> Any:

@@ -43,6 +43,8 @@ def _per_camera(cams: list[str], work: Callable[[str], dict[str, Any]], log: log
     for cam in cams:
         try:
             done[cam] = work(cam)
+        except ConfigError:
+            raise  # a missing tool or bad setting is the user's to fix, not this ObsID's data
         except (InputDataError, ToolError) as exc:
             log.warning("%s %s failed: %s", what, cam, exc)
             failed[cam] = f"{type(exc).__name__}: {exc}"

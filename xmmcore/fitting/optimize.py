@@ -446,6 +446,10 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
         problem.link(target, source)
     if problem.n_bins == 0:
         raise FitError("no noticed data bins to fit (check the energy range and QUALITY)")
+    for ds in ds_list:
+        if float(np.sum(ds.counts)) <= 0.0:
+            where = ds.pha.path if ds.pha.path is not None else ds.name
+            raise FitError(f"{where}: no counts in the noticed channels: nothing to fit")
     free = problem.free
     if not free:
         raise FitError("every parameter is frozen or linked: nothing to fit")
