@@ -26,7 +26,16 @@ from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.observation import Observation, discover, list_obsids, validate_obsid
 
 from .config import Config, write_resolved
-from .graph import ObsPlan, build_catalogue, catalogue_is_current, make_tasks, plan_obsid, run_graph
+from .graph import (
+    ObsPlan,
+    build_catalogue,
+    catalogue_is_current,
+    joint_groups,
+    make_tasks,
+    plan_obsid,
+    run_graph,
+    run_joint_fits,
+)
 from .logs import close_survey_logger, collect_worker_logs, survey_logger
 from .steps import Pipeline, execute_step, software_versions
 
@@ -66,6 +75,8 @@ class SurveyReport:
     catalogue_error : str or None
     dashboard_link : str or None
     config_hash : str
+    joint : dict
+        Target -> error (``None`` when its joint fit over several ObsIDs is done or up to date).
     """
 
     results_dir: Path
@@ -78,6 +89,7 @@ class SurveyReport:
     step_wall_s: dict[str, float]
     catalogue: list[Path] = field(default_factory=list)
     catalogue_error: str | None = None
+    joint: dict[str, str | None] = field(default_factory=dict)
     dashboard_link: str | None = None
     config_hash: str = ""
 
@@ -98,6 +110,8 @@ class SurveyReport:
         lines = [head]
         for obsid, reason in sorted(self.failed.items()):
             lines.append(f"  FAILED {obsid}: {reason}")
+        for target, error in sorted(self.joint.items()):
+            lines.append(f"  joint fit {target}: {error or 'ok'}")
         if self.catalogue:
             lines.append("catalogue: " + ", ".join(str(p) for p in self.catalogue))
         elif self.catalogue_error:
@@ -230,8 +244,9 @@ def _pipeline_for(cfg: Mapping[str, Any],
     return Pipeline.from_mapping(pipeline)
 
 
-def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed: bool) -> list[ObsPlan]:
-    observations = load_observations(cfg, obsids)
+def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed: bool,
+           observations: Mapping[str, Any] | None = None) -> list[ObsPlan]:
+    observations = observations if observations is not None else load_observations(cfg, obsids)
     versions = software_versions(pipeline.module)
     plain = cfg.to_dict()
     results_dir = str(Path(cfg["results_dir"]).resolve())
@@ -290,7 +305,8 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
         chosen = list(obsids) if obsids is not None else resolve_obsids(cfg)
         log.info("survey start: %d ObsIDs, steps %s, config hash %s, data %s", len(chosen), list(pipe.steps),
                  cfg.hash[:12], cfg["data_dir"])
-        plans = _plans(cfg, pipe, chosen, retry_failed)
+        observations = load_observations(cfg, chosen)
+        plans = _plans(cfg, pipe, chosen, retry_failed, observations)
         n_todo = sum(len(p.tasks) for p in plans)
         log.info("%d steps to compute, %d reused from records", n_todo,
                  sum(len(p.outcomes) for p in plans))
@@ -313,11 +329,15 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
             try:
                 outcomes = run_graph(run_client, plans, use_resources=use_resources, progress=progress, log=log,
                                      on_outcome=on_outcome)
+                report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
+                report.joint = _joint(cfg, run_client, results_dir, observations, report, log)
                 collect_worker_logs(run_client, results_dir)
             finally:
                 if handle is not None:
                     handle.close()
-        report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
+        else:
+            report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
+            report.joint = _joint(cfg, None, results_dir, observations, report, log)
         if catalogue:
             if n_todo == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
                 log.info("catalogue is up to date")
@@ -329,6 +349,17 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
         return report
     finally:
         close_survey_logger(log)
+
+
+def _joint(cfg: Config, client: Any, results_dir: Path, observations: Mapping[str, Any], report: SurveyReport,
+           log: logging.Logger) -> dict[str, str | None]:
+    """Joint fits of targets finished in several ObsIDs (skipped when disabled or unchanged)."""
+    if not cfg["joint"]["enabled"] or "fit" not in report.outcomes.get(report.done[0] if report.done else "", {}):
+        return {}
+    groups = joint_groups({o: obs for o, (obs, _err) in observations.items()}, report.done)
+    if not groups:
+        return {}
+    return run_joint_fits(client, results_dir, groups, cfg, log=log)
 
 
 def _report(cfg: Config, results_dir: Path, obsids: Sequence[str], outcomes: dict[str, dict[str, dict[str, Any]]],

@@ -11,7 +11,10 @@ goes to the cluster. A no-op resume therefore starts no cluster.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -162,7 +165,7 @@ def run_graph(client: Any, plans: Sequence[ObsPlan], *, use_resources: bool = Tr
 
 
 def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: Sequence[str]) -> bool:
-    """True when both catalogue files exist and are newer than every step record of ``obsids``."""
+    """True when both catalogue files exist and are newer than every step record and joint-fit record."""
     results_dir = Path(results_dir)
     try:
         cat_mtime = min((results_dir / name).stat().st_mtime_ns for name in ("catalogue.parquet", "catalogue.fits"))
@@ -175,7 +178,7 @@ def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: 
                     return False
             except FileNotFoundError:
                 continue
-    return True
+    return all(p.stat().st_mtime_ns <= cat_mtime for p in (results_dir / "joint").glob("*.json"))
 
 
 def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = None
@@ -225,3 +228,74 @@ def make_tasks(obsid: str, obs: Any, error: tuple[str, str] | None, *, pipeline:
     return [StepTask(obsid=obsid, step=step, obs=obs, results_dir=results_dir, cfg=cfg, pipeline=pipeline,
                      retries=retries, backoff_s=backoff_s, retry_failed=retry_failed, error=error,
                      versions=versions, config_hash=config_hash) for step in pipeline.steps]
+
+
+def joint_groups(observations: Mapping[str, Any], done: Sequence[str]) -> dict[str, list[str]]:
+    """Target name -> finished ObsIDs, for every target (``meta["name"]``) finished in >= 2 ObsIDs."""
+    groups: dict[str, list[str]] = {}
+    for obsid in done:
+        obs = observations.get(obsid)
+        name = (obs.meta.get("name") if obs is not None else None) or None
+        if name:
+            groups.setdefault(str(name), []).append(obsid)
+    return {name: sorted(ids) for name, ids in groups.items() if len(ids) >= 2}
+
+
+def _joint_task(results_dir: str, target: str, obsids: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        from catalog.joint import run_joint
+
+        out = run_joint(results_dir, target=target, obsids=obsids, **options)
+    except Exception as exc:  # noqa: BLE001 - a failed joint fit is reported; the per-ObsID rows stand
+        return {"target": target, "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
+    missing = out.get("missing") or []
+    return {"target": target, "error": ("missing inputs: " + "; ".join(map(str, missing))) if missing else None,
+            "wall_s": time.perf_counter() - t0}
+
+
+def run_joint_fits(client: Any, results_dir: str | Path, groups: Mapping[str, Sequence[str]], cfg: Mapping[str, Any],
+                   *, log: logging.Logger | None = None) -> dict[str, str | None]:
+    """Joint fits of the targets seen in several ObsIDs (``catalog.joint.run_joint``), as Dask tasks.
+
+    A target whose ObsIDs' fit records (and the fit configuration) are unchanged since its last joint fit
+    is skipped. Returns target -> error (``None`` when fitted or up to date).
+    """
+    log = log or logging.getLogger("survey.run")
+    results_dir = Path(results_dir)
+    state_path = results_dir / "joint" / ".survey-state.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        state = {}
+    options = {"engine": cfg["backend"]["fitting"], "cameras": list(cfg["cameras"]), "stat": cfg["fit"]["stat"],
+               "notice_kev": tuple(cfg["fit"]["notice_kev"]), "stack": bool(cfg["joint"]["stack"]),
+               "auto_set": bool(cfg["fit"].get("auto_set", True))}
+    todo, keys, results = {}, {}, {}
+    for target, obsids in groups.items():
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("_.") or "target"
+        hashes = [(o, (json.loads(record_path(results_dir / o, "fit").read_text()) or {}).get("inputs_hash"))
+                  if record_path(results_dir / o, "fit").exists() else (o, None) for o in obsids]
+        key = hashlib.sha256(json.dumps([hashes, options, cfg["fit"]], sort_keys=True, default=str).encode()
+                             ).hexdigest()
+        if state.get(slug) == key and (results_dir / "joint" / f"{slug}.json").exists():
+            results[target] = None
+            continue
+        todo[slug], keys[slug] = (target, list(obsids)), key
+    if not todo:
+        return results
+    futures = {slug: client.submit(_joint_task, str(results_dir), slug, obsids, options, key=f"joint-{slug}",
+                                   pure=False) if client is not None else None
+               for slug, (_target, obsids) in todo.items()}
+    for slug, fut in futures.items():
+        target, obsids = todo[slug]
+        out = fut.result() if fut is not None else _joint_task(str(results_dir), slug, obsids, options)
+        results[target] = out["error"]
+        if out["error"] is None:
+            state[slug] = keys[slug]
+            log.info("joint fit %s (%s): done in %.1f s", target, ", ".join(obsids), out["wall_s"])
+        else:
+            state.pop(slug, None)
+            log.warning("joint fit %s (%s) failed: %s", target, ", ".join(obsids), out["error"])
+    atomic_write_json(state_path, state)
+    return results
