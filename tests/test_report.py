@@ -61,8 +61,19 @@ def _plot_png(path: Path, kind: str, seed: int) -> None:
     plt.close(fig)
 
 
+@pytest.fixture(scope="module")
+def figure_pngs(tmp_path_factory) -> dict[str, Path]:
+    """One light curve, image and spectrum PNG, drawn once and linked into every ObsID."""
+    root = tmp_path_factory.mktemp("pngs")
+    out = {}
+    for kind in ("lc", "img", "spec"):
+        out[kind] = root / f"{kind}.png"
+        _plot_png(out[kind], kind, 3)
+    return out
+
+
 @pytest.fixture()
-def survey(tmp_path: Path) -> Path:
+def survey(tmp_path: Path, figure_pngs: dict[str, Path]) -> Path:
     results = tmp_path / "results"
     rng = np.random.default_rng(11)
     for i in range(8):
@@ -71,10 +82,12 @@ def survey(tmp_path: Path) -> Path:
         make_obs(results, f"01000{i:02d}0101", kT=kT, z=float(rng.uniform(0.05, 0.4)), seed=i + 1,
                  fail_step="fit" if i == 5 else None, lum=lum)
         if i != 5:
+            plots_dir = results / f"01000{i:02d}0101" / "plots"
+            plots_dir.mkdir(parents=True)
             for cam in ("pn", "mos1", "mos2"):
-                _plot_png(results / f"01000{i:02d}0101" / "plots" / f"{cam}_lightcurve.png", "lc", i)
-                _plot_png(results / f"01000{i:02d}0101" / "plots" / f"{cam}_image.png", "img", i)
-            _plot_png(results / f"01000{i:02d}0101" / "plots" / "spectrum_fit.png", "spec", i)
+                shutil.copyfile(figure_pngs["lc"], plots_dir / f"{cam}_lightcurve.png")
+                shutil.copyfile(figure_pngs["img"], plots_dir / f"{cam}_image.png")
+            shutil.copyfile(figure_pngs["spec"], plots_dir / "spectrum_fit.png")
     cio.write_catalogue(catalog.build(results), results)
     return results
 
