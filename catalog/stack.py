@@ -346,3 +346,22 @@ def write_stack(stack: dict[str, Any], outdir: str | os.PathLike[str], *, stem: 
         pha.backfile = paths["bkg"].name
     write_pha(pha, paths["pha"])
     return paths
+
+
+def epicspeccombine_argv(phas: Sequence[str | os.PathLike[str]], *, bkgs: Sequence[str | os.PathLike[str]],
+                         rmfs: Sequence[str | os.PathLike[str]], arfs: Sequence[str | os.PathLike[str]],
+                         filepha: str = "epic_spc_src.ds", filebkg: str = "epic_spc_bkg.ds",
+                         filersp: str = "epic_rsp.ds", allow_he_diff: bool = False) -> list[str]:
+    """argv of SAS ``epicspeccombine`` (the SAS-backend equivalent of :func:`stack_spectra`).
+
+    The four lists go in the same order (first spectrum with first background, RMF and ARF); SAS wants them as
+    one space-separated value each. Run it with ``xmmcore.tools.run_tool(argv, cwd=..., env=<SAS env>)``.
+    """
+    lists = {"pha": phas, "bkg": bkgs, "rmf": rmfs, "arf": arfs}
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) != 1 or not phas:
+        raise InputDataError(f"epicspeccombine needs equally long, non-empty pha/bkg/rmf/arf lists, got {lengths}")
+    argv = ["epicspeccombine"] + [f"{k}={' '.join(str(p) for p in v)}" for k, v in lists.items()]
+    argv += [f"filepha={filepha}", f"filebkg={filebkg}", f"filersp={filersp}",
+             f"allowHEdiff={'yes' if allow_he_diff else 'no'}"]
+    return argv

@@ -269,3 +269,13 @@ def test_mosaic_rejects_bad_input(tmp_path: Path) -> None:
     bad.write_text("nope")
     with pytest.raises(InputDataError, match="x.fits"):
         stack.mosaic([bad])
+
+
+def test_epicspeccombine_argv() -> None:
+    argv = stack.epicspeccombine_argv(["a_src.pha", "b_src.pha"], bkgs=["a_bkg.pha", "b_bkg.pha"],
+                                      rmfs=["a.rmf", "b.rmf"], arfs=["a.arf", "b.arf"], filepha="stack_src.pha")
+    assert argv == ["epicspeccombine", "pha=a_src.pha b_src.pha", "bkg=a_bkg.pha b_bkg.pha", "rmf=a.rmf b.rmf",
+                    "arf=a.arf b.arf", "filepha=stack_src.pha", "filebkg=epic_spc_bkg.ds", "filersp=epic_rsp.ds",
+                    "allowHEdiff=no"]
+    with pytest.raises(InputDataError):
+        stack.epicspeccombine_argv(["a"], bkgs=[], rmfs=["a"], arfs=["a"])
