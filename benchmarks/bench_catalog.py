@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["synthetic_catalogue", "query", "measure", "run", "TARGET_RATIO", "TARGET_QUERY_S"]
+__all__ = ["TARGET_QUERY_S", "TARGET_RATIO", "measure", "query", "run", "synthetic_catalogue"]
 
 #: The typed load may cost at most this many times a plain ``pandas.read_parquet``.
 TARGET_RATIO = 3.0

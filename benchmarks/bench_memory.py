@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["synthesise_pn_events", "measure_peak_memory", "run", "TARGET_PEAK_MB"]
+__all__ = ["TARGET_PEAK_MB", "measure_peak_memory", "run", "synthesise_pn_events"]
 
 #: Peak RSS a worker may use for a 5e6-event ObsID: half the default ``cluster.memory_limit`` (4 GiB),
 #: so that two workers fit on an 8 GB laptop with room for the OS.
@@ -166,7 +166,7 @@ def _child(data_dir: str, results_dir: str, mode: str, queue: Any) -> None:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"mode": mode}
     try:
-        import xmmcore.events as events  # noqa: F401  (imported in the baseline too)
+        from xmmcore import events
         from xmmcore.observation import discover
 
         obs = discover(data_dir, "0999999901")
@@ -193,7 +193,7 @@ def _child(data_dir: str, results_dir: str, mode: str, queue: Any) -> None:
             np.bincount((clean["PI"] // 5).astype(np.intp), minlength=4096)
             out["kept"] = len(clean)
         out["ok"] = True
-    except Exception as exc:  # reported to the parent, which prints it in the table
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which prints it in the table
         out["ok"] = False
         out["error"] = f"{type(exc).__name__}: {exc}"
     out["wall_s"] = time.perf_counter() - t0

@@ -27,7 +27,7 @@ import re
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def _run_one(module: str, what: str, quick: bool) -> list[dict[str, Any]]:
         if hasattr(mod, "main"):
             return [_row(_from_main(mod, what), module, time.perf_counter() - t0)]
         return [_row({"name": what, "note": f"{module} has neither run() nor main()", "ok": False}, module, 0.0)]
-    except Exception as exc:  # a broken benchmark must not hide the others
+    except Exception as exc:  # noqa: BLE001 - a broken benchmark must not hide the others
         last = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{Path(last.filename).name}:{last.lineno}"
         return [_row({"name": what, "ok": False, "note": f"FAILED {type(exc).__name__}: {exc} ({where})"[:400]},
@@ -146,7 +146,7 @@ def format_table(rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool) -
         ok = "—" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
         lines.append(f"| {_fmt(r['name'])} | {_fmt(r['value'])} | {_fmt(r['unit'])} | {_fmt(r['target'])} | "
                      f"{_fmt(r['ratio'])} | {ok} | {_fmt(r['note'])} |")
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpu = os.cpu_count() or 0
     head = (f"Benchmarks ({'quick' if quick else 'full'} run, {when}; {platform.machine()}, {cpu} cores, "
             f"Python {platform.python_version()}; total {elapsed_s:.0f} s). "

@@ -827,8 +827,9 @@ def test_corrupt_catalogue_parquet(tmp_path):
 
 
 def test_plain_parquet_is_not_a_catalogue(tmp_path):
-    import catalog
     import pandas as pd
+
+    import catalog
 
     path = tmp_path / "catalogue.parquet"
     pd.DataFrame({"a": [1, 2]}).to_parquet(path)
@@ -863,7 +864,7 @@ def small_survey(tmp_path_factory):
     outcome = None
     try:
         outcome = api.run_survey(cfg)
-    except Exception as exc:  # recorded for the tests below to judge
+    except Exception as exc:  # noqa: BLE001 - recorded for the tests below to judge
         outcome = exc
     return {"root": root, "data": data, "results": results, "cfg": cfg, "api": api, "outcome": outcome,
             "bad": bad}
@@ -894,7 +895,7 @@ def test_survey_rerun_with_bad_obsid_alters_nothing(small_survey):
               if k.startswith(("0000000001", "0000000002")) and "/logs/" not in k and not k.endswith(".log")}
     try:
         small_survey["api"].run_survey(small_survey["cfg"])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any exception here is the failure being tested
         pytest.fail(f"rerun raised {exc!r}")
     after = {k: v for k, v in checksums(results).items() if k in before}
     products = {k for k in before if "/steps/" not in k}

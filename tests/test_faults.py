@@ -30,7 +30,7 @@ import pytest
 from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_bad_inputs import good_events  # noqa: E402  (shared event-list builder)
+from test_bad_inputs import good_events
 
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("survey.api", reason="survey API has not landed yet")
@@ -72,11 +72,9 @@ def _run_args(data: Path, results: Path, *, workers: int = 2) -> list[str]:
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen:
-    fh = open(log, "wb")
-    proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=str(log.parent),
-                            start_new_session=True)
-    fh.close()
-    return proc
+    with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=str(log.parent),
+                                start_new_session=True)
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -255,8 +253,9 @@ def test_kill_worker_mid_step(survey_dirs, tmp_path, client):
         _reap_session(proc, _descendants(proc.pid) if proc.poll() is None else [], grace_s=5)
     text = log.read_text(errors="replace")
     assert killed is not None
-    assert proc.returncode in (0, 4, 5, 1), text[-3000:]
     assert "Traceback" not in text, f"the driver printed a traceback after a worker was killed:\n{text[-3000:]}"
+    # Dask reschedules the lost task on a live worker: one killed worker costs one step's rerun, not an ObsID.
+    assert proc.returncode == 0, f"exit code {proc.returncode} after one worker was killed:\n{text[-3000:]}"
     done_before = assert_results_consistent(results)
     # Whatever the first run could not finish, the rerun does; what it finished is reused, not recomputed.
     report = _run_inprocess(client, data, results)
@@ -341,7 +340,7 @@ def test_kill_during_catalogue_write_never_leaves_a_torn_file(tmp_path):
         log = tmp_path / f"writer{round_}.log"
         proc = _start([sys.executable, str(script), str(results)], log)
         try:
-            _wait_for(lambda: (results / "catalogue.fits").exists() and log.read_text().strip(), 60,
+            _wait_for(lambda log=log: (results / "catalogue.fits").exists() and log.read_text().strip(), 60,
                       "a first catalogue", proc, log)
             time.sleep(float(rng.uniform(0.0, 0.6)))
             os.kill(proc.pid, signal.SIGKILL)
