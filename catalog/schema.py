@@ -238,7 +238,7 @@ def conform(df, cols: Sequence[Column]):
     """
     import pandas as pd
 
-    out = {}
+    out: dict[str, Any] = {}
     n = len(df)
     for col in cols:
         if col.name in df.columns:
@@ -247,7 +247,7 @@ def conform(df, cols: Sequence[Column]):
             values = pd.Series([col.missing] * n, index=df.index)
         if col.dtype == "str":
             values = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-            values = values.astype(object)
+            values = values.astype(str)  # pandas >= 3: the "str" dtype; pandas 2: object
         elif col.dtype == "float64":
             values = pd.to_numeric(values, errors="coerce").astype(np.float64)
         elif col.dtype == "int64":
@@ -255,7 +255,7 @@ def conform(df, cols: Sequence[Column]):
         else:
             values = values.map(lambda v: False if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v))
             values = values.astype(np.bool_)
-        out[col.name] = values.to_numpy()
+        out[col.name] = values.reset_index(drop=True)
     result = pd.DataFrame(out, index=pd.RangeIndex(n))
     attach_attrs(result, cols)
     return result

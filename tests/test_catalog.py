@@ -135,6 +135,10 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 def test_round_trip_parquet_and_fits(survey: Path) -> None:
     df = catalog.build(survey)
+    str_dtype = pd.Series([], dtype=str).dtype
+    for col in schema.columns():
+        expected = str_dtype if col.dtype == "str" else np.dtype(col.dtype)
+        assert df[col.name].dtype == expected, col.name
     paths = cio.write_catalogue(df, survey)
     from_pq = catalog.load(paths["parquet"])
     from_fits = catalog.load(paths["fits"])
