@@ -429,6 +429,34 @@ def test_zero_count_spectrum(tmp_path):
     assert "count" in text and ("pn_src.pha" in text or "pn" in text), text
 
 
+def test_nan_counts_in_spectrum(tmp_path):
+    """A PHA with a NaN in COUNTS must be refused (naming the file), never fitted to a meaningless statistic."""
+    engines, engine = _engine()
+    from xmmcore.ogip import write_pha
+
+    rmf = _write_rmf(tmp_path / "pn.rmf")
+    counts = np.random.default_rng(4).poisson(3.0, 4096).astype(float)
+    counts[700] = np.nan
+    pha = write_pha(_pha(counts, respfile="pn.rmf"), tmp_path / "pn_src.pha")
+    with pytest.raises((InputDataError, FitError)) as info:
+        engine.fit_files([engines.FitInput(pha=pha, rmf=rmf, name="pn")], "powerlaw", stat="cstat",
+                         notice_kev=(0.5, 7.0), errors=None)
+    text = str(info.value).lower()
+    assert "pn_src.pha" in text and ("nan" in text or "finite" in text), text
+
+
+def test_infinite_arf(tmp_path):
+    from xmmcore.ogip import read_arf, write_arf
+    from xmmcore.responses import make_arf
+
+    arf = make_arf("pn")
+    arf.specresp[5] = np.inf
+    path = write_arf(arf, tmp_path / "pn.arf")
+    with pytest.raises(InputDataError) as info:
+        read_arf(path)
+    assert_names(info.value, path, "non-finite")
+
+
 def test_fit_that_does_not_converge(tmp_path):
     """A model that cannot describe the data within the iteration budget: FitError, or converged=False recorded."""
     engines, engine = _engine()
