@@ -279,3 +279,28 @@ def test_epicspeccombine_argv() -> None:
                     "allowHEdiff=no"]
     with pytest.raises(InputDataError):
         stack.epicspeccombine_argv(["a"], bkgs=[], rmfs=["a"], arfs=["a"])
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_a907_pipeline_then_joint_path(xmm_data: Path, tmp_path: Path) -> None:
+    """A907 through the whole chain: the survey makes MOS spectra, the joint path names the missing responses."""
+    from survey.cli import main
+
+    results = tmp_path / "results"
+    rc = main(["run", "--data", str(xmm_data / "a907"), "--results", str(results), "--workers", "1",
+               "--no-progress", "--set", "fit.errors=covariance"])
+    assert rc == 3  # every ObsID stops at the fit step: no MOS response exists
+    obsids = ["0201901401", "0201903501", "0404910601"]
+    assert all((results / o / "spectra" / f"{c}_src.pha").exists() for o in obsids for c in ("mos1", "mos2"))
+    rec = joint.run_joint(results, target="A907", obsids=obsids, cameras=("mos1", "mos2"))
+    assert rec["missing"] == [f"{o} {c}: missing {results}/{o}/spectra/{c}.rmf, {results}/{o}/spectra/{c}.arf"
+                              for o in obsids for c in ("mos1", "mos2")]
+    df = catalog.build(results)
+    epic = df[(df.camera == "epic") & (df.kind == "obs")]
+    assert list(epic.status) == ["failed"] * 3 and set(epic.failed_step) == {"fit"}
+    assert all("no response matrix" in r for r in epic.failure_reason)
+    cams = df[(df.kind == "obs") & (df.camera != "epic")]
+    assert len(cams) == 6 and (cams.net_counts > 1000).all() and (cams.exposure_s > 4000).all()
+    text = report.build_report(results, multi_obs_data=xmm_data / "a907").read_text()
+    assert "A907: joint spectral fit not run, inputs missing" in text and "img/mosaic_a907.png" in text
