@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-__all__ = ["measure", "run", "main"]
+__all__ = ["main", "measure", "run"]
 
 STEPS = ("filter", "regions", "spectra", "fit")
 

@@ -161,34 +161,33 @@ def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
     """
     path = Path(path)
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputDataError(f"cannot read the targets CSV ({exc})", path) from exc
     out: dict[str, dict[str, Any]] = {}
-    with fh:
-        rows = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
-        if not rows.fieldnames or "obsid" not in [f.strip().lower() for f in rows.fieldnames]:
-            raise InputDataError(f"no 'obsid' column (columns: {rows.fieldnames})", path)
-        for number, row in enumerate(rows, start=2):
-            clean = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-            obsid = clean.pop("obsid")
-            try:
-                validate_obsid(obsid)
-            except InputDataError as exc:
-                raise InputDataError(f"row {number}: {exc}", path) from exc
-            meta: dict[str, Any] = {}
-            for key, value in clean.items():
-                if value == "":
-                    continue
-                if key in _TARGET_FLOATS:
-                    try:
-                        meta[key] = float(value)
-                    except ValueError as exc:
-                        raise InputDataError(f"row {number}: column {key} = {value!r} is not a number",
-                                             path) from exc
-                else:
-                    meta[key] = value
-            out[obsid] = meta
+    rows = csv.DictReader(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    if not rows.fieldnames or "obsid" not in [f.strip().lower() for f in rows.fieldnames]:
+        raise InputDataError(f"no 'obsid' column (columns: {rows.fieldnames})", path)
+    for number, row in enumerate(rows, start=2):
+        clean = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        obsid = clean.pop("obsid")
+        try:
+            validate_obsid(obsid)
+        except InputDataError as exc:
+            raise InputDataError(f"row {number}: {exc}", path) from exc
+        meta: dict[str, Any] = {}
+        for key, value in clean.items():
+            if value == "":
+                continue
+            if key in _TARGET_FLOATS:
+                try:
+                    meta[key] = float(value)
+                except ValueError as exc:
+                    raise InputDataError(f"row {number}: column {key} = {value!r} is not a number",
+                                         path) from exc
+            else:
+                meta[key] = value
+        out[obsid] = meta
     return out
 
 

@@ -156,7 +156,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print("no failed ObsIDs")
         return 0
     print(f"retrying {len(todo)} ObsIDs: {' '.join(todo)}")
-    report = run_survey(cfg, obsids=todo, retry_failed=True, progress=not args.no_progress)
+    report = run_survey(cfg, obsids=todo, retry_failed=True, progress=not args.no_progress,
+                        catalogue=not args.no_catalogue)
     return _report_exit(report)
 
 
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Rerun the failed ObsIDs with the configuration of the previous run "
                                    "(results/config.resolved.yaml) unless --config is given.")
     p.add_argument("--failed", action="store_true", help="rerun every ObsID with a failed step")
+    p.add_argument("--no-catalogue", action="store_true", help="do not rebuild the catalogue afterwards")
     _add_config_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=cmd_retry)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from xmmcore.errors import ConfigError
 
@@ -61,7 +61,7 @@ class ClusterHandle:
             if self.cluster is not None:
                 self.cluster.close()
 
-    def __enter__(self) -> ClusterHandle:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -55,7 +55,7 @@ def test_console_script_help():
     exe = Path(sys.executable).with_name("xmm-survey")
     if not exe.exists():
         pytest.skip("xmm-survey console script not installed in this environment")
-    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and "status" in out.stdout
 
 
@@ -86,7 +86,7 @@ def test_missing_data_dir_exit_3(tmp_path, capsys):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(TESTS))
     return subprocess.run([sys.executable, "-m", "survey.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+                          cwd=cwd, timeout=300, check=False)
 
 
 def test_run_status_retry_clean_end_to_end(tmp_path):
@@ -107,8 +107,8 @@ def test_run_status_retry_clean_end_to_end(tmp_path):
     assert "3 ObsIDs: 2 done, 1 failed" in status.stdout and "spectra: ToolError" in status.stdout
 
     (tmp_path / "data" / ids[1] / "meta.json").unlink()
-    retry = _cli("retry", "--failed", "--results", "results", "--no-progress", "--set", "fit.stat=cstat",
-                 cwd=tmp_path)
+    retry = _cli("retry", "--failed", "--results", "results", "--no-progress", "--no-catalogue",
+                 "--set", "fit.stat=cstat", cwd=tmp_path)
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert f"retrying 1 ObsIDs: {ids[1]}" in retry.stdout
     assert "No such file" not in retry.stderr

@@ -40,7 +40,7 @@ def test_templates_say_what_they_run():
 
 
 def test_local_cluster_usage_message():
-    out = subprocess.run(["bash", str(SLURM / "local-cluster.sh")], capture_output=True, text=True)
+    out = subprocess.run(["bash", str(SLURM / "local-cluster.sh")], capture_output=True, text=True, check=False)
     assert out.returncode == 2 and "start|stop|status" in out.stderr
 
 
@@ -69,15 +69,15 @@ def slurm_env(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm-state")
     env = dict(os.environ, XMM_SLURM_DIR=str(state))
     out = subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True,
-                         env=env, timeout=120)
+                         env=env, timeout=120, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
-    line = [x for x in out.stdout.splitlines() if x.startswith("export SLURM_CONF=")][0]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("export SLURM_CONF="))
     conf = line.split("=", 1)[1]
     assert Path(conf).exists()
     try:
         yield {"SLURM_CONF": conf, "XMM_SLURM_DIR": str(state)}
     finally:
-        subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "stop"], env=env, timeout=120)
+        subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "stop"], env=env, timeout=120, check=False)
 
 
 @pytest.mark.slurm
@@ -123,14 +123,14 @@ def test_job_array_mode(tmp_path, slurm_env):
     env = dict(os.environ, SLURM_CONF=slurm_env["SLURM_CONF"], PYTHONPATH=str(TESTS),
                XMM_SURVEY=f"{sys.executable} -m survey.cli")
     out = subprocess.run(["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "2"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert "(3 ObsIDs)" in out.stdout
     cat_job = out.stdout.split("catalogue job")[1].strip()
     deadline = time.monotonic() + 180
     squeue = shutil.which("squeue")
     while time.monotonic() < deadline:
-        q = subprocess.run([squeue, "-h", "-j", cat_job], capture_output=True, text=True, env=env)
+        q = subprocess.run([squeue, "-h", "-j", cat_job], capture_output=True, text=True, env=env, check=False)
         if not q.stdout.strip():
             break
         time.sleep(1)
