@@ -226,3 +226,17 @@ def test_killed_worker_every_obsid_exactly_once(tmp_path):
     epic = df[df["camera"] == "epic"] if "camera" in df else df
     assert sorted(epic["obsid"]) == ids                               # each ObsID exactly once
     assert set(epic["status"]) == {"done"}
+
+
+def test_connect_to_running_scheduler_by_address(tmp_path, client):
+    ids = helpers.make_survey(tmp_path / "data", 2)
+    address = client.scheduler.address
+    cfg = _cfg(tmp_path, **{"cluster.kind": "address", "cluster.address": address})
+    report = run_survey(cfg, progress=False, catalogue=False)
+    assert sorted(report.done) == ids and report.n_run == 8
+    assert client.status == "running"                                 # a foreign scheduler is left running
+    pids = {read_record(tmp_path / "results" / o, "fit")["pid"] for o in ids}
+    assert pids <= set(client.run(os.getpid).values())
+    with pytest.raises(ConfigError, match="cluster.address"):
+        helpers.make_survey(tmp_path / "x" / "data", 1)
+        run_survey(_cfg(tmp_path / "x", **{"cluster.kind": "address"}), progress=False, catalogue=False)
