@@ -499,6 +499,8 @@ def _joint_rows(results_dir: Path) -> list[dict[str, Any]]:
     if not jdir.is_dir():
         return rows
     for path in sorted(jdir.glob("*.json")):
+        if path.name.startswith("."):  # e.g. the orchestrator's .survey-state.json
+            continue
         rec = _read_json(path)
         rows.extend(rec.get("rows") or [])
     return rows

@@ -216,6 +216,9 @@ def collect_inputs(results_dir: str | os.PathLike[str], obsids: Iterable[str], *
         for cam in cameras:
             files = {k: spec / f"{cam}{suffix}" for k, suffix in
                      (("pha", "_src.pha"), ("bkg", "_bkg.pha"), ("rmf", ".rmf"), ("arf", ".arf"))}
+            if not files["pha"].exists() and not any(p.exists() for p in files.values()):
+                missing.append(f"{obsid} {cam}: no spectra (camera not observed or not extracted) in {spec}")
+                continue
             absent = [str(p) for k, p in files.items() if k != "bkg" and not p.exists()]
             if absent:
                 missing.append(f"{obsid} {cam}: missing " + ", ".join(absent))
@@ -451,8 +454,10 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
     Returns
     -------
     dict
-        ``{"target", "rows", "fit", "missing", "path"}``. With inputs missing nothing is fitted and
-        ``missing`` lists the files (the record is still written so the report can show it). A weighted mean
+        ``{"target", "rows", "fit", "missing", "left_out", "notes", "path"}``. Incomplete ObsID x camera sets
+        are left out of the fit and listed in ``left_out`` (and the record's notes); when no set is complete
+        nothing is fitted and ``missing`` lists the files (the record is still written so the report can
+        show it). A weighted mean
         of the per-ObsID fits (``kind="combined"``) is added when at least two ObsIDs have fits.
     """
     from . import read_config
@@ -463,12 +468,13 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
     notice = tuple(notice_kev or fit_cfg.get("notice_kev") or (0.5, 7.0))
     fit_options.setdefault("flux_bands_kev", fit_cfg.get("flux_bands_kev") or DEFAULT_FLUX_BANDS_KEV)
     bands = [tuple(b) for b in fit_options["flux_bands_kev"]]
-    inputs, missing = collect_inputs(results_dir, obsids, cameras=cameras)
-    if missing or not inputs:
-        if not inputs and not missing:
-            missing = [f"no ObsID given for {target}"]
+    inputs, incomplete = collect_inputs(results_dir, obsids, cameras=cameras)
+    if not inputs:
+        missing = incomplete or [f"no ObsID given for {target}"]
         path = record_rows(results_dir, target, [], missing=missing)
-        return {"target": target, "rows": [], "fit": {}, "missing": missing, "path": path}
+        return {"target": target, "rows": [], "fit": {}, "missing": missing, "left_out": [], "path": path}
+    # like the per-ObsID fit step: fit every complete spectrum set, name the ones left out
+    notes: list[str] = [f"{target}: left out of the joint fit: {m}" for m in incomplete]
     meta = _target_meta(results_dir, obsids)
     settings = list(fit_options.pop("set_params", None) or fit_cfg.get("set") or ())
     if auto_set:
@@ -480,7 +486,6 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
     combined = _combined_row(results_dir, target, obsids)
     if combined is not None:
         rows.append(combined)
-    notes: list[str] = []
     if stack:
         try:
             rows += _stack_rows(results_dir, target, inputs, model, engine=engine, stat=stat, notice_kev=notice,
@@ -488,7 +493,8 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
         except (FitError, InputDataError) as exc:  # the joint fit stands on its own
             notes.append(f"{target}: stacked-spectra fit failed: {exc}")
     path = record_rows(results_dir, target, rows, fit=fit, notes=notes)
-    return {"target": target, "rows": rows, "fit": fit, "missing": [], "notes": notes, "path": path}
+    return {"target": target, "rows": rows, "fit": fit, "missing": [], "left_out": incomplete, "notes": notes,
+            "path": path}
 
 
 def _stack_rows(results_dir: Path, target: str, inputs: Sequence[JointInput], model: str, *, meta: Mapping[str, Any],

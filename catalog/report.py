@@ -201,6 +201,8 @@ def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
                 [[html.escape(r.obsid), html.escape(r.camera), _pm(r, "cross_norm")] for _, r in per_ds.iterrows()]))
     jdir = results_dir / "joint"
     for path in sorted(jdir.glob("*.json")) if jdir.is_dir() else []:
+        if path.name.startswith("."):
+            continue
         rec = json.loads(path.read_text(encoding="utf-8"))
         if rec.get("missing"):
             parts.append(f'<p class="failed">{html.escape(rec.get("name", path.stem))}: joint spectral fit not run, '

@@ -304,3 +304,21 @@ def test_a907_pipeline_then_joint_path(xmm_data: Path, tmp_path: Path) -> None:
     assert len(cams) == 6 and (cams.net_counts > 1000).all() and (cams.exposure_s > 4000).all()
     text = report.build_report(results, multi_obs_data=xmm_data / "a907").read_text()
     assert "A907: joint spectral fit not run, inputs missing" in text and "img/mosaic_a907.png" in text
+
+
+@pytest.mark.realdata
+def test_run_joint_leaves_out_incomplete_sets(tmp_path: Path, xmm_data: Path) -> None:
+    rng = np.random.default_rng(3)
+    for obsid in ("A", "B"):
+        _simulate(tmp_path, xmm_data, obsid, "mos2", 5e3, rng)
+    (tmp_path / "B" / "spectra" / "mos2.rmf").unlink()
+    rec = joint.run_joint(tmp_path, target="T2", obsids=["A", "B"], model=MODEL, cameras=("mos1", "mos2"),
+                          errors=None, set_params=["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"])
+    assert not rec["missing"] and rec["fit"]["n_datasets"] == 1
+    assert rec["left_out"] == [f"A mos1: no spectra (camera not observed or not extracted) in {tmp_path}/A/spectra",
+                               f"B mos1: no spectra (camera not observed or not extracted) in {tmp_path}/B/spectra",
+                               f"B mos2: missing {tmp_path}/B/spectra/mos2.rmf"]
+    assert 3.5 < rec["rows"][0]["kT"] < 7.0
+    (tmp_path / "joint" / ".survey-state.json").write_text('{"T2": "abc"}')
+    df = catalog.build(tmp_path)
+    assert set(df.obsid) == {"T2"} and set(df.camera) == {"epic", "A_mos2"}

@@ -86,6 +86,8 @@ def _joint(args: argparse.Namespace) -> int:
     if rec.get("missing"):
         print("joint fit not possible; missing inputs:\n  " + "\n  ".join(rec["missing"]))
         return 3
+    for line in rec.get("notes") or []:
+        print(line)
     print(f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']} "
           "(run `xmm-survey catalog build` to add them to the catalogue)")
     return 0
