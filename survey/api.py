@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -234,6 +235,20 @@ def load_observations(cfg: Mapping[str, Any], obsids: Sequence[str]
     return out
 
 
+def _results_dir(cfg: Mapping[str, Any]) -> Path:
+    """``results_dir`` made absolute and created; ConfigError naming it when that is impossible."""
+    results_dir = Path(cfg["results_dir"]).resolve()
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        probe = results_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"results_dir {results_dir} cannot be created or written: "
+                          f"{exc.strerror or exc}") from exc
+    return results_dir
+
+
 def _pipeline_for(cfg: Mapping[str, Any],
                   pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None) -> Pipeline:
     if pipeline is None:
@@ -296,8 +311,7 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
     """
     t0 = time.perf_counter()
     pipe = _pipeline_for(cfg, pipeline)
-    results_dir = Path(cfg["results_dir"]).resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = _results_dir(cfg)
     write_resolved(cfg, results_dir)
     log = survey_logger(results_dir)
     try:
@@ -397,8 +411,7 @@ def run_one(cfg: Config, obsid: str, *, pipeline: Pipeline | Mapping[str, Callab
     """
     pipe = _pipeline_for(cfg, pipeline)
     validate_obsid(obsid)
-    results_dir = Path(cfg["results_dir"]).resolve()
-    results_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = _results_dir(cfg)
     log = survey_logger(results_dir, name=f"survey.{obsid}")
     try:
         (plan,) = _plans(cfg, pipe, [obsid], retry_failed)
