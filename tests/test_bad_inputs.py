@@ -889,13 +889,21 @@ def small_survey(tmp_path_factory):
                                         "cluster.workers": 1, "pipeline.steps": ["filter", "regions"],
                                         "obsids": [f"000000000{i}" for i in range(1, 6)],
                                         "cluster.dashboard_address": "127.0.0.1:0"})
+    data_before = checksums(data)
+    outside_before = sorted(p.name for p in root.iterdir())
     outcome = None
     try:
         outcome = api.run_survey(cfg)
     except Exception as exc:  # noqa: BLE001 - recorded for the tests below to judge
         outcome = exc
     return {"root": root, "data": data, "results": results, "cfg": cfg, "api": api, "outcome": outcome,
-            "bad": bad}
+            "bad": bad, "data_before": data_before, "outside_before": outside_before}
+
+
+def test_survey_never_modifies_input_data_or_writes_outside_results(small_survey):
+    assert checksums(small_survey["data"]) == small_survey["data_before"], "the survey altered files under data/"
+    made = {p.name for p in small_survey["root"].iterdir()} - set(small_survey["outside_before"])
+    assert made <= {"results"}, f"the survey wrote outside results/: {sorted(made)}"
 
 
 def test_survey_bad_obsid_recorded_others_done(small_survey):
