@@ -479,7 +479,7 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
             cov = _jacobian_covariance(problem, best_x)
         else:
             minuit.hesse()
-            cov = np.array(minuit.covariance)
+            cov = None if minuit.covariance is None else np.array(minuit.covariance)
     except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:
         logger.warning("covariance failed: %s", exc)
     sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) if cov is not None else np.full(len(free), np.nan)
