@@ -13,6 +13,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import logging
@@ -37,7 +38,7 @@ from .graph import (
     run_graph,
     run_joint_fits,
 )
-from .logs import close_survey_logger, collect_worker_logs, survey_logger
+from .logs import close_survey_logger, collect_worker_logs, dask_logs_to_file, survey_logger
 from .steps import Pipeline, execute_step, software_versions
 
 __all__ = [
@@ -276,7 +277,7 @@ def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed:
 
 def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None = None,
                obsids: Sequence[str] | None = None, retry_failed: bool = False, client: Any = None,
-               progress: bool = True, catalogue: bool = True,
+               progress: bool = True, catalogue: bool = True, quiet_dask: bool = False,
                on_outcome: Callable[[dict[str, Any]], None] | None = None) -> SurveyReport:
     """Run (or resume) the survey described by ``cfg`` and build the catalogue.
 
@@ -297,6 +298,8 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
         Show a progress bar.
     catalogue : bool
         Build ``results/catalogue.{parquet,fits}`` at the end.
+    quiet_dask : bool
+        Send the driver's Dask log messages to ``results/logs/dask.log`` instead of the terminal.
     on_outcome : callable, optional
         Called with each step outcome as soon as it finishes.
 
@@ -326,28 +329,26 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
         outcomes: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
         dashboard = None
         if n_todo:
-            handle = None
-            if client is None:
-                from .cluster import start_cluster
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(dask_logs_to_file(results_dir, quiet=quiet_dask))
+                if client is None:
+                    from .cluster import start_cluster
 
-                handle = start_cluster(cfg, results_dir=results_dir, log=log)
-                run_client, use_resources, dashboard = handle.client, handle.use_resources, handle.dashboard_link
-                if dashboard:
-                    print(f"Dask dashboard: {dashboard}", flush=True)
-            else:
-                run_client, dashboard = client, getattr(client, "dashboard_link", None)
-                workers = client.scheduler_info().get("workers", {})
-                use_resources = bool(workers) and all("slots" in (w.get("resources") or {})
-                                                      for w in workers.values())
-            try:
+                    handle = start_cluster(cfg, results_dir=results_dir, log=log)
+                    stack.callback(handle.close)
+                    run_client, use_resources, dashboard = handle.client, handle.use_resources, handle.dashboard_link
+                    if dashboard:
+                        print(f"Dask dashboard: {dashboard}", flush=True)
+                else:
+                    run_client, dashboard = client, getattr(client, "dashboard_link", None)
+                    workers = client.scheduler_info().get("workers", {})
+                    use_resources = bool(workers) and all("slots" in (w.get("resources") or {})
+                                                          for w in workers.values())
                 outcomes = run_graph(run_client, plans, use_resources=use_resources, progress=progress, log=log,
                                      on_outcome=on_outcome)
                 report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
                 report.joint = _joint(cfg, run_client, results_dir, observations, report, log)
                 collect_worker_logs(run_client, results_dir)
-            finally:
-                if handle is not None:
-                    handle.close()
         else:
             report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
             report.joint = _joint(cfg, None, results_dir, observations, report, log)

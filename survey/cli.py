@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(error or "catalogue: " + ", ".join(map(str, paths)))
         return 0 if error is None else 1
     report = run_survey(cfg, progress=not args.no_progress, retry_failed=args.retry_failed,
-                        catalogue=not args.no_catalogue)
+                        catalogue=not args.no_catalogue, quiet_dask=not args.verbose)
     return _report_exit(report)
 
 
@@ -157,7 +157,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return 0
     print(f"retrying {len(todo)} ObsIDs: {' '.join(todo)}")
     report = run_survey(cfg, obsids=todo, retry_failed=True, progress=not args.no_progress,
-                        catalogue=not args.no_catalogue)
+                        catalogue=not args.no_catalogue, quiet_dask=not args.verbose)
     return _report_exit(report)
 
 

@@ -96,3 +96,35 @@ def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> lis
         text = "\n".join(msg for _level, msg in lines) + "\n"
         out.append(atomic_write_text(folder / f"{name}.log", text))
     return out
+
+
+@contextlib.contextmanager
+def dask_logs_to_file(results_dir: str | os.PathLike[str], *, quiet: bool = True) -> Iterator[Path]:
+    """Send the driver's Dask (``distributed``) log records to ``results/logs/dask.log``.
+
+    With ``quiet`` the terminal handlers of the ``distributed`` logger are detached for the block, so
+    the scheduler's and nannies' messages about a lost worker (with their tracebacks) go to the file
+    instead of between the progress bar and the summary. Everything is restored afterwards.
+    """
+    path = Path(results_dir) / "logs" / "dask.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("distributed")
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    detached = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)] if quiet else []
+    propagate = logger.propagate
+    for h in detached:
+        logger.removeHandler(h)
+    if quiet:
+        logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        for h in detached:
+            logger.addHandler(h)
+        logger.propagate = propagate

@@ -98,6 +98,8 @@ def test_run_status_retry_clean_end_to_end(tmp_path):
                "--no-catalogue", cwd=tmp_path)
     assert run.returncode == 4, run.stdout + run.stderr                # a ToolError ObsID -> exit 4
     assert "Dask dashboard: http://127.0.0.1:" in run.stdout
+    assert (tmp_path / "results" / "logs" / "dask.log").exists()      # Dask's own messages: a file, not the terminal
+    assert "distributed." not in run.stderr
     assert "2/3 ObsIDs done, 1 failed" in run.stdout and f"FAILED {ids[1]}: spectra: ToolError" in run.stdout
     resolved = yaml.safe_load((tmp_path / "results" / "config.resolved.yaml").read_text())
     assert resolved["data_dir"] == str(tmp_path / "data") and resolved["cluster"]["workers"] == 2
