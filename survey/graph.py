@@ -217,6 +217,14 @@ def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = Non
         return [], msg, {}
     paths = [p for p in (results_dir / "catalogue.parquet", results_dir / "catalogue.fits") if p.exists()]
     info = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
+    try:  # survey figures (kT/Z/flux histograms, L-T, sky, exposure vs S/N); a plot never loses the catalogue
+        from catalog.plots import survey_figures
+
+        figures = survey_figures(df, results_dir / "plots")
+        info["figures"] = {k: str(v) for k, v in figures.items() if k != "lt_fit"}
+        log.info("survey figures -> %s", results_dir / "plots")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("survey figures not made: %s: %s", type(exc).__name__, exc)
     log.info("catalogue: %d rows -> %s (%.2f s)", info["n_rows"], ", ".join(map(str, paths)), info["wall_s"])
     return paths, None, info
 
