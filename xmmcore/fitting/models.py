@@ -29,6 +29,7 @@ XSPEC's library through ``xspectrampoline``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import math
 import re
@@ -315,18 +316,31 @@ _MM_C2 = np.array([0.0, -21.5, -4.761, 0.043, -0.514, -0.611, 2.94, -0.477, -0.3
                    0.0, 0.0, 0.0])
 
 
-def _wabs_transmission(e: np.ndarray, rng: np.ndarray, nh: float) -> np.ndarray:
+def _mm_sigma(e: np.ndarray, rng: np.ndarray) -> np.ndarray:
+    """Morrison & McCammon cross section per 1e22 H atoms (0 below 13.6 eV, where wabs transmits)."""
     einv = 1.0 / e
     sigma = einv * (_MM_C2[rng] + einv * (_MM_C1[rng] + einv * _MM_C0[rng]))
-    return np.where(e < 0.0136, 1.0, np.exp(-nh * sigma))
+    return np.where(e < 0.0136, 0.0, sigma)
 
 
-def _wabs(lo: np.ndarray, hi: np.ndarray, nh: float) -> np.ndarray:
-    """XSPEC ``wabs``: bin-averaged exp(-nH sigma_MM83(E)) by the trapezoid rule, split at the M&M edges.
+_WABS_GRIDS: dict[tuple[int, bytes], tuple[np.ndarray, ...]] = {}
+_WABS_BY_ID: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]] = {}
 
-    Each bin is cut at the absorption edges it contains; each piece is integrated with the cross
-    section of the range it lies in (so the value just below an edge uses the lower range, as XSPEC does).
+
+def _wabs_grid(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Segments of each bin cut at the M&M edges, with the cross sections at their ends.
+
+    They depend only on the energy grid, which stays the same through a fit, so they are cached
+    (keyed by the grid's bytes): a fit then costs two exponentials per segment per evaluation.
     """
+    by_id = _WABS_BY_ID.get((id(lo), id(hi)))
+    if by_id is not None and by_id[0] is lo and by_id[1] is hi:  # the cache holds lo/hi: ids stay theirs
+        return by_id[2]
+    key = (lo.size, hashlib.blake2b(lo.tobytes() + hi.tobytes(), digest_size=16).digest())
+    grid = _WABS_GRIDS.get(key)
+    if grid is not None:
+        _remember_by_id(lo, hi, grid)
+        return grid
     bins = [np.arange(lo.size)]
     starts = [lo]
     for edge in _MM_EDGE[:-1]:
@@ -344,10 +358,31 @@ def _wabs(lo: np.ndarray, hi: np.ndarray, nh: float) -> np.ndarray:
     last[:-1] = seg_bin[1:] != seg_bin[:-1]
     b[last] = hi[seg_bin[last]]
     rng = np.searchsorted(_MM_EDGE, 0.5 * (a + b), side="right")
-    area = (b - a) * (_wabs_transmission(a, rng, nh) + _wabs_transmission(b, rng, nh))
-    total = np.bincount(seg_bin, weights=area, minlength=lo.size)
     width = hi - lo
-    return np.where(width > 0, 0.5 * total / np.where(width > 0, width, 1.0), 0.0)
+    half_over_width = np.where(width > 0, 0.5 / np.where(width > 0, width, 1.0), 0.0)
+    grid = (seg_bin, b - a, _mm_sigma(a, rng), _mm_sigma(b, rng), half_over_width)
+    if len(_WABS_GRIDS) > 64:
+        _WABS_GRIDS.clear()
+    _WABS_GRIDS[key] = grid
+    _remember_by_id(lo, hi, grid)
+    return grid
+
+
+def _remember_by_id(lo: np.ndarray, hi: np.ndarray, grid: tuple[np.ndarray, ...]) -> None:
+    if len(_WABS_BY_ID) > 64:
+        _WABS_BY_ID.clear()
+    _WABS_BY_ID[(id(lo), id(hi))] = (lo, hi, grid)
+
+
+def _wabs(lo: np.ndarray, hi: np.ndarray, nh: float) -> np.ndarray:
+    """XSPEC ``wabs``: bin-averaged exp(-nH sigma_MM83(E)) by the trapezoid rule, split at the M&M edges.
+
+    Each bin is cut at the absorption edges it contains; each piece is integrated with the cross
+    section of the range it lies in (so the value just below an edge uses the lower range, as XSPEC does).
+    """
+    seg_bin, seg_width, sigma_a, sigma_b, half_over_width = _wabs_grid(lo, hi)
+    area = seg_width * (np.exp(-nh * sigma_a) + np.exp(-nh * sigma_b))
+    return np.bincount(seg_bin, weights=area, minlength=lo.size) * half_over_width
 
 
 def _powerlaw(lo: np.ndarray, hi: np.ndarray, index: float) -> np.ndarray:
