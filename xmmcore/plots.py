@@ -61,28 +61,32 @@ def plot_image_regions(image: np.ndarray, wcs: Any, extent: Any, regions: dict[s
     plt = _figure()
     fig = plt.figure(figsize=(6.5, 6))
     try:
-        ax = fig.add_subplot(111, projection=wcs)
-        sm = ndimage.gaussian_filter(image, 1.5)
+        cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
+        per_arcmin = 1200.0 / extent.bin_phys
+        # Crop the array (and its WCS) to the window around the regions: limits set on a WCSAxes
+        # after imshow shrink the axes box instead of zooming.
+        half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6
+        ny, nx = image.shape
+        x0, x1 = max(int(cx - half), 0), min(int(cx + half) + 1, nx)
+        y0, y1 = max(int(cy - half), 0), min(int(cy + half) + 1, ny)
+        sm = ndimage.gaussian_filter(image, 1.5)[y0:y1, x0:x1]
+        ax = fig.add_subplot(111, projection=wcs[y0:y1, x0:x1])
         pos = sm[sm > 0]
         vmin = np.percentile(pos, 5) if pos.size else 1e-3
         ax.imshow(np.log10(np.maximum(sm, vmin)), origin="lower", cmap="magma", interpolation="nearest")
-        cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
-        per_arcmin = 1200.0 / extent.bin_phys
+        cx, cy = cx - x0, cy - y0
         ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.2))
         for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
             ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.0, ls="--"))
         for p in regions.get("point_sources", []):
             px, py = extent.to_pixel(p["x"], p["y"])
-            ax.add_patch(Circle((px, py), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red", lw=0.8))
-        half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6
-        ax.set_xlim(cx - half, cx + half)
-        ax.set_ylim(cy - half, cy + half)
+            ax.add_patch(Circle((px - x0, py - y0), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red",
+                                lw=0.8))
         ax.set_xlabel("RA")
         ax.set_ylabel("Dec")
         ax.set_title(title, fontsize=9)
-        fig.tight_layout()
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)
