@@ -71,7 +71,7 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
     "pipeline.steps": (_NoneType, list),
 }
 # Mappings whose keys are free (camera -> file, ...): values are checked, keys are not.
-_OPEN_MAPS = {"regions.background.blanksky_files"}
+_OPEN_MAPS = {"regions.background.blanksky_files", "spectra.responses"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.kind": ("local", "slurm", "address"),
 }
