@@ -90,11 +90,7 @@ def read_parquet(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise InputDataError("Parquet file has no xmm_survey schema metadata (not a catalogue?)", path)
     info = json.loads(meta[_META_KEY])
     cols = [Column(*c) for c in info["columns"]]
-    data = {}
-    for col in cols:
-        arr = table.column(col.name).to_numpy(zero_copy_only=False)
-        data[col.name] = np.asarray(arr, dtype=object) if col.dtype == "str" else np.asarray(arr)
-    df = conform(pd.DataFrame(data), cols)
+    df = conform(table.select([c.name for c in cols]).to_pandas(), cols)
     df.attrs["schema_version"] = info["schema_version"]
     return df
 

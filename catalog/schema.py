@@ -246,15 +246,16 @@ def conform(df, cols: Sequence[Column]):
         else:
             values = pd.Series([col.missing] * n, index=df.index)
         if col.dtype == "str":
-            values = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-            values = values.astype(str)  # pandas >= 3: the "str" dtype; pandas 2: object
+            # Columns read back from Parquet are already strings: converting them again costs most of a load.
+            if not (pd.api.types.is_string_dtype(values.dtype) and values.dtype != object and not values.isna().any()):
+                values = values.astype(object).where(values.notna(), "").astype(str)  # pandas >= 3: "str" dtype
         elif col.dtype == "float64":
             values = pd.to_numeric(values, errors="coerce").astype(np.float64)
         elif col.dtype == "int64":
             values = pd.to_numeric(values, errors="coerce").fillna(-1).astype(np.int64)
         else:
-            values = values.map(lambda v: False if v is None or (isinstance(v, float) and np.isnan(v)) else bool(v))
-            values = values.astype(np.bool_)
+            if values.dtype != np.bool_:
+                values = values.astype(object).where(values.notna(), False).astype(np.bool_)
         out[col.name] = values.reset_index(drop=True)
     result = pd.DataFrame(out, index=pd.RangeIndex(n))
     attach_attrs(result, cols)

@@ -30,16 +30,16 @@ from .errors import InputDataError
 from .fsutil import atomic_write_fits
 
 __all__ = [
+    "ARF",
     "PHA",
     "RMF",
-    "ARF",
-    "read_pha",
-    "write_pha",
-    "read_rmf",
-    "write_rmf",
     "read_arf",
-    "write_arf",
+    "read_pha",
+    "read_rmf",
     "resolve_sibling",
+    "write_arf",
+    "write_pha",
+    "write_rmf",
 ]
 
 _NONE_NAMES = {"", "none", "NONE", "None", "%match%"}
@@ -321,6 +321,9 @@ def read_pha(path: str | Path, row: int | None = None) -> PHA:
             if exposure <= 0:
                 raise InputDataError("RATE spectrum with EXPOSURE <= 0 cannot be turned into counts", path)
             counts = rate * exposure
+        bad = np.flatnonzero(~np.isfinite(counts))
+        if bad.size:
+            raise InputDataError(f"COUNTS/RATE has {bad.size} non-finite value(s) (first at row {bad[0] + 1})", path)
         n = counts.size
         channel = column("CHANNEL", np.int64)
         if channel is None:
