@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,models,slurm]'
+	$(PY) -m pip install -q -e '.[test,models,slurm,apec]'
 	touch $(STAMP)
 
 install: $(STAMP)
