@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from xmmcore.errors import InputDataError, exit_code_for, ConfigError, ToolNotFoundError
+from xmmcore.errors import ConfigError, InputDataError, ToolNotFoundError, exit_code_for
 from xmmcore.fsutil import atomic_path, atomic_write_json, sha256_file
 from xmmcore.observation import camera_from_name, discover, list_obsids, validate_obsid
 
@@ -77,10 +77,9 @@ def test_atomic_path_keeps_old_file_on_error(tmp_path):
     target = tmp_path / "cat.json"
     atomic_write_json(target, {"a": 1})
     before = sha256_file(target)
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
     assert sha256_file(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["cat.json"]
 

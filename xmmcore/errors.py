@@ -13,15 +13,15 @@ TransientError    retry with backoff                     5
 from __future__ import annotations
 
 __all__ = [
-    "XmmSurveyError",
+    "EXIT_CODES",
     "ConfigError",
+    "ExternalToolError",
+    "FitError",
     "InputDataError",
     "ToolError",
-    "ExternalToolError",
     "ToolNotFoundError",
     "TransientError",
-    "FitError",
-    "EXIT_CODES",
+    "XmmSurveyError",
     "exit_code_for",
 ]
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_write_fits", "sha256_file"]
+__all__ = ["atomic_path", "atomic_write_fits", "atomic_write_json", "atomic_write_text", "sha256_file"]
 
 
 @contextlib.contextmanager
@@ -37,11 +37,10 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
 
 def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``target`` atomically and return the path."""
-    with atomic_path(target) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_path(target) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
     return Path(target)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import InputDataError
 
-__all__ = ["CAMERAS", "Observation", "discover", "list_obsids", "camera_from_name", "validate_obsid"]
+__all__ = ["CAMERAS", "Observation", "camera_from_name", "discover", "list_obsids", "validate_obsid"]
 
 CAMERAS = ("pn", "mos1", "mos2")
 

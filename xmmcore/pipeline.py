@@ -19,7 +19,7 @@ from typing import Any
 from .errors import ConfigError, FitError, InputDataError, ToolError
 from .observation import Observation
 
-__all__ = ["STEPS", "run_step", "step_inputs", "fit_inputs", "auto_settings"]
+__all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
 
 STEPS = ("filter", "regions", "spectra", "fit")
 

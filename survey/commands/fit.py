@@ -20,7 +20,7 @@ from typing import Any
 
 from xmmcore.errors import ConfigError
 
-__all__ = ["add_parser", "run", "parse_notice"]
+__all__ = ["add_parser", "parse_notice", "run"]
 
 
 def parse_notice(text: str) -> tuple[float, float]:

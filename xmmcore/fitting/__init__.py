@@ -15,16 +15,16 @@ from .optimize import fit, parse_setting
 from .results import FitResult
 
 __all__ = [
-    "SpectrumDataset",
     "CompositeModel",
     "FitResult",
+    "SpectrumDataset",
     "fit",
-    "parse_setting",
-    "parse_expression",
     "get_component",
+    "parse_expression",
+    "parse_setting",
+    "plot_fit",
     "register_component",
     "register_resolver",
-    "plot_fit",
 ]
 
 

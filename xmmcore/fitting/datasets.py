@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from ..errors import InputDataError
 from ..ogip import ARF, PHA, RMF, read_arf, read_pha, read_rmf
 
-__all__ = ["SpectrumDataset", "BackgroundMissingWarning"]
+__all__ = ["BackgroundMissingWarning", "SpectrumDataset"]
 
 log = logging.getLogger(__name__)
 

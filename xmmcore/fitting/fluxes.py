@@ -17,7 +17,7 @@ import numpy as np
 
 from .models import CompositeModel
 
-__all__ = ["KEV_TO_ERG", "band_key", "band_flux", "luminosity_distance_cm", "flux_table"]
+__all__ = ["KEV_TO_ERG", "band_flux", "band_key", "flux_table", "luminosity_distance_cm"]
 
 KEV_TO_ERG = 1.602176634e-9
 _N_GRID = 1000

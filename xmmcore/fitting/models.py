@@ -35,7 +35,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from scipy.special import erf
@@ -43,20 +42,20 @@ from scipy.special import erf
 from ..errors import ConfigError
 
 __all__ = [
-    "Parameter",
+    "ABUNDANCE_TABLES",
     "Component",
+    "CompositeModel",
     "FunctionComponent",
     "ModelParameter",
-    "CompositeModel",
-    "register_component",
-    "register_resolver",
+    "Parameter",
+    "get_abundance",
     "get_component",
     "known_components",
-    "parse_expression",
-    "set_abundance",
-    "get_abundance",
     "on_abundance_change",
-    "ABUNDANCE_TABLES",
+    "parse_expression",
+    "register_component",
+    "register_resolver",
+    "set_abundance",
 ]
 
 _INF = math.inf
@@ -210,7 +209,7 @@ def set_abundance(table: str) -> None:
     if name not in ABUNDANCE_TABLES:
         raise ConfigError(f"unknown abundance table {table!r}; known: {', '.join(ABUNDANCE_TABLES)}")
     _abundance = name
-    for fn in list(_abundance_observers):
+    for fn in _abundance_observers:
         fn(name)
 
 
@@ -774,10 +773,8 @@ class CompositeModel:
             if not (p.hard_min <= value <= p.hard_max):
                 raise ConfigError(f"{mp.full_name}={value} outside its hard limits [{p.hard_min}, {p.hard_max}]")
             p.value = value
-            if value < p.min:
-                p.min = value
-            if value > p.max:
-                p.max = value
+            p.min = min(p.min, value)
+            p.max = max(p.max, value)
         if frozen is not None:
             p.frozen = bool(frozen)
         return mp

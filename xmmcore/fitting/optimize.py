@@ -32,7 +32,7 @@ from .fluxes import flux_table
 from .models import CompositeModel, Parameter, parse_expression
 from .results import FitResult
 
-__all__ = ["fit", "parse_setting", "FitProblem"]
+__all__ = ["FitProblem", "fit", "parse_setting"]
 
 log = logging.getLogger(__name__)
 

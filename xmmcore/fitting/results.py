@@ -11,7 +11,7 @@ import numpy as np
 
 from ..fsutil import atomic_write_json, atomic_write_text
 
-__all__ = ["FitResult", "SCHEMA_VERSION"]
+__all__ = ["SCHEMA_VERSION", "FitResult"]
 
 SCHEMA_VERSION = 1
 
@@ -185,7 +185,7 @@ class FitResult:
     def summary_text(self) -> str:
         """Plain-text summary: parameters with errors, statistic, fluxes, luminosities."""
         out = [f"Model: {self.model}   engine: {self.engine}   statistic: {self.stat}",
-               f"Datasets: " + ", ".join(f"{d['name']} ({d.get('n_bins', '?')} bins)" for d in self.datasets),
+               "Datasets: " + ", ".join(f"{d['name']} ({d.get('n_bins', '?')} bins)" for d in self.datasets),
                f"Fit statistic: {self.statistic:.4f} with {self.dof} d.o.f. (reduced {self.reduced_statistic:.4f})"
                f"   converged: {self.converged}",
                f"Errors: {self.error_method} (delta stat {self.error_delta:.3f})", "",

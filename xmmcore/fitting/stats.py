@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["STATISTICS", "canonical_stat", "cstat", "wstat", "chi2", "chi2_variance", "gehrels_sigma"]
+__all__ = ["STATISTICS", "canonical_stat", "chi2", "chi2_variance", "cstat", "gehrels_sigma", "wstat"]
 
 STATISTICS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
 _ALIASES = {"cash": "cstat", "c": "cstat", "chi": "chi2", "chisq": "chi2", "chi2datavar": "chi2data",

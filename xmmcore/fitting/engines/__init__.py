@@ -13,7 +13,7 @@ from typing import Any
 
 from ...errors import ConfigError
 
-__all__ = ["FitInput", "ENGINES", "get_engine"]
+__all__ = ["ENGINES", "FitInput", "get_engine"]
 
 ENGINES = ("builtin", "xspec")
 

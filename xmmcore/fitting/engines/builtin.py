@@ -13,7 +13,7 @@ from ..optimize import fit
 from ..results import FitResult
 from . import FitInput
 
-__all__ = ["BuiltinEngine", "ENGINE", "get_engine", "load_datasets"]
+__all__ = ["ENGINE", "BuiltinEngine", "get_engine", "load_datasets"]
 
 
 def load_datasets(inputs: Sequence[FitInput], *, notice_kev: Sequence[float] | None = None,
