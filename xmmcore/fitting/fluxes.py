@@ -10,6 +10,7 @@ Errors come from sampling the parameters' covariance (multivariate normal, clipp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -98,14 +99,18 @@ def flux_table(model: CompositeModel, best: np.ndarray, bands: Sequence[Sequence
         key = band_key(band)
         entry: dict[str, Any] = {"band_kev": [float(band[0]), float(band[1])], "unit": "erg cm-2 s-1"}
         for which, unabs in (("absorbed", False), ("unabsorbed", True)):
-            v, lo, hi = with_errors(lambda p, b=band, u=unabs: band_flux(model, p, b, unabsorbed=u))
+            v, lo, hi = with_errors(functools.partial(band_flux, model, band=band, unabsorbed=unabs))
             entry[which], entry[f"{which}_err_lo"], entry[f"{which}_err_hi"] = v, lo, hi
         fluxes[key] = entry
         if redshift is not None and redshift > 0:
             dl = luminosity_distance_cm(redshift, cosmology)
             factor = 4.0 * np.pi * dl * dl
             obs_band = (band[0] / (1.0 + redshift), band[1] / (1.0 + redshift))
-            v, lo, hi = with_errors(lambda p, b=obs_band: factor * band_flux(model, p, b, unabsorbed=True))
+
+            def luminosity(p: np.ndarray, b: Sequence[float] = obs_band, f: float = factor) -> float:
+                return f * band_flux(model, p, b, unabsorbed=True)
+
+            v, lo, hi = with_errors(luminosity)
             lums[key] = {"band_kev": [float(band[0]), float(band[1])], "value": v, "err_lo": lo, "err_hi": hi,
                          "redshift": float(redshift), "unit": "erg s-1"}
     return fluxes, lums

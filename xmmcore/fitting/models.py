@@ -35,6 +35,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from scipy.special import erf
@@ -287,12 +288,11 @@ def get_component(name: str) -> Component:
     key = raw.lower()
     for attempt in range(2):
         if key in _REGISTRY:
-            comp = _REGISTRY[key]()
-            return comp
+            return _REGISTRY[key]()
         for resolver in _RESOLVERS:
-            comp = resolver(raw)
-            if comp is not None:
-                return comp
+            resolved = resolver(raw)
+            if resolved is not None:
+                return resolved
         if attempt == 0:
             _load_plugins()
     raise ConfigError(f"unknown model component {raw!r}; known: {', '.join(sorted(_REGISTRY))}")
@@ -433,13 +433,13 @@ def _gaunt(e: np.ndarray, kt: float, z: float) -> np.ndarray:
         k = np.maximum(rk.astype(int), 1)
         res = np.zeros_like(u)
         if 1 <= j < 7:
-            t = (math.log10(gam) - (j - 3.0) / 2.0) / 0.5
+            tg = (math.log10(gam) - (j - 3.0) / 2.0) / 0.5
             good = k < 12
             kk = k[good]
             uu = (np.log10(u[good]) - (kk - 9.0) / 2.0) / 0.5
             ya = _KURUCZ
-            res[good] = ((1 - t) * (1 - uu) * ya[kk - 1, j - 1] + t * (1 - uu) * ya[kk - 1, j]
-                         + t * uu * ya[kk, j] + (1 - t) * uu * ya[kk, j - 1])
+            res[good] = ((1 - tg) * (1 - uu) * ya[kk - 1, j - 1] + tg * (1 - uu) * ya[kk - 1, j]
+                         + tg * uu * ya[kk, j] + (1 - tg) * uu * ya[kk, j - 1])
         out[ok] = res
         return out
     u1 = 0.5 * u
@@ -681,7 +681,7 @@ class CompositeModel:
 
     def _parse_sum(self) -> _Node:
         terms = [self._parse_product()]
-        while (tok := self._peek()) == ("op", "+"):
+        while self._peek() == ("op", "+"):
             self._pos += 1
             terms.append(self._parse_product())
         return terms[0] if len(terms) == 1 else _Node("add", terms)
@@ -805,15 +805,15 @@ class CompositeModel:
         return v
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray, values: Sequence[float] | None = None, *,
-                 unabsorbed: bool = False, drop: Sequence[int] = ()) -> np.ndarray:
+    def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray,
+                 values: Sequence[float] | np.ndarray | None = None, *, unabsorbed: bool = False, drop: Sequence[int] = ()) -> np.ndarray:
         """Evaluate the model on an energy grid.
 
         Parameters
         ----------
         energ_lo, energ_hi : ndarray
             Bin edges in keV.
-        values : sequence of float, optional
+        values : sequence of float or ndarray, optional
             All parameter values (XSPEC order); default the current values.
         unabsorbed : bool
             Set multiplicative absorption components to 1 (for unabsorbed fluxes).
@@ -839,7 +839,9 @@ class CompositeModel:
                 if i in skip:
                     cache[i] = np.ones_like(lo) if comp.kind == "mul" else np.zeros_like(lo)
                 else:
-                    cache[i] = np.asarray(comp.evaluate(lo, hi, v[self._slices[i]]), dtype=float)
+                    # Components accept any indexable of floats; the contract spells it Sequence[float].
+                    comp_values = cast("Sequence[float]", v[self._slices[i]])
+                    cache[i] = np.asarray(comp.evaluate(lo, hi, comp_values), dtype=float)
             return cache[i]
 
         def ev(node: _Node) -> np.ndarray:
