@@ -228,12 +228,14 @@ class SpectrumDataset:
     @property
     def mask(self) -> np.ndarray:
         """Boolean mask over the groups: True = noticed."""
+        if self._noticed is None:  # only before __post_init__ has built the groups
+            raise RuntimeError(f"{self.name}: grouping not built yet")
         return self._noticed
 
     @property
     def n_noticed(self) -> int:
         """Number of noticed groups (data bins of the fit)."""
-        return int(self._noticed.sum())
+        return int(self.mask.sum())
 
     # ------------------------------------------------------------------ folding
     @property
