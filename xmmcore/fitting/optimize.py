@@ -64,9 +64,9 @@ def parse_setting(setting: Any) -> tuple[str, float | None, bool | None, str | N
     """
     if isinstance(setting, (tuple, list)):
         key = str(setting[0])
-        value = None if len(setting) < 2 or setting[1] is None else float(setting[1])
-        frozen = None if len(setting) < 3 or setting[2] is None else bool(setting[2])
-        return key, value, frozen, None
+        tuple_value = None if len(setting) < 2 or setting[1] is None else float(setting[1])
+        tuple_frozen = None if len(setting) < 3 or setting[2] is None else bool(setting[2])
+        return key, tuple_value, tuple_frozen, None
     text = str(setting).strip()
     if "=" not in text:
         raise ConfigError(f"parameter setting {text!r} is not 'name=value[,frozen]'")
@@ -132,13 +132,13 @@ class FitProblem:
             self.slots[pi].dataset = self.datasets[0].name
             self.slots[pi].param.value = 1.0
             self.slots[pi].param.frozen = True
-            for d in range(1, len(self.datasets)):
+            for di in range(1, len(self.datasets)):
                 par = copy.copy(self.slots[pi].param)
                 par.frozen = False
                 par.value = 1.0
                 par.min, par.max = max(par.min, 1e-3), min(par.max, 1e3)
-                self.slots.append(_Slot(par, self.slots[pi].name, self.slots[pi].number, self.datasets[d].name))
-                self.index[d, pi] = len(self.slots) - 1
+                self.slots.append(_Slot(par, self.slots[pi].name, self.slots[pi].number, self.datasets[di].name))
+                self.index[di, pi] = len(self.slots) - 1
         for i, mp in enumerate(model.parameters):
             if mp.link is not None:
                 self.slots[i].link = int(mp.link)
@@ -233,9 +233,9 @@ class FitProblem:
             stat_err = ds.group_stat_err[ds.mask]
         var = _stats.chi2_variance(self.stat, counts, model_counts, stat_err)
         data = counts
-        if ds.has_background:
+        b = ds.bkg_counts
+        if b is not None:  # same as ds.has_background
             scale = ds.bkg_scale
-            b = ds.bkg_counts
             data = counts - scale * b
             bvar = _stats.gehrels_sigma(b) ** 2 if self.stat == "chi2gehrels" else np.maximum(b, 1.0)
             var = var + scale * scale * bvar
@@ -252,7 +252,10 @@ class FitProblem:
         if which == "wstat":
             t_src = ds.exposure * float(np.mean(ds.pha.areascal))
             t_bkg = t_src / ds.bkg_scale
-            return _stats.wstat(ds.counts, ds.bkg_counts, m, t_src, t_bkg)
+            bkg_counts = ds.bkg_counts
+            if bkg_counts is None:  # effective_stat() only picks wstat when there is a background
+                raise RuntimeError(f"{ds.name}: W-stat needs a background spectrum")
+            return _stats.wstat(ds.counts, bkg_counts, m, t_src, t_bkg)
         data, var = self._chi2_terms(d, m)
         return _stats.chi2(data, m, var)
 
@@ -286,8 +289,9 @@ class FitProblem:
         net = 0.0
         for ds in self.datasets:
             net += float(ds.counts.sum())
-            if ds.has_background:
-                net -= ds.bkg_scale * float(ds.bkg_counts.sum())
+            bkg_counts = ds.bkg_counts
+            if bkg_counts is not None:  # same as ds.has_background
+                net -= ds.bkg_scale * float(bkg_counts.sum())
         if pred > 0 and net > 0:
             factor = net / pred
             for i in norm_slots:
@@ -535,14 +539,14 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
     free_pos = {s: k for k, s in enumerate(free)}
     multi = len(ds_list) > 1
     for i, slot in enumerate(problem.slots):
-        k = free_pos.get(i)
+        fk = free_pos.get(i)
         entry = {
             "name": slot.name,
             "number": slot.number + len(problem.model.parameters) * _dataset_number(slot, ds_list),
             "value": float(all_values[i]),
-            "err_lo": float(err_lo[k]) if k is not None else 0.0,
-            "err_hi": float(err_hi[k]) if k is not None else 0.0,
-            "sigma": float(sigma[k]) if k is not None else 0.0,
+            "err_lo": float(err_lo[fk]) if fk is not None else 0.0,
+            "err_hi": float(err_hi[fk]) if fk is not None else 0.0,
+            "sigma": float(sigma[fk]) if fk is not None else 0.0,
             "unit": slot.param.unit,
             "frozen": bool(slot.param.frozen),
             "linked": slot.link is not None or (multi and slot.dataset is None),
@@ -638,7 +642,8 @@ def _simulated_pvalue(problem: FitProblem, best_x: np.ndarray, best_stat: float,
         for _ in range(n):
             for d, ds in enumerate(problem.datasets):
                 sim = ds.group_counts.copy()
-                bkg_mean = 0.0 if not ds.has_background else ds.bkg_scale * ds.bkg_counts
+                bkg_counts = ds.bkg_counts
+                bkg_mean = 0.0 if bkg_counts is None else ds.bkg_scale * bkg_counts
                 sim[ds.mask] = rng.poisson(np.maximum(expected[d] + bkg_mean, 0))
                 ds.group_counts = sim
             m = _migrad(problem, best_x)
