@@ -186,8 +186,8 @@ class FitResult:
         """Plain-text summary: parameters with errors, statistic, fluxes, luminosities."""
         out = [f"Model: {self.model}   engine: {self.engine}   statistic: {self.stat}",
                "Datasets: " + ", ".join(f"{d['name']} ({d.get('n_bins', '?')} bins)" for d in self.datasets),
-               f"Fit statistic: {self.statistic:.4f} with {self.dof} d.o.f. (reduced {self.reduced_statistic:.4f})"
-               f"   converged: {self.converged}",
+               (f"Fit statistic: {self.statistic:.4f} with {self.dof} d.o.f. (reduced {self.reduced_statistic:.4f})"
+                f"   converged: {self.converged}"),
                f"Errors: {self.error_method} (delta stat {self.error_delta:.3f})", "",
                f"{'#':>3} {'parameter':<24} {'dataset':<8} {'value':>13} {'-err':>11} {'+err':>11} {'unit':<8}"]
         for p in self.parameters:

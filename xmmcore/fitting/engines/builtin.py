@@ -51,8 +51,8 @@ class BuiltinEngine:
             from importlib.metadata import version
 
             out["xspectrampoline"] = version("xspectrampoline")
-        except Exception:  # the plug-in models are optional
-            pass
+        except Exception as exc:  # noqa: BLE001 - the plug-in models are optional; provenance must not fail
+            logging.getLogger(__name__).debug("xspectrampoline version unavailable: %s", exc)
         return out
 
     def fit_files(self, inputs: Sequence[FitInput], model: str, *, stat: str = "cstat",
