@@ -45,7 +45,7 @@ def _truncate(path: Path) -> None:
 
 
 def test_injected_temperatures_are_recovered(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    data, results, obsids, bad, partial, _report = survey_run
     good = [o for o in obsids if o not in (bad, partial)]
     assert len(good) == N_OBSIDS
     pulls = []
@@ -63,7 +63,7 @@ def test_injected_temperatures_are_recovered(survey_run):
 
 
 def test_catalogue_has_one_row_per_obsid_with_units(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    _data, results, obsids, bad, _partial, _report = survey_run
     df = catalog.load(results / "catalogue.parquet")
     epic = df[(df["kind"] == "obs") & (df["camera"] == "epic")]
     assert sorted(epic["obsid"]) == sorted(obsids)
@@ -77,7 +77,7 @@ def test_catalogue_has_one_row_per_obsid_with_units(survey_run):
 
 
 def test_bad_obsid_is_recorded_and_others_finish(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    _data, results, _obsids, bad, _partial, report = survey_run
     assert set(report.failed) == {bad}
     reason = report.failed[bad]
     assert reason.startswith("filter") and f"P{bad}" in reason, reason
@@ -89,7 +89,7 @@ def test_bad_obsid_is_recorded_and_others_finish(survey_run):
 
 
 def test_one_bad_camera_leaves_the_others(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    _data, results, _obsids, _bad, partial, _report = survey_run
     filt = json.loads((results / partial / "steps" / "filter.json").read_text())
     failed = filt["summary"]["failed_cameras"]
     assert set(failed) == {"pn"}
@@ -100,7 +100,7 @@ def test_one_bad_camera_leaves_the_others(survey_run):
 
 
 def test_products_and_plots_exist(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    _data, results, obsids, _bad, _partial, _report = survey_run
     out = results / obsids[0]
     for rel in ["events/pn_clean.fits", "regions/pn_src.reg", "regions/pn_bkg.reg", "spectra/pn_src.pha",
                 "spectra/pn_bkg.pha", "spectra/pn.rmf", "spectra/pn.arf", "fits/fit.json", "fits/fit.xcm",
@@ -110,7 +110,7 @@ def test_products_and_plots_exist(survey_run):
 
 
 def test_rerun_reuses_every_step(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    data, results, obsids, _bad, _partial, _report = survey_run
     cfg = load_config(None, {"data_dir": str(data), "results_dir": str(results), "cluster.workers": 1,
                              "fit.errors": "covariance", "cluster.dashboard_address": "127.0.0.1:0"})
     before = (results / obsids[0] / "fits" / "fit.json").stat().st_mtime_ns
@@ -120,10 +120,11 @@ def test_rerun_reuses_every_step(survey_run):
 
 
 def test_cli_status_and_help(survey_run):
-    data, results, obsids, bad, partial, report = survey_run
+    _data, results, _obsids, bad, _partial, _report = survey_run
     exe = [sys.executable, "-m", "survey.cli"]
-    out = subprocess.run(exe + ["status", "--results", str(results)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(exe + ["status", "--results", str(results)], capture_output=True, text=True, timeout=120,
+                         check=False)
     assert bad in out.stdout and "failed" in out.stdout
     for sub in ["run", "simulate", "status", "fit", "catalog", "plan", "models"]:
-        res = subprocess.run(exe + [sub, "--help"], capture_output=True, text=True, timeout=120)
+        res = subprocess.run(exe + [sub, "--help"], capture_output=True, text=True, timeout=120, check=False)
         assert res.returncode == 0 and "usage" in res.stdout, sub
