@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "ObsIDs are recorded and the survey goes on.")
     _add_config_args(p)
     _add_cluster_args(p)
-    p.add_argument("--obsids", metavar="FILE|GLOB", help="ObsID list file (one per line, # comments) or a glob")
+    p.add_argument("--obsids", metavar="FILE|GLOB|IDS",
+                   help="ObsID list file (one per line, # comments), a glob, or ObsIDs separated by commas")
     p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
     p.add_argument("--retry-failed", action="store_true", help="also rerun steps that failed before")
     p.add_argument("--catalogue-only", action="store_true", help="only (re)build the catalogue from results/")
