@@ -74,6 +74,14 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
 _OPEN_MAPS = {"regions.background.blanksky_files", "spectra.responses"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.kind": ("local", "slurm", "address"),
+    "backend.reduction": ("python", "sas"),
+    "backend.fitting": ("builtin", "xspec"),
+    "flares.method": ("espfilt", "fixed", "none"),
+    "regions.radius.method": ("fixed", "physical", "r500", "sb"),
+    "regions.background.method": ("annulus", "region", "blanksky"),
+    "spectra.grouping": ("min_counts", "optimal", "none"),
+    "fit.stat": ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"),
+    "fit.errors": ("profile", "covariance", "none"),
 }
 _POSITIVE = {"cluster.workers", "cluster.threads_per_worker", "cluster.slurm.cores", "cluster.slurm.processes"}
 _NON_NEGATIVE = {"retries.transient", "retries.backoff_s", "cluster.slurm.minimum_jobs"}

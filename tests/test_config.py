@@ -133,3 +133,11 @@ def test_with_overrides_checks_keys():
     assert cfg.with_overrides(["cluster.workers=7"])["cluster"]["workers"] == 7
     with pytest.raises(ConfigError, match="'cluster.wrkers'"):
         cfg.with_overrides({"cluster.wrkers": 7})
+
+
+@pytest.mark.parametrize("override", ["spectra.grouping=mincounts", "fit.stat=cash", "backend.reduction=SAS",
+                                      "flares.method=espfilter", "fit.errors=minos", "regions.radius.method=r200"])
+def test_enumerated_values_are_checked_before_anything_runs(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key} must be one of"):
+        load_config(None, [override])
