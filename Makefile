@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A second `make demo` reuses the simulated data and every finished step (resume); `make clean-demo` starts over.
 demo: install
-	$(VENV)/bin/xmm-survey simulate --out $(DEMO)/data --n-obsids $(N_OBSIDS) --seed 1
+	test -d $(DEMO)/data || $(VENV)/bin/xmm-survey simulate --out $(DEMO)/data --n-obsids $(N_OBSIDS) --seed 1
 	$(VENV)/bin/xmm-survey run --data $(DEMO)/data --results $(DEMO)/results --workers 2
 	$(VENV)/bin/xmm-survey report --results $(DEMO)/results
 	@echo "catalogue: $(DEMO)/results/catalogue.parquet and $(DEMO)/results/catalogue.fits"
