@@ -318,6 +318,10 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
     """
     t0 = time.perf_counter()
     pipe = _pipeline_for(cfg, pipeline)
+    data_dir = Path(cfg["data_dir"])
+    if not data_dir.is_dir():
+        # Before anything is written: a wrong --data must not overwrite the records of a good run.
+        raise InputDataError("data directory does not exist", data_dir.resolve())
     results_dir = _results_dir(cfg)
     write_resolved(cfg, results_dir)
     log = survey_logger(results_dir)

@@ -33,3 +33,19 @@ def test_glob_and_list_file(data_dir, tmp_path_factory):
 def test_unknown_or_unsafe_obsids_are_config_errors(data_dir, spec):
     with pytest.raises(ConfigError, match="obsids"):
         resolve_obsids({"obsids": spec, "data_dir": data_dir})
+
+
+def test_wrong_data_dir_on_retry_leaves_the_records_alone(tmp_path):
+    from survey.api import run_survey
+    from survey.config import load_config
+    from xmmcore.errors import InputDataError
+
+    results = tmp_path / "results"
+    (results / "0201903501" / "steps").mkdir(parents=True)
+    record = results / "0201903501" / "steps" / "fit.json"
+    record.write_text('{"status": "failed", "reason": "no response matrix"}')
+    cfg = load_config(None, {"data_dir": str(tmp_path / "typo"), "results_dir": str(results)})
+    with pytest.raises(InputDataError, match="typo: data directory does not exist"):
+        run_survey(cfg, obsids=["0201903501"], retry_failed=True)
+    assert record.read_text() == '{"status": "failed", "reason": "no response matrix"}'
+    assert not (results / "config.resolved.yaml").exists()
