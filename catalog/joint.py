@@ -23,6 +23,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from xmmcore.errors import FitError, InputDataError, XmmSurveyError
+from xmmcore.fitting.models import auto_settings
 from xmmcore.fsutil import atomic_write_json
 
 from .schema import DEFAULT_FLUX_BANDS_KEV, PARAMETERS, columns, empty_row
@@ -366,23 +367,6 @@ def record_rows(results_dir: str | os.PathLike[str], name: str, rows: Sequence[M
     atomic_write_json(path, {"name": name, "rows": list(rows), "fit": dict(fit or {}), "missing": list(missing),
                              "notes": list(notes)})
     return path
-
-
-def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
-    """Freeze every ``Redshift`` at ``meta["z"]`` and absorbers' ``nH`` at ``meta["nh"]`` (as the fit step does)."""
-    from xmmcore.fitting.models import parse_expression
-
-    out = []
-    for par in parse_expression(model).parameters:
-        comp, _, pname = par.full_name.partition(".")
-        if pname.lower() == "redshift" and _finite(meta.get("z")):
-            out.append(f"{par.full_name}={float(meta['z'])},frozen")
-        elif pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite(meta.get("nh")):
-            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
-    return out
-
-
-_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
 
 
 def _finite(value: Any) -> bool:

@@ -19,11 +19,9 @@ from typing import Any
 from .errors import ConfigError, FitError, InputDataError, ToolError
 from .observation import Observation
 
-__all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
+__all__ = ["STEPS", "fit_inputs", "run_step", "step_inputs"]
 
 STEPS = ("filter", "regions", "spectra", "fit")
-
-_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
 
 
 def _cameras(obs: Observation, cfg: dict[str, Any]) -> list[str]:
@@ -113,34 +111,9 @@ def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, s
     return inputs, missing
 
 
-def auto_settings(model_expr: str, meta: dict[str, Any], *, enabled: bool = True) -> list[str]:
-    """XSPEC-style settings from target metadata: every Redshift frozen at z, absorbers' nH frozen at nh.
-
-    Parameters
-    ----------
-    model_expr : str
-        Model expression, e.g. ``"wabs*(zbremss+zgauss)"``.
-    meta : dict
-        Target metadata; uses ``z`` and ``nh`` (1e22 cm^-2) when present.
-    """
-    if not enabled:
-        return []
-    from .fitting.models import parse_expression
-
-    model = parse_expression(model_expr)
-    out = []
-    for par in model.parameters:
-        comp, _, pname = par.full_name.partition(".")
-        base = comp.rsplit("_", 1)[0]
-        if pname.lower() == "redshift" and meta.get("z") is not None:
-            out.append(f"{par.full_name}={float(meta['z'])},frozen")
-        elif pname.lower() == "nh" and base in _ABSORBERS and meta.get("nh") is not None:
-            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
-    return out
-
-
 def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
     from .fitting.engines import get_engine
+    from .fitting.models import auto_settings
 
     fit_cfg = cfg["fit"]
     cams = _clean_cameras(obs, outdir, cfg)
@@ -152,7 +125,7 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
                              outdir / "spectra")
     if not fit_cfg.get("joint_cameras", True):
         inputs = inputs[:1]
-    settings = auto_settings(fit_cfg["model"], obs.meta, enabled=fit_cfg.get("auto_set", True))
+    settings = auto_settings(fit_cfg["model"], obs.meta) if fit_cfg.get("auto_set", True) else []
     settings += list(fit_cfg.get("set") or [])
     engine_name = cfg["backend"]["fitting"]
     extra: dict[str, Any] = {}

@@ -33,9 +33,9 @@ import hashlib
 import importlib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from scipy.special import erf
@@ -49,6 +49,7 @@ __all__ = [
     "FunctionComponent",
     "ModelParameter",
     "Parameter",
+    "auto_settings",
     "get_abundance",
     "get_component",
     "known_components",
@@ -891,3 +892,33 @@ def parse_expression(expr: str) -> CompositeModel:
     ['wabs_1.nH', 'zbremss_1.kT', 'zbremss_1.Redshift']
     """
     return CompositeModel(expr)
+
+
+_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
+    """XSPEC-style settings from target metadata: every Redshift frozen at ``z``, absorbers' nH at ``nh``.
+
+    Parameters
+    ----------
+    model : str
+        Model expression, e.g. ``"wabs*(zbremss+zgauss)"``.
+    meta : mapping
+        Target metadata; ``z`` and ``nh`` (1e22 cm^-2) are used when they are finite numbers.
+    """
+    out = []
+    for par in parse_expression(model).parameters:
+        comp, _, pname = par.full_name.partition(".")
+        if pname.lower() == "redshift" and _finite_number(meta.get("z")):
+            out.append(f"{par.full_name}={float(meta['z'])},frozen")
+        elif pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite_number(meta.get("nh")):
+            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
+    return out
