@@ -48,15 +48,20 @@ def a907(xmm_data, tmp_path_factory):
     return out
 
 
+def _events_and_flare_gti(obs, outdir, cam):
+    """The raw and cleaned event lists of ``cam`` and the flare GTIs the filter step wrote."""
+    raw = E.read_events(obs.event_files[cam])
+    clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
+    flare = fits.getdata(outdir / "events" / f"{cam}_gti.fits", "STDGTI")
+    return raw, clean, np.column_stack([flare["START"], flare["STOP"]])
+
+
 @pytest.mark.parametrize("obsid", OBSIDS)
 @pytest.mark.parametrize("cam", CAMS)
 def test_filter_products(a907, obsid, cam):
     obs, outdir, filt, _, _ = a907[obsid]
     s = filt[cam]
-    raw = E.read_events(obs.event_files[cam])
-    clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
-    flare = fits.getdata(outdir / "events" / f"{cam}_gti.fits", "STDGTI")
-    fgti = np.column_stack([flare["START"], flare["STOP"]])
+    raw, clean, fgti = _events_and_flare_gti(obs, outdir, cam)
     assert 0 < len(clean) < len(raw) == s["n_events_in"]
     assert len(clean) == s["n_events_out"]
     for ccd, g in clean.gti_ccd.items():
@@ -107,10 +112,7 @@ def _area_regions_pkg(reg_path: Path, header, footprints) -> float:
 def test_spectra_consistent_with_inputs(a907, obsid, cam):
     obs, outdir, _, _regs, spec = a907[obsid]
     s = spec[cam]
-    raw = E.read_events(obs.event_files[cam])
-    clean = E.read_events(outdir / "events" / f"{cam}_clean.fits")
-    flare = fits.getdata(outdir / "events" / f"{cam}_gti.fits", "STDGTI")
-    fgti = np.column_stack([flare["START"], flare["STOP"]])
+    raw, clean, fgti = _events_and_flare_gti(obs, outdir, cam)
     src_h = check_ogip_pha(outdir / "spectra" / f"{cam}_src.pha", n_chan=800)
     bkg_h = check_ogip_pha(outdir / "spectra" / f"{cam}_bkg.pha", n_chan=800)
     assert src_h["INSTRUME"] == cam.upper().replace("MOS", "EMOS") and src_h["SPECDELT"] == 15
