@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FitError, InputDataError, ToolError
+from .fsutil import atomic_write_text
 from .observation import Observation
 
 __all__ = ["STEPS", "fit_inputs", "run_step", "step_inputs"]
@@ -147,13 +148,11 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
             flux_bands_kev=[tuple(b) for b in fit_cfg.get("flux_bands_kev", [])],
             cross_norm=len(inputs) > 1, workdir=fits_dir, log=log, **extra)
     except (ConfigError, InputDataError, ToolError):
-        raise
+        raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator
     except (ValueError, RuntimeError, FloatingPointError) as exc:
         raise FitError(f"fit of {obs.obsid} failed: {exc}") from exc
     result.write_json(fits_dir / "fit.json")
     result.to_xcm(fits_dir / "fit.xcm")
-    from .fsutil import atomic_write_text
-
     atomic_write_text(fits_dir / "fit.txt", result.summary_text())
     summary: dict[str, Any] = {"fit_json": str(fits_dir / "fit.json"), "engine": engine.name,
                                "versions": engine.versions(), "cameras": [i.name for i in inputs],
