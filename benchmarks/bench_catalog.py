@@ -72,7 +72,10 @@ def synthetic_catalogue(n_rows: int, *, seed: int = 3) -> pd.DataFrame:
             data[col.name] = np.full(n_rows, "", dtype=object)
     data["kT"], data["z_target"], data["z"] = kt, z, z
     data["snr"] = rng.lognormal(np.log(20.0), 0.8, n_rows)
-    data["ra_deg"], data["dec_deg"] = rng.uniform(0, 360, n_rows), np.degrees(np.arcsin(rng.uniform(-1, 1, n_rows)))
+    data["ra_deg"], data["dec_deg"] = (
+        rng.uniform(0, 360, n_rows),
+        np.degrees(np.arcsin(rng.uniform(-1, 1, n_rows))),
+    )
     data["fit_model"] = np.full(n_rows, "wabs*(zbremss+zgauss)", dtype=object)
     data["fit_engine"] = np.full(n_rows, "builtin", dtype=object)
     data["fit_stat"] = np.full(n_rows, "cstat", dtype=object)
@@ -84,10 +87,16 @@ def synthetic_catalogue(n_rows: int, *, seed: int = 3) -> pd.DataFrame:
 
 def query(df: pd.DataFrame) -> pd.DataFrame:
     """Converged EPIC fits of hot nearby clusters with S/N > 10, brightest first."""
-    sel = df[(df["camera"] == "epic") & df["converged"] & (df["kT"] > 5.0) & (df["z_target"] < 0.3)
-             & (df["snr"] > 10.0)]
-    return sel.sort_values("lum_0p5_2p0", ascending=False)[["obsid", "kT", "kT_err_lo", "kT_err_hi",
-                                                           "z_target", "lum_0p5_2p0"]]
+    sel = df[
+        (df["camera"] == "epic")
+        & df["converged"]
+        & (df["kT"] > 5.0)
+        & (df["z_target"] < 0.3)
+        & (df["snr"] > 10.0)
+    ]
+    return sel.sort_values("lum_0p5_2p0", ascending=False)[
+        ["obsid", "kT", "kT_err_lo", "kT_err_hi", "z_target", "lum_0p5_2p0"]
+    ]
 
 
 def _median_time(fn, repeats: int) -> tuple[float, Any]:
@@ -115,23 +124,44 @@ def measure(n_rows: int = 100_000, *, repeats: int = 5) -> dict[str, Any]:
         size_mb = path.stat().st_size / 1e6
     if len(typed) != len(plain) or not np.allclose(typed["kT"].to_numpy(), plain["kT"].to_numpy()):
         raise AssertionError("typed and plain queries disagree")
-    return {"rows": n_rows, "typed_s": typed_s, "plain_s": plain_s, "write_s": write_s, "selected": len(typed),
-            "size_mb": size_mb, "n_columns": df.shape[1]}
+    return {
+        "rows": n_rows,
+        "typed_s": typed_s,
+        "plain_s": plain_s,
+        "write_s": write_s,
+        "selected": len(typed),
+        "size_mb": size_mb,
+        "n_columns": df.shape[1],
+    }
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Benchmark rows for ``benchmarks/run.py`` (``quick`` uses 3 repeats instead of 5)."""
     m = measure(100_000, repeats=3 if quick else 5)
     ratio = m["typed_s"] / m["plain_s"]
-    note = (f"{m['rows']} rows x {m['n_columns']} cols, {m['size_mb']:.1f} MB parquet; plain pandas "
-            f"{m['plain_s']:.3f} s; {m['selected']} rows selected")
+    note = (
+        f"{m['rows']} rows x {m['n_columns']} cols, {m['size_mb']:.1f} MB parquet; plain pandas "
+        f"{m['plain_s']:.3f} s; {m['selected']} rows selected"
+    )
     return [
-        {"name": "catalogue load+query, 100,000 rows (catalog.load)", "value": round(m["typed_s"], 3), "unit": "s",
-         "target": f"<= {TARGET_QUERY_S:.0f} s", "ratio": round(m["typed_s"] / TARGET_QUERY_S, 3),
-         "ok": m["typed_s"] <= TARGET_QUERY_S, "note": note},
-        {"name": "catalogue load+query time ratio vs plain pandas", "value": round(ratio, 2), "unit": "x",
-         "target": f"<= {TARGET_RATIO:.0f}x", "ratio": round(ratio / TARGET_RATIO, 3), "ok": ratio <= TARGET_RATIO,
-         "note": "typed load (dtypes, units, schema version) / pandas.read_parquet"},
+        {
+            "name": "catalogue load+query, 100,000 rows (catalog.load)",
+            "value": round(m["typed_s"], 3),
+            "unit": "s",
+            "target": f"<= {TARGET_QUERY_S:.0f} s",
+            "ratio": round(m["typed_s"] / TARGET_QUERY_S, 3),
+            "ok": m["typed_s"] <= TARGET_QUERY_S,
+            "note": note,
+        },
+        {
+            "name": "catalogue load+query time ratio vs plain pandas",
+            "value": round(ratio, 2),
+            "unit": "x",
+            "target": f"<= {TARGET_RATIO:.0f}x",
+            "ratio": round(ratio / TARGET_RATIO, 3),
+            "ok": ratio <= TARGET_RATIO,
+            "note": "typed load (dtypes, units, schema version) / pandas.read_parquet",
+        },
     ]
 
 
@@ -140,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     args = parser.parse_args(argv)
     m = measure(args.rows)
-    print(f"rows={m['rows']} typed_s={m['typed_s']:.3f} plain_s={m['plain_s']:.3f} "
-          f"ratio={m['typed_s'] / m['plain_s']:.2f} write_s={m['write_s']:.2f} selected={m['selected']}")
+    print(
+        f"rows={m['rows']} typed_s={m['typed_s']:.3f} plain_s={m['plain_s']:.3f} "
+        f"ratio={m['typed_s'] / m['plain_s']:.2f} write_s={m['write_s']:.2f} selected={m['selected']}"
+    )
     return 0
 
 

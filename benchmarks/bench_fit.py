@@ -134,8 +134,14 @@ def builtin_time(repeat: int, *, errors: str | None = "covariance", data: Path =
     best, result = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        result = fit([ds], "wabs*wabs*powerlaw", stat="chi2gehrels", set_params=["1=0.0119,frozen"],
-                     errors=errors, flux_bands=())
+        result = fit(
+            [ds],
+            "wabs*wabs*powerlaw",
+            stat="chi2gehrels",
+            set_params=["1=0.0119,frozen"],
+            errors=errors,
+            flux_bands=(),
+        )
         best = min(best, time.perf_counter() - t0)
     return best, result
 
@@ -158,8 +164,14 @@ def sherpa_time(repeat: int, *, data: Path = DATA) -> tuple[float, dict[str, Any
             best = min(best, time.perf_counter() - t0)
         res = ui.get_fit_results()
         index = comps["pl"].PhoIndex.val if comps["wabs"] == "xspec" else comps["pl"].gamma.val
-        info = {"statistic": float(res.statval), "dof": int(res.dof), "PhoIndex": float(index),
-                "nH": float(comps["abs1"].nH.val), "wabs": comps["wabs"], "version": sherpa.__version__}
+        info = {
+            "statistic": float(res.statval),
+            "dof": int(res.dof),
+            "PhoIndex": float(index),
+            "nH": float(comps["abs1"].nH.val),
+            "wabs": comps["wabs"],
+            "version": sherpa.__version__,
+        }
     with _quiet_sherpa():
         from sherpa.astro import ui as session
 
@@ -180,28 +192,76 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     name_r = "fit time ratio built-in/Sherpa (same spectrum and model)"
     if not (DATA / PHA).exists():
         note = f"{DATA / PHA} not found (needs ../shared/data)"
-        return [{"name": name_t, "value": None, "unit": "s", "target": None, "ratio": None, "ok": None, "note": note},
-                {"name": name_r, "value": None, "unit": "x", "target": f"<= {TARGET}", "ratio": None, "ok": None,
-                 "note": note}]
+        return [
+            {
+                "name": name_t,
+                "value": None,
+                "unit": "s",
+                "target": None,
+                "ratio": None,
+                "ok": None,
+                "note": note,
+            },
+            {
+                "name": name_r,
+                "value": None,
+                "unit": "x",
+                "target": f"<= {TARGET}",
+                "ratio": None,
+                "ok": None,
+                "note": note,
+            },
+        ]
     t_cov, res = builtin_time(repeat, errors="covariance")
     t_none, _ = builtin_time(repeat, errors=None)
-    ours = (f"statistic {res.statistic:.2f}/{res.dof} dof, PhoIndex {res.parameter('PhoIndex')['value']:.3f}; "
-            f"best of {repeat}; without errors {t_none:.3f} s")
-    rows = [{"name": name_t, "value": t_cov, "unit": "s", "target": None, "ratio": None, "ok": None,
-             "note": f"with covariance errors; {ours}"}]
+    ours = (
+        f"statistic {res.statistic:.2f}/{res.dof} dof, PhoIndex {res.parameter('PhoIndex')['value']:.3f}; "
+        f"best of {repeat}; without errors {t_none:.3f} s"
+    )
+    rows = [
+        {
+            "name": name_t,
+            "value": t_cov,
+            "unit": "s",
+            "target": None,
+            "ratio": None,
+            "ok": None,
+            "note": f"with covariance errors; {ours}",
+        }
+    ]
     got = sherpa_time(repeat)
     if got is None:
-        rows.append({"name": name_r, "value": None, "unit": "x", "target": f"<= {TARGET}", "ratio": None, "ok": None,
-                     "note": "sherpa not installed: run .ci/install-sherpa.sh .venv/bin/python (builds from source)"})
+        rows.append(
+            {
+                "name": name_r,
+                "value": None,
+                "unit": "x",
+                "target": f"<= {TARGET}",
+                "ratio": None,
+                "ok": None,
+                "note": "sherpa not installed: run .ci/install-sherpa.sh .venv/bin/python (builds from source)",
+            }
+        )
         return rows
     t_sherpa, info = got
     ratio = t_cov / t_sherpa
-    note = (f"built-in {t_cov:.3f} s vs Sherpa {info['version']} levmar {t_sherpa:.3f} s "
-            f"(statistic {info['statistic']:.2f}/{info['dof']}, PhoIndex {info['PhoIndex']:.3f}; wabs via "
-            f"{'Sherpa XSPEC module' if info['wabs'] == 'xspec' else 'the same wabs function in both'}); "
-            f"without errors ratio {t_none / t_sherpa:.2f}")
-    rows.append({"name": name_r, "value": ratio, "unit": "x", "target": f"<= {TARGET}", "ratio": ratio,
-                 "ok": bool(ratio <= TARGET), "note": note})
+    note = (
+        f"built-in {t_cov:.3f} s vs Sherpa {info['version']} levmar {t_sherpa:.3f} s "
+        f"(statistic {info['statistic']:.2f}/{info['dof']}, PhoIndex {info['PhoIndex']:.3f}; wabs via "
+        f"{'Sherpa XSPEC module' if info['wabs'] == 'xspec' else 'the same wabs function in both'}); "
+        f"without errors ratio {t_none / t_sherpa:.2f}"
+    )
+    rows.append(
+        {
+            "name": name_r,
+            "value": ratio,
+            "unit": "x",
+            "target": f"<= {TARGET}",
+            "ratio": ratio,
+            "ok": bool(ratio <= TARGET),
+            "note": note,
+        }
+    )
     return rows
 
 

@@ -38,7 +38,9 @@ _CENTRE_PIX = 25921.0
 _RA, _DEC = 149.5922925, -11.0597  # A907, so that the header looks like a real pointing
 
 
-def synthesise_pn_events(path: str | Path, n_events: int, *, seed: int = 5, exposure_s: float = 40_000.0) -> Path:
+def synthesise_pn_events(
+    path: str | Path, n_events: int, *, seed: int = 5, exposure_s: float = 40_000.0
+) -> Path:
     """Write a PPS-like pn event list of ``n_events`` events and return its path.
 
     Parameters
@@ -76,15 +78,22 @@ def synthesise_pn_events(path: str | Path, n_events: int, *, seed: int = 5, expo
     t0 = 3.0e8
     # 8 % of events in a flare in the last 10 % of the observation.
     n_flare = int(0.08 * n_events)
-    times = np.concatenate([rng.uniform(t0, t0 + exposure_s, n_events - n_flare),
-                            rng.uniform(t0 + 0.9 * exposure_s, t0 + exposure_s, n_flare)])
+    times = np.concatenate(
+        [
+            rng.uniform(t0, t0 + exposure_s, n_events - n_flare),
+            rng.uniform(t0 + 0.9 * exposure_s, t0 + exposure_s, n_flare),
+        ]
+    )
     order = rng.permutation(n_events)
     x, y, pi = x[order], y[order], pi[order]
     times.sort()
     quadrant = (x > _CENTRE_PIX).astype(np.uint8) * 2 + (y > _CENTRE_PIX).astype(np.uint8)
     ccdnr = (quadrant * 3 + rng.integers(1, 4, n_events)).astype(np.uint8)
-    pattern = rng.choice(np.array([0, 1, 2, 3, 4, 5, 8, 12], dtype=np.uint8), n_events,
-                         p=[0.62, 0.12, 0.12, 0.05, 0.05, 0.02, 0.01, 0.01])
+    pattern = rng.choice(
+        np.array([0, 1, 2, 3, 4, 5, 8, 12], dtype=np.uint8),
+        n_events,
+        p=[0.62, 0.12, 0.12, 0.05, 0.05, 0.02, 0.01, 0.01],
+    )
     flag = np.where(rng.random(n_events) < 0.02, 0x10000, 0).astype(np.int32)
     cols = [
         fits.Column(name="TIME", format="D", unit="s", array=times),
@@ -125,9 +134,13 @@ def synthesise_pn_events(path: str | Path, n_events: int, *, seed: int = 5, expo
     for ccd in range(1, 13):
         h[f"ONTIME{ccd:02d}"] = exposure_s
         h[f"LIVETI{ccd:02d}"] = 0.97 * exposure_s
-        g = fits.BinTableHDU.from_columns([fits.Column(name="START", format="D", unit="s", array=[t0]),
-                                           fits.Column(name="STOP", format="D", unit="s",
-                                                       array=[t0 + exposure_s])], name=f"STDGTI{ccd:02d}")
+        g = fits.BinTableHDU.from_columns(
+            [
+                fits.Column(name="START", format="D", unit="s", array=[t0]),
+                fits.Column(name="STOP", format="D", unit="s", array=[t0 + exposure_s]),
+            ],
+            name=f"STDGTI{ccd:02d}",
+        )
         g.header["CCDID"] = ccd
         hdus.append(g)
     path = Path(path)
@@ -157,8 +170,10 @@ def _resolved_config() -> dict[str, Any]:
 def _pipeline_available() -> bool:
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("xmmcore.backends.python", "xmmcore.regions", "xmmcore.spectra"))
+    return all(
+        importlib.util.find_spec(m) is not None
+        for m in ("xmmcore.backends.python", "xmmcore.regions", "xmmcore.spectra")
+    )
 
 
 def _child(data_dir: str, results_dir: str, mode: str, queue: Any) -> None:
@@ -182,8 +197,13 @@ def _child(data_dir: str, results_dir: str, mode: str, queue: Any) -> None:
             from xmmcore import gti as gtimod
 
             evl = events.read_events(obs.event_files["pn"])
-            clean = events.screen(evl, pattern_max=4, flag_mask=events.flag_mask_for("pn", "xmmea", evl.header),
-                                  pi_min=200, pi_max=15000)
+            clean = events.screen(
+                evl,
+                pattern_max=4,
+                flag_mask=events.flag_mask_for("pn", "xmmea", evl.header),
+                pi_min=200,
+                pi_max=15000,
+            )
             hi = (evl["PI"] >= 10000) & (evl["PI"] <= 12000) & (evl["PATTERN"] == 0)
             edges = np.arange(evl.gti[0, 0], evl.gti[-1, 1] + 100.0, 100.0)
             rate = np.histogram(evl["TIME"][hi], edges)[0] / 100.0
@@ -226,8 +246,9 @@ def _spawn(data_dir: Path, results_dir: Path, mode: str) -> dict[str, Any]:
     return result
 
 
-def measure_peak_memory(n_events: int = 5_000_000, *, workdir: str | Path | None = None,
-                        mode: str | None = None) -> dict[str, Any]:
+def measure_peak_memory(
+    n_events: int = 5_000_000, *, workdir: str | Path | None = None, mode: str | None = None
+) -> dict[str, Any]:
     """Synthesise an ObsID of ``n_events`` pn events and measure a worker's peak RSS reducing it.
 
     Returns
@@ -263,9 +284,17 @@ def measure_peak_memory(n_events: int = 5_000_000, *, workdir: str | Path | None
             core = _spawn(data, Path(tmp) / "results_core", "core")
             core["pipeline_error"] = work.get("error")
             work = core
-    return {"n_events": n_events, "mode": work["mode"], "peak_mb": work["maxrss_mb"], "source": source,
-            "baseline_mb": base["maxrss_mb"], "wall_s": work["wall_s"], "synth_s": synth_s,
-            "ok": bool(work.get("ok")), "error": work.get("error") or work.get("pipeline_error", "")}
+    return {
+        "n_events": n_events,
+        "mode": work["mode"],
+        "peak_mb": work["maxrss_mb"],
+        "source": source,
+        "baseline_mb": base["maxrss_mb"],
+        "wall_s": work["wall_s"],
+        "synth_s": synth_s,
+        "ok": bool(work.get("ok")),
+        "error": work.get("error") or work.get("pipeline_error", ""),
+    }
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
@@ -277,16 +306,31 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     m = measure_peak_memory(5_000_000)
     per_m = (m["peak_mb"] - m["baseline_mb"]) / (m["n_events"] / 1e6)
     steps = "filter, regions, spectra" if m["mode"] == "pipeline" else "read, screen, flare GTI, PI histogram"
-    note = (f"{m['source']} events; {m['mode']} steps ({steps}), {m['wall_s']:.0f} s; "
-            f"baseline {m['baseline_mb']:.0f} MB after imports")
+    note = (
+        f"{m['source']} events; {m['mode']} steps ({steps}), {m['wall_s']:.0f} s; "
+        f"baseline {m['baseline_mb']:.0f} MB after imports"
+    )
     if m["error"]:
         note += f"; error: {m['error'][:120]}"
     return [
-        {"name": "peak memory per worker, 5e6-event pn ObsID", "value": round(m["peak_mb"], 1), "unit": "MB",
-         "target": f"<= {TARGET_PEAK_MB:.0f} MB", "ratio": round(m["peak_mb"] / TARGET_PEAK_MB, 3),
-         "ok": m["ok"] and m["peak_mb"] <= TARGET_PEAK_MB, "note": note},
-        {"name": "memory per million events (above baseline)", "value": round(per_m, 1), "unit": "MB/Mevent",
-         "target": "", "ratio": None, "ok": m["ok"], "note": "(peak - baseline) / 5"},
+        {
+            "name": "peak memory per worker, 5e6-event pn ObsID",
+            "value": round(m["peak_mb"], 1),
+            "unit": "MB",
+            "target": f"<= {TARGET_PEAK_MB:.0f} MB",
+            "ratio": round(m["peak_mb"] / TARGET_PEAK_MB, 3),
+            "ok": m["ok"] and m["peak_mb"] <= TARGET_PEAK_MB,
+            "note": note,
+        },
+        {
+            "name": "memory per million events (above baseline)",
+            "value": round(per_m, 1),
+            "unit": "MB/Mevent",
+            "target": "",
+            "ratio": None,
+            "ok": m["ok"],
+            "note": "(peak - baseline) / 5",
+        },
     ]
 
 
@@ -297,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     m = measure_peak_memory(int(args.events), mode=args.mode)
     per_m = (m["peak_mb"] - m["baseline_mb"]) / (m["n_events"] / 1e6)
-    print(f"events={m['n_events']} mode={m['mode']} peak_mb={m['peak_mb']:.1f} baseline_mb={m['baseline_mb']:.1f} "
-          f"mb_per_million={per_m:.1f} wall_s={m['wall_s']:.1f} ok={m['ok']} {m['error']}")
+    print(
+        f"events={m['n_events']} mode={m['mode']} peak_mb={m['peak_mb']:.1f} baseline_mb={m['baseline_mb']:.1f} "
+        f"mb_per_million={per_m:.1f} wall_s={m['wall_s']:.1f} ok={m['ok']} {m['error']}"
+    )
     return 0 if m["ok"] else 1
 
 

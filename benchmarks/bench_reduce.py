@@ -32,17 +32,25 @@ def _make_list(path: Path, n: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     cols = {
         "TIME": np.sort(rng.uniform(T0, T0 + 50_000.0, n)),
-        "X": rng.integers(20000, 32000, n, dtype=np.int32), "Y": rng.integers(20000, 32000, n, dtype=np.int32),
-        "PI": rng.integers(100, 20000, n, dtype=np.int16), "PATTERN": rng.integers(0, 13, n, dtype=np.uint8),
+        "X": rng.integers(20000, 32000, n, dtype=np.int32),
+        "Y": rng.integers(20000, 32000, n, dtype=np.int32),
+        "PI": rng.integers(100, 20000, n, dtype=np.int16),
+        "PATTERN": rng.integers(0, 13, n, dtype=np.uint8),
         "FLAG": np.where(rng.random(n) < 0.05, 0x20000, 0).astype(np.int32),
         "CCDNR": rng.integers(1, 13, n, dtype=np.uint8),
     }
     fmt = {"TIME": "D", "X": "J", "Y": "J", "PI": "I", "PATTERN": "B", "FLAG": "J", "CCDNR": "B"}
-    hdu = fits.BinTableHDU.from_columns([fits.Column(name=k, format=fmt[k], array=v) for k, v in cols.items()],
-                                        name="EVENTS")
+    hdu = fits.BinTableHDU.from_columns(
+        [fits.Column(name=k, format=fmt[k], array=v) for k, v in cols.items()], name="EVENTS"
+    )
     hdu.header["INSTRUME"] = "EPN"
-    gti = fits.BinTableHDU.from_columns([fits.Column(name="START", format="D", array=[T0]),
-                                         fits.Column(name="STOP", format="D", array=[T0 + 50_000.0])], name="STDGTI")
+    gti = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="START", format="D", array=[T0]),
+            fits.Column(name="STOP", format="D", array=[T0 + 50_000.0]),
+        ],
+        name="STDGTI",
+    )
     fits.HDUList([fits.PrimaryHDU(), hdu, gti]).writeto(path)
     return cols
 
@@ -78,8 +86,17 @@ def measure(n: int = N_EVENTS, repeats: int = 3) -> dict[str, float]:
         t_plain = min(_time(plain) for _ in range(repeats))
         t_ours = min(_time(ours) for _ in range(repeats))
         t_mem = min(_time(ours_in_memory) for _ in range(repeats))
-    return {"n": n, "plain_s": t_plain, "ours_s": t_ours, "plain_rate": n / t_plain, "ours_rate": n / t_ours,
-            "ratio": t_plain / t_ours, "kept": int(ref.sum()), "mem_s": t_mem, "mem_ratio": t_plain / t_mem}
+    return {
+        "n": n,
+        "plain_s": t_plain,
+        "ours_s": t_ours,
+        "plain_rate": n / t_plain,
+        "ours_rate": n / t_ours,
+        "ratio": t_plain / t_ours,
+        "kept": int(ref.sum()),
+        "mem_s": t_mem,
+        "mem_ratio": t_plain / t_mem,
+    }
 
 
 def _time(fn) -> float:
@@ -91,21 +108,37 @@ def _time(fn) -> float:
 def run(quick: bool = False) -> list[dict]:
     """Rows for ``benchmarks/run.py``."""
     m = measure(repeats=2 if quick else 3)
-    return [{"name": "reduce: 5e6 pn events filtered+binned (stream from FITS) vs plain numpy in memory",
-             "value": round(m["ours_rate"] / 1e6, 2), "unit": "Mevents/s", "target": f">= {TARGET} x numpy",
-             "ratio": round(m["ratio"], 3), "ok": m["ratio"] >= TARGET,
-             "note": f"plain numpy {m['plain_rate'] / 1e6:.1f} Mevents/s; {m['kept']} events kept"},
-            {"name": "reduce: read_events (whole list) + screen + GTI + PI histogram vs plain numpy",
-             "value": round(m["n"] / m["mem_s"] / 1e6, 2), "unit": "Mevents/s", "target": f">= {TARGET} x numpy",
-             "ratio": round(m["mem_ratio"], 3), "ok": m["mem_ratio"] >= TARGET,
-             "note": "in-memory path used by the backend (includes FITS read, byte swap, time-order check)"}]
+    return [
+        {
+            "name": "reduce: 5e6 pn events filtered+binned (stream from FITS) vs plain numpy in memory",
+            "value": round(m["ours_rate"] / 1e6, 2),
+            "unit": "Mevents/s",
+            "target": f">= {TARGET} x numpy",
+            "ratio": round(m["ratio"], 3),
+            "ok": m["ratio"] >= TARGET,
+            "note": f"plain numpy {m['plain_rate'] / 1e6:.1f} Mevents/s; {m['kept']} events kept",
+        },
+        {
+            "name": "reduce: read_events (whole list) + screen + GTI + PI histogram vs plain numpy",
+            "value": round(m["n"] / m["mem_s"] / 1e6, 2),
+            "unit": "Mevents/s",
+            "target": f">= {TARGET} x numpy",
+            "ratio": round(m["mem_ratio"], 3),
+            "ok": m["mem_ratio"] >= TARGET,
+            "note": "in-memory path used by the backend (includes FITS read, byte swap, time-order check)",
+        },
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     m = measure()
     print(f"events: {m['n']:,}  kept: {m['kept']:,}")
-    print(f"plain numpy (in memory, mask + bincount): {m['plain_s']:.3f} s  ({m['plain_rate'] / 1e6:.1f} Mevents/s)")
-    print(f"xmmcore stream_filter_bin (FITS on disk):  {m['ours_s']:.3f} s  ({m['ours_rate'] / 1e6:.1f} Mevents/s)")
+    print(
+        f"plain numpy (in memory, mask + bincount): {m['plain_s']:.3f} s  ({m['plain_rate'] / 1e6:.1f} Mevents/s)"
+    )
+    print(
+        f"xmmcore stream_filter_bin (FITS on disk):  {m['ours_s']:.3f} s  ({m['ours_rate'] / 1e6:.1f} Mevents/s)"
+    )
     print(f"xmmcore read_events+screen+GTI+histogram: {m['mem_s']:.3f} s  (ratio {m['mem_ratio']:.2f})")
     print(f"ratio ours/plain (events per second): {m['ratio']:.2f}  (target >= {TARGET})")
     return 0 if m["ratio"] >= TARGET else 1

@@ -77,8 +77,9 @@ def _make_data(data_dir: Path, n: int) -> None:
         atomic_write_fits(hdul, data_dir / f"{920000000 + i:010d}" / "pn_evts.fits")
 
 
-def measure(*, n_obsids: int = 100, workers: int = 2, step_s: float = 0.1, workdir: Path | None = None
-            ) -> dict[str, Any]:
+def measure(
+    *, n_obsids: int = 100, workers: int = 2, step_s: float = 0.1, workdir: Path | None = None
+) -> dict[str, Any]:
     """Run the benchmark survey and return the measured numbers.
 
     Returns
@@ -98,13 +99,26 @@ def measure(*, n_obsids: int = 100, workers: int = 2, step_s: float = 0.1, workd
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         root = Path(tmp)
         _make_data(root / "data", n_obsids)
-        cfg = load_config(None, {"data_dir": str(root / "data"), "results_dir": str(root / "results"),
-                                 "cluster.workers": workers, "cluster.dashboard_address": "127.0.0.1:0"})
+        cfg = load_config(
+            None,
+            {
+                "data_dir": str(root / "data"),
+                "results_dir": str(root / "results"),
+                "cluster.workers": workers,
+                "cluster.dashboard_address": "127.0.0.1:0",
+            },
+        )
         pipeline = {s: _make_step(s, step_s) for s in STEPS}
         t0 = time.perf_counter()
-        with dask.config.set(SCHEDULER_CONFIG):      # the settings survey.cluster uses
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address="127.0.0.1:0", host="127.0.0.1", resources={"slots": 1})
+        with dask.config.set(SCHEDULER_CONFIG):  # the settings survey.cluster uses
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address="127.0.0.1:0",
+                host="127.0.0.1",
+                resources={"slots": 1},
+            )
         client = Client(cluster)
         client.run(_busy, 0.0)  # workers imported numpy: warm, as in a long survey
         start_s = time.perf_counter() - t0
@@ -128,24 +142,46 @@ def measure(*, n_obsids: int = 100, workers: int = 2, step_s: float = 0.1, workd
         resume = time.perf_counter() - t0
         if again.n_run != 0 or again.n_cached != len(ids) * len(STEPS):
             raise RuntimeError(f"no-op resume recomputed {again.n_run} steps")
-    return {"efficiency": sum_steps / workers / wall, "resume_overhead": resume / wall, "wall_s": wall,
-            "resume_s": resume, "sum_step_s": sum_steps, "n_steps": len(ids) * len(STEPS), "workers": workers,
-            "cluster_start_s": start_s, "per_worker_s": sorted(per_worker.values())}
+    return {
+        "efficiency": sum_steps / workers / wall,
+        "resume_overhead": resume / wall,
+        "wall_s": wall,
+        "resume_s": resume,
+        "sum_step_s": sum_steps,
+        "n_steps": len(ids) * len(STEPS),
+        "workers": workers,
+        "cluster_start_s": start_s,
+        "per_worker_s": sorted(per_worker.values()),
+    }
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Rows for ``benchmarks/run.py``."""
     m = measure(n_obsids=100, step_s=0.05 if quick else 0.1)
-    note = (f"{m['n_steps']} steps on {m['workers']} workers: sum of step times {m['sum_step_s']:.1f} s, "
-            f"wall {m['wall_s']:.1f} s; no-op resume {m['resume_s']:.3f} s; cluster start "
-            f"{m['cluster_start_s']:.1f} s (not counted)")
+    note = (
+        f"{m['n_steps']} steps on {m['workers']} workers: sum of step times {m['sum_step_s']:.1f} s, "
+        f"wall {m['wall_s']:.1f} s; no-op resume {m['resume_s']:.3f} s; cluster start "
+        f"{m['cluster_start_s']:.1f} s (not counted)"
+    )
     return [
-        {"name": "scheduling efficiency (100 ObsIDs, 2 workers)", "value": round(m["efficiency"], 3),
-         "unit": "", "target": ">= 0.9", "ratio": round(m["efficiency"] / 0.9, 3), "ok": m["efficiency"] >= 0.9,
-         "note": note},
-        {"name": "no-op resume overhead (100 ObsIDs)", "value": round(m["resume_overhead"], 4), "unit": "",
-         "target": "<= 0.02", "ratio": round(m["resume_overhead"] / 0.02, 3), "ok": m["resume_overhead"] <= 0.02,
-         "note": f"{m['resume_s']:.3f} s / {m['wall_s']:.1f} s"},
+        {
+            "name": "scheduling efficiency (100 ObsIDs, 2 workers)",
+            "value": round(m["efficiency"], 3),
+            "unit": "",
+            "target": ">= 0.9",
+            "ratio": round(m["efficiency"] / 0.9, 3),
+            "ok": m["efficiency"] >= 0.9,
+            "note": note,
+        },
+        {
+            "name": "no-op resume overhead (100 ObsIDs)",
+            "value": round(m["resume_overhead"], 4),
+            "unit": "",
+            "target": "<= 0.02",
+            "ratio": round(m["resume_overhead"] / 0.02, 3),
+            "ok": m["resume_overhead"] <= 0.02,
+            "note": f"{m['resume_s']:.3f} s / {m['wall_s']:.1f} s",
+        },
     ]
 
 
@@ -156,13 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=0.1, help="CPU time per step [s]")
     args = parser.parse_args(argv)
     m = measure(n_obsids=args.n_obsids, workers=args.workers, step_s=args.step_s)
-    print(f"steps: {m['n_steps']} on {m['workers']} workers; sum of step times {m['sum_step_s']:.2f} s; "
-          f"survey wall {m['wall_s']:.2f} s (cluster start {m['cluster_start_s']:.1f} s not counted)")
+    print(
+        f"steps: {m['n_steps']} on {m['workers']} workers; sum of step times {m['sum_step_s']:.2f} s; "
+        f"survey wall {m['wall_s']:.2f} s (cluster start {m['cluster_start_s']:.1f} s not counted)"
+    )
     print("busy time per worker process [s]: " + ", ".join(f"{v:.2f}" for v in m["per_worker_s"]))
-    print(f"scheduling efficiency = {m['efficiency']:.3f}   (target >= 0.9)  "
-          f"{'OK' if m['efficiency'] >= 0.9 else 'BELOW TARGET'}")
-    print(f"no-op resume overhead = {m['resume_overhead']:.4f} ({m['resume_s']:.3f} s / {m['wall_s']:.2f} s)"
-          f"   (target <= 0.02)  {'OK' if m['resume_overhead'] <= 0.02 else 'ABOVE TARGET'}")
+    print(
+        f"scheduling efficiency = {m['efficiency']:.3f}   (target >= 0.9)  "
+        f"{'OK' if m['efficiency'] >= 0.9 else 'BELOW TARGET'}"
+    )
+    print(
+        f"no-op resume overhead = {m['resume_overhead']:.4f} ({m['resume_s']:.3f} s / {m['wall_s']:.2f} s)"
+        f"   (target <= 0.02)  {'OK' if m['resume_overhead'] <= 0.02 else 'ABOVE TARGET'}"
+    )
     return 0
 
 

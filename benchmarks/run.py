@@ -54,9 +54,17 @@ def _import(module: str):
 
 
 def _row(raw: dict[str, Any], module: str, seconds: float) -> dict[str, Any]:
-    row = {"name": str(raw.get("name", module)), "value": raw.get("value"), "unit": str(raw.get("unit", "")),
-           "target": "" if raw.get("target") is None else str(raw.get("target")), "ratio": raw.get("ratio"),
-           "ok": raw.get("ok"), "note": str(raw.get("note", "") or ""), "module": module, "seconds": seconds}
+    row = {
+        "name": str(raw.get("name", module)),
+        "value": raw.get("value"),
+        "unit": str(raw.get("unit", "")),
+        "target": "" if raw.get("target") is None else str(raw.get("target")),
+        "ratio": raw.get("ratio"),
+        "ok": raw.get("ok"),
+        "note": str(raw.get("note", "") or ""),
+        "module": module,
+        "seconds": seconds,
+    }
     return row
 
 
@@ -103,12 +111,19 @@ def _run_one(module: str, what: str, quick: bool) -> list[dict[str, Any]]:
             return [_row(r, module, time.perf_counter() - t0) for r in rows]
         if hasattr(mod, "main"):
             return [_row(_from_main(mod, what), module, time.perf_counter() - t0)]
-        return [_row({"name": what, "note": f"{module} has neither run() nor main()", "ok": False}, module, 0.0)]
+        return [
+            _row({"name": what, "note": f"{module} has neither run() nor main()", "ok": False}, module, 0.0)
+        ]
     except Exception as exc:  # noqa: BLE001 - a broken benchmark must not hide the others
         last = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{Path(last.filename).name}:{last.lineno}"
-        return [_row({"name": what, "ok": False, "note": f"FAILED {type(exc).__name__}: {exc} ({where})"[:400]},
-                     module, time.perf_counter() - t0)]
+        return [
+            _row(
+                {"name": what, "ok": False, "note": f"FAILED {type(exc).__name__}: {exc} ({where})"[:400]},
+                module,
+                time.perf_counter() - t0,
+            )
+        ]
 
 
 def collect(*, quick: bool = False, only: list[str] | None = None, log=sys.stderr) -> list[dict[str, Any]]:
@@ -144,21 +159,31 @@ def format_table(rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool) -
     ]
     for r in rows:
         ok = "—" if r["ok"] is None else ("yes" if r["ok"] else "**no**")
-        lines.append(f"| {_fmt(r['name'])} | {_fmt(r['value'])} | {_fmt(r['unit'])} | {_fmt(r['target'])} | "
-                     f"{_fmt(r['ratio'])} | {ok} | {_fmt(r['note'])} |")
+        lines.append(
+            f"| {_fmt(r['name'])} | {_fmt(r['value'])} | {_fmt(r['unit'])} | {_fmt(r['target'])} | "
+            f"{_fmt(r['ratio'])} | {ok} | {_fmt(r['note'])} |"
+        )
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cpu = os.cpu_count() or 0
-    head = (f"Benchmarks ({'quick' if quick else 'full'} run, {when}; {platform.machine()}, {cpu} cores, "
-            f"Python {platform.python_version()}; total {elapsed_s:.0f} s). "
-            f"Reproduce: `python benchmarks/run.py` (or `make bench`).")
+    head = (
+        f"Benchmarks ({'quick' if quick else 'full'} run, {when}; {platform.machine()}, {cpu} cores, "
+        f"Python {platform.python_version()}; total {elapsed_s:.0f} s). "
+        f"Reproduce: `python benchmarks/run.py` (or `make bench`)."
+    )
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the xmm-survey benchmarks and print one markdown table.")
+    parser = argparse.ArgumentParser(
+        description="Run the xmm-survey benchmarks and print one markdown table."
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats / smaller inputs")
-    parser.add_argument("--only", nargs="*", default=None, help="run only benchmarks whose module name contains these")
-    parser.add_argument("--out", default=str(HERE / "results.md"), help="markdown file to write (default %(default)s)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="run only benchmarks whose module name contains these"
+    )
+    parser.add_argument(
+        "--out", default=str(HERE / "results.md"), help="markdown file to write (default %(default)s)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()

@@ -154,11 +154,15 @@ def _param_key(full_name: str) -> str | None:
 def _is_cross_norm(full_name: str) -> bool:
     comp, _, short = full_name.rpartition(".")
     comp = comp.lower()
-    return comp.startswith(("constant", "const", "xnorm", "cross")) or short.lower() in ("factor", "cross_norm")
+    return comp.startswith(("constant", "const", "xnorm", "cross")) or short.lower() in (
+        "factor",
+        "cross_norm",
+    )
 
 
-def fit_to_row(fit: Mapping[str, Any], *, flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV
-               ) -> tuple[dict[str, Any], dict[str, tuple[float, float, float]]]:
+def fit_to_row(
+    fit: Mapping[str, Any], *, flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV
+) -> tuple[dict[str, Any], dict[str, tuple[float, float, float]]]:
     """Map a ``FitResult.to_dict()`` record onto catalogue columns.
 
     Parameters
@@ -210,7 +214,9 @@ def fit_to_row(fit: Mapping[str, Any], *, flux_bands_kev: Sequence[Sequence[floa
     row["fit_stat"] = str(fit.get("stat") or fit.get("stat_name") or "")
     statistic = _num(fit.get("statistic"))
     dof = fit.get("dof")
-    dof_i = int(dof) if isinstance(dof, (int, float)) and not isinstance(dof, bool) and math.isfinite(dof) else -1
+    dof_i = (
+        int(dof) if isinstance(dof, (int, float)) and not isinstance(dof, bool) and math.isfinite(dof) else -1
+    )
     row["statistic"], row["dof"] = statistic, dof_i
     if dof_i > 0 and math.isfinite(statistic):
         row["stat_per_dof"] = statistic / dof_i
@@ -315,8 +321,9 @@ def _cfg_path(value: Any, results_dir: Path) -> Path | None:
     return results_dir.parent / path
 
 
-def _meta_for(obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]], cfg: Mapping[str, Any]
-              ) -> dict[str, Any]:
+def _meta_for(
+    obsid: str, obs_dir: Path, steps: Mapping[str, Mapping[str, Any]], cfg: Mapping[str, Any]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for rec in steps.values():
         summ = rec.get("summary") or {}
@@ -372,7 +379,9 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         versions.update(r.get("versions") or {})
     row["software_versions"] = json.dumps(versions, sort_keys=True)
     filt_summary = (steps.get("filter") or {}).get("summary") or {}
-    row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend", "reduction_backend") or "")
+    row["backend"] = str(
+        filt_summary.get("backend") or _first(versions, "backend", "reduction_backend") or ""
+    )
     row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
     last = steps.get("fit") or ordered[-1]
     row["inputs_hash"] = str(last.get("inputs_hash") or "")
@@ -388,8 +397,15 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 def _region_columns(regions: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for col in ("centre_ra", "centre_dec", "centre_x", "centre_y", "r_src_arcmin", "bkg_inner_arcmin",
-                "bkg_outer_arcmin"):
+    for col in (
+        "centre_ra",
+        "centre_dec",
+        "centre_x",
+        "centre_y",
+        "r_src_arcmin",
+        "bkg_inner_arcmin",
+        "bkg_outer_arcmin",
+    ):
         out[col] = _num(regions.get(col))
     pts = regions.get("point_sources")
     out["n_ptsrc"] = len(pts) if isinstance(pts, list) else -1
@@ -409,9 +425,13 @@ def _meta_columns(meta: Mapping[str, Any], obsid: str) -> dict[str, Any]:
     }
 
 
-def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
-                   flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
-                   cfg: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def rows_for_obsid(
+    results_dir: str | os.PathLike[str],
+    obsid: str,
+    *,
+    flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
+    cfg: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Catalogue rows (plain dicts) of one ObsID: an ``epic`` row plus one row per camera.
 
     Reads ``results/<obsid>/steps/*.json``, ``regions/regions.json`` and ``fits/fit*.json``;
@@ -472,7 +492,9 @@ def rows_for_obsid(results_dir: str | os.PathLike[str], obsid: str, *,
             if cam in failed_cams:
                 row["status"] = "failed"
                 row["failed_step"], row["failure_reason"] = failed_cams[cam]
-                row["error_class"] = row["failure_reason"].split(":", 1)[0] if ":" in row["failure_reason"] else ""
+                row["error_class"] = (
+                    row["failure_reason"].split(":", 1)[0] if ":" in row["failure_reason"] else ""
+                )
             cam_rows.append(row)
         if cam_rows:
             for col in ("src_counts", "bkg_counts", "net_counts"):
@@ -507,12 +529,19 @@ def _joint_rows(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def _obs_dirs(results_dir: Path) -> list[str]:
-    return sorted(p.name for p in results_dir.iterdir()
-                  if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir()))
+    return sorted(
+        p.name
+        for p in results_dir.iterdir()
+        if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir())
+    )
 
 
-def build(results_dir: str | os.PathLike[str], *, obsids: Iterable[str] | None = None,
-          flux_bands_kev: Sequence[Sequence[float]] | None = None) -> pd.DataFrame:
+def build(
+    results_dir: str | os.PathLike[str],
+    *,
+    obsids: Iterable[str] | None = None,
+    flux_bands_kev: Sequence[Sequence[float]] | None = None,
+) -> pd.DataFrame:
     """Build the catalogue DataFrame from a results folder.
 
     Parameters

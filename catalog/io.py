@@ -63,12 +63,22 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     cols = columns_from_attrs(df)
     fields, arrays = [], []
     for col in cols:
-        meta = {b"unit": col.unit.encode(), b"description": col.description.encode(), b"dtype": col.dtype.encode()}
+        meta = {
+            b"unit": col.unit.encode(),
+            b"description": col.description.encode(),
+            b"dtype": col.dtype.encode(),
+        }
         fields.append(pa.field(col.name, _arrow_type(col.dtype), nullable=False, metadata=meta))
-        arrays.append(pa.array(df[col.name].tolist() if col.dtype == "str" else df[col.name].to_numpy(),
-                               type=_arrow_type(col.dtype)))
-    info = {"schema_version": df.attrs.get("schema_version", SCHEMA_VERSION),
-            "columns": [[c.name, c.dtype, c.unit, c.description] for c in cols]}
+        arrays.append(
+            pa.array(
+                df[col.name].tolist() if col.dtype == "str" else df[col.name].to_numpy(),
+                type=_arrow_type(col.dtype),
+            )
+        )
+    info = {
+        "schema_version": df.attrs.get("schema_version", SCHEMA_VERSION),
+        "columns": [[c.name, c.dtype, c.unit, c.description] for c in cols],
+    }
     schema = pa.schema(fields, metadata={_META_KEY: json.dumps(info).encode()})
     table = pa.Table.from_arrays(arrays, schema=schema)
     with atomic_path(path) as tmp:
@@ -110,16 +120,28 @@ def write_fits(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
         if col.dtype == "str":
             encoded = np.array([str(v).encode("utf-8") for v in values], dtype=object)
             width = max([1] + [len(v) for v in encoded])
-            fcols.append(fits.Column(name=col.name, format=f"{width}A", unit=col.unit or None,
-                                     array=np.array(encoded, dtype=f"S{width}")))
+            fcols.append(
+                fits.Column(
+                    name=col.name,
+                    format=f"{width}A",
+                    unit=col.unit or None,
+                    array=np.array(encoded, dtype=f"S{width}"),
+                )
+            )
         else:
-            fcols.append(fits.Column(name=col.name, format=_FITS_FORMATS[col.dtype], unit=col.unit or None,
-                                     array=values))
+            fcols.append(
+                fits.Column(
+                    name=col.name, format=_FITS_FORMATS[col.dtype], unit=col.unit or None, array=values
+                )
+            )
     hdu = fits.BinTableHDU.from_columns(fcols, name="CATALOGUE")
     for i, col in enumerate(cols, start=1):
         hdu.header[f"TCOMM{i}"] = col.description[:68]
         hdu.header[f"TDTYP{i}"] = col.dtype
-    hdu.header["SCHEMAV"] = (str(df.attrs.get("schema_version", SCHEMA_VERSION)), "xmm-survey catalogue schema")
+    hdu.header["SCHEMAV"] = (
+        str(df.attrs.get("schema_version", SCHEMA_VERSION)),
+        "xmm-survey catalogue schema",
+    )
     hdu.header["ORIGIN"] = "xmm-survey"
     with atomic_path(path) as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp, checksum=True)
@@ -143,11 +165,14 @@ def read_fits(path: str | os.PathLike[str]) -> pd.DataFrame:
                 dtype = header.get(f"TDTYP{i}")
                 if dtype is None:
                     raise InputDataError(f"column {name} has no TDTYP{i} keyword", path)
-                cols.append(Column(name, dtype, header.get(f"TUNIT{i}", "") or "", header.get(f"TCOMM{i}", "")))
+                cols.append(
+                    Column(name, dtype, header.get(f"TUNIT{i}", "") or "", header.get(f"TCOMM{i}", ""))
+                )
                 arr = data[name] if data is not None else np.array([])
                 if dtype == "str":
-                    values[name] = np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr],
-                                            dtype=object)
+                    values[name] = np.array(
+                        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr], dtype=object
+                    )
                 else:
                     values[name] = np.asarray(arr).astype(np.dtype(dtype).newbyteorder("="))
             version = str(header.get("SCHEMAV", ""))
@@ -165,8 +190,11 @@ def read_catalogue(path: str | os.PathLike[str]) -> pd.DataFrame:
         for name in (CATALOGUE_PARQUET, CATALOGUE_FITS):
             if (path / name).exists():
                 return read_catalogue(path / name)
-        raise InputDataError(f"no {CATALOGUE_PARQUET} or {CATALOGUE_FITS} in this folder (run `xmm-survey "
-                             "catalog build` first)", path)
+        raise InputDataError(
+            f"no {CATALOGUE_PARQUET} or {CATALOGUE_FITS} in this folder (run `xmm-survey "
+            "catalog build` first)",
+            path,
+        )
     if not path.exists():
         raise InputDataError("catalogue file does not exist", path)
     if path.suffix.lower() in (".parquet", ".pq"):
@@ -194,8 +222,13 @@ def merge_rows(old: pd.DataFrame, new: pd.DataFrame, *, key: Sequence[str] = KEY
     return merged
 
 
-def write_catalogue(df: pd.DataFrame, results_dir: str | os.PathLike[str], *, append: bool = True,
-                    formats: Sequence[str] = ("parquet", "fits")) -> dict[str, Path]:
+def write_catalogue(
+    df: pd.DataFrame,
+    results_dir: str | os.PathLike[str],
+    *,
+    append: bool = True,
+    formats: Sequence[str] = ("parquet", "fits"),
+) -> dict[str, Path]:
     """Write ``results_dir/catalogue.parquet`` and ``catalogue.fits`` atomically.
 
     Parameters

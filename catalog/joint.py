@@ -84,8 +84,9 @@ def _chi2_fn(x: np.ndarray, lo: np.ndarray, hi: np.ndarray):
     return chi2
 
 
-def weighted_mean(values: Sequence[float], err_lo: Sequence[float], err_hi: Sequence[float] | None = None
-                  ) -> Combined:
+def weighted_mean(
+    values: Sequence[float], err_lo: Sequence[float], err_hi: Sequence[float] | None = None
+) -> Combined:
     """Combine independent measurements with asymmetric errors; test their consistency.
 
     Parameters
@@ -116,8 +117,9 @@ def weighted_mean(values: Sequence[float], err_lo: Sequence[float], err_hi: Sequ
     chi2 = _chi2_fn(x, lo, hi)
     w = 1.0 / (0.5 * (lo + hi)) ** 2
     lo_bound, hi_bound = float(np.min(x - 5 * lo)), float(np.max(x + 5 * hi))
-    res = optimize.minimize_scalar(chi2, bounds=(lo_bound, hi_bound), method="bounded",
-                                   options={"xatol": 1e-10 * (hi_bound - lo_bound)})
+    res = optimize.minimize_scalar(
+        chi2, bounds=(lo_bound, hi_bound), method="bounded", options={"xatol": 1e-10 * (hi_bound - lo_bound)}
+    )
     mu = float(res.x)
     cmin = chi2(mu)
     half = 1.0 / math.sqrt(float(np.sum(w)))
@@ -128,7 +130,9 @@ def weighted_mean(values: Sequence[float], err_lo: Sequence[float], err_hi: Sequ
             if chi2(mu + direction * step) - cmin > 1.0:
                 break
             step *= 2.0
-        root = optimize.brentq(lambda d: chi2(mu + direction * d) - cmin - 1.0, 0.0, step, xtol=1e-12 * max(1, step))
+        root = optimize.brentq(
+            lambda d: chi2(mu + direction * d) - cmin - 1.0, 0.0, step, xtol=1e-12 * max(1, step)
+        )
         return float(root)
 
     dof = int(x.size - 1)
@@ -136,8 +140,14 @@ def weighted_mean(values: Sequence[float], err_lo: Sequence[float], err_hi: Sequ
     return Combined(mu, crossing(-1.0), crossing(+1.0), cmin, dof, pvalue, int(x.size))
 
 
-def combine_rows(df, *, target: str, params: Iterable[str] = ("kT", "Z"), obsids: Iterable[str] | None = None,
-                 flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) -> dict[str, Any]:
+def combine_rows(
+    df,
+    *,
+    target: str,
+    params: Iterable[str] = ("kT", "Z"),
+    obsids: Iterable[str] | None = None,
+    flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
+) -> dict[str, Any]:
     """Combine the per-ObsID ``epic`` rows of one target into a ``kind="combined"`` catalogue row.
 
     The consistency columns hold the test of the first parameter in ``params`` (usually kT).
@@ -159,9 +169,19 @@ def combine_rows(df, *, target: str, params: Iterable[str] = ("kT", "Z"), obsids
     if rows.empty:
         raise InputDataError(f"combine: no fitted ObsID rows for target {target!r}")
     row = empty_row(columns(flux_bands_kev))
-    row.update(obsid=target, target=target, camera="epic", region="src", kind="combined", is_joint=True,
-               obsids=",".join(rows["obsid"]), n_obs=len(rows), status="done",
-               fit_model=rows["fit_model"].iloc[0], fit_engine="weighted_mean")
+    row.update(
+        obsid=target,
+        target=target,
+        camera="epic",
+        region="src",
+        kind="combined",
+        is_joint=True,
+        obsids=",".join(rows["obsid"]),
+        n_obs=len(rows),
+        status="done",
+        fit_model=rows["fit_model"].iloc[0],
+        fit_engine="weighted_mean",
+    )
     for col in ("ra_deg", "dec_deg", "z_target", "nh_gal", "r500_kpc"):
         row[col] = float(rows[col].iloc[0])
     row["exposure_s"] = float(rows["exposure_s"].sum())
@@ -198,8 +218,12 @@ class JointInput:
         return f"{self.obsid}_{self.camera}"
 
 
-def collect_inputs(results_dir: str | os.PathLike[str], obsids: Iterable[str], *,
-                   cameras: Iterable[str] = ("pn", "mos1", "mos2")) -> tuple[list[JointInput], list[str]]:
+def collect_inputs(
+    results_dir: str | os.PathLike[str],
+    obsids: Iterable[str],
+    *,
+    cameras: Iterable[str] = ("pn", "mos1", "mos2"),
+) -> tuple[list[JointInput], list[str]]:
     """Find the spectra and responses of each ObsID x camera under ``results/<obsid>/spectra/``.
 
     Returns
@@ -215,8 +239,10 @@ def collect_inputs(results_dir: str | os.PathLike[str], obsids: Iterable[str], *
     for obsid in obsids:
         spec = results_dir / obsid / "spectra"
         for cam in cameras:
-            files = {k: spec / f"{cam}{suffix}" for k, suffix in
-                     (("pha", "_src.pha"), ("bkg", "_bkg.pha"), ("rmf", ".rmf"), ("arf", ".arf"))}
+            files = {
+                k: spec / f"{cam}{suffix}"
+                for k, suffix in (("pha", "_src.pha"), ("bkg", "_bkg.pha"), ("rmf", ".rmf"), ("arf", ".arf"))
+            }
             if not files["pha"].exists() and not any(p.exists() for p in files.values()):
                 missing.append(f"{obsid} {cam}: no spectra (camera not observed or not extracted) in {spec}")
                 continue
@@ -224,13 +250,22 @@ def collect_inputs(results_dir: str | os.PathLike[str], obsids: Iterable[str], *
             if absent:
                 missing.append(f"{obsid} {cam}: missing " + ", ".join(absent))
                 continue
-            inputs.append(JointInput(obsid, cam, files["pha"], files["rmf"], files["arf"],
-                                     files["bkg"] if files["bkg"].exists() else None))
+            inputs.append(
+                JointInput(
+                    obsid,
+                    cam,
+                    files["pha"],
+                    files["rmf"],
+                    files["arf"],
+                    files["bkg"] if files["bkg"].exists() else None,
+                )
+            )
     return inputs, missing
 
 
-def data_inputs(data_dir: str | os.PathLike[str], *, cameras: Iterable[str] = ("pn", "mos1", "mos2")
-                ) -> tuple[dict[str, dict[str, dict[str, Path | None]]], list[str]]:
+def data_inputs(
+    data_dir: str | os.PathLike[str], *, cameras: Iterable[str] = ("pn", "mos1", "mos2")
+) -> tuple[dict[str, dict[str, dict[str, Path | None]]], list[str]]:
     """Inventory of a multi-ObsID data folder (``data/<obsid>/...``) for the multi-observation path.
 
     Returns
@@ -256,8 +291,12 @@ def data_inputs(data_dir: str | os.PathLike[str], *, cameras: Iterable[str] = ("
                 missing.append(f"{obsid} {cam}: no event list under {data_dir.name}/{obsid}")
                 continue
             expmaps = sorted(p for p in (data_dir / obsid).rglob(f"*{cam}*expmap*.fits"))
-            entry = {"events": Path(events), "rmf": obs.rmf_files.get(cam), "arf": obs.arf_files.get(cam),
-                     "expmap": expmaps[0] if expmaps else None}
+            entry = {
+                "events": Path(events),
+                "rmf": obs.rmf_files.get(cam),
+                "arf": obs.arf_files.get(cam),
+                "expmap": expmaps[0] if expmaps else None,
+            }
             inventory[obsid][cam] = entry
             lack = [f"no {k.upper()} (*.{k})" for k in ("rmf", "arf") if entry[k] is None]
             if lack:
@@ -271,11 +310,22 @@ def _fit_input(item: JointInput):
     return FitInput(pha=item.pha, rmf=item.rmf, arf=item.arf, bkg=item.bkg, name=item.name)
 
 
-def joint_fit(inputs: Sequence[JointInput], model: str, *, engine: str = "builtin", stat: str = "cstat",
-              notice_kev: tuple[float, float] = (0.5, 7.0), set_params: Sequence[str] = (),
-              errors: str | None = "covariance", redshift: float | None = None, cosmology: Any = None,
-              flux_bands_kev: Sequence[Sequence[float]] = (), abund: str = "angr", workdir: Path | None = None,
-              log: Any = None) -> dict[str, Any]:
+def joint_fit(
+    inputs: Sequence[JointInput],
+    model: str,
+    *,
+    engine: str = "builtin",
+    stat: str = "cstat",
+    notice_kev: tuple[float, float] = (0.5, 7.0),
+    set_params: Sequence[str] = (),
+    errors: str | None = "covariance",
+    redshift: float | None = None,
+    cosmology: Any = None,
+    flux_bands_kev: Sequence[Sequence[float]] = (),
+    abund: str = "angr",
+    workdir: Path | None = None,
+    log: Any = None,
+) -> dict[str, Any]:
     """Fit all ``inputs`` simultaneously: linked physical parameters, one free constant per dataset.
 
     Parameters
@@ -300,10 +350,21 @@ def joint_fit(inputs: Sequence[JointInput], model: str, *, engine: str = "builti
         raise InputDataError("joint fit: no input spectra")
     eng = get_engine(engine)
     try:
-        result = eng.fit_files([_fit_input(i) for i in inputs], model, stat=stat, notice_kev=tuple(notice_kev),
-                               set_params=tuple(set_params), abund=abund, errors=errors, redshift=redshift,
-                               cosmology=cosmology, flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),
-                               cross_norm=len(inputs) > 1, workdir=workdir, log=log)
+        result = eng.fit_files(
+            [_fit_input(i) for i in inputs],
+            model,
+            stat=stat,
+            notice_kev=tuple(notice_kev),
+            set_params=tuple(set_params),
+            abund=abund,
+            errors=errors,
+            redshift=redshift,
+            cosmology=cosmology,
+            flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),
+            cross_norm=len(inputs) > 1,
+            workdir=workdir,
+            log=log,
+        )
     except (ValueError, RuntimeError, FloatingPointError, np.linalg.LinAlgError) as exc:
         if isinstance(exc, XmmSurveyError):
             raise
@@ -315,9 +376,15 @@ def joint_fit(inputs: Sequence[JointInput], model: str, *, engine: str = "builti
     return out
 
 
-def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInput], kind: str = "joint",
-               meta: Mapping[str, Any] | None = None,
-               flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) -> list[dict[str, Any]]:
+def joint_rows(
+    fit: Mapping[str, Any],
+    *,
+    target: str,
+    inputs: Sequence[JointInput],
+    kind: str = "joint",
+    meta: Mapping[str, Any] | None = None,
+    flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
+) -> list[dict[str, Any]]:
     """Catalogue rows of a joint fit: one ``epic`` row plus one row per dataset (its cross-normalisation).
 
     Per-dataset rows have ``camera = "<obsid>_<camera>"``; all rows have ``kind`` (``"joint"``) and
@@ -329,8 +396,16 @@ def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInp
     fit_row, cross = fit_to_row(fit, flux_bands_kev=flux_bands_kev)
     obsids = sorted({i.obsid for i in inputs})
     base = empty_row(cols)
-    base.update(obsid=target, target=target, region="src", kind=kind, is_joint=True, obsids=",".join(obsids),
-                n_obs=len(obsids), status="done" if fit.get("converged", True) else "failed")
+    base.update(
+        obsid=target,
+        target=target,
+        region="src",
+        kind=kind,
+        is_joint=True,
+        obsids=",".join(obsids),
+        n_obs=len(obsids),
+        status="done" if fit.get("converged", True) else "failed",
+    )
     if base["status"] == "failed":
         base["failure_reason"] = "joint fit did not converge"
     for key, col in (("ra", "ra_deg"), ("dec", "dec_deg"), ("z", "z_target"), ("nh", "nh_gal")):
@@ -338,12 +413,21 @@ def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInp
             base[col] = float(meta[key])
     epic = {**base, **fit_row, "camera": "epic", "n_datasets": len(inputs)}
     rows = [epic]
-    names = [d.get("name", "") if isinstance(d, Mapping) else str(d)
-             for d in (fit.get("datasets") or [i.name for i in inputs])]
+    names = [
+        d.get("name", "") if isinstance(d, Mapping) else str(d)
+        for d in (fit.get("datasets") or [i.name for i in inputs])
+    ]
     ordered = list(cross.items())
     for k, item in enumerate(inputs):
-        row = dict(base, camera=item.name, obsids=item.obsid, n_obs=1,
-                   fit_model=epic["fit_model"], fit_engine=epic["fit_engine"], fit_stat=epic["fit_stat"])
+        row = dict(
+            base,
+            camera=item.name,
+            obsids=item.obsid,
+            n_obs=1,
+            fit_model=epic["fit_model"],
+            fit_engine=epic["fit_engine"],
+            fit_stat=epic["fit_stat"],
+        )
         value = cross.get(item.name) or cross.get(names[k] if k < len(names) else "")
         if value is None and len(ordered) == len(inputs):
             value = ordered[k][1]
@@ -357,15 +441,30 @@ def joint_rows(fit: Mapping[str, Any], *, target: str, inputs: Sequence[JointInp
     return rows
 
 
-def record_rows(results_dir: str | os.PathLike[str], name: str, rows: Sequence[Mapping[str, Any]], *,
-                fit: Mapping[str, Any] | None = None, missing: Sequence[str] = (), notes: Sequence[str] = ()) -> Path:
+def record_rows(
+    results_dir: str | os.PathLike[str],
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    fit: Mapping[str, Any] | None = None,
+    missing: Sequence[str] = (),
+    notes: Sequence[str] = (),
+) -> Path:
     """Write ``results/joint/<name>.json`` (rows picked up by :func:`catalog.build`), atomically."""
     from xmmcore.observation import validate_obsid
 
     validate_obsid(name)
     path = Path(results_dir) / "joint" / f"{name}.json"
-    atomic_write_json(path, {"name": name, "rows": list(rows), "fit": dict(fit or {}), "missing": list(missing),
-                             "notes": list(notes)})
+    atomic_write_json(
+        path,
+        {
+            "name": name,
+            "rows": list(rows),
+            "fit": dict(fit or {}),
+            "missing": list(missing),
+            "notes": list(notes),
+        },
+    )
     return path
 
 
@@ -384,9 +483,16 @@ def _target_meta(results_dir: Path, obsids: Sequence[str]) -> dict[str, Any]:
         if not (results_dir / obsid).is_dir():
             continue
         row = rows_for_obsid(results_dir, obsid)[0]
-        meta = {"ra": row["ra_deg"], "dec": row["dec_deg"], "z": row["z_target"], "nh": row["nh_gal"],
-                "name": row["target"]}
-        return {k: v for k, v in meta.items() if v not in ("",) and not (isinstance(v, float) and math.isnan(v))}
+        meta = {
+            "ra": row["ra_deg"],
+            "dec": row["dec_deg"],
+            "z": row["z_target"],
+            "nh": row["nh_gal"],
+            "name": row["target"],
+        }
+        return {
+            k: v for k, v in meta.items() if v not in ("",) and not (isinstance(v, float) and math.isnan(v))
+        }
     return {}
 
 
@@ -407,10 +513,20 @@ def _combined_row(results_dir: Path, target: str, obsids: Sequence[str]) -> dict
     return combine_rows(df, target=target, obsids=list(fitted["obsid"]), params=("kT", "Z", "gamma", "nH"))
 
 
-def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Sequence[str], model: str | None = None,
-              engine: str = "builtin", cameras: Sequence[str] = ("pn", "mos1", "mos2"), stat: str = "cstat",
-              notice_kev: tuple[float, float] | None = None, auto_set: bool = True, stack: bool = False,
-              **fit_options: Any) -> dict[str, Any]:
+def run_joint(
+    results_dir: str | os.PathLike[str],
+    *,
+    target: str,
+    obsids: Sequence[str],
+    model: str | None = None,
+    engine: str = "builtin",
+    cameras: Sequence[str] = ("pn", "mos1", "mos2"),
+    stat: str = "cstat",
+    notice_kev: tuple[float, float] | None = None,
+    auto_set: bool = True,
+    stack: bool = False,
+    **fit_options: Any,
+) -> dict[str, Any]:
     """Collect, fit jointly and record a target observed in several ObsIDs.
 
     Parameters
@@ -465,24 +581,52 @@ def run_joint(results_dir: str | os.PathLike[str], *, target: str, obsids: Seque
         settings = auto_settings(model, meta) + settings
     if _finite(meta.get("z")):
         fit_options.setdefault("redshift", float(meta["z"]))
-    fit = joint_fit(inputs, model, engine=engine, stat=stat, notice_kev=notice, set_params=settings, **fit_options)
+    fit = joint_fit(
+        inputs, model, engine=engine, stat=stat, notice_kev=notice, set_params=settings, **fit_options
+    )
     rows = joint_rows(fit, target=target, inputs=inputs, meta=meta, flux_bands_kev=bands)
     combined = _combined_row(results_dir, target, obsids)
     if combined is not None:
         rows.append(combined)
     if stack:
         try:
-            rows += _stack_rows(results_dir, target, inputs, model, engine=engine, stat=stat, notice_kev=notice,
-                                set_params=settings, meta=meta, bands=bands, **fit_options)
+            rows += _stack_rows(
+                results_dir,
+                target,
+                inputs,
+                model,
+                engine=engine,
+                stat=stat,
+                notice_kev=notice,
+                set_params=settings,
+                meta=meta,
+                bands=bands,
+                **fit_options,
+            )
         except (FitError, InputDataError) as exc:  # the joint fit stands on its own
             notes.append(f"{target}: stacked-spectra fit failed: {exc}")
     path = record_rows(results_dir, target, rows, fit=fit, notes=notes)
-    return {"target": target, "rows": rows, "fit": fit, "missing": [], "left_out": incomplete, "notes": notes,
-            "path": path}
+    return {
+        "target": target,
+        "rows": rows,
+        "fit": fit,
+        "missing": [],
+        "left_out": incomplete,
+        "notes": notes,
+        "path": path,
+    }
 
 
-def _stack_rows(results_dir: Path, target: str, inputs: Sequence[JointInput], model: str, *, meta: Mapping[str, Any],
-                bands: Sequence[Sequence[float]], **fit_kw: Any) -> list[dict[str, Any]]:
+def _stack_rows(
+    results_dir: Path,
+    target: str,
+    inputs: Sequence[JointInput],
+    model: str,
+    *,
+    meta: Mapping[str, Any],
+    bands: Sequence[Sequence[float]],
+    **fit_kw: Any,
+) -> list[dict[str, Any]]:
     from .stack import stack_spectra, write_stack
 
     stacked: list[JointInput] = []
@@ -491,9 +635,12 @@ def _stack_rows(results_dir: Path, target: str, inputs: Sequence[JointInput], mo
         if len(items) < 2:
             continue
         bkgs = [i.bkg for i in items if i.bkg is not None]
-        st = stack_spectra([i.pha for i in items], rmfs=[i.rmf for i in items if i.rmf is not None],
-                           arfs=[i.arf for i in items if i.arf is not None],
-                           bkgs=bkgs if len(bkgs) == len(items) else None)
+        st = stack_spectra(
+            [i.pha for i in items],
+            rmfs=[i.rmf for i in items if i.rmf is not None],
+            arfs=[i.arf for i in items if i.arf is not None],
+            bkgs=bkgs if len(bkgs) == len(items) else None,
+        )
         paths = write_stack(st, results_dir / "joint" / f"{target}_stack", stem=cam)
         stacked.append(JointInput("stack", cam, paths["pha"], paths["rmf"], paths["arf"], paths.get("bkg")))
     if not stacked:

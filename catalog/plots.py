@@ -66,7 +66,9 @@ class BcesFit:
 _METHODS = ("y|x", "x|y", "bisector", "orthogonal")
 
 
-def _bces_slopes(x: np.ndarray, y: np.ndarray, ex: np.ndarray, ey: np.ndarray, cov: np.ndarray) -> dict[str, float]:
+def _bces_slopes(
+    x: np.ndarray, y: np.ndarray, ex: np.ndarray, ey: np.ndarray, cov: np.ndarray
+) -> dict[str, float]:
     xm, ym = x.mean(), y.mean()
     c12 = np.mean((x - xm) * (y - ym)) - np.mean(cov)
     v1 = np.mean((x - xm) ** 2) - np.mean(ex**2)
@@ -123,21 +125,36 @@ def bces(x, y, ex, ey, *, cov=None, method: str = "orthogonal", n_boot: int = 10
     intrinsic = float(np.sqrt(max(np.mean(resid**2) - np.mean(ey**2 + slope**2 * ex**2), 0.0)))
     # half the 16-84 % range: robust against the rare degenerate resample
     spread = 0.5 * (np.nanpercentile(arr, 84, axis=0) - np.nanpercentile(arr, 16, axis=0))
-    return BcesFit(method, float(slope), float(spread[0]), float(intercept), float(spread[1]),
-                   total, intrinsic, int(x.size))
+    return BcesFit(
+        method,
+        float(slope),
+        float(spread[0]),
+        float(intercept),
+        float(spread[1]),
+        total,
+        intrinsic,
+        int(x.size),
+    )
 
 
 def _lt_data(df: pd.DataFrame, lum_col: str):
     from .query import science_rows
 
     rows = science_rows(df)
-    rows = rows[((rows["kind"] == "obs") | (rows["kind"] == "joint")) & (rows["kT"] > 0) & (rows[lum_col] > 0)]
+    rows = rows[
+        ((rows["kind"] == "obs") | (rows["kind"] == "joint")) & (rows["kT"] > 0) & (rows[lum_col] > 0)
+    ]
     # one point per cluster: a joint fit replaces its ObsIDs, else the ObsID with the most net counts
     joint_rows = rows[rows["kind"] == "joint"]
     covered = {o for obsids in joint_rows["obsids"] for o in obsids.split(",") if o}
     obs = rows[(rows["kind"] == "obs") & ~rows["obsid"].isin(covered)]
     key = obs["target"].where(obs["target"] != "", obs["obsid"])
-    obs = obs.assign(_key=key).sort_values("net_counts", ascending=False).drop_duplicates("_key").drop(columns="_key")
+    obs = (
+        obs.assign(_key=key)
+        .sort_values("net_counts", ascending=False)
+        .drop_duplicates("_key")
+        .drop(columns="_key")
+    )
     rows = pd.concat([obs, joint_rows])
     t, L = rows["kT"].to_numpy(), rows[lum_col].to_numpy()
     et = 0.5 * (rows["kT_err_lo"].to_numpy() + rows["kT_err_hi"].to_numpy())
@@ -146,8 +163,15 @@ def _lt_data(df: pd.DataFrame, lum_col: str):
     return rows, t, L, et, eL
 
 
-def fit_lt(df: pd.DataFrame, *, lum_col: str = "lum_0p1_2p4", t0_kev: float = 5.0, l0: float = 1e44,
-           method: str = "orthogonal", n_boot: int = 1000) -> BcesFit:
+def fit_lt(
+    df: pd.DataFrame,
+    *,
+    lum_col: str = "lum_0p1_2p4",
+    t0_kev: float = 5.0,
+    l0: float = 1e44,
+    method: str = "orthogonal",
+    n_boot: int = 1000,
+) -> BcesFit:
     """Fit ``L / l0 = 10^A (kT / t0_kev)^B`` to the catalogue's fitted rows with BCES (log space)."""
     _, t, L, et, eL = _lt_data(df, lum_col)
     x, y = np.log10(t / t0_kev), np.log10(L / l0)
@@ -174,23 +198,45 @@ def _figure(figsize=(6.0, 4.5)):
     return plt.subplots(figsize=figsize)
 
 
-def plot_lt(df: pd.DataFrame, path: str | os.PathLike[str], *, lum_col: str = "lum_0p1_2p4",
-            method: str = "orthogonal") -> tuple[Path, BcesFit | None]:
+def plot_lt(
+    df: pd.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    lum_col: str = "lum_0p1_2p4",
+    method: str = "orthogonal",
+) -> tuple[Path, BcesFit | None]:
     """L-T diagram with error bars and the BCES power law (when >= 3 clusters have kT and L)."""
     rows, t, L, _, _ = _lt_data(df, lum_col)
     fig, ax = _figure()
     if t.size:
-        ax.errorbar(t, L, xerr=[rows["kT_err_lo"].fillna(0), rows["kT_err_hi"].fillna(0)],
-                    yerr=[rows[f"{lum_col}_err_lo"].fillna(0), rows[f"{lum_col}_err_hi"].fillna(0)],
-                    fmt="o", ms=4, color="C0", ecolor="0.6", label=f"{t.size} fits")
+        ax.errorbar(
+            t,
+            L,
+            xerr=[rows["kT_err_lo"].fillna(0), rows["kT_err_hi"].fillna(0)],
+            yerr=[rows[f"{lum_col}_err_lo"].fillna(0), rows[f"{lum_col}_err_hi"].fillna(0)],
+            fmt="o",
+            ms=4,
+            color="C0",
+            ecolor="0.6",
+            label=f"{t.size} fits",
+        )
     fit = None
     if t.size >= 3:
         fit = fit_lt(df, lum_col=lum_col, method=method)
         tt = np.geomspace(t.min() / 1.3, t.max() * 1.3, 50)
         ll = 10 ** (fit.y_pivot + fit.intercept + fit.slope * (np.log10(tt) - fit.x_pivot))
-        ax.plot(tt, ll, "C3-", label=(f"BCES {fit.method}: B={fit.slope:.2f}$\\pm${fit.slope_err:.2f}, "
-                                      f"$\\sigma_{{int}}$={fit.scatter_intrinsic:.2f} dex"))
-        ax.fill_between(tt, ll * 10**-fit.scatter_intrinsic, ll * 10**fit.scatter_intrinsic, color="C3", alpha=0.15)
+        ax.plot(
+            tt,
+            ll,
+            "C3-",
+            label=(
+                f"BCES {fit.method}: B={fit.slope:.2f}$\\pm${fit.slope_err:.2f}, "
+                f"$\\sigma_{{int}}$={fit.scatter_intrinsic:.2f} dex"
+            ),
+        )
+        ax.fill_between(
+            tt, ll * 10**-fit.scatter_intrinsic, ll * 10**fit.scatter_intrinsic, color="C3", alpha=0.15
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("kT [keV]")
@@ -204,7 +250,9 @@ def plot_lt(df: pd.DataFrame, path: str | os.PathLike[str], *, lum_col: str = "l
     return _save(fig, path), fit
 
 
-def plot_histograms(df: pd.DataFrame, path: str | os.PathLike[str], *, flux_col: str = "flux_0p5_2p0_abs") -> Path:
+def plot_histograms(
+    df: pd.DataFrame, path: str | os.PathLike[str], *, flux_col: str = "flux_0p5_2p0_abs"
+) -> Path:
     """Histograms of kT, abundance and flux of the fitted rows."""
     import matplotlib.pyplot as plt
 
@@ -214,8 +262,11 @@ def plot_histograms(df: pd.DataFrame, path: str | os.PathLike[str], *, flux_col:
     _figure()
     plt.close()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, col, label, log in ((axes[0], "kT", "kT [keV]", False), (axes[1], "Z", "Z [solar]", False),
-                                (axes[2], flux_col, f"{flux_col} [erg cm$^{{-2}}$ s$^{{-1}}$]", True)):
+    for ax, col, label, log in (
+        (axes[0], "kT", "kT [keV]", False),
+        (axes[1], "Z", "Z [solar]", False),
+        (axes[2], flux_col, f"{flux_col} [erg cm$^{{-2}}$ s$^{{-1}}$]", True),
+    ):
         vals = rows[col].to_numpy(dtype=float)
         vals = vals[np.isfinite(vals) & ((vals > 0) if log else True)]
         if vals.size:
@@ -285,5 +336,10 @@ def survey_figures(df: pd.DataFrame, outdir: str | os.PathLike[str]) -> dict[str
     """Make all survey figures in ``outdir``; returns name -> path (and ``"lt_fit"`` -> BcesFit or None)."""
     outdir = Path(outdir)
     lt_path, lt_fit = plot_lt(df, outdir / "lt.png")
-    return {"lt": lt_path, "lt_fit": lt_fit, "hist": plot_histograms(df, outdir / "histograms.png"),
-            "sky": plot_sky(df, outdir / "sky.png"), "exposure_snr": plot_exposure_snr(df, outdir / "exposure_snr.png")}
+    return {
+        "lt": lt_path,
+        "lt_fit": lt_fit,
+        "hist": plot_histograms(df, outdir / "histograms.png"),
+        "sky": plot_sky(df, outdir / "sky.png"),
+        "exposure_snr": plot_exposure_snr(df, outdir / "exposure_snr.png"),
+    }

@@ -74,14 +74,18 @@ def _pm(row: pd.Series, col: str) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
     th = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
-                   + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _page(title: str, body: str) -> str:
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
 
 
 def _status(s: str) -> str:
@@ -103,8 +107,13 @@ def mosaic_figure(m: Any, path: str | os.PathLike[str], *, title: str = "") -> P
     ax = fig.add_subplot(111, projection=m.wcs)
     finite = rate[np.isfinite(rate) & (rate > 0)]
     vmin, vmax = (np.percentile(finite, 5), np.percentile(finite, 99.9)) if finite.size else (1e-9, 1)
-    im = ax.imshow(np.log10(np.clip(rate, vmin, None)), origin="lower", cmap="magma",
-                   vmin=np.log10(vmin), vmax=np.log10(vmax))
+    im = ax.imshow(
+        np.log10(np.clip(rate, vmin, None)),
+        origin="lower",
+        cmap="magma",
+        vmin=np.log10(vmin),
+        vmax=np.log10(vmax),
+    )
     ax.set_xlabel("RA")
     ax.set_ylabel("Dec")
     ax.set_title(title or f"mosaic {m.band_kev[0]}-{m.band_kev[1]} keV, {len(m.inputs)} event lists")
@@ -125,11 +134,29 @@ def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
     out = []
     rows = df[(df["camera"] == "epic")]
     for _, r in rows.iterrows():
-        link = (f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>' if r.kind == "obs"
-                else html.escape(r.obsid))
-        out.append([link, _fmt(r.target), html.escape(r.kind), _status(r.status), _fmt(r.exposure_s / 1e3),
-                    _fmt(r.net_counts), _fmt(r.snr), _pm(r, "kT"), _pm(r, "Z"), _pm(r, "nH"), _pm(r, "z"),
-                    _pm(r, "flux_0p5_2p0_abs"), _pm(r, "lum_0p1_2p4"), _fmt(r.stat_per_dof)])
+        link = (
+            f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>'
+            if r.kind == "obs"
+            else html.escape(r.obsid)
+        )
+        out.append(
+            [
+                link,
+                _fmt(r.target),
+                html.escape(r.kind),
+                _status(r.status),
+                _fmt(r.exposure_s / 1e3),
+                _fmt(r.net_counts),
+                _fmt(r.snr),
+                _pm(r, "kT"),
+                _pm(r, "Z"),
+                _pm(r, "nH"),
+                _pm(r, "z"),
+                _pm(r, "flux_0p5_2p0_abs"),
+                _pm(r, "lum_0p1_2p4"),
+                _fmt(r.stat_per_dof),
+            ]
+        )
     return out
 
 
@@ -137,52 +164,120 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
     rows = df[(df["obsid"] == obsid) & (df["kind"] == "obs")]
     epic = rows[rows["camera"] == "epic"].iloc[0]
     order = {c: i for i, c in enumerate(("pn", "mos1", "mos2"))}
-    cams = rows[rows["camera"] != "epic"].sort_values("camera", key=lambda s: s.map(lambda c: order.get(c, 9)))
-    parts = [f'<p><a href="../index.html">&larr; survey report</a></p><h1>ObsID {html.escape(obsid)}</h1>',
-             (f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
-              f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>")]
+    cams = rows[rows["camera"] != "epic"].sort_values(
+        "camera", key=lambda s: s.map(lambda c: order.get(c, 9))
+    )
+    parts = [
+        f'<p><a href="../index.html">&larr; survey report</a></p><h1>ObsID {html.escape(obsid)}</h1>',
+        (
+            f"<p>Target <b>{_fmt(epic.target)}</b>, status {_status(epic.status)}"
+            f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>"
+        ),
+    ]
     if epic.status != "done":
-        parts.append(f'<p class="failed">Failed step: {html.escape(epic.failed_step or "-")}; '
-                     f'{html.escape(epic.error_class)}: {html.escape(epic.failure_reason)}</p>')
-    parts.append("<h2>Target and region</h2>" + _table(
-        ["RA [deg]", "Dec [deg]", "z", "nH gal [1e22]", "centre RA", "centre Dec", "r_src [arcmin]",
-         "bkg annulus [arcmin]", "point sources"],
-        [[_fmt(epic.ra_deg, 7), _fmt(epic.dec_deg, 6), _fmt(epic.z_target), _fmt(epic.nh_gal),
-          _fmt(epic.centre_ra, 7), _fmt(epic.centre_dec, 6), _fmt(epic.r_src_arcmin),
-          f"{_fmt(epic.bkg_inner_arcmin)}-{_fmt(epic.bkg_outer_arcmin)}", _fmt(epic.n_ptsrc)]], left=0))
+        parts.append(
+            f'<p class="failed">Failed step: {html.escape(epic.failed_step or "-")}; '
+            f"{html.escape(epic.error_class)}: {html.escape(epic.failure_reason)}</p>"
+        )
+    parts.append(
+        "<h2>Target and region</h2>"
+        + _table(
+            [
+                "RA [deg]",
+                "Dec [deg]",
+                "z",
+                "nH gal [1e22]",
+                "centre RA",
+                "centre Dec",
+                "r_src [arcmin]",
+                "bkg annulus [arcmin]",
+                "point sources",
+            ],
+            [
+                [
+                    _fmt(epic.ra_deg, 7),
+                    _fmt(epic.dec_deg, 6),
+                    _fmt(epic.z_target),
+                    _fmt(epic.nh_gal),
+                    _fmt(epic.centre_ra, 7),
+                    _fmt(epic.centre_dec, 6),
+                    _fmt(epic.r_src_arcmin),
+                    f"{_fmt(epic.bkg_inner_arcmin)}-{_fmt(epic.bkg_outer_arcmin)}",
+                    _fmt(epic.n_ptsrc),
+                ]
+            ],
+            left=0,
+        )
+    )
     if len(cams):
-        parts.append("<h2>Cameras</h2>" + _table(
-            ["camera", "exposure [ks]", "flare fraction", "src counts", "bkg counts", "net counts", "S/N",
-             "cross-norm"],
-            [[html.escape(c.camera), _fmt(c.exposure_s / 1e3), _fmt(c.flare_fraction), _fmt(c.src_counts),
-              _fmt(c.bkg_counts), _fmt(c.net_counts), _fmt(c.snr), _pm(c, "cross_norm")]
-             for _, c in cams.iterrows()]))
+        parts.append(
+            "<h2>Cameras</h2>"
+            + _table(
+                [
+                    "camera",
+                    "exposure [ks]",
+                    "flare fraction",
+                    "src counts",
+                    "bkg counts",
+                    "net counts",
+                    "S/N",
+                    "cross-norm",
+                ],
+                [
+                    [
+                        html.escape(c.camera),
+                        _fmt(c.exposure_s / 1e3),
+                        _fmt(c.flare_fraction),
+                        _fmt(c.src_counts),
+                        _fmt(c.bkg_counts),
+                        _fmt(c.net_counts),
+                        _fmt(c.snr),
+                        _pm(c, "cross_norm"),
+                    ]
+                    for _, c in cams.iterrows()
+                ],
+            )
+        )
     if epic.fit_model:
-        params = [[p, _pm(epic, p), "frozen" if epic[f"{p}_frozen"] else ("linked" if epic[f"{p}_linked"] else "")]
-                  for p in ("kT", "Z", "nH", "z", "norm", "gamma") if math.isfinite(epic[p])]
-        parts.append(f"<h2>Fit</h2><p><code>{html.escape(epic.fit_model)}</code> with {html.escape(epic.fit_engine)}"
-                     f", {html.escape(epic.fit_stat)} = {_fmt(epic.statistic)} for {_fmt(epic.dof)} dof"
-                     f" (converged: {'yes' if epic.converged else 'no'})</p>"
-                     + _table(["parameter", "value", ""], params))
+        params = [
+            [p, _pm(epic, p), "frozen" if epic[f"{p}_frozen"] else ("linked" if epic[f"{p}_linked"] else "")]
+            for p in ("kT", "Z", "nH", "z", "norm", "gamma")
+            if math.isfinite(epic[p])
+        ]
+        parts.append(
+            f"<h2>Fit</h2><p><code>{html.escape(epic.fit_model)}</code> with {html.escape(epic.fit_engine)}"
+            f", {html.escape(epic.fit_stat)} = {_fmt(epic.statistic)} for {_fmt(epic.dof)} dof"
+            f" (converged: {'yes' if epic.converged else 'no'})</p>"
+            + _table(["parameter", "value", ""], params)
+        )
     plots = results_dir / obsid / "plots"
     rel = os.path.relpath(plots, out_dir / "obs")
     figs = []
-    for label, names in (("Light curves", [f"{c}_lightcurve.png" for c in ("pn", "mos1", "mos2")]),
-                         ("Image and regions", [f"{c}_image.png" for c in ("pn", "mos1", "mos2")]),
-                         ("Spectra and fit", ["spectrum_fit.png"])):
+    for label, names in (
+        ("Light curves", [f"{c}_lightcurve.png" for c in ("pn", "mos1", "mos2")]),
+        ("Image and regions", [f"{c}_image.png" for c in ("pn", "mos1", "mos2")]),
+        ("Spectra and fit", ["spectrum_fit.png"]),
+    ):
         present = [n for n in names if (plots / n).exists()]
         figs.append(f"<h2>{label}</h2>")
         if present:
-            figs.append('<div class="figs">' + "".join(
-                f'<a href="{html.escape(rel)}/{n}"><img src="{html.escape(rel)}/{n}" alt="{n}"></a>' for n in present)
-                + "</div>")
+            figs.append(
+                '<div class="figs">'
+                + "".join(
+                    f'<a href="{html.escape(rel)}/{n}"><img src="{html.escape(rel)}/{n}" alt="{n}"></a>'
+                    for n in present
+                )
+                + "</div>"
+            )
         else:
             figs.append(f'<p class="note">not produced ({", ".join(names)} absent in {obsid}/plots/)</p>')
     parts += figs
-    parts.append(f'<h2>Provenance</h2><p class="note">config hash <code>{html.escape(epic.config_hash)}</code>, '
-                 f'inputs hash <code>{html.escape(epic.inputs_hash)}</code>, backend {html.escape(epic.backend)}, '
-                 f'{html.escape(epic.started_utc)} &ndash; {html.escape(epic.finished_utc)}, '
-                 f'wall {_fmt(epic.wall_s)} s</p><pre class="note">{html.escape(epic.software_versions)}</pre>')
+    parts.append(
+        f'<h2>Provenance</h2><p class="note">config hash <code>{html.escape(epic.config_hash)}</code>, '
+        f"inputs hash <code>{html.escape(epic.inputs_hash)}</code>, backend {html.escape(epic.backend)}, "
+        f"{html.escape(epic.started_utc)} &ndash; {html.escape(epic.finished_utc)}, "
+        f'wall {_fmt(epic.wall_s)} s</p><pre class="note">{html.escape(epic.software_versions)}</pre>'
+    )
     return _page(f"ObsID {obsid}", "\n".join(parts))
 
 
@@ -190,24 +285,48 @@ def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
     parts = ["<h2>Multi-observation analysis</h2>"]
     jrows = df[df["is_joint"] & (df["camera"] == "epic")]
     if len(jrows):
-        parts.append(_table(
-            ["target", "kind", "ObsIDs", "kT [keV]", "Z", "gamma", "stat/dof", "consistency p"],
-            [[html.escape(r.obsid), html.escape(r.kind), html.escape(r.obsids), _pm(r, "kT"), _pm(r, "Z"),
-              _pm(r, "gamma"), _fmt(r.stat_per_dof), _fmt(r.consistency_pvalue)] for _, r in jrows.iterrows()]))
+        parts.append(
+            _table(
+                ["target", "kind", "ObsIDs", "kT [keV]", "Z", "gamma", "stat/dof", "consistency p"],
+                [
+                    [
+                        html.escape(r.obsid),
+                        html.escape(r.kind),
+                        html.escape(r.obsids),
+                        _pm(r, "kT"),
+                        _pm(r, "Z"),
+                        _pm(r, "gamma"),
+                        _fmt(r.stat_per_dof),
+                        _fmt(r.consistency_pvalue),
+                    ]
+                    for _, r in jrows.iterrows()
+                ],
+            )
+        )
         per_ds = df[df["is_joint"] & (df["camera"] != "epic")]
         if len(per_ds):
-            parts.append("<p>Cross-normalisations of the joint fits:</p>" + _table(
-                ["target", "dataset", "constant"],
-                [[html.escape(r.obsid), html.escape(r.camera), _pm(r, "cross_norm")] for _, r in per_ds.iterrows()]))
+            parts.append(
+                "<p>Cross-normalisations of the joint fits:</p>"
+                + _table(
+                    ["target", "dataset", "constant"],
+                    [
+                        [html.escape(r.obsid), html.escape(r.camera), _pm(r, "cross_norm")]
+                        for _, r in per_ds.iterrows()
+                    ],
+                )
+            )
     jdir = results_dir / "joint"
     for path in sorted(jdir.glob("*.json")) if jdir.is_dir() else []:
         if path.name.startswith("."):
             continue
         rec = json.loads(path.read_text(encoding="utf-8"))
         if rec.get("missing"):
-            parts.append(f'<p class="failed">{html.escape(rec.get("name", path.stem))}: joint spectral fit not run, '
-                         "inputs missing:</p><ul>"
-                         + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in rec["missing"]) + "</ul>")
+            parts.append(
+                f'<p class="failed">{html.escape(rec.get("name", path.stem))}: joint spectral fit not run, '
+                "inputs missing:</p><ul>"
+                + "".join(f"<li><code>{html.escape(m)}</code></li>" for m in rec["missing"])
+                + "</ul>"
+            )
         for note in rec.get("notes") or []:
             parts.append(f'<p class="note">{html.escape(str(note))}</p>')
         if rec.get("mosaic_png"):
@@ -217,8 +336,13 @@ def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
     return "\n".join(parts)
 
 
-def multi_observation_path(data_dir: str | os.PathLike[str], results_dir: str | os.PathLike[str], out_dir: Path, *,
-                   name: str | None = None) -> dict[str, Any]:
+def multi_observation_path(
+    data_dir: str | os.PathLike[str],
+    results_dir: str | os.PathLike[str],
+    out_dir: Path,
+    *,
+    name: str | None = None,
+) -> dict[str, Any]:
     """Run the multi-observation path on a data folder of one target (e.g. ``data/a907``).
 
     Makes the mosaic of every event list (exposure maps used where present), lists exactly which inputs of a
@@ -248,21 +372,31 @@ def multi_observation_path(data_dir: str | os.PathLike[str], results_dir: str | 
     if events:
         m = mosaic(events, exposure_maps=expmaps)
         fits_path = write_mosaic(m, Path(results_dir) / "joint" / f"{name}_mosaic.fits")
-        png = mosaic_figure(m, out_dir / "img" / f"mosaic_{name}.png",
-                            title=f"{name}: {len(inventory)} ObsIDs x {len(events)} event lists, 0.5-2 keV")
+        png = mosaic_figure(
+            m,
+            out_dir / "img" / f"mosaic_{name}.png",
+            title=f"{name}: {len(inventory)} ObsIDs x {len(events)} event lists, 0.5-2 keV",
+        )
         rec["mosaic_png"] = os.path.relpath(png, out_dir)
         rec["mosaic_fits"] = str(fits_path)
         flat = [i["path"] for i in m.inputs if i["exposure"].startswith("flat")]
-        notes.append(f"{name}: mosaic of {len(events)} event lists ({m.counts.sum():.0f} counts in 0.5-2 keV) "
-                     f"written to {fits_path.name}; exposure maps used for {len(expmaps)}, flat CCD-footprint "
-                     f"exposure (no vignetting) for {len(flat)}: " + ", ".join(Path(p).parent.parent.name + "/"
-                                                                                 + Path(p).name for p in flat))
+        notes.append(
+            f"{name}: mosaic of {len(events)} event lists ({m.counts.sum():.0f} counts in 0.5-2 keV) "
+            f"written to {fits_path.name}; exposure maps used for {len(expmaps)}, flat CCD-footprint "
+            f"exposure (no vignetting) for {len(flat)}: "
+            + ", ".join(Path(p).parent.parent.name + "/" + Path(p).name for p in flat)
+        )
     rec["path"] = atomic_write_json(Path(results_dir) / "joint" / f"{name}.json", rec)
     return rec
 
 
-def build_report(results_dir: str | os.PathLike[str], *, out_dir: str | os.PathLike[str] | None = None,
-                 multi_obs_data: str | os.PathLike[str] | None = None, df: pd.DataFrame | None = None) -> Path:
+def build_report(
+    results_dir: str | os.PathLike[str],
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    multi_obs_data: str | os.PathLike[str] | None = None,
+    df: pd.DataFrame | None = None,
+) -> Path:
     """Write the static HTML report and return the path of ``index.html``.
 
     Parameters
@@ -288,41 +422,88 @@ def build_report(results_dir: str | os.PathLike[str], *, out_dir: str | os.PathL
     obs_epic = df[(df["kind"] == "obs") & (df["camera"] == "epic")]
     n_done = int((obs_epic["status"] == "done").sum())
     n_fail = int((obs_epic["status"] == "failed").sum())
-    body = ["<h1>XMM-Newton survey report</h1>",
-            (f'<p class="note">results: <code>{html.escape(str(results_dir.resolve()))}</code>; '
-             f'catalogue schema {html.escape(str(df.attrs.get("schema_version", "")))}</p>'),
-            ('<div class="stats">'
-             f'<div class="stat"><b>{len(obs_epic)}</b>ObsIDs</div>'
-             f'<div class="stat"><b>{n_done}</b>done</div>'
-             f'<div class="stat"><b>{n_fail}</b>failed</div>'
-             f'<div class="stat"><b>{int((df["is_joint"] & (df["camera"] == "epic")).sum())}</b>joint/combined</div>'
-             "</div>")]
+    body = [
+        "<h1>XMM-Newton survey report</h1>",
+        (
+            f'<p class="note">results: <code>{html.escape(str(results_dir.resolve()))}</code>; '
+            f"catalogue schema {html.escape(str(df.attrs.get('schema_version', '')))}</p>"
+        ),
+        (
+            '<div class="stats">'
+            f'<div class="stat"><b>{len(obs_epic)}</b>ObsIDs</div>'
+            f'<div class="stat"><b>{n_done}</b>done</div>'
+            f'<div class="stat"><b>{n_fail}</b>failed</div>'
+            f'<div class="stat"><b>{int((df["is_joint"] & (df["camera"] == "epic")).sum())}</b>joint/combined</div>'
+            "</div>"
+        ),
+    ]
     fit = figs["lt_fit"]
     body.append("<h2>Survey figures</h2>")
     if fit is not None:
-        body.append(f"<p>L-T (BCES {fit.method}, {fit.n} clusters): L<sub>0.1-2.4</sub>/10<sup>44</sup> = "
-                    f"10<sup>{fit.intercept:.2f}&plusmn;{fit.intercept_err:.2f}</sup> (kT/5 keV)<sup>"
-                    f"{fit.slope:.2f}&plusmn;{fit.slope_err:.2f}</sup>; scatter {fit.scatter_total:.3f} dex total, "
-                    f"{fit.scatter_intrinsic:.3f} dex intrinsic.</p>")
-    body.append('<div class="figs">' + "".join(
-        f'<img src="img/{Path(figs[k]).name}" alt="{k}">' for k in ("lt", "hist", "sky", "exposure_snr")) + "</div>")
-    body.append("<h2>Catalogue</h2>" + _table(
-        ["ObsID", "target", "kind", "status", "exp [ks]", "net counts", "S/N", "kT [keV]", "Z", "nH [1e22]", "z",
-         "F(0.5-2) [cgs]", "L(0.1-2.4) [erg/s]", "stat/dof"], _summary_rows(df), left=3))
+        body.append(
+            f"<p>L-T (BCES {fit.method}, {fit.n} clusters): L<sub>0.1-2.4</sub>/10<sup>44</sup> = "
+            f"10<sup>{fit.intercept:.2f}&plusmn;{fit.intercept_err:.2f}</sup> (kT/5 keV)<sup>"
+            f"{fit.slope:.2f}&plusmn;{fit.slope_err:.2f}</sup>; scatter {fit.scatter_total:.3f} dex total, "
+            f"{fit.scatter_intrinsic:.3f} dex intrinsic.</p>"
+        )
+    body.append(
+        '<div class="figs">'
+        + "".join(
+            f'<img src="img/{Path(figs[k]).name}" alt="{k}">' for k in ("lt", "hist", "sky", "exposure_snr")
+        )
+        + "</div>"
+    )
+    body.append(
+        "<h2>Catalogue</h2>"
+        + _table(
+            [
+                "ObsID",
+                "target",
+                "kind",
+                "status",
+                "exp [ks]",
+                "net counts",
+                "S/N",
+                "kT [keV]",
+                "Z",
+                "nH [1e22]",
+                "z",
+                "F(0.5-2) [cgs]",
+                "L(0.1-2.4) [erg/s]",
+                "stat/dof",
+            ],
+            _summary_rows(df),
+            left=3,
+        )
+    )
     fails = failures(df)
     body.append("<h2>Failures</h2>")
     if len(fails):
-        body.append(_table(["ObsID", "status", "step", "error", "reason"],
-                           [[f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>', _status(r.status),
-                             html.escape(r.failed_step), html.escape(r.error_class), html.escape(r.failure_reason)]
-                            for _, r in fails.iterrows()], left=5))
+        body.append(
+            _table(
+                ["ObsID", "status", "step", "error", "reason"],
+                [
+                    [
+                        f'<a href="obs/{html.escape(r.obsid)}.html">{html.escape(r.obsid)}</a>',
+                        _status(r.status),
+                        html.escape(r.failed_step),
+                        html.escape(r.error_class),
+                        html.escape(r.failure_reason),
+                    ]
+                    for _, r in fails.iterrows()
+                ],
+                left=5,
+            )
+        )
     else:
         body.append('<p class="note">none</p>')
     body.append(_joint_section(df, results_dir))
     n_sci = len(science_rows(df))
-    body.append(f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in '
-                f'<a href="{html.escape(os.path.relpath(results_dir / io.CATALOGUE_PARQUET, out_dir))}">'
-                "catalogue.parquet</a> / catalogue.fits.</p>")
+    body.append(
+        f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in '
+        f'<a href="{html.escape(os.path.relpath(results_dir / io.CATALOGUE_PARQUET, out_dir))}">'
+        "catalogue.parquet</a> / catalogue.fits.</p>"
+    )
     for obsid in obs_epic["obsid"]:
         atomic_write_text(out_dir / "obs" / f"{obsid}.html", _obs_page(df, obsid, results_dir, out_dir))
     return atomic_write_text(out_dir / "index.html", _page("XMM-Newton survey report", "\n".join(body)))

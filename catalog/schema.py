@@ -156,7 +156,12 @@ def _base_columns() -> list[Column]:
         c("statistic", "float64", "", "best-fit statistic value"),
         c("dof", "int64", "", "degrees of freedom"),
         c("stat_per_dof", "float64", "", "statistic / dof"),
-        c("fit_pvalue", "float64", "", "chi2 survival probability of (statistic, dof); approximate for cstat"),
+        c(
+            "fit_pvalue",
+            "float64",
+            "",
+            "chi2 survival probability of (statistic, dof); approximate for cstat",
+        ),
         c("converged", "bool", "", "the fit converged"),
         c("n_datasets", "int64", "", "number of spectra in the fit"),
         c("consistency_chi2", "float64", "", "chi2 of the per-ObsID values about the combined value"),
@@ -174,9 +179,15 @@ def _flux_columns(bands: Iterable[Sequence[float]]) -> list[Column]:
         for which in ("abs", "unabs"):
             label = "absorbed" if which == "abs" else "unabsorbed"
             cols += [
-                Column(f"flux_{tag}_{which}", "float64", "erg cm-2 s-1", f"{label} flux {lo}-{hi} keV (observed)"),
-                Column(f"flux_{tag}_{which}_err_lo", "float64", "erg cm-2 s-1", f"lower error of {label} flux"),
-                Column(f"flux_{tag}_{which}_err_hi", "float64", "erg cm-2 s-1", f"upper error of {label} flux"),
+                Column(
+                    f"flux_{tag}_{which}", "float64", "erg cm-2 s-1", f"{label} flux {lo}-{hi} keV (observed)"
+                ),
+                Column(
+                    f"flux_{tag}_{which}_err_lo", "float64", "erg cm-2 s-1", f"lower error of {label} flux"
+                ),
+                Column(
+                    f"flux_{tag}_{which}_err_hi", "float64", "erg cm-2 s-1", f"upper error of {label} flux"
+                ),
             ]
         cols += [
             Column(f"lum_{tag}", "float64", "erg s-1", f"rest-frame {lo}-{hi} keV luminosity (unabsorbed)"),
@@ -247,8 +258,14 @@ def conform(df, cols: Sequence[Column]):
             values = pd.Series([col.missing] * n, index=df.index)
         if col.dtype == "str":
             # Columns read back from Parquet are already strings: converting them again costs most of a load.
-            if not (pd.api.types.is_string_dtype(values.dtype) and values.dtype != object and not values.isna().any()):
-                values = values.astype(object).where(values.notna(), "").astype(str)  # pandas >= 3: "str" dtype
+            if not (
+                pd.api.types.is_string_dtype(values.dtype)
+                and values.dtype != object
+                and not values.isna().any()
+            ):
+                values = (
+                    values.astype(object).where(values.notna(), "").astype(str)
+                )  # pandas >= 3: "str" dtype
         elif col.dtype == "float64":
             values = pd.to_numeric(values, errors="coerce").astype(np.float64)
         elif col.dtype == "int64":
@@ -278,6 +295,8 @@ def columns_from_attrs(df) -> list[Column]:
     cols = []
     for name in df.columns:
         if name not in dtypes:
-            raise KeyError(f"column {name!r} has no schema dtype in DataFrame.attrs; pass it through conform()")
+            raise KeyError(
+                f"column {name!r} has no schema dtype in DataFrame.attrs; pass it through conform()"
+            )
         cols.append(Column(name, dtypes[name], units.get(name, ""), descs.get(name, "")))
     return cols

@@ -54,7 +54,9 @@ class Mosaic:
     def rate(self) -> np.ndarray:
         """Count rate [count/s per pixel]; 0 where there is no exposure."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(self.exposure > 0, self.counts / np.where(self.exposure > 0, self.exposure, 1), 0.0)
+            return np.where(
+                self.exposure > 0, self.counts / np.where(self.exposure > 0, self.exposure, 1), 0.0
+            )
 
 
 def _column_wcs(header: Any, path: Path):
@@ -76,8 +78,9 @@ def _column_wcs(header: Any, path: Path):
     return w
 
 
-def events_radec(path: str | os.PathLike[str], *, band_kev: tuple[float, float] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+def events_radec(
+    path: str | os.PathLike[str], *, band_kev: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """RA, Dec [deg] and CCD number of the events of an event list (optionally in a PI band).
 
     Returns
@@ -100,7 +103,11 @@ def events_radec(path: str | os.PathLike[str], *, band_kev: tuple[float, float] 
             x = np.asarray(data["X"], dtype=float)
             y = np.asarray(data["Y"], dtype=float)
             pi = np.asarray(data["PI"], dtype=float)
-            ccd = np.asarray(data["CCDNR"], dtype=int) if "CCDNR" in hdu.columns.names else np.zeros(x.size, int)
+            ccd = (
+                np.asarray(data["CCDNR"], dtype=int)
+                if "CCDNR" in hdu.columns.names
+                else np.zeros(x.size, int)
+            )
             wcs = _column_wcs(header, path)
             head = dict(header)
     except (OSError, KeyError) as exc:
@@ -126,8 +133,9 @@ def _grid_wcs(centre: tuple[float, float], npix: int, pixel_arcsec: float):
     return w
 
 
-def _flat_exposure(ra: np.ndarray, dec: np.ndarray, ccd: np.ndarray, header: dict[str, Any], wcs: Any,
-                   shape: tuple[int, int]) -> np.ndarray:
+def _flat_exposure(
+    ra: np.ndarray, dec: np.ndarray, ccd: np.ndarray, header: dict[str, Any], wcs: Any, shape: tuple[int, int]
+) -> np.ndarray:
     from matplotlib.path import Path as MplPath
     from scipy.spatial import ConvexHull, QhullError
 
@@ -176,9 +184,15 @@ def _sample_expmap(path: Path, wcs: Any, shape: tuple[int, int]) -> np.ndarray:
     return out.reshape(shape)
 
 
-def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[float, float] = (0.5, 2.0),
-           centre: tuple[float, float] | None = None, size_arcmin: float = 30.0, pixel_arcsec: float = 8.0,
-           exposure_maps: Mapping[str, str | os.PathLike[str]] | None = None) -> Mosaic:
+def mosaic(
+    event_files: Sequence[str | os.PathLike[str]],
+    *,
+    band_kev: tuple[float, float] = (0.5, 2.0),
+    centre: tuple[float, float] | None = None,
+    size_arcmin: float = 30.0,
+    pixel_arcsec: float = 8.0,
+    exposure_maps: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> Mosaic:
     """Mosaic event lists of several ObsIDs/cameras onto one tangent-plane grid.
 
     Parameters
@@ -227,9 +241,15 @@ def mosaic(event_files: Sequence[str | os.PathLike[str]], *, band_kev: tuple[flo
         else:
             exposure += _flat_exposure(ra_all, dec_all, ccd_all, header, wcs, shape)
             how = "flat (CCD footprint x LIVETIME, no vignetting)"
-        inputs.append({"path": str(path), "obsid": str(header.get("OBS_ID", "")),
-                       "instrument": str(header.get("INSTRUME", "")), "events_in_band": int(h.sum()),
-                       "exposure": how})
+        inputs.append(
+            {
+                "path": str(path),
+                "obsid": str(header.get("OBS_ID", "")),
+                "instrument": str(header.get("INSTRUME", "")),
+                "events_in_band": int(h.sum()),
+                "exposure": how,
+            }
+        )
     return Mosaic(counts, exposure, wcs, (float(band_kev[0]), float(band_kev[1])), inputs)
 
 
@@ -255,8 +275,9 @@ def write_mosaic(m: Mosaic, path: str | os.PathLike[str]) -> Path:
     return atomic_write_fits(fits.HDUList(hdus), path)
 
 
-def _on_grid(x_lo: np.ndarray, x_hi: np.ndarray, ref_lo: np.ndarray, ref_hi: np.ndarray, values: np.ndarray,
-             path: Any) -> np.ndarray:
+def _on_grid(
+    x_lo: np.ndarray, x_hi: np.ndarray, ref_lo: np.ndarray, ref_hi: np.ndarray, values: np.ndarray, path: Any
+) -> np.ndarray:
     if x_lo.shape == ref_lo.shape and np.allclose(x_lo, ref_lo) and np.allclose(x_hi, ref_hi):
         return values
     # different energy grids: interpolate at bin centres (ARFs are smooth on these scales)
@@ -264,9 +285,13 @@ def _on_grid(x_lo: np.ndarray, x_hi: np.ndarray, ref_lo: np.ndarray, ref_hi: np.
     return np.interp(ref_mid, mid, values, left=0.0, right=0.0)
 
 
-def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str | os.PathLike[str]],
-                  arfs: Sequence[str | os.PathLike[str]], bkgs: Sequence[str | os.PathLike[str]] | None = None
-                  ) -> dict[str, Any]:
+def stack_spectra(
+    phas: Sequence[str | os.PathLike[str]],
+    *,
+    rmfs: Sequence[str | os.PathLike[str]],
+    arfs: Sequence[str | os.PathLike[str]],
+    bkgs: Sequence[str | os.PathLike[str]] | None = None,
+) -> dict[str, Any]:
     """Stack spectra of one camera from several ObsIDs.
 
     Parameters
@@ -291,7 +316,9 @@ def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str 
     spectra = [read_pha(Path(p)) for p in phas]
     n_chan = {s.counts.size for s in spectra}
     if len(n_chan) != 1:
-        raise InputDataError(f"stack_spectra: spectra have different channel counts {sorted(n_chan)}", phas[0])
+        raise InputDataError(
+            f"stack_spectra: spectra have different channel counts {sorted(n_chan)}", phas[0]
+        )
     expo = np.array([s.exposure for s in spectra], dtype=float)
     if np.any(expo <= 0):
         raise InputDataError("stack_spectra: a spectrum has EXPOSURE <= 0", phas[int(np.argmin(expo))])
@@ -313,19 +340,35 @@ def stack_spectra(phas: Sequence[str | os.PathLike[str]], *, rmfs: Sequence[str 
     header = dict(spectra[0].header)
     header["OBS_ID"] = ",".join(str(s.header.get("OBS_ID", "")) for s in spectra)[:68]
     header["NSTACKED"] = len(spectra)
-    pha = PHA(channel=spectra[0].channel.copy(), counts=np.sum([s.counts for s in spectra], axis=0),
-              exposure=float(expo.sum()), backscal=backscal, header=header)
+    pha = PHA(
+        channel=spectra[0].channel.copy(),
+        counts=np.sum([s.counts for s in spectra], axis=0),
+        exposure=float(expo.sum()),
+        backscal=backscal,
+        header=header,
+    )
     bkg = None
     if bkgs:
         bspec = [read_pha(Path(p)) for p in bkgs]
         bexpo = np.array([b.exposure for b in bspec], dtype=float)
         bw = bexpo / bexpo.sum()
-        bkg = PHA(channel=bspec[0].channel.copy(), counts=np.sum([b.counts for b in bspec], axis=0),
-                  exposure=float(bexpo.sum()),
-                  backscal=float(np.sum(bw * np.array([float(np.mean(b.backscal)) for b in bspec]))),
-                  header=dict(bspec[0].header), poisserr=all(b.poisserr for b in bspec))
-    rmf = RMF(energ_lo=r0.energ_lo, energ_hi=r0.energ_hi, matrix=sp.csr_matrix(matrix), e_min=r0.e_min,
-              e_max=r0.e_max, channel_offset=r0.channel_offset, header=dict(r0.header))
+        bkg = PHA(
+            channel=bspec[0].channel.copy(),
+            counts=np.sum([b.counts for b in bspec], axis=0),
+            exposure=float(bexpo.sum()),
+            backscal=float(np.sum(bw * np.array([float(np.mean(b.backscal)) for b in bspec]))),
+            header=dict(bspec[0].header),
+            poisserr=all(b.poisserr for b in bspec),
+        )
+    rmf = RMF(
+        energ_lo=r0.energ_lo,
+        energ_hi=r0.energ_hi,
+        matrix=sp.csr_matrix(matrix),
+        e_min=r0.e_min,
+        e_max=r0.e_max,
+        channel_offset=r0.channel_offset,
+        header=dict(r0.header),
+    )
     arf = ARF(energ_lo=a0.energ_lo, energ_hi=a0.energ_hi, specresp=area, header=dict(a0.header))
     return {"pha": pha, "rmf": rmf, "arf": arf, "bkg": bkg, "weights": w}
 
@@ -348,10 +391,17 @@ def write_stack(stack: dict[str, Any], outdir: str | os.PathLike[str], *, stem: 
     return paths
 
 
-def epicspeccombine_argv(phas: Sequence[str | os.PathLike[str]], *, bkgs: Sequence[str | os.PathLike[str]],
-                         rmfs: Sequence[str | os.PathLike[str]], arfs: Sequence[str | os.PathLike[str]],
-                         filepha: str = "epic_spc_src.ds", filebkg: str = "epic_spc_bkg.ds",
-                         filersp: str = "epic_rsp.ds", allow_he_diff: bool = False) -> list[str]:
+def epicspeccombine_argv(
+    phas: Sequence[str | os.PathLike[str]],
+    *,
+    bkgs: Sequence[str | os.PathLike[str]],
+    rmfs: Sequence[str | os.PathLike[str]],
+    arfs: Sequence[str | os.PathLike[str]],
+    filepha: str = "epic_spc_src.ds",
+    filebkg: str = "epic_spc_bkg.ds",
+    filersp: str = "epic_rsp.ds",
+    allow_he_diff: bool = False,
+) -> list[str]:
     """argv of SAS ``epicspeccombine`` (the SAS-backend equivalent of :func:`stack_spectra`).
 
     The four lists go in the same order (first spectrum with first background, RMF and ARF); SAS wants them as
@@ -360,8 +410,14 @@ def epicspeccombine_argv(phas: Sequence[str | os.PathLike[str]], *, bkgs: Sequen
     lists = {"pha": phas, "bkg": bkgs, "rmf": rmfs, "arf": arfs}
     lengths = {k: len(v) for k, v in lists.items()}
     if len(set(lengths.values())) != 1 or not phas:
-        raise InputDataError(f"epicspeccombine needs equally long, non-empty pha/bkg/rmf/arf lists, got {lengths}")
+        raise InputDataError(
+            f"epicspeccombine needs equally long, non-empty pha/bkg/rmf/arf lists, got {lengths}"
+        )
     argv = ["epicspeccombine"] + [f"{k}={' '.join(str(p) for p in v)}" for k, v in lists.items()]
-    argv += [f"filepha={filepha}", f"filebkg={filebkg}", f"filersp={filersp}",
-             f"allowHEdiff={'yes' if allow_he_diff else 'no'}"]
+    argv += [
+        f"filepha={filepha}",
+        f"filebkg={filebkg}",
+        f"filersp={filersp}",
+        f"allowHEdiff={'yes' if allow_he_diff else 'no'}",
+    ]
     return argv

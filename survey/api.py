@@ -107,8 +107,10 @@ class SurveyReport:
 
     def summary(self) -> str:
         """A few lines for the terminal."""
-        head = (f"survey: {len(self.done)}/{len(self.obsids)} ObsIDs done, {len(self.failed)} failed; "
-                f"{self.n_run} steps computed, {self.n_cached} reused; {self.wall_s:.1f} s")
+        head = (
+            f"survey: {len(self.done)}/{len(self.obsids)} ObsIDs done, {len(self.failed)} failed; "
+            f"{self.n_run} steps computed, {self.n_cached} reused; {self.wall_s:.1f} s"
+        )
         lines = [head]
         for obsid, reason in sorted(self.failed.items()):
             lines.append(f"  FAILED {obsid}: {reason}")
@@ -185,8 +187,9 @@ def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
                 try:
                     meta[key] = float(value)
                 except ValueError as exc:
-                    raise InputDataError(f"row {number}: column {key} = {value!r} is not a number",
-                                         path) from exc
+                    raise InputDataError(
+                        f"row {number}: column {key} = {value!r} is not a number", path
+                    ) from exc
             else:
                 meta[key] = value
         out[obsid] = meta
@@ -214,14 +217,17 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
         names = [n.strip() for n in spec.split(",") if n.strip()]
         if names and all((data_dir / n).is_dir() for n in names):
             return resolve_obsids({**cfg, "obsids": names})  # the list branch refuses unsafe names
-        raise ConfigError(f"obsids: {spec!r} is neither a list file, a glob nor ObsID folders under {data_dir}")
+        raise ConfigError(
+            f"obsids: {spec!r} is neither a list file, a glob nor ObsID folders under {data_dir}"
+        )
     if cfg.get("targets_csv"):
         return list(read_targets_csv(cfg["targets_csv"]))
     return list_obsids(data_dir)
 
 
-def load_observations(cfg: Mapping[str, Any], obsids: Sequence[str]
-                      ) -> dict[str, tuple[Observation | None, tuple[str, str] | None]]:
+def load_observations(
+    cfg: Mapping[str, Any], obsids: Sequence[str]
+) -> dict[str, tuple[Observation | None, tuple[str, str] | None]]:
     """Discover each ObsID under ``data_dir`` and add the targets-CSV metadata.
 
     Returns ObsID -> (Observation, None), or (None, (exception class, reason)) when discovery failed.
@@ -249,13 +255,15 @@ def _results_dir(cfg: Mapping[str, Any]) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"results_dir {results_dir} cannot be created or written: "
-                          f"{exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"results_dir {results_dir} cannot be created or written: {exc.strerror or exc}"
+        ) from exc
     return results_dir
 
 
-def _pipeline_for(cfg: Mapping[str, Any],
-                  pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None) -> Pipeline:
+def _pipeline_for(
+    cfg: Mapping[str, Any], pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None
+) -> Pipeline:
     if pipeline is None:
         return Pipeline.from_config(cfg)
     if isinstance(pipeline, Pipeline):
@@ -263,8 +271,13 @@ def _pipeline_for(cfg: Mapping[str, Any],
     return Pipeline.from_mapping(pipeline)
 
 
-def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed: bool,
-           observations: Mapping[str, Any] | None = None) -> list[ObsPlan]:
+def _plans(
+    cfg: Config,
+    pipeline: Pipeline,
+    obsids: Sequence[str],
+    retry_failed: bool,
+    observations: Mapping[str, Any] | None = None,
+) -> list[ObsPlan]:
     observations = observations if observations is not None else load_observations(cfg, obsids)
     versions = software_versions(pipeline.module)
     plain = cfg.to_dict()
@@ -272,17 +285,35 @@ def _plans(cfg: Config, pipeline: Pipeline, obsids: Sequence[str], retry_failed:
     plans = []
     for obsid in obsids:
         obs, error = observations[obsid]
-        tasks = make_tasks(obsid, obs, error, pipeline=pipeline, results_dir=results_dir, cfg=plain,
-                           retries=int(cfg["retries"]["transient"]), backoff_s=float(cfg["retries"]["backoff_s"]),
-                           retry_failed=retry_failed, versions=versions, config_hash=cfg.hash)
+        tasks = make_tasks(
+            obsid,
+            obs,
+            error,
+            pipeline=pipeline,
+            results_dir=results_dir,
+            cfg=plain,
+            retries=int(cfg["retries"]["transient"]),
+            backoff_s=float(cfg["retries"]["backoff_s"]),
+            retry_failed=retry_failed,
+            versions=versions,
+            config_hash=cfg.hash,
+        )
         plans.append(plan_obsid(tasks))
     return plans
 
 
-def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None = None,
-               obsids: Sequence[str] | None = None, retry_failed: bool = False, client: Any = None,
-               progress: bool = True, catalogue: bool = True, quiet_dask: bool = False,
-               on_outcome: Callable[[dict[str, Any]], None] | None = None) -> SurveyReport:
+def run_survey(
+    cfg: Config,
+    *,
+    pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None = None,
+    obsids: Sequence[str] | None = None,
+    retry_failed: bool = False,
+    client: Any = None,
+    progress: bool = True,
+    catalogue: bool = True,
+    quiet_dask: bool = False,
+    on_outcome: Callable[[dict[str, Any]], None] | None = None,
+) -> SurveyReport:
     """Run (or resume) the survey described by ``cfg`` and build the catalogue.
 
     Parameters
@@ -327,13 +358,17 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
     log = survey_logger(results_dir)
     try:
         chosen = list(obsids) if obsids is not None else resolve_obsids(cfg)
-        log.info("survey start: %d ObsIDs, steps %s, config hash %s, data %s", len(chosen), list(pipe.steps),
-                 cfg.hash[:12], cfg["data_dir"])
+        log.info(
+            "survey start: %d ObsIDs, steps %s, config hash %s, data %s",
+            len(chosen),
+            list(pipe.steps),
+            cfg.hash[:12],
+            cfg["data_dir"],
+        )
         observations = load_observations(cfg, chosen)
         plans = _plans(cfg, pipe, chosen, retry_failed, observations)
         n_todo = sum(len(p.tasks) for p in plans)
-        log.info("%d steps to compute, %d reused from records", n_todo,
-                 sum(len(p.outcomes) for p in plans))
+        log.info("%d steps to compute, %d reused from records", n_todo, sum(len(p.outcomes) for p in plans))
         outcomes: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
         dashboard = None
         if n_todo:
@@ -344,17 +379,30 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
 
                     handle = start_cluster(cfg, results_dir=results_dir, log=log)
                     stack.callback(handle.close)
-                    run_client, use_resources, dashboard = handle.client, handle.use_resources, handle.dashboard_link
+                    run_client, use_resources, dashboard = (
+                        handle.client,
+                        handle.use_resources,
+                        handle.dashboard_link,
+                    )
                     if dashboard:
                         print(f"Dask dashboard: {dashboard}", flush=True)
                 else:
                     run_client, dashboard = client, getattr(client, "dashboard_link", None)
                     workers = client.scheduler_info().get("workers", {})
-                    use_resources = bool(workers) and all("slots" in (w.get("resources") or {})
-                                                          for w in workers.values())
-                outcomes = run_graph(run_client, plans, use_resources=use_resources, progress=progress, log=log,
-                                     on_outcome=on_outcome)
-                report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
+                    use_resources = bool(workers) and all(
+                        "slots" in (w.get("resources") or {}) for w in workers.values()
+                    )
+                outcomes = run_graph(
+                    run_client,
+                    plans,
+                    use_resources=use_resources,
+                    progress=progress,
+                    log=log,
+                    on_outcome=on_outcome,
+                )
+                report = _report(
+                    cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard
+                )
                 report.joint = _joint(cfg, run_client, results_dir, observations, report, log)
                 collect_worker_logs(run_client, results_dir)
         else:
@@ -367,16 +415,26 @@ def run_survey(cfg: Config, *, pipeline: Pipeline | Mapping[str, Callable[..., d
             else:
                 report.catalogue, report.catalogue_error, _ = build_catalogue(results_dir, log=log)
         report.wall_s = time.perf_counter() - t0
-        log.info("survey end: %d done, %d failed, %.2f s", len(report.done), len(report.failed), report.wall_s)
+        log.info(
+            "survey end: %d done, %d failed, %.2f s", len(report.done), len(report.failed), report.wall_s
+        )
         return report
     finally:
         close_survey_logger(log)
 
 
-def _joint(cfg: Config, client: Any, results_dir: Path, observations: Mapping[str, Any], report: SurveyReport,
-           log: logging.Logger) -> dict[str, str | None]:
+def _joint(
+    cfg: Config,
+    client: Any,
+    results_dir: Path,
+    observations: Mapping[str, Any],
+    report: SurveyReport,
+    log: logging.Logger,
+) -> dict[str, str | None]:
     """Joint fits of targets finished in several ObsIDs (skipped when disabled or unchanged)."""
-    if not cfg["joint"]["enabled"] or "fit" not in report.outcomes.get(report.done[0] if report.done else "", {}):
+    if not cfg["joint"]["enabled"] or "fit" not in report.outcomes.get(
+        report.done[0] if report.done else "", {}
+    ):
         return {}
     groups = joint_groups({o: obs for o, (obs, _err) in observations.items()}, report.done)
     if not groups:
@@ -384,8 +442,15 @@ def _joint(cfg: Config, client: Any, results_dir: Path, observations: Mapping[st
     return run_joint_fits(client, results_dir, groups, cfg, log=log)
 
 
-def _report(cfg: Config, results_dir: Path, obsids: Sequence[str], outcomes: dict[str, dict[str, dict[str, Any]]],
-            pipe: Pipeline, wall_s: float, dashboard: str | None) -> SurveyReport:
+def _report(
+    cfg: Config,
+    results_dir: Path,
+    obsids: Sequence[str],
+    outcomes: dict[str, dict[str, dict[str, Any]]],
+    pipe: Pipeline,
+    wall_s: float,
+    dashboard: str | None,
+) -> SurveyReport:
     failed: dict[str, str] = {}
     n_run = n_cached = 0
     step_wall = {s: 0.0 for s in pipe.steps}
@@ -402,15 +467,31 @@ def _report(cfg: Config, results_dir: Path, obsids: Sequence[str], outcomes: dic
                 step_wall[step] += float(out.get("wall_s") or 0.0)
             if out["status"] == "failed" and obsid not in failed:
                 failed[obsid] = f"{step}: {out.get('exception')}: {out.get('reason')}"
-        if obsid not in failed and any(steps.get(s, {}).get("status") not in ("done", "cached") for s in pipe.steps):
+        if obsid not in failed and any(
+            steps.get(s, {}).get("status") not in ("done", "cached") for s in pipe.steps
+        ):
             failed[obsid] = "not finished (blocked or lost)"
-    return SurveyReport(results_dir=results_dir, obsids=list(obsids), outcomes=outcomes, failed=failed,
-                        n_run=n_run, n_cached=n_cached, wall_s=wall_s, step_wall_s=step_wall,
-                        dashboard_link=dashboard, config_hash=cfg.hash)
+    return SurveyReport(
+        results_dir=results_dir,
+        obsids=list(obsids),
+        outcomes=outcomes,
+        failed=failed,
+        n_run=n_run,
+        n_cached=n_cached,
+        wall_s=wall_s,
+        step_wall_s=step_wall,
+        dashboard_link=dashboard,
+        config_hash=cfg.hash,
+    )
 
 
-def run_one(cfg: Config, obsid: str, *, pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None
-            = None, retry_failed: bool = False) -> dict[str, dict[str, Any]]:
+def run_one(
+    cfg: Config,
+    obsid: str,
+    *,
+    pipeline: Pipeline | Mapping[str, Callable[..., dict[str, Any]]] | None = None,
+    retry_failed: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Run the chain of one ObsID in this process, without Dask (SLURM job-array mode).
 
     Returns
@@ -429,8 +510,14 @@ def run_one(cfg: Config, obsid: str, *, pipeline: Pipeline | Mapping[str, Callab
         for task in plan.tasks:
             outcome = execute_step(task, upstream)
             outcomes[task.step] = outcome
-            log.info("%s %s %s (%.2f s) %s", obsid, task.step, outcome["status"], outcome.get("wall_s", 0.0),
-                     outcome.get("reason") or "")
+            log.info(
+                "%s %s %s (%.2f s) %s",
+                obsid,
+                task.step,
+                outcome["status"],
+                outcome.get("wall_s", 0.0),
+                outcome.get("reason") or "",
+            )
             upstream = outcome
         return outcomes
     finally:

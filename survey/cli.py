@@ -32,14 +32,23 @@ def _add_config_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     if data:
         p.add_argument("--data", metavar="DIR", help="data folder with <obsid>/ sub-folders (data_dir)")
     p.add_argument("--results", metavar="DIR", help="results folder (results_dir)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key, e.g. --set fit.stat=chi2 --set cluster.slurm.cores=4 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set fit.stat=chi2 --set cluster.slurm.cores=4 (repeatable)",
+    )
 
 
 def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="number of workers (cluster.workers)")
-    p.add_argument("--cluster", metavar="local|slurm|ADDRESS",
-                   help="local (default), slurm (dask-jobqueue) or a scheduler address tcp://host:port")
+    p.add_argument(
+        "--cluster",
+        metavar="local|slurm|ADDRESS",
+        help="local (default), slurm (dask-jobqueue) or a scheduler address tcp://host:port",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -89,8 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         paths, error, _info = build_catalogue(cfg["results_dir"])
         print(error or "catalogue: " + ", ".join(map(str, paths)))
         return 0 if error is None else 1
-    report = run_survey(cfg, progress=not args.no_progress, retry_failed=args.retry_failed,
-                        catalogue=not args.no_catalogue, quiet_dask=not args.verbose)
+    report = run_survey(
+        cfg,
+        progress=not args.no_progress,
+        retry_failed=args.retry_failed,
+        catalogue=not args.no_catalogue,
+        quiet_dask=not args.verbose,
+    )
     return _report_exit(report)
 
 
@@ -109,8 +123,10 @@ def cmd_run_one(args: argparse.Namespace) -> int:
     outcomes = run_one(cfg, obsid, retry_failed=args.retry_failed)
     worst = 0
     for step, out in outcomes.items():
-        print(f"{obsid} {step}: {out['status']}" + (f" ({out.get('exception')}: {out.get('reason')})"
-                                                    if out["status"] == "failed" else ""))
+        print(
+            f"{obsid} {step}: {out['status']}"
+            + (f" ({out.get('exception')}: {out.get('reason')})" if out["status"] == "failed" else "")
+        )
         if out["status"] == "failed" and not worst:
             worst = _EXIT_BY_NAME.get(out.get("exception") or "", 1)
     return worst
@@ -156,8 +172,14 @@ def cmd_retry(args: argparse.Namespace) -> int:
         print("no failed ObsIDs")
         return 0
     print(f"retrying {len(todo)} ObsIDs: {' '.join(todo)}")
-    report = run_survey(cfg, obsids=todo, retry_failed=True, progress=not args.no_progress,
-                        catalogue=not args.no_catalogue, quiet_dask=not args.verbose)
+    report = run_survey(
+        cfg,
+        obsids=todo,
+        retry_failed=True,
+        progress=not args.no_progress,
+        catalogue=not args.no_catalogue,
+        quiet_dask=not args.verbose,
+    )
     return _report_exit(report)
 
 
@@ -167,7 +189,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
     results = args.results or _load(args)["results_dir"]
     for obsid in args.obsid:
         removed = clean_obsid(results, obsid, step=args.step)
-        print(f"{obsid}: removed {len(removed)} path(s)" + (f" from step {args.step} on" if args.step else ""))
+        print(
+            f"{obsid}: removed {len(removed)} path(s)" + (f" from step {args.step} on" if args.step else "")
+        )
     return 0
 
 
@@ -179,8 +203,11 @@ def _plugin_names() -> list[str]:
     try:
         from . import commands
 
-        names += sorted(m.name for m in pkgutil.iter_modules(commands.__path__)
-                        if m.name not in names and not m.name.startswith("_"))
+        names += sorted(
+            m.name
+            for m in pkgutil.iter_modules(commands.__path__)
+            if m.name not in names and not m.name.startswith("_")
+        )
     except ImportError:
         pass
     return names
@@ -217,27 +244,37 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``xmm-survey`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
         prog="xmm-survey",
-        description="XMM-Newton extended-source survey: event lists -> spectra -> fits -> catalogue.")
+        description="XMM-Newton extended-source survey: event lists -> spectra -> fits -> catalogue.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log to the terminal too")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("run", help="run or resume the survey (skips finished steps)",
-                       description="Run the survey on a Dask cluster; finished steps are reused, failed "
-                                   "ObsIDs are recorded and the survey goes on.")
+    p = sub.add_parser(
+        "run",
+        help="run or resume the survey (skips finished steps)",
+        description="Run the survey on a Dask cluster; finished steps are reused, failed "
+        "ObsIDs are recorded and the survey goes on.",
+    )
     _add_config_args(p)
     _add_cluster_args(p)
-    p.add_argument("--obsids", metavar="FILE|GLOB|IDS",
-                   help="ObsID list file (one per line, # comments), a glob, or ObsIDs separated by commas")
+    p.add_argument(
+        "--obsids",
+        metavar="FILE|GLOB|IDS",
+        help="ObsID list file (one per line, # comments), a glob, or ObsIDs separated by commas",
+    )
     p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
     p.add_argument("--retry-failed", action="store_true", help="also rerun steps that failed before")
     p.add_argument("--catalogue-only", action="store_true", help="only (re)build the catalogue from results/")
     p.add_argument("--no-catalogue", action="store_true", help="do not build the catalogue at the end")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("run-one", help="run one ObsID in this process, without Dask (SLURM job arrays)",
-                       description="Run the steps of one ObsID here; for `sbatch --array` give --obsid-list "
-                                   "and --index $SLURM_ARRAY_TASK_ID.")
+    p = sub.add_parser(
+        "run-one",
+        help="run one ObsID in this process, without Dask (SLURM job arrays)",
+        description="Run the steps of one ObsID here; for `sbatch --array` give --obsid-list "
+        "and --index $SLURM_ARRAY_TASK_ID.",
+    )
     _add_config_args(p)
     p.add_argument("--obsid", help="the ObsID")
     p.add_argument("--obsid-list", metavar="FILE", help="ObsID list file (with --index)")
@@ -246,29 +283,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="rerun the steps that failed before")
     p.set_defaults(func=cmd_run_one)
 
-    p = sub.add_parser("status", help="table of ObsIDs x steps: done / failed (reason) / running / pending",
-                       description="Status of a survey from its step records, with wall time per step.")
+    p = sub.add_parser(
+        "status",
+        help="table of ObsIDs x steps: done / failed (reason) / running / pending",
+        description="Status of a survey from its step records, with wall time per step.",
+    )
     _add_config_args(p, data=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("init", help="write a commented example configuration",
-                       description="Write every configuration key with its default and a comment.")
+    p = sub.add_parser(
+        "init",
+        help="write a commented example configuration",
+        description="Write every configuration key with its default and a comment.",
+    )
     p.add_argument("path", nargs="?", default="survey.yaml", help="file to write (default survey.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("retry", help="rerun the ObsIDs that failed (retry --failed)",
-                       description="Rerun the failed ObsIDs with the configuration of the previous run "
-                                   "(results/config.resolved.yaml) unless --config is given.")
+    p = sub.add_parser(
+        "retry",
+        help="rerun the ObsIDs that failed (retry --failed)",
+        description="Rerun the failed ObsIDs with the configuration of the previous run "
+        "(results/config.resolved.yaml) unless --config is given.",
+    )
     p.add_argument("--failed", action="store_true", help="rerun every ObsID with a failed step")
     p.add_argument("--no-catalogue", action="store_true", help="do not rebuild the catalogue afterwards")
     _add_config_args(p)
     _add_cluster_args(p)
     p.set_defaults(func=cmd_retry)
 
-    p = sub.add_parser("clean", help="forget the results of ObsIDs (all, or from a step on)",
-                       description="Delete results/<obsid>/ (or only the records of --step and later).")
+    p = sub.add_parser(
+        "clean",
+        help="forget the results of ObsIDs (all, or from a step on)",
+        description="Delete results/<obsid>/ (or only the records of --step and later).",
+    )
     p.add_argument("--obsid", action="append", required=True, help="ObsID to clean (repeatable)")
     p.add_argument("--step", help="only forget this step and the later ones")
     _add_config_args(p, data=False)

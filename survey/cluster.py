@@ -73,7 +73,9 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
     s = cfg["cluster"]["slurm"]
     cores, processes = int(s["cores"]), int(s["processes"])
     if processes > cores:
-        raise ConfigError(f"cluster.slurm.processes ({processes}) must not exceed cluster.slurm.cores ({cores})")
+        raise ConfigError(
+            f"cluster.slurm.processes ({processes}) must not exceed cluster.slurm.cores ({cores})"
+        )
     slots = max(1, cores // processes)
     log_dir = s.get("log_directory") or str(Path(results_dir) / "logs" / "slurm")
     Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -114,26 +116,38 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
 
         threads = int(c["threads_per_worker"])
         with dask.config.set(SCHEDULER_CONFIG):
-            cluster = LocalCluster(n_workers=int(c["workers"]), threads_per_worker=threads, processes=True,
-                                   memory_limit=c["memory_limit"], dashboard_address=c["dashboard_address"],
-                                   host="127.0.0.1", resources={SLOT_RESOURCE: threads})
+            cluster = LocalCluster(
+                n_workers=int(c["workers"]),
+                threads_per_worker=threads,
+                processes=True,
+                memory_limit=c["memory_limit"],
+                dashboard_address=c["dashboard_address"],
+                host="127.0.0.1",
+                resources={SLOT_RESOURCE: threads},
+            )
         client = Client(cluster)
         handle = ClusterHandle(client, cluster, kind, _dashboard(client), True)
     elif kind == "slurm":
         try:
             from dask_jobqueue import SLURMCluster
         except ImportError as exc:
-            raise ConfigError("cluster.kind: slurm needs dask-jobqueue (pip install 'xmm-survey[slurm]')") from exc
+            raise ConfigError(
+                "cluster.kind: slurm needs dask-jobqueue (pip install 'xmm-survey[slurm]')"
+            ) from exc
         with dask.config.set(SCHEDULER_CONFIG):
             cluster = SLURMCluster(**slurm_cluster_kwargs(cfg, results_dir))
         s = c["slurm"]
-        cluster.adapt(minimum_jobs=int(s["minimum_jobs"]), maximum_jobs=max(int(s["maximum_jobs"]),
-                                                                             int(s["minimum_jobs"])))
+        cluster.adapt(
+            minimum_jobs=int(s["minimum_jobs"]),
+            maximum_jobs=max(int(s["maximum_jobs"]), int(s["minimum_jobs"])),
+        )
         client = Client(cluster)
         handle = ClusterHandle(client, cluster, kind, _dashboard(client), True)
     elif kind == "address":
         if not c.get("address"):
-            raise ConfigError("cluster.kind: address needs cluster.address (tcp://host:port of a running scheduler)")
+            raise ConfigError(
+                "cluster.kind: address needs cluster.address (tcp://host:port of a running scheduler)"
+            )
         client = Client(c["address"], timeout="30s")
         workers = client.scheduler_info().get("workers", {})
         use = bool(workers) and all(SLOT_RESOURCE in (w.get("resources") or {}) for w in workers.values())

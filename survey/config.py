@@ -83,13 +83,25 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "fit.stat": ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"),
     "fit.errors": ("profile", "covariance", "none"),
 }
-_POSITIVE = {"cluster.workers", "cluster.threads_per_worker", "cluster.slurm.cores", "cluster.slurm.processes"}
+_POSITIVE = {
+    "cluster.workers",
+    "cluster.threads_per_worker",
+    "cluster.slurm.cores",
+    "cluster.slurm.processes",
+}
 _NON_NEGATIVE = {"retries.transient", "retries.backoff_s", "cluster.slurm.minimum_jobs"}
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {_NoneType: "null", list: "list", dict: "mapping", str: "string", int: "integer",
-             float: "number", bool: "true/false"}
+    names = {
+        _NoneType: "null",
+        list: "list",
+        dict: "mapping",
+        str: "string",
+        int: "integer",
+        float: "number",
+        bool: "true/false",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -111,8 +123,9 @@ def _check_value(dotted: str, value: Any, default: Any, where: str) -> Any:
     allowed = _allowed_for(dotted, default)
     ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
     if not ok:
-        raise ConfigError(f"{where}: {dotted} must be {_type_name(allowed)}, got {value!r} "
-                          f"({type(value).__name__})")
+        raise ConfigError(
+            f"{where}: {dotted} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})"
+        )
     if dotted in _CHOICES and value not in _CHOICES[dotted]:
         raise ConfigError(f"{where}: {dotted} must be one of {', '.join(_CHOICES[dotted])}, got {value!r}")
     if dotted in _POSITIVE and value < 1:
@@ -124,15 +137,20 @@ def _check_value(dotted: str, value: Any, default: Any, where: str) -> Any:
     return value
 
 
-def _merge(base: dict[str, Any], layer: Mapping[str, Any], *, reference: dict[str, Any], prefix: str,
-           where: str) -> None:
+def _merge(
+    base: dict[str, Any], layer: Mapping[str, Any], *, reference: dict[str, Any], prefix: str, where: str
+) -> None:
     """Merge ``layer`` into ``base`` in place, checking every key and type against ``reference``."""
     if not isinstance(layer, Mapping):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the configuration'} must be a mapping, "
-                          f"got {type(layer).__name__}")
+        raise ConfigError(
+            f"{where}: {prefix.rstrip('.') or 'the configuration'} must be a mapping, "
+            f"got {type(layer).__name__}"
+        )
     for key, value in layer.items():
         if not isinstance(key, str):
-            raise ConfigError(f"{where}: key {key!r} under {prefix.rstrip('.') or 'top level'} is not a string")
+            raise ConfigError(
+                f"{where}: key {key!r} under {prefix.rstrip('.') or 'top level'} is not a string"
+            )
         dotted = prefix + key
         if dotted.rstrip(".") in _OPEN_MAPS:
             base[key] = copy.deepcopy(value)
@@ -143,8 +161,10 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any], *, reference: dict[st
         default = reference[key]
         if isinstance(default, dict):
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}: {dotted} must be a mapping of its own keys "
-                                  f"({', '.join(sorted(default))}), got {value!r}")
+                raise ConfigError(
+                    f"{where}: {dotted} must be a mapping of its own keys "
+                    f"({', '.join(sorted(default))}), got {value!r}"
+                )
             _merge(base[key], value, reference=default, prefix=dotted + ".", where=where)
         else:
             base[key] = _check_value(dotted, copy.deepcopy(value), default, where)
@@ -217,8 +237,10 @@ class Config(Mapping[str, Any]):
 
     def to_yaml(self) -> str:
         """The resolved values as YAML, headed by the layers and the hash."""
-        head = (f"# xmm-survey resolved configuration (do not edit; re-run with --config instead)\n"
-                f"# layers: {' < '.join(self.sources)}\n# config_hash: sha256:{self.hash}\n")
+        head = (
+            f"# xmm-survey resolved configuration (do not edit; re-run with --config instead)\n"
+            f"# layers: {' < '.join(self.sources)}\n# config_hash: sha256:{self.hash}\n"
+        )
         return head + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
 
 
@@ -251,8 +273,9 @@ def _nest(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None,
-                     *, reference: dict[str, Any]) -> None:
+def _apply_overrides(
+    data: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None, *, reference: dict[str, Any]
+) -> None:
     if not overrides:
         return
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
@@ -262,8 +285,9 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str] | Mapping[st
         _merge(data, _nest(key, value), reference=reference, prefix="", where="command line")
 
 
-def load_config(path: str | os.PathLike[str] | None = None,
-                overrides: Iterable[str] | Mapping[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None
+) -> Config:
     """Resolve the configuration: defaults < YAML file < overrides.
 
     Parameters

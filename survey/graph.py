@@ -66,18 +66,33 @@ def plan_obsid(tasks: Sequence[StepTask]) -> ObsPlan:
     for i, task in enumerate(tasks):
         state, h, _inputs, record = check_step(task, upstream_hash)
         if state == "cached":
-            plan.outcomes[task.step] = {"obsid": task.obsid, "step": task.step, "status": "cached",
-                                        "inputs_hash": h, "wall_s": float(record.get("wall_s", 0.0)),
-                                        "reason": "", "exception": None, "attempts": 0, "failed_step": None,
-                                        "reused": True}
+            plan.outcomes[task.step] = {
+                "obsid": task.obsid,
+                "step": task.step,
+                "status": "cached",
+                "inputs_hash": h,
+                "wall_s": float(record.get("wall_s", 0.0)),
+                "reason": "",
+                "exception": None,
+                "attempts": 0,
+                "failed_step": None,
+                "reused": True,
+            }
             upstream_hash = h
             continue
         if state == "failed":
-            plan.outcomes[task.step] = {"obsid": task.obsid, "step": task.step, "status": "failed",
-                                        "inputs_hash": h, "wall_s": float(record.get("wall_s", 0.0)),
-                                        "reason": record.get("reason", ""), "exception": record.get("exception"),
-                                        "attempts": int(record.get("attempts", 0)), "failed_step": task.step,
-                                        "reused": True}
+            plan.outcomes[task.step] = {
+                "obsid": task.obsid,
+                "step": task.step,
+                "status": "failed",
+                "inputs_hash": h,
+                "wall_s": float(record.get("wall_s", 0.0)),
+                "reason": record.get("reason", ""),
+                "exception": record.get("exception"),
+                "attempts": int(record.get("attempts", 0)),
+                "failed_step": task.step,
+                "reused": True,
+            }
             return plan
         plan.tasks = list(tasks[i:])
         plan.upstream = {"status": "cached", "inputs_hash": upstream_hash} if i else None
@@ -89,16 +104,42 @@ def _record_lost(task: StepTask, exc: BaseException) -> dict[str, Any]:
     """Record a step whose task never returned (its worker died too often: KilledWorker)."""
     name = type(exc).__name__
     reason = f"task lost: {exc}"
-    atomic_write_json(record_path(task.outdir, task.step), {
-        "schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "status": "failed",
-        "inputs_hash": "", "reason": reason, "exception": name, "error_class": name, "outputs": []})
-    return {"obsid": task.obsid, "step": task.step, "status": "failed", "inputs_hash": "", "wall_s": 0.0,
-            "reason": reason, "exception": name, "attempts": 0, "failed_step": task.step}
+    atomic_write_json(
+        record_path(task.outdir, task.step),
+        {
+            "schema": RECORD_SCHEMA,
+            "obsid": task.obsid,
+            "step": task.step,
+            "status": "failed",
+            "inputs_hash": "",
+            "reason": reason,
+            "exception": name,
+            "error_class": name,
+            "outputs": [],
+        },
+    )
+    return {
+        "obsid": task.obsid,
+        "step": task.step,
+        "status": "failed",
+        "inputs_hash": "",
+        "wall_s": 0.0,
+        "reason": reason,
+        "exception": name,
+        "attempts": 0,
+        "failed_step": task.step,
+    }
 
 
-def run_graph(client: Any, plans: Sequence[ObsPlan], *, use_resources: bool = True, progress: bool = True,
-              log: logging.Logger | None = None,
-              on_outcome: Callable[[dict[str, Any]], None] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+def run_graph(
+    client: Any,
+    plans: Sequence[ObsPlan],
+    *,
+    use_resources: bool = True,
+    progress: bool = True,
+    log: logging.Logger | None = None,
+    on_outcome: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
     """Submit the chains of ``plans`` to ``client`` and wait for all of them.
 
     Every outcome is logged (and passed to ``on_outcome``) as soon as its task finishes; the step
@@ -120,8 +161,16 @@ def run_graph(client: Any, plans: Sequence[ObsPlan], *, use_resources: bool = Tr
         prev: Any = plan.upstream
         for task in plan.tasks:
             index = task.pipeline.steps.index(task.step)
-            fut = client.submit(execute_step, task, prev, key=task_key(task.step, task.obsid, token),
-                                priority=index, resources=resources, retries=0, pure=False)
+            fut = client.submit(
+                execute_step,
+                task,
+                prev,
+                key=task_key(task.step, task.obsid, token),
+                priority=index,
+                resources=resources,
+                retries=0,
+                pure=False,
+            )
             futures[fut] = task
             prev = fut
     total = len(futures)
@@ -139,22 +188,37 @@ def run_graph(client: Any, plans: Sequence[ObsPlan], *, use_resources: bool = Tr
             except Exception as exc:  # noqa: BLE001 - a lost task (KilledWorker) fails its ObsID only
                 upstream_failed = any(o.get("status") == "failed" for o in results[task.obsid].values())
                 if upstream_failed:
-                    outcome = {"obsid": task.obsid, "step": task.step, "status": "blocked", "reason": str(exc),
-                               "exception": type(exc).__name__, "wall_s": 0.0, "failed_step": None}
+                    outcome = {
+                        "obsid": task.obsid,
+                        "step": task.step,
+                        "status": "blocked",
+                        "reason": str(exc),
+                        "exception": type(exc).__name__,
+                        "wall_s": 0.0,
+                        "failed_step": None,
+                    }
                 else:
                     outcome = _record_lost(task, exc)
             results[task.obsid][task.step] = outcome
             counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
             if outcome["status"] == "failed":
-                log.warning("%s %s failed (%s): %s", task.obsid, task.step, outcome.get("exception"),
-                            outcome.get("reason"))
+                log.warning(
+                    "%s %s failed (%s): %s",
+                    task.obsid,
+                    task.step,
+                    outcome.get("exception"),
+                    outcome.get("reason"),
+                )
             else:
-                log.info("%s %s %s (%.2f s)", task.obsid, task.step, outcome["status"], outcome.get("wall_s", 0.0))
+                log.info(
+                    "%s %s %s (%.2f s)", task.obsid, task.step, outcome["status"], outcome.get("wall_s", 0.0)
+                )
             if on_outcome is not None:
                 on_outcome(outcome)
             if bar is not None:
-                bar.set_postfix(done=counts["done"], cached=counts["cached"], failed=counts["failed"],
-                                refresh=False)
+                bar.set_postfix(
+                    done=counts["done"], cached=counts["cached"], failed=counts["failed"], refresh=False
+                )
                 bar.update(1)
     finally:
         if bar is not None:
@@ -168,7 +232,9 @@ def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: 
     """True when both catalogue files exist and are newer than every step record and joint-fit record."""
     results_dir = Path(results_dir)
     try:
-        cat_mtime = min((results_dir / name).stat().st_mtime_ns for name in ("catalogue.parquet", "catalogue.fits"))
+        cat_mtime = min(
+            (results_dir / name).stat().st_mtime_ns for name in ("catalogue.parquet", "catalogue.fits")
+        )
     except OSError:
         return False
     for obsid in obsids:
@@ -181,8 +247,9 @@ def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: 
     return all(p.stat().st_mtime_ns <= cat_mtime for p in (results_dir / "joint").glob("*.json"))
 
 
-def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = None
-                    ) -> tuple[list[Path], str | None, Mapping[str, Any]]:
+def build_catalogue(
+    results_dir: str | Path, *, log: logging.Logger | None = None
+) -> tuple[list[Path], str | None, Mapping[str, Any]]:
     """Build and write the catalogue with ``catalog.build`` + ``catalog.io.write_catalogue``.
 
     Returns
@@ -229,13 +296,38 @@ def build_catalogue(results_dir: str | Path, *, log: logging.Logger | None = Non
     return paths, None, info
 
 
-def make_tasks(obsid: str, obs: Any, error: tuple[str, str] | None, *, pipeline: Pipeline, results_dir: str,
-               cfg: dict[str, Any], retries: int, backoff_s: float, retry_failed: bool,
-               versions: dict[str, str], config_hash: str = "") -> list[StepTask]:
+def make_tasks(
+    obsid: str,
+    obs: Any,
+    error: tuple[str, str] | None,
+    *,
+    pipeline: Pipeline,
+    results_dir: str,
+    cfg: dict[str, Any],
+    retries: int,
+    backoff_s: float,
+    retry_failed: bool,
+    versions: dict[str, str],
+    config_hash: str = "",
+) -> list[StepTask]:
     """One StepTask per pipeline step for ``obsid``."""
-    return [StepTask(obsid=obsid, step=step, obs=obs, results_dir=results_dir, cfg=cfg, pipeline=pipeline,
-                     retries=retries, backoff_s=backoff_s, retry_failed=retry_failed, error=error,
-                     versions=versions, config_hash=config_hash) for step in pipeline.steps]
+    return [
+        StepTask(
+            obsid=obsid,
+            step=step,
+            obs=obs,
+            results_dir=results_dir,
+            cfg=cfg,
+            pipeline=pipeline,
+            retries=retries,
+            backoff_s=backoff_s,
+            retry_failed=retry_failed,
+            error=error,
+            versions=versions,
+            config_hash=config_hash,
+        )
+        for step in pipeline.steps
+    ]
 
 
 def joint_groups(observations: Mapping[str, Any], done: Sequence[str]) -> dict[str, list[str]]:
@@ -258,12 +350,21 @@ def _joint_task(results_dir: str, target: str, obsids: list[str], options: dict[
     except Exception as exc:  # noqa: BLE001 - a failed joint fit is reported; the per-ObsID rows stand
         return {"target": target, "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
     missing = out.get("missing") or []
-    return {"target": target, "error": ("missing inputs: " + "; ".join(map(str, missing))) if missing else None,
-            "wall_s": time.perf_counter() - t0}
+    return {
+        "target": target,
+        "error": ("missing inputs: " + "; ".join(map(str, missing))) if missing else None,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
-def run_joint_fits(client: Any, results_dir: str | Path, groups: Mapping[str, Sequence[str]], cfg: Mapping[str, Any],
-                   *, log: logging.Logger | None = None) -> dict[str, str | None]:
+def run_joint_fits(
+    client: Any,
+    results_dir: str | Path,
+    groups: Mapping[str, Sequence[str]],
+    cfg: Mapping[str, Any],
+    *,
+    log: logging.Logger | None = None,
+) -> dict[str, str | None]:
     """Joint fits of the targets seen in several ObsIDs (``catalog.joint.run_joint``), as Dask tasks.
 
     A target whose ObsIDs' fit records (and the fit configuration) are unchanged since its last joint fit
@@ -276,25 +377,40 @@ def run_joint_fits(client: Any, results_dir: str | Path, groups: Mapping[str, Se
         state = json.loads(state_path.read_text())
     except (OSError, ValueError):
         state = {}
-    options = {"engine": cfg["backend"]["fitting"], "cameras": list(cfg["cameras"]), "stat": cfg["fit"]["stat"],
-               "notice_kev": tuple(cfg["fit"]["notice_kev"]), "stack": bool(cfg["joint"]["stack"]),
-               "auto_set": bool(cfg["fit"].get("auto_set", True))}
+    options = {
+        "engine": cfg["backend"]["fitting"],
+        "cameras": list(cfg["cameras"]),
+        "stat": cfg["fit"]["stat"],
+        "notice_kev": tuple(cfg["fit"]["notice_kev"]),
+        "stack": bool(cfg["joint"]["stack"]),
+        "auto_set": bool(cfg["fit"].get("auto_set", True)),
+    }
     todo, keys, results = {}, {}, {}
     for target, obsids in groups.items():
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("_.") or "target"
-        hashes = [(o, (json.loads(record_path(results_dir / o, "fit").read_text()) or {}).get("inputs_hash"))
-                  if record_path(results_dir / o, "fit").exists() else (o, None) for o in obsids]
-        key = hashlib.sha256(json.dumps([hashes, options, cfg["fit"]], sort_keys=True, default=str).encode()
-                             ).hexdigest()
+        hashes = [
+            (o, (json.loads(record_path(results_dir / o, "fit").read_text()) or {}).get("inputs_hash"))
+            if record_path(results_dir / o, "fit").exists()
+            else (o, None)
+            for o in obsids
+        ]
+        key = hashlib.sha256(
+            json.dumps([hashes, options, cfg["fit"]], sort_keys=True, default=str).encode()
+        ).hexdigest()
         if state.get(slug) == key and (results_dir / "joint" / f"{slug}.json").exists():
             results[target] = None
             continue
         todo[slug], keys[slug] = (target, list(obsids)), key
     if not todo:
         return results
-    futures = {slug: client.submit(_joint_task, str(results_dir), slug, obsids, options, key=f"joint-{slug}",
-                                   pure=False) if client is not None else None
-               for slug, (_target, obsids) in todo.items()}
+    futures = {
+        slug: client.submit(
+            _joint_task, str(results_dir), slug, obsids, options, key=f"joint-{slug}", pure=False
+        )
+        if client is not None
+        else None
+        for slug, (_target, obsids) in todo.items()
+    }
     for slug, fut in futures.items():
         target, obsids = todo[slug]
         out = fut.result() if fut is not None else _joint_task(str(results_dir), slug, obsids, options)

@@ -112,8 +112,15 @@ def dask_logs_to_file(results_dir: str | os.PathLike[str], *, quiet: bool = True
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
-    detached = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
-                and not isinstance(h, logging.FileHandler)] if quiet else []
+    detached = (
+        [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
+        if quiet
+        else []
+    )
     propagate = logger.propagate
     for h in detached:
         logger.removeHandler(h)

@@ -70,8 +70,11 @@ class SurveyStatus:
         out = {}
         for step in self.steps:
             times = [r[step].wall_s for r in self.rows.values() if r[step].state == "done" and r[step].wall_s]
-            out[step] = {"total": sum(times), "mean": sum(times) / len(times) if times else 0.0,
-                         "max": max(times, default=0.0)}
+            out[step] = {
+                "total": sum(times),
+                "mean": sum(times) / len(times) if times else 0.0,
+                "max": max(times, default=0.0),
+            }
         return out
 
     def obsid_state(self, obsid: str) -> str:
@@ -95,9 +98,13 @@ class SurveyStatus:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"results_dir": str(self.results_dir), "steps": self.steps,
-                "obsids": {o: {s: vars(st) for s, st in row.items()} for o, row in self.rows.items()},
-                "counts": self.counts(), "wall_time_s": self.wall_time()}
+        return {
+            "results_dir": str(self.results_dir),
+            "steps": self.steps,
+            "obsids": {o: {s: vars(st) for s, st in row.items()} for o, row in self.rows.items()},
+            "counts": self.counts(),
+            "wall_time_s": self.wall_time(),
+        }
 
 
 def steps_for(results_dir: str | Path) -> list[str]:
@@ -117,17 +124,23 @@ def steps_for(results_dir: str | Path) -> list[str]:
     return names
 
 
-def collect_status(results_dir: str | Path, *, steps: Sequence[str] | None = None,
-                   obsids: Sequence[str] | None = None) -> SurveyStatus:
+def collect_status(
+    results_dir: str | Path, *, steps: Sequence[str] | None = None, obsids: Sequence[str] | None = None
+) -> SurveyStatus:
     """Read every ``results/<obsid>/steps/<step>.json`` into a :class:`SurveyStatus`."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise ConfigError(f"results directory {results_dir} does not exist")
     step_names = list(steps) if steps else steps_for(results_dir)
     if obsids is None:
-        obsids = sorted(p.name for p in results_dir.iterdir()
-                        if p.is_dir() and p.name not in _RESERVED and not p.name.startswith(".")
-                        and ((p / "steps").is_dir() or (p / "logs").is_dir()))
+        obsids = sorted(
+            p.name
+            for p in results_dir.iterdir()
+            if p.is_dir()
+            and p.name not in _RESERVED
+            and not p.name.startswith(".")
+            and ((p / "steps").is_dir() or (p / "logs").is_dir())
+        )
     status = SurveyStatus(results_dir=results_dir, steps=step_names)
     for obsid in obsids:
         row = {}
@@ -137,9 +150,12 @@ def collect_status(results_dir: str | Path, *, steps: Sequence[str] | None = Non
                 row[step] = StepState("pending")
             else:
                 state = rec.get("status", "pending")
-                row[step] = StepState(state if state in ("done", "failed", "running") else "pending",
-                                      reason=str(rec.get("reason") or ""), exception=rec.get("exception"),
-                                      wall_s=rec.get("wall_s"))
+                row[step] = StepState(
+                    state if state in ("done", "failed", "running") else "pending",
+                    reason=str(rec.get("reason") or ""),
+                    exception=rec.get("exception"),
+                    wall_s=rec.get("wall_s"),
+                )
         status.rows[obsid] = row
     return status
 
@@ -158,16 +174,25 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
                 if len(reason) > width:
                     reason = reason[: width - 3] + "..."
                 break
-        lines.append(obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason)
+        lines.append(
+            obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason
+        )
     lines.append("")
     counts, walls = status.counts(), status.wall_time()
-    lines.append("step".ljust(col) + "  " + "  ".join(k.rjust(7) for k in ("done", "failed", "running", "pending"))
-                 + "   total_s    mean_s     max_s")
+    lines.append(
+        "step".ljust(col)
+        + "  "
+        + "  ".join(k.rjust(7) for k in ("done", "failed", "running", "pending"))
+        + "   total_s    mean_s     max_s"
+    )
     for step in steps:
         c, w = counts[step], walls[step]
-        lines.append(step.ljust(col) + "  " + "  ".join(str(c[k]).rjust(7)
-                                                        for k in ("done", "failed", "running", "pending"))
-                     + f"  {w['total']:8.2f}  {w['mean']:8.3f}  {w['max']:8.3f}")
+        lines.append(
+            step.ljust(col)
+            + "  "
+            + "  ".join(str(c[k]).rjust(7) for k in ("done", "failed", "running", "pending"))
+            + f"  {w['total']:8.2f}  {w['mean']:8.3f}  {w['max']:8.3f}"
+        )
     n = len(status.rows)
     by_state: dict[str, int] = {}
     for obsid in status.rows:
@@ -200,10 +225,9 @@ def clean_obsid(results_dir: str | Path, obsid: str, *, step: str | None = None)
     if step not in steps:
         raise ConfigError(f"unknown step {step!r}; steps are {', '.join(steps)}")
     removed = []
-    for later in steps[steps.index(step):]:
+    for later in steps[steps.index(step) :]:
         path = record_path(root, later)
         if path.exists():
             path.unlink()
             removed.append(path)
     return removed
-

@@ -122,20 +122,26 @@ class Pipeline:
         except ImportError as exc:
             raise ConfigError(f"pipeline.module: cannot import {name!r} ({exc})") from exc
         if not hasattr(mod, "run_step") or not hasattr(mod, "STEPS"):
-            raise ConfigError(f"pipeline.module: {name!r} has no STEPS and run_step(step, obs, outdir, cfg, *, log)")
+            raise ConfigError(
+                f"pipeline.module: {name!r} has no STEPS and run_step(step, obs, outdir, cfg, *, log)"
+            )
         all_steps = tuple(mod.STEPS)
         chosen = tuple(steps) if steps else all_steps
         unknown = [s for s in chosen if s not in all_steps]
         if unknown:
             raise ConfigError(f"pipeline.steps: unknown step(s) {unknown}; {name} has {list(all_steps)}")
         if chosen != all_steps[: len(chosen)]:
-            raise ConfigError(f"pipeline.steps must be a leading part of {list(all_steps)}, got {list(chosen)}")
+            raise ConfigError(
+                f"pipeline.steps must be a leading part of {list(all_steps)}, got {list(chosen)}"
+            )
         return cls(steps=chosen, module=name)
 
     @classmethod
-    def from_mapping(cls, funcs: Mapping[str, StepFunc],
-                     inputs: Mapping[str, Callable[[Observation, Path], Sequence[Path]]] | None = None
-                     ) -> Pipeline:
+    def from_mapping(
+        cls,
+        funcs: Mapping[str, StepFunc],
+        inputs: Mapping[str, Callable[[Observation, Path], Sequence[Path]]] | None = None,
+    ) -> Pipeline:
         if not funcs:
             raise ConfigError("a pipeline needs at least one step")
         return cls(steps=tuple(funcs), funcs=dict(funcs), inputs_funcs=dict(inputs or {}))
@@ -145,7 +151,9 @@ class Pipeline:
         section = cfg.get("pipeline") or {}
         return cls.from_module(section.get("module") or "xmmcore.pipeline", section.get("steps"))
 
-    def run(self, step: str, obs: Observation, outdir: Path, cfg: dict[str, Any], *, log: Any) -> dict[str, Any]:
+    def run(
+        self, step: str, obs: Observation, outdir: Path, cfg: dict[str, Any], *, log: Any
+    ) -> dict[str, Any]:
         if self.funcs is not None:
             return self.funcs[step](obs, outdir, cfg, log=log)
         mod = importlib.import_module(self.module or "xmmcore.pipeline")
@@ -187,9 +195,16 @@ def _file_entry(path: Path, roots: Sequence[Path]) -> dict[str, Any]:
         return {"path": name, "size": None, "mtime_ns": None}
 
 
-def compute_inputs_hash(step: str, obs: Observation, outdir: Path, cfg: Mapping[str, Any],
-                        input_files: Sequence[Path], *, upstream_hash: str = "",
-                        versions: Mapping[str, str] | None = None) -> tuple[str, list[dict[str, Any]]]:
+def compute_inputs_hash(
+    step: str,
+    obs: Observation,
+    outdir: Path,
+    cfg: Mapping[str, Any],
+    input_files: Sequence[Path],
+    *,
+    upstream_hash: str = "",
+    versions: Mapping[str, str] | None = None,
+) -> tuple[str, list[dict[str, Any]]]:
     """sha256 of (step config, target metadata, input file signatures, upstream hash, versions).
 
     Returns
@@ -229,8 +244,9 @@ def read_record(outdir: str | os.PathLike[str], step: str) -> dict[str, Any] | N
     return data if isinstance(data, dict) else None
 
 
-def write_record(outdir: str | os.PathLike[str], step: str, record: Mapping[str, Any], *,
-                 durable: bool = False) -> Path:
+def write_record(
+    outdir: str | os.PathLike[str], step: str, record: Mapping[str, Any], *, durable: bool = False
+) -> Path:
     """Write the step record atomically (temp file + rename: never half-written).
 
     Without ``durable`` the file is not fsync'd: a record lost to a power cut only means that its
@@ -254,19 +270,24 @@ def _outputs_present(outdir: Path, record: Mapping[str, Any]) -> bool:
     return True
 
 
-def is_done(outdir: str | os.PathLike[str], step: str, inputs_hash: str,
-            record: Mapping[str, Any] | None = None) -> bool:
+def is_done(
+    outdir: str | os.PathLike[str], step: str, inputs_hash: str, record: Mapping[str, Any] | None = None
+) -> bool:
     """True when the record says done with this inputs hash and every recorded output is intact."""
     record = read_record(outdir, step) if record is None else record
-    return (record is not None and record.get("status") == "done" and record.get("inputs_hash") == inputs_hash
-            and _outputs_present(Path(outdir), record))
+    return (
+        record is not None
+        and record.get("status") == "done"
+        and record.get("inputs_hash") == inputs_hash
+        and _outputs_present(Path(outdir), record)
+    )
 
 
 def invalidate_after(outdir: str | os.PathLike[str], steps: Sequence[str], step: str) -> None:
     """Remove the records of the steps after ``step`` (their inputs are gone or stale)."""
     if step not in steps:
         return
-    for later in steps[steps.index(step) + 1:]:
+    for later in steps[steps.index(step) + 1 :]:
         try:
             record_path(outdir, later).unlink()
         except FileNotFoundError:
@@ -326,14 +347,18 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
     """
     assert task.obs is not None
     files = task.pipeline.inputs(task.step, task.obs, task.outdir)
-    h, inputs = compute_inputs_hash(task.step, task.obs, task.outdir, task.cfg, files,
-                                    upstream_hash=upstream_hash, versions=task.versions)
+    h, inputs = compute_inputs_hash(
+        task.step, task.obs, task.outdir, task.cfg, files, upstream_hash=upstream_hash, versions=task.versions
+    )
     record = read_record(task.outdir, task.step)
     if record is not None and record.get("inputs_hash") == h:
         if record.get("status") == "done" and _outputs_present(task.outdir, record):
             return "cached", h, inputs, record
-        if (record.get("status") == "failed" and not task.retry_failed
-                and record.get("exception") not in (None, "TransientError", "KilledWorker")):
+        if (
+            record.get("status") == "failed"
+            and not task.retry_failed
+            and record.get("exception") not in (None, "TransientError", "KilledWorker")
+        ):
             return "failed", h, inputs, record
     return "run", h, inputs, record
 
@@ -363,11 +388,28 @@ def _declared_outputs(outdir: Path, summary: Mapping[str, Any]) -> list[dict[str
     return out
 
 
-def _outcome(task: StepTask, status: str, *, inputs_hash: str = "", wall_s: float = 0.0, reason: str = "",
-             exception: str | None = None, attempts: int = 0, failed_step: str | None = None) -> dict[str, Any]:
-    return {"obsid": task.obsid, "step": task.step, "status": status, "inputs_hash": inputs_hash,
-            "wall_s": wall_s, "reason": reason, "exception": exception, "attempts": attempts,
-            "failed_step": failed_step or (task.step if status == "failed" else None)}
+def _outcome(
+    task: StepTask,
+    status: str,
+    *,
+    inputs_hash: str = "",
+    wall_s: float = 0.0,
+    reason: str = "",
+    exception: str | None = None,
+    attempts: int = 0,
+    failed_step: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "obsid": task.obsid,
+        "step": task.step,
+        "status": status,
+        "inputs_hash": inputs_hash,
+        "wall_s": wall_s,
+        "reason": reason,
+        "exception": exception,
+        "attempts": attempts,
+        "failed_step": failed_step or (task.step if status == "failed" else None),
+    }
 
 
 def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -385,16 +427,38 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     """
     steps = task.pipeline.steps
     if upstream is not None and upstream.get("status") not in ("done", "cached"):
-        return _outcome(task, "blocked", reason=upstream.get("reason", ""), exception=upstream.get("exception"),
-                        failed_step=upstream.get("failed_step"))
+        return _outcome(
+            task,
+            "blocked",
+            reason=upstream.get("reason", ""),
+            exception=upstream.get("exception"),
+            failed_step=upstream.get("failed_step"),
+        )
     outdir = task.outdir
     if task.obs is None:
         exc_name, message = task.error or ("InputDataError", "observation not found")
         now = _now()
-        write_record(outdir, task.step, {
-            "schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "status": "failed",
-            "inputs_hash": "", "reason": message, "exception": exc_name, "error_class": exc_name, "started": now, "finished": now,
-            "wall_s": 0.0, "attempts": 0, "outputs": [], "host": socket.gethostname(), "pid": os.getpid()})
+        write_record(
+            outdir,
+            task.step,
+            {
+                "schema": RECORD_SCHEMA,
+                "obsid": task.obsid,
+                "step": task.step,
+                "status": "failed",
+                "inputs_hash": "",
+                "reason": message,
+                "exception": exc_name,
+                "error_class": exc_name,
+                "started": now,
+                "finished": now,
+                "wall_s": 0.0,
+                "attempts": 0,
+                "outputs": [],
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            },
+        )
         invalidate_after(outdir, steps, task.step)
         return _outcome(task, "failed", reason=message, exception=exc_name)
 
@@ -403,14 +467,27 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     if state == "cached":
         return _outcome(task, "cached", inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)))
     if state == "failed":
-        return _outcome(task, "failed", inputs_hash=h, reason=record.get("reason", ""),
-                        exception=record.get("exception"), attempts=int(record.get("attempts", 0)))
+        return _outcome(
+            task,
+            "failed",
+            inputs_hash=h,
+            reason=record.get("reason", ""),
+            exception=record.get("exception"),
+            attempts=int(record.get("attempts", 0)),
+        )
 
-    base = {"schema": RECORD_SCHEMA, "obsid": task.obsid, "step": task.step, "inputs_hash": h,
-            "inputs": inputs, "versions": task.versions,
-            "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
-            "config_hash": task.config_hash or config_hash(task.cfg),
-            "host": socket.gethostname(), "pid": os.getpid()}
+    base = {
+        "schema": RECORD_SCHEMA,
+        "obsid": task.obsid,
+        "step": task.step,
+        "inputs_hash": h,
+        "inputs": inputs,
+        "versions": task.versions,
+        "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
+        "config_hash": task.config_hash or config_hash(task.cfg),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
     started = _now()
     write_record(outdir, task.step, {**base, "status": "running", "started": started})
     t0 = time.perf_counter()
@@ -440,18 +517,26 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
                 break
         wall = time.perf_counter() - t0
         log.info("step %s of %s: %s in %.3f s", task.step, task.obsid, status, wall)
-    record_out: dict[str, Any] = {**base, "status": status, "started": started, "finished": _now(),
-                                  "wall_s": wall, "attempts": attempts}
+    record_out: dict[str, Any] = {
+        **base,
+        "status": status,
+        "started": started,
+        "finished": _now(),
+        "wall_s": wall,
+        "attempts": attempts,
+    }
     if status == "done":
         outputs = _declared_outputs(outdir, summary)
         record_out["outputs"] = outputs if outputs is not None else _scan_outputs(outdir, start_ns)
         record_out["summary"] = summary
     else:
-        record_out.update(reason=reason, exception=exc_name, error_class=exc_name, traceback=tb[-4000:],
-                          outputs=[])
+        record_out.update(
+            reason=reason, exception=exc_name, error_class=exc_name, traceback=tb[-4000:], outputs=[]
+        )
     write_record(outdir, task.step, record_out)
     if status != "done":
         invalidate_after(outdir, steps, task.step)
-        return _outcome(task, "failed", inputs_hash=h, wall_s=wall, reason=reason, exception=exc_name,
-                        attempts=attempts)
+        return _outcome(
+            task, "failed", inputs_hash=h, wall_s=wall, reason=reason, exception=exc_name, attempts=attempts
+        )
     return _outcome(task, "done", inputs_hash=h, wall_s=wall, attempts=attempts)

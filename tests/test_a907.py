@@ -122,8 +122,14 @@ def test_spectra_consistent_with_inputs(a907, obsid, cam):
     w = {int(k): v for k, v in s["src_area_by_ccd"].items()}
     tot = sum(w.values())
     ontime = sum(a / tot * G.overlap(raw.gti_ccd[c], fgti) for c, a in w.items())
-    live = sum(a / tot * G.overlap(raw.gti_ccd[c], fgti) * raw.header[f"LIVETI{c:02d}"] / raw.header[f"ONTIME{c:02d}"]
-               for c, a in w.items())
+    live = sum(
+        a
+        / tot
+        * G.overlap(raw.gti_ccd[c], fgti)
+        * raw.header[f"LIVETI{c:02d}"]
+        / raw.header[f"ONTIME{c:02d}"]
+        for c, a in w.items()
+    )
     assert src_h["ONTIME"] == pytest.approx(ontime, rel=1e-9)
     assert src_h["EXPOSURE"] == pytest.approx(live, rel=1e-9)
     # BACKSCAL: ratio equal to the independently integrated area ratio within 1 %
@@ -161,7 +167,10 @@ def test_point_sources_repeat_across_obsids(a907):
     assert bright
     others = [p for o in ("0201901401", "0201903501") for p in a907[o][3]["point_sources"]]
     for p in bright:
-        d = [np.hypot((p["ra"] - q["ra"]) * np.cos(np.radians(p["dec"])), p["dec"] - q["dec"]) * 3600 for q in others]
+        d = [
+            np.hypot((p["ra"] - q["ra"]) * np.cos(np.radians(p["dec"])), p["dec"] - q["dec"]) * 3600
+            for q in others
+        ]
         assert min(d) < 10.0, p
 
 
@@ -178,8 +187,13 @@ def test_images_with_wcs(a907, obsid):
 
         j, i = np.unravel_index(np.argmax(ndimage.gaussian_filter(img.astype(float), 3)), img.shape)
         sky = w.pixel_to_world(i, j)
-        sep = np.hypot((sky.ra.deg - regs["centre_ra"]) * np.cos(np.radians(regs["centre_dec"])),
-                       sky.dec.deg - regs["centre_dec"]) * 3600
+        sep = (
+            np.hypot(
+                (sky.ra.deg - regs["centre_ra"]) * np.cos(np.radians(regs["centre_dec"])),
+                sky.dec.deg - regs["centre_dec"],
+            )
+            * 3600
+        )
         assert sep < 30.0
         assert h[0].header["LTM1_1"] == pytest.approx(1 / 80.0)
     with fits.open(regs["files"]["mos1_expmap"]) as h:
@@ -196,8 +210,11 @@ def test_responses_copied_and_optimal_grouping(a907, xmm_data, tmp_path):
 
     obs, outdir, _, regs, _ = a907["0201903501"]
     canned = xmm_data / "psrj0855" / "mos1"
-    obs2 = dataclasses.replace(obs, rmf_files={"mos1": canned / "xmm_mos1_0605960101.rmf"},
-                               arf_files={"mos1": canned / "xmm_mos1_0605960101.arf"})
+    obs2 = dataclasses.replace(
+        obs,
+        rmf_files={"mos1": canned / "xmm_mos1_0605960101.rmf"},
+        arf_files={"mos1": canned / "xmm_mos1_0605960101.arf"},
+    )
     work = tmp_path / "out"
     shutil.copytree(outdir / "events", work / "events")
     cfg = yaml.safe_load((REPO / "survey" / "defaults.yaml").read_text())
@@ -223,8 +240,9 @@ def test_binning_reproduces_sas_evselect_image(xmm_data, obsid):
         sas = h[0].data.astype(float)
         hd = h[0].header
     b = 1.0 / hd["LTM1_1"]
-    ext = I.Extent(x0=(0.5 - hd["LTV1"]) * b, y0=(0.5 - hd["LTV2"]) * b, bin_phys=b, nx=hd["NAXIS1"],
-                   ny=hd["NAXIS2"])
+    ext = I.Extent(
+        x0=(0.5 - hd["LTV1"]) * b, y0=(0.5 - hd["LTV2"]) * b, bin_phys=b, nx=hd["NAXIS1"], ny=hd["NAXIS2"]
+    )
     evl = E.read_events(next((xmm_data / "a907" / obsid / "eclean").glob("mos1*")))
     sel = E.screen_mask(evl.columns, pattern_max=12, flag_mask=0x766BA000, pi_min=500, pi_max=2000)
     ours, wcs, _ = I.bin_image(evl, band_kev=None, extent=ext, mask=sel)

@@ -25,22 +25,27 @@ def _write_table(path, *, additive=True, redshift=True, method=(1, 0)):
     values = np.zeros((2, 4), dtype=np.float32)
     values[0] = t_grid
     values[1, :3] = b_grid
-    pars = fits.BinTableHDU.from_columns([
-        fits.Column("NAME", "12A", array=np.array(["T", "B"])),
-        fits.Column("METHOD", "J", array=np.array(method)),
-        fits.Column("INITIAL", "E", array=np.array([1.0, 1.0])),
-        fits.Column("DELTA", "E", array=np.array([0.01, -0.01])),
-        fits.Column("MINIMUM", "E", array=np.array([0.5, 0.0])),
-        fits.Column("BOTTOM", "E", array=np.array([0.5, 0.0])),
-        fits.Column("TOP", "E", array=np.array([4.0, 3.0])),
-        fits.Column("MAXIMUM", "E", array=np.array([4.0, 3.0])),
-        fits.Column("NUMBVALS", "J", array=np.array([4, 3])),
-        fits.Column("VALUE", "4E", array=values),
-    ], name="PARAMETERS")
+    pars = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("NAME", "12A", array=np.array(["T", "B"])),
+            fits.Column("METHOD", "J", array=np.array(method)),
+            fits.Column("INITIAL", "E", array=np.array([1.0, 1.0])),
+            fits.Column("DELTA", "E", array=np.array([0.01, -0.01])),
+            fits.Column("MINIMUM", "E", array=np.array([0.5, 0.0])),
+            fits.Column("BOTTOM", "E", array=np.array([0.5, 0.0])),
+            fits.Column("TOP", "E", array=np.array([4.0, 3.0])),
+            fits.Column("MAXIMUM", "E", array=np.array([4.0, 3.0])),
+            fits.Column("NUMBVALS", "J", array=np.array([4, 3])),
+            fits.Column("VALUE", "4E", array=values),
+        ],
+        name="PARAMETERS",
+    )
     pars.header["NINTPARM"] = 2
     pars.header["NADDPARM"] = 0
-    ener = fits.BinTableHDU.from_columns([fits.Column("ENERG_LO", "E", array=edges[:-1]),
-                                          fits.Column("ENERG_HI", "E", array=edges[1:])], name="ENERGIES")
+    ener = fits.BinTableHDU.from_columns(
+        [fits.Column("ENERG_LO", "E", array=edges[:-1]), fits.Column("ENERG_HI", "E", array=edges[1:])],
+        name="ENERGIES",
+    )
     rows, specs = [], []
     # rows written with B varying slowest, to check the reader does not assume an order
     for b in b_grid:
@@ -48,8 +53,13 @@ def _write_table(path, *, additive=True, redshift=True, method=(1, 0)):
             rows.append([t, b])
             level = np.log(t) + b if additive else np.full(width.size, 0.5 + 0.1 * b)
             specs.append(level * width if additive else level)
-    spec = fits.BinTableHDU.from_columns([fits.Column("PARAMVAL", "2E", array=np.array(rows, dtype=np.float32)),
-                                          fits.Column("INTPSPEC", "100E", array=np.array(specs))], name="SPECTRA")
+    spec = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("PARAMVAL", "2E", array=np.array(rows, dtype=np.float32)),
+            fits.Column("INTPSPEC", "100E", array=np.array(specs)),
+        ],
+        name="SPECTRA",
+    )
     fits.HDUList([prim, pars, ener, spec]).writeto(path, overwrite=True)
     return path
 
@@ -63,7 +73,9 @@ def test_log_and_linear_interpolation(tmp_path):
         got = table.evaluate(lo, hi, [t, b, 0.0])
         np.testing.assert_allclose(got, (np.log(t) + b) * (hi - lo), rtol=1e-5)
     # out of the grid: clamped to the end nodes
-    np.testing.assert_allclose(table.evaluate(lo, hi, [10.0, 5.0, 0.0]), (np.log(4.0) + 3.0) * (hi - lo), rtol=1e-5)
+    np.testing.assert_allclose(
+        table.evaluate(lo, hi, [10.0, 5.0, 0.0]), (np.log(4.0) + 3.0) * (hi - lo), rtol=1e-5
+    )
 
 
 def test_linear_method_differs_from_log(tmp_path):
@@ -111,8 +123,13 @@ def test_multiplicative_table(tmp_path):
 def test_expression_with_table(tmp_path):
     path = _write_table(tmp_path / "e.fits")
     m = models.parse_expression(f"wabs*atable{{{path}}}")
-    assert [p.full_name for p in m.parameters] == ["wabs_1.nH", "atable_1.T", "atable_1.B", "atable_1.redshift",
-                                                   "atable_1.norm"]
+    assert [p.full_name for p in m.parameters] == [
+        "wabs_1.nH",
+        "atable_1.T",
+        "atable_1.B",
+        "atable_1.redshift",
+        "atable_1.norm",
+    ]
 
 
 def test_bad_tables_name_the_file(tmp_path):
@@ -148,7 +165,11 @@ def test_apec_shared_table_norm_and_nodes(shared_data, monkeypatch):
     table = apec.table
     with fits.open(path) as h:
         rows = h["SPECTRA"].data
-        node = int(np.nonzero((np.abs(rows["PARAMVAL"][:, 0] - 6.100641) < 1e-4) & (rows["PARAMVAL"][:, 1] == 1))[0][0])
+        node = int(
+            np.nonzero((np.abs(rows["PARAMVAL"][:, 0] - 6.100641) < 1e-4) & (rows["PARAMVAL"][:, 1] == 1))[0][
+                0
+            ]
+        )
         kt_node = float(rows["PARAMVAL"][node, 0])
         ref = rows["INTPSPEC"][node].astype(float)
     # at a node, on the table's own bins, the table row comes back (norm = 1: photons cm^-2 s^-1 per bin)
@@ -156,8 +177,9 @@ def test_apec_shared_table_norm_and_nodes(shared_data, monkeypatch):
     np.testing.assert_allclose(got, 2.0 * ref, rtol=1e-6)
     # the 0.5-10 keV photon flux of norm = 1, kT = 6.1 keV, solar: integral of n_e n_H Lambda
     e = np.geomspace(0.5, 10.0, 2001)
-    assert apec.evaluate(e[:-1], e[1:], [kt_node, 1.0, 0.0, 1.0]).sum() == pytest.approx(ref[
-        (table.energ_lo >= 0.5 - 1e-6) & (table.energ_hi <= 10.0 + 1e-6)].sum(), rel=2e-3)
+    assert apec.evaluate(e[:-1], e[1:], [kt_node, 1.0, 0.0, 1.0]).sum() == pytest.approx(
+        ref[(table.energ_lo >= 0.5 - 1e-6) & (table.energ_hi <= 10.0 + 1e-6)].sum(), rel=2e-3
+    )
     # hardness rises with kT across the log-interpolated grid
     hard = []
     for kt in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0):

@@ -34,18 +34,30 @@ T0 = 3.0e8
 # Builders
 # ----------------------------------------------------------------------------------------------
 
-def event_hdus(n: int = 4000, *, instrume: str = "EPN", exposure_s: float = 20_000.0, seed: int = 1,
-               gti: list[tuple[float, float]] | None = None, flare: bool = False) -> list:
+
+def event_hdus(
+    n: int = 4000,
+    *,
+    instrume: str = "EPN",
+    exposure_s: float = 20_000.0,
+    seed: int = 1,
+    gti: list[tuple[float, float]] | None = None,
+    flare: bool = False,
+) -> list:
     """HDUs of a small pn/MOS event list: a beta-model cluster on a flat background, STDGTInn per CCD."""
     rng = np.random.default_rng(seed)
     n_src = n // 2
     rc = 1.0 * 60 / 0.05
-    r = np.concatenate([rc * np.sqrt((1 - rng.random(n_src)) ** -1.0 - 1), 12 * 60 / 0.05 * np.sqrt(rng.random(n - n_src))])
+    r = np.concatenate(
+        [rc * np.sqrt((1 - rng.random(n_src)) ** -1.0 - 1), 12 * 60 / 0.05 * np.sqrt(rng.random(n - n_src))]
+    )
     r = np.minimum(r, 14 * 60 / 0.05)
     ang = rng.uniform(0, 2 * np.pi, n)
     x = (CENTRE + r * np.cos(ang)).astype(np.int32)
     y = (CENTRE + r * np.sin(ang)).astype(np.int32)
-    pi = np.concatenate([rng.exponential(2000.0, n_src) + 300, rng.uniform(300, 14000, n - n_src)]).astype(np.int16)
+    pi = np.concatenate([rng.exponential(2000.0, n_src) + 300, rng.uniform(300, 14000, n - n_src)]).astype(
+        np.int16
+    )
     time = np.sort(rng.uniform(T0, T0 + exposure_s, n))
     if flare:  # every 100 s bin is flared at a steady high rate: nothing quiescent remains
         hi = rng.uniform(T0, T0 + exposure_s, 60 * int(exposure_s / 100))
@@ -73,7 +85,10 @@ def event_hdus(n: int = 4000, *, instrume: str = "EPN", exposure_s: float = 20_0
     h["TSTART"], h["TSTOP"], h["ONTIME"], h["LIVETIME"] = T0, T0 + exposure_s, exposure_s, exposure_s
     h["RA_OBJ"], h["DEC_OBJ"], h["RA_PNT"], h["DEC_PNT"] = RA, DEC, RA, DEC
     h["MJDREF"], h["DATE-OBS"] = 50814.0, "2009-01-01T00:00:00"
-    for key, (c, v, d, t) in {"X": (CENTRE, RA, -PIX_DEG, "RA---TAN"), "Y": (CENTRE, DEC, PIX_DEG, "DEC--TAN")}.items():
+    for key, (c, v, d, t) in {
+        "X": (CENTRE, RA, -PIX_DEG, "RA---TAN"),
+        "Y": (CENTRE, DEC, PIX_DEG, "DEC--TAN"),
+    }.items():
         h[f"REF{key}CRPX"], h[f"REF{key}CRVL"], h[f"REF{key}CDLT"], h[f"REF{key}CTYP"] = c, v, d, t
         h[f"REF{key}LMIN"], h[f"REF{key}LMAX"] = 1, 51840
     idx = {"X": 2, "Y": 3}
@@ -83,9 +98,15 @@ def event_hdus(n: int = 4000, *, instrume: str = "EPN", exposure_s: float = 20_0
     gti = gti if gti is not None else [(T0, T0 + exposure_s)]
     hdus = [fits.PrimaryHDU(), ev]
     for c in sorted(set(ccd.tolist())):
-        hdus.append(fits.BinTableHDU.from_columns(
-            [fits.Column(name="START", format="D", array=[g[0] for g in gti]),
-             fits.Column(name="STOP", format="D", array=[g[1] for g in gti])], name=f"STDGTI{c:02d}"))
+        hdus.append(
+            fits.BinTableHDU.from_columns(
+                [
+                    fits.Column(name="START", format="D", array=[g[0] for g in gti]),
+                    fits.Column(name="STOP", format="D", array=[g[1] for g in gti]),
+                ],
+                name=f"STDGTI{c:02d}",
+            )
+        )
     return hdus
 
 
@@ -125,6 +146,7 @@ def assert_names(exc: BaseException, path: Path, *words: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Event lists: corrupt files
 # ----------------------------------------------------------------------------------------------
+
 
 def test_good_event_list_reads(tmp_path):
     """The builder makes a valid list (so the failures below are due to the one thing broken)."""
@@ -272,6 +294,7 @@ def test_camera_does_not_match_instrume(tmp_path):
 # Pipeline-level: GTI / flare problems give a clear per-camera failure, never a traceback
 # ----------------------------------------------------------------------------------------------
 
+
 def _cfg(**over) -> dict:
     from survey.config import load_config
 
@@ -298,8 +321,9 @@ def test_zero_exposure_gti(tmp_path):
     pipeline = _pipeline()
     obs = _obs(tmp_path, gti=[(T0 + 100.0, T0 + 100.0)])
     with pytest.raises(InputDataError) as info:
-        pipeline.run_step("filter", obs, tmp_path / "results" / obs.obsid, _cfg(cameras=["pn"]),
-                          log=logging.getLogger("t"))
+        pipeline.run_step(
+            "filter", obs, tmp_path / "results" / obs.obsid, _cfg(cameras=["pn"]), log=logging.getLogger("t")
+        )
     text = str(info.value)
     assert "pn" in text and ("exposure" in text.lower() or "gti" in text.lower()), text
 
@@ -308,8 +332,10 @@ def test_all_time_flared(tmp_path):
     """A light curve flared from start to end with a fixed threshold: no good time left -> InputDataError."""
     pipeline = _pipeline()
     obs = _obs(tmp_path, flare=True)
-    cfg = _cfg(cameras=["pn"], **{"flares.method": "fixed", "flares.fixed_rate": {"pn": 0.05, "mos1": 0.05,
-                                                                                   "mos2": 0.05}})
+    cfg = _cfg(
+        cameras=["pn"],
+        **{"flares.method": "fixed", "flares.fixed_rate": {"pn": 0.05, "mos1": 0.05, "mos2": 0.05}},
+    )
     with pytest.raises(InputDataError) as info:
         pipeline.run_step("filter", obs, tmp_path / "results" / obs.obsid, cfg, log=logging.getLogger("t"))
     text = str(info.value).lower()
@@ -338,12 +364,24 @@ def test_bad_camera_does_not_stop_the_others(tmp_path):
 # OGIP spectra, responses, fits
 # ----------------------------------------------------------------------------------------------
 
+
 def _pha(counts: np.ndarray, *, exposure: float = 10_000.0, respfile: str | None = None):
     from xmmcore.ogip import PHA
 
-    return PHA(channel=np.arange(counts.size), counts=counts.astype(float), exposure=exposure, backscal=1.0,
-               grouping=None, quality=None, stat_err=None, respfile=respfile, ancrfile=None, backfile=None,
-               header={"TELESCOP": "XMM", "INSTRUME": "EPN"}, path=None)
+    return PHA(
+        channel=np.arange(counts.size),
+        counts=counts.astype(float),
+        exposure=exposure,
+        backscal=1.0,
+        grouping=None,
+        quality=None,
+        stat_err=None,
+        respfile=respfile,
+        ancrfile=None,
+        backfile=None,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+        path=None,
+    )
 
 
 def _write_rmf(path: Path) -> Path:
@@ -423,8 +461,13 @@ def test_zero_count_spectrum(tmp_path):
     rmf = _write_rmf(tmp_path / "pn.rmf")
     pha = write_pha(_pha(np.zeros(4096), respfile="pn.rmf"), tmp_path / "pn_src.pha")
     with pytest.raises((FitError, InputDataError)) as info:
-        engine.fit_files([engines.FitInput(pha=pha, rmf=rmf, name="pn")], "powerlaw", stat="cstat",
-                         notice_kev=(0.5, 7.0), errors=None)
+        engine.fit_files(
+            [engines.FitInput(pha=pha, rmf=rmf, name="pn")],
+            "powerlaw",
+            stat="cstat",
+            notice_kev=(0.5, 7.0),
+            errors=None,
+        )
     text = str(info.value).lower()
     assert "count" in text and ("pn_src.pha" in text or "pn" in text), text
 
@@ -439,8 +482,13 @@ def test_nan_counts_in_spectrum(tmp_path):
     counts[700] = np.nan
     pha = write_pha(_pha(counts, respfile="pn.rmf"), tmp_path / "pn_src.pha")
     with pytest.raises((InputDataError, FitError)) as info:
-        engine.fit_files([engines.FitInput(pha=pha, rmf=rmf, name="pn")], "powerlaw", stat="cstat",
-                         notice_kev=(0.5, 7.0), errors=None)
+        engine.fit_files(
+            [engines.FitInput(pha=pha, rmf=rmf, name="pn")],
+            "powerlaw",
+            stat="cstat",
+            notice_kev=(0.5, 7.0),
+            errors=None,
+        )
     text = str(info.value).lower()
     assert "pn_src.pha" in text and ("nan" in text or "finite" in text), text
 
@@ -468,9 +516,14 @@ def test_fit_that_does_not_converge(tmp_path):
     counts[::2] = 0.0  # a comb: no smooth model fits it
     pha = write_pha(_pha(counts, respfile="pn.rmf"), tmp_path / "pn_src.pha")
     try:
-        result = engine.fit_files([engines.FitInput(pha=pha, rmf=rmf, name="pn")], "gaussian", stat="chi2",
-                                  notice_kev=(0.5, 7.0), errors=None,
-                                  set_params=["gaussian_1.LineE=0.11", "gaussian_1.Sigma=1e-4"])
+        result = engine.fit_files(
+            [engines.FitInput(pha=pha, rmf=rmf, name="pn")],
+            "gaussian",
+            stat="chi2",
+            notice_kev=(0.5, 7.0),
+            errors=None,
+            set_params=["gaussian_1.LineE=0.11", "gaussian_1.Sigma=1e-4"],
+        )
     except FitError as exc:
         assert "converge" in str(exc).lower() or "fit" in str(exc).lower()
         return
@@ -500,16 +553,20 @@ def test_unparseable_model_expression():
 # Configuration
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, words", [
-    ("fit:\n  modle: apec\n", ["fit.modle"]),                     # unknown key
-    ("fit: [unclosed\n", ["YAML"]),                                 # not YAML at all
-    ("cluster:\n  workers: two\n", ["cluster.workers", "two"]),
-    ("cluster:\n  workers: 0\n", ["cluster.workers", ">= 1"]),
-    ("cluster:\n  kind: kubernetes\n", ["cluster.kind", "kubernetes"]),
-    ("fit: apec\n", ["fit"]),
-    ("- just\n- a list\n", ["mapping"]),
-    ("fit:\n  notice_kev: 0.5\n", ["fit.notice_kev"]),
-])
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("fit:\n  modle: apec\n", ["fit.modle"]),  # unknown key
+        ("fit: [unclosed\n", ["YAML"]),  # not YAML at all
+        ("cluster:\n  workers: two\n", ["cluster.workers", "two"]),
+        ("cluster:\n  workers: 0\n", ["cluster.workers", ">= 1"]),
+        ("cluster:\n  kind: kubernetes\n", ["cluster.kind", "kubernetes"]),
+        ("fit: apec\n", ["fit"]),
+        ("- just\n- a list\n", ["mapping"]),
+        ("fit:\n  notice_kev: 0.5\n", ["fit.notice_kev"]),
+    ],
+)
 def test_bad_config_values(tmp_path, text, words):
     from survey.config import load_config
 
@@ -520,12 +577,15 @@ def test_bad_config_values(tmp_path, text, words):
     assert_names(info.value, path, *words)
 
 
-@pytest.mark.parametrize("tag", [
-    "!!python/object/apply:os.system ['touch {marker}']",
-    "!!python/object/new:subprocess.Popen [['touch', '{marker}']]",
-    "!!python/name:os.system",
-    "!custom {{a: 1}}",
-])
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object/apply:os.system ['touch {marker}']",
+        "!!python/object/new:subprocess.Popen [['touch', '{marker}']]",
+        "!!python/name:os.system",
+        "!custom {{a: 1}}",
+    ],
+)
 def test_yaml_custom_tags_refused(tmp_path, tag):
     """A config with Python/custom tags is refused (safe_load) and the payload never runs."""
     from survey.config import load_config
@@ -559,6 +619,7 @@ def test_unknown_backend_name():
 # ----------------------------------------------------------------------------------------------
 # Missing external tools
 # ----------------------------------------------------------------------------------------------
+
 
 def _env_without(*names: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in names}
@@ -612,8 +673,14 @@ def test_missing_xspec_when_selected(tmp_path, monkeypatch):
     pha = write_pha(_pha(np.ones(4096), respfile="pn.rmf"), tmp_path / "pn_src.pha")
     with pytest.raises(ToolNotFoundError) as info:
         engine = engines.get_engine("xspec")
-        engine.fit_files([engines.FitInput(pha=pha, rmf=rmf, name="pn")], "powerlaw", stat="cstat",
-                         notice_kev=(0.5, 7.0), errors=None, workdir=tmp_path)
+        engine.fit_files(
+            [engines.FitInput(pha=pha, rmf=rmf, name="pn")],
+            "powerlaw",
+            stat="cstat",
+            notice_kev=(0.5, 7.0),
+            errors=None,
+            workdir=tmp_path,
+        )
     assert "xspec" in str(info.value).lower()
 
 
@@ -631,9 +698,23 @@ def _survey_cli(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[int, str]:
     from xmmcore.responses import write_responses
 
     write_responses(tmp_path / "data" / "0000000001", ("pn",))  # so that the chain reaches the fit
-    code = cli.main(["run", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results"),
-                     "--workers", "1", "--no-progress", "--set", "cameras=[pn]",
-                     "--set", "cluster.dashboard_address=127.0.0.1:0", *extra])
+    code = cli.main(
+        [
+            "run",
+            "--data",
+            str(tmp_path / "data"),
+            "--results",
+            str(tmp_path / "results"),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--set",
+            "cameras=[pn]",
+            "--set",
+            "cluster.dashboard_address=127.0.0.1:0",
+            *extra,
+        ]
+    )
     out = capsys.readouterr()
     return code, out.out + out.err
 
@@ -657,6 +738,7 @@ def test_survey_with_xspec_selected_but_missing_stops_with_config_exit_code(tmp_
 # ----------------------------------------------------------------------------------------------
 # ObsIDs
 # ----------------------------------------------------------------------------------------------
+
 
 def test_obsid_with_path_characters(tmp_path):
     from xmmcore.observation import discover
@@ -704,8 +786,13 @@ def test_duplicated_obsid_in_list(tmp_path):
     lst = tmp_path / "obsids.txt"
     lst.write_text("0000000001\n0000000001  # again\n")
     for spec in (["0000000001", "0000000001"], str(lst)):
-        cfg = config.load_config(overrides={"data_dir": str(tmp_path / "data"),
-                                            "results_dir": str(tmp_path / "results"), "obsids": spec})
+        cfg = config.load_config(
+            overrides={
+                "data_dir": str(tmp_path / "data"),
+                "results_dir": str(tmp_path / "results"),
+                "obsids": spec,
+            }
+        )
         try:
             chosen = api.resolve_obsids(cfg)
         except ConfigError as exc:
@@ -717,6 +804,7 @@ def test_duplicated_obsid_in_list(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Writes: unwritable folder, full disk — nothing previously written is altered
 # ----------------------------------------------------------------------------------------------
+
 
 def _hdul(n: int = 2000) -> fits.HDUList:
     return fits.HDUList(event_hdus(n=n))
@@ -753,8 +841,13 @@ def test_unwritable_results_dir_refused_by_survey(tmp_path):
     good_events(tmp_path / "data" / "0000000001" / "pn_evts.fits")
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    cfg = config.load_config(overrides={"data_dir": str(tmp_path / "data"),
-                                        "results_dir": str(blocker / "results"), "cameras": ["pn"]})
+    cfg = config.load_config(
+        overrides={
+            "data_dir": str(tmp_path / "data"),
+            "results_dir": str(blocker / "results"),
+            "cameras": ["pn"],
+        }
+    )
     with pytest.raises((ConfigError, OSError)) as info:
         api.run_survey(cfg)
     assert "blocker" in str(info.value)
@@ -826,6 +919,7 @@ def test_disk_full_during_pha_write(small_disk, monkeypatch):
 # Catalogue files
 # ----------------------------------------------------------------------------------------------
 
+
 def test_corrupt_catalogue_parquet(tmp_path):
     import catalog
 
@@ -852,6 +946,7 @@ def test_plain_parquet_is_not_a_catalogue(tmp_path):
 # A survey with one bad ObsID among good ones
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_survey(tmp_path_factory):
     """Five ObsIDs (two good; truncated, wrong INSTRUME, no event list) run through the survey API once."""
@@ -867,10 +962,17 @@ def small_survey(tmp_path_factory):
     good_events(data / "0000000004" / "pn_evts.fits", instrume="ACIS")  # not an EPIC list
     (data / "0000000005").mkdir()  # listed but holds no event list
     (data / "0000000005" / "README").write_text("ODF not downloaded yet")
-    cfg = config.load_config(overrides={"data_dir": str(data), "results_dir": str(results), "cameras": ["pn"],
-                                        "cluster.workers": 1, "pipeline.steps": ["filter", "regions"],
-                                        "obsids": [f"000000000{i}" for i in range(1, 6)],
-                                        "cluster.dashboard_address": "127.0.0.1:0"})
+    cfg = config.load_config(
+        overrides={
+            "data_dir": str(data),
+            "results_dir": str(results),
+            "cameras": ["pn"],
+            "cluster.workers": 1,
+            "pipeline.steps": ["filter", "regions"],
+            "obsids": [f"000000000{i}" for i in range(1, 6)],
+            "cluster.dashboard_address": "127.0.0.1:0",
+        }
+    )
     data_before = checksums(data)
     outside_before = sorted(p.name for p in root.iterdir())
     outcome = None
@@ -878,12 +980,23 @@ def small_survey(tmp_path_factory):
         outcome = api.run_survey(cfg)
     except Exception as exc:  # noqa: BLE001 - recorded for the tests below to judge
         outcome = exc
-    return {"root": root, "data": data, "results": results, "cfg": cfg, "api": api, "outcome": outcome,
-            "bad": bad, "data_before": data_before, "outside_before": outside_before}
+    return {
+        "root": root,
+        "data": data,
+        "results": results,
+        "cfg": cfg,
+        "api": api,
+        "outcome": outcome,
+        "bad": bad,
+        "data_before": data_before,
+        "outside_before": outside_before,
+    }
 
 
 def test_survey_never_modifies_input_data_or_writes_outside_results(small_survey):
-    assert checksums(small_survey["data"]) == small_survey["data_before"], "the survey altered files under data/"
+    assert checksums(small_survey["data"]) == small_survey["data_before"], (
+        "the survey altered files under data/"
+    )
     made = {p.name for p in small_survey["root"].iterdir()} - set(small_survey["outside_before"])
     assert made <= {"results"}, f"the survey wrote outside results/: {sorted(made)}"
 
@@ -909,8 +1022,11 @@ def test_survey_bad_obsid_recorded_others_done(small_survey):
 def test_survey_rerun_with_bad_obsid_alters_nothing(small_survey):
     """Running again (the bad ObsID still bad) changes no byte of the good ObsIDs' products."""
     results = small_survey["results"]
-    before = {k: v for k, v in checksums(results).items()
-              if k.startswith(("0000000001", "0000000002")) and "/logs/" not in k and not k.endswith(".log")}
+    before = {
+        k: v
+        for k, v in checksums(results).items()
+        if k.startswith(("0000000001", "0000000002")) and "/logs/" not in k and not k.endswith(".log")
+    }
     try:
         small_survey["api"].run_survey(small_survey["cfg"])
     except Exception as exc:  # noqa: BLE001 - any exception here is the failure being tested

@@ -64,12 +64,14 @@ def test_init_writes_commented_defaults(tmp_path, capsys):
     assert main(["init", str(target)]) == 0
     assert yaml.safe_load(target.read_text()) == load_defaults()
     assert "# " in target.read_text()
-    assert main(["init", str(target)]) == 2                         # ConfigError: exists
+    assert main(["init", str(target)]) == 2  # ConfigError: exists
     assert "exists" in capsys.readouterr().err
 
 
 def test_config_errors_exit_2(tmp_path, capsys):
-    assert main(["run", "--data", str(tmp_path), "--results", str(tmp_path / "r"), "--set", "fit.modle=x"]) == 2
+    assert (
+        main(["run", "--data", str(tmp_path), "--results", str(tmp_path / "r"), "--set", "fit.modle=x"]) == 2
+    )
     err = capsys.readouterr().err
     assert "'fit.modle'" in err and "ConfigError" in err
     bad = tmp_path / "bad.yaml"
@@ -85,20 +87,41 @@ def test_missing_data_dir_exit_3(tmp_path, capsys):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    return subprocess.run([sys.executable, "-m", "survey.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "survey.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_run_status_retry_clean_end_to_end(tmp_path):
-    ids = helpers.make_survey(tmp_path / "data", 3, meta={"0910000001": {"fail": {"step": "spectra",
-                                                                                    "kind": "ToolError"}}})
+    ids = helpers.make_survey(
+        tmp_path / "data", 3, meta={"0910000001": {"fail": {"step": "spectra", "kind": "ToolError"}}}
+    )
     cfg = tmp_path / "survey.yaml"
     cfg.write_text("pipeline:\n  module: test_survey_helpers\ncluster:\n  dashboard_address: '127.0.0.1:0'\n")
-    run = _cli("run", "--config", str(cfg), "--data", "data", "--results", "results", "--workers", "2",
-               "--no-catalogue", cwd=tmp_path)
-    assert run.returncode == 4, run.stdout + run.stderr                # a ToolError ObsID -> exit 4
+    run = _cli(
+        "run",
+        "--config",
+        str(cfg),
+        "--data",
+        "data",
+        "--results",
+        "results",
+        "--workers",
+        "2",
+        "--no-catalogue",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 4, run.stdout + run.stderr  # a ToolError ObsID -> exit 4
     assert "Dask dashboard: http://127.0.0.1:" in run.stdout
-    assert (tmp_path / "results" / "logs" / "dask.log").exists()      # Dask's own messages: a file, not the terminal
+    assert (
+        tmp_path / "results" / "logs" / "dask.log"
+    ).exists()  # Dask's own messages: a file, not the terminal
     assert "distributed." not in run.stderr
     assert "2/3 ObsIDs done, 1 failed" in run.stdout and f"FAILED {ids[1]}: spectra: ToolError" in run.stdout
     resolved = yaml.safe_load((tmp_path / "results" / "config.resolved.yaml").read_text())
@@ -109,12 +132,23 @@ def test_run_status_retry_clean_end_to_end(tmp_path):
     assert "3 ObsIDs: 2 done, 1 failed" in status.stdout and "spectra: ToolError" in status.stdout
 
     (tmp_path / "data" / ids[1] / "meta.json").unlink()
-    retry = _cli("retry", "--failed", "--results", "results", "--no-progress", "--no-catalogue",
-                 "--set", "fit.stat=cstat", cwd=tmp_path)
+    retry = _cli(
+        "retry",
+        "--failed",
+        "--results",
+        "results",
+        "--no-progress",
+        "--no-catalogue",
+        "--set",
+        "fit.stat=cstat",
+        cwd=tmp_path,
+    )
     assert retry.returncode == 0, retry.stdout + retry.stderr
     assert f"retrying 1 ObsIDs: {ids[1]}" in retry.stdout
     assert "No such file" not in retry.stderr
-    assert _cli("retry", "--failed", "--results", "results", cwd=tmp_path).stdout.strip() == "no failed ObsIDs"
+    assert (
+        _cli("retry", "--failed", "--results", "results", cwd=tmp_path).stdout.strip() == "no failed ObsIDs"
+    )
 
     clean = _cli("clean", "--obsid", ids[0], "--results", "results", cwd=tmp_path)
     assert clean.returncode == 0 and not (tmp_path / "results" / ids[0]).exists()

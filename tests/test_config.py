@@ -32,21 +32,24 @@ def test_layering_file_then_cli(tmp_path):
     path = tmp_path / "survey.yaml"
     path.write_text("fit:\n  stat: chi2\n  notice_kev: [0.3, 8]\ncluster:\n  workers: 3\n")
     cfg = load_config(path, ["cluster.workers=5", "fit.abund=wilm"])
-    assert cfg["fit"]["stat"] == "chi2"                     # file over defaults
+    assert cfg["fit"]["stat"] == "chi2"  # file over defaults
     assert cfg["fit"]["notice_kev"] == [0.3, 8]
-    assert cfg["cluster"]["workers"] == 5                   # CLI over file
+    assert cfg["cluster"]["workers"] == 5  # CLI over file
     assert cfg["fit"]["abund"] == "wilm"
-    assert cfg["fit"]["model"] == load_defaults()["fit"]["model"]   # untouched keys keep defaults
-    assert cfg["filter"]["mos1"]["pattern_max"] == 12        # sibling keys of a nested override kept
+    assert cfg["fit"]["model"] == load_defaults()["fit"]["model"]  # untouched keys keep defaults
+    assert cfg["filter"]["mos1"]["pattern_max"] == 12  # sibling keys of a nested override kept
     assert cfg.sources == ("defaults", str(path), "cli")
 
 
-@pytest.mark.parametrize("text, key", [
-    ("fit:\n  modle: apec\n", "fit.modle"),
-    ("cluster:\n  slurm:\n    partition: short\n", "cluster.slurm.partition"),
-    ("worker: 3\n", "worker"),
-    ("filter:\n  pn:\n    patern_max: 4\n", "filter.pn.patern_max"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("fit:\n  modle: apec\n", "fit.modle"),
+        ("cluster:\n  slurm:\n    partition: short\n", "cluster.slurm.partition"),
+        ("worker: 3\n", "worker"),
+        ("filter:\n  pn:\n    patern_max: 4\n", "filter.pn.patern_max"),
+    ],
+)
 def test_unknown_key_in_file_named(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -60,24 +63,35 @@ def test_unknown_key_on_command_line_named():
         load_config(None, ["cluster.worker=2"])
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("cluster.workers=two", "cluster.workers must be integer"),
-    ("cluster.workers=0", "cluster.workers must be >= 1"),
-    ("cluster.kind=kubernetes", "cluster.kind must be one of local, slurm, address"),
-    ("fit.notice_kev=0.5", "fit.notice_kev must be list"),
-    ("flares.nsigma=high", "flares.nsigma must be"),
-    ("fit.joint_cameras=1", "fit.joint_cameras must be true/false"),
-    ("fit={stat: cstat, x: 1}", "'fit.x'"),
-    ("regions=3", "regions must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("cluster.workers=two", "cluster.workers must be integer"),
+        ("cluster.workers=0", "cluster.workers must be >= 1"),
+        ("cluster.kind=kubernetes", "cluster.kind must be one of local, slurm, address"),
+        ("fit.notice_kev=0.5", "fit.notice_kev must be list"),
+        ("flares.nsigma=high", "flares.nsigma must be"),
+        ("fit.joint_cameras=1", "fit.joint_cameras must be true/false"),
+        ("fit={stat: cstat, x: 1}", "'fit.x'"),
+        ("regions=3", "regions must be a mapping"),
+    ],
+)
 def test_type_errors(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
         load_config(None, [override])
 
 
 def test_values_are_yaml_and_ints_become_floats():
-    cfg = load_config(None, ["flares.nsigma=3", "regions.centre=[150.1, 2.2]", "obsids=[a1, b2]",
-                             "filter.pn.flag=0", "regions.background.blanksky_files={pn: /x/pn.fits}"])
+    cfg = load_config(
+        None,
+        [
+            "flares.nsigma=3",
+            "regions.centre=[150.1, 2.2]",
+            "obsids=[a1, b2]",
+            "filter.pn.flag=0",
+            "regions.background.blanksky_files={pn: /x/pn.fits}",
+        ],
+    )
     assert cfg["flares"]["nsigma"] == 3.0 and isinstance(cfg["flares"]["nsigma"], float)
     assert cfg["regions"]["centre"] == [150.1, 2.2]
     assert cfg["obsids"] == ["a1", "b2"]
@@ -114,14 +128,14 @@ def test_resolved_config_written_with_hash_and_reloads(tmp_path):
     again = read_resolved(tmp_path)
     assert again.to_dict() == cfg.to_dict() and again.hash == cfg.hash
     assert load_config(None, ["fit.stat=cstat"]).hash != cfg.hash
-    assert not list(tmp_path.glob(".*.tmp"))                # atomic write left no temp file
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
 
 def test_example_config_is_commented_defaults(tmp_path):
     path = write_example_config(tmp_path / "survey.yaml")
     text = path.read_text()
     assert text == example_config_text()
-    assert text.count("#") > 50                              # commented
+    assert text.count("#") > 50  # commented
     assert load_config(path).to_dict() == load_defaults()
     with pytest.raises(ConfigError, match="exists"):
         write_example_config(path)
@@ -135,8 +149,17 @@ def test_with_overrides_checks_keys():
         cfg.with_overrides({"cluster.wrkers": 7})
 
 
-@pytest.mark.parametrize("override", ["spectra.grouping=mincounts", "fit.stat=cash", "backend.reduction=SAS",
-                                      "flares.method=espfilter", "fit.errors=minos", "regions.radius.method=r200"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "spectra.grouping=mincounts",
+        "fit.stat=cash",
+        "backend.reduction=SAS",
+        "flares.method=espfilter",
+        "fit.errors=minos",
+        "regions.radius.method=r200",
+    ],
+)
 def test_enumerated_values_are_checked_before_anything_runs(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key} must be one of"):

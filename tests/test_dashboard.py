@@ -9,8 +9,9 @@ from survey.config import load_config
 
 
 def test_dashboard_serves_the_status_page_on_localhost(tmp_path):
-    cfg = load_config(None, {"results_dir": str(tmp_path), "cluster.workers": 1,
-                             "cluster.dashboard_address": "127.0.0.1:0"})
+    cfg = load_config(
+        None, {"results_dir": str(tmp_path), "cluster.workers": 1, "cluster.dashboard_address": "127.0.0.1:0"}
+    )
     with start_cluster(cfg, results_dir=tmp_path) as handle:
         link = handle.dashboard_link
         assert link and link.startswith("http://127.0.0.1:"), link

@@ -25,16 +25,30 @@ N_OBSIDS = 20
 def survey_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data, results = root / "data", root / "results"
-    obsids = simulate_survey(data, n_obsids=N_OBSIDS + 2, seed=7, exposure_ks=(12.0, 18.0),
-                             cluster_counts=(4000.0, 9000.0), point_sources=3.0)
+    obsids = simulate_survey(
+        data,
+        n_obsids=N_OBSIDS + 2,
+        seed=7,
+        exposure_ks=(12.0, 18.0),
+        cluster_counts=(4000.0, 9000.0),
+        point_sources=3.0,
+    )
     # The last ObsID has every event list truncated (a crashed download): it must fail alone.
     # The one before has only its pn list truncated: it must finish on MOS1+MOS2, the pn failure recorded.
     bad, partial = obsids[-1], obsids[-2]
     for path in (data / bad).rglob("*EVLI*"):
         _truncate(path)
     _truncate(next((data / partial).rglob("*PNS003PIEVLI*")))
-    cfg = load_config(None, {"data_dir": str(data), "results_dir": str(results), "cluster.workers": 2,
-                             "fit.errors": "covariance", "cluster.dashboard_address": "127.0.0.1:0"})
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(data),
+            "results_dir": str(results),
+            "cluster.workers": 2,
+            "fit.errors": "covariance",
+            "cluster.dashboard_address": "127.0.0.1:0",
+        },
+    )
     report = run_survey(cfg)
     return data, results, obsids, bad, partial, report
 
@@ -102,17 +116,37 @@ def test_one_bad_camera_leaves_the_others(survey_run):
 def test_products_and_plots_exist(survey_run):
     _data, results, obsids, _bad, _partial, _report = survey_run
     out = results / obsids[0]
-    for rel in ["events/pn_clean.fits", "regions/pn_src.reg", "regions/pn_bkg.reg", "spectra/pn_src.pha",
-                "spectra/pn_bkg.pha", "spectra/pn.rmf", "spectra/pn.arf", "fits/fit.json", "fits/fit.xcm",
-                "plots/pn_lightcurve.png", "plots/pn_image.png", "plots/spectrum_fit.png", "logs/fit.log"]:
+    for rel in [
+        "events/pn_clean.fits",
+        "regions/pn_src.reg",
+        "regions/pn_bkg.reg",
+        "spectra/pn_src.pha",
+        "spectra/pn_bkg.pha",
+        "spectra/pn.rmf",
+        "spectra/pn.arf",
+        "fits/fit.json",
+        "fits/fit.xcm",
+        "plots/pn_lightcurve.png",
+        "plots/pn_image.png",
+        "plots/spectrum_fit.png",
+        "logs/fit.log",
+    ]:
         assert (out / rel).stat().st_size > 0, rel
     assert (results / "config.resolved.yaml").exists()
 
 
 def test_rerun_reuses_every_step(survey_run):
     data, results, obsids, _bad, _partial, _report = survey_run
-    cfg = load_config(None, {"data_dir": str(data), "results_dir": str(results), "cluster.workers": 1,
-                             "fit.errors": "covariance", "cluster.dashboard_address": "127.0.0.1:0"})
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(data),
+            "results_dir": str(results),
+            "cluster.workers": 1,
+            "fit.errors": "covariance",
+            "cluster.dashboard_address": "127.0.0.1:0",
+        },
+    )
     before = (results / obsids[0] / "fits" / "fit.json").stat().st_mtime_ns
     again = run_survey(cfg, obsids=obsids[:3])
     assert again.n_run == 0 and again.n_cached == 12
@@ -122,8 +156,9 @@ def test_rerun_reuses_every_step(survey_run):
 def test_cli_status_and_help(survey_run):
     _data, results, _obsids, bad, _partial, _report = survey_run
     exe = [sys.executable, "-m", "survey.cli"]
-    out = subprocess.run(exe + ["status", "--results", str(results)], capture_output=True, text=True, timeout=120,
-                         check=False)
+    out = subprocess.run(
+        exe + ["status", "--results", str(results)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert bad in out.stdout and "failed" in out.stdout
     for sub in ["run", "simulate", "status", "fit", "catalog", "plan", "models"]:
         res = subprocess.run(exe + [sub, "--help"], capture_output=True, text=True, timeout=120, check=False)

@@ -17,19 +17,33 @@ from xmmcore.errors import InputDataError
 T0 = 2.0e8
 
 
-def make_event_file(path: Path, *, n: int = 400, instrume: str = "EMOS1", seed: int = 1,
-                    times: np.ndarray | None = None, drop: tuple[str, ...] = (), gti: bool = True,
-                    ccds: tuple[int, ...] = (1, 2), span_s: float = 1000.0, xy: tuple[np.ndarray, np.ndarray] | None = None,
-                    pi: np.ndarray | None = None, extra_header: dict | None = None) -> Path:
+def make_event_file(
+    path: Path,
+    *,
+    n: int = 400,
+    instrume: str = "EMOS1",
+    seed: int = 1,
+    times: np.ndarray | None = None,
+    drop: tuple[str, ...] = (),
+    gti: bool = True,
+    ccds: tuple[int, ...] = (1, 2),
+    span_s: float = 1000.0,
+    xy: tuple[np.ndarray, np.ndarray] | None = None,
+    pi: np.ndarray | None = None,
+    extra_header: dict | None = None,
+) -> Path:
     """Write an XMM-like event list (big-endian columns, STDGTInn per CCD) and return its path."""
     rng = np.random.default_rng(seed)
     t = np.sort(rng.uniform(T0, T0 + span_s, n)) if times is None else np.asarray(times, float)
     n = t.size
     x, y = xy if xy is not None else (rng.integers(24000, 28000, n), rng.integers(24000, 28000, n))
     cols = {
-        "TIME": ("D", t), "X": ("J", np.asarray(x)), "Y": ("J", np.asarray(y)),
+        "TIME": ("D", t),
+        "X": ("J", np.asarray(x)),
+        "Y": ("J", np.asarray(y)),
         "PI": ("I", rng.integers(100, 15000, n) if pi is None else np.asarray(pi)),
-        "PATTERN": ("B", rng.integers(0, 16, n)), "FLAG": ("J", np.where(rng.random(n) < 0.1, 0x2000, 0)),
+        "PATTERN": ("B", rng.integers(0, 16, n)),
+        "FLAG": ("J", np.where(rng.random(n) < 0.1, 0x2000, 0)),
         "CCDNR": ("B", np.asarray(ccds)[rng.integers(0, len(ccds), n)]),
     }
     fcols = [fits.Column(name=k, format=f, array=a) for k, (f, a) in cols.items() if k not in drop]
@@ -39,8 +53,14 @@ def make_event_file(path: Path, *, n: int = 400, instrume: str = "EMOS1", seed: 
     h["TELESCOP"] = "XMM"
     h["OBS_ID"] = "0000000001"
     h["FILTER"] = "Thin1"
-    for k, v in {"REFXCRPX": 25921, "REFYCRPX": 25921, "REFXCRVL": 149.6, "REFYCRVL": -11.08,
-                 "REFXCDLT": -1.38888888888889e-05, "REFYCDLT": 1.38888888888889e-05}.items():
+    for k, v in {
+        "REFXCRPX": 25921,
+        "REFYCRPX": 25921,
+        "REFXCRVL": 149.6,
+        "REFYCRVL": -11.08,
+        "REFXCDLT": -1.38888888888889e-05,
+        "REFYCDLT": 1.38888888888889e-05,
+    }.items():
         h[k] = v
     for c in ccds:
         h[f"ONTIME{c:02d}"] = span_s
@@ -50,10 +70,15 @@ def make_event_file(path: Path, *, n: int = 400, instrume: str = "EMOS1", seed: 
     hdus = [fits.PrimaryHDU(), ev]
     if gti:
         for c in ccds:
-            hdus.append(fits.BinTableHDU.from_columns([
-                fits.Column(name="START", format="D", array=[T0]), fits.Column(name="STOP", format="D",
-                                                                               array=[T0 + span_s])],
-                name=f"STDGTI{c:02d}"))
+            hdus.append(
+                fits.BinTableHDU.from_columns(
+                    [
+                        fits.Column(name="START", format="D", array=[T0]),
+                        fits.Column(name="STOP", format="D", array=[T0 + span_s]),
+                    ],
+                    name=f"STDGTI{c:02d}",
+                )
+            )
     fits.HDUList(hdus).writeto(path, overwrite=True)
     return path
 
@@ -78,11 +103,18 @@ def test_gzip_and_columns(tmp_path):
     assert set(b.columns) == set(E.REQUIRED_COLUMNS)
 
 
-@pytest.mark.parametrize("kind, match", [
-    ("nocol", "lacks required column"), ("instrume", "not an EPIC camera"), ("empty", "no events"),
-    ("nogti", "no GTI extension"), ("truncated", "truncated|cannot read"), ("noevents", "no EVENTS"),
-    ("camera", "expected a pn event list"),
-])
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("nocol", "lacks required column"),
+        ("instrume", "not an EPIC camera"),
+        ("empty", "no events"),
+        ("nogti", "no GTI extension"),
+        ("truncated", "truncated|cannot read"),
+        ("noevents", "no EVENTS"),
+        ("camera", "expected a pn event list"),
+    ],
+)
 def test_bad_inputs_name_the_file(tmp_path, kind, match):
     p = tmp_path / f"{kind}.fits"
     if kind == "nocol":
@@ -97,8 +129,12 @@ def test_bad_inputs_name_the_file(tmp_path, kind, match):
         full = make_event_file(tmp_path / "full.fits", n=5000)
         p.write_bytes(full.read_bytes()[: 2880 * 8])
     elif kind == "noevents":
-        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(
-            [fits.Column(name="A", format="D", array=[1.0])], name="OTHER")]).writeto(p)
+        fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.BinTableHDU.from_columns([fits.Column(name="A", format="D", array=[1.0])], name="OTHER"),
+            ]
+        ).writeto(p)
     else:
         make_event_file(p)
     with pytest.raises(InputDataError, match=match) as info:
@@ -122,8 +158,13 @@ def test_screen_and_flag_masks(tmp_path):
     assert mask == 0x766BA000
     assert E.flag_mask_for("pn", "xmmea") == E.XMMEA_DEFAULT["pn"]
     s = E.screen(evl, pattern_max=12, flag_mask=mask, pi_min=200, pi_max=12000, ccds=[1])
-    expect = ((evl["PATTERN"] <= 12) & ((evl["FLAG"] & 0x766BA000) == 0) & (evl["PI"] >= 200)
-              & (evl["PI"] <= 12000) & (evl["CCDNR"] == 1))
+    expect = (
+        (evl["PATTERN"] <= 12)
+        & ((evl["FLAG"] & 0x766BA000) == 0)
+        & (evl["PI"] >= 200)
+        & (evl["PI"] <= 12000)
+        & (evl["CCDNR"] == 1)
+    )
     assert len(s) == int(expect.sum()) > 0
     assert s.ccds == [1]
     zero = E.screen(evl, flag_mask=E.flag_mask_for("mos1", "zero"))
@@ -145,8 +186,14 @@ def test_stream_filter_bin_matches_in_memory(tmp_path):
     p = make_event_file(tmp_path / "pn.fits", n=5000, instrume="EPN")
     evl = E.read_events(p)
     g = np.array([[T0 + 100, T0 + 700]])
-    hist, n_in, n_out = E.stream_filter_bin(E.iter_event_chunks(p, chunk_rows=777), gti=g, pattern_max=4,
-                                            flag_mask=0xFA000C, pi_min=200, pi_max=15000)
+    hist, n_in, n_out = E.stream_filter_bin(
+        E.iter_event_chunks(p, chunk_rows=777),
+        gti=g,
+        pattern_max=4,
+        flag_mask=0xFA000C,
+        pi_min=200,
+        pi_max=15000,
+    )
     keep = E.screen_mask(evl.columns, pattern_max=4, flag_mask=0xFA000C, pi_min=200, pi_max=15000)
     keep &= G.mask_in_gti(evl["TIME"], g)
     ref = np.bincount(evl["PI"][keep] // 5, minlength=4096)[:4096]
@@ -163,6 +210,7 @@ def test_zero_exposure_gti_is_input_error(tmp_path):
 def test_prefilter_streaming_read_matches_full_read(tmp_path):
     p = make_event_file(tmp_path / "big.fits", n=10000)
     full = E.read_events(p)
+
     def sel(c):
         return (c["PATTERN"] <= 4) & (c["PI"] >= 2000)
 

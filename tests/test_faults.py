@@ -44,6 +44,7 @@ STEPS = ("filter",)  # one real step keeps the runs short; resume logic is per s
 # Helpers
 # ----------------------------------------------------------------------------------------------
 
+
 def _cli() -> list[str]:
     exe = Path(sys.executable).with_name("xmm-survey")
     if exe.exists():
@@ -53,7 +54,9 @@ def _cli() -> list[str]:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     env.pop("CI", None)
     return env
 
@@ -66,15 +69,29 @@ def _make_data(root: Path, obsids=OBSIDS, n: int = 5_000) -> Path:
 
 
 def _run_args(data: Path, results: Path, *, workers: int = 2) -> list[str]:
-    return ["run", "--data", str(data), "--results", str(results), "--workers", str(workers), "--no-progress",
-            "--set", "cameras=[pn]", "--set", f"pipeline.steps=[{','.join(STEPS)}]",
-            "--set", "cluster.dashboard_address=127.0.0.1:0"]
+    return [
+        "run",
+        "--data",
+        str(data),
+        "--results",
+        str(results),
+        "--workers",
+        str(workers),
+        "--no-progress",
+        "--set",
+        "cameras=[pn]",
+        "--set",
+        f"pipeline.steps=[{','.join(STEPS)}]",
+        "--set",
+        "cluster.dashboard_address=127.0.0.1:0",
+    ]
 
 
 def _start(argv: list[str], log: Path) -> subprocess.Popen:
     with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=str(log.parent),
-                                start_new_session=True)
+        return subprocess.Popen(
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=str(log.parent), start_new_session=True
+        )
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -102,7 +119,9 @@ def _reap_session(proc: subprocess.Popen, extra: list[psutil.Process] = (), grac
         proc.wait(timeout=5)
 
 
-def _wait_for(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+def _wait_for(
+    predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
@@ -217,8 +236,14 @@ def _run_inprocess(client, data: Path, results: Path, obsids=OBSIDS):
     from survey.api import run_survey
     from survey.config import load_config
 
-    cfg = load_config(overrides={"data_dir": str(data), "results_dir": str(results), "cameras": ["pn"],
-                                 "pipeline.steps": list(STEPS)})
+    cfg = load_config(
+        overrides={
+            "data_dir": str(data),
+            "results_dir": str(results),
+            "cameras": ["pn"],
+            "pipeline.steps": list(STEPS),
+        }
+    )
     report = run_survey(cfg, client=client, progress=False)
     assert sorted(report.done) == sorted(obsids), f"not all ObsIDs done: {report.failed}"
     assert report.catalogue_error is None, report.catalogue_error
@@ -235,6 +260,7 @@ def survey_dirs(tmp_path):
 # kill -9 of a worker
 # ----------------------------------------------------------------------------------------------
 
+
 def test_kill_worker_mid_step(survey_dirs, tmp_path, client):
     data, results = survey_dirs
     log = tmp_path / "run1.log"
@@ -242,8 +268,13 @@ def test_kill_worker_mid_step(survey_dirs, tmp_path, client):
     killed = None
     try:
         # A filter step is running: kill -9 the worker process that runs it (pid from its "running" record).
-        rec = _wait_for(lambda: next((r for o in OBSIDS if (r := _running(results, o, "filter"))), None), 120,
-                        "a running filter step", proc, log)
+        rec = _wait_for(
+            lambda: next((r for o in OBSIDS if (r := _running(results, o, "filter"))), None),
+            120,
+            "a running filter step",
+            proc,
+            log,
+        )
         workers = {p.pid: p for p in _descendants(proc.pid)}
         assert rec["pid"] in workers, f"pid {rec['pid']} of the running step is not a worker under the driver"
         killed = workers[rec["pid"]]
@@ -253,7 +284,9 @@ def test_kill_worker_mid_step(survey_dirs, tmp_path, client):
         _reap_session(proc, _descendants(proc.pid) if proc.poll() is None else [], grace_s=5)
     text = log.read_text(errors="replace")
     assert killed is not None
-    assert "Traceback" not in text, f"the driver printed a traceback after a worker was killed:\n{text[-3000:]}"
+    assert "Traceback" not in text, (
+        f"the driver printed a traceback after a worker was killed:\n{text[-3000:]}"
+    )
     # Dask reschedules the lost task on a live worker: one killed worker costs one step's rerun, not an ObsID.
     assert proc.returncode == 0, f"exit code {proc.returncode} after one worker was killed:\n{text[-3000:]}"
     done_before = assert_results_consistent(results)
@@ -268,6 +301,7 @@ def test_kill_worker_mid_step(survey_dirs, tmp_path, client):
 # ----------------------------------------------------------------------------------------------
 # kill -9 of the driver
 # ----------------------------------------------------------------------------------------------
+
 
 def test_kill_driver_then_resume(survey_dirs, tmp_path, client):
     data, results = survey_dirs
@@ -285,12 +319,15 @@ def test_kill_driver_then_resume(survey_dirs, tmp_path, client):
         # anything still alive is killed by pid so the test leaves nothing behind.
         _reap_session(proc, children, grace_s=1)
     assert proc.returncode == -signal.SIGKILL
-    assert not lingering, f"worker processes {[p.pid for p in lingering]} outlived their killed driver by 30 s"
+    assert not lingering, (
+        f"worker processes {[p.pid for p in lingering]} outlived their killed driver by 30 s"
+    )
     done_before = assert_results_consistent(results)
     assert 1 <= len(done_before) < len(OBSIDS) * len(STEPS), "the driver was not killed mid-survey"
     report = _run_inprocess(client, data, results)
-    assert report.n_cached >= len(done_before), \
+    assert report.n_cached >= len(done_before), (
         f"{report.n_cached} steps reused, {len(done_before)} were done before the kill"
+    )
     assert report.n_run + report.n_cached == len(OBSIDS) * len(STEPS)
     for key, rec in done_before.items():  # the records done before the kill were kept, not redone
         assert _record(results, *key)["inputs_hash"] == rec["inputs_hash"]
@@ -340,8 +377,13 @@ def test_kill_during_catalogue_write_never_leaves_a_torn_file(tmp_path):
         log = tmp_path / f"writer{round_}.log"
         proc = _start([sys.executable, str(script), str(results)], log)
         try:
-            _wait_for(lambda log=log: (results / "catalogue.fits").exists() and log.read_text().strip(), 60,
-                      "a first catalogue", proc, log)
+            _wait_for(
+                lambda log=log: (results / "catalogue.fits").exists() and log.read_text().strip(),
+                60,
+                "a first catalogue",
+                proc,
+                log,
+            )
             time.sleep(float(rng.uniform(0.0, 0.6)))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
@@ -349,8 +391,9 @@ def test_kill_during_catalogue_write_never_leaves_a_torn_file(tmp_path):
             _reap_session(proc, [], grace_s=1)
         for name in ("catalogue.parquet", "catalogue.fits"):
             df = catalog.load(results / name)
-            assert (len(df), float(df["kT"].iloc[0])) in {(2000, 1.0), (3000, 2.0)}, \
+            assert (len(df), float(df["kT"].iloc[0])) in {(2000, 1.0), (3000, 2.0)}, (
                 f"round {round_}: {name} holds {len(df)} rows (torn write?)"
+            )
             seen.add((name, len(df)))
     # A killed writer may leave a hidden temporary file; the next write and read are not disturbed by it.
     from catalog.io import write_catalogue
@@ -358,8 +401,10 @@ def test_kill_during_catalogue_write_never_leaves_a_torn_file(tmp_path):
     df = catalog.load(results / "catalogue.parquet")
     write_catalogue(df, results, append=True)
     assert len(catalog.load(results / "catalogue.fits")) == len(df)
-    assert sorted(p.name for p in results.iterdir() if not p.name.startswith(".")) == \
-        ["catalogue.fits", "catalogue.parquet"]
+    assert sorted(p.name for p in results.iterdir() if not p.name.startswith(".")) == [
+        "catalogue.fits",
+        "catalogue.parquet",
+    ]
 
 
 _SURVEY_KILLED_IN_FITS_WRITE = textwrap.dedent("""
@@ -404,7 +449,9 @@ def test_kill_during_survey_catalogue_write_then_rerun(tmp_path, client):
     proc = _start([sys.executable, str(script), str(data), str(results), ",".join(STEPS)], log)
     children: list = []
     try:
-        _wait_for(lambda: "WRITING-FITS" in log.read_text(errors="replace"), 240, "the catalogue write", proc, log)
+        _wait_for(
+            lambda: "WRITING-FITS" in log.read_text(errors="replace"), 240, "the catalogue write", proc, log
+        )
         children = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)

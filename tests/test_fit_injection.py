@@ -29,7 +29,9 @@ def responses(xmm_data: Path) -> tuple[ogip.RMF, ogip.ARF]:
 
 def _expected_counts(rmf: ogip.RMF, arf: ogip.ARF, exposure: float) -> np.ndarray:
     model = parse_expression("wabs*powerlaw")
-    flux = model.evaluate(rmf.energ_lo, rmf.energ_hi, [0.05, TRUTH["powerlaw_1.PhoIndex"], TRUTH["powerlaw_1.norm"]])
+    flux = model.evaluate(
+        rmf.energ_lo, rmf.energ_hi, [0.05, TRUTH["powerlaw_1.PhoIndex"], TRUTH["powerlaw_1.norm"]]
+    )
     return np.asarray((flux * arf.specresp * exposure) @ rmf.matrix).ravel()
 
 
@@ -46,7 +48,9 @@ def _grouping(mu: np.ndarray, min_counts: float) -> np.ndarray:
 
 @pytest.mark.realdata
 @pytest.mark.parametrize(("stat", "min_counts"), [("cstat", None), ("chi2", 500.0)])
-def test_injection_recovery(responses: tuple[ogip.RMF, ogip.ARF], stat: str, min_counts: float | None) -> None:
+def test_injection_recovery(
+    responses: tuple[ogip.RMF, ogip.ARF], stat: str, min_counts: float | None
+) -> None:
     rmf, arf = responses
     exposure = 2.0e4
     mu = _expected_counts(rmf, arf, exposure)
@@ -55,11 +59,22 @@ def test_injection_recovery(responses: tuple[ogip.RMF, ogip.ARF], stat: str, min
     within_2sigma = {k: 0 for k in TRUTH}
     covered = {k: 0 for k in TRUTH}
     for _ in range(N_DRAWS):
-        pha = ogip.PHA(channel=np.arange(mu.size) + rmf.channel_offset, counts=rng.poisson(mu).astype(float),
-                       exposure=exposure, grouping=grouping)
+        pha = ogip.PHA(
+            channel=np.arange(mu.size) + rmf.channel_offset,
+            counts=rng.poisson(mu).astype(float),
+            exposure=exposure,
+            grouping=grouping,
+        )
         ds = SpectrumDataset(pha=pha, rmf=rmf, arf=arf, name="sim").notice(0.5, 8.0)
-        res = fit([ds], "wabs*powerlaw", stat=stat, set_params=["1=0.05,frozen"], errors="covariance",
-                  flux_bands=(), restarts=1)
+        res = fit(
+            [ds],
+            "wabs*powerlaw",
+            stat=stat,
+            set_params=["1=0.05,frozen"],
+            errors="covariance",
+            flux_bands=(),
+            restarts=1,
+        )
         assert res.converged
         for name, truth in TRUTH.items():
             p = res.parameter(name)

@@ -22,9 +22,14 @@ def test_three_camera_joint_fit(xmm_data: Path, tmp_path: Path) -> None:
     d = xmm_data / "psrj0855"
     inputs = [FitInput(pha=d / c / f"xmm_{c}_0605960101_src.pha", name=c) for c in ("pn", "mos1", "mos2")]
     absorber = "wabs"  # numpy wabs keeps this test fast (phabs via the plug-in works the same way)
-    result = get_engine("builtin").fit_files(inputs, f"constant*{absorber}*powerlaw", stat="cstat",
-                                             notice_kev=(0.5, 10.0), errors="covariance",
-                                             flux_bands_kev=[(0.5, 2.0), (2.0, 10.0)])
+    result = get_engine("builtin").fit_files(
+        inputs,
+        f"constant*{absorber}*powerlaw",
+        stat="cstat",
+        notice_kev=(0.5, 10.0),
+        errors="covariance",
+        flux_bands_kev=[(0.5, 2.0), (2.0, 10.0)],
+    )
     consts = [p for p in result.parameters if p["name"] == "constant_1.factor"]
     assert [p["dataset"] for p in consts] == ["pn", "mos1", "mos2"]
     assert consts[0]["frozen"] and consts[0]["value"] == 1.0
@@ -46,8 +51,14 @@ def test_three_camera_joint_fit(xmm_data: Path, tmp_path: Path) -> None:
 
 def _toy_dataset(seed: int = 1, exposure: float = 5e4) -> SpectrumDataset:
     edges = np.geomspace(0.2, 12.0, 301)
-    rmf = ogip.RMF(energ_lo=edges[:-1], energ_hi=edges[1:], matrix=__import__("scipy.sparse").sparse.identity(
-        300, format="csr"), e_min=edges[:-1], e_max=edges[1:], channel_offset=1)
+    rmf = ogip.RMF(
+        energ_lo=edges[:-1],
+        energ_hi=edges[1:],
+        matrix=__import__("scipy.sparse").sparse.identity(300, format="csr"),
+        e_min=edges[:-1],
+        e_max=edges[1:],
+        channel_offset=1,
+    )
     arf = ogip.ARF(energ_lo=edges[:-1], energ_hi=edges[1:], specresp=np.full(300, 400.0))
     model = parse_expression("wabs*powerlaw")
     mu = model.evaluate(edges[:-1], edges[1:], [0.1, 2.0, 1e-3]) * 400.0 * exposure
@@ -58,13 +69,23 @@ def _toy_dataset(seed: int = 1, exposure: float = 5e4) -> SpectrumDataset:
 
 def test_links_fluxes_and_luminosity() -> None:
     sets = [_toy_dataset(k).notice(0.5, 10) for k in (1, 2, 3)]
-    res = fit(sets, "constant*wabs*powerlaw", stat="cstat",
-              set_params=["2=0.1,frozen"], links=[("3:constant_1.factor", "2:constant_1.factor")],
-              errors="covariance", redshift=0.1, cosmology={"H0": 70.0, "Om0": 0.3}, flux_bands=((2.0, 10.0),))
+    res = fit(
+        sets,
+        "constant*wabs*powerlaw",
+        stat="cstat",
+        set_params=["2=0.1,frozen"],
+        links=[("3:constant_1.factor", "2:constant_1.factor")],
+        errors="covariance",
+        redshift=0.1,
+        cosmology={"H0": 70.0, "Om0": 0.3},
+        flux_bands=((2.0, 10.0),),
+    )
     c1, c2, c3 = [p for p in res.parameters if p["name"] == "constant_1.factor"]
     assert c1["frozen"] and c3["linked"] and c3["value"] == c2["value"] == pytest.approx(1.0, abs=0.05)
     assert res.parameter("nH")["frozen"]
-    assert res.parameter("PhoIndex")["value"] == pytest.approx(2.0, abs=4 * res.parameter("PhoIndex")["sigma"])
+    assert res.parameter("PhoIndex")["value"] == pytest.approx(
+        2.0, abs=4 * res.parameter("PhoIndex")["sigma"]
+    )
     model = parse_expression("constant*wabs*powerlaw")
     values = np.array([1.0, 0.1, res.parameter("PhoIndex")["value"], res.parameter("norm")["value"]])
     gamma, norm = values[2], values[3]
@@ -100,9 +121,25 @@ def test_cli_parser_and_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     parser = argparse.ArgumentParser(prog="xmm-survey")
     sub = parser.add_subparsers(dest="command")
     fit_cmd.add_parser(sub)
-    args = parser.parse_args(["fit", str(pha), "--model", "wabs*powerlaw", "--set", "1=0.1,frozen",
-                              "--notice", "0.5-8.0", "--stat", "cstat", "--errors", "covariance", "--json",
-                              "--xcm", str(tmp_path / "x.xcm")])
+    args = parser.parse_args(
+        [
+            "fit",
+            str(pha),
+            "--model",
+            "wabs*powerlaw",
+            "--set",
+            "1=0.1,frozen",
+            "--notice",
+            "0.5-8.0",
+            "--stat",
+            "cstat",
+            "--errors",
+            "covariance",
+            "--json",
+            "--xcm",
+            str(tmp_path / "x.xcm"),
+        ]
+    )
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["engine"] == "builtin" and out["dof"] > 100

@@ -13,8 +13,16 @@ from xmmcore.fitting.models import FunctionComponent, Parameter, get_component, 
 def test_expression_naming_and_set() -> None:
     m = parse_expression("constant*wabs*wabs(powerlaw + gaussian)")
     names = [p.full_name for p in m.parameters]
-    assert names == ["constant_1.factor", "wabs_1.nH", "wabs_2.nH", "powerlaw_1.PhoIndex", "powerlaw_1.norm",
-                     "gaussian_1.LineE", "gaussian_1.Sigma", "gaussian_1.norm"]
+    assert names == [
+        "constant_1.factor",
+        "wabs_1.nH",
+        "wabs_2.nH",
+        "powerlaw_1.PhoIndex",
+        "powerlaw_1.norm",
+        "gaussian_1.LineE",
+        "gaussian_1.Sigma",
+        "gaussian_1.norm",
+    ]
     m.set("2", 0.0119, frozen=True)
     m.set("wabs_2.nH", 3.0)
     m.set("PhoIndex", 1.8)
@@ -64,8 +72,15 @@ def test_plugins_resolver_and_abundance_hook() -> None:
         return None
 
     models.register_resolver(resolver)
-    models.register_component("edge_test", lambda: FunctionComponent(
-        "edge_test", "mul", [Parameter("tau", 0.1, "", 0, 10, 0, 10)], lambda lo, hi, tau: np.exp(-tau * lo)))
+    models.register_component(
+        "edge_test",
+        lambda: FunctionComponent(
+            "edge_test",
+            "mul",
+            [Parameter("tau", 0.1, "", 0, 10, 0, 10)],
+            lambda lo, hi, tau: np.exp(-tau * lo),
+        ),
+    )
     m = parse_expression("edge_test*flat{2.5}")
     assert [p.full_name for p in m.parameters] == ["edge_test_1.tau", "flat_1.norm"]
     out = m.evaluate(np.array([1.0]), np.array([2.0]))
@@ -87,21 +102,24 @@ def _xspec():
     return call
 
 
-@pytest.mark.parametrize(("name", "symbol", "pars", "tol"), [
-    ("wabs", "C_wabs", [0.05], 1e-4),
-    ("wabs", "C_wabs", [3.0], 1e-4),
-    ("wabs", "C_wabs", [25.0], 1e-4),
-    ("powerlaw", "C_powerlaw", [1.7, 1.0], 1e-10),
-    ("powerlaw", "C_powerlaw", [1.0, 2.0], 1e-10),
-    ("bremss", "C_bremss", [5.0, 1.0], 1e-4),
-    ("bremss", "C_bremss", [0.3, 1.0], 1e-4),
-    ("bremss", "C_bremss", [40.0, 1.0], 1e-4),
-    ("zbremss", "C_zbremss", [6.0, 0.2, 1.0], 1e-4),
-    ("gaussian", "C_gaussian", [6.4, 0.1, 1.0], 1e-6),
-    ("zgauss", "C_zgauss", [6.7, 0.05, 0.3, 1.0], 1e-6),
-    ("bbody", "C_bbody", [1.0, 1.0], 1e-4),
-    ("bbodyrad", "C_bbodyrad", [0.5, 1.0], 5e-4),
-])
+@pytest.mark.parametrize(
+    ("name", "symbol", "pars", "tol"),
+    [
+        ("wabs", "C_wabs", [0.05], 1e-4),
+        ("wabs", "C_wabs", [3.0], 1e-4),
+        ("wabs", "C_wabs", [25.0], 1e-4),
+        ("powerlaw", "C_powerlaw", [1.7, 1.0], 1e-10),
+        ("powerlaw", "C_powerlaw", [1.0, 2.0], 1e-10),
+        ("bremss", "C_bremss", [5.0, 1.0], 1e-4),
+        ("bremss", "C_bremss", [0.3, 1.0], 1e-4),
+        ("bremss", "C_bremss", [40.0, 1.0], 1e-4),
+        ("zbremss", "C_zbremss", [6.0, 0.2, 1.0], 1e-4),
+        ("gaussian", "C_gaussian", [6.4, 0.1, 1.0], 1e-6),
+        ("zgauss", "C_zgauss", [6.7, 0.05, 0.3, 1.0], 1e-6),
+        ("bbody", "C_bbody", [1.0, 1.0], 1e-4),
+        ("bbodyrad", "C_bbodyrad", [0.5, 1.0], 5e-4),
+    ],
+)
 def test_numpy_models_match_xspec(name: str, symbol: str, pars: list[float], tol: float) -> None:
     call = _xspec()
     edges = np.geomspace(0.1, 12.0, 1501)

@@ -15,7 +15,11 @@ import pytest
 from xmmcore.fitting import SpectrumDataset, fit
 from xmmcore.fitting.datasets import BackgroundMissingWarning
 
-EXPECTED = {"wabs_2.nH": (11.12, 0.96), "powerlaw_1.PhoIndex": (1.498, 0.143), "powerlaw_1.norm": (1.422e-3, 3.9e-4)}
+EXPECTED = {
+    "wabs_2.nH": (11.12, 0.96),
+    "powerlaw_1.PhoIndex": (1.498, 0.143),
+    "powerlaw_1.norm": (1.422e-3, 3.9e-4),
+}
 
 
 def _dataset(xmm_data: Path) -> SpectrumDataset:
@@ -32,8 +36,14 @@ def test_sherpa_pn_regression(xmm_data: Path, errors: str) -> None:
     assert ds.n_noticed == 161
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no stray warnings from the fit itself
-        result = fit([ds], "wabs*wabs*powerlaw", stat="chi2gehrels", set_params=["1=0.0119,frozen"],
-                     errors=errors, flux_bands=((2.0, 10.0),))
+        result = fit(
+            [ds],
+            "wabs*wabs*powerlaw",
+            stat="chi2gehrels",
+            set_params=["1=0.0119,frozen"],
+            errors=errors,
+            flux_bands=((2.0, 10.0),),
+        )
     assert result.converged
     assert result.dof == 158
     assert result.statistic == pytest.approx(117.60, rel=0.005)
@@ -120,8 +130,11 @@ def test_against_sherpa(xmm_data: Path) -> None:
         ui.fit()
         theirs = ui.get_fit_results()
         sigma = dict(zip(("nH", "index", "norm"), np.sqrt(np.diag(theirs.covar))))
-        values = {"nH": abs1.nH.val, "index": getattr(pl, index).val, "norm": pl.ampl.val if index == "gamma"
-                  else pl.norm.val}
+        values = {
+            "nH": abs1.nH.val,
+            "index": getattr(pl, index).val,
+            "norm": pl.ampl.val if index == "gamma" else pl.norm.val,
+        }
     finally:
         logger.setLevel(level)
         from sherpa.astro import ui as _ui
@@ -130,8 +143,14 @@ def test_against_sherpa(xmm_data: Path) -> None:
     assert theirs.succeeded and theirs.dof == 158
     # Sherpa itself reproduces the published regression numbers
     assert theirs.statval == pytest.approx(117.60, rel=0.005)
-    ours = fit([_dataset(xmm_data)], "wabs*wabs*powerlaw", stat="chi2gehrels", set_params=["1=0.0119,frozen"],
-               errors="covariance", flux_bands=())
+    ours = fit(
+        [_dataset(xmm_data)],
+        "wabs*wabs*powerlaw",
+        stat="chi2gehrels",
+        set_params=["1=0.0119,frozen"],
+        errors="covariance",
+        flux_bands=(),
+    )
     assert ours.dof == theirs.dof
     assert ours.statistic == pytest.approx(theirs.statval, rel=1e-4)
     for key, name in (("nH", "wabs_2.nH"), ("index", "powerlaw_1.PhoIndex"), ("norm", "powerlaw_1.norm")):

@@ -11,14 +11,17 @@ from xmmcore import flares as F
 from xmmcore import gti as G
 
 
-def _flare_events(tmp_path, *, quiet_rate=2.0, flare_rate=20.0, span=20000.0, flare=(8000.0, 10000.0), seed=3):
+def _flare_events(
+    tmp_path, *, quiet_rate=2.0, flare_rate=20.0, span=20000.0, flare=(8000.0, 10000.0), seed=3
+):
     rng = np.random.default_rng(seed)
     nq = rng.poisson(quiet_rate * span)
     nf = rng.poisson(flare_rate * (flare[1] - flare[0]))
     t = np.sort(np.concatenate([rng.uniform(0, span, nq), rng.uniform(*flare, nf)])) + T0
     n = t.size
-    p = make_event_file(tmp_path / "pn.fits", instrume="EPN", times=t, span_s=span, ccds=(4,),
-                        pi=np.full(n, 11000), seed=seed)
+    p = make_event_file(
+        tmp_path / "pn.fits", instrume="EPN", times=t, span_s=span, ccds=(4,), pi=np.full(n, 11000), seed=seed
+    )
     evl = E.read_events(p)
     evl.columns["PATTERN"][:] = 0
     evl.columns["FLAG"][:] = 0

@@ -11,8 +11,12 @@ from xmmcore import gti as G
 
 
 def _intervals():
-    pair = st.tuples(st.integers(0, 1000), st.integers(1, 200)).map(lambda p: (float(p[0]), float(p[0] + p[1])))
-    return st.lists(pair, min_size=0, max_size=12).map(lambda rows: np.array(rows, dtype=float).reshape(-1, 2))
+    pair = st.tuples(st.integers(0, 1000), st.integers(1, 200)).map(
+        lambda p: (float(p[0]), float(p[0] + p[1]))
+    )
+    return st.lists(pair, min_size=0, max_size=12).map(
+        lambda rows: np.array(rows, dtype=float).reshape(-1, 2)
+    )
 
 
 def _brute_covered(g: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -29,7 +33,8 @@ GRID = np.arange(-0.5, 1300.0, 0.25)
 @given(_intervals(), _intervals())
 def test_union_intersection_inclusion_exclusion(a, b):
     assert G.exposure(G.union(a, b)) + G.exposure(G.intersection(a, b)) == pytest.approx(
-        G.exposure(a) + G.exposure(b))
+        G.exposure(a) + G.exposure(b)
+    )
 
 
 @settings(max_examples=150, deadline=None)

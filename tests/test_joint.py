@@ -42,7 +42,7 @@ def test_weighted_mean_asymmetric_and_consistency() -> None:
         u = rng.normal(0, 1, 4)
         x = 5.0 - np.where(u > 0, u * hi, u * lo)
         c = joint.weighted_mean(x, lo, hi)
-        hits += (c.value - c.err_lo <= 5.0 <= c.value + c.err_hi)
+        hits += c.value - c.err_lo <= 5.0 <= c.value + c.err_hi
         pvals.append(c.pvalue)
     assert 0.60 < hits / 300 < 0.78
     assert 0.35 < np.median(pvals) < 0.65
@@ -58,17 +58,31 @@ def test_weighted_mean_asymmetric_and_consistency() -> None:
 
 def _psr_inputs(xmm_data: Path) -> list[joint.JointInput]:
     d = xmm_data / "psrj0855"
-    return [joint.JointInput("0605960101", c, d / c / f"xmm_{c}_0605960101_src.pha", d / c / f"xmm_{c}_0605960101.rmf",
-                             d / c / f"xmm_{c}_0605960101.arf", d / c / f"xmm_{c}_0605960101_bkg.pha")
-            for c in ("pn", "mos1", "mos2")]
+    return [
+        joint.JointInput(
+            "0605960101",
+            c,
+            d / c / f"xmm_{c}_0605960101_src.pha",
+            d / c / f"xmm_{c}_0605960101.rmf",
+            d / c / f"xmm_{c}_0605960101.arf",
+            d / c / f"xmm_{c}_0605960101_bkg.pha",
+        )
+        for c in ("pn", "mos1", "mos2")
+    ]
 
 
 @pytest.mark.realdata
 def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
     inputs = _psr_inputs(xmm_data)
     # 2-10 keV: below 2 keV the region holds soft thermal emission of the Vela SNR that a power law cannot fit
-    fit = joint.joint_fit(inputs, "phabs*powerlaw", stat="cstat", notice_kev=(2.0, 10.0), errors="covariance",
-                          flux_bands_kev=((2.0, 10.0),))
+    fit = joint.joint_fit(
+        inputs,
+        "phabs*powerlaw",
+        stat="cstat",
+        notice_kev=(2.0, 10.0),
+        errors="covariance",
+        flux_bands_kev=((2.0, 10.0),),
+    )
     assert fit["converged"]
     rows = joint.joint_rows(fit, target="PSRJ0855", inputs=inputs, flux_bands_kev=((2.0, 10.0),))
     epic, per_ds = rows[0], {r["camera"]: r for r in rows[1:]}
@@ -100,8 +114,12 @@ def test_psrj0855_constants_match_single_camera_fluxes(xmm_data: Path) -> None:
     opts = {"stat": "cstat", "notice_kev": (2.0, 10.0), "flux_bands_kev": ((2.0, 10.0),)}
     fit = joint.joint_fit(inputs, "phabs*powerlaw", errors="covariance", **opts)
     per_ds = {r["camera"]: r for r in joint.joint_rows(fit, target="PSRJ0855", inputs=inputs)[1:]}
-    single = {i.camera: joint.joint_fit([i], "phabs*powerlaw", errors=None, **opts)["fluxes"]["2.0-10.0"]["absorbed"]
-              for i in inputs}
+    single = {
+        i.camera: joint.joint_fit([i], "phabs*powerlaw", errors=None, **opts)["fluxes"]["2.0-10.0"][
+            "absorbed"
+        ]
+        for i in inputs
+    }
     for cam in ("mos1", "mos2"):
         ratio = single[cam] / single["pn"]
         print(cam, per_ds[f"0605960101_{cam}"]["cross_norm"], "single-fit flux ratio", ratio)
@@ -128,11 +146,26 @@ def _simulate(results: Path, xmm_data: Path, obsid: str, cam: str, exposure: flo
     src_mu = np.asarray(rmf.matrix.T @ (photons * arf.specresp * exposure)).ravel()
     bkg_rate = 2e-4  # counts/s/channel in the source region: a flat particle-like background
     chan = np.arange(rmf.n_chan) + rmf.channel_offset
-    hdr = {"TELESCOP": "XMM", "INSTRUME": "EMOS1" if cam == "mos1" else "EMOS2", "OBS_ID": obsid, "FILTER": "Medium"}
-    src = PHA(channel=chan, counts=rng.poisson(src_mu + bkg_rate * exposure).astype(float), exposure=exposure,
-              backscal=1.0, header=hdr)
-    bkg = PHA(channel=chan, counts=rng.poisson(4.0 * bkg_rate * exposure, rmf.n_chan).astype(float),
-              exposure=exposure, backscal=4.0, header=hdr)
+    hdr = {
+        "TELESCOP": "XMM",
+        "INSTRUME": "EMOS1" if cam == "mos1" else "EMOS2",
+        "OBS_ID": obsid,
+        "FILTER": "Medium",
+    }
+    src = PHA(
+        channel=chan,
+        counts=rng.poisson(src_mu + bkg_rate * exposure).astype(float),
+        exposure=exposure,
+        backscal=1.0,
+        header=hdr,
+    )
+    bkg = PHA(
+        channel=chan,
+        counts=rng.poisson(4.0 * bkg_rate * exposure, rmf.n_chan).astype(float),
+        exposure=exposure,
+        backscal=4.0,
+        header=hdr,
+    )
     out = results / obsid / "spectra"
     write_pha(bkg, out / f"{cam}_bkg.pha")
     write_pha(src, out / f"{cam}_src.pha")
@@ -148,8 +181,12 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
     for obsid, t in exposures.items():
         for cam in ("mos1", "mos2"):
             _simulate(results, xmm_data, obsid, cam, t, rng)
-    opts = {"stat": "cstat", "notice_kev": (0.5, 7.0), "errors": "covariance",
-            "set_params": ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"]}
+    opts = {
+        "stat": "cstat",
+        "notice_kev": (0.5, 7.0),
+        "errors": "covariance",
+        "set_params": ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"],
+    }
     singles = {}
     for obsid in exposures:
         inputs, missing = joint.collect_inputs(results, [obsid], cameras=("mos1", "mos2"))
@@ -158,8 +195,15 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
         row = joint.joint_rows(fit, target=obsid, inputs=inputs)[0]
         singles[obsid] = (row["kT"], row["kT_err_lo"], row["kT_err_hi"])
     # the multi-observation path from results/: 3 ObsIDs x 2 cameras jointly, plus stacked spectra per camera
-    rec = joint.run_joint(results, target="SIM1", obsids=list(exposures), model=MODEL, cameras=("mos1", "mos2"),
-                          stack=True, **opts)
+    rec = joint.run_joint(
+        results,
+        target="SIM1",
+        obsids=list(exposures),
+        model=MODEL,
+        cameras=("mos1", "mos2"),
+        stack=True,
+        **opts,
+    )
     assert not rec["missing"] and rec["fit"]["converged"]
     rows = {(r["kind"], r["camera"]): r for r in rec["rows"]}
     kT, lo, hi = (rows["joint", "epic"][k] for k in ("kT", "kT_err_lo", "kT_err_hi"))
@@ -185,13 +229,16 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
 
     stacked = read_pha(results / "joint" / "SIM1_stack" / "mos1_src.pha")
     assert stacked.exposure == pytest.approx(sum(exposures.values()))
-    assert stacked.counts.sum() == sum(read_pha(results / o / "spectra" / "mos1_src.pha").counts.sum()
-                                       for o in exposures)
+    assert stacked.counts.sum() == sum(
+        read_pha(results / o / "spectra" / "mos1_src.pha").counts.sum() for o in exposures
+    )
     # the catalogue marks the joint and stack rows
     df = catalog.build(results)
     assert set(df.kind) == {"joint", "stack"} and df.is_joint.all()
     assert len(df[df.kind == "joint"]) == 7 and len(df[df.kind == "stack"]) == 3
-    assert df[(df.kind == "joint") & (df.camera == "epic")].obsids.item() == "0900000101,0900000201,0900000301"
+    assert (
+        df[(df.kind == "joint") & (df.camera == "epic")].obsids.item() == "0900000101,0900000201,0900000301"
+    )
 
 
 def test_stack_spectra_weights(tmp_path: Path, xmm_data: Path) -> None:
@@ -199,8 +246,12 @@ def test_stack_spectra_weights(tmp_path: Path, xmm_data: Path) -> None:
     for obsid, t in (("A", 1e3), ("B", 3e3)):
         _simulate(tmp_path, xmm_data, obsid, "mos2", t, rng)
     paths = [tmp_path / o / "spectra" for o in ("A", "B")]
-    st = stack.stack_spectra([p / "mos2_src.pha" for p in paths], rmfs=[p / "mos2.rmf" for p in paths],
-                             arfs=[p / "mos2.arf" for p in paths], bkgs=[p / "mos2_bkg.pha" for p in paths])
+    st = stack.stack_spectra(
+        [p / "mos2_src.pha" for p in paths],
+        rmfs=[p / "mos2.rmf" for p in paths],
+        arfs=[p / "mos2.arf" for p in paths],
+        bkgs=[p / "mos2_bkg.pha" for p in paths],
+    )
     assert list(st["weights"]) == [0.25, 0.75]
     from xmmcore.ogip import read_arf
 
@@ -215,7 +266,9 @@ def test_collect_inputs_names_missing_files(tmp_path: Path) -> None:
     (tmp_path / "0001" / "spectra" / "mos1_src.pha").write_text("x")
     inputs, missing = joint.collect_inputs(tmp_path, ["0001"], cameras=("mos1",))
     assert not inputs
-    assert missing == [f"0001 mos1: missing {tmp_path}/0001/spectra/mos1.rmf, {tmp_path}/0001/spectra/mos1.arf"]
+    assert missing == [
+        f"0001 mos1: missing {tmp_path}/0001/spectra/mos1.rmf, {tmp_path}/0001/spectra/mos1.arf"
+    ]
     rec = joint.run_joint(tmp_path, target="T1", obsids=["0001"], model=MODEL, cameras=("mos1",))
     assert rec["missing"] == missing and rec["path"].exists()
 
@@ -230,8 +283,11 @@ def test_a907_multi_observation_path(xmm_data: Path, tmp_path: Path) -> None:
     assert sorted(inventory) == ["0201901401", "0201903501", "0404910601"]
     assert all(set(c) == {"mos1", "mos2"} for c in inventory.values())
     # no MOS response exists in the shared data: the path says exactly that, per ObsID and camera
-    assert missing == [f"{o} {c}: no RMF (*.rmf) and no ARF (*.arf) under a907/{o}"
-                       for o in sorted(inventory) for c in ("mos1", "mos2")]
+    assert missing == [
+        f"{o} {c}: no RMF (*.rmf) and no ARF (*.arf) under a907/{o}"
+        for o in sorted(inventory)
+        for c in ("mos1", "mos2")
+    ]
     results = tmp_path / "results"
     results.mkdir()
     rec = report.multi_observation_path(a907, results, results / "report")
@@ -253,7 +309,9 @@ def test_a907_multi_observation_path(xmm_data: Path, tmp_path: Path) -> None:
     rate[expo < 0.3 * expo.max()] = 0
     iy, ix = np.unravel_index(np.argmax(rate), rate.shape)
     ra, dec = w.wcs_pix2world(ix, iy, 0)
-    sep_arcsec = 3600 * math.hypot((float(ra) - 149.5917) * math.cos(math.radians(-11.064)), float(dec) + 11.0639)
+    sep_arcsec = 3600 * math.hypot(
+        (float(ra) - 149.5917) * math.cos(math.radians(-11.064)), float(dec) + 11.0639
+    )
     print("A907 mosaic peak", float(ra), float(dec), "offset", sep_arcsec, "arcsec")
     assert sep_arcsec < 30
     # the report of this results folder shows the mosaic and states the missing inputs
@@ -272,11 +330,24 @@ def test_mosaic_rejects_bad_input(tmp_path: Path) -> None:
 
 
 def test_epicspeccombine_argv() -> None:
-    argv = stack.epicspeccombine_argv(["a_src.pha", "b_src.pha"], bkgs=["a_bkg.pha", "b_bkg.pha"],
-                                      rmfs=["a.rmf", "b.rmf"], arfs=["a.arf", "b.arf"], filepha="stack_src.pha")
-    assert argv == ["epicspeccombine", "pha=a_src.pha b_src.pha", "bkg=a_bkg.pha b_bkg.pha", "rmf=a.rmf b.rmf",
-                    "arf=a.arf b.arf", "filepha=stack_src.pha", "filebkg=epic_spc_bkg.ds", "filersp=epic_rsp.ds",
-                    "allowHEdiff=no"]
+    argv = stack.epicspeccombine_argv(
+        ["a_src.pha", "b_src.pha"],
+        bkgs=["a_bkg.pha", "b_bkg.pha"],
+        rmfs=["a.rmf", "b.rmf"],
+        arfs=["a.arf", "b.arf"],
+        filepha="stack_src.pha",
+    )
+    assert argv == [
+        "epicspeccombine",
+        "pha=a_src.pha b_src.pha",
+        "bkg=a_bkg.pha b_bkg.pha",
+        "rmf=a.rmf b.rmf",
+        "arf=a.arf b.arf",
+        "filepha=stack_src.pha",
+        "filebkg=epic_spc_bkg.ds",
+        "filersp=epic_rsp.ds",
+        "allowHEdiff=no",
+    ]
     with pytest.raises(InputDataError):
         stack.epicspeccombine_argv(["a"], bkgs=[], rmfs=["a"], arfs=["a"])
 
@@ -288,14 +359,29 @@ def test_a907_pipeline_then_joint_path(xmm_data: Path, tmp_path: Path) -> None:
     from survey.cli import main
 
     results = tmp_path / "results"
-    rc = main(["run", "--data", str(xmm_data / "a907"), "--results", str(results), "--workers", "1",
-               "--no-progress", "--set", "fit.errors=covariance"])
+    rc = main(
+        [
+            "run",
+            "--data",
+            str(xmm_data / "a907"),
+            "--results",
+            str(results),
+            "--workers",
+            "1",
+            "--no-progress",
+            "--set",
+            "fit.errors=covariance",
+        ]
+    )
     assert rc == 3  # every ObsID stops at the fit step: no MOS response exists
     obsids = ["0201901401", "0201903501", "0404910601"]
     assert all((results / o / "spectra" / f"{c}_src.pha").exists() for o in obsids for c in ("mos1", "mos2"))
     rec = joint.run_joint(results, target="A907", obsids=obsids, cameras=("mos1", "mos2"))
-    assert rec["missing"] == [f"{o} {c}: missing {results}/{o}/spectra/{c}.rmf, {results}/{o}/spectra/{c}.arf"
-                              for o in obsids for c in ("mos1", "mos2")]
+    assert rec["missing"] == [
+        f"{o} {c}: missing {results}/{o}/spectra/{c}.rmf, {results}/{o}/spectra/{c}.arf"
+        for o in obsids
+        for c in ("mos1", "mos2")
+    ]
     df = catalog.build(results)
     epic = df[(df.camera == "epic") & (df.kind == "obs")]
     assert list(epic.status) == ["failed"] * 3 and set(epic.failed_step) == {"fit"}
@@ -312,12 +398,21 @@ def test_run_joint_leaves_out_incomplete_sets(tmp_path: Path, xmm_data: Path) ->
     for obsid in ("A", "B"):
         _simulate(tmp_path, xmm_data, obsid, "mos2", 5e3, rng)
     (tmp_path / "B" / "spectra" / "mos2.rmf").unlink()
-    rec = joint.run_joint(tmp_path, target="T2", obsids=["A", "B"], model=MODEL, cameras=("mos1", "mos2"),
-                          errors=None, set_params=["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"])
+    rec = joint.run_joint(
+        tmp_path,
+        target="T2",
+        obsids=["A", "B"],
+        model=MODEL,
+        cameras=("mos1", "mos2"),
+        errors=None,
+        set_params=["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.1,frozen"],
+    )
     assert not rec["missing"] and rec["fit"]["n_datasets"] == 1
-    assert rec["left_out"] == [f"A mos1: no spectra (camera not observed or not extracted) in {tmp_path}/A/spectra",
-                               f"B mos1: no spectra (camera not observed or not extracted) in {tmp_path}/B/spectra",
-                               f"B mos2: missing {tmp_path}/B/spectra/mos2.rmf"]
+    assert rec["left_out"] == [
+        f"A mos1: no spectra (camera not observed or not extracted) in {tmp_path}/A/spectra",
+        f"B mos1: no spectra (camera not observed or not extracted) in {tmp_path}/B/spectra",
+        f"B mos2: missing {tmp_path}/B/spectra/mos2.rmf",
+    ]
     assert 3.5 < rec["rows"][0]["kT"] < 7.0
     (tmp_path / "joint" / ".survey-state.json").write_text('{"T2": "abc"}')
     df = catalog.build(tmp_path)

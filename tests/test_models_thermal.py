@@ -14,7 +14,9 @@ from xmmcore.errors import ExternalToolError
 from xmmcore.fitting import atable, build_apec, models, xsmodels
 
 APEC_REL = "models/apec/apec_atomdb_jaxspec003_atable.fits"
-needs_xspec = pytest.mark.skipif(not xsmodels.available(), reason="xspectrampoline not installed (extra [models])")
+needs_xspec = pytest.mark.skipif(
+    not xsmodels.available(), reason="xspectrampoline not installed (extra [models])"
+)
 
 E = np.geomspace(0.3, 12.0, 3001)
 LO, HI = E[:-1], E[1:]
@@ -52,7 +54,8 @@ def test_mekal_fe_xxv_line_at_kt5():
 def test_mekal_zero_metals_is_bremsstrahlung_shaped():
     mekal = models.get_component("mekal")
     ratio = mekal.evaluate(LO, HI, [5.0, 1.0, 0.0, 0.0, 1.0]) / models.get_component("bremss").evaluate(
-        LO, HI, [5.0, 1.0])
+        LO, HI, [5.0, 1.0]
+    )
     sel = (C > 0.5) & (C < 10.0)
     assert ratio[sel].std() / ratio[sel].mean() < 0.01
 
@@ -112,9 +115,15 @@ def test_build_apec_reproduces_shared_table(shared_data, tmp_path, request, tmp_
     wheel = _jaxspec_wheel(Path(cache.mkdir("jaxspec")) if cache else tmp_path_factory.mktemp("jaxspec"))
     out = build_apec.build_apec(out=tmp_path / "apec.fits", wheel=wheel)
     with fits.open(out) as built, fits.open(shared_data / APEC_REL) as ref:
-        np.testing.assert_allclose(built["PARAMETERS"].data["VALUE"], ref["PARAMETERS"].data["VALUE"], rtol=1e-6)
-        np.testing.assert_allclose(built["ENERGIES"].data["ENERG_LO"], ref["ENERGIES"].data["ENERG_LO"], rtol=1e-6)
-        np.testing.assert_allclose(built["SPECTRA"].data["PARAMVAL"], ref["SPECTRA"].data["PARAMVAL"], rtol=1e-6)
+        np.testing.assert_allclose(
+            built["PARAMETERS"].data["VALUE"], ref["PARAMETERS"].data["VALUE"], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            built["ENERGIES"].data["ENERG_LO"], ref["ENERGIES"].data["ENERG_LO"], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            built["SPECTRA"].data["PARAMVAL"], ref["SPECTRA"].data["PARAMVAL"], rtol=1e-6
+        )
         a = built["SPECTRA"].data["INTPSPEC"].astype(float)
         b = ref["SPECTRA"].data["INTPSPEC"].astype(float)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * b.max())

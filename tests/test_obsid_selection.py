@@ -18,8 +18,10 @@ def data_dir(tmp_path):
 
 def test_single_and_comma_separated_obsids(data_dir):
     assert resolve_obsids({"obsids": "0201903501", "data_dir": data_dir}) == ["0201903501"]
-    assert resolve_obsids({"obsids": "0404910601, 0201901401", "data_dir": data_dir}) == ["0404910601",
-                                                                                         "0201901401"]
+    assert resolve_obsids({"obsids": "0404910601, 0201901401", "data_dir": data_dir}) == [
+        "0404910601",
+        "0201901401",
+    ]
 
 
 def test_glob_and_list_file(data_dir, tmp_path_factory):

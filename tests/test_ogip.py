@@ -26,8 +26,15 @@ def _small_rmf(offset: int = 1) -> ogip.RMF:
                 vals.append(w)
     mat = sp.csr_matrix((vals, (rows, cols)), shape=(40, n_chan))
     ch_edges = np.linspace(0.1, 10.0, n_chan + 1)
-    return ogip.RMF(energ_lo=edges[:-1], energ_hi=edges[1:], matrix=mat, e_min=ch_edges[:-1], e_max=ch_edges[1:],
-                    channel_offset=offset, header={"TELESCOP": "XMM", "INSTRUME": "EPN"})
+    return ogip.RMF(
+        energ_lo=edges[:-1],
+        energ_hi=edges[1:],
+        matrix=mat,
+        e_min=ch_edges[:-1],
+        e_max=ch_edges[1:],
+        channel_offset=offset,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+    )
 
 
 @pytest.mark.parametrize("offset", [0, 1])
@@ -49,13 +56,27 @@ def test_rmf_round_trip(tmp_path: Path, offset: int) -> None:
 def test_pha_arf_round_trip(tmp_path: Path) -> None:
     counts = np.arange(20, dtype=float)
     grouping = np.where(np.arange(20) % 4 == 0, 1, -1)
-    pha = ogip.PHA(channel=np.arange(20), counts=counts, exposure=1234.5, backscal=2.5e6, grouping=grouping,
-                   quality=np.zeros(20, int), respfile="x.rmf", ancrfile="x.arf", backfile=None,
-                   header={"TELESCOP": "XMM", "INSTRUME": "EPN", "OBS_ID": "0123456789"})
+    pha = ogip.PHA(
+        channel=np.arange(20),
+        counts=counts,
+        exposure=1234.5,
+        backscal=2.5e6,
+        grouping=grouping,
+        quality=np.zeros(20, int),
+        respfile="x.rmf",
+        ancrfile="x.arf",
+        backfile=None,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN", "OBS_ID": "0123456789"},
+    )
     path = ogip.write_pha(pha, tmp_path / "x.pha")
     with fits.open(path) as hdul:
         h = hdul["SPECTRUM"].header
-        assert (h["HDUCLASS"], h["HDUCLAS1"], h["HDUVERS"], h["CHANTYPE"]) == ("OGIP", "SPECTRUM", "1.2.1", "PI")
+        assert (h["HDUCLASS"], h["HDUCLAS1"], h["HDUVERS"], h["CHANTYPE"]) == (
+            "OGIP",
+            "SPECTRUM",
+            "1.2.1",
+            "PI",
+        )
         assert h["DETCHANS"] == 20 and h["TLMIN1"] == 0 and h["TLMAX1"] == 19 and h["POISSERR"] is True
         assert hdul["SPECTRUM"].columns["COUNTS"].format == "J"
         assert h["BACKFILE"] == "none"
@@ -65,18 +86,23 @@ def test_pha_arf_round_trip(tmp_path: Path) -> None:
     assert back.exposure == pytest.approx(1234.5) and back.backscal == pytest.approx(2.5e6)
     assert back.backfile is None and back.header["OBS_ID"] == "0123456789"
     assert back.resolve("respfile") == tmp_path / "x.rmf"
-    arf = ogip.ARF(energ_lo=np.linspace(0.1, 9.9, 40), energ_hi=np.linspace(0.35, 10.0, 40),
-                   specresp=np.linspace(10, 500, 40))
+    arf = ogip.ARF(
+        energ_lo=np.linspace(0.1, 9.9, 40),
+        energ_hi=np.linspace(0.35, 10.0, 40),
+        specresp=np.linspace(10, 500, 40),
+    )
     back_arf = ogip.read_arf(ogip.write_arf(arf, tmp_path / "x.arf"))
     np.testing.assert_allclose(back_arf.specresp, arf.specresp, rtol=1e-6)
 
 
 def test_rate_and_type2(tmp_path: Path) -> None:
     rate = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
-    cols = [fits.Column(name="SPEC_NUM", format="J", array=[1, 2]),
-            fits.Column(name="CHANNEL", format="3J", array=np.tile(np.arange(1, 4), (2, 1))),
-            fits.Column(name="RATE", format="3D", array=rate),
-            fits.Column(name="EXPOSURE", format="D", array=[10.0, 100.0])]
+    cols = [
+        fits.Column(name="SPEC_NUM", format="J", array=[1, 2]),
+        fits.Column(name="CHANNEL", format="3J", array=np.tile(np.arange(1, 4), (2, 1))),
+        fits.Column(name="RATE", format="3D", array=rate),
+        fits.Column(name="EXPOSURE", format="D", array=[10.0, 100.0]),
+    ]
     hdu = fits.BinTableHDU.from_columns(cols, name="SPECTRUM")
     hdu.header["HDUCLAS4"] = "TYPE:II"
     path = tmp_path / "t2.pha"
@@ -91,8 +117,13 @@ def test_rate_and_type2(tmp_path: Path) -> None:
 def test_errors_name_file_and_keyword(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match="does not exist"):
         ogip.read_pha(tmp_path / "missing.pha")
-    hdu = fits.BinTableHDU.from_columns([fits.Column(name="CHANNEL", format="J", array=[1, 2]),
-                                         fits.Column(name="COUNTS", format="J", array=[1, 2])], name="SPECTRUM")
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="CHANNEL", format="J", array=[1, 2]),
+            fits.Column(name="COUNTS", format="J", array=[1, 2]),
+        ],
+        name="SPECTRUM",
+    )
     path = tmp_path / "noexp.pha"
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path)
     with pytest.raises(InputDataError, match=r"noexp\.pha.*EXPOSURE"):

@@ -26,9 +26,14 @@ def test_image_with_regions_fills_the_figure(tmp_path):
     image = rng.poisson(0.5 + 30.0 / (1 + ((xx - n / 2) ** 2 + (yy - n / 2) ** 2) / 100.0)).astype(float)
     extent = Extent(x0=0.0, y0=0.0, bin_phys=bin_phys, nx=n, ny=n)
     centre = n / 2 * bin_phys
-    regions = {"centre_x": centre, "centre_y": centre, "r_src_arcmin": 3.0, "bkg_inner_arcmin": 3.15,
-               "bkg_outer_arcmin": 4.5,
-               "point_sources": [{"x": centre + 3000.0, "y": centre - 2000.0, "r_arcsec": 20.0}]}
+    regions = {
+        "centre_x": centre,
+        "centre_y": centre,
+        "r_src_arcmin": 3.0,
+        "bkg_inner_arcmin": 3.15,
+        "bkg_outer_arcmin": 4.5,
+        "point_sources": [{"x": centre + 3000.0, "y": centre - 2000.0, "r_arcsec": 20.0}],
+    }
     path = plot_image_regions(image, _sky_wcs(n, bin_phys), extent, regions, tmp_path / "img.png", title="t")
     rgb = imread(path)[..., :3]
     inked = np.mean(np.any(rgb < 0.95, axis=-1))

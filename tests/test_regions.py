@@ -23,12 +23,14 @@ def test_ds9_roundtrip_fk5_and_physical(tmp_path, header):
     ps = [R.PointSource(x=26300, y=26000, ra=0, dec=0, r_arcsec=10.0, snr=7.0)]
     s = pw.pixel_to_world(26300 - 1.0, 26000 - 1.0)
     ps[0].ra, ps[0].dec = float(s.ra.deg), float(s.dec.deg)
-    path = R.write_ds9(tmp_path / "src.reg", centre_radec=(c.ra.deg, c.dec.deg), r_out_arcmin=1.0,
-                       point_sources=ps)
+    path = R.write_ds9(
+        tmp_path / "src.reg", centre_radec=(c.ra.deg, c.dec.deg), r_out_arcmin=1.0, point_sources=ps
+    )
     sel = R.read_ds9(path, header)
     assert len(sel.include) == 1 and len(sel.exclude) == 1
-    assert sel.contains(np.array([26000.0, 26300.0, 27300.0]), np.array([26000.0, 26000.0, 26000.0])).tolist() == \
-        [True, False, False]
+    assert sel.contains(
+        np.array([26000.0, 26300.0, 27300.0]), np.array([26000.0, 26000.0, 26000.0])
+    ).tolist() == [True, False, False]
     area = R.region_area(sel)
     expect = np.pi * 1200.0**2 - np.pi * 200.0**2
     assert area == pytest.approx(expect, rel=2e-3)
@@ -66,7 +68,9 @@ def _beta_image(extent, xc, yc, rc=400.0, amp=50.0, bkg=0.2, seed=1, points=()):
     xx, yy = np.meshgrid(xs, ys)
     mu = amp * (1 + ((xx - xc) ** 2 + (yy - yc) ** 2) / rc**2) ** (-3.0 * 0.67 + 0.5) + bkg
     for px, py, f in points:
-        mu = mu + f * np.exp(-0.5 * ((xx - px) ** 2 + (yy - py) ** 2) / 80.0**2) / (2 * np.pi * (80.0 / 80.0) ** 2)
+        mu = mu + f * np.exp(-0.5 * ((xx - px) ** 2 + (yy - py) ** 2) / 80.0**2) / (
+            2 * np.pi * (80.0 / 80.0) ** 2
+        )
     return rng.poisson(mu).astype(float)
 
 
@@ -78,8 +82,15 @@ def test_auto_centre_and_point_sources(header):
     cov = np.ones_like(img)
     x, y = R.auto_centre(img, ext, start_xy=(25500.0, 26500.0), coverage=cov)
     assert np.hypot(x - xc, y - yc) < 80.0  # within one 4" image pixel
-    found = R.detect_point_sources(img, ext, I.image_wcs(header, ext), coverage=cov, snr=5.0,
-                                   exclude_xy=(x, y), exclude_radius_phys=1500.0)
+    found = R.detect_point_sources(
+        img,
+        ext,
+        I.image_wcs(header, ext),
+        coverage=cov,
+        snr=5.0,
+        exclude_xy=(x, y),
+        exclude_radius_phys=1500.0,
+    )
     for px, py, _ in pts:
         assert min(np.hypot(p.x - px, p.y - py) for p in found) < 120.0
     assert len(found) <= 4

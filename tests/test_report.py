@@ -79,8 +79,15 @@ def survey(tmp_path: Path, figure_pngs: dict[str, Path]) -> Path:
     for i in range(8):
         kT = float(rng.uniform(1.5, 9))
         lum = 1e44 * (kT / 5.0) ** 2.9 * 10 ** rng.normal(0, 0.15)
-        make_obs(results, f"01000{i:02d}0101", kT=kT, z=float(rng.uniform(0.05, 0.4)), seed=i + 1,
-                 fail_step="fit" if i == 5 else None, lum=lum)
+        make_obs(
+            results,
+            f"01000{i:02d}0101",
+            kT=kT,
+            z=float(rng.uniform(0.05, 0.4)),
+            seed=i + 1,
+            fail_step="fit" if i == 5 else None,
+            lum=lum,
+        )
         if i != 5:
             plots_dir = results / f"01000{i:02d}0101" / "plots"
             plots_dir.mkdir(parents=True)
@@ -117,13 +124,28 @@ def test_report_renders_in_headless_chromium(survey: Path, tmp_path: Path) -> No
     shot = ARTIFACTS / "report_index.png"
     if shot.exists():
         shot.unlink()
-    argv = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chrome-profile'}", "--hide-scrollbars",
-            "--window-size=1280,1800", f"--screenshot={shot}", index.resolve().as_uri()]
+    argv = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+        "--hide-scrollbars",
+        "--window-size=1280,1800",
+        f"--screenshot={shot}",
+        index.resolve().as_uri(),
+    ]
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TMPDIR")}
     env["HOME"] = str(tmp_path)
-    proc = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        argv, check=False, capture_output=True, text=True, timeout=90, env=env, cwd=tmp_path
+    )
     assert shot.exists(), f"no screenshot; chromium exit {proc.returncode}: {proc.stderr[-2000:]}"
     from PIL import Image
 
@@ -141,9 +163,16 @@ def test_lt_uses_one_point_per_cluster(survey: Path) -> None:
     n_obs = int(((df.kind == "obs") & (df.camera == "epic") & (df.status == "done")).sum())
     assert plots.fit_lt(df, n_boot=50).n == n_obs
     # a joint fit of two ObsIDs replaces their two points by one
-    fit = {"model": "wabs*zbremss", "engine": "builtin", "stat": "cstat", "statistic": 900.0, "dof": 880,
-           "converged": True, "parameters": [{"name": "zbremss_1.kT", "value": 5.0, "err_lo": 0.2, "err_hi": 0.2}],
-           "luminosities": {"0.1-2.4": {"value": 1e44, "err_lo": 1e42, "err_hi": 1e42}}}
+    fit = {
+        "model": "wabs*zbremss",
+        "engine": "builtin",
+        "stat": "cstat",
+        "statistic": 900.0,
+        "dof": 880,
+        "converged": True,
+        "parameters": [{"name": "zbremss_1.kT", "value": 5.0, "err_lo": 0.2, "err_hi": 0.2}],
+        "luminosities": {"0.1-2.4": {"value": 1e44, "err_lo": 1e42, "err_hi": 1e42}},
+    }
     inputs = [joint.JointInput(o, "pn", Path("x")) for o in ("01000000101", "01000010101")]
     joint.record_rows(survey, "CLJ", joint.joint_rows(fit, target="CLJ", inputs=inputs))
     assert plots.fit_lt(catalog.build(survey), n_boot=50).n == n_obs - 1

@@ -40,11 +40,21 @@ from xmmcore.observation import discover
 
 GOLDEN = Path(__file__).parent / "golden" / "sas"
 REGEN = os.environ.get("XMM_SURVEY_REGEN_GOLDEN", "") not in ("", "0")
-SETTINGS = SasSettings(sas_dir="/opt/xmmsas", ccf_path="/ccf", timeout_s=600.0, use_pps_events=True, esas=True)
-REGIONS = {"centre_ra": 149.5923, "centre_dec": -11.0597, "centre_x": 25800.0, "centre_y": 26100.0,
-           "r_src_arcmin": 3.0, "bkg_inner_arcmin": 3.15, "bkg_outer_arcmin": 4.5,
-           "point_sources": [{"x": 27000.0, "y": 25000.0, "ra": 149.55, "dec": -11.07, "r_arcsec": 20.0,
-                              "snr": 8.0}]}
+SETTINGS = SasSettings(
+    sas_dir="/opt/xmmsas", ccf_path="/ccf", timeout_s=600.0, use_pps_events=True, esas=True
+)
+REGIONS = {
+    "centre_ra": 149.5923,
+    "centre_dec": -11.0597,
+    "centre_x": 25800.0,
+    "centre_y": 26100.0,
+    "r_src_arcmin": 3.0,
+    "bkg_inner_arcmin": 3.15,
+    "bkg_outer_arcmin": 4.5,
+    "point_sources": [
+        {"x": 27000.0, "y": 25000.0, "ra": 149.55, "dec": -11.07, "r_arcsec": 20.0, "snr": 8.0}
+    ],
+}
 
 
 def _cfg(**overrides):
@@ -120,7 +130,9 @@ def _check_golden(name: str, text: str) -> None:
             pytest.fail(f"golden file {path} is missing (generate with XMM_SURVEY_REGEN_GOLDEN=1)")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    assert text == path.read_text(), f"argv differ from {path}; if intended, regenerate with XMM_SURVEY_REGEN_GOLDEN=1"
+    assert text == path.read_text(), (
+        f"argv differ from {path}; if intended, regenerate with XMM_SURVEY_REGEN_GOLDEN=1"
+    )
 
 
 CASES = [
@@ -139,8 +151,9 @@ def test_golden_argv(obs_dir, name, camera, esas, method, grouping):
     settings = SasSettings(**{**SETTINGS.__dict__, "esas": esas})
     out = obs_dir / "results" / obs.obsid
     cmds = build_filter_commands(obs, camera, out, cfg, settings)
-    cmds += build_spectra_commands(obs, camera, out, REGIONS, cfg, settings,
-                                   clean_events=obs.event_files[camera])
+    cmds += build_spectra_commands(
+        obs, camera, out, REGIONS, cfg, settings, clean_events=obs.event_files[camera]
+    )
     _check_golden(name, _golden_text(cmds, obs_dir))
     tasks = [c.task for c in cmds]
     if esas:
@@ -148,8 +161,19 @@ def test_golden_argv(obs_dir, name, camera, esas, method, grouping):
         assert ("pnspectra" if camera == "pn" else "mosspectra") in tasks
         assert ("pnback" if camera == "pn" else "mosback") in tasks
     else:
-        assert tasks == ["evselect", "tabgtigen", "evselect", "evselect", "evselect", "backscale", "backscale",
-                         "rmfgen", "evselect", "arfgen", "specgroup"]
+        assert tasks == [
+            "evselect",
+            "tabgtigen",
+            "evselect",
+            "evselect",
+            "evselect",
+            "backscale",
+            "backscale",
+            "rmfgen",
+            "evselect",
+            "arfgen",
+            "specgroup",
+        ]
         arf = next(c for c in cmds if c.task == "arfgen")
         assert "extendedsource=yes" in arf.argv and "detmaptype=dataset" in arf.argv
 
@@ -159,10 +183,12 @@ def test_standard_expressions():
     assert screen_expression("pn", cfg["filter"]["pn"]) == "(PATTERN<=4)&&(PI in [200:15000])&&#XMMEA_EP"
     assert screen_expression("mos2", cfg["filter"]["mos2"]) == "(PATTERN<=12)&&(PI in [200:12000])&&#XMMEA_EM"
     assert screen_expression("pn", {**cfg["filter"]["pn"], "flag": "zero", "ccds": [4, 7]}) == (
-        "(PATTERN<=4)&&(PI in [200:15000])&&(FLAG==0)&&((CCDNR==4)||(CCDNR==7))")
+        "(PATTERN<=4)&&(PI in [200:15000])&&(FLAG==0)&&((CCDNR==4)||(CCDNR==7))"
+    )
     # 3 arcmin = 3600 sky pixels of 0.05 arcsec; point source 20 arcsec = 400 pixels
     assert region_expression(REGIONS, "src") == (
-        "((X,Y) IN circle(25800,26100,3600))&&!((X,Y) IN circle(27000,25000,400))")
+        "((X,Y) IN circle(25800,26100,3600))&&!((X,Y) IN circle(27000,25000,400))"
+    )
     assert region_expression(REGIONS, "bkg").startswith("((X,Y) IN annulus(25800,26100,3780,5400))")
 
 
@@ -177,8 +203,9 @@ def test_timing_mode_pn_is_skipped_with_a_reason(tmp_path):
     cmds, skipped = plan_observation(obs, tmp_path / "results" / obs.obsid, _cfg(), settings=SETTINGS)
     assert "pn" in skipped and "PrimeTiming" in skipped["pn"]
     assert not any(c.step.endswith("_pn") for c in cmds)
-    out = SasBackend(SETTINGS).filter_camera(obs, "pn", tmp_path / "results" / obs.obsid, _cfg(),
-                                             log=logging.getLogger("t"))
+    out = SasBackend(SETTINGS).filter_camera(
+        obs, "pn", tmp_path / "results" / obs.obsid, _cfg(), log=logging.getLogger("t")
+    )
     assert out["skipped"] is True and "timing" in out["reason"]
 
 
@@ -202,8 +229,10 @@ def test_golden_real_images(xmm_data, tmp_path):
     text = _golden_text(cmds, tmp_path).replace(str(xmm_data.resolve()), "$DATA")
     _check_golden("mos1_images", text)
     assert [c.task for c in cmds] == ["evselect", "eexpmap"]
-    assert "attitudeset=" + str((xmm_data / "a907/0201901401/emchain/P0201901401OBX000ATTTSR0000.FIT").resolve()) \
+    assert (
+        "attitudeset=" + str((xmm_data / "a907/0201901401/emchain/P0201901401OBX000ATTTSR0000.FIT").resolve())
         in cmds[1].argv
+    )
     assert "pimin=500" in cmds[1].argv and "pimax=2000" in cmds[1].argv
 
 
@@ -245,12 +274,16 @@ def test_each_task_has_its_own_dir_and_pfiles(obs_dir):
         assert c.env["HEADASNOQUERY"] == ""
         assert Path(c.env["SAS_CCF"]).exists()  # the CALINDEX of the event list when there is no ccf.cif
         assert str(c.cwd).startswith(str((out / "sas").resolve()))
-    assert len({c.cwd for c in cmds if "esas" not in str(c.cwd)}) == len([c for c in cmds if "esas" not in str(c.cwd)])
+    assert len({c.cwd for c in cmds if "esas" not in str(c.cwd)}) == len(
+        [c for c in cmds if "esas" not in str(c.cwd)]
+    )
 
 
 def _env_probe(step: str, label: str, tmp: Path) -> Command:
-    code = ("import os, json, time; time.sleep(0.3); "
-            "print(json.dumps({k: os.environ.get(k) for k in ('PFILES','SAS_CCF','SAS_ODF','SAS_CCFPATH')}))")
+    code = (
+        "import os, json, time; time.sleep(0.3); "
+        "print(json.dumps({k: os.environ.get(k) for k in ('PFILES','SAS_CCF','SAS_ODF','SAS_CCFPATH')}))"
+    )
     cwd = tmp / "sas" / step / label
     env = task_env(cwd, SETTINGS, odf=tmp / f"odf-{label}", ccf=tmp / f"ccf-{label}.cif")
     return Command(step=step, label=label, argv=(sys.executable, "-c", code), cwd=cwd, env=env, timeout_s=60)
@@ -289,7 +322,9 @@ def test_missing_sas_says_which_tool_and_how(obs_dir, monkeypatch):
     monkeypatch.delenv("SAS_DIR", raising=False)
     backend = SasBackend(SasSettings(sas_dir=None, ccf_path=None))
     with pytest.raises(ToolNotFoundError) as info:
-        backend.filter_camera(obs, "mos1", obs_dir / "results" / obs.obsid, _cfg(), log=logging.getLogger("t"))
+        backend.filter_camera(
+            obs, "mos1", obs_dir / "results" / obs.obsid, _cfg(), log=logging.getLogger("t")
+        )
     msg = str(info.value)
     assert "SAS_DIR" in msg and "sas.sas_dir" in msg and "evselect" in msg
     empty = obs_dir / "fake_sas"
@@ -307,9 +342,12 @@ def _script_commands(script: str) -> list[list[str]]:
 def test_plan_export_is_valid_bash_and_matches_backend_argv(obs_dir, tmp_path):
     from survey.commands.plan import plan_commands, render_script
 
-    cmds, skipped, _cfg_used, obs = plan_commands("0123456789", data=str(obs_dir / "data"),
-                                            results=str(obs_dir / "results"),
-                                            overrides=["sas.sas_dir=/opt/xmmsas", "sas.ccf_path=/ccf"])
+    cmds, skipped, _cfg_used, obs = plan_commands(
+        "0123456789",
+        data=str(obs_dir / "data"),
+        results=str(obs_dir / "results"),
+        overrides=["sas.sas_dir=/opt/xmmsas", "sas.ccf_path=/ccf"],
+    )
     script = render_script(cmds, obsid=obs.obsid, skipped=skipped, sas_dir="/opt/xmmsas")
     path = tmp_path / "run.sh"
     path.write_text(script)
@@ -326,8 +364,16 @@ def test_plan_export_is_valid_bash_and_matches_backend_argv(obs_dir, tmp_path):
         env = dict(t.split("=", 1) for t in body[:n_env])
         assert env == dict(cmd.env)
         assert body[n_env:] == list(cmd.argv)
-    assert {c.task for c in cmds} >= {"evselect", "espfilt", "cheese", "mosspectra", "mosback", "pnspectra",
-                                      "pnback", "specgroup"}
+    assert {c.task for c in cmds} >= {
+        "evselect",
+        "espfilt",
+        "cheese",
+        "mosspectra",
+        "mosback",
+        "pnspectra",
+        "pnback",
+        "specgroup",
+    }
 
 
 def test_plan_cli_writes_script(obs_dir, tmp_path, capsys):
@@ -338,16 +384,32 @@ def test_plan_cli_writes_script(obs_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     plan.add_parser(parser.add_subparsers())
     out = tmp_path / "run.sh"
-    args = parser.parse_args(["plan", "--backend", "sas", "--obsid", "0123456789", "--data",
-                              str(obs_dir / "data"), "--results", str(obs_dir / "results"),
-                              "--set", "sas.esas=false", "--export", str(out)])
+    args = parser.parse_args(
+        [
+            "plan",
+            "--backend",
+            "sas",
+            "--obsid",
+            "0123456789",
+            "--data",
+            str(obs_dir / "data"),
+            "--results",
+            str(obs_dir / "results"),
+            "--set",
+            "sas.esas=false",
+            "--export",
+            str(out),
+        ]
+    )
     assert args.func(args) == 0
     text = out.read_text()
     assert os.access(out, os.X_OK)
     assert subprocess.run(["bash", "-n", str(out)], check=False).returncode == 0
     assert "arfgen" in text and "mosspectra" not in text
     assert "commands" in capsys.readouterr().out
-    bad = parser.parse_args(["plan", "--obsid", "../etc", "--data", str(obs_dir / "data"), "--export", str(out)])
+    bad = parser.parse_args(
+        ["plan", "--obsid", "../etc", "--data", str(obs_dir / "data"), "--export", str(out)]
+    )
     assert bad.func(bad) == 3
 
 
@@ -369,8 +431,14 @@ def test_real_sas_filter_and_version(xmm_data, tmp_path):
     from xmmcore.backends.sas import _provisional_regions
 
     cfg_std = _cfg(**{"flares.method": "fixed", "sas.esas": False})
-    spec = backend.spectra_camera(obs, "mos1", tmp_path / obs.obsid, _provisional_regions(obs, "mos1", cfg_std),
-                                  cfg_std, log=logging.getLogger("sas"))
+    spec = backend.spectra_camera(
+        obs,
+        "mos1",
+        tmp_path / obs.obsid,
+        _provisional_regions(obs, "mos1", cfg_std),
+        cfg_std,
+        log=logging.getLogger("sas"),
+    )
     with fits.open(spec["products"]["src"]) as hdul:
         hdr = hdul["SPECTRUM"].header
         assert hdr["RESPFILE"] == "mos1.rmf" and hdr["BACKFILE"] == "mos1_bkg.pha"
@@ -384,16 +452,19 @@ def test_plan_export_for_real_a907_obsid(xmm_data, tmp_path, overrides):
     """Sample ObsID 0201901401 (A907, MOS1+MOS2): the script is valid bash and runs the backend's argv."""
     from survey.commands.plan import plan_commands, render_script
 
-    cmds, skipped, _cfg_used, obs = plan_commands("0201901401", data=str(xmm_data / "a907"),
-                                                  results=str(tmp_path / "results"),
-                                                  overrides=["sas.sas_dir=/opt/xmmsas", *overrides])
+    cmds, skipped, _cfg_used, obs = plan_commands(
+        "0201901401",
+        data=str(xmm_data / "a907"),
+        results=str(tmp_path / "results"),
+        overrides=["sas.sas_dir=/opt/xmmsas", *overrides],
+    )
     assert skipped == {}
     script = render_script(cmds, obsid=obs.obsid, sas_dir="/opt/xmmsas")
     path = tmp_path / "run.sh"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
     parsed = _script_commands(script)
-    assert [t[5 + len(c.env):-1] for t, c in zip(parsed, cmds, strict=True)] == [list(c.argv) for c in cmds]
+    assert [t[5 + len(c.env) : -1] for t, c in zip(parsed, cmds, strict=True)] == [list(c.argv) for c in cmds]
     assert {c.step for c in cmds} == {"filter_mos1", "filter_mos2", "spectra_mos1", "spectra_mos2"}
 
 

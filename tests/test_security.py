@@ -26,10 +26,33 @@ SUBPROCESS_ALLOWED = ("xmmcore/tools.py",)
 SUBPROCESS_ALLOWED_PREFIXES = ("survey/cluster", "survey/slurm", "slurm/")
 
 _PROCESS_MODULES = {"subprocess", "pty", "pexpect", "sh", "plumbum"}
-_BANNED_OS = {"system", "popen", "chdir", "fchdir", "putenv", "unsetenv",
-              "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe",
-              "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
-              "posix_spawn", "posix_spawnp", "startfile"}
+_BANNED_OS = {
+    "system",
+    "popen",
+    "chdir",
+    "fchdir",
+    "putenv",
+    "unsetenv",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execv",
+    "execve",
+    "execvp",
+    "execvpe",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "spawnv",
+    "spawnve",
+    "spawnvp",
+    "spawnvpe",
+    "posix_spawn",
+    "posix_spawnp",
+    "startfile",
+}
 _SHELL_FUNCS = {"getoutput", "getstatusoutput"}  # subprocess helpers that always use a shell
 _UNSAFE_YAML = {"unsafe_load", "unsafe_load_all", "full_load", "full_load_all"}
 _SAFE_LOADERS = {"SafeLoader", "CSafeLoader", "BaseLoader", "CBaseLoader"}
@@ -110,7 +133,14 @@ class _Scanner(ast.NodeVisitor):
         head, _, last = name.rpartition(".")
         if head == "os" and last in _BANNED_OS:
             self._hit("banned-os", node.lineno, name)
-        if head == "os.environ" and last in {"update", "setdefault", "pop", "popitem", "clear", "__setitem__"}:
+        if head == "os.environ" and last in {
+            "update",
+            "setdefault",
+            "pop",
+            "popitem",
+            "clear",
+            "__setitem__",
+        }:
             self._hit("environ-edit", node.lineno, name)
         if name.split(".")[0] in _PROCESS_MODULES:
             self._hit("process-call", node.lineno, name)
@@ -154,9 +184,12 @@ class _Scanner(ast.NodeVisitor):
 
 # Reviewed exceptions: (file, function, kind) -> why it is acceptable. Keep this list short and argued.
 EXEMPT: dict[tuple[str, str, str], str] = {
-    ("xmmcore/fitting/xsmodels.py", "_headas_set", "environ-edit"):
-        "the XSPEC model library reads HEADAS with getenv() while it initialises in this process, so it cannot "
-        "be passed as env=; set for the block only and restored in finally",
+    (
+        "xmmcore/fitting/xsmodels.py",
+        "_headas_set",
+        "environ-edit",
+    ): "the XSPEC model library reads HEADAS with getenv() while it initialises in this process, so it cannot "
+    "be passed as env=; set for the block only and restored in finally",
 }
 
 
@@ -166,30 +199,39 @@ def _scan() -> dict[str, list[tuple[str, int, str]]]:
         rel = _rel(path)
         scanner = _Scanner(rel)
         scanner.visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
-        out[rel] = [(k, line, d) for k, line, d in scanner.hits
-                    if (rel, scanner.where.get(line, ""), k) not in EXEMPT]
+        out[rel] = [
+            (k, line, d) for k, line, d in scanner.hits if (rel, scanner.where.get(line, ""), k) not in EXEMPT
+        ]
     return out
 
 
 @pytest.fixture(scope="module")
 def scan() -> dict[str, list[tuple[str, int, str]]]:
     result = _scan()
-    assert any(p.startswith("xmmcore/") for p in result), "no xmmcore/*.py found: the scan looked in the wrong place"
+    assert any(p.startswith("xmmcore/") for p in result), (
+        "no xmmcore/*.py found: the scan looked in the wrong place"
+    )
     return result
 
 
 def _report(scan: dict, kinds: set[str], allowed=lambda rel: False) -> list[str]:
-    return [f"{rel}:{line}: {detail}" for rel, hits in scan.items() if not allowed(rel)
-            for kind, line, detail in hits if kind in kinds]
+    return [
+        f"{rel}:{line}: {detail}"
+        for rel, hits in scan.items()
+        if not allowed(rel)
+        for kind, line, detail in hits
+        if kind in kinds
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Static checks
 # ----------------------------------------------------------------------------------------------
 
+
 def test_scanner_catches_what_it_should():
     """The scanner itself: each banned form is a hit, the safe forms are not."""
-    bad = '''
+    bad = """
 import os, subprocess as sp, yaml
 from os import system as run
 sp.run("ls", shell=True)
@@ -205,7 +247,7 @@ os.environ.update(X="1")
 sp.getoutput("ls")
 eval("1+1")
 addr = "0.0.0.0:8787"
-'''
+"""
     good = '''
 import yaml
 yaml.load(open("x"), Loader=yaml.SafeLoader)
@@ -228,8 +270,10 @@ env = dict(os.environ); env["X"] = "1"
 
 def test_no_shell_true_anywhere(scan):
     offenders = _report(scan, {"shell"})
-    assert not offenders, "shell=True / shell helpers found (use argv lists via xmmcore.tools.run_tool):\n" + \
-        "\n".join(offenders)
+    assert not offenders, (
+        "shell=True / shell helpers found (use argv lists via xmmcore.tools.run_tool):\n"
+        + "\n".join(offenders)
+    )
 
 
 def test_exemptions_are_still_needed():
@@ -240,8 +284,9 @@ def test_exemptions_are_still_needed():
             continue
         scanner = _Scanner(rel)
         scanner.visit(ast.parse(path.read_text(encoding="utf-8")))
-        assert any(k == kind and scanner.where.get(line) == func for k, line, _ in scanner.hits), \
+        assert any(k == kind and scanner.where.get(line) == func for k, line, _ in scanner.hits), (
             f"EXEMPT entry {(rel, func, kind)} matches nothing any more: delete it"
+        )
         assert len(why) > 40
 
 
@@ -255,8 +300,10 @@ def test_subprocess_only_in_the_tool_runner_and_cluster_code(scan):
         return rel in SUBPROCESS_ALLOWED or rel.startswith(SUBPROCESS_ALLOWED_PREFIXES)
 
     offenders = _report(scan, {"process-import", "process-call"}, allowed)
-    assert not offenders, ("processes started outside xmmcore/tools.py and the SLURM cluster code "
-                           "(call xmmcore.tools.run_tool instead):\n" + "\n".join(offenders))
+    assert not offenders, (
+        "processes started outside xmmcore/tools.py and the SLURM cluster code "
+        "(call xmmcore.tools.run_tool instead):\n" + "\n".join(offenders)
+    )
 
 
 def test_yaml_is_only_safe_loaded(scan):
@@ -266,8 +313,9 @@ def test_yaml_is_only_safe_loaded(scan):
 
 def test_no_global_environment_edits(scan):
     offenders = _report(scan, {"environ-edit"})
-    assert not offenders, ("os.environ edited globally (pass env= to run_tool instead):\n"
-                           + "\n".join(offenders))
+    assert not offenders, "os.environ edited globally (pass env= to run_tool instead):\n" + "\n".join(
+        offenders
+    )
 
 
 def test_no_eval_exec_or_pickle_of_inputs(scan):
@@ -277,8 +325,9 @@ def test_no_eval_exec_or_pickle_of_inputs(scan):
 
 def test_nothing_binds_all_interfaces_by_default(scan):
     offenders = _report(scan, {"bind-all"})
-    assert not offenders, "a 0.0.0.0 address is hard-coded (bind 127.0.0.1 unless configured):\n" + \
-        "\n".join(offenders)
+    assert not offenders, "a 0.0.0.0 address is hard-coded (bind 127.0.0.1 unless configured):\n" + "\n".join(
+        offenders
+    )
 
 
 def test_tool_runner_uses_argv_and_its_own_session():
@@ -287,15 +336,21 @@ def test_tool_runner_uses_argv_and_its_own_session():
     if not tools.exists():
         pytest.skip("xmmcore/tools.py has not landed yet")
     tree = ast.parse(tools.read_text())
-    popen_calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                   and isinstance(n.func, ast.Attribute) and n.func.attr in {"Popen", "run", "check_output"}]
+    popen_calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and n.func.attr in {"Popen", "run", "check_output"}
+    ]
     assert popen_calls, "xmmcore/tools.py starts no process?"
     for call in popen_calls:
         kws = {kw.arg: kw.value for kw in call.keywords}
         assert "shell" not in kws or (isinstance(kws["shell"], ast.Constant) and kws["shell"].value is False)
         if call.func.attr == "Popen":
-            assert "start_new_session" in kws or "preexec_fn" in kws or "process_group" in kws, \
+            assert "start_new_session" in kws or "preexec_fn" in kws or "process_group" in kws, (
                 "Popen without start_new_session: a timeout would kill only the parent, not SAS's children"
+            )
 
 
 def test_run_tool_passes_shell_metacharacters_literally(tmp_path):
@@ -328,8 +383,27 @@ def test_run_tool_refuses_a_command_string(tmp_path):
 # Paths confined to the data/results roots
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("obsid", ["../etc", "..", ".", "a/b", "/abs", "a\\b", "0123/../../x", "", "x" * 65,
-                                   "a b", "a\x00b", "~root", "$HOME", "0201901401/..", "..0201901401"])
+
+@pytest.mark.parametrize(
+    "obsid",
+    [
+        "../etc",
+        "..",
+        ".",
+        "a/b",
+        "/abs",
+        "a\\b",
+        "0123/../../x",
+        "",
+        "x" * 65,
+        "a b",
+        "a\x00b",
+        "~root",
+        "$HOME",
+        "0201901401/..",
+        "..0201901401",
+    ],
+)
 def test_validate_obsid_refuses_path_like_names(obsid):
     with pytest.raises(InputDataError) as info:
         validate_obsid(obsid)
@@ -361,8 +435,9 @@ def test_survey_refuses_obsid_with_path_characters(tmp_path):
     results = tmp_path / "results"
     before = set(tmp_path.rglob("*"))
     with pytest.raises((ConfigError, InputDataError)) as info:
-        cfg = config.load_config(overrides={"data_dir": str(data), "results_dir": str(results),
-                                            "obsids": ["good", "../escape"]})
+        cfg = config.load_config(
+            overrides={"data_dir": str(data), "results_dir": str(results), "obsids": ["good", "../escape"]}
+        )
         api = pytest.importorskip("survey.api")
         api.run_survey(cfg)
     assert "../escape" in str(info.value)
@@ -422,7 +497,9 @@ def test_run_one_refuses_traversing_obsid(tmp_path):
 
     victim = _victim(tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))
-    cfg = config.load_config(overrides={"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")})
+    cfg = config.load_config(
+        overrides={"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results")}
+    )
     with pytest.raises((ConfigError, InputDataError)):
         api.run_one(cfg, "../victim")
     assert (victim / "precious.txt").read_text() == "do not delete"
@@ -434,6 +511,7 @@ def test_run_one_refuses_traversing_obsid(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Network: dashboard and servers on localhost unless configured
 # ----------------------------------------------------------------------------------------------
+
 
 def _defaults() -> dict:
     return yaml.safe_load((REPO / "survey" / "defaults.yaml").read_text())
@@ -453,15 +531,18 @@ def test_cluster_code_passes_the_configured_dashboard_address():
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call):
-                fname = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                fname = (
+                    node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                )
                 if fname in {"LocalCluster", "Scheduler"}:
                     calls.append((_rel(path), node))
     if not calls:
         pytest.skip("no LocalCluster(...) in survey/ yet")
     for rel, node in calls:
         kws = {kw.arg for kw in node.keywords}
-        assert kws & {"dashboard_address", "host", "ip"} or None in kws, \
+        assert kws & {"dashboard_address", "host", "ip"} or None in kws, (
             f"{rel}:{node.lineno}: LocalCluster without dashboard_address/host: dask would pick its own default"
+        )
 
 
 def test_local_cluster_listens_on_loopback_only():
@@ -476,7 +557,9 @@ def test_local_cluster_listens_on_loopback_only():
         addr = handle.client.scheduler.address
         assert addr.startswith("tcp://127.0.0.1:"), f"scheduler listens on {addr}"
         workers = handle.client.scheduler_info()["workers"]
-        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers), f"workers on {list(workers)}"
+        assert workers and all(w.startswith("tcp://127.0.0.1:") for w in workers), (
+            f"workers on {list(workers)}"
+        )
         link = handle.dashboard_link or ""
         if link:
             assert "127.0.0.1" in link or "localhost" in link, f"dashboard at {link}"

@@ -56,8 +56,15 @@ def _rmf(channel_offset: int) -> RMF:
         row[row < 1e-6] = 0.0
         rows.append(0.9 * row)
     matrix = sp.csr_matrix(np.array(rows))
-    return RMF(energ_lo=energ_lo, energ_hi=energ_hi, matrix=matrix, e_min=e_min, e_max=e_max,
-               channel_offset=channel_offset, header={"TELESCOP": "XMM", "INSTRUME": "EPN"})
+    return RMF(
+        energ_lo=energ_lo,
+        energ_hi=energ_hi,
+        matrix=matrix,
+        e_min=e_min,
+        e_max=e_max,
+        channel_offset=channel_offset,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+    )
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -69,8 +76,12 @@ def _erf(x: np.ndarray) -> np.ndarray:
 def _arf(rmf: RMF) -> ARF:
     mid = 0.5 * (rmf.energ_lo + rmf.energ_hi)
     area = 900.0 * np.exp(-0.5 * ((np.log(mid) - np.log(1.5)) / 0.9) ** 2)  # cm^2, peak 900 at 1.5 keV
-    return ARF(energ_lo=rmf.energ_lo, energ_hi=rmf.energ_hi, specresp=area,
-               header={"TELESCOP": "XMM", "INSTRUME": "EPN"})
+    return ARF(
+        energ_lo=rmf.energ_lo,
+        energ_hi=rmf.energ_hi,
+        specresp=area,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+    )
 
 
 def write_synthetic(folder: Path, *, channel_offset: int = 1, seed: int = 5) -> dict[str, Any]:
@@ -89,10 +100,25 @@ def write_synthetic(folder: Path, *, channel_offset: int = 1, seed: int = 5) -> 
     quality = np.zeros(n_chan, dtype=int)
     quality[:4] = 5  # the lowest channels are bad, as SAS flags them
     header = {"TELESCOP": "XMM", "INSTRUME": "EPN", "OBS_ID": "0000000000", "OBJECT": "synthetic"}
-    src = PHA(channel=channel, counts=counts, exposure=EXPOSURE_S, backscal=SRC_BACKSCAL, grouping=grouping,
-              quality=quality, respfile="resp.rmf", ancrfile="resp.arf", backfile="bkg.pha", header=dict(header))
-    bkg = PHA(channel=channel, counts=bkg_counts, exposure=EXPOSURE_S, backscal=BKG_BACKSCAL,
-              header={**header, "HDUCLAS2": "BKG"})
+    src = PHA(
+        channel=channel,
+        counts=counts,
+        exposure=EXPOSURE_S,
+        backscal=SRC_BACKSCAL,
+        grouping=grouping,
+        quality=quality,
+        respfile="resp.rmf",
+        ancrfile="resp.arf",
+        backfile="bkg.pha",
+        header=dict(header),
+    )
+    bkg = PHA(
+        channel=channel,
+        counts=bkg_counts,
+        exposure=EXPOSURE_S,
+        backscal=BKG_BACKSCAL,
+        header={**header, "HDUCLAS2": "BKG"},
+    )
     write_rmf(rmf, folder / "resp.rmf")
     write_arf(arf, folder / "resp.arf")
     write_pha(bkg, folder / "bkg.pha")
@@ -195,5 +221,7 @@ def test_sherpa_fits_our_files_like_builtin(ui: Any, tmp_path: Path, stat: str) 
         par = ours.parameter(name)
         assert abs(par["value"] - value) < 0.02 * err, (name, par["value"], value)
         assert par["sigma"] == pytest.approx(err, rel=0.05), (name, par["sigma"], err)
-    if stat == "wstat":  # with the background accounted for, both recover the index the counts were drawn from
+    if (
+        stat == "wstat"
+    ):  # with the background accounted for, both recover the index the counts were drawn from
         assert abs(ours.parameter("PhoIndex")["value"] - GAMMA) < 3 * sigma[0]

@@ -25,8 +25,20 @@ from xmmcore.simulate import (
 SEED = 7
 INSTRUME = {"pn": "EPN", "mos1": "EMOS1", "mos2": "EMOS2"}
 PATTERN_MAX = {"pn": 4, "mos1": 12, "mos2": 12}
-XMM_FORMATS = {"TIME": "D", "RAWX": "I", "RAWY": "I", "DETX": "I", "DETY": "I", "X": "J", "Y": "J", "PHA": "I",
-               "PI": "I", "FLAG": "J", "PATTERN": "B", "CCDNR": "B"}
+XMM_FORMATS = {
+    "TIME": "D",
+    "RAWX": "I",
+    "RAWY": "I",
+    "DETX": "I",
+    "DETY": "I",
+    "X": "J",
+    "Y": "J",
+    "PHA": "I",
+    "PI": "I",
+    "FLAG": "J",
+    "PATTERN": "B",
+    "CCDNR": "B",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +48,9 @@ def survey(tmp_path_factory) -> tuple[Path, list[str]]:
     return out, obsids
 
 
-def _good_in_region(evt: fits.FITS_rec, cam: str, x: float, y: float, r_arcmin: float,
-                    band: tuple[float, float]) -> int:
+def _good_in_region(
+    evt: fits.FITS_rec, cam: str, x: float, y: float, r_arcmin: float, band: tuple[float, float]
+) -> int:
     r = np.hypot(evt["X"] - x, evt["Y"] - y) * 0.05 / 60.0
     good = (evt["FLAG"] == 0) & (evt["PATTERN"] <= PATTERN_MAX[cam])
     inband = (evt["PI"] >= band[0] * 1000) & (evt["PI"] < band[1] * 1000)
@@ -84,14 +97,36 @@ def test_event_file_headers_and_columns(survey):
             assert [n for n in names if n.startswith("STDGTI")] == [f"STDGTI{c:02d}" for c in live]
             assert "GTI" in names
             assert len(live) == (12 if cam == "pn" else 7) or cam == "mos1"
-            for key, value in (("OBS_ID", obsid), ("INSTRUME", INSTRUME[cam]), ("TELESCOP", "XMM"),
-                               ("FILTER", "Medium"), ("SUBMODE", "PrimeFullWindow"),
-                               ("OBJECT", truth["target"]["name"])):
+            for key, value in (
+                ("OBS_ID", obsid),
+                ("INSTRUME", INSTRUME[cam]),
+                ("TELESCOP", "XMM"),
+                ("FILTER", "Medium"),
+                ("SUBMODE", "PrimeFullWindow"),
+                ("OBJECT", truth["target"]["name"]),
+            ):
                 assert h[key] == value
                 assert hdul[0].header[key] == value
-            for key in ("DATE-OBS", "EXPOSURE", "ONTIME", "LIVETIME", "TSTART", "TSTOP", "RA_PNT", "DEC_PNT",
-                        "RA_OBJ", "DEC_OBJ", "REFXCRPX", "REFXCRVL", "REFXCDLT", "REFXCTYP", "REFYCRPX",
-                        "REFYCRVL", "REFYCDLT", "REFYCTYP"):
+            for key in (
+                "DATE-OBS",
+                "EXPOSURE",
+                "ONTIME",
+                "LIVETIME",
+                "TSTART",
+                "TSTOP",
+                "RA_PNT",
+                "DEC_PNT",
+                "RA_OBJ",
+                "DEC_OBJ",
+                "REFXCRPX",
+                "REFXCRVL",
+                "REFXCDLT",
+                "REFXCTYP",
+                "REFYCRPX",
+                "REFYCRVL",
+                "REFYCDLT",
+                "REFYCTYP",
+            ):
                 assert key in h, key
             gti = np.column_stack([hdul["GTI"].data["START"], hdul["GTI"].data["STOP"]])
             assert h["ONTIME"] == pytest.approx(np.sum(gti[:, 1] - gti[:, 0]))
@@ -102,7 +137,10 @@ def test_event_file_headers_and_columns(survey):
             ix, iy = cols.index("X") + 1, cols.index("Y") + 1
             assert (h[f"TCTYP{ix}"], h[f"TCTYP{iy}"]) == ("RA---TAN", "DEC--TAN")
             assert (h[f"TCRPX{ix}"], h[f"TCRVL{ix}"], h[f"TCDLT{ix}"]) == (
-                h["REFXCRPX"], h["REFXCRVL"], h["REFXCDLT"])
+                h["REFXCRPX"],
+                h["REFXCRVL"],
+                h["REFXCDLT"],
+            )
             assert h["REFXCDLT"] == pytest.approx(-0.05 / 3600)
             d = evt.data
             for name in ("RAWX", "RAWY", "DETX", "DETY", "X", "Y", "PI", "PATTERN", "CCDNR"):
@@ -139,10 +177,23 @@ def test_real_mos_columns_match(survey, xmm_data):
     out, obsids = survey
     real = xmm_data / "a907" / "0201901401" / "eclean" / "mos1_exp1_clean_evts.fits"
     with fits.open(real) as r, fits.open(out / obsids[0] / "pps" / event_file_name(obsids[0], "mos1")) as s:
-        assert [(c.name, c.format) for c in s["EVENTS"].columns] == [(c.name, c.format) for c in r["EVENTS"].columns]
-        for key in ("REFXCRPX", "REFXCDLT", "REFYCDLT", "REFXLMAX", "TELESCOP", "INSTRUME", "TIMESYS", "MJDREF"):
+        assert [(c.name, c.format) for c in s["EVENTS"].columns] == [
+            (c.name, c.format) for c in r["EVENTS"].columns
+        ]
+        for key in (
+            "REFXCRPX",
+            "REFXCDLT",
+            "REFYCDLT",
+            "REFXLMAX",
+            "TELESCOP",
+            "INSTRUME",
+            "TIMESYS",
+            "MJDREF",
+        ):
             want = r["EVENTS"].header[key]
-            assert s["EVENTS"].header[key] == (want if isinstance(want, str) else pytest.approx(want, rel=1e-12))
+            assert s["EVENTS"].header[key] == (
+                want if isinstance(want, str) else pytest.approx(want, rel=1e-12)
+            )
 
 
 def test_reproducible_bit_for_bit(tmp_path):
@@ -179,8 +230,14 @@ def test_region_counts_match_truth(survey):
 
 def test_spectral_shape_matches_truth(tmp_path):
     """Soft and hard band counts match truth separately; the band only changes truth.json, not the events."""
-    kwargs = {"seed": 5, "index": 0, "exposure_ks": 30.0, "flare_fraction": 0.0, "point_sources": 0.0,
-                  "cluster": {"kT": 6.0, "z": 0.1, "counts_pn": 30000.0, "rc_arcsec": 40.0}}
+    kwargs = {
+        "seed": 5,
+        "index": 0,
+        "exposure_ks": 30.0,
+        "flare_fraction": 0.0,
+        "point_sources": 0.0,
+        "cluster": {"kT": 6.0, "z": 0.1, "counts_pn": 30000.0, "rc_arcsec": 40.0},
+    }
     soft = simulate_observation(tmp_path / "soft", "0900500001", band_kev=(0.5, 2.0), **kwargs)
     hard = simulate_observation(tmp_path / "hard", "0900500001", band_kev=(2.0, 7.0), **kwargs)
     for cam in CAMERAS:
@@ -190,7 +247,12 @@ def test_spectral_shape_matches_truth(tmp_path):
         for root, band in ((soft, (0.5, 2.0)), (hard, (2.0, 7.0))):
             ec = json.loads((root / "truth.json").read_text())["expected_counts"]
             n = _good_in_region(evt, cam, ec["centre_x"], ec["centre_y"], 3.0, band)
-            assert abs(n - ec[cam]["total"]) < 4.0 * np.sqrt(ec[cam]["total"]), (cam, band, n, ec[cam]["total"])
+            assert abs(n - ec[cam]["total"]) < 4.0 * np.sqrt(ec[cam]["total"]), (
+                cam,
+                band,
+                n,
+                ec[cam]["total"],
+            )
     truth = json.loads((soft / "truth.json").read_text())["cluster"]
     assert truth["kT"] == 6.0 and truth["z"] == 0.1 and truth["rc_arcsec"] == 40.0
     assert truth["counts_pn_detected"] == pytest.approx(30000.0, rel=0.01)  # Monte Carlo estimate
@@ -221,7 +283,11 @@ def test_flares_raise_the_10_12_kev_rate(survey):
             rate_in, rate_out = inside.sum() / t_in, (~full).sum() / t_out
             assert rate_in > 1.8 * rate_out, (cam, rate_in, rate_out)
             # outside flares the 10-12 keV rate is the quiescent particle rate (+ a few photons)
-            q = truth["background"]["particle_rate_10_12_kev"][cam] * truth["livetime_s"][cam] / truth["ontime_s"]
+            q = (
+                truth["background"]["particle_rate_10_12_kev"][cam]
+                * truth["livetime_s"][cam]
+                / truth["ontime_s"]
+            )
             assert rate_out == pytest.approx(q, rel=0.2)
             # inside, the truth peak rate (detected, 10-12 keV) adds to it
             assert rate_in == pytest.approx(rate_out + peak_counts / t_in, rel=0.2)
@@ -258,7 +324,10 @@ def test_responses_close_to_real_sas_products(xmm_data):
     from xmmcore.ogip import read_arf, read_rmf
     from xmmcore.responses import effective_area, make_rmf
 
-    for cam, real in (("pn", "psrj0855/pn/xmm_pn_0605960101.rmf"), ("mos1", "psrj0855/mos1/xmm_mos1_0605960101.rmf")):
+    for cam, real in (
+        ("pn", "psrj0855/pn/xmm_pn_0605960101.rmf"),
+        ("mos1", "psrj0855/mos1/xmm_mos1_0605960101.rmf"),
+    ):
         ref = read_rmf(xmm_data / real)
         ours = make_rmf(cam)
         assert ours.n_chan == ref.n_chan
@@ -289,9 +358,27 @@ def test_cli_simulate(tmp_path, capsys):
 
     parser = argparse.ArgumentParser(prog="xmm-survey")
     cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["simulate", "--out", str(tmp_path / "data"), "--n-obsids", "1", "--seed", "4",
-                              "--exposure-ks", "6", "--flare-fraction", "0", "--targets-per-field", "2",
-                              "--point-sources", "2", "--cameras", "pn"])
+    args = parser.parse_args(
+        [
+            "simulate",
+            "--out",
+            str(tmp_path / "data"),
+            "--n-obsids",
+            "1",
+            "--seed",
+            "4",
+            "--exposure-ks",
+            "6",
+            "--flare-fraction",
+            "0",
+            "--targets-per-field",
+            "2",
+            "--point-sources",
+            "2",
+            "--cameras",
+            "pn",
+        ]
+    )
     assert args.func(args) == 0
     obsid = obsid_for(4, 0)
     obs = discover(tmp_path / "data", obsid)
@@ -309,8 +396,15 @@ def test_injected_kt_recovered_by_builtin_fit(tmp_path):
     from xmmcore.fitting.engines import FitInput, get_engine
     from xmmcore.ogip import PHA, write_pha
 
-    root = simulate_observation(tmp_path / "data", "0902100001", seed=21, exposure_ks=25.0, point_sources=0.0,
-                                flare_fraction=0.0, cluster={"kT": 5.0, "z": 0.15, "counts_pn": 20000.0})
+    root = simulate_observation(
+        tmp_path / "data",
+        "0902100001",
+        seed=21,
+        exposure_ks=25.0,
+        point_sources=0.0,
+        flare_fraction=0.0,
+        cluster={"kT": 5.0, "z": 0.15, "counts_pn": 20000.0},
+    )
     obs = discover(root.parent, root.name)
     c = obs.truth["cluster"]
     inputs = []
@@ -323,14 +417,44 @@ def test_injected_kt_recovered_by_builtin_fit(tmp_path):
         chan = evt["PI"] // width
         for name, sel, area in (("src", r < 3.0, 9.0), ("bkg", (r > 4.0) & (r < 6.0), 20.0)):
             counts = np.bincount(chan[good & sel], minlength=n_chan).astype(float)
-            write_pha(PHA(channel=np.arange(n_chan), counts=counts, exposure=hdr["EXPOSURE"], backscal=area,
-                          header={"TELESCOP": "XMM", "INSTRUME": hdr["INSTRUME"]}), tmp_path / f"{cam}_{name}.pha")
-        inputs.append(FitInput(pha=tmp_path / f"{cam}_src.pha", bkg=tmp_path / f"{cam}_bkg.pha",
-                               rmf=obs.rmf_files[cam], arf=obs.arf_files[cam], name=cam))
-    frozen = [f"wabs_1.nH={c['nH']},frozen", f"zbremss_1.Redshift={c['z']},frozen",
-              f"zgauss_1.Redshift={c['z']},frozen", "zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0,frozen"]
-    result = get_engine("builtin").fit_files(inputs, "wabs*(zbremss+zgauss)", stat="cstat", notice_kev=(0.5, 7.0),
-                                             set_params=frozen, errors="covariance").to_dict()
+            write_pha(
+                PHA(
+                    channel=np.arange(n_chan),
+                    counts=counts,
+                    exposure=hdr["EXPOSURE"],
+                    backscal=area,
+                    header={"TELESCOP": "XMM", "INSTRUME": hdr["INSTRUME"]},
+                ),
+                tmp_path / f"{cam}_{name}.pha",
+            )
+        inputs.append(
+            FitInput(
+                pha=tmp_path / f"{cam}_src.pha",
+                bkg=tmp_path / f"{cam}_bkg.pha",
+                rmf=obs.rmf_files[cam],
+                arf=obs.arf_files[cam],
+                name=cam,
+            )
+        )
+    frozen = [
+        f"wabs_1.nH={c['nH']},frozen",
+        f"zbremss_1.Redshift={c['z']},frozen",
+        f"zgauss_1.Redshift={c['z']},frozen",
+        "zgauss_1.LineE=6.7,frozen",
+        "zgauss_1.Sigma=0,frozen",
+    ]
+    result = (
+        get_engine("builtin")
+        .fit_files(
+            inputs,
+            "wabs*(zbremss+zgauss)",
+            stat="cstat",
+            notice_kev=(0.5, 7.0),
+            set_params=frozen,
+            errors="covariance",
+        )
+        .to_dict()
+    )
     kt = next(p for p in result["parameters"] if p["name"] == "zbremss_1.kT")
     assert abs(kt["value"] - 5.0) < 2.0 * kt["sigma"], kt
     assert kt["sigma"] < 0.6

@@ -40,15 +40,25 @@ def test_templates_say_what_they_run():
 
 
 def test_local_cluster_usage_message():
-    out = subprocess.run(["bash", str(SLURM / "local-cluster.sh")], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        ["bash", str(SLURM / "local-cluster.sh")], capture_output=True, text=True, check=False
+    )
     assert out.returncode == 2 and "start|stop|status" in out.stderr
 
 
 def test_slurm_cluster_kwargs_from_config(tmp_path):
-    cfg = load_config(None, {"results_dir": str(tmp_path), "cluster.slurm.queue": "short",
-                             "cluster.slurm.account": "xmm", "cluster.slurm.cores": 4, "cluster.slurm.processes": 2,
-                             "cluster.slurm.job_extra_directives": ["--qos=low"],
-                             "cluster.slurm.job_script_prologue": ["module load python"]})
+    cfg = load_config(
+        None,
+        {
+            "results_dir": str(tmp_path),
+            "cluster.slurm.queue": "short",
+            "cluster.slurm.account": "xmm",
+            "cluster.slurm.cores": 4,
+            "cluster.slurm.processes": 2,
+            "cluster.slurm.job_extra_directives": ["--qos=low"],
+            "cluster.slurm.job_script_prologue": ["module load python"],
+        },
+    )
     kw = slurm_cluster_kwargs(cfg, tmp_path)
     assert kw["queue"] == "short" and kw["account"] == "xmm" and kw["cores"] == 4 and kw["processes"] == 2
     assert kw["worker_extra_args"] == ["--resources", "slots=2"]
@@ -56,10 +66,20 @@ def test_slurm_cluster_kwargs_from_config(tmp_path):
     assert kw["scheduler_options"]["dashboard_address"].startswith("127.0.0.1:")
     from dask_jobqueue.slurm import SLURMJob
 
-    script = SLURMJob(scheduler="tcp://127.0.0.1:8786", name="w", **{
-        k: v for k, v in kw.items() if k != "scheduler_options"}).job_script()
-    for line in ("#SBATCH -p short", "#SBATCH -A xmm", "#SBATCH --qos=low", "module load python",
-                 "--resources slots=2", "#SBATCH -n 1", "#SBATCH --cpus-per-task=4"):
+    script = SLURMJob(
+        scheduler="tcp://127.0.0.1:8786",
+        name="w",
+        **{k: v for k, v in kw.items() if k != "scheduler_options"},
+    ).job_script()
+    for line in (
+        "#SBATCH -p short",
+        "#SBATCH -A xmm",
+        "#SBATCH --qos=low",
+        "module load python",
+        "--resources slots=2",
+        "#SBATCH -n 1",
+        "#SBATCH --cpus-per-task=4",
+    ):
         assert line in script, line
 
 
@@ -68,8 +88,14 @@ def slurm_env(tmp_path_factory):
     """A real single-node SLURM started by slurm/local-cluster.sh (stopped again at the end)."""
     state = tmp_path_factory.mktemp("slurm-state")
     env = dict(os.environ, XMM_SLURM_DIR=str(state))
-    out = subprocess.run(["bash", str(SLURM / "local-cluster.sh"), "start"], capture_output=True, text=True,
-                         env=env, timeout=120, check=False)
+    out = subprocess.run(
+        ["bash", str(SLURM / "local-cluster.sh"), "start"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith("export SLURM_CONF="))
     conf = line.split("=", 1)[1]
@@ -83,16 +109,26 @@ def slurm_env(tmp_path_factory):
 @pytest.mark.slurm
 def test_survey_through_slurmcluster(tmp_path, slurm_env, monkeypatch):
     catalog = pytest.importorskip("catalog")
-    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])     # the client tools find this cluster
-    ids = helpers.make_survey(tmp_path / "data", 4, meta={
-        "0910000002": {"fail": {"step": "regions", "kind": "InputDataError"}}})
-    cfg = load_config(None, {
-        "data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results"),
-        "pipeline.module": "test_survey_helpers", "cluster.kind": "slurm",
-        "cluster.dashboard_address": "127.0.0.1:0", "cluster.slurm.interface": "lo",
-        "cluster.slurm.memory": "1GB", "cluster.slurm.walltime": "00:10:00",
-        "cluster.slurm.minimum_jobs": 2, "cluster.slurm.maximum_jobs": 2,
-        "cluster.slurm.job_script_prologue": [f"export PYTHONPATH={TESTS}"]})
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])  # the client tools find this cluster
+    ids = helpers.make_survey(
+        tmp_path / "data", 4, meta={"0910000002": {"fail": {"step": "regions", "kind": "InputDataError"}}}
+    )
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "data"),
+            "results_dir": str(tmp_path / "results"),
+            "pipeline.module": "test_survey_helpers",
+            "cluster.kind": "slurm",
+            "cluster.dashboard_address": "127.0.0.1:0",
+            "cluster.slurm.interface": "lo",
+            "cluster.slurm.memory": "1GB",
+            "cluster.slurm.walltime": "00:10:00",
+            "cluster.slurm.minimum_jobs": 2,
+            "cluster.slurm.maximum_jobs": 2,
+            "cluster.slurm.job_script_prologue": [f"export PYTHONPATH={TESTS}"],
+        },
+    )
     report = run_survey(cfg, progress=False)
     res = tmp_path / "results"
     assert sorted(report.done) == [ids[0], ids[1], ids[3]]
@@ -107,8 +143,12 @@ def test_survey_through_slurmcluster(tmp_path, slurm_env, monkeypatch):
     df = catalog.load(res / "catalogue.parquet")
     epic = df[df["camera"] == "epic"] if "camera" in df else df
     assert sorted(epic["obsid"]) == ids
-    assert dict(zip(epic["obsid"], epic["status"])) == {ids[0]: "done", ids[1]: "done", ids[2]: "failed",
-                                                        ids[3]: "done"}
+    assert dict(zip(epic["obsid"], epic["status"])) == {
+        ids[0]: "done",
+        ids[1]: "done",
+        ids[2]: "failed",
+        ids[3]: "done",
+    }
     assert (res / "catalogue.fits").exists()
 
 
@@ -118,19 +158,34 @@ def test_job_array_mode(tmp_path, slurm_env):
     listing = tmp_path / "obsids.txt"
     listing.write_text("# three clusters\n" + "\n".join(ids) + "\n")
     config = tmp_path / "survey.yaml"
-    config.write_text(f"data_dir: {tmp_path / 'data'}\nresults_dir: {tmp_path / 'results'}\n"
-                      "pipeline:\n  module: test_survey_helpers\n")
-    env = dict(os.environ, SLURM_CONF=slurm_env["SLURM_CONF"], PYTHONPATH=str(TESTS),
-               XMM_SURVEY=f"{sys.executable} -m survey.cli")
-    out = subprocess.run(["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "2"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False)
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nresults_dir: {tmp_path / 'results'}\n"
+        "pipeline:\n  module: test_survey_helpers\n"
+    )
+    env = dict(
+        os.environ,
+        SLURM_CONF=slurm_env["SLURM_CONF"],
+        PYTHONPATH=str(TESTS),
+        XMM_SURVEY=f"{sys.executable} -m survey.cli",
+    )
+    out = subprocess.run(
+        ["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "(3 ObsIDs)" in out.stdout
     cat_job = out.stdout.split("catalogue job")[1].strip()
     deadline = time.monotonic() + 180
     squeue = shutil.which("squeue")
     while time.monotonic() < deadline:
-        q = subprocess.run([squeue, "-h", "-j", cat_job], capture_output=True, text=True, env=env, check=False)
+        q = subprocess.run(
+            [squeue, "-h", "-j", cat_job], capture_output=True, text=True, env=env, check=False
+        )
         if not q.stdout.strip():
             break
         time.sleep(1)

@@ -51,8 +51,14 @@ def test_extract_writes_valid_ogip_pha(tmp_path):
     from xmmcore.ogip import read_pha, write_pha
 
     evl = E.read_events(make_event_file(tmp_path / "m.fits", n=3000))
-    pha = S.extract(evl, exposure=970.0, backscal=1.234e6, respfile="mos1.rmf", ancrfile="mos1.arf",
-                    backfile="mos1_bkg.pha")
+    pha = S.extract(
+        evl,
+        exposure=970.0,
+        backscal=1.234e6,
+        respfile="mos1.rmf",
+        ancrfile="mos1.arf",
+        backfile="mos1_bkg.pha",
+    )
     pha.grouping, pha.quality = S.group_min_counts(pha.counts, 5)
     p = write_pha(pha, tmp_path / "src.pha")
     check_ogip_pha(p, n_chan=800)
@@ -72,9 +78,26 @@ def check_ogip_pha(path, *, n_chan: int) -> fits.Header:
     with fits.open(path) as h:
         sp = h["SPECTRUM"]
         hdr = sp.header
-        for key in ("TELESCOP", "INSTRUME", "FILTER", "EXPOSURE", "BACKSCAL", "AREASCAL", "BACKFILE", "RESPFILE",
-                    "ANCRFILE", "CORRFILE", "CORRSCAL", "HDUCLASS", "HDUCLAS1", "HDUCLAS2", "HDUCLAS3", "CHANTYPE",
-                    "DETCHANS", "POISSERR"):
+        for key in (
+            "TELESCOP",
+            "INSTRUME",
+            "FILTER",
+            "EXPOSURE",
+            "BACKSCAL",
+            "AREASCAL",
+            "BACKFILE",
+            "RESPFILE",
+            "ANCRFILE",
+            "CORRFILE",
+            "CORRSCAL",
+            "HDUCLASS",
+            "HDUCLAS1",
+            "HDUCLAS2",
+            "HDUCLAS3",
+            "CHANTYPE",
+            "DETCHANS",
+            "POISSERR",
+        ):
             assert key in hdr, key
         assert hdr["HDUCLASS"] == "OGIP" and hdr["HDUCLAS1"] == "SPECTRUM" and hdr["HDUCLAS3"] == "COUNT"
         assert hdr["DETCHANS"] == n_chan == len(sp.data)
@@ -98,16 +121,31 @@ def test_blanksky_scale_and_double_subtraction(tmp_path):
 
     def evl(name, n_fov, n_oof, soft):
         n = n_fov + n_oof + soft
-        x = np.concatenate([rng.uniform(24000, 28000, n_fov), rng.uniform(30000, 31000, n_oof),
-                            rng.uniform(24000, 28000, soft)])
-        y = np.concatenate([rng.uniform(24000, 28000, n_fov), rng.uniform(30000, 31000, n_oof),
-                            rng.uniform(24000, 28000, soft)])
+        x = np.concatenate(
+            [
+                rng.uniform(24000, 28000, n_fov),
+                rng.uniform(30000, 31000, n_oof),
+                rng.uniform(24000, 28000, soft),
+            ]
+        )
+        y = np.concatenate(
+            [
+                rng.uniform(24000, 28000, n_fov),
+                rng.uniform(30000, 31000, n_oof),
+                rng.uniform(24000, 28000, soft),
+            ]
+        )
         pi = np.concatenate([rng.uniform(300, 12000, n_fov + n_oof), rng.uniform(300, 900, soft)]).astype(int)
         p = make_event_file(tmp_path / name, n=n, xy=(x.astype(int), y.astype(int)), pi=pi)
         e = E.read_events(p)
-        e.columns["FLAG"] = np.concatenate([np.zeros(n_fov), np.full(n_oof, B.OUT_OF_FOV),
-                                            np.zeros(soft)]).astype(np.int32)
-        e.columns["X"], e.columns["Y"], e.columns["PI"] = x.astype(np.int32), y.astype(np.int32), pi.astype(np.int16)
+        e.columns["FLAG"] = np.concatenate(
+            [np.zeros(n_fov), np.full(n_oof, B.OUT_OF_FOV), np.zeros(soft)]
+        ).astype(np.int32)
+        e.columns["X"], e.columns["Y"], e.columns["PI"] = (
+            x.astype(np.int32),
+            y.astype(np.int32),
+            pi.astype(np.int16),
+        )
         e.columns["PATTERN"][:] = 0
         return e
 
@@ -118,13 +156,22 @@ def test_blanksky_scale_and_double_subtraction(tmp_path):
     src = Selection(include=[_phys_circle(26000.0, 26000.0, 1000.0)])
     ann = Selection(include=[_phys_annulus(26000.0, 26000.0, 1200.0, 1900.0)])
     a_src, a_ann = np.pi * 1000.0**2, np.pi * (1900.0**2 - 1200.0**2)
-    bkg = B.double_subtracted_background(obs_clean=obs, template_clean=tpl, src=src, annulus=ann, area_src=a_src,
-                                         area_ann=a_ann, exposure_s=1000.0, template_exposure_s=1000.0, scale=sc)
+    bkg = B.double_subtracted_background(
+        obs_clean=obs,
+        template_clean=tpl,
+        src=src,
+        annulus=ann,
+        area_src=a_src,
+        area_ann=a_ann,
+        exposure_s=1000.0,
+        template_exposure_s=1000.0,
+        scale=sc,
+    )
     in_src = src.contains(obs["X"], obs["Y"])
     # the double-subtracted background predicts the observation's own counts in the (source-free) source region
     assert bkg.counts.sum() == pytest.approx(in_src.sum(), rel=0.08)
     assert not bkg.poisserr and bkg.stat_err is not None
-    soft = (np.arange(800) * 15 < 900)
+    soft = np.arange(800) * 15 < 900
     assert bkg.counts[soft].sum() == pytest.approx((in_src & (obs["PI"] < 900)).sum(), rel=0.12)
 
 
@@ -140,12 +187,20 @@ def test_python_backend_blanksky_background_on_simulated_obs(tmp_path):
 
     data = tmp_path / "data"
     simulate.simulate_observation(data, "0900000001", seed=11, cameras=("mos1",), exposure_ks=20.0)
-    simulate.simulate_observation(data, "0900000002", seed=12, cameras=("mos1",), exposure_ks=40.0,
-                                  point_sources=0.0, cluster_counts=(1.0, 1.0))
+    simulate.simulate_observation(
+        data,
+        "0900000002",
+        seed=12,
+        cameras=("mos1",),
+        exposure_ks=40.0,
+        point_sources=0.0,
+        cluster_counts=(1.0, 1.0),
+    )
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "survey" / "defaults.yaml").read_text())
     cfg["cameras"] = ["mos1"]
-    cfg["regions"]["background"].update(method="blanksky",
-                                        blanksky_files={"mos1": str(discover(data, "0900000002").event_files["mos1"])})
+    cfg["regions"]["background"].update(
+        method="blanksky", blanksky_files={"mos1": str(discover(data, "0900000002").event_files["mos1"])}
+    )
     obs = discover(data, "0900000001")
     out = tmp_path / "results" / obs.obsid
     log = logging.getLogger("t")
@@ -178,7 +233,15 @@ def test_python_backend_blanksky_background_on_simulated_obs(tmp_path):
     raw = E.read_events(obs.event_files["mos1"])
     sc = B.blanksky_scale(raw, raw)
     assert sc.scale == pytest.approx(1.0)
-    pha = B.double_subtracted_background(obs_clean=evl, template_clean=evl, src=src, annulus=ann,
-                                         area_src=s["src_backscal"], area_ann=1.0e6, exposure_s=100.0,
-                                         template_exposure_s=100.0, scale=sc)
+    pha = B.double_subtracted_background(
+        obs_clean=evl,
+        template_clean=evl,
+        src=src,
+        annulus=ann,
+        area_src=s["src_backscal"],
+        area_ann=1.0e6,
+        exposure_s=100.0,
+        template_exposure_s=100.0,
+        scale=sc,
+    )
     assert np.allclose(pha.counts, S.pi_histogram(evl["PI"][src.contains(evl["X"], evl["Y"])], "mos1"))

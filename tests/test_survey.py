@@ -26,8 +26,14 @@ STEPS = helpers.STEPS
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           host="127.0.0.1", resources={"slots": 1})
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address="127.0.0.1:0",
+        host="127.0.0.1",
+        resources={"slots": 1},
+    )
     c = Client(cluster)
     yield c
     c.close()
@@ -35,9 +41,14 @@ def client():
 
 
 def _cfg(tmp_path: Path, **extra):
-    overrides = {"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "results"),
-                 "pipeline.module": "test_survey_helpers", "cluster.dashboard_address": "127.0.0.1:0",
-                 "retries.backoff_s": 0.05, "cluster.workers": 2}
+    overrides = {
+        "data_dir": str(tmp_path / "data"),
+        "results_dir": str(tmp_path / "results"),
+        "pipeline.module": "test_survey_helpers",
+        "cluster.dashboard_address": "127.0.0.1:0",
+        "retries.backoff_s": 0.05,
+        "cluster.workers": 2,
+    }
     overrides.update(extra)
     return load_config(None, overrides)
 
@@ -47,12 +58,16 @@ def _mtimes(results: Path) -> dict[str, int]:
 
 
 def test_failures_are_isolated_and_only_transient_is_retried(tmp_path, client):
-    ids = helpers.make_survey(tmp_path / "data", 6, meta={
-        "0910000001": {"fail": {"step": "regions", "kind": "InputDataError"}},
-        "0910000002": {"fail": {"step": "spectra", "kind": "ToolError"}},
-        "0910000003": {"transient": {"step": "fit", "times": 1}},      # recovers on the retry
-        "0910000004": {"transient": {"step": "filter", "times": 5}},   # more than retries.transient=2
-    })
+    ids = helpers.make_survey(
+        tmp_path / "data",
+        6,
+        meta={
+            "0910000001": {"fail": {"step": "regions", "kind": "InputDataError"}},
+            "0910000002": {"fail": {"step": "spectra", "kind": "ToolError"}},
+            "0910000003": {"transient": {"step": "fit", "times": 1}},  # recovers on the retry
+            "0910000004": {"transient": {"step": "filter", "times": 5}},  # more than retries.transient=2
+        },
+    )
     report = run_survey(_cfg(tmp_path), client=client, progress=False, catalogue=False)
     res = tmp_path / "results"
     assert sorted(report.done) == [ids[0], ids[3], ids[5]]
@@ -64,9 +79,9 @@ def test_failures_are_isolated_and_only_transient_is_retried(tmp_path, client):
     bad = read_record(res / ids[1], "regions")
     assert bad["status"] == "failed" and bad["exception"] == "InputDataError" and bad["attempts"] == 1
     assert "simulated InputDataError in regions" in bad["reason"]
-    assert read_record(res / ids[1], "spectra") is None                    # never started
-    assert read_record(res / ids[2], "spectra")["attempts"] == 1           # ToolError not retried
-    assert read_record(res / ids[3], "fit")["attempts"] == 2               # one transient failure, one retry
+    assert read_record(res / ids[1], "spectra") is None  # never started
+    assert read_record(res / ids[2], "spectra")["attempts"] == 1  # ToolError not retried
+    assert read_record(res / ids[3], "fit")["attempts"] == 2  # one transient failure, one retry
     assert read_record(res / ids[3], "fit")["status"] == "done"
     assert (res / ids[3] / ".transient-fit").read_text() == "2"
     lost = read_record(res / ids[4], "filter")
@@ -87,56 +102,65 @@ def test_failures_are_isolated_and_only_transient_is_retried(tmp_path, client):
     assert status.obsid_state(ids[0]) == "done" and status.obsid_state(ids[1]) == "failed"
     assert status.counts()["filter"] == {"done": 5, "failed": 1, "running": 0, "pending": 0}
     table = format_status(status)
-    assert "regions: InputDataError: simulated InputDataError" in table and "6 ObsIDs: 3 done, 3 failed" in table
+    assert (
+        "regions: InputDataError: simulated InputDataError" in table and "6 ObsIDs: 3 done, 3 failed" in table
+    )
     assert failed_obsids(res) == sorted([ids[1], ids[2], ids[4]])
 
 
 def test_resume_skips_done_and_reruns_exactly_what_changed(tmp_path, client):
-    ids = helpers.make_survey(tmp_path / "data", 3, meta={"0910000001": {"fail": {"step": "fit",
-                                                                                    "kind": "ToolError"}}})
+    ids = helpers.make_survey(
+        tmp_path / "data", 3, meta={"0910000001": {"fail": {"step": "fit", "kind": "ToolError"}}}
+    )
     cfg = _cfg(tmp_path)
     res = tmp_path / "results"
     first = run_survey(cfg, client=client, progress=False, catalogue=False)
     assert first.n_run == 12 and first.n_cached == 0
     before = _mtimes(res)
 
-    again = run_survey(cfg, client=client, progress=False, catalogue=False)          # nothing changed: nothing runs
+    again = run_survey(cfg, client=client, progress=False, catalogue=False)  # nothing changed: nothing runs
     assert again.n_run == 0 and again.n_cached == 11
-    assert _mtimes(res) == before                                     # deterministic failure not rerun either
+    assert _mtimes(res) == before  # deterministic failure not rerun either
     assert set(again.failed) == {ids[1]}
 
-    changed = run_survey(cfg.with_overrides({"fit.stat": "chi2"}), client=client, progress=False, catalogue=False)
+    changed = run_survey(
+        cfg.with_overrides({"fit.stat": "chi2"}), client=client, progress=False, catalogue=False
+    )
     after = _mtimes(res)
-    assert changed.n_run == 3                                         # only the fit step of each ObsID
+    assert changed.n_run == 3  # only the fit step of each ObsID
     for key, mtime in after.items():
         assert (mtime != before[key]) == key.endswith("/fit.json"), key
     assert json.loads((res / ids[0] / "fits" / "fit.json").read_text())["stat"] == "chi2"
 
     # a changed input file reruns its whole chain, nothing else
     helpers.write_events(tmp_path / "data" / ids[2] / "pn_evts.fits", n=400, seed=99)
-    third = run_survey(cfg.with_overrides({"fit.stat": "chi2"}), client=client, progress=False, catalogue=False)
+    third = run_survey(
+        cfg.with_overrides({"fit.stat": "chi2"}), client=client, progress=False, catalogue=False
+    )
     assert third.n_run == 4
     assert read_record(res / ids[2], "filter")["summary"]["n_in"] == 400
     assert _mtimes(res)[f"{ids[0]}/steps/filter.json"] == after[f"{ids[0]}/steps/filter.json"]
 
 
 def test_retry_failed_and_clean(tmp_path, client):
-    ids = helpers.make_survey(tmp_path / "data", 2, meta={"0910000001": {"fail": {"step": "fit",
-                                                                                    "kind": "ToolError"}}})
+    ids = helpers.make_survey(
+        tmp_path / "data", 2, meta={"0910000001": {"fail": {"step": "fit", "kind": "ToolError"}}}
+    )
     cfg = _cfg(tmp_path)
     res = tmp_path / "results"
     run_survey(cfg, client=client, progress=False, catalogue=False)
     assert failed_obsids(res) == [ids[1]]
-    (tmp_path / "data" / ids[1] / "meta.json").unlink()               # the user fixed the input
+    (tmp_path / "data" / ids[1] / "meta.json").unlink()  # the user fixed the input
     # without --failed, the meta change alone alters the hash: the ObsID is rerun anyway
-    retried = run_survey(cfg, client=client, progress=False, obsids=failed_obsids(res), retry_failed=True,
-                         catalogue=False)
+    retried = run_survey(
+        cfg, client=client, progress=False, obsids=failed_obsids(res), retry_failed=True, catalogue=False
+    )
     assert retried.failed == {} and failed_obsids(res) == []
 
     removed = clean_obsid(res, ids[0], step="spectra")
     assert [p.name for p in removed] == ["spectra.json", "fit.json"]
     report = run_survey(cfg, client=client, progress=False, catalogue=False)
-    assert report.n_run == 2                                          # spectra + fit of ids[0]
+    assert report.n_run == 2  # spectra + fit of ids[0]
     clean_obsid(res, ids[0])
     assert not (res / ids[0]).exists()
     with pytest.raises(ConfigError, match="nothing to clean"):
@@ -146,8 +170,9 @@ def test_retry_failed_and_clean(tmp_path, client):
 
 
 def test_same_deterministic_failure_is_not_retried_without_asking(tmp_path, client):
-    ids = helpers.make_survey(tmp_path / "data", 1, meta={"0910000000": {"fail": {"step": "regions",
-                                                                                    "kind": "InputDataError"}}})
+    ids = helpers.make_survey(
+        tmp_path / "data", 1, meta={"0910000000": {"fail": {"step": "regions", "kind": "InputDataError"}}}
+    )
     cfg = _cfg(tmp_path)
     run_survey(cfg, client=client, progress=False, catalogue=False)
     rec = tmp_path / "results" / ids[0] / "steps" / "regions.json"
@@ -164,11 +189,19 @@ def test_inputs_from_list_file_glob_and_targets_csv(tmp_path, client):
     listing.write_text(f"# my sample\n{ids[2]}   # A2029\n\n{ids[0]}\n{ids[2]}\n")
     assert read_obsid_list(listing) == [ids[2], ids[0]]
     csv = tmp_path / "targets.csv"
-    csv.write_text(f"obsid,name,ra,dec,z,nh,r500_kpc\n{ids[0]},A907,149.59,-11.06,0.1527,0.053,1100\n"
-                   f"{ids[2]},A2029,227.73,5.74,0.0773,,\n")
+    csv.write_text(
+        f"obsid,name,ra,dec,z,nh,r500_kpc\n{ids[0]},A907,149.59,-11.06,0.1527,0.053,1100\n"
+        f"{ids[2]},A2029,227.73,5.74,0.0773,,\n"
+    )
     targets = read_targets_csv(csv)
-    assert targets[ids[0]] == {"name": "A907", "ra": 149.59, "dec": -11.06, "z": 0.1527, "nh": 0.053,
-                               "r500_kpc": 1100.0}
+    assert targets[ids[0]] == {
+        "name": "A907",
+        "ra": 149.59,
+        "dec": -11.06,
+        "z": 0.1527,
+        "nh": 0.053,
+        "r500_kpc": 1100.0,
+    }
     assert "nh" not in targets[ids[2]]
     cfg = _cfg(tmp_path, obsids=str(listing), targets_csv=str(csv))
     assert resolve_obsids(cfg) == [ids[2], ids[0]]
@@ -177,7 +210,7 @@ def test_inputs_from_list_file_glob_and_targets_csv(tmp_path, client):
     report = run_survey(cfg, client=client, progress=False, catalogue=False)
     assert report.obsids == [ids[2], ids[0]] and not report.failed
     fit = json.loads((tmp_path / "results" / ids[0] / "fits" / "fit.json").read_text())
-    assert fit["z"] == pytest.approx(0.1527)                          # CSV metadata reached the step
+    assert fit["z"] == pytest.approx(0.1527)  # CSV metadata reached the step
     bad = tmp_path / "bad.csv"
     bad.write_text(f"obsid,z\n{ids[0]},high\n")
     with pytest.raises(InputDataError, match="row 2: column z = 'high' is not a number"):
@@ -190,7 +223,7 @@ def test_inputs_from_list_file_glob_and_targets_csv(tmp_path, client):
 def test_missing_and_truncated_observations_are_recorded(tmp_path, client):
     ids = helpers.make_survey(tmp_path / "data", 3)
     evt = tmp_path / "data" / ids[1] / "pn_evts.fits"
-    evt.write_bytes(evt.read_bytes()[:5000])                          # truncated event list
+    evt.write_bytes(evt.read_bytes()[:5000])  # truncated event list
     cfg = _cfg(tmp_path, obsids=[ids[0], ids[1], ids[2], "0999999999"])
     report = run_survey(cfg, client=client, progress=False, catalogue=False)
     assert sorted(report.done) == [ids[0], ids[2]]
@@ -214,17 +247,17 @@ def test_killed_worker_every_obsid_exactly_once(tmp_path):
     meta["0910000003"] = {"kill_once": "spectra", "work_s": 0.05}
     ids = helpers.make_survey(tmp_path / "data", 6, meta=meta)
     cfg = _cfg(tmp_path)
-    report = run_survey(cfg, progress=False)                          # its own LocalCluster (nannies restart)
+    report = run_survey(cfg, progress=False)  # its own LocalCluster (nannies restart)
     res = tmp_path / "results"
     marker = res / ids[3] / ".killed-spectra"
-    assert marker.exists()                                            # the worker really died there
+    assert marker.exists()  # the worker really died there
     assert int(marker.read_text()) != os.getpid()
     assert report.failed == {} and sorted(report.done) == ids
     spectra = read_record(res / ids[3], "spectra")
     assert spectra["status"] == "done" and spectra["pid"] != int(marker.read_text())
     df = catalog.load(res / "catalogue.parquet")
     epic = df[df["camera"] == "epic"] if "camera" in df else df
-    assert sorted(epic["obsid"]) == ids                               # each ObsID exactly once
+    assert sorted(epic["obsid"]) == ids  # each ObsID exactly once
     assert set(epic["status"]) == {"done"}
 
 
@@ -234,7 +267,7 @@ def test_connect_to_running_scheduler_by_address(tmp_path, client):
     cfg = _cfg(tmp_path, **{"cluster.kind": "address", "cluster.address": address})
     report = run_survey(cfg, progress=False, catalogue=False)
     assert sorted(report.done) == ids and report.n_run == 8
-    assert client.status == "running"                                 # a foreign scheduler is left running
+    assert client.status == "running"  # a foreign scheduler is left running
     pids = {read_record(tmp_path / "results" / o, "fit")["pid"] for o in ids}
     assert pids <= set(client.run(os.getpid).values())
     with pytest.raises(ConfigError, match="cluster.address"):

@@ -44,7 +44,9 @@ def write_events(path: Path, *, n: int, seed: int, centre=(25000.0, 25000.0), si
     return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
 
 
-def make_survey(data_dir: Path, n: int, *, n_events: int = 300, meta: dict[str, dict] | None = None) -> list[str]:
+def make_survey(
+    data_dir: Path, n: int, *, n_events: int = 300, meta: dict[str, dict] | None = None
+) -> list[str]:
     """``data_dir/<obsid>/pn_evts.fits`` for ``n`` ObsIDs (+ ``meta.json`` from ``meta``)."""
     obsids = [f"{910000000 + i:010d}" for i in range(n)]
     for i, obsid in enumerate(obsids):
@@ -93,10 +95,15 @@ def _filter(obs, outdir: Path, cfg: dict, log) -> dict:
         raise InputDataError(f"cannot read EVENTS ({exc})", src) from exc
     f = cfg["filter"]["pn"]
     keep = (pi >= f["pi_min"]) & (pi <= f["pi_max"])
-    cols = [fits.Column("X", "J", array=x[keep]), fits.Column("Y", "J", array=y[keep]),
-            fits.Column("PI", "J", array=pi[keep])]
+    cols = [
+        fits.Column("X", "J", array=x[keep]),
+        fits.Column("Y", "J", array=y[keep]),
+        fits.Column("PI", "J", array=pi[keep]),
+    ]
     out = outdir / "events" / "pn_clean.fits"
-    atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="EVENTS")]), out)
+    atomic_write_fits(
+        fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="EVENTS")]), out
+    )
     log.info("kept %d of %d events", int(keep.sum()), pi.size)
     return {"n_in": int(pi.size), "n_clean": int(keep.sum()), "outputs": [str(out)]}
 
@@ -117,7 +124,9 @@ def _spectra(obs, outdir: Path, cfg: dict, log) -> dict:
         x, y, pi = np.array(d["X"], float), np.array(d["Y"], float), np.array(d["PI"])
     inside = np.hypot(x - reg["centre_x"], y - reg["centre_y"]) < reg["r_src_phys"]
     counts, edges = np.histogram(pi[inside], bins=np.arange(0, 12001, 500))
-    atomic_write_json(outdir / "spectra" / "pn_src.json", {"counts": counts.tolist(), "edges_ev": edges.tolist()})
+    atomic_write_json(
+        outdir / "spectra" / "pn_src.json", {"counts": counts.tolist(), "edges_ev": edges.tolist()}
+    )
     return {"counts": int(counts.sum())}
 
 
@@ -126,8 +135,13 @@ def _fit(obs, outdir: Path, cfg: dict, log) -> dict:
     counts, edges = np.array(spec["counts"]), np.array(spec["edges_ev"])
     mid = 0.5 * (edges[1:] + edges[:-1]) / 1000.0
     mean = float(np.sum(counts * mid) / max(counts.sum(), 1))
-    result = {"obsid": obs.obsid, "mean_kev": mean, "counts": int(counts.sum()), "z": obs.meta.get("z"),
-              "stat": cfg["fit"]["stat"]}
+    result = {
+        "obsid": obs.obsid,
+        "mean_kev": mean,
+        "counts": int(counts.sum()),
+        "z": obs.meta.get("z"),
+        "stat": cfg["fit"]["stat"],
+    }
     atomic_write_json(outdir / "fits" / "fit.json", result)
     return result
 
@@ -143,6 +157,9 @@ def run_step(step: str, obs, outdir, cfg: dict, *, log) -> dict:
 
 def step_inputs(step: str, obs, outdir) -> list[Path]:
     outdir = Path(outdir)
-    return {"filter": sorted(obs.event_files.values()), "regions": [outdir / "events" / "pn_clean.fits"],
-            "spectra": [outdir / "events" / "pn_clean.fits", outdir / "regions" / "regions.json"],
-            "fit": [outdir / "spectra" / "pn_src.json"]}[step]
+    return {
+        "filter": sorted(obs.event_files.values()),
+        "regions": [outdir / "events" / "pn_clean.fits"],
+        "spectra": [outdir / "events" / "pn_clean.fits", outdir / "regions" / "regions.json"],
+        "fit": [outdir / "spectra" / "pn_src.json"],
+    }[step]

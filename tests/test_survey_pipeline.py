@@ -20,19 +20,34 @@ def test_real_pipeline_survey_and_resume(tmp_path):
     simulate = pytest.importorskip("xmmcore.simulate")
     catalog = pytest.importorskip("catalog")
     data, res = tmp_path / "data", tmp_path / "results"
-    good, bad, second = simulate.simulate_survey(data, n_obsids=3, seed=5, cameras=("pn",), exposure_ks=10.0,
-                                                 cluster_counts=(3000.0, 3000.0), point_sources=0.5)
-    for obsid in (good, second):                                   # one target observed twice -> a joint fit
+    good, bad, second = simulate.simulate_survey(
+        data,
+        n_obsids=3,
+        seed=5,
+        cameras=("pn",),
+        exposure_ks=10.0,
+        cluster_counts=(3000.0, 3000.0),
+        point_sources=0.5,
+    )
+    for obsid in (good, second):  # one target observed twice -> a joint fit
         meta = json.loads((data / obsid / "meta.json").read_text())
         (data / obsid / "meta.json").write_text(json.dumps({**meta, "name": "A2029"}))
     evt = next((data / bad).rglob("*PIEVLI*"))
-    evt.write_bytes(evt.read_bytes()[:20000])                       # a crashed download
-    cfg = load_config(None, {"data_dir": str(data), "results_dir": str(res), "cameras": ["pn"],
-                             "fit.errors": "none", "cluster.workers": 2,
-                             "cluster.dashboard_address": "127.0.0.1:0"})
+    evt.write_bytes(evt.read_bytes()[:20000])  # a crashed download
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(data),
+            "results_dir": str(res),
+            "cameras": ["pn"],
+            "fit.errors": "none",
+            "cluster.workers": 2,
+            "cluster.dashboard_address": "127.0.0.1:0",
+        },
+    )
     first = run_survey(cfg, progress=False)
     assert first.done == [good, second]
-    assert first.joint == {"A2029": None}                           # survey-level joint fit after the ObsIDs
+    assert first.joint == {"A2029": None}  # survey-level joint fit after the ObsIDs
     assert first.failed[bad].startswith("filter: InputDataError") and "PIEVLI" in first.failed[bad]
     assert first.catalogue_error is None, first.catalogue_error
 
@@ -48,7 +63,7 @@ def test_real_pipeline_survey_and_resume(tmp_path):
     before = {s: read_record(res / good, s) for s in STEPS}
     changed = run_survey(cfg.with_overrides({"fit.notice_kev": [0.7, 7.0]}), progress=False)
     after = {s: read_record(res / good, s) for s in STEPS}
-    assert changed.n_run == 2 and changed.n_cached == 6               # only the fits; the bad ObsID not retried
+    assert changed.n_run == 2 and changed.n_cached == 6  # only the fits; the bad ObsID not retried
     for step in ("filter", "regions", "spectra"):
         assert after[step]["started"] == before[step]["started"]
     assert after["fit"]["started"] != before["fit"]["started"]
@@ -61,7 +76,11 @@ def test_real_pipeline_survey_and_resume(tmp_path):
     assert list(joint["obsid"]) == ["A2029"] and joint["kT"].iloc[0] > 0
     row = epic.set_index("obsid").loc[good]
     assert row["status"] == "done" and row["kT"] == pytest.approx(
-        next(p for p in json.loads((res / good / "fits" / "fit.json").read_text())["parameters"]
-             if p["name"].endswith(".kT"))["value"])
+        next(
+            p
+            for p in json.loads((res / good / "fits" / "fit.json").read_text())["parameters"]
+            if p["name"].endswith(".kT")
+        )["value"]
+    )
     assert epic.set_index("obsid").loc[bad, "status"] == "failed"
     assert df.attrs["units"]["kT"] == "keV"

@@ -53,10 +53,13 @@ def test_false_raises_with_exit_code(tmp_path):
 
 def test_output_tail_and_log(tmp_path, caplog):
     log = logging.getLogger("test.tools")
-    code = "import sys\nfor i in range(100): print('line', i)\nprint('bad thing', file=sys.stderr)\nsys.exit(3)"
+    code = (
+        "import sys\nfor i in range(100): print('line', i)\nprint('bad thing', file=sys.stderr)\nsys.exit(3)"
+    )
     with caplog.at_level(logging.INFO, logger="test.tools"), pytest.raises(ExternalToolError) as info:
-        run_tool([sys.executable, "-c", code], cwd=tmp_path, timeout_s=30, log=log,
-                 log_path=tmp_path / "task.log")
+        run_tool(
+            [sys.executable, "-c", code], cwd=tmp_path, timeout_s=30, log=log, log_path=tmp_path / "task.log"
+        )
     assert info.value.returncode == 3
     assert "bad thing" in info.value.output_tail
     assert "line 99" in info.value.output_tail
@@ -77,8 +80,10 @@ def test_cwd_is_used_and_created_without_chdir(tmp_path):
 def test_sas_error_line_with_exit_zero_is_a_failure(tmp_path):
     # The line format of XGA issue #129 (cifbuild on a truncated ODF summary file), printed by a
     # child that exits 0: SAS does not always set its exit status.
-    line = ("** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file "
-            "`/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS'")
+    line = (
+        "** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file "
+        "`/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS'"
+    )
     code = f"print({line!r}); raise SystemExit(0)"
     with pytest.raises(ExternalToolError) as info:
         run_tool([sys.executable, "-c", code], cwd=tmp_path, timeout_s=30)
@@ -99,8 +104,12 @@ def test_sas_warning_is_recorded_not_raised(tmp_path):
 
 def test_missing_executable_says_how_to_point_to_it(tmp_path):
     with pytest.raises(ToolNotFoundError) as info:
-        run_tool(["evselect-does-not-exist"], cwd=tmp_path, timeout_s=5,
-                 missing_hint="set SAS_DIR or sas.sas_dir in the config")
+        run_tool(
+            ["evselect-does-not-exist"],
+            cwd=tmp_path,
+            timeout_s=5,
+            missing_hint="set SAS_DIR or sas.sas_dir in the config",
+        )
     msg = str(info.value)
     assert "evselect-does-not-exist" in msg and "sas.sas_dir" in msg
     assert info.value.exit_code == 2
@@ -156,8 +165,10 @@ def test_sleep_within_timeout(tmp_path):
 
 def test_background_grandchild_does_not_hang_a_finished_tool(tmp_path):
     # The parent exits at once, leaving a child holding stdout open: run_tool must return promptly.
-    script = ("import subprocess, sys\n"
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\nprint('bye')")
+    script = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\nprint('bye')"
+    )
     start = time.monotonic()
     run = run_tool([sys.executable, "-c", script], cwd=tmp_path, timeout_s=30)
     assert run.stdout.strip() == "bye"
@@ -170,8 +181,12 @@ def test_env_overrides_do_not_leak_between_threads(tmp_path):
 
     def task(name: str) -> None:
         code = "import os, time; time.sleep(0.3); print(os.environ.get('PFILES'), os.environ.get('SAS_CCF'))"
-        run = run_tool([sys.executable, "-c", code], cwd=tmp_path / name, timeout_s=30,
-                       env={"PFILES": f"/w/{name}/pfiles;/sas/config", "SAS_CCF": f"/w/{name}/ccf.cif"})
+        run = run_tool(
+            [sys.executable, "-c", code],
+            cwd=tmp_path / name,
+            timeout_s=30,
+            env={"PFILES": f"/w/{name}/pfiles;/sas/config", "SAS_CCF": f"/w/{name}/ccf.cif"},
+        )
         results[name] = run.stdout.strip()
 
     threads = [threading.Thread(target=task, args=(n,)) for n in ("a", "b")]
@@ -179,7 +194,10 @@ def test_env_overrides_do_not_leak_between_threads(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert results == {"a": "/w/a/pfiles;/sas/config /w/a/ccf.cif", "b": "/w/b/pfiles;/sas/config /w/b/ccf.cif"}
+    assert results == {
+        "a": "/w/a/pfiles;/sas/config /w/a/ccf.cif",
+        "b": "/w/b/pfiles;/sas/config /w/b/ccf.cif",
+    }
     assert dict(os.environ) == before
 
 
@@ -189,8 +207,12 @@ def test_child_env_removes_and_sets():
 
 
 def test_stdin_text(tmp_path):
-    run = run_tool([sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"], cwd=tmp_path,
-                   timeout_s=30, stdin_text="abc")
+    run = run_tool(
+        [sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"],
+        cwd=tmp_path,
+        timeout_s=30,
+        stdin_text="abc",
+    )
     assert run.stdout.strip() == "ABC"
 
 
@@ -221,7 +243,9 @@ esky2det:- Executing (routine): esky2det -v
 esky2det:- esky2det (esky2det-1.20) [22.1.0-a8f2c2afa-20250304] started: 2026-09-08T12:01:00.000
 esky2det:- esky2det (esky2det-1.20) [22.1.0-a8f2c2afa-20250304] ended: 2026-09-08T12:01:00.000
 """
-OLD_BANNER = "espfilt:- espfilt (espfilt-2.7.1) [xmmsas_20190531_1155-18.0.0] started: 2019-06-02T10:00:00.000"
+OLD_BANNER = (
+    "espfilt:- espfilt (espfilt-2.7.1) [xmmsas_20190531_1155-18.0.0] started: 2019-06-02T10:00:00.000"
+)
 
 
 def test_parse_sasversion_22():
@@ -243,10 +267,12 @@ def test_parse_task_banners():
 
 
 def test_parse_sas_messages_error_and_warning():
-    text = "evselect:- Executing (routine): evselect table=pn.fits expression=true -w 1 -V 2\n** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file `/home/dt237/apollo_mnt/xmm_obs/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS'\n** odfingest: warning (NoValueAttribute), attribute has no value\n#### Sometimes XMM/SAS will give warnings like \"** odfingest: warning\", most are OK."
+    text = 'evselect:- Executing (routine): evselect table=pn.fits expression=true -w 1 -V 2\n** cifbuild: error (UnexpectedEOF), Unexpected EOF in line #1257 of ODF summary file `/home/dt237/apollo_mnt/xmm_obs/data/0674491201/odf//2225_0674491201_SCX00000SUM.SAS\'\n** odfingest: warning (NoValueAttribute), attribute has no value\n#### Sometimes XMM/SAS will give warnings like "** odfingest: warning", most are OK.'
     msgs = parse_sas_messages(text)
     assert [(m.task, m.level, m.code) for m in msgs] == [
-        ("cifbuild", "error", "UnexpectedEOF"), ("odfingest", "warning", "NoValueAttribute")]
+        ("cifbuild", "error", "UnexpectedEOF"),
+        ("odfingest", "warning", "NoValueAttribute"),
+    ]
     assert msgs[0].message.startswith("Unexpected EOF in line #1257 of ODF summary file")
     # the error code need not be on any list of known codes
     assert parse_sas_messages("** mytask: error (SomethingNew), oops")[0].code == "SomethingNew"
@@ -256,7 +282,9 @@ def test_parse_sas_messages_error_and_warning():
 
 # XSPEC start-up banners quoted in public tutorials (12.10.1 and 12.12.0).
 XSPEC_BANNER_1210 = "\t\tXSPEC version: 12.10.1\n\tBuild Date/Time: Tue May 21 15:51:45 2019\n"
-XSPEC_BANNER_1212 = "                XSPEC version: 12.12.0\n        Build Date/Time: Fri Sep  3 10:58:24 2021\n"
+XSPEC_BANNER_1212 = (
+    "                XSPEC version: 12.12.0\n        Build Date/Time: Fri Sep  3 10:58:24 2021\n"
+)
 # `error` table and a `flux` line with its error range, quoted in public analysis scripts.
 XSPEC_ERROR = """\
 *** Parameter 3 is not a variable model parameter and no confidence range will be calculated.
@@ -286,7 +314,13 @@ def test_parse_xspec_version():
 def test_parse_xspec_error_table():
     rows = parse_xspec_error_table(XSPEC_ERROR)
     assert sorted(rows) == [1, 2, 4, 5]
-    assert rows[1] == {"lo": 3.9856, "hi": 4.01636, "err_lo": -0.0108282, "err_hi": 0.0199298, "delta_stat": 2.706}
+    assert rows[1] == {
+        "lo": 3.9856,
+        "hi": 4.01636,
+        "err_lo": -0.0108282,
+        "err_hi": 0.0199298,
+        "delta_stat": 2.706,
+    }
     assert rows[5]["lo"] == pytest.approx(-0.00100814)
     assert rows[5]["err_hi"] == pytest.approx(1.24954e-05)
 

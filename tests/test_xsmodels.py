@@ -10,7 +10,9 @@ import pytest
 from xmmcore.errors import ConfigError
 from xmmcore.fitting import models, xsmodels
 
-pytestmark = pytest.mark.skipif(not xsmodels.available(), reason="xspectrampoline not installed (extra [models])")
+pytestmark = pytest.mark.skipif(
+    not xsmodels.available(), reason="xspectrampoline not installed (extra [models])"
+)
 
 E = np.geomspace(0.2, 12.0, 1501)
 LO, HI = E[:-1], E[1:]
@@ -23,16 +25,19 @@ def _angr():
     models.set_abundance("angr")
 
 
-@pytest.mark.parametrize("name, values, rtol", [
-    ("wabs", [0.3], 5e-5),           # XSPEC's wabs is float32 Fortran
-    ("powerlaw", [1.7, 1.0], 1e-9),
-    ("bremss", [5.0, 1.0], 3e-4),
-    ("zbremss", [5.0, 0.1, 1.0], 3e-4),
-    ("gaussian", [6.5, 0.1, 1.0], 1e-9),
-    ("zgauss", [6.5, 0.1, 0.05, 1.0], 1e-9),
-    ("bbody", [1.0, 1.0], 3e-4),
-    ("bbodyrad", [1.0, 1.0], 3e-4),
-])
+@pytest.mark.parametrize(
+    "name, values, rtol",
+    [
+        ("wabs", [0.3], 5e-5),  # XSPEC's wabs is float32 Fortran
+        ("powerlaw", [1.7, 1.0], 1e-9),
+        ("bremss", [5.0, 1.0], 3e-4),
+        ("zbremss", [5.0, 0.1, 1.0], 3e-4),
+        ("gaussian", [6.5, 0.1, 1.0], 1e-9),
+        ("zgauss", [6.5, 0.1, 0.05, 1.0], 1e-9),
+        ("bbody", [1.0, 1.0], 3e-4),
+        ("bbodyrad", [1.0, 1.0], 3e-4),
+    ],
+)
 def test_numpy_models_match_xspec(name, values, rtol):
     mine = models.get_component(name)
     assert not isinstance(mine, xsmodels.XspecComponent), "numpy implementation expected in models"
@@ -49,7 +54,13 @@ def test_registered_names_and_xspec_defaults():
     assert isinstance(tb, xsmodels.XspecComponent) and tb.kind == "mul" and tb.absorption
     assert [(p.name, p.unit, p.value, p.hard_max) for p in tb.params] == [("nH", "10^22", 1.0, 1e6)]
     me = models.get_component("mekal")
-    assert [p.name for p in me.params] == ["kT", "nH", "Abundanc", "Redshift", "norm"]  # switch is not a parameter
+    assert [p.name for p in me.params] == [
+        "kT",
+        "nH",
+        "Abundanc",
+        "Redshift",
+        "norm",
+    ]  # switch is not a parameter
     assert me.params[1].frozen and me.params[2].frozen and not me.params[0].frozen
     m = models.parse_expression("constant*tbabs*(zpowerlw+bknpower)")
     assert m.parameters[1].full_name == "tbabs_1.nH"
@@ -65,8 +76,11 @@ def test_absorbers_and_redshifted_versions():
     assert t1[c < 0.3].max() < 0.01 and t1[c > 10].min() > 0.95
     zt0 = models.get_component("ztbabs").evaluate(LO, HI, [1.0, 0.0])
     np.testing.assert_allclose(zt0, t1, rtol=0, atol=3e-3)  # XSPEC: ztbabs and tbabs bin differently
-    np.testing.assert_allclose(models.get_component("zphabs").evaluate(LO, HI, [1.0, 0.0]),
-                               models.get_component("phabs").evaluate(LO, HI, [1.0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        models.get_component("zphabs").evaluate(LO, HI, [1.0, 0.0]),
+        models.get_component("phabs").evaluate(LO, HI, [1.0]),
+        rtol=1e-6,
+    )
     # absorption at z applies the rest-frame cross section at E (1 + z)
     z1 = models.get_component("ztbabs").evaluate(LO / 2.0, HI / 2.0, [1.0, 1.0])
     np.testing.assert_allclose(z1, zt0, rtol=0, atol=5e-3)
@@ -74,9 +88,12 @@ def test_absorbers_and_redshifted_versions():
 
 def test_powerlaw_family_limits():
     pl = models.get_component("powerlaw").evaluate(LO, HI, [1.8, 2.0])
-    np.testing.assert_allclose(models.get_component("zpowerlw").evaluate(LO, HI, [1.8, 0.0, 2.0]), pl, rtol=1e-9)
-    np.testing.assert_allclose(models.get_component("bknpower").evaluate(LO, HI, [1.8, 5.0, 1.8, 2.0]), pl,
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        models.get_component("zpowerlw").evaluate(LO, HI, [1.8, 0.0, 2.0]), pl, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        models.get_component("bknpower").evaluate(LO, HI, [1.8, 5.0, 1.8, 2.0]), pl, rtol=1e-9
+    )
     cut = models.get_component("cutoffpl").evaluate(LO, HI, [1.8, 1e5, 2.0])
     np.testing.assert_allclose(cut, pl, rtol=2e-4)
 

@@ -19,14 +19,27 @@ needs_no_xspec = pytest.mark.skipif(xspec_available(), reason="PyXspec is instal
 
 def _psr_inputs(xmm_data: Path) -> list[FitInput]:
     base = xmm_data / "psrj0855"
-    out = [FitInput(pha=base / "pn" / "xmm_pn_0605960101_src.pha", rmf=base / "pn" / "xmm_pn_0605960101.rmf",
-                    arf=base / "pn" / "xmm_pn_0605960101.arf", bkg=base / "pn" / "xmm_pn_0605960101_bkg.pha",
-                    name="pn")]
+    out = [
+        FitInput(
+            pha=base / "pn" / "xmm_pn_0605960101_src.pha",
+            rmf=base / "pn" / "xmm_pn_0605960101.rmf",
+            arf=base / "pn" / "xmm_pn_0605960101.arf",
+            bkg=base / "pn" / "xmm_pn_0605960101_bkg.pha",
+            name="pn",
+        )
+    ]
     for cam in ("mos1", "mos2"):
         d = base / cam
         pha = next(p for p in d.iterdir() if p.name.endswith("_src.pha"))
-        out.append(FitInput(pha=pha, rmf=next(d.glob("*.rmf")), arf=next(d.glob("*.arf")),
-                            bkg=next(p for p in d.iterdir() if p.name.endswith("_bkg.pha")), name=cam))
+        out.append(
+            FitInput(
+                pha=pha,
+                rmf=next(d.glob("*.rmf")),
+                arf=next(d.glob("*.arf")),
+                bkg=next(p for p in d.iterdir() if p.name.endswith("_bkg.pha")),
+                name=cam,
+            )
+        )
     return out
 
 
@@ -44,9 +57,20 @@ def test_missing_pyxspec_says_how_to_install(monkeypatch):
 def test_component_names_follow_the_pipeline_convention():
     # XSPEC names a repeated component by its position (apec_3); the pipeline numbers occurrences.
     assert _our_names(["constant", "wabs", "zbremss", "zgauss"]) == [
-        "constant_1", "wabs_1", "zbremss_1", "zgauss_1"]
+        "constant_1",
+        "wabs_1",
+        "zbremss_1",
+        "zgauss_1",
+    ]
     assert _our_names(["apec", "wabs", "apec_3", "powerlaw", "gaussian", "gaussian_6", "powerlaw_7"]) == [
-        "apec_1", "wabs_1", "apec_2", "powerlaw_1", "gaussian_1", "gaussian_2", "powerlaw_2"]
+        "apec_1",
+        "wabs_1",
+        "apec_2",
+        "powerlaw_1",
+        "gaussian_1",
+        "gaussian_2",
+        "powerlaw_2",
+    ]
 
 
 @pytest.mark.realdata
@@ -54,18 +78,31 @@ def test_build_job_joint_fit(xmm_data, tmp_path):
     from astropy.cosmology import FlatLambdaCDM
 
     inputs = _psr_inputs(xmm_data)
-    job = build_job(inputs, "wabs*(zbremss+zgauss)", workdir=tmp_path, stat="cstat", notice_kev=(0.5, 7.0),
-                    set_params=["zgauss_1.LineE=6.7,frozen", "2:constant_1.factor=0.95", "1=0.0119,frozen"],
-                    links=[("zgauss_1.Redshift", "zbremss_1.Redshift"), ("3:constant_1.factor", "p10")],
-                    abund="aspl", errors="profile", error_level=0.9, redshift=0.05,
-                    cosmology=FlatLambdaCDM(H0=70, Om0=0.3), flux_bands_kev=[(0.5, 2.0), (0.1, 2.4)])
+    job = build_job(
+        inputs,
+        "wabs*(zbremss+zgauss)",
+        workdir=tmp_path,
+        stat="cstat",
+        notice_kev=(0.5, 7.0),
+        set_params=["zgauss_1.LineE=6.7,frozen", "2:constant_1.factor=0.95", "1=0.0119,frozen"],
+        links=[("zgauss_1.Redshift", "zbremss_1.Redshift"), ("3:constant_1.factor", "p10")],
+        abund="aspl",
+        errors="profile",
+        error_level=0.9,
+        redshift=0.05,
+        cosmology=FlatLambdaCDM(H0=70, Om0=0.3),
+        flux_bands_kev=[(0.5, 2.0), (0.1, 2.4)],
+    )
     assert job["model"] == "constant*(wabs*(zbremss+zgauss))"
     assert [d["name"] for d in job["datasets"]] == ["pn", "mos1", "mos2"]
     assert all(Path(d["pha"]).is_absolute() and Path(d["bkg"]).exists() for d in job["datasets"])
-    assert job["settings"] == [["zgauss_1.LineE", 6.7, True, None, None], ["constant_1.factor", 0.95, None, None, 2],
-                               ["1", 0.0119, True, None, None], ["zgauss_1.Redshift", None, None,
-                                                                 "zbremss_1.Redshift", None],
-                               ["constant_1.factor", None, None, "10", 3]]
+    assert job["settings"] == [
+        ["zgauss_1.LineE", 6.7, True, None, None],
+        ["constant_1.factor", 0.95, None, None, 2],
+        ["1", 0.0119, True, None, None],
+        ["zgauss_1.Redshift", None, None, "zbremss_1.Redshift", None],
+        ["constant_1.factor", None, None, "10", 3],
+    ]
     assert job["error_delta"] == pytest.approx(2.7055, abs=1e-4)  # 90 % for one parameter
     assert job["cosmology"] == {"H0": 70.0, "Om0": 0.3}
     assert job["band_keys"] == {"0.5-2.0": "0.5-2.0", "0.1-2.4": "0.1-2.4"}
@@ -98,8 +135,12 @@ def test_runner_process_without_pyxspec_records_why(tmp_path):
     from xmmcore.errors import ExternalToolError
 
     with pytest.raises(ExternalToolError) as info:
-        run_tool([sys.executable, "-m", "xmmcore.fitting.engines.xspec_runner", str(tmp_path / "job.json")],
-                 cwd=tmp_path, timeout_s=60, check_sas_errors=False)
+        run_tool(
+            [sys.executable, "-m", "xmmcore.fitting.engines.xspec_runner", str(tmp_path / "job.json")],
+            cwd=tmp_path,
+            timeout_s=60,
+            check_sas_errors=False,
+        )
     assert info.value.returncode == 3
     rec = json.loads((tmp_path / "res.json").read_text())
     assert rec["kind"] == "no_xspec" and "headas-init.sh" in rec["error"]
@@ -131,7 +172,9 @@ def test_a_hung_fit_is_killed_and_recorded(tmp_path):
     pha.write_bytes(b"")
     with pytest.raises(FitError, match="timed out"):
         engine.fit_files([FitInput(pha=pha, name="mos1")], "powerlaw", workdir=tmp_path / "fit")
-    assert json.loads((tmp_path / "fit" / "xspec_failure.json").read_text())["reason"].startswith("XSPEC fit timed out")
+    assert json.loads((tmp_path / "fit" / "xspec_failure.json").read_text())["reason"].startswith(
+        "XSPEC fit timed out"
+    )
 
 
 # ------------------------------------------------------------------------------- real XSPEC fits
@@ -146,13 +189,28 @@ def test_real_xspec_fit_recovers_the_fakeit_input(xmm_data, tmp_path):
     pha = base / "pnS004-A2443_reg2.fak"
     truth = fits.getheader(pha, "SPECTRUM").get("FKSRC001", "")
     engine = get_engine("xspec")
-    res = engine.fit_files([FitInput(pha=pha, rmf=base / "pnS004-A2443_reg2.rmf", arf=base / "pnS004-A2443_reg2.arf",
-                                     name="pn")], "phabs*apec", stat="chi2", notice_kev=(0.5, 8.0),
-                           errors="profile", flux_bands_kev=[(0.5, 2.0)], workdir=tmp_path)
+    res = engine.fit_files(
+        [
+            FitInput(
+                pha=pha, rmf=base / "pnS004-A2443_reg2.rmf", arf=base / "pnS004-A2443_reg2.arf", name="pn"
+            )
+        ],
+        "phabs*apec",
+        stat="chi2",
+        notice_kev=(0.5, 8.0),
+        errors="profile",
+        flux_bands_kev=[(0.5, 2.0)],
+        workdir=tmp_path,
+    )
     d = res.to_dict()
     assert d["engine"] == "xspec" and d["versions"]["xspec"][:2] == "12"
-    assert [p["name"] for p in d["parameters"]] == ["phabs_1.nH", "apec_1.kT", "apec_1.Abundanc",
-                                                    "apec_1.Redshift", "apec_1.norm"]
+    assert [p["name"] for p in d["parameters"]] == [
+        "phabs_1.nH",
+        "apec_1.kT",
+        "apec_1.Abundanc",
+        "apec_1.Redshift",
+        "apec_1.norm",
+    ]
     assert d["reduced_statistic"] < 1.5, truth
     kt = res.parameter("apec_1.kT")
     assert kt["err_lo"] > 0 and kt["err_hi"] > 0
@@ -171,8 +229,9 @@ def test_real_xspec_joint_fit_layout_matches_builtin(xmm_data, tmp_path):
     xs = get_engine("xspec").fit_files(inputs, "wabs*powerlaw", workdir=tmp_path, **kw).to_dict()
     bi = BUILTIN.fit_files(inputs, "wabs*powerlaw", **kw).to_dict()
     assert set(xs) == set(bi)
-    assert [(p["name"], p["number"], p.get("dataset")) for p in xs["parameters"]] == \
-        [(p["name"], p["number"], p.get("dataset")) for p in bi["parameters"]]
+    assert [(p["name"], p["number"], p.get("dataset")) for p in xs["parameters"]] == [
+        (p["name"], p["number"], p.get("dataset")) for p in bi["parameters"]
+    ]
     for a, b in zip(xs["parameters"], bi["parameters"]):
         if not a["frozen"]:
             assert a["value"] == pytest.approx(b["value"], abs=3 * max(a["sigma"], b["sigma"], 1e-12))

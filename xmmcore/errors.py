@@ -69,8 +69,15 @@ class ExternalToolError(ToolError):
     failure can be recorded without the log.
     """
 
-    def __init__(self, message: str, *, argv: list[str] | None = None, returncode: int | None = None,
-                 output_tail: str = "", reason: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        argv: list[str] | None = None,
+        returncode: int | None = None,
+        output_tail: str = "",
+        reason: str | None = None,
+    ):
         self.argv = list(argv or [])
         self.returncode = returncode
         self.output_tail = output_tail

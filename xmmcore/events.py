@@ -108,8 +108,12 @@ class EventList:
         """Return a copy whose per-CCD GTIs are intersected with ``gti`` and events outside dropped."""
         gti_ccd = {c: gtimod.intersection(g, gti) for c, g in self.gti_ccd.items()}
         keep = _mask_ccd_gti(self.columns["TIME"], self.columns["CCDNR"], gti_ccd)
-        out = replace(self, columns={k: v[keep] for k, v in self.columns.items()}, gti_ccd=gti_ccd,
-                      gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None))
+        out = replace(
+            self,
+            columns={k: v[keep] for k, v in self.columns.items()},
+            gti_ccd=gti_ccd,
+            gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None),
+        )
         return out
 
     def ontime(self, ccd: int | None = None) -> float:
@@ -149,18 +153,24 @@ def sky_wcs_keywords(header: Mapping[str, Any]) -> dict[str, float]:
     """
     try:
         return {
-            "crpix1": float(header["REFXCRPX"]), "crpix2": float(header["REFYCRPX"]),
-            "crval1": float(header["REFXCRVL"]), "crval2": float(header["REFYCRVL"]),
-            "cdelt1": float(header["REFXCDLT"]), "cdelt2": float(header["REFYCDLT"]),
+            "crpix1": float(header["REFXCRPX"]),
+            "crpix2": float(header["REFYCRPX"]),
+            "crval1": float(header["REFXCRVL"]),
+            "crval2": float(header["REFYCRVL"]),
+            "cdelt1": float(header["REFXCDLT"]),
+            "cdelt2": float(header["REFYCDLT"]),
         }
     except KeyError:
         pass
     cols = {str(header[k]).strip(): k[5:] for k in header if str(k).startswith("TTYPE")}
     ix, iy = cols["X"], cols["Y"]
     return {
-        "crpix1": float(header[f"TCRPX{ix}"]), "crpix2": float(header[f"TCRPX{iy}"]),
-        "crval1": float(header[f"TCRVL{ix}"]), "crval2": float(header[f"TCRVL{iy}"]),
-        "cdelt1": float(header[f"TCDLT{ix}"]), "cdelt2": float(header[f"TCDLT{iy}"]),
+        "crpix1": float(header[f"TCRPX{ix}"]),
+        "crpix2": float(header[f"TCRPX{iy}"]),
+        "crval1": float(header[f"TCRVL{ix}"]),
+        "crval2": float(header[f"TCRVL{iy}"]),
+        "cdelt1": float(header[f"TCDLT{ix}"]),
+        "cdelt2": float(header[f"TCDLT{iy}"]),
     }
 
 
@@ -215,13 +225,19 @@ def _read_gti_table(hdu: fits.BinTableHDU, path: Path) -> np.ndarray:
     names = [n.upper() for n in hdu.columns.names]
     if "START" not in names or "STOP" not in names:
         raise InputDataError(f"GTI extension {hdu.name} lacks START/STOP columns", path)
-    g = np.column_stack([_native(hdu.data["START"]).astype(np.float64),
-                         _native(hdu.data["STOP"]).astype(np.float64)]) if len(hdu.data) else np.zeros((0, 2))
+    g = (
+        np.column_stack(
+            [_native(hdu.data["START"]).astype(np.float64), _native(hdu.data["STOP"]).astype(np.float64)]
+        )
+        if len(hdu.data)
+        else np.zeros((0, 2))
+    )
     return gtimod.normalise(g)
 
 
-def _read_gtis(hdul: fits.HDUList, header: Mapping[str, Any], ccds_present: np.ndarray,
-               path: Path) -> dict[int, np.ndarray]:
+def _read_gtis(
+    hdul: fits.HDUList, header: Mapping[str, Any], ccds_present: np.ndarray, path: Path
+) -> dict[int, np.ndarray]:
     by_name = {h.name.upper(): h for h in hdul[1:] if isinstance(h, fits.BinTableHDU)}
     out: dict[int, np.ndarray] = {}
     for ccd, ext in _dss_time_gti_refs(header).items():
@@ -241,10 +257,15 @@ def _read_gtis(hdul: fits.HDUList, header: Mapping[str, Any], ccds_present: np.n
     return out
 
 
-def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
-                camera: str | None = None, time_order: str = "sort",
-                prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
-                chunk_rows: int = 2_000_000) -> EventList:
+def read_events(
+    path: str | Path,
+    *,
+    columns: Sequence[str] | None = None,
+    camera: str | None = None,
+    time_order: str = "sort",
+    prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+    chunk_rows: int = 2_000_000,
+) -> EventList:
     """Read an EPIC calibrated event list.
 
     Parameters
@@ -288,8 +309,9 @@ def read_events(path: str | Path, *, columns: Sequence[str] | None = None,
     except InputDataError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AstropyUserWarning) as exc:
-        raise InputDataError(f"cannot read event list ({type(exc).__name__}: {exc}); truncated or not FITS?",
-                             path) from exc
+        raise InputDataError(
+            f"cannot read event list ({type(exc).__name__}: {exc}); truncated or not FITS?", path
+        ) from exc
 
 
 def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:
@@ -299,21 +321,29 @@ def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:
     raise InputDataError("no EVENTS extension", path)
 
 
-def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
-               camera: str | None, time_order: str = "sort",
-               prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
-               chunk_rows: int = 2_000_000) -> EventList:
+def _read_open(
+    hdul: fits.HDUList,
+    path: Path,
+    columns: Sequence[str] | None,
+    camera: str | None,
+    time_order: str = "sort",
+    prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
+    chunk_rows: int = 2_000_000,
+) -> EventList:
     hdu = _events_hdu(hdul, path)
     header = hdu.header.copy()
     cam = _camera_of(header, path)
     if camera is not None and camera != cam:
-        raise InputDataError(f"expected a {camera} event list but INSTRUME={header.get('INSTRUME')!r} ({cam})",
-                             path)
+        raise InputDataError(
+            f"expected a {camera} event list but INSTRUME={header.get('INSTRUME')!r} ({cam})", path
+        )
     names = [n.upper() for n in hdu.columns.names]
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise InputDataError(f"EVENTS lacks required column(s) {', '.join(missing)}", path)
-    wanted = list(hdu.columns.names) if columns is None else list(dict.fromkeys([*REQUIRED_COLUMNS, *columns]))
+    wanted = (
+        list(hdu.columns.names) if columns is None else list(dict.fromkeys([*REQUIRED_COLUMNS, *columns]))
+    )
     absent = [c for c in wanted if c.upper() not in names]
     if absent:
         raise InputDataError(f"EVENTS lacks requested column(s) {', '.join(absent)}", path)
@@ -330,7 +360,7 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
         # is O(kept rows + one chunk) (uncompressed files are memory-mapped).
         parts: dict[str, list[np.ndarray]] = {c.upper(): [] for c in wanted}
         for start in range(0, nrows, chunk_rows):
-            chunk = {c.upper(): _native(data.field(c)[start:start + chunk_rows]) for c in wanted}
+            chunk = {c.upper(): _native(data.field(c)[start : start + chunk_rows]) for c in wanted}
             keep = np.asarray(prefilter(chunk), dtype=bool)
             for k, v in chunk.items():
                 parts[k].append(v[keep])
@@ -347,7 +377,8 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
             i = int(np.flatnonzero(dt < 0)[0])
             if time_order == "require":
                 raise InputDataError(
-                    f"TIME is not monotonic (row {i + 1}: {time[i]!r} > row {i + 2}: {time[i + 1]!r})", path)
+                    f"TIME is not monotonic (row {i + 1}: {time[i]!r} > row {i + 2}: {time[i + 1]!r})", path
+                )
             # SAS-made lists merged per CCD/node are often not time-ordered: sort once, stably.
             order = np.argsort(time, kind="stable")
             cols = {k: v[order] for k, v in cols.items()}
@@ -355,8 +386,16 @@ def _read_open(hdul: fits.HDUList, path: Path, columns: Sequence[str] | None,
     gti_ccd = _read_gtis(hdul, header, cols["CCDNR"], path)
     if all(g.shape[0] == 0 for g in gti_ccd.values()):
         raise InputDataError("GTI tables sum to 0 s of exposure (no good time)", path)
-    return EventList(camera=cam, header=header, columns=cols, gti_ccd=gti_ccd,
-                     gti=gtimod.union(*gti_ccd.values()), path=path, resorted=resorted, n_rows_file=nrows)
+    return EventList(
+        camera=cam,
+        header=header,
+        columns=cols,
+        gti_ccd=gti_ccd,
+        gti=gtimod.union(*gti_ccd.values()),
+        path=path,
+        resorted=resorted,
+        n_rows_file=nrows,
+    )
 
 
 def flag_mask_for(camera: str, flag: str | int | None, header: Mapping[str, Any] | None = None) -> int | None:
@@ -390,13 +429,22 @@ def _mask_as(mask: int, dtype: Any) -> Any:
     dtype = np.dtype(dtype)
     bits = 8 * dtype.itemsize
     mask &= (1 << bits) - 1
-    return np.array(mask, dtype=np.dtype(f"u{dtype.itemsize}")).view(dtype)[()] if dtype.kind == "i" \
+    return (
+        np.array(mask, dtype=np.dtype(f"u{dtype.itemsize}")).view(dtype)[()]
+        if dtype.kind == "i"
         else dtype.type(mask)
+    )
 
 
-def screen_mask(cols: Mapping[str, np.ndarray], *, pattern_max: int | None = None, flag_mask: int | None = None,
-                pi_min: float | None = None, pi_max: float | None = None,
-                ccds: Sequence[int] | None = None) -> np.ndarray:
+def screen_mask(
+    cols: Mapping[str, np.ndarray],
+    *,
+    pattern_max: int | None = None,
+    flag_mask: int | None = None,
+    pi_min: float | None = None,
+    pi_max: float | None = None,
+    ccds: Sequence[int] | None = None,
+) -> np.ndarray:
     """Boolean mask of events passing the standard selections (see :func:`screen`)."""
     n = cols["PI"].size
     keep = np.ones(n, dtype=bool)
@@ -413,9 +461,16 @@ def screen_mask(cols: Mapping[str, np.ndarray], *, pattern_max: int | None = Non
     return keep
 
 
-def screen(evl: EventList, *, camera: str | None = None, pattern_max: int | None = None,
-           flag_mask: int | None = None, pi_min: float | None = None, pi_max: float | None = None,
-           ccds: Sequence[int] | None = None) -> EventList:
+def screen(
+    evl: EventList,
+    *,
+    camera: str | None = None,
+    pattern_max: int | None = None,
+    flag_mask: int | None = None,
+    pi_min: float | None = None,
+    pi_max: float | None = None,
+    ccds: Sequence[int] | None = None,
+) -> EventList:
     """Apply the SAS standard event selections.
 
     Parameters
@@ -434,8 +489,9 @@ def screen(evl: EventList, *, camera: str | None = None, pattern_max: int | None
     """
     if camera is not None and camera != evl.camera:
         raise ValueError(f"screen(camera={camera!r}) given a {evl.camera} event list")
-    keep = screen_mask(evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min,
-                       pi_max=pi_max, ccds=ccds)
+    keep = screen_mask(
+        evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min, pi_max=pi_max, ccds=ccds
+    )
     out = evl.select(keep)
     if ccds is not None:
         out.gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
@@ -445,10 +501,13 @@ def screen(evl: EventList, *, camera: str | None = None, pattern_max: int | None
 
 def _gti_hdu(g: np.ndarray, name: str, *, ccd: int | None = None) -> fits.BinTableHDU:
     g = gtimod.as_gti(g)
-    hdu = fits.BinTableHDU.from_columns([
-        fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
-        fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
-    ], name=name)
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
+            fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
+        ],
+        name=name,
+    )
     hdu.header["HDUCLASS"] = ("OGIP", "format conforms to OGIP standard")
     hdu.header["HDUCLAS1"] = ("GTI", "table contains good time intervals")
     hdu.header["HDUCLAS2"] = ("STANDARD", "standard GTIs")
@@ -462,8 +521,9 @@ def _gti_hdu(g: np.ndarray, name: str, *, ccd: int | None = None) -> fits.BinTab
     return hdu
 
 
-def write_gti(gti: np.ndarray, path: str | Path, *, header: Mapping[str, Any] | None = None,
-              extname: str = "STDGTI") -> Path:
+def write_gti(
+    gti: np.ndarray, path: str | Path, *, header: Mapping[str, Any] | None = None, extname: str = "STDGTI"
+) -> Path:
     """Write a GTI table as an OGIP GTI file (atomic)."""
     hdu = _gti_hdu(gti, extname)
     if header:
@@ -476,11 +536,13 @@ def write_gti(gti: np.ndarray, path: str | Path, *, header: Mapping[str, Any] | 
 _KEEP_EVENT_KEYS = re.compile(
     r"^(TELESCOP|INSTRUME|OBS_ID|EXP_ID|EXPIDSTR|DATE-OBS|DATE-END|OBJECT|RA_OBJ|DEC_OBJ|RA_NOM|DEC_NOM|RA_PNT|"
     r"DEC_PNT|PA_PNT|FILTER|SUBMODE|DATAMODE|EQUINOX|RADECSYS|REF[XY]\w+|MJDREF|TIMESYS|TIMEREF|TIMEUNIT|"
-    r"TASSIGN|TIMEZERO|CLOCKAPP|XMMEA_\w+|TELAPSE|REVOLUT|OBS_MODE)$")
+    r"TASSIGN|TIMEZERO|CLOCKAPP|XMMEA_\w+|TELAPSE|REVOLUT|OBS_MODE)$"
+)
 
 
-def write_events(evl: EventList, path: str | Path, *, gti: np.ndarray | None = None,
-                 history: Sequence[str] = ()) -> Path:
+def write_events(
+    evl: EventList, path: str | Path, *, gti: np.ndarray | None = None, history: Sequence[str] = ()
+) -> Path:
     """Write an event list with per-CCD ``STDGTInn`` tables and a combined ``GTI`` table (atomic).
 
     Parameters
@@ -537,8 +599,12 @@ def _fits_format(arr: np.ndarray) -> str:
 
 
 def _copy_column_keys(src: Mapping[str, Any], dst: fits.Header, name: str) -> None:
-    src_idx = next((str(k)[5:] for k in src if str(k).startswith("TTYPE") and str(src[k]).strip() == name), None)
-    dst_idx = next((str(k)[5:] for k in dst if str(k).startswith("TTYPE") and str(dst[k]).strip() == name), None)
+    src_idx = next(
+        (str(k)[5:] for k in src if str(k).startswith("TTYPE") and str(src[k]).strip() == name), None
+    )
+    dst_idx = next(
+        (str(k)[5:] for k in dst if str(k).startswith("TTYPE") and str(dst[k]).strip() == name), None
+    )
     if src_idx is None or dst_idx is None:
         return
     for stem in ("TLMIN", "TLMAX", "TCRPX", "TCRVL", "TCDLT", "TCTYP", "TCUNI", "TUNIT", "TNULL"):
@@ -547,8 +613,12 @@ def _copy_column_keys(src: Mapping[str, Any], dst: fits.Header, name: str) -> No
             dst[f"{stem}{dst_idx}"] = src[key]
 
 
-def iter_event_chunks(path: str | Path, *, columns: Sequence[str] = ("TIME", "PI", "PATTERN", "FLAG", "CCDNR"),
-                      chunk_rows: int = 2_000_000) -> Iterator[dict[str, np.ndarray]]:
+def iter_event_chunks(
+    path: str | Path,
+    *,
+    columns: Sequence[str] = ("TIME", "PI", "PATTERN", "FLAG", "CCDNR"),
+    chunk_rows: int = 2_000_000,
+) -> Iterator[dict[str, np.ndarray]]:
     """Yield the EVENTS columns in row chunks (native byte order), for lists larger than memory.
 
     Uncompressed files are memory-mapped, so only one chunk is resident at a time.
@@ -572,10 +642,17 @@ def iter_event_chunks(path: str | Path, *, columns: Sequence[str] = ("TIME", "PI
         raise InputDataError(f"cannot read event list ({exc})", path) from exc
 
 
-def stream_filter_bin(chunks: Iterator[Mapping[str, np.ndarray]] | Sequence[Mapping[str, np.ndarray]], *,
-                      gti: np.ndarray | None = None, pattern_max: int | None = None,
-                      flag_mask: int | None = None, pi_min: float | None = None, pi_max: float | None = None,
-                      chan_width_ev: int = 5, n_chan: int = 4096) -> tuple[np.ndarray, int, int]:
+def stream_filter_bin(
+    chunks: Iterator[Mapping[str, np.ndarray]] | Sequence[Mapping[str, np.ndarray]],
+    *,
+    gti: np.ndarray | None = None,
+    pattern_max: int | None = None,
+    flag_mask: int | None = None,
+    pi_min: float | None = None,
+    pi_max: float | None = None,
+    chan_width_ev: int = 5,
+    n_chan: int = 4096,
+) -> tuple[np.ndarray, int, int]:
     """Screen and bin events chunk by chunk into a PI channel histogram.
 
     Returns ``(counts per channel, events in, events kept)``; memory is O(chunk).

@@ -76,17 +76,28 @@ class FlareResult:
     def summary(self) -> dict[str, Any]:
         """JSON-able numbers for the step summary / catalogue."""
         return {
-            "flare_method": self.method, "flare_band_kev": list(self.band_kev), "flare_bin_s": self.bin_s,
-            "flare_threshold_ctps": self.threshold, "flare_mean_ctps": self.mean,
-            "flare_sigma_ctps": self.sigma, "flare_fraction": self.flare_fraction,
-            "exposure_in_s": self.exposure_in_s, "exposure_out_s": self.exposure_out_s,
-            "n_gti": int(self.gti.shape[0]), "flare_notes": list(self.notes),
+            "flare_method": self.method,
+            "flare_band_kev": list(self.band_kev),
+            "flare_bin_s": self.bin_s,
+            "flare_threshold_ctps": self.threshold,
+            "flare_mean_ctps": self.mean,
+            "flare_sigma_ctps": self.sigma,
+            "flare_fraction": self.flare_fraction,
+            "exposure_in_s": self.exposure_in_s,
+            "exposure_out_s": self.exposure_out_s,
+            "n_gti": int(self.gti.shape[0]),
+            "flare_notes": list(self.notes),
         }
 
 
-def light_curve(time: np.ndarray, gti: np.ndarray, *, bin_s: float,
-                tstart: float | None = None, tstop: float | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def light_curve(
+    time: np.ndarray,
+    gti: np.ndarray,
+    *,
+    bin_s: float,
+    tstart: float | None = None,
+    tstop: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Bin event times into a light curve corrected for partial good time in each bin.
 
     Returns ``(edges, counts, good_time_s, rate)``; ``rate`` is NaN in bins with no good time.
@@ -122,8 +133,9 @@ def _gauss(x: np.ndarray, amp: float, mu: float, sig: float) -> np.ndarray:
     return amp * np.exp(-0.5 * ((x - mu) / sig) ** 2)
 
 
-def fit_quiescent_peak(rate: np.ndarray, *, weights: np.ndarray | None = None,
-                       n_iter: int = 5) -> tuple[float, float]:
+def fit_quiescent_peak(
+    rate: np.ndarray, *, weights: np.ndarray | None = None, n_iter: int = 5
+) -> tuple[float, float]:
     """Gaussian fit to the quiescent peak of a rate histogram (as ESAS ``espfilt``).
 
     Starts from the histogram mode and a robust width (MAD), then refits the histogram
@@ -148,8 +160,14 @@ def fit_quiescent_peak(rate: np.ndarray, *, weights: np.ndarray | None = None,
         hist, edges = np.histogram(sel, bins=nb, range=(max(lo, 0.0) if lo < 0 else lo, hi))
         centres = 0.5 * (edges[1:] + edges[:-1])
         try:
-            p, _ = curve_fit(_gauss, centres, hist, p0=(hist.max(), mu, sig),
-                             sigma=np.sqrt(np.maximum(hist, 1.0)), maxfev=2000)
+            p, _ = curve_fit(
+                _gauss,
+                centres,
+                hist,
+                p0=(hist.max(), mu, sig),
+                sigma=np.sqrt(np.maximum(hist, 1.0)),
+                maxfev=2000,
+            )
         except (RuntimeError, ValueError):
             break
         new_mu, new_sig = float(p[1]), abs(float(p[2]))
@@ -162,10 +180,19 @@ def fit_quiescent_peak(rate: np.ndarray, *, weights: np.ndarray | None = None,
     return mu, sig
 
 
-def flare_gti(evl: EventList, *, method: str = "espfilt", band_kev: tuple[float, float] = (10.0, 12.0),
-              bin_s: float = 100.0, nsigma: float = 2.0, rate: float | None = None,
-              min_gti_s: float = 100.0, pattern_max: int = 0, flag: str | int | None = "xmmea",
-              min_bin_fraction: float = 0.5) -> FlareResult:
+def flare_gti(
+    evl: EventList,
+    *,
+    method: str = "espfilt",
+    band_kev: tuple[float, float] = (10.0, 12.0),
+    bin_s: float = 100.0,
+    nsigma: float = 2.0,
+    rate: float | None = None,
+    min_gti_s: float = 100.0,
+    pattern_max: int = 0,
+    flag: str | int | None = "xmmea",
+    min_bin_fraction: float = 0.5,
+) -> FlareResult:
     """Flare-free GTIs from the high-energy light curve of an event list.
 
     Parameters
@@ -197,8 +224,13 @@ def flare_gti(evl: EventList, *, method: str = "espfilt", band_kev: tuple[float,
     if in_gti.shape[0] == 0:
         raise ValueError("event list has no good time")
     cols = evl.columns
-    sel = screen_mask(cols, pattern_max=pattern_max, flag_mask=flag_mask_for(evl.camera, flag, evl.header),
-                      pi_min=band_kev[0] * 1000.0, pi_max=band_kev[1] * 1000.0)
+    sel = screen_mask(
+        cols,
+        pattern_max=pattern_max,
+        flag_mask=flag_mask_for(evl.camera, flag, evl.header),
+        pi_min=band_kev[0] * 1000.0,
+        pi_max=band_kev[1] * 1000.0,
+    )
     edges, counts, good, lc_rate = light_curve(cols["TIME"][sel], in_gti, bin_s=bin_s)
     exp_in = gtimod.exposure(in_gti)
     notes: list[str] = []
@@ -224,30 +256,51 @@ def flare_gti(evl: EventList, *, method: str = "espfilt", band_kev: tuple[float,
         # Bins with little good time have noisy rates: flag them only if their counts exceed
         # what the threshold rate allows by 3 Poisson sigma.
         allowed = threshold * good
-        keep[~full] = (good[~full] > 0) & (counts[~full] <= allowed[~full] + 3.0 * np.sqrt(allowed[~full]) + 1.0)
+        keep[~full] = (good[~full] > 0) & (
+            counts[~full] <= allowed[~full] + 3.0 * np.sqrt(allowed[~full]) + 1.0
+        )
     if method == "none":
         keep = good > 0
     out = gtimod.intersection(gtimod.from_bins(edges, keep), in_gti)
     out = gtimod.drop_short(out, min_length_s=min_gti_s)
     exp_out = gtimod.exposure(out)
     frac = 1.0 - exp_out / exp_in if exp_in > 0 else float("nan")
-    return FlareResult(gti=out, lc_time=0.5 * (edges[1:] + edges[:-1]), lc_rate=lc_rate, lc_exposure=good,
-                       threshold=threshold, mean=mean, sigma=sigma, flare_fraction=float(frac), method=method,
-                       band_kev=(float(band_kev[0]), float(band_kev[1])), bin_s=float(bin_s),
-                       exposure_in_s=exp_in, exposure_out_s=exp_out, notes=notes)
+    return FlareResult(
+        gti=out,
+        lc_time=0.5 * (edges[1:] + edges[:-1]),
+        lc_rate=lc_rate,
+        lc_exposure=good,
+        threshold=threshold,
+        mean=mean,
+        sigma=sigma,
+        flare_fraction=float(frac),
+        method=method,
+        band_kev=(float(band_kev[0]), float(band_kev[1])),
+        bin_s=float(bin_s),
+        exposure_in_s=exp_in,
+        exposure_out_s=exp_out,
+        notes=notes,
+    )
 
 
 def write_light_curve(res: FlareResult, path: str | Path, *, header: dict[str, Any] | None = None) -> Path:
     """Write the high-energy light curve as an OGIP ``RATE`` table plus the flare GTIs (atomic)."""
     with np.errstate(invalid="ignore"):
-        err = np.where(res.lc_exposure > 0, np.sqrt(np.nan_to_num(res.lc_rate) * res.lc_exposure)
-                       / np.where(res.lc_exposure > 0, res.lc_exposure, 1.0), np.nan)
-    rate = fits.BinTableHDU.from_columns([
-        fits.Column(name="TIME", format="D", unit="s", array=res.lc_time),
-        fits.Column(name="RATE", format="E", unit="count/s", array=res.lc_rate),
-        fits.Column(name="ERROR", format="E", unit="count/s", array=err),
-        fits.Column(name="FRACEXP", format="E", array=res.lc_exposure / res.bin_s),
-    ], name="RATE")
+        err = np.where(
+            res.lc_exposure > 0,
+            np.sqrt(np.nan_to_num(res.lc_rate) * res.lc_exposure)
+            / np.where(res.lc_exposure > 0, res.lc_exposure, 1.0),
+            np.nan,
+        )
+    rate = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="TIME", format="D", unit="s", array=res.lc_time),
+            fits.Column(name="RATE", format="E", unit="count/s", array=res.lc_rate),
+            fits.Column(name="ERROR", format="E", unit="count/s", array=err),
+            fits.Column(name="FRACEXP", format="E", array=res.lc_exposure / res.bin_s),
+        ],
+        name="RATE",
+    )
     h = rate.header
     h["HDUCLASS"] = "OGIP"
     h["HDUCLAS1"] = "LIGHTCURVE"
@@ -263,8 +316,11 @@ def write_light_curve(res: FlareResult, path: str | Path, *, header: dict[str, A
         if header and key in header:
             h[key] = header[key]
     g = gtimod.as_gti(res.gti)
-    gti = fits.BinTableHDU.from_columns([
-        fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
-        fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
-    ], name="GTI")
+    gti = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
+            fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
+        ],
+        name="GTI",
+    )
     return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), rate, gti]), path)

@@ -56,16 +56,23 @@ class Extent:
 
     def centres(self) -> tuple[np.ndarray, np.ndarray]:
         """Physical X and Y of the pixel centres (1-D arrays of length nx and ny)."""
-        return (self.x0 + (np.arange(self.nx) + 0.5) * self.bin_phys,
-                self.y0 + (np.arange(self.ny) + 0.5) * self.bin_phys)
+        return (
+            self.x0 + (np.arange(self.nx) + 0.5) * self.bin_phys,
+            self.y0 + (np.arange(self.ny) + 0.5) * self.bin_phys,
+        )
 
     def to_pixel(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Physical -> 0-based fractional image pixel (centre of pixel 0 is 0.0)."""
-        return ((np.asarray(x) - self.x0) / self.bin_phys - 0.5, (np.asarray(y) - self.y0) / self.bin_phys - 0.5)
+        return (
+            (np.asarray(x) - self.x0) / self.bin_phys - 0.5,
+            (np.asarray(y) - self.y0) / self.bin_phys - 0.5,
+        )
 
     def to_phys(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """0-based image pixel -> physical X, Y."""
-        return self.x0 + (np.asarray(i) + 0.5) * self.bin_phys, self.y0 + (np.asarray(j) + 0.5) * self.bin_phys
+        return self.x0 + (np.asarray(i) + 0.5) * self.bin_phys, self.y0 + (
+            np.asarray(j) + 0.5
+        ) * self.bin_phys
 
 
 def phys_wcs(header) -> WCS:
@@ -87,8 +94,10 @@ def image_wcs(header, extent: Extent) -> WCS:
     k = sky_wcs_keywords(header)
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crpix = [(k["crpix1"] - extent.x0) / extent.bin_phys + 0.5,
-                   (k["crpix2"] - extent.y0) / extent.bin_phys + 0.5]
+    w.wcs.crpix = [
+        (k["crpix1"] - extent.x0) / extent.bin_phys + 0.5,
+        (k["crpix2"] - extent.y0) / extent.bin_phys + 0.5,
+    ]
     w.wcs.crval = [k["crval1"], k["crval2"]]
     w.wcs.cdelt = [k["cdelt1"] * extent.bin_phys, k["cdelt2"] * extent.bin_phys]
     w.wcs.cunit = ["deg", "deg"]
@@ -97,7 +106,9 @@ def image_wcs(header, extent: Extent) -> WCS:
     return w
 
 
-def extent_of(evls: Sequence[EventList] | EventList, *, bin_phys: float = 80.0, pad_phys: float = 400.0) -> Extent:
+def extent_of(
+    evls: Sequence[EventList] | EventList, *, bin_phys: float = 80.0, pad_phys: float = 400.0
+) -> Extent:
     """Grid covering the events of one or several lists, aligned to multiples of ``bin_phys``."""
     if isinstance(evls, EventList):
         evls = [evls]
@@ -111,12 +122,23 @@ def extent_of(evls: Sequence[EventList] | EventList, *, bin_phys: float = 80.0, 
     ymax = max(float(y.max()) for y in ys if y.size) + pad_phys
     x0 = np.floor(xmin / bin_phys) * bin_phys
     y0 = np.floor(ymin / bin_phys) * bin_phys
-    return Extent(x0=float(x0), y0=float(y0), bin_phys=float(bin_phys),
-                  nx=int(np.ceil((xmax - x0) / bin_phys)), ny=int(np.ceil((ymax - y0) / bin_phys)))
+    return Extent(
+        x0=float(x0),
+        y0=float(y0),
+        bin_phys=float(bin_phys),
+        nx=int(np.ceil((xmax - x0) / bin_phys)),
+        ny=int(np.ceil((ymax - y0) / bin_phys)),
+    )
 
 
-def bin_image(evl: EventList, *, band_kev: tuple[float, float] | None = (0.5, 2.0), bin_phys: float = 80.0,
-              extent: Extent | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, WCS, Extent]:
+def bin_image(
+    evl: EventList,
+    *,
+    band_kev: tuple[float, float] | None = (0.5, 2.0),
+    bin_phys: float = 80.0,
+    extent: Extent | None = None,
+    mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, WCS, Extent]:
     """Counts image in a PI band.
 
     Parameters
@@ -161,7 +183,13 @@ class CcdFootprints:
         out = np.zeros(pts.shape[0], dtype=bool)
         for poly in self.hulls.values():
             lo, hi = poly.min(axis=0), poly.max(axis=0)
-            box = (pts[:, 0] >= lo[0]) & (pts[:, 0] <= hi[0]) & (pts[:, 1] >= lo[1]) & (pts[:, 1] <= hi[1]) & ~out
+            box = (
+                (pts[:, 0] >= lo[0])
+                & (pts[:, 0] <= hi[0])
+                & (pts[:, 1] >= lo[1])
+                & (pts[:, 1] <= hi[1])
+                & ~out
+            )
             if box.any():
                 out[box] = MplPath(poly).contains_points(pts[box])
         return out.reshape(x.shape)
@@ -198,8 +226,9 @@ def coverage_image(footprints: CcdFootprints, extent: Extent) -> np.ndarray:
     return footprints.contains(xx, yy).astype(np.float64)
 
 
-def exposure_image(evl: EventList, extent: Extent, *, gti: np.ndarray | None = None,
-                   footprints: CcdFootprints | None = None) -> np.ndarray:
+def exposure_image(
+    evl: EventList, extent: Extent, *, gti: np.ndarray | None = None, footprints: CcdFootprints | None = None
+) -> np.ndarray:
     """Flat (un-vignetted) exposure image [s]: each CCD footprint filled with its good time.
 
     Use an ``eexpmap`` exposure map (:func:`read_exposure_map`) for vignetting-corrected rates.
@@ -240,12 +269,17 @@ def read_exposure_map(path: str | Path, extent: Extent, *, wcs: WCS | None = Non
     if "LTM1_1" in h and "LTV1" in h:
         # DS9 image pixel (1-based) = LTM * physical + LTV.
         ix = np.round(float(h["LTM1_1"]) * xc + float(h["LTV1"])).astype(int) - 1
-        iy = np.round(float(h.get("LTM2_2", h["LTM1_1"])) * yc + float(h.get("LTV2", h["LTV1"]))).astype(int) - 1
+        iy = (
+            np.round(float(h.get("LTM2_2", h["LTM1_1"])) * yc + float(h.get("LTV2", h["LTV1"]))).astype(int)
+            - 1
+        )
         xx, yy = np.meshgrid(ix, iy)
     else:
         if wcs is None:
-            raise InputDataError("exposure map has no LTM/LTV keywords: pass the image WCS to sample it", path)
-        jj, ii = np.mgrid[0:extent.ny, 0:extent.nx]
+            raise InputDataError(
+                "exposure map has no LTM/LTV keywords: pass the image WCS to sample it", path
+            )
+        jj, ii = np.mgrid[0 : extent.ny, 0 : extent.nx]
         world = wcs.pixel_to_world(ii, jj)
         import warnings
 
@@ -262,8 +296,9 @@ def read_exposure_map(path: str | Path, extent: Extent, *, wcs: WCS | None = Non
     return out
 
 
-def write_image(image: np.ndarray, wcs: WCS, extent: Extent, path: str | Path, *,
-                header_extra: dict | None = None) -> Path:
+def write_image(
+    image: np.ndarray, wcs: WCS, extent: Extent, path: str | Path, *, header_extra: dict | None = None
+) -> Path:
     """Write an image with celestial WCS and DS9 physical (LTM/LTV) keywords (atomic)."""
     hdu = fits.PrimaryHDU(np.asarray(image, dtype=np.float32), header=wcs.to_header())
     h = hdu.header

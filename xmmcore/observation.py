@@ -58,10 +58,31 @@ def _is_event_file(path: Path) -> bool:
     name = path.name.lower()
     if not _EVENT_SUFFIX.search(name):
         return False
-    if any(tag in name for tag in ("img", "expmap", "image", "att", "rmf", "arf", "pha", "spec", "bkg", "gti",
-                                   "ooevli", "_oot")):
+    if any(
+        tag in name
+        for tag in (
+            "img",
+            "expmap",
+            "image",
+            "att",
+            "rmf",
+            "arf",
+            "pha",
+            "spec",
+            "bkg",
+            "gti",
+            "ooevli",
+            "_oot",
+        )
+    ):
         return False  # products, and pn out-of-time event lists (they are used only to subtract OOT events)
-    return "evli" in name or "evt" in name or "event" in name or "clean" in name or camera_from_name(name) is not None
+    return (
+        "evli" in name
+        or "evt" in name
+        or "event" in name
+        or "clean" in name
+        or camera_from_name(name) is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -103,8 +124,17 @@ class Observation:
     def with_meta(self, **meta: Any) -> Observation:
         """Return a copy with extra target metadata (e.g. from a CSV target list)."""
         merged = {**self.meta, **{k: v for k, v in meta.items() if v is not None}}
-        return Observation(self.obsid, self.root, dict(self.event_files), dict(self.rmf_files),
-                           dict(self.arf_files), self.odf_dir, self.ccf, merged, dict(self.truth))
+        return Observation(
+            self.obsid,
+            self.root,
+            dict(self.event_files),
+            dict(self.rmf_files),
+            dict(self.arf_files),
+            self.odf_dir,
+            self.ccf,
+            merged,
+            dict(self.truth),
+        )
 
 
 def list_obsids(data_dir: str | Path) -> list[str]:
@@ -169,8 +199,17 @@ def discover(data_dir: str | Path, obsid: str) -> Observation:
             if prev is None or rank < (0 if "clean" in prev.name.lower() else 1, len(prev.name), str(prev)):
                 events[cam] = path
     if not events:
-        raise InputDataError("no EPIC event list found (looked for *pn*/*mos1*/*mos2*/PPS *EVLI* files)", root)
+        raise InputDataError(
+            "no EPIC event list found (looked for *pn*/*mos1*/*mos2*/PPS *EVLI* files)", root
+        )
     return Observation(
-        obsid=obsid, root=root, event_files=events, rmf_files=rmfs, arf_files=arfs,
-        odf_dir=odf_dir, ccf=ccf, meta=_read_json(root / "meta.json"), truth=_read_json(root / "truth.json"),
+        obsid=obsid,
+        root=root,
+        event_files=events,
+        rmf_files=rmfs,
+        arf_files=arfs,
+        odf_dir=odf_dir,
+        ccf=ccf,
+        meta=_read_json(root / "meta.json"),
+        truth=_read_json(root / "truth.json"),
     )

@@ -46,14 +46,33 @@ _NONE_NAMES = {"", "none", "NONE", "None", "%match%"}
 
 # Keywords the writers set themselves (never copied from ``header``).
 _STRUCTURAL = {
-    "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT", "TFIELDS", "EXTNAME",
-    "CHECKSUM", "DATASUM", "SIMPLE", "EXTEND", "END", "COMMENT", "HISTORY", "",
+    "XTENSION",
+    "BITPIX",
+    "NAXIS",
+    "NAXIS1",
+    "NAXIS2",
+    "PCOUNT",
+    "GCOUNT",
+    "TFIELDS",
+    "EXTNAME",
+    "CHECKSUM",
+    "DATASUM",
+    "SIMPLE",
+    "EXTEND",
+    "END",
+    "COMMENT",
+    "HISTORY",
+    "",
 }
 
 
 def _is_structural(key: str) -> bool:
-    return key in _STRUCTURAL or key[:5] in {"TTYPE", "TFORM", "TUNIT", "TLMIN", "TLMAX", "TDIM", "TNULL",
-                                           "TSCAL", "TZERO", "TDISP"} or key[:5] == "NAXIS"
+    return (
+        key in _STRUCTURAL
+        or key[:5]
+        in {"TTYPE", "TFORM", "TUNIT", "TLMIN", "TLMAX", "TDIM", "TNULL", "TSCAL", "TZERO", "TDISP"}
+        or key[:5] == "NAXIS"
+    )
 
 
 @dataclass
@@ -285,9 +304,11 @@ def read_pha(path: str | Path, row: int | None = None) -> PHA:
         if data is None or len(data) == 0:
             raise InputDataError(f"extension {hdu.name} has no rows", path)
         cols = [c.upper() for c in hdu.columns.names]
-        type2 = str(hdr.get("HDUCLAS4", "")).upper() == "TYPE:II" or (
-            "COUNTS" in cols and np.asarray(data["COUNTS"]).ndim == 2
-        ) or ("RATE" in cols and np.asarray(data["RATE"]).ndim == 2)
+        type2 = (
+            str(hdr.get("HDUCLAS4", "")).upper() == "TYPE:II"
+            or ("COUNTS" in cols and np.asarray(data["COUNTS"]).ndim == 2)
+            or ("RATE" in cols and np.asarray(data["RATE"]).ndim == 2)
+        )
         if type2:
             if row is None:
                 if len(data) != 1:
@@ -323,7 +344,9 @@ def read_pha(path: str | Path, row: int | None = None) -> PHA:
             counts = rate * exposure
         bad = np.flatnonzero(~np.isfinite(counts))
         if bad.size:
-            raise InputDataError(f"COUNTS/RATE has {bad.size} non-finite value(s) (first at row {bad[0] + 1})", path)
+            raise InputDataError(
+                f"COUNTS/RATE has {bad.size} non-finite value(s) (first at row {bad[0] + 1})", path
+            )
         n = counts.size
         channel = column("CHANNEL", np.int64)
         if channel is None:
@@ -355,8 +378,17 @@ def read_pha(path: str | Path, row: int | None = None) -> PHA:
             return _str_or_none(hdr.get(key))
 
         header = _header_dict(hdr)
-        for key in ("EXPOSURE", "BACKSCAL", "AREASCAL", "POISSERR", "RESPFILE", "ANCRFILE", "BACKFILE",
-                    "GROUPING", "QUALITY"):
+        for key in (
+            "EXPOSURE",
+            "BACKSCAL",
+            "AREASCAL",
+            "POISSERR",
+            "RESPFILE",
+            "ANCRFILE",
+            "BACKFILE",
+            "GROUPING",
+            "QUALITY",
+        ):
             header.pop(key, None)
         return PHA(
             channel=channel,
@@ -410,15 +442,20 @@ def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = ()) -> Path:
     channel = np.asarray(pha.channel, dtype=np.int64)
     if channel.size != n:
         raise InputDataError(f"PHA has {channel.size} channels but {n} counts", path)
-    integer = bool(np.all(np.isfinite(counts)) and np.all(counts == np.round(counts))
-                   and (n == 0 or np.abs(counts).max() < 2**31))
+    integer = bool(
+        np.all(np.isfinite(counts))
+        and np.all(counts == np.round(counts))
+        and (n == 0 or np.abs(counts).max() < 2**31)
+    )
     cols = [fits.Column(name="CHANNEL", format="J", array=channel.astype(np.int32))]
     if integer:
         cols.append(fits.Column(name="COUNTS", format="J", unit="count", array=counts.astype(np.int32)))
     else:
         cols.append(fits.Column(name="COUNTS", format="D", unit="count", array=counts))
     if pha.stat_err is not None:
-        cols.append(fits.Column(name="STAT_ERR", format="D", unit="count", array=np.asarray(pha.stat_err, float)))
+        cols.append(
+            fits.Column(name="STAT_ERR", format="D", unit="count", array=np.asarray(pha.stat_err, float))
+        )
     if pha.grouping is not None:
         cols.append(fits.Column(name="GROUPING", format="I", array=np.asarray(pha.grouping, np.int16)))
     if pha.quality is not None:
@@ -463,8 +500,22 @@ def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = ()) -> Path:
         hdr["GROUPING"] = 0
     if pha.quality is None:
         hdr["QUALITY"] = 0
-    for key in ("HDUCLAS4", "HDUCLASS", "HDUCLAS1", "HDUCLAS3", "HDUVERS", "HDUVERS1", "STAT_ERR", "SYS_ERR",
-                "GROUPING", "QUALITY", "POISSERR", "EXPOSURE", "BACKSCAL", "AREASCAL"):
+    for key in (
+        "HDUCLAS4",
+        "HDUCLASS",
+        "HDUCLAS1",
+        "HDUCLAS3",
+        "HDUVERS",
+        "HDUVERS1",
+        "STAT_ERR",
+        "SYS_ERR",
+        "GROUPING",
+        "QUALITY",
+        "POISSERR",
+        "EXPOSURE",
+        "BACKSCAL",
+        "AREASCAL",
+    ):
         extra.pop(key, None)
     _apply_extra(hdr, extra, skip=set())
     primary = fits.PrimaryHDU()
@@ -538,24 +589,39 @@ def read_rmf(path: str | Path) -> RMF:
             m = np.asarray(mat[i], dtype=float)
             if m.size < total:
                 raise InputDataError(
-                    f"row {i + 1} of {mhdu.name}: MATRIX has {m.size} values but N_CHAN sums to {total}", path)
-            idx = np.concatenate([np.arange(f, f + c) for f, c in zip(fc, nc)]) if ng > 1 else np.arange(
-                fc[0], fc[0] + nc[0])
+                    f"row {i + 1} of {mhdu.name}: MATRIX has {m.size} values but N_CHAN sums to {total}", path
+                )
+            idx = (
+                np.concatenate([np.arange(f, f + c) for f, c in zip(fc, nc)])
+                if ng > 1
+                else np.arange(fc[0], fc[0] + nc[0])
+            )
             if idx.size and (idx.min() < 0 or idx.max() >= n_chan):
                 raise InputDataError(
                     f"row {i + 1} of {mhdu.name}: channels {idx.min() + offset}..{idx.max() + offset} outside "
-                    f"{offset}..{offset + n_chan - 1} (check TLMIN of F_CHAN)", path)
+                    f"{offset}..{offset + n_chan - 1} (check TLMIN of F_CHAN)",
+                    path,
+                )
             rows.append(np.full(idx.size, i, dtype=np.int64))
             colidx.append(idx)
             vals.append(m[:total])
         if rows:
             matrix = sp.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(colidx))), shape=(n_e, n_chan))
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(colidx))), shape=(n_e, n_chan)
+            )
         else:
             matrix = sp.csr_matrix((n_e, n_chan))
         header = _header_dict(mhdu.header)
-        return RMF(energ_lo=energ_lo, energ_hi=energ_hi, matrix=matrix, e_min=e_min, e_max=e_max,
-                   channel_offset=offset, header=header, path=path)
+        return RMF(
+            energ_lo=energ_lo,
+            energ_hi=energ_hi,
+            matrix=matrix,
+            e_min=e_min,
+            e_max=e_max,
+            channel_offset=offset,
+            header=header,
+            path=path,
+        )
 
 
 def write_rmf(rmf: RMF, path: str | Path) -> Path:
@@ -617,14 +683,30 @@ def write_rmf(rmf: RMF, path: str | Path) -> Path:
     h["HDUVERS1"] = "1.3.0"
     h["HDUVERS2"] = "1.3.0"
     h["RMFVERSN"] = "1992a"
-    _apply_extra(h, extra, skip={"DETCHANS", "HDUCLAS1", "HDUCLAS2", "HDUVERS", "HDUVERS1", "HDUVERS2", "TLMIN4",
-                                 "TLMAX4", "HDUCLASS"})
+    _apply_extra(
+        h,
+        extra,
+        skip={
+            "DETCHANS",
+            "HDUCLAS1",
+            "HDUCLAS2",
+            "HDUVERS",
+            "HDUVERS1",
+            "HDUVERS2",
+            "TLMIN4",
+            "TLMAX4",
+            "HDUCLASS",
+        },
+    )
     channels = np.arange(offset, offset + n_chan, dtype=np.int32)
-    ehdu = fits.BinTableHDU.from_columns([
-        fits.Column(name="CHANNEL", format="J", array=channels),
-        fits.Column(name="E_MIN", format="E", unit="keV", array=np.asarray(rmf.e_min, np.float32)),
-        fits.Column(name="E_MAX", format="E", unit="keV", array=np.asarray(rmf.e_max, np.float32)),
-    ], name="EBOUNDS")
+    ehdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="CHANNEL", format="J", array=channels),
+            fits.Column(name="E_MIN", format="E", unit="keV", array=np.asarray(rmf.e_min, np.float32)),
+            fits.Column(name="E_MAX", format="E", unit="keV", array=np.asarray(rmf.e_max, np.float32)),
+        ],
+        name="EBOUNDS",
+    )
     eh = ehdu.header
     eh["TLMIN1"] = offset
     eh["TLMAX1"] = offset + n_chan - 1
@@ -654,18 +736,28 @@ def read_arf(path: str | Path) -> ARF:
         specresp = _native(hdu.data["SPECRESP"], float)
         if not np.all(np.isfinite(specresp)):
             raise InputDataError("SPECRESP column has non-finite values", path)
-        return ARF(energ_lo=_native(hdu.data["ENERG_LO"], float), energ_hi=_native(hdu.data["ENERG_HI"], float),
-                   specresp=specresp, header=_header_dict(hdu.header), path=path)
+        return ARF(
+            energ_lo=_native(hdu.data["ENERG_LO"], float),
+            energ_hi=_native(hdu.data["ENERG_HI"], float),
+            specresp=specresp,
+            header=_header_dict(hdu.header),
+            path=path,
+        )
 
 
 def write_arf(arf: ARF, path: str | Path) -> Path:
     """Write ``arf`` as an OGIP ARF (SPECRESP extension), atomically."""
     path = Path(path)
-    hdu = fits.BinTableHDU.from_columns([
-        fits.Column(name="ENERG_LO", format="E", unit="keV", array=np.asarray(arf.energ_lo, np.float32)),
-        fits.Column(name="ENERG_HI", format="E", unit="keV", array=np.asarray(arf.energ_hi, np.float32)),
-        fits.Column(name="SPECRESP", format="E", unit="cm**2", array=np.asarray(arf.specresp, np.float32)),
-    ], name="SPECRESP")
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="ENERG_LO", format="E", unit="keV", array=np.asarray(arf.energ_lo, np.float32)),
+            fits.Column(name="ENERG_HI", format="E", unit="keV", array=np.asarray(arf.energ_hi, np.float32)),
+            fits.Column(
+                name="SPECRESP", format="E", unit="cm**2", array=np.asarray(arf.specresp, np.float32)
+            ),
+        ],
+        name="SPECRESP",
+    )
     h = hdu.header
     extra = dict(arf.header)
     h["TELESCOP"] = str(extra.get("TELESCOP", "XMM"))

@@ -29,13 +29,15 @@ def _cameras(obs: Observation, cfg: dict[str, Any]) -> list[str]:
     wanted = list(cfg.get("cameras") or [])
     cams = [c for c in obs.cameras if c in wanted]
     if not cams:
-        raise InputDataError(f"no event list for the configured cameras {wanted} (found {list(obs.cameras)})",
-                             obs.root)
+        raise InputDataError(
+            f"no event list for the configured cameras {wanted} (found {list(obs.cameras)})", obs.root
+        )
     return cams
 
 
-def _per_camera(cams: list[str], work: Callable[[str], dict[str, Any]], log: logging.Logger,
-                what: str) -> dict[str, Any]:
+def _per_camera(
+    cams: list[str], work: Callable[[str], dict[str, Any]], log: logging.Logger, what: str
+) -> dict[str, Any]:
     """Run ``work(camera)`` for each camera; a camera failing with a data/tool error does not stop the others."""
     done: dict[str, Any] = {}
     failed: dict[str, str] = {}
@@ -57,8 +59,9 @@ def _filter(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Lo
     from .backends import get_backend
 
     backend = get_backend(cfg["backend"]["reduction"])
-    summary = _per_camera(_cameras(obs, cfg),
-                          lambda cam: backend.filter_camera(obs, cam, outdir, cfg, log=log), log, "filter")
+    summary = _per_camera(
+        _cameras(obs, cfg), lambda cam: backend.filter_camera(obs, cam, outdir, cfg, log=log), log, "filter"
+    )
     summary["backend"] = backend.name
     summary["versions"] = backend.versions()
     return summary
@@ -80,7 +83,9 @@ def _load_regions(outdir: Path) -> dict[str, Any]:
 def _clean_cameras(obs: Observation, outdir: Path, cfg: dict[str, Any]) -> list[str]:
     cams = [c for c in _cameras(obs, cfg) if (outdir / "events" / f"{c}_clean.fits").exists()]
     if not cams:
-        raise InputDataError("no cleaned event list: the filter step failed for every camera", outdir / "events")
+        raise InputDataError(
+            "no cleaned event list: the filter step failed for every camera", outdir / "events"
+        )
     return cams
 
 
@@ -89,8 +94,12 @@ def _spectra(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.L
 
     backend = get_backend(cfg["backend"]["reduction"])
     regions = _load_regions(outdir)
-    return _per_camera(_clean_cameras(obs, outdir, cfg),
-                       lambda cam: backend.spectra_camera(obs, cam, outdir, regions, cfg, log=log), log, "spectra")
+    return _per_camera(
+        _clean_cameras(obs, outdir, cfg),
+        lambda cam: backend.spectra_camera(obs, cam, outdir, regions, cfg, log=log),
+        log,
+        "spectra",
+    )
 
 
 def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, str]]:
@@ -100,15 +109,26 @@ def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, s
     inputs, missing = [], {}
     for cam in cameras:
         spec = outdir / "spectra"
-        pha, rmf, arf, bkg = (spec / f"{cam}_src.pha", spec / f"{cam}.rmf", spec / f"{cam}.arf",
-                              spec / f"{cam}_bkg.pha")
+        pha, rmf, arf, bkg = (
+            spec / f"{cam}_src.pha",
+            spec / f"{cam}.rmf",
+            spec / f"{cam}.arf",
+            spec / f"{cam}_bkg.pha",
+        )
         if not pha.exists():
             missing[cam] = f"no source spectrum {pha}"
         elif not rmf.exists():
             missing[cam] = f"no response matrix {rmf} (exact responses need SAS rmfgen/arfgen)"
         else:
-            inputs.append(FitInput(pha=pha, rmf=rmf, arf=arf if arf.exists() else None,
-                                   bkg=bkg if bkg.exists() else None, name=cam))
+            inputs.append(
+                FitInput(
+                    pha=pha,
+                    rmf=rmf,
+                    arf=arf if arf.exists() else None,
+                    bkg=bkg if bkg.exists() else None,
+                    name=cam,
+                )
+            )
     return inputs, missing
 
 
@@ -122,8 +142,9 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     for cam, why in missing.items():
         log.warning("fit: camera %s left out: %s", cam, why)
     if not inputs:
-        raise InputDataError("nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()),
-                             outdir / "spectra")
+        raise InputDataError(
+            "nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()), outdir / "spectra"
+        )
     if not fit_cfg.get("joint_cameras", True):
         inputs = inputs[:1]
     settings = auto_settings(fit_cfg["model"], obs.meta) if fit_cfg.get("auto_set", True) else []
@@ -132,21 +153,38 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     extra: dict[str, Any] = {}
     if engine_name == "xspec":
         xcfg = cfg.get("xspec", {})
-        engine = get_engine(engine_name, timeout_s=xcfg.get("timeout_s", 1800), chatter=xcfg.get("chatter", 0))
+        engine = get_engine(
+            engine_name, timeout_s=xcfg.get("timeout_s", 1800), chatter=xcfg.get("chatter", 0)
+        )
         extra["esas_sky"] = bool(xcfg.get("esas_sky", False))
     else:
         engine = get_engine(engine_name)
     fits_dir = outdir / "fits"
     fits_dir.mkdir(parents=True, exist_ok=True)
-    log.info("fit: engine=%s model=%s stat=%s datasets=%s", engine.name, fit_cfg["model"], fit_cfg["stat"],
-             [i.name for i in inputs])
+    log.info(
+        "fit: engine=%s model=%s stat=%s datasets=%s",
+        engine.name,
+        fit_cfg["model"],
+        fit_cfg["stat"],
+        [i.name for i in inputs],
+    )
     try:
         result = engine.fit_files(
-            inputs, fit_cfg["model"], stat=fit_cfg["stat"], notice_kev=tuple(fit_cfg["notice_kev"]),
-            set_params=settings, abund=fit_cfg.get("abund", "angr"), errors=fit_cfg.get("errors", "profile"),
-            redshift=obs.meta.get("z"), cosmology=cfg.get("cosmology"),
+            inputs,
+            fit_cfg["model"],
+            stat=fit_cfg["stat"],
+            notice_kev=tuple(fit_cfg["notice_kev"]),
+            set_params=settings,
+            abund=fit_cfg.get("abund", "angr"),
+            errors=fit_cfg.get("errors", "profile"),
+            redshift=obs.meta.get("z"),
+            cosmology=cfg.get("cosmology"),
             flux_bands_kev=[tuple(b) for b in fit_cfg.get("flux_bands_kev", [])],
-            cross_norm=len(inputs) > 1, workdir=fits_dir, log=log, **extra)
+            cross_norm=len(inputs) > 1,
+            workdir=fits_dir,
+            log=log,
+            **extra,
+        )
     except (ConfigError, InputDataError, ToolError):
         raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator
     except (ValueError, RuntimeError, FloatingPointError) as exc:
@@ -154,9 +192,13 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     result.write_json(fits_dir / "fit.json")
     result.to_xcm(fits_dir / "fit.xcm")
     atomic_write_text(fits_dir / "fit.txt", result.summary_text())
-    summary: dict[str, Any] = {"fit_json": str(fits_dir / "fit.json"), "engine": engine.name,
-                               "versions": engine.versions(), "cameras": [i.name for i in inputs],
-                               "left_out": missing}
+    summary: dict[str, Any] = {
+        "fit_json": str(fits_dir / "fit.json"),
+        "engine": engine.name,
+        "versions": engine.versions(),
+        "cameras": [i.name for i in inputs],
+        "left_out": missing,
+    }
     try:
         from .fitting.plots import plot_fit
 
@@ -188,8 +230,9 @@ def step_inputs(step: str, obs: Observation, outdir: Path) -> list[Path]:
     raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
 
 
-def run_step(step: str, obs: Observation, outdir: str | Path, cfg: dict[str, Any], *,
-             log: logging.Logger | None = None) -> dict[str, Any]:
+def run_step(
+    step: str, obs: Observation, outdir: str | Path, cfg: dict[str, Any], *, log: logging.Logger | None = None
+) -> dict[str, Any]:
     """Run one step of the chain for one observation and return its summary.
 
     Parameters

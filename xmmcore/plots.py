@@ -31,12 +31,21 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
     try:
         t0 = float(res.lc_time[0] - res.bin_s / 2) if res.lc_time.size else 0.0
         t = (res.lc_time - t0) / 1000.0
-        ax.step(t, res.lc_rate, where="mid", color="k", lw=0.8, label=f"{res.band_kev[0]:g}-{res.band_kev[1]:g} keV")
+        ax.step(
+            t,
+            res.lc_rate,
+            where="mid",
+            color="k",
+            lw=0.8,
+            label=f"{res.band_kev[0]:g}-{res.band_kev[1]:g} keV",
+        )
         ymax = np.nanmax(res.lc_rate) if np.isfinite(res.lc_rate).any() else 1.0
         for a, b in res.gti:
             ax.axvspan((a - t0) / 1000.0, (b - t0) / 1000.0, color="tab:green", alpha=0.15, lw=0)
         if np.isfinite(res.threshold):
-            ax.axhline(res.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.threshold:.3g} ct/s")
+            ax.axhline(
+                res.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.threshold:.3g} ct/s"
+            )
         if np.isfinite(res.mean):
             ax.axhline(res.mean, color="tab:blue", ls=":", lw=1, label=f"quiescent {res.mean:.3g} ct/s")
         ax.set_ylim(0, 1.1 * ymax if np.isfinite(ymax) and ymax > 0 else 1.0)
@@ -52,8 +61,9 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
     return Path(path)
 
 
-def plot_image_regions(image: np.ndarray, wcs: Any, extent: Any, regions: dict[str, Any], path: str | Path, *,
-                       title: str = "") -> Path:
+def plot_image_regions(
+    image: np.ndarray, wcs: Any, extent: Any, regions: dict[str, Any], path: str | Path, *, title: str = ""
+) -> Path:
     """Smoothed log image with the source circle, background annulus and masked point sources."""
     from matplotlib.patches import Circle
     from scipy import ndimage
@@ -80,8 +90,9 @@ def plot_image_regions(image: np.ndarray, wcs: Any, extent: Any, regions: dict[s
             ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.0, ls="--"))
         for p in regions.get("point_sources", []):
             px, py = extent.to_pixel(p["x"], p["y"])
-            ax.add_patch(Circle((px - x0, py - y0), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red",
-                                lw=0.8))
+            ax.add_patch(
+                Circle((px - x0, py - y0), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red", lw=0.8)
+            )
         ax.set_xlabel("RA")
         ax.set_ylabel("Dec")
         ax.set_title(title, fontsize=9)

@@ -68,8 +68,14 @@ class PointSource:
     snr: float
 
     def to_dict(self) -> dict[str, float]:
-        return {"x": self.x, "y": self.y, "ra": self.ra, "dec": self.dec, "r_arcsec": self.r_arcsec,
-                "snr": self.snr}
+        return {
+            "x": self.x,
+            "y": self.y,
+            "ra": self.ra,
+            "dec": self.dec,
+            "r_arcsec": self.r_arcsec,
+            "snr": self.snr,
+        }
 
 
 @dataclass
@@ -98,8 +104,12 @@ class Selection:
     def bbox(self) -> tuple[float, float, float, float]:
         """Physical bounding box ``(xmin, xmax, ymin, ymax)`` of the include regions."""
         boxes = [r.bounding_box for r in self.include]
-        return (min(b.ixmin for b in boxes) + 1.0, max(b.ixmax for b in boxes) + 1.0,
-                min(b.iymin for b in boxes) + 1.0, max(b.iymax for b in boxes) + 1.0)
+        return (
+            min(b.ixmin for b in boxes) + 1.0,
+            max(b.ixmax for b in boxes) + 1.0,
+            min(b.iymin for b in boxes) + 1.0,
+            max(b.iymax for b in boxes) + 1.0,
+        )
 
 
 def _phys_circle(x: float, y: float, r_phys: float, *, include: bool = True) -> CirclePixelRegion:
@@ -136,9 +146,16 @@ def region_area(sel: Selection, *, footprints: CcdFootprints | None = None, step
     return float(total) * step_phys**2
 
 
-def auto_centre(image: np.ndarray, extent: Extent, *, start_xy: tuple[float, float],
-                coverage: np.ndarray | None = None, smooth_phys: float = 320.0,
-                radii_arcmin: Sequence[float] = (4.0, 2.0, 1.0, 0.5), n_iter: int = 10) -> tuple[float, float]:
+def auto_centre(
+    image: np.ndarray,
+    extent: Extent,
+    *,
+    start_xy: tuple[float, float],
+    coverage: np.ndarray | None = None,
+    smooth_phys: float = 320.0,
+    radii_arcmin: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+    n_iter: int = 10,
+) -> tuple[float, float]:
     """Iterative centroid of a Gaussian-smoothed image, shrinking the aperture.
 
     Parameters
@@ -184,9 +201,18 @@ def auto_centre(image: np.ndarray, extent: Extent, *, start_xy: tuple[float, flo
     return x, y
 
 
-def sb_radius(image: np.ndarray, extent: Extent, centre_xy: tuple[float, float], *, coverage: np.ndarray,
-              nsigma: float = 3.0, width_arcmin: float = 0.25, bkg_arcmin: tuple[float, float] = (10.0, 13.0),
-              r_min_arcmin: float = 0.5, r_max_arcmin: float = 10.0) -> float:
+def sb_radius(
+    image: np.ndarray,
+    extent: Extent,
+    centre_xy: tuple[float, float],
+    *,
+    coverage: np.ndarray,
+    nsigma: float = 3.0,
+    width_arcmin: float = 0.25,
+    bkg_arcmin: tuple[float, float] = (10.0, 13.0),
+    r_min_arcmin: float = 0.5,
+    r_max_arcmin: float = 10.0,
+) -> float:
     """Radius [arcmin] out to which the surface brightness stays ``nsigma`` above background.
 
     Background = mean surface brightness in the ``bkg_arcmin`` annulus (on the detector);
@@ -217,9 +243,16 @@ def sb_radius(image: np.ndarray, extent: Extent, centre_xy: tuple[float, float],
     return float(np.clip(radius, r_min_arcmin, r_max_arcmin))
 
 
-def auto_radius(method: str, *, arcmin: float | None = None, r_kpc: float | None = None, z: float | None = None,
-                r500_kpc: float | None = None, cosmology: dict[str, float] | None = None,
-                sb: dict[str, Any] | None = None) -> tuple[float, str]:
+def auto_radius(
+    method: str,
+    *,
+    arcmin: float | None = None,
+    r_kpc: float | None = None,
+    z: float | None = None,
+    r500_kpc: float | None = None,
+    cosmology: dict[str, float] | None = None,
+    sb: dict[str, Any] | None = None,
+) -> tuple[float, str]:
     """Source radius [arcmin] from a config ``method`` and target metadata.
 
     ``fixed``: ``arcmin``; ``physical``: ``r_kpc`` at redshift ``z``; ``r500``: ``r500_kpc`` at ``z``
@@ -253,10 +286,20 @@ def bkg_annulus(r_src_arcmin: float, *, inner: float = 1.05, outer: float = 1.5)
     return r_src_arcmin * inner, r_src_arcmin * outer
 
 
-def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverage: np.ndarray,
-                         snr: float = 5.0, cell: int = 3, bkg_box: int = 21, min_counts: int = 6,
-                         mask_radius_arcsec: float = 20.0, exclude_xy: tuple[float, float] | None = None,
-                         exclude_radius_phys: float = 0.0) -> list[PointSource]:
+def detect_point_sources(
+    image: np.ndarray,
+    extent: Extent,
+    wcs: WCS,
+    *,
+    coverage: np.ndarray,
+    snr: float = 5.0,
+    cell: int = 3,
+    bkg_box: int = 21,
+    min_counts: int = 6,
+    mask_radius_arcsec: float = 20.0,
+    exclude_xy: tuple[float, float] | None = None,
+    exclude_radius_phys: float = 0.0,
+) -> list[PointSource]:
     """Sliding-cell detection (as ``eboxdetect`` in local mode).
 
     The counts in a ``cell x cell`` box are compared with the local background expected from a
@@ -277,8 +320,12 @@ def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverag
         expect = bkg_per_pix * c_cov
         sig = (c_sum - expect) / np.sqrt(np.maximum(expect, 0.5))
     sig = np.nan_to_num(sig, nan=0.0)
-    peak = (sig == ndimage.maximum_filter(sig, size=cell)) & (sig >= snr) & (c_sum >= min_counts) \
+    peak = (
+        (sig == ndimage.maximum_filter(sig, size=cell))
+        & (sig >= snr)
+        & (c_sum >= min_counts)
         & (c_cov >= 0.9 * cell**2)
+    )
     jj, ii = np.nonzero(peak)
     # Gaussian-equivalent significance of the Poisson tail P(N >= C | B): the (C-B)/sqrt(B)
     # shortcut overstates faint cells on low backgrounds.
@@ -308,8 +355,16 @@ def detect_point_sources(image: np.ndarray, extent: Extent, wcs: WCS, *, coverag
         if any(np.hypot(x - p.x, y - p.y) < mask_radius_arcsec / PHYS_PIXEL_ARCSEC for p in out):
             continue
         sky = wcs.pixel_to_world(fi, fj)
-        out.append(PointSource(x=x, y=y, ra=float(sky.ra.deg), dec=float(sky.dec.deg),
-                               r_arcsec=float(mask_radius_arcsec), snr=float(sig[j, i])))
+        out.append(
+            PointSource(
+                x=x,
+                y=y,
+                ra=float(sky.ra.deg),
+                dec=float(sky.dec.deg),
+                r_arcsec=float(mask_radius_arcsec),
+                snr=float(sig[j, i]),
+            )
+        )
     return out
 
 
@@ -355,12 +410,23 @@ def _fmt_circle(ra: float, dec: float, r_arcsec: float, *, exclude: bool = False
     return f'{"-" if exclude else ""}circle({ra:.7f},{dec:.7f},{r_arcsec:.3f}"){tail}'
 
 
-def write_ds9(path: str | Path, *, centre_radec: tuple[float, float], r_out_arcmin: float,
-              r_in_arcmin: float = 0.0, point_sources: Sequence[PointSource] = (), comment: str = "") -> Path:
+def write_ds9(
+    path: str | Path,
+    *,
+    centre_radec: tuple[float, float],
+    r_out_arcmin: float,
+    r_in_arcmin: float = 0.0,
+    point_sources: Sequence[PointSource] = (),
+    comment: str = "",
+) -> Path:
     """Write a circle or annulus (fk5) with point sources as ``-circle`` exclusions (atomic)."""
     ra, dec = centre_radec
-    lines = ["# Region file format: DS9 version 4.1", f"# {comment}" if comment else "# xmm-survey region",
-             'global color=green width=1 font="helvetica 10 normal roman"', "fk5"]
+    lines = [
+        "# Region file format: DS9 version 4.1",
+        f"# {comment}" if comment else "# xmm-survey region",
+        'global color=green width=1 font="helvetica 10 normal roman"',
+        "fk5",
+    ]
     if r_in_arcmin > 0:
         lines.append(f'annulus({ra:.7f},{dec:.7f},{r_in_arcmin * 60:.3f}",{r_out_arcmin * 60:.3f}")')
     else:
@@ -371,13 +437,21 @@ def write_ds9(path: str | Path, *, centre_radec: tuple[float, float], r_out_arcm
 
 
 def _write_ptsrc(path: Path, point_sources: Sequence[PointSource]) -> Path:
-    lines = ["# Region file format: DS9 version 4.1", "# point sources (sliding-cell detection)",
-             "global color=red", "fk5"]
-    lines += [_fmt_circle(p.ra, p.dec, p.r_arcsec, comment=f"text={{S/N {p.snr:.1f}}}") for p in point_sources]
+    lines = [
+        "# Region file format: DS9 version 4.1",
+        "# point sources (sliding-cell detection)",
+        "global color=red",
+        "fk5",
+    ]
+    lines += [
+        _fmt_circle(p.ra, p.dec, p.r_arcsec, comment=f"text={{S/N {p.snr:.1f}}}") for p in point_sources
+    ]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _sel_overlapping(points: Sequence[PointSource], x: float, y: float, r_out_phys: float) -> list[PointSource]:
+def _sel_overlapping(
+    points: Sequence[PointSource], x: float, y: float, r_out_phys: float
+) -> list[PointSource]:
     return [p for p in points if np.hypot(p.x - x, p.y - y) < r_out_phys + p.r_arcsec / PHYS_PIXEL_ARCSEC]
 
 
@@ -390,7 +464,9 @@ def selection_from_regions_dict(regions: dict[str, Any], camera: str, which: str
     return read_ds9(files[key], header)
 
 
-def _centre_start(evls: Sequence[EventList], meta: dict[str, Any], cfg_centre: Any) -> tuple[float, float, bool]:
+def _centre_start(
+    evls: Sequence[EventList], meta: dict[str, Any], cfg_centre: Any
+) -> tuple[float, float, bool]:
     """Starting (ra, dec) and whether it is fixed by the config."""
     if isinstance(cfg_centre, (list, tuple)) and len(cfg_centre) == 2:
         return float(cfg_centre[0]), float(cfg_centre[1]), True
@@ -404,8 +480,9 @@ def _centre_start(evls: Sequence[EventList], meta: dict[str, Any], cfg_centre: A
     return float(h["RA_PNT"]), float(h["DEC_PNT"]), False
 
 
-def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logging.Logger | None = None
-                 ) -> dict[str, Any]:
+def make_regions(
+    obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logging.Logger | None = None
+) -> dict[str, Any]:
     """Regions step: centre, radius, background, point sources; DS9 files, ``regions.json``, image plots.
 
     Reads ``outdir/events/<cam>_clean.fits`` for every camera that the filter step produced.
@@ -419,10 +496,16 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
     log = log or logging.getLogger("xmmcore.regions")
     outdir = Path(outdir)
     rcfg = cfg.get("regions", {})
-    cams = [c for c in cfg.get("cameras", ["pn", "mos1", "mos2"]) if (outdir / "events" / f"{c}_clean.fits").exists()]
+    cams = [
+        c
+        for c in cfg.get("cameras", ["pn", "mos1", "mos2"])
+        if (outdir / "events" / f"{c}_clean.fits").exists()
+    ]
     if not cams:
         raise InputDataError("no cleaned event list: run the filter step first", outdir / "events")
-    evls = {c: read_events(outdir / "events" / f"{c}_clean.fits", columns=("X", "Y", "PI", "CCDNR")) for c in cams}
+    evls = {
+        c: read_events(outdir / "events" / f"{c}_clean.fits", columns=("X", "Y", "PI", "CCDNR")) for c in cams
+    }
     ref = evls[cams[0]]
     pw = phys_wcs(ref.header)
     extent = extent_of(list(evls.values()), bin_phys=80.0)
@@ -434,7 +517,9 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
         image += img
         footprints[cam] = ccd_footprints(e)
         coverage = np.maximum(coverage, coverage_image(footprints[cam], extent))
-    ra0, dec0, fixed = _centre_start(list(evls.values()), getattr(obs, "meta", {}) or {}, rcfg.get("centre", "auto"))
+    ra0, dec0, fixed = _centre_start(
+        list(evls.values()), getattr(obs, "meta", {}) or {}, rcfg.get("centre", "auto")
+    )
     sx, sy = pw.world_to_pixel(SkyCoord(ra0 * u.deg, dec0 * u.deg, frame="fk5"))
     start = (float(sx) + 1.0, float(sy) + 1.0)
     if fixed:
@@ -447,20 +532,46 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
     rad = rcfg.get("radius", {})
     meta = getattr(obs, "meta", {}) or {}
     r_src, r_note = auto_radius(
-        rad.get("method", "fixed"), arcmin=rad.get("arcmin"), r_kpc=rad.get("r_kpc"), z=meta.get("z"),
-        r500_kpc=meta.get("r500_kpc"), cosmology=cfg.get("cosmology"),
-        sb={"image": image, "extent": extent, "centre_xy": (cx, cy), "coverage": coverage,
-            "nsigma": rad.get("sb_nsigma", 3.0)})
+        rad.get("method", "fixed"),
+        arcmin=rad.get("arcmin"),
+        r_kpc=rad.get("r_kpc"),
+        z=meta.get("z"),
+        r500_kpc=meta.get("r500_kpc"),
+        cosmology=cfg.get("cosmology"),
+        sb={
+            "image": image,
+            "extent": extent,
+            "centre_xy": (cx, cy),
+            "coverage": coverage,
+            "nsigma": rad.get("sb_nsigma", 3.0),
+        },
+    )
     bcfg = rcfg.get("background", {})
     b_in, b_out = bkg_annulus(r_src, inner=bcfg.get("inner", 1.05), outer=bcfg.get("outer", 1.5))
     pcfg = rcfg.get("point_sources", {})
     points: list[PointSource] = []
     if pcfg.get("detect", True):
-        points = detect_point_sources(image, extent, wcs, coverage=coverage, snr=pcfg.get("snr", 5.0),
-                                      mask_radius_arcsec=pcfg.get("mask_radius_arcsec", 20.0),
-                                      exclude_xy=(cx, cy), exclude_radius_phys=0.15 * r_src * _ARCMIN_PHYS)
-    log.info("regions: centre (%.5f, %.5f) [%s], R=%.2f arcmin (%s), bkg %.2f-%.2f arcmin, %d point sources",
-             csky.ra.deg, csky.dec.deg, centre_note, r_src, r_note, b_in, b_out, len(points))
+        points = detect_point_sources(
+            image,
+            extent,
+            wcs,
+            coverage=coverage,
+            snr=pcfg.get("snr", 5.0),
+            mask_radius_arcsec=pcfg.get("mask_radius_arcsec", 20.0),
+            exclude_xy=(cx, cy),
+            exclude_radius_phys=0.15 * r_src * _ARCMIN_PHYS,
+        )
+    log.info(
+        "regions: centre (%.5f, %.5f) [%s], R=%.2f arcmin (%s), bkg %.2f-%.2f arcmin, %d point sources",
+        csky.ra.deg,
+        csky.dec.deg,
+        centre_note,
+        r_src,
+        r_note,
+        b_in,
+        b_out,
+        len(points),
+    )
     rdir = outdir / "regions"
     files: dict[str, str] = {}
     src_pts = _sel_overlapping(points, cx, cy, r_src * _ARCMIN_PHYS)
@@ -476,14 +587,25 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
             read_ds9(user_src, evls[cam].header)  # validate before copying
             atomic_write_text(src_path, Path(user_src).read_text())
         else:
-            write_ds9(src_path, centre_radec=(csky.ra.deg, csky.dec.deg), r_out_arcmin=r_src,
-                      point_sources=src_pts, comment=f"{obs.obsid} {cam} source, {r_note}")
+            write_ds9(
+                src_path,
+                centre_radec=(csky.ra.deg, csky.dec.deg),
+                r_out_arcmin=r_src,
+                point_sources=src_pts,
+                comment=f"{obs.obsid} {cam} source, {r_note}",
+            )
         if user_bkg:
             read_ds9(user_bkg, evls[cam].header)
             atomic_write_text(bkg_path, Path(user_bkg).read_text())
         else:
-            write_ds9(bkg_path, centre_radec=(csky.ra.deg, csky.dec.deg), r_in_arcmin=b_in, r_out_arcmin=b_out,
-                      point_sources=bkg_pts, comment=f"{obs.obsid} {cam} background annulus")
+            write_ds9(
+                bkg_path,
+                centre_radec=(csky.ra.deg, csky.dec.deg),
+                r_in_arcmin=b_in,
+                r_out_arcmin=b_out,
+                point_sources=bkg_pts,
+                comment=f"{obs.obsid} {cam} background annulus",
+            )
         files[f"{cam}_src"] = str(src_path)
         files[f"{cam}_bkg"] = str(bkg_path)
     annuli = rcfg.get("annuli")
@@ -494,30 +616,53 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
         for cam in cams:
             for k, (a, b) in enumerate(itertools.pairwise(radii)):
                 p = rdir / f"{cam}_ann{k}_src.reg"
-                write_ds9(p, centre_radec=(csky.ra.deg, csky.dec.deg), r_in_arcmin=a, r_out_arcmin=b,
-                          point_sources=_sel_overlapping(points, cx, cy, b * _ARCMIN_PHYS),
-                          comment=f"{obs.obsid} {cam} annulus {a}-{b} arcmin")
+                write_ds9(
+                    p,
+                    centre_radec=(csky.ra.deg, csky.dec.deg),
+                    r_in_arcmin=a,
+                    r_out_arcmin=b,
+                    point_sources=_sel_overlapping(points, cx, cy, b * _ARCMIN_PHYS),
+                    comment=f"{obs.obsid} {cam} annulus {a}-{b} arcmin",
+                )
                 files[f"{cam}_ann{k}_src"] = str(p)
     _write_ptsrc(rdir / "ptsrc.reg", points)
     result: dict[str, Any] = {
-        "centre_ra": float(csky.ra.deg), "centre_dec": float(csky.dec.deg), "centre_x": float(cx),
-        "centre_y": float(cy), "centre_method": centre_note, "r_src_arcmin": float(r_src), "radius_note": r_note,
-        "bkg_inner_arcmin": float(b_in), "bkg_outer_arcmin": float(b_out),
-        "point_sources": [p.to_dict() for p in points], "n_point_sources": len(points),
+        "centre_ra": float(csky.ra.deg),
+        "centre_dec": float(csky.dec.deg),
+        "centre_x": float(cx),
+        "centre_y": float(cy),
+        "centre_method": centre_note,
+        "r_src_arcmin": float(r_src),
+        "radius_note": r_note,
+        "bkg_inner_arcmin": float(b_in),
+        "bkg_outer_arcmin": float(b_out),
+        "point_sources": [p.to_dict() for p in points],
+        "n_point_sources": len(points),
         "annuli_arcmin": [float(r) for r in annuli] if annuli else None,
         "user_src_region": str(user_src) if user_src else None,
         "user_bkg_region": str(user_bkg) if user_bkg else None,
-        "files": files, "ptsrc_file": str(rdir / "ptsrc.reg"),
+        "files": files,
+        "ptsrc_file": str(rdir / "ptsrc.reg"),
     }
     from .images import exposure_image, image_wcs, write_image
 
     for cam in cams:
         img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
-        write_image(img, wcs_c, extent, rdir / f"{cam}_img_0.5-2keV.fits",
-                    header_extra={"INSTRUME": evls[cam].header.get("INSTRUME", ""), "E_MIN": 0.5, "E_MAX": 2.0})
+        write_image(
+            img,
+            wcs_c,
+            extent,
+            rdir / f"{cam}_img_0.5-2keV.fits",
+            header_extra={"INSTRUME": evls[cam].header.get("INSTRUME", ""), "E_MIN": 0.5, "E_MAX": 2.0},
+        )
         expo = exposure_image(evls[cam], extent, footprints=footprints[cam])
-        write_image(expo, image_wcs(evls[cam].header, extent), extent, rdir / f"{cam}_flatexp_0.5-2keV.fits",
-                    header_extra={"BUNIT": "s", "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI"})
+        write_image(
+            expo,
+            image_wcs(evls[cam].header, extent),
+            extent,
+            rdir / f"{cam}_flatexp_0.5-2keV.fits",
+            header_extra={"BUNIT": "s", "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI"},
+        )
         files[f"{cam}_image"] = str(rdir / f"{cam}_img_0.5-2keV.fits")
         files[f"{cam}_expmap"] = str(rdir / f"{cam}_flatexp_0.5-2keV.fits")
     atomic_write_json(rdir / "regions.json", result)
@@ -526,8 +671,14 @@ def make_regions(obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logg
 
         for cam in cams:
             img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
-            plot_image_regions(img, wcs_c, extent, result, outdir / "plots" / f"{cam}_image.png",
-                               title=f"{obs.obsid} {cam} 0.5-2 keV")
+            plot_image_regions(
+                img,
+                wcs_c,
+                extent,
+                result,
+                outdir / "plots" / f"{cam}_image.png",
+                title=f"{obs.obsid} {cam} 0.5-2 keV",
+            )
     except (ValueError, OSError) as exc:
         log.warning("image plot failed: %s", exc)
         result["plot_error"] = str(exc)

@@ -100,18 +100,68 @@ class CameraSpec:
 
 
 _PN_AREA = (
-    (0.05, 2.0), (0.10, 30.0), (0.15, 110.0), (0.20, 300.0), (0.28, 330.0), (0.30, 270.0), (0.40, 560.0),
-    (0.50, 820.0), (0.53, 860.0), (0.56, 800.0), (0.70, 1000.0), (1.00, 1190.0), (1.50, 1300.0),
-    (1.80, 1290.0), (2.00, 1270.0), (2.15, 1230.0), (2.30, 1050.0), (2.60, 900.0), (3.00, 870.0),
-    (4.00, 895.0), (5.00, 895.0), (6.00, 840.0), (7.00, 705.0), (8.00, 520.0), (9.00, 380.0),
-    (10.0, 250.0), (11.0, 156.0), (11.8, 110.0), (12.0, 40.0), (13.0, 28.0), (14.0, 20.0), (15.0, 14.0),
+    (0.05, 2.0),
+    (0.10, 30.0),
+    (0.15, 110.0),
+    (0.20, 300.0),
+    (0.28, 330.0),
+    (0.30, 270.0),
+    (0.40, 560.0),
+    (0.50, 820.0),
+    (0.53, 860.0),
+    (0.56, 800.0),
+    (0.70, 1000.0),
+    (1.00, 1190.0),
+    (1.50, 1300.0),
+    (1.80, 1290.0),
+    (2.00, 1270.0),
+    (2.15, 1230.0),
+    (2.30, 1050.0),
+    (2.60, 900.0),
+    (3.00, 870.0),
+    (4.00, 895.0),
+    (5.00, 895.0),
+    (6.00, 840.0),
+    (7.00, 705.0),
+    (8.00, 520.0),
+    (9.00, 380.0),
+    (10.0, 250.0),
+    (11.0, 156.0),
+    (11.8, 110.0),
+    (12.0, 40.0),
+    (13.0, 28.0),
+    (14.0, 20.0),
+    (15.0, 14.0),
 )
 _MOS_AREA = (
-    (0.05, 0.5), (0.10, 3.0), (0.15, 12.0), (0.20, 26.0), (0.30, 24.0), (0.40, 85.0), (0.50, 185.0),
-    (0.53, 195.0), (0.56, 180.0), (0.70, 215.0), (1.00, 385.0), (1.50, 550.0), (1.80, 530.0),
-    (1.86, 460.0), (2.00, 450.0), (2.20, 455.0), (2.40, 390.0), (3.00, 385.0), (4.00, 395.0),
-    (5.00, 340.0), (6.00, 245.0), (7.00, 152.0), (8.00, 84.0), (9.00, 46.0), (10.0, 24.5),
-    (11.0, 12.6), (11.8, 8.0), (12.0, 2.9),
+    (0.05, 0.5),
+    (0.10, 3.0),
+    (0.15, 12.0),
+    (0.20, 26.0),
+    (0.30, 24.0),
+    (0.40, 85.0),
+    (0.50, 185.0),
+    (0.53, 195.0),
+    (0.56, 180.0),
+    (0.70, 215.0),
+    (1.00, 385.0),
+    (1.50, 550.0),
+    (1.80, 530.0),
+    (1.86, 460.0),
+    (2.00, 450.0),
+    (2.20, 455.0),
+    (2.40, 390.0),
+    (3.00, 385.0),
+    (4.00, 395.0),
+    (5.00, 340.0),
+    (6.00, 245.0),
+    (7.00, 152.0),
+    (8.00, 84.0),
+    (9.00, 46.0),
+    (10.0, 24.5),
+    (11.0, 12.6),
+    (11.8, 8.0),
+    (12.0, 2.9),
 )
 
 CAMERA_SPECS: dict[str, CameraSpec] = {
@@ -130,7 +180,9 @@ def camera_spec(camera: str) -> CameraSpec:
     try:
         return CAMERA_SPECS[camera]
     except KeyError:
-        raise InputDataError(f"unknown EPIC camera {camera!r} (expected one of {sorted(CAMERA_SPECS)})") from None
+        raise InputDataError(
+            f"unknown EPIC camera {camera!r} (expected one of {sorted(CAMERA_SPECS)})"
+        ) from None
 
 
 def energy_grid(camera: str) -> tuple[np.ndarray, np.ndarray]:
@@ -223,8 +275,15 @@ def make_rmf(camera: str, *, filter_name: str = "Medium"):  # -> xmmcore.ogip.RM
     keep = vals > 1e-9
     matrix = sp.csr_matrix((vals[keep], (rows[keep], cols[keep])), shape=(lo.size, spec.n_chan))
     header = _header(camera, filter_name) | {"HDUCLAS3": "REDIST", "LO_THRES": 1e-9}
-    return RMF(energ_lo=lo, energ_hi=hi, matrix=matrix, e_min=edges[:-1].copy(), e_max=edges[1:].copy(),
-               channel_offset=0, header=header)
+    return RMF(
+        energ_lo=lo,
+        energ_hi=hi,
+        matrix=matrix,
+        e_min=edges[:-1].copy(),
+        e_max=edges[1:].copy(),
+        channel_offset=0,
+        header=header,
+    )
 
 
 def make_arf(camera: str, *, offaxis_arcmin: float = 0.0, fraction: float = 1.0, filter_name: str = "Medium"):
@@ -251,8 +310,9 @@ def make_arf(camera: str, *, offaxis_arcmin: float = 0.0, fraction: float = 1.0,
     return ARF(energ_lo=lo, energ_hi=hi, specresp=area, header=_header(camera, filter_name))
 
 
-def write_responses(directory: str | Path, cameras: tuple[str, ...] = ("pn", "mos1", "mos2"), *,
-                    filter_name: str = "Medium") -> dict[str, dict[str, Path]]:
+def write_responses(
+    directory: str | Path, cameras: tuple[str, ...] = ("pn", "mos1", "mos2"), *, filter_name: str = "Medium"
+) -> dict[str, dict[str, Path]]:
     """Write ``<camera>.rmf`` and ``<camera>.arf`` (on-axis) for each camera into ``directory``.
 
     Returns

@@ -74,8 +74,15 @@ def parse_sas_messages(text: str) -> list[SasMessage]:
     for line in text.splitlines():
         m = _SAS_MSG.match(line)
         if m:
-            out.append(SasMessage(task=m["task"], level=m["level"].lower(), code=(m["code"] or "").strip(),
-                                  message=m["msg"].strip(" ,"), line=line.strip()))
+            out.append(
+                SasMessage(
+                    task=m["task"],
+                    level=m["level"].lower(),
+                    code=(m["code"] or "").strip(),
+                    message=m["msg"].strip(" ,"),
+                    line=line.strip(),
+                )
+            )
     return out
 
 
@@ -133,7 +140,9 @@ def parse_sasversion(text: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- XSPEC
-_XSPEC_MSG = re.compile(r"^\s*\*{3}\s*(?P<kind>XSPEC Error|Error|Warning)\s*:?\s*(?P<msg>.*?)\s*$", re.IGNORECASE)
+_XSPEC_MSG = re.compile(
+    r"^\s*\*{3}\s*(?P<kind>XSPEC Error|Error|Warning)\s*:?\s*(?P<msg>.*?)\s*$", re.IGNORECASE
+)
 _XSPEC_VERSION = re.compile(r"XSPEC\s+version:\s*(?P<version>\d+\.\d+\.\d+[a-z]?)", re.IGNORECASE)
 _ERR_HEADER = re.compile(r"Parameter\s+Confidence Range\s+\((?P<delta>[0-9.]+)\)")
 _ERR_ROW = re.compile(
@@ -195,12 +204,15 @@ def parse_xspec_error_table(text: str) -> dict[int, dict[str, float | str]]:
             continue
         try:
             row: dict[str, float | str] = {
-                "lo": float(m["lo"]), "hi": float(m["hi"]),
-                "err_lo": float(m["dlo"]), "err_hi": float(m["dhi"]), "delta_stat": delta,
+                "lo": float(m["lo"]),
+                "hi": float(m["hi"]),
+                "err_lo": float(m["dlo"]),
+                "err_hi": float(m["dhi"]),
+                "delta_stat": delta,
             }
         except ValueError:
             continue
-        note = line[m.end():].strip()
+        note = line[m.end() :].strip()
         if note:
             row["note"] = note
         out[int(m["num"])] = row
@@ -216,11 +228,24 @@ def parse_xspec_flux(text: str) -> list[dict[str, float]]:
     for line in text.splitlines():
         m = _FLUX.search(line)
         if m:
-            out.append({"lo_kev": float(m["lo"]), "hi_kev": float(m["hi"]),
-                        "photons": float(m["photons"]), "erg": float(m["erg"])})
+            out.append(
+                {
+                    "lo_kev": float(m["lo"]),
+                    "hi_kev": float(m["hi"]),
+                    "photons": float(m["photons"]),
+                    "erg": float(m["erg"]),
+                }
+            )
             continue
         e = _FLUX_ERR.search(line)
         if e and out:
-            out[-1].update({"photons_lo": float(e["plo"]), "photons_hi": float(e["phi"]),
-                            "erg_lo": float(e["elo"]), "erg_hi": float(e["ehi"]), "cl": float(e["cl"])})
+            out[-1].update(
+                {
+                    "photons_lo": float(e["plo"]),
+                    "photons_hi": float(e["phi"]),
+                    "erg_lo": float(e["elo"]),
+                    "erg_hi": float(e["ehi"]),
+                    "cl": float(e["cl"]),
+                }
+            )
     return out

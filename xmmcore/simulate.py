@@ -175,8 +175,15 @@ def _layout(camera: str) -> _Layout:
         return _Layout("pn", np.array(ccds), x0, x0 + w, y0, y0 + h, 4.1, (64, 200))
     s, gap = 600 * 1.1, 10.0
     step = s + gap
-    centres = {1: (0.0, 0.0), 2: (0.0, step), 3: (-step, 0.5 * step), 4: (-step, -0.5 * step),
-               5: (0.0, -step), 6: (step, -0.5 * step), 7: (step, 0.5 * step)}
+    centres = {
+        1: (0.0, 0.0),
+        2: (0.0, step),
+        3: (-step, 0.5 * step),
+        4: (-step, -0.5 * step),
+        5: (0.0, -step),
+        6: (step, -0.5 * step),
+        7: (step, 0.5 * step),
+    }
     ccd = np.arange(1, 8)
     cx = np.array([centres[int(c)][0] for c in ccd])
     cy = np.array([centres[int(c)][1] for c in ccd])
@@ -270,8 +277,9 @@ def _powerlaw_flux(nh: float, index: float, norm: float, lo: np.ndarray, hi: np.
     return _model("wabs*powerlaw").evaluate(lo, hi, [nh, index, norm])
 
 
-def _sky_flux_per_arcmin2(nh: float, cxb_scale: float, gal_norm: float, lo: np.ndarray,
-                          hi: np.ndarray) -> np.ndarray:
+def _sky_flux_per_arcmin2(
+    nh: float, cxb_scale: float, gal_norm: float, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
     cxb = _powerlaw_flux(nh, 1.46, _CXB_NORM_PER_ARCMIN2 * cxb_scale, lo, hi)
     return cxb + _model("bremss").evaluate(lo, hi, [0.2, gal_norm])
 
@@ -287,8 +295,12 @@ def _galactic_norm(nh: float, ratio: float) -> float:
 def _qpb_density(camera: str, e_kev: np.ndarray) -> np.ndarray:
     """Particle-background counts/s/keV/arcmin^2 at PI energy ``e_kev``."""
     cont = np.where(e_kev >= 0.15, (np.maximum(e_kev, 0.15) / 11.0) ** -0.15, 0.0)
-    lines = sum(w * np.exp(-0.5 * ((e_kev - e0) / sigma_kev(camera, e0)) ** 2)
-                / (np.sqrt(2 * np.pi) * sigma_kev(camera, e0)) for e0, w in _QPB_LINES[camera])
+    lines = sum(
+        w
+        * np.exp(-0.5 * ((e_kev - e0) / sigma_kev(camera, e0)) ** 2)
+        / (np.sqrt(2 * np.pi) * sigma_kev(camera, e0))
+        for e0, w in _QPB_LINES[camera]
+    )
     noise = np.where((e_kev > 0.02) & (e_kev < 0.25), 3.0 * np.exp(-e_kev / 0.05), 0.0)
     dens = cont + lines + noise
     return _QPB_RATE[camera] * np.where(e_kev <= _QPB_TOP_KEV[camera], dens, 0.0)
@@ -297,7 +309,7 @@ def _qpb_density(camera: str, e_kev: np.ndarray) -> np.ndarray:
 def _sp_density(camera: str, e_kev: np.ndarray) -> np.ndarray:
     """Soft-proton spectrum (counts per keV) normalised to 1 count in 10-12 keV."""
     dens = np.where((e_kev >= 0.15) & (e_kev <= _QPB_TOP_KEV[camera]), np.maximum(e_kev, 0.15) ** -0.5, 0.0)
-    norm = (12.0 ** 0.5 - 10.0 ** 0.5) / 0.5
+    norm = (12.0**0.5 - 10.0**0.5) / 0.5
     return dens / norm
 
 
@@ -364,8 +376,16 @@ def _ew_rest_kev(kt: float, abundance: float) -> float:
     return 1.2 * abundance * shape
 
 
-def _draw_cluster(rng: np.random.Generator, *, z_range, kt_range, nh: float, counts_range,
-                  centre_xy: tuple[float, float], overrides: Mapping[str, float] | None) -> dict[str, float]:
+def _draw_cluster(
+    rng: np.random.Generator,
+    *,
+    z_range,
+    kt_range,
+    nh: float,
+    counts_range,
+    centre_xy: tuple[float, float],
+    overrides: Mapping[str, float] | None,
+) -> dict[str, float]:
     p: dict[str, float] = {
         "kT": float(rng.uniform(*kt_range)),
         "z": float(rng.uniform(*z_range)),
@@ -417,11 +437,24 @@ def _ks_range(exposure_ks: float | Sequence[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_per_field: int,
-                point_sources: float, flare_fraction: float, counts_range, kt_range, z_range, nh_range,
-                cluster_overrides: Mapping[str, float] | None) -> _Field:
+def _draw_field(
+    rng: np.random.Generator,
+    obsid: str,
+    *,
+    exposure_ks,
+    targets_per_field: int,
+    point_sources: float,
+    flare_fraction: float,
+    counts_range,
+    kt_range,
+    z_range,
+    nh_range,
+    cluster_overrides: Mapping[str, float] | None,
+) -> _Field:
     ra_pnt = float(rng.uniform(0.0, 360.0))
-    dec_pnt = float(np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(-60)), math.sin(math.radians(70))))))
+    dec_pnt = float(
+        np.degrees(np.arcsin(rng.uniform(math.sin(math.radians(-60)), math.sin(math.radians(70)))))
+    )
     pa = float(rng.uniform(0.0, 360.0))
     tstart = float(np.floor(rng.uniform(_MET_2003, _MET_2020)))
     lo_ks, hi_ks = _ks_range(exposure_ks)
@@ -451,10 +484,15 @@ def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_pe
             r_off, theta = rng.uniform(360.0, 660.0), rng.uniform(0, 2 * np.pi)
             cr = (counts_range[0] * 0.3, counts_range[1] * 0.3)
             ov = None
-        xy = (SKY_REF_PIXEL + r_off * math.cos(theta) / SKY_PIXEL_ARCSEC,
-              SKY_REF_PIXEL + r_off * math.sin(theta) / SKY_PIXEL_ARCSEC)
-        clusters.append(_draw_cluster(rng, z_range=z_range, kt_range=kt_range, nh=nh, counts_range=cr,
-                                      centre_xy=xy, overrides=ov))
+        xy = (
+            SKY_REF_PIXEL + r_off * math.cos(theta) / SKY_PIXEL_ARCSEC,
+            SKY_REF_PIXEL + r_off * math.sin(theta) / SKY_PIXEL_ARCSEC,
+        )
+        clusters.append(
+            _draw_cluster(
+                rng, z_range=z_range, kt_range=kt_range, nh=nh, counts_range=cr, centre_xy=xy, overrides=ov
+            )
+        )
 
     n_ps = int(rng.poisson(point_sources)) if point_sources > 0 else 0
     pss: list[dict[str, float]] = []
@@ -463,8 +501,14 @@ def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_pe
         x = SKY_REF_PIXEL + ox[0] / SKY_PIXEL_ARCSEC
         y = SKY_REF_PIXEL + oy[0] / SKY_PIXEL_ARCSEC
         if all(math.hypot(x - c["x"], y - c["y"]) * SKY_PIXEL_ARCSEC > 300.0 for c in clusters):
-            pss.append({"x": float(x), "y": float(y), "index": float(rng.normal(1.8, 0.2)),
-                        "counts_pn": float(50.0 * (1.0 - rng.random()) ** (-1.0 / 1.2))})
+            pss.append(
+                {
+                    "x": float(x),
+                    "y": float(y),
+                    "index": float(rng.normal(1.8, 0.2)),
+                    "counts_pn": float(50.0 * (1.0 - rng.random()) ** (-1.0 / 1.2)),
+                }
+            )
     for ps in pss:
         ps["counts_pn"] = min(ps["counts_pn"], 3000.0)
 
@@ -477,13 +521,28 @@ def _draw_field(rng: np.random.Generator, obsid: str, *, exposure_ks, targets_pe
         t = tstart
         for d, g in zip(durations, gaps[:-1]):
             t += g
-            flares.append({"tstart": float(t), "tstop": float(t + d), "peak_factor": float(rng.uniform(2.0, 6.0))})
+            flares.append(
+                {"tstart": float(t), "tstop": float(t + d), "peak_factor": float(rng.uniform(2.0, 6.0))}
+            )
             t += d
     qpb_scale = {cam: float(rng.uniform(0.8, 1.4)) for cam in CAMERAS}
-    return _Field(obsid=obsid, ra_pnt=ra_pnt, dec_pnt=dec_pnt, pa=pa, tstart=tstart, ontime=ontime, gti=gti,
-                  nh=nh, clusters=clusters, point_sources=pss, cxb_scale=float(rng.uniform(0.85, 1.15)),
-                  gal_norm=_galactic_norm(nh, float(rng.uniform(0.4, 0.8))), qpb_scale=qpb_scale, flares=flares,
-                  flare_peak_10_12={})
+    return _Field(
+        obsid=obsid,
+        ra_pnt=ra_pnt,
+        dec_pnt=dec_pnt,
+        pa=pa,
+        tstart=tstart,
+        ontime=ontime,
+        gti=gti,
+        nh=nh,
+        clusters=clusters,
+        point_sources=pss,
+        cxb_scale=float(rng.uniform(0.85, 1.15)),
+        gal_norm=_galactic_norm(nh, float(rng.uniform(0.4, 0.8))),
+        qpb_scale=qpb_scale,
+        flares=flares,
+        flare_peak_10_12={},
+    )
 
 
 def _flare_profile(field: _Field, t: np.ndarray) -> np.ndarray:
@@ -538,14 +597,17 @@ class _CameraSim:
         self.sp_acceptance = float("nan")  # fraction of soft protons detected (set by expected())
 
     # -- geometry helpers
-    def _accept(self, ox: np.ndarray, oy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _accept(
+        self, ox: np.ndarray, oy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         dx, dy = _sky_to_det(ox, oy, self.rot)
         ccd = self.layout.locate(dx, dy, self.live)
         in_fov = np.hypot(dx, dy) <= _FOV_RADIUS_ARCMIN * 60.0
         return dx, dy, ccd, (ccd > 0) & in_fov
 
-    def _weights(self, ox: np.ndarray, oy: np.ndarray, region: tuple[float, float, float] | None,
-                 *, sp: bool = False) -> np.ndarray:
+    def _weights(
+        self, ox: np.ndarray, oy: np.ndarray, region: tuple[float, float, float] | None, *, sp: bool = False
+    ) -> np.ndarray:
         """Mean over positions of live x vignetting(E) [x in region], on the fine energy grid."""
         _, _, _, ok = self._accept(ox, oy)
         if region is not None:
@@ -553,7 +615,9 @@ class _CameraSim:
             ok &= np.hypot(ox - cx, oy - cy) <= r
         theta = np.hypot(ox, oy)[ok] / 60.0
         if sp:
-            return np.full(self.mid.shape, float(np.sum(vignetting(theta, 1.5) ** _SP_VIGNETTING_POWER)) / ox.size)
+            return np.full(
+                self.mid.shape, float(np.sum(vignetting(theta, 1.5) ** _SP_VIGNETTING_POWER)) / ox.size
+            )
         coarse = np.array([np.sum(vignetting(theta, e)) for e in _MC_ENERGIES]) / ox.size
         return np.interp(self.mid, _MC_ENERGIES, coarse)
 
@@ -574,8 +638,18 @@ class _CameraSim:
         e_obs = self.mid[ebin[ok]] + self.sig[ebin[ok]] * rng.standard_normal(int(ok.sum()))
         pi = np.floor(e_obs * 1000.0)
         m = ok.sum()
-        self.parts.append(_Events(dx[ok], dy[ok], ox[ok], oy[ok], pi, _times_in_gti(rng, m, self.gti),
-                                  ccd[ok], np.zeros(m, np.int8)))
+        self.parts.append(
+            _Events(
+                dx[ok],
+                dy[ok],
+                ox[ok],
+                oy[ok],
+                pi,
+                _times_in_gti(rng, m, self.gti),
+                ccd[ok],
+                np.zeros(m, np.int8),
+            )
+        )
 
     def cluster_lambda(self, p: Mapping[str, float]) -> np.ndarray:
         return _cluster_photon_flux(p, self.lo, self.hi) * self.area * self.livetime
@@ -584,15 +658,24 @@ class _CameraSim:
         r = _sample_beta(rng, n, p["rc_arcsec"], p["beta"], _BETA_TRUNC_ARCMIN * 60.0)
         ox, oy = _polar(rng, r)
         px, py = _polar(rng, _sample_king(rng, n))
-        return (ox + px + (p["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
-                oy + py + (p["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC)
+        return (
+            ox + px + (p["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+            oy + py + (p["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+        )
 
     def ps_positions(self, rng: np.random.Generator, ps: Mapping[str, float], n: int):
         px, py = _polar(rng, _sample_king(rng, n))
-        return (px + (ps["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC, py + (ps["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC)
+        return (
+            px + (ps["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+            py + (ps["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+        )
 
     def ps_lambda(self, ps: Mapping[str, float]) -> np.ndarray:
-        return _powerlaw_flux(self.field.nh, ps["index"], ps["norm"], self.lo, self.hi) * self.area * self.livetime
+        return (
+            _powerlaw_flux(self.field.nh, ps["index"], ps["norm"], self.lo, self.hi)
+            * self.area
+            * self.livetime
+        )
 
     def sky_lambda(self) -> np.ndarray:
         """Sky photons (all of the FOV disk, before vignetting)."""
@@ -616,7 +699,9 @@ class _CameraSim:
         self._photons(lam, *_uniform_disk(rng, n, _FOV_RADIUS_ARCMIN * 60.0))
 
     # -- particles and soft protons (sampled directly in PI)
-    def _pi_events(self, n: int, density: np.ndarray, pi_lo: np.ndarray, ox, oy, dx, dy, ccd, times, kind) -> None:
+    def _pi_events(
+        self, n: int, density: np.ndarray, pi_lo: np.ndarray, ox, oy, dx, dy, ccd, times, kind
+    ) -> None:
         b = _sample_bins(self.rng, n, density)
         pi = np.floor((pi_lo[b] + self.rng.random(n) * 0.005) * 1000.0)
         self.parts.append(_Events(dx, dy, ox, oy, pi, times, ccd, np.full(n, kind, np.int8)))
@@ -718,8 +803,9 @@ class _CameraSim:
             out["flares"] = float(n_emit * frac * sp[inband].sum() / sp.sum())
         else:
             out["flares"] = 0.0
-        out["total"] = total + sum(out[k] for k in ("point_sources", "sky_background", "particle_background",
-                                                      "flares"))
+        out["total"] = total + sum(
+            out[k] for k in ("point_sources", "sky_background", "particle_background", "flares")
+        )
         return out
 
     def expected_cluster_detected(self, p: Mapping[str, float]) -> float:
@@ -732,8 +818,12 @@ class _CameraSim:
         """All events (good + extra) as XMM columns, sorted by time."""
         rng = self.rng
         cam = self.camera
-        ev = _Events(*(np.concatenate([getattr(p, k) for p in self.parts]) for k in
-                       ("dx", "dy", "ox", "oy", "pi", "time", "ccd", "kind")))
+        ev = _Events(
+            *(
+                np.concatenate([getattr(p, k) for p in self.parts])
+                for k in ("dx", "dy", "ox", "oy", "pi", "time", "ccd", "kind")
+            )
+        )
         spec = camera_spec(cam)
         valid = (ev.pi >= 0) & (ev.pi <= spec.pi_max)
         ev = _Events(*(getattr(ev, k)[valid] for k in ("dx", "dy", "ox", "oy", "pi", "time", "ccd", "kind")))
@@ -749,7 +839,9 @@ class _CameraSim:
         i_pat = rng.integers(0, n, n_pat)
         idx = np.concatenate([np.arange(n), i_bad, i_pat])
         flag = np.concatenate([flag, flag[i_bad] | rng.choice(_BAD_FLAGS, n_bad), flag[i_pat]])
-        bad_pat = (rng.integers(5, 13, n_pat) if cam == "pn" else rng.integers(26, 32, n_pat)).astype(np.uint8)
+        bad_pat = (rng.integers(5, 13, n_pat) if cam == "pn" else rng.integers(26, 32, n_pat)).astype(
+            np.uint8
+        )
         pattern = np.concatenate([pattern, pattern[i_bad], bad_pat])
         order = np.argsort(ev.time[idx], kind="stable")
         idx, flag, pattern = idx[order], flag[order], pattern[order]
@@ -845,21 +937,49 @@ def _common_keys(field: _Field, camera: str, target: Mapping[str, Any]) -> list[
     ]
 
 
-def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target: Mapping[str, Any],
-                live: Sequence[int], gti: np.ndarray):
+def _events_hdu(
+    cols: dict[str, np.ndarray],
+    field: _Field,
+    camera: str,
+    target: Mapping[str, Any],
+    live: Sequence[int],
+    gti: np.ndarray,
+):
     from astropy.io import fits
 
     spec = camera_spec(camera)
-    forms = {"TIME": ("D", "s"), "RAWX": ("I", "pixel"), "RAWY": ("I", "pixel"), "DETX": ("I", "pixel"),
-             "DETY": ("I", "pixel"), "X": ("J", "pixel"), "Y": ("J", "pixel"), "PHA": ("I", "CHAN"),
-             "PI": ("I", "CHAN"), "FLAG": ("J", None), "PATTERN": ("B", None), "CCDNR": ("B", None)}
+    forms = {
+        "TIME": ("D", "s"),
+        "RAWX": ("I", "pixel"),
+        "RAWY": ("I", "pixel"),
+        "DETX": ("I", "pixel"),
+        "DETY": ("I", "pixel"),
+        "X": ("J", "pixel"),
+        "Y": ("J", "pixel"),
+        "PHA": ("I", "CHAN"),
+        "PI": ("I", "CHAN"),
+        "FLAG": ("J", None),
+        "PATTERN": ("B", None),
+        "CCDNR": ("B", None),
+    }
     hdu = fits.BinTableHDU.from_columns(
-        [fits.Column(name=k, format=forms[k][0], unit=forms[k][1], array=cols[k]) for k in forms], name="EVENTS")
+        [fits.Column(name=k, format=forms[k][0], unit=forms[k][1], array=cols[k]) for k in forms],
+        name="EVENTS",
+    )
     h = hdu.header
     raw = _layout(camera).raw_shape
-    limits = {"RAWX": (1, raw[0]), "RAWY": (1, raw[1]), "DETX": (-21000, 21000), "DETY": (-21000, 21000),
-              "X": (1, 51840), "Y": (1, 51840), "PHA": (0, 4095), "PI": (0, spec.pi_max), "PATTERN": (0, 31),
-              "CCDNR": (1, 12 if camera == "pn" else 7)}
+    limits = {
+        "RAWX": (1, raw[0]),
+        "RAWY": (1, raw[1]),
+        "DETX": (-21000, 21000),
+        "DETY": (-21000, 21000),
+        "X": (1, 51840),
+        "Y": (1, 51840),
+        "PHA": (0, 4095),
+        "PI": (0, spec.pi_max),
+        "PATTERN": (0, 31),
+        "CCDNR": (1, 12 if camera == "pn" else 7),
+    }
     names = list(forms)
     for key, (lo, hi) in limits.items():
         i = names.index(key) + 1
@@ -872,8 +992,10 @@ def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target:
         h[f"TCDLT{i}"] = (SKY_PIXEL_ARCSEC / 3600.0, "[degrees] Pixel size")
         h[f"TCTYP{i}"] = ctype
         h[f"TCUNI{i}"] = "deg"
-    for key, ctype, crval, cdlt in (("X", "RA---TAN", field.ra_pnt, -SKY_PIXEL_ARCSEC / 3600.0),
-                                    ("Y", "DEC--TAN", field.dec_pnt, SKY_PIXEL_ARCSEC / 3600.0)):
+    for key, ctype, crval, cdlt in (
+        ("X", "RA---TAN", field.ra_pnt, -SKY_PIXEL_ARCSEC / 3600.0),
+        ("Y", "DEC--TAN", field.dec_pnt, SKY_PIXEL_ARCSEC / 3600.0),
+    ):
         i = names.index(key) + 1
         h[f"TNULL{i}"] = -99999999
         h[f"TCRPX{i}"] = (SKY_REF_PIXEL, "axis reference pixel of projected image")
@@ -883,8 +1005,10 @@ def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target:
         h[f"TCUNI{i}"] = "deg"
     for key, val, com in _common_keys(field, camera, target):
         h[key] = (val, com)
-    for ax, ctype, crval, cdlt in (("X", "RA---TAN", field.ra_pnt, -SKY_PIXEL_ARCSEC / 3600.0),
-                                   ("Y", "DEC--TAN", field.dec_pnt, SKY_PIXEL_ARCSEC / 3600.0)):
+    for ax, ctype, crval, cdlt in (
+        ("X", "RA---TAN", field.ra_pnt, -SKY_PIXEL_ARCSEC / 3600.0),
+        ("Y", "DEC--TAN", field.dec_pnt, SKY_PIXEL_ARCSEC / 3600.0),
+    ):
         h[f"REF{ax}CTYP"] = (ctype, "WCS Coord. type")
         h[f"REF{ax}CRPX"] = (SKY_REF_PIXEL, "WCS axis reference pixel of projected image")
         h[f"REF{ax}CRVL"] = (crval, "[deg] WCS coord. at axis ref. pixel")
@@ -917,10 +1041,13 @@ def _events_hdu(cols: dict[str, np.ndarray], field: _Field, camera: str, target:
 def _gti_hdu(name: str, gti: np.ndarray, field: _Field, camera: str, ccd: int | None):
     from astropy.io import fits
 
-    hdu = fits.BinTableHDU.from_columns([
-        fits.Column(name="START", format="D", unit="s", array=gti[:, 0]),
-        fits.Column(name="STOP", format="D", unit="s", array=gti[:, 1]),
-    ], name=name)
+    hdu = fits.BinTableHDU.from_columns(
+        [
+            fits.Column(name="START", format="D", unit="s", array=gti[:, 0]),
+            fits.Column(name="STOP", format="D", unit="s", array=gti[:, 1]),
+        ],
+        name=name,
+    )
     h = hdu.header
     h["HDUCLASS"] = "OGIP"
     h["HDUCLAS1"] = "GTI"
@@ -938,8 +1065,15 @@ def _gti_hdu(name: str, gti: np.ndarray, field: _Field, camera: str, ccd: int | 
     return hdu
 
 
-def _write_event_file(path: Path, cols: dict[str, np.ndarray], field: _Field, camera: str,
-                      target: Mapping[str, Any], live: Sequence[int], gti: np.ndarray) -> Path:
+def _write_event_file(
+    path: Path,
+    cols: dict[str, np.ndarray],
+    field: _Field,
+    camera: str,
+    target: Mapping[str, Any],
+    live: Sequence[int],
+    gti: np.ndarray,
+) -> Path:
     from astropy.io import fits
 
     primary = fits.PrimaryHDU()
@@ -960,22 +1094,41 @@ def _target_meta(field: _Field) -> dict[str, Any]:
     hh, mm = int(h), (h - int(h)) * 60.0
     sign = "+" if dec >= 0 else "-"
     dd, dm = int(abs(dec)), int((abs(dec) - int(abs(dec))) * 60.0)
-    return {"name": f"XSIM J{hh:02d}{mm:04.1f}{sign}{dd:02d}{dm:02d}", "ra": ra, "dec": dec, "z": c["z"],
-            "nh": field.nh, "r500_kpc": _r500_kpc(c["kT"], c["z"])}
+    return {
+        "name": f"XSIM J{hh:02d}{mm:04.1f}{sign}{dd:02d}{dm:02d}",
+        "ra": ra,
+        "dec": dec,
+        "z": c["z"],
+        "nh": field.nh,
+        "r500_kpc": _r500_kpc(c["kT"], c["z"]),
+    }
 
 
 _CLUSTER_KEYS = {"kT", "z", "abundance", "rc_arcsec", "beta", "counts_pn", "line_sigma"}
 
 
-def _check_options(*, cameras, exposure_ks, targets_per_field, point_sources, flare_fraction, cluster_counts,
-                   kt_range, z_range, nh_range, cluster) -> None:
+def _check_options(
+    *,
+    cameras,
+    exposure_ks,
+    targets_per_field,
+    point_sources,
+    flare_fraction,
+    cluster_counts,
+    kt_range,
+    z_range,
+    nh_range,
+    cluster,
+) -> None:
     """Raise ``ConfigError`` naming the first bad simulation option."""
     if not cameras or any(cam not in CAMERAS for cam in cameras):
         raise ConfigError(f"cameras must be a non-empty subset of {CAMERAS}, got {tuple(cameras)}")
     try:
         exp = _ks_range(exposure_ks)
     except (TypeError, ValueError):
-        raise ConfigError(f"simulation option exposure_ks={exposure_ks!r} is not a number or (min, max)") from None
+        raise ConfigError(
+            f"simulation option exposure_ks={exposure_ks!r} is not a number or (min, max)"
+        ) from None
     checks = [
         ("exposure_ks", exp, 0 < exp[0] <= exp[1] <= 1000),
         ("targets_per_field", targets_per_field, int(targets_per_field) >= 1),
@@ -994,14 +1147,25 @@ def _check_options(*, cameras, exposure_ks, targets_per_field, point_sources, fl
         raise ConfigError(f"unknown cluster parameter(s) {sorted(unknown)}; known: {sorted(_CLUSTER_KEYS)}")
 
 
-def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: int = 0,
-                         cameras: Sequence[str] = CAMERAS, exposure_ks: float | tuple[float, float] = (20.0, 35.0),
-                         targets_per_field: int = 1, point_sources: float = 8.0, flare_fraction: float = 0.15,
-                         cluster_counts: tuple[float, float] = (6000.0, 30000.0),
-                         kt_range: tuple[float, float] = (2.0, 9.0), z_range: tuple[float, float] = (0.05, 0.4),
-                         nh_range: tuple[float, float] = (0.01, 0.1), region_radius_arcmin: float = 3.0,
-                         band_kev: tuple[float, float] = (0.5, 7.0),
-                         cluster: Mapping[str, float] | None = None) -> Path:
+def simulate_observation(
+    out_dir: str | Path,
+    obsid: str,
+    *,
+    seed: int,
+    index: int = 0,
+    cameras: Sequence[str] = CAMERAS,
+    exposure_ks: float | tuple[float, float] = (20.0, 35.0),
+    targets_per_field: int = 1,
+    point_sources: float = 8.0,
+    flare_fraction: float = 0.15,
+    cluster_counts: tuple[float, float] = (6000.0, 30000.0),
+    kt_range: tuple[float, float] = (2.0, 9.0),
+    z_range: tuple[float, float] = (0.05, 0.4),
+    nh_range: tuple[float, float] = (0.01, 0.1),
+    region_radius_arcmin: float = 3.0,
+    band_kev: tuple[float, float] = (0.5, 7.0),
+    cluster: Mapping[str, float] | None = None,
+) -> Path:
     """Simulate one ObsID and write ``<out_dir>/<obsid>/`` (event lists, responses, truth.json, meta.json).
 
     Parameters
@@ -1041,24 +1205,47 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
         ``<out_dir>/<obsid>``.
     """
     validate_obsid(obsid)
-    _check_options(cameras=cameras, exposure_ks=exposure_ks, targets_per_field=targets_per_field,
-                   point_sources=point_sources, flare_fraction=flare_fraction, cluster_counts=cluster_counts,
-                   kt_range=kt_range, z_range=z_range, nh_range=nh_range, cluster=cluster)
+    _check_options(
+        cameras=cameras,
+        exposure_ks=exposure_ks,
+        targets_per_field=targets_per_field,
+        point_sources=point_sources,
+        flare_fraction=flare_fraction,
+        cluster_counts=cluster_counts,
+        kt_range=kt_range,
+        z_range=z_range,
+        nh_range=nh_range,
+        cluster=cluster,
+    )
     root = Path(out_dir) / obsid
     ss = np.random.SeedSequence([int(seed), int(index)])
     s_field, s_mc, *s_cams = ss.spawn(2 + len(CAMERAS))
-    field = _draw_field(np.random.default_rng(s_field), obsid, exposure_ks=exposure_ks,
-                        targets_per_field=targets_per_field, point_sources=point_sources,
-                        flare_fraction=flare_fraction, counts_range=cluster_counts, kt_range=kt_range,
-                        z_range=z_range, nh_range=nh_range, cluster_overrides=cluster)
+    field = _draw_field(
+        np.random.default_rng(s_field),
+        obsid,
+        exposure_ks=exposure_ks,
+        targets_per_field=targets_per_field,
+        point_sources=point_sources,
+        flare_fraction=flare_fraction,
+        counts_range=cluster_counts,
+        kt_range=kt_range,
+        z_range=z_range,
+        nh_range=nh_range,
+        cluster_overrides=cluster,
+    )
     mc_rng = np.random.default_rng(s_mc)
-    sims = {cam: _CameraSim(field, cam, np.random.default_rng(s_cams[CAMERAS.index(cam)]), mc_rng)
-            for cam in CAMERAS}
+    sims = {
+        cam: _CameraSim(field, cam, np.random.default_rng(s_cams[CAMERAS.index(cam)]), mc_rng)
+        for cam in CAMERAS
+    }
     _normalise_sources(field, sims["pn"])
     target = _target_meta(field)
     c0 = field.clusters[0]
-    region = ((c0["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC, (c0["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
-              region_radius_arcmin * 60.0)
+    region = (
+        (c0["x"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+        (c0["y"] - SKY_REF_PIXEL) * SKY_PIXEL_ARCSEC,
+        region_radius_arcmin * 60.0,
+    )
     expected: dict[str, Any] = {}
     event_files: dict[str, str] = {}
     for cam in cameras:
@@ -1067,14 +1254,18 @@ def simulate_observation(out_dir: str | Path, obsid: str, *, seed: int, index: i
         sim.simulate_particles()
         sim.simulate_flares()
         cols = sim.events()
-        path = _write_event_file(root / "pps" / event_file_name(obsid, cam), cols, field, cam, target, sim.live, sim.gti)
+        path = _write_event_file(
+            root / "pps" / event_file_name(obsid, cam), cols, field, cam, target, sim.live, sim.gti
+        )
         event_files[cam] = str(path.relative_to(root))
         exp = sim.expected(region, band_kev)
         exp["cluster_detected_all"] = sim.expected_cluster_detected(c0)
         exp["n_events_written"] = int(cols["TIME"].size)
         expected[cam] = exp
     _write_responses(root / "responses", tuple(cameras))
-    truth = _truth(field, target, sims, cameras, expected, region_radius_arcmin, band_kev, event_files, seed, index)
+    truth = _truth(
+        field, target, sims, cameras, expected, region_radius_arcmin, band_kev, event_files, seed, index
+    )
     atomic_write_json(root / "truth.json", truth)
     atomic_write_json(root / "meta.json", target)
     return root
@@ -1127,7 +1318,10 @@ def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
                 z_best = float(np.interp(math.log(c["counts_pn"]), logc, zs[::-1]))
                 _set_redshift(c, z_best)
                 _unit_norms(c)
-            scale = _lt_luminosity(c["kT"], c["z"], c["lt_scatter_dex"]) / _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+            scale = (
+                _lt_luminosity(c["kT"], c["z"], c["lt_scatter_dex"])
+                / _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+            )
         else:
             scale = c["counts_pn"] / pn.expected_cluster_detected(c)
         c["norm"] *= scale
@@ -1152,8 +1346,10 @@ def _response_bytes(camera: str) -> tuple[bytes, bytes]:
 
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for path in (write_rmf(make_rmf(camera), Path(tmp) / f"{camera}.rmf"),
-                     write_arf(make_arf(camera), Path(tmp) / f"{camera}.arf")):
+        for path in (
+            write_rmf(make_rmf(camera), Path(tmp) / f"{camera}.rmf"),
+            write_arf(make_arf(camera), Path(tmp) / f"{camera}.arf"),
+        ):
             with fits.open(path) as hdul:
                 hdul.readall()
                 _fixed_checksums(hdul)
@@ -1195,8 +1391,9 @@ _KEV_TO_ERG = 1.602176634e-9
 def _band_energy_flux(p: Mapping[str, float], band: tuple[float, float], *, unabsorbed: bool) -> float:
     edges = np.linspace(band[0], band[1], 2001)
     lo, hi = edges[:-1], edges[1:]
-    phot = _model("wabs*(zbremss+zgauss)").evaluate(lo, hi, _cluster_values(p, p["norm"], p["line_norm"]),
-                                                     unabsorbed=unabsorbed)
+    phot = _model("wabs*(zbremss+zgauss)").evaluate(
+        lo, hi, _cluster_values(p, p["norm"], p["line_norm"]), unabsorbed=unabsorbed
+    )
     return float(np.sum(phot * 0.5 * (lo + hi)) * _KEV_TO_ERG)
 
 
@@ -1216,36 +1413,88 @@ def _cluster_fluxes(p: Mapping[str, float]) -> dict[str, float]:
 def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_files, seed, index) -> dict:
     def cl(c: Mapping[str, Any]) -> dict[str, Any]:
         ra, dec = _pix_to_ra_dec(c["x"], c["y"], field.ra_pnt, field.dec_pnt)
-        return {"model": "wabs*(zbremss+zgauss)", "nH": field.nh, "kT": c["kT"], "z": c["z"], "norm": c["norm"],
-                "abundance": c["abundance"], "line_energy_rest_kev": _LINE_E_KEV, "line_sigma_kev": c["line_sigma"],
-                "line_norm": c["line_norm"], "line_ew_rest_kev": c["ew_rest_kev"], "rc_arcsec": c["rc_arcsec"],
-                "rc_kpc": c["rc_kpc"], "beta": c["beta"], "ra": float(ra), "dec": float(dec), "x": c["x"],
-                "y": c["y"], "counts_pn_detected": c["counts_pn"], **_cluster_fluxes(c),
-                "parameters": dict(zip(
-                    ["wabs_1.nH", "zbremss_1.kT", "zbremss_1.Redshift", "zbremss_1.norm", "zgauss_1.LineE",
-                     "zgauss_1.Sigma", "zgauss_1.Redshift", "zgauss_1.norm"],
-                    _cluster_values(c, c["norm"], c["line_norm"])))}
+        return {
+            "model": "wabs*(zbremss+zgauss)",
+            "nH": field.nh,
+            "kT": c["kT"],
+            "z": c["z"],
+            "norm": c["norm"],
+            "abundance": c["abundance"],
+            "line_energy_rest_kev": _LINE_E_KEV,
+            "line_sigma_kev": c["line_sigma"],
+            "line_norm": c["line_norm"],
+            "line_ew_rest_kev": c["ew_rest_kev"],
+            "rc_arcsec": c["rc_arcsec"],
+            "rc_kpc": c["rc_kpc"],
+            "beta": c["beta"],
+            "ra": float(ra),
+            "dec": float(dec),
+            "x": c["x"],
+            "y": c["y"],
+            "counts_pn_detected": c["counts_pn"],
+            **_cluster_fluxes(c),
+            "parameters": dict(
+                zip(
+                    [
+                        "wabs_1.nH",
+                        "zbremss_1.kT",
+                        "zbremss_1.Redshift",
+                        "zbremss_1.norm",
+                        "zgauss_1.LineE",
+                        "zgauss_1.Sigma",
+                        "zgauss_1.Redshift",
+                        "zgauss_1.norm",
+                    ],
+                    _cluster_values(c, c["norm"], c["line_norm"]),
+                )
+            ),
+        }
 
     pss = []
     for ps in field.point_sources:
         ra, dec = _pix_to_ra_dec(ps["x"], ps["y"], field.ra_pnt, field.dec_pnt)
-        pss.append({"model": "wabs*powerlaw", "ra": float(ra), "dec": float(dec), "x": ps["x"], "y": ps["y"],
-                    "PhoIndex": ps["index"], "norm": ps["norm"], "nH": field.nh,
-                    "counts_pn_detected": ps["counts_pn"]})
+        pss.append(
+            {
+                "model": "wabs*powerlaw",
+                "ra": float(ra),
+                "dec": float(dec),
+                "x": ps["x"],
+                "y": ps["y"],
+                "PhoIndex": ps["index"],
+                "norm": ps["norm"],
+                "nH": field.nh,
+                "counts_pn_detected": ps["counts_pn"],
+            }
+        )
     flares = []
     for fl in field.flares:
-        flares.append({"tstart": fl["tstart"], "tstop": fl["tstop"], "peak_factor": fl["peak_factor"],
-                       "peak_rate_10_12_kev": {cam: fl["peak_factor"] * sims[cam].sp_emitted_10_12()
-                                               * sims[cam].sp_acceptance * _LIVE_FRACTION[cam]
-                                               for cam in cameras}})
+        flares.append(
+            {
+                "tstart": fl["tstart"],
+                "tstop": fl["tstop"],
+                "peak_factor": fl["peak_factor"],
+                "peak_rate_10_12_kev": {
+                    cam: fl["peak_factor"]
+                    * sims[cam].sp_emitted_10_12()
+                    * sims[cam].sp_acceptance
+                    * _LIVE_FRACTION[cam]
+                    for cam in cameras
+                },
+            }
+        )
     return {
         "simulator": "xmmcore.simulate",
         "seed": int(seed),
         "index": int(index),
         "obsid": field.obsid,
         "target": target,
-        "pointing": {"ra": field.ra_pnt, "dec": field.dec_pnt, "pa": field.pa,
-                     "sky_ref_pixel": SKY_REF_PIXEL, "sky_pixel_arcsec": SKY_PIXEL_ARCSEC},
+        "pointing": {
+            "ra": field.ra_pnt,
+            "dec": field.dec_pnt,
+            "pa": field.pa,
+            "sky_ref_pixel": SKY_REF_PIXEL,
+            "sky_pixel_arcsec": SKY_PIXEL_ARCSEC,
+        },
         "tstart": field.tstart,
         "tstop": float(field.gti[-1, 1]),
         "gti": field.gti.tolist(),
@@ -1258,27 +1507,46 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
         "extra_clusters": [cl(c) for c in field.clusters[1:]],
         "point_sources": pss,
         "background": {
-            "sky": {"cxb_model": "wabs*powerlaw", "cxb_index": 1.46,
-                    "cxb_norm_per_arcmin2": _CXB_NORM_PER_ARCMIN2 * field.cxb_scale,
-                    "galactic_model": "bremss", "galactic_kT": 0.2, "galactic_norm_per_arcmin2": field.gal_norm},
+            "sky": {
+                "cxb_model": "wabs*powerlaw",
+                "cxb_index": 1.46,
+                "cxb_norm_per_arcmin2": _CXB_NORM_PER_ARCMIN2 * field.cxb_scale,
+                "galactic_model": "bremss",
+                "galactic_kT": 0.2,
+                "galactic_norm_per_arcmin2": field.gal_norm,
+            },
             "particle_rate_cts_per_s": {cam: sims[cam].qpb_rate() for cam in cameras},
             "particle_rate_10_12_kev": {cam: sims[cam].sp_emitted_10_12() for cam in cameras},
         },
         "flares": flares,
         "flare_fraction": float(sum(f["tstop"] - f["tstart"] for f in field.flares) / field.ontime),
-        "expected_counts": {"band_kev": list(band), "radius_arcmin": radius,
-                            "centre_x": field.clusters[0]["x"], "centre_y": field.clusters[0]["y"],
-                            "screening": {"pattern_max": {c: _PATTERN_MAX[c] for c in cameras}, "flag": 0},
-                            **{cam: expected[cam] for cam in cameras}},
+        "expected_counts": {
+            "band_kev": list(band),
+            "radius_arcmin": radius,
+            "centre_x": field.clusters[0]["x"],
+            "centre_y": field.clusters[0]["y"],
+            "screening": {"pattern_max": {c: _PATTERN_MAX[c] for c in cameras}, "flag": 0},
+            **{cam: expected[cam] for cam in cameras},
+        },
     }
 
 
-def simulate_survey(out_dir: str | Path, *, n_obsids: int, seed: int, cameras: Sequence[str] = CAMERAS,
-                    exposure_ks: float | tuple[float, float] = (20.0, 35.0), targets_per_field: int = 1,
-                    point_sources: float = 8.0, flare_fraction: float = 0.15,
-                    cluster_counts: tuple[float, float] = (6000.0, 30000.0),
-                    kt_range: tuple[float, float] = (2.0, 9.0), z_range: tuple[float, float] = (0.05, 0.4),
-                    nh_range: tuple[float, float] = (0.01, 0.1), progress: Any = None) -> list[str]:
+def simulate_survey(
+    out_dir: str | Path,
+    *,
+    n_obsids: int,
+    seed: int,
+    cameras: Sequence[str] = CAMERAS,
+    exposure_ks: float | tuple[float, float] = (20.0, 35.0),
+    targets_per_field: int = 1,
+    point_sources: float = 8.0,
+    flare_fraction: float = 0.15,
+    cluster_counts: tuple[float, float] = (6000.0, 30000.0),
+    kt_range: tuple[float, float] = (2.0, 9.0),
+    z_range: tuple[float, float] = (0.05, 0.4),
+    nh_range: tuple[float, float] = (0.01, 0.1),
+    progress: Any = None,
+) -> list[str]:
     """Simulate ``n_obsids`` observations into ``out_dir/<obsid>/`` and return the ObsIDs.
 
     ObsID ``i`` is :func:`obsid_for(seed, i) <obsid_for>` and is simulated by
@@ -1292,18 +1560,36 @@ def simulate_survey(out_dir: str | Path, *, n_obsids: int, seed: int, cameras: S
     obsids = []
     for i in range(n_obsids):
         obsid = obsid_for(seed, i)
-        simulate_observation(out, obsid, seed=seed, index=i, cameras=cameras, exposure_ks=exposure_ks,
-                             targets_per_field=targets_per_field, point_sources=point_sources,
-                             flare_fraction=flare_fraction, cluster_counts=cluster_counts, kt_range=kt_range,
-                             z_range=z_range, nh_range=nh_range)
+        simulate_observation(
+            out,
+            obsid,
+            seed=seed,
+            index=i,
+            cameras=cameras,
+            exposure_ks=exposure_ks,
+            targets_per_field=targets_per_field,
+            point_sources=point_sources,
+            flare_fraction=flare_fraction,
+            cluster_counts=cluster_counts,
+            kt_range=kt_range,
+            z_range=z_range,
+            nh_range=nh_range,
+        )
         obsids.append(obsid)
         if progress is not None:
             progress(i, obsid)
     return obsids
 
 
-def simulate_events(path: str | Path, *, n_events: int, seed: int = 0, camera: str = "pn",
-                    flare_fraction: float = 0.15, obsid: str = "0999999901") -> Path:
+def simulate_events(
+    path: str | Path,
+    *,
+    n_events: int,
+    seed: int = 0,
+    camera: str = "pn",
+    flare_fraction: float = 0.15,
+    obsid: str = "0999999901",
+) -> Path:
     """Write one big calibrated event list of ``camera`` with exactly ``n_events`` events (for benchmarks).
 
     A field as in :func:`simulate_observation` (cluster, point sources, backgrounds, flares), its rates
@@ -1317,10 +1603,19 @@ def simulate_events(path: str | Path, *, n_events: int, seed: int = 0, camera: s
     validate_obsid(obsid)
     ss = np.random.SeedSequence([int(seed), 999_999])
     s_field, s_mc, s_cam, s_pick = ss.spawn(4)
-    field = _draw_field(np.random.default_rng(s_field), obsid, exposure_ks=40.0, targets_per_field=1,
-                        point_sources=8.0, flare_fraction=flare_fraction, counts_range=(20000.0, 20000.0),
-                        kt_range=(2.0, 9.0), z_range=(0.05, 0.4), nh_range=(0.01, 0.1),
-                        cluster_overrides={"counts_pn": 20000.0})
+    field = _draw_field(
+        np.random.default_rng(s_field),
+        obsid,
+        exposure_ks=40.0,
+        targets_per_field=1,
+        point_sources=8.0,
+        flare_fraction=flare_fraction,
+        counts_range=(20000.0, 20000.0),
+        kt_range=(2.0, 9.0),
+        z_range=(0.05, 0.4),
+        nh_range=(0.01, 0.1),
+        cluster_overrides={"counts_pn": 20000.0},
+    )
     mc_rng = np.random.default_rng(s_mc)
     pn = _CameraSim(field, "pn", mc_rng, mc_rng)
     _normalise_sources(field, pn)

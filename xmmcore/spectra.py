@@ -91,8 +91,14 @@ class RegionGeometry:
         return self.area_phys2
 
 
-def region_geometry(sel: Selection, footprints: CcdFootprints, evl: EventList, *, gti: np.ndarray | None = None,
-                    step_phys: float = 20.0) -> RegionGeometry:
+def region_geometry(
+    sel: Selection,
+    footprints: CcdFootprints,
+    evl: EventList,
+    *,
+    gti: np.ndarray | None = None,
+    step_phys: float = 20.0,
+) -> RegionGeometry:
     """Area per CCD and area-weighted exposure of a selection (see the module docstring)."""
     from matplotlib.path import Path as MplPath
 
@@ -125,9 +131,20 @@ def region_geometry(sel: Selection, footprints: CcdFootprints, evl: EventList, *
     return RegionGeometry(area_phys2=area, area_by_ccd=area_by_ccd, ontime_s=ontime, livetime_s=livetime)
 
 
-def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndarray | None = None,
-            mask_fn: Any = None, camera: str | None = None, exposure: float, backscal: float, header: Mapping[str, Any] | None = None,
-            respfile: str | None = None, ancrfile: str | None = None, backfile: str | None = None):
+def extract(
+    evl: EventList,
+    *,
+    selection: Selection | None = None,
+    mask: np.ndarray | None = None,
+    mask_fn: Any = None,
+    camera: str | None = None,
+    exposure: float,
+    backscal: float,
+    header: Mapping[str, Any] | None = None,
+    respfile: str | None = None,
+    ancrfile: str | None = None,
+    backfile: str | None = None,
+):
     """Source or background spectrum of the events in a region, as an :class:`xmmcore.ogip.PHA`.
 
     Parameters
@@ -156,21 +173,37 @@ def extract(evl: EventList, *, selection: Selection | None = None, mask: np.ndar
         mask = np.ones(len(evl), dtype=bool) if selection is None else selection.contains(evl["X"], evl["Y"])
     counts = pi_histogram(evl["PI"][mask], camera)
     h = {
-        "TELESCOP": "XMM", "INSTRUME": evl.header.get("INSTRUME", "").strip(),
-        "FILTER": str(evl.header.get("FILTER", "NONE")).strip(), "OBS_ID": evl.header.get("OBS_ID", ""),
-        "OBJECT": evl.header.get("OBJECT", ""), "DATE-OBS": evl.header.get("DATE-OBS", ""),
-        "DETCHANS": n, "CHANTYPE": "PI", "SPECDELT": width,
-        "SPECPIX": 0, "SPECVAL": (width - 1) / 2.0,
-        "HDUCLAS2": "TOTAL", "TLMIN1": 0, "TLMAX1": n - 1,
+        "TELESCOP": "XMM",
+        "INSTRUME": evl.header.get("INSTRUME", "").strip(),
+        "FILTER": str(evl.header.get("FILTER", "NONE")).strip(),
+        "OBS_ID": evl.header.get("OBS_ID", ""),
+        "OBJECT": evl.header.get("OBJECT", ""),
+        "DATE-OBS": evl.header.get("DATE-OBS", ""),
+        "DETCHANS": n,
+        "CHANTYPE": "PI",
+        "SPECDELT": width,
+        "SPECPIX": 0,
+        "SPECVAL": (width - 1) / 2.0,
+        "HDUCLAS2": "TOTAL",
+        "TLMIN1": 0,
+        "TLMAX1": n - 1,
     }
     for key in ("RA_OBJ", "DEC_OBJ", "RA_PNT", "DEC_PNT", "MJDREF", "DATAMODE", "SUBMODE"):
         if key in evl.header:
             h[key] = evl.header[key]
     # ogip.write_pha takes plain values (no (value, comment) tuples)
     h.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in dict(header or {}).items()})
-    return PHA(channel=np.arange(n, dtype=np.int64), counts=counts.astype(float), exposure=float(exposure),
-               backscal=float(backscal), areascal=1.0, respfile=respfile, ancrfile=ancrfile, backfile=backfile,
-               header=h)
+    return PHA(
+        channel=np.arange(n, dtype=np.int64),
+        counts=counts.astype(float),
+        exposure=float(exposure),
+        backscal=float(backscal),
+        areascal=1.0,
+        respfile=respfile,
+        ancrfile=ancrfile,
+        backfile=backfile,
+        header=h,
+    )
 
 
 def backscal(sel: Selection, footprints: CcdFootprints | None = None, *, step_phys: float = 20.0) -> float:
@@ -180,8 +213,9 @@ def backscal(sel: Selection, footprints: CcdFootprints | None = None, *, step_ph
     return region_area(sel, footprints=footprints, step_phys=step_phys)
 
 
-def group_min_counts(counts: np.ndarray, min_counts: int, *, first: int = 0, last: int | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def group_min_counts(
+    counts: np.ndarray, min_counts: int, *, first: int = 0, last: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Group adjacent channels until each group has at least ``min_counts`` counts (as ``grppha group min``).
 
     Returns ``(grouping, quality)``: grouping 1 starts a group and -1 continues it; a final
@@ -207,13 +241,13 @@ def group_min_counts(counts: np.ndarray, min_counts: int, *, first: int = 0, las
             acc = 0.0
             start = i + 1
     tail = (start, last) if start <= last else None
-    grouping[first:last + 1] = -1
+    grouping[first : last + 1] = -1
     if starts and tail is not None:
         s0, _ = starts[-1]
         starts[-1] = (s0, last)
     elif tail is not None:
         starts = [tail]
-        quality[tail[0]:tail[1] + 1] = 2
+        quality[tail[0] : tail[1] + 1] = 2
     for s, _e in starts:
         grouping[s] = 1
     return grouping, quality
@@ -263,9 +297,16 @@ def fwhm_from_rmf(rmf: Any) -> np.ndarray:
         while right < row.size - 1 and row[right + 1] >= half:
             right += 1
         # linear interpolation of the half-maximum crossings
-        fl = (row[left] - half) / (row[left] - row[left - 1]) if left > 0 and row[left] > row[left - 1] else 0.5
-        fr = (row[right] - half) / (row[right] - row[right + 1]) if right < row.size - 1 and row[right] > row[
-            right + 1] else 0.5
+        fl = (
+            (row[left] - half) / (row[left] - row[left - 1])
+            if left > 0 and row[left] > row[left - 1]
+            else 0.5
+        )
+        fr = (
+            (row[right] - half) / (row[right] - row[right + 1])
+            if right < row.size - 1 and row[right] > row[right + 1]
+            else 0.5
+        )
         fw[i] = (right - left) + fl + fr
     good = np.isfinite(fw) & (e_mid > 0)
     if not good.any():
@@ -273,8 +314,9 @@ def fwhm_from_rmf(rmf: Any) -> np.ndarray:
     return np.interp(ch_mid, e_mid[good], fw[good])
 
 
-def group_optimal(counts: np.ndarray, fwhm_chan: np.ndarray, *, min_counts: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def group_optimal(
+    counts: np.ndarray, fwhm_chan: np.ndarray, *, min_counts: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Kaastra & Bleeker (2016) optimal binning, as ``ftgrouppha grouptype=optimal``.
 
     For each channel the optimal bin width is ``delta = FWHM * f(x)`` with
@@ -313,7 +355,7 @@ def group_optimal(counts: np.ndarray, fwhm_chan: np.ndarray, *, min_counts: int 
         i = j
     if min_counts > 0:
         starts = np.flatnonzero(grouping == 1)
-        if starts.size and c[starts[-1]:].sum() < min_counts:
+        if starts.size and c[starts[-1] :].sum() < min_counts:
             if starts.size > 1:
                 grouping[starts[-1]] = -1
             else:

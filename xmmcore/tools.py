@@ -92,14 +92,19 @@ class ToolRun:
     def to_dict(self) -> dict[str, object]:
         """JSON-able record (no full output: that is in the log)."""
         return {
-            "argv": list(self.argv), "cwd": str(self.cwd), "returncode": self.returncode,
-            "duration_s": round(self.duration_s, 3), "task_version": self.task_version,
-            "warnings": [m.to_dict() for m in self.warnings], "env": dict(self.env_overrides),
+            "argv": list(self.argv),
+            "cwd": str(self.cwd),
+            "returncode": self.returncode,
+            "duration_s": round(self.duration_s, 3),
+            "task_version": self.task_version,
+            "warnings": [m.to_dict() for m in self.warnings],
+            "env": dict(self.env_overrides),
         }
 
 
-def child_env(overrides: Mapping[str, str | None] | None = None,
-              base: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_env(
+    overrides: Mapping[str, str | None] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Environment for a child process: a copy of ``base`` (default ``os.environ``) plus ``overrides``.
 
     ``os.environ`` itself is never modified, so two tasks run from two threads each see only their
@@ -197,8 +202,14 @@ def _wait_unreaped(pid: int, timeout_s: float | None) -> bool:
         delay = min(delay * 1.5, 0.1)
 
 
-def _pump(stream: IO[bytes], sink: list[str], prefix: str, log: logging.Logger | None,
-          logfile: IO[str] | None, lock: threading.Lock) -> None:
+def _pump(
+    stream: IO[bytes],
+    sink: list[str],
+    prefix: str,
+    log: logging.Logger | None,
+    logfile: IO[str] | None,
+    lock: threading.Lock,
+) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\n")
         sink.append(line)
@@ -211,12 +222,20 @@ def _pump(stream: IO[bytes], sink: list[str], prefix: str, log: logging.Logger |
     stream.close()
 
 
-def run_tool(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str],
-             env: Mapping[str, str | None] | None = None, timeout_s: float | None = None,
-             log: logging.Logger | None = None, log_path: str | os.PathLike[str] | None = None,
-             base_env: Mapping[str, str] | None = None, check_sas_errors: bool = True,
-             missing_hint: str = "", stdin_text: str | None = None,
-             kill_grace_s: float = KILL_GRACE_S) -> ToolRun:
+def run_tool(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: str | os.PathLike[str],
+    env: Mapping[str, str | None] | None = None,
+    timeout_s: float | None = None,
+    log: logging.Logger | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    check_sas_errors: bool = True,
+    missing_hint: str = "",
+    stdin_text: str | None = None,
+    kill_grace_s: float = KILL_GRACE_S,
+) -> ToolRun:
     """Run one external command safely and return what it did.
 
     Parameters
@@ -267,8 +286,10 @@ def run_tool(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[s
     if os.sep not in program:
         program = find_executable(program, env=full_env, hint=missing_hint)
     elif not os.access(program, os.X_OK):
-        raise ToolNotFoundError(f"external tool {program!r} does not exist or is not executable"
-                                + (f": {missing_hint}" if missing_hint else ""))
+        raise ToolNotFoundError(
+            f"external tool {program!r} does not exist or is not executable"
+            + (f": {missing_hint}" if missing_hint else "")
+        )
     name = Path(args[0]).name
     cmd_text = " ".join(args)
     if log is not None:
@@ -288,18 +309,26 @@ def run_tool(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[s
     try:
         try:
             proc = subprocess.Popen(
-                [program, *args[1:]], cwd=workdir, env=full_env, start_new_session=True,
+                [program, *args[1:]],
+                cwd=workdir,
+                env=full_env,
+                start_new_session=True,
                 stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
         except FileNotFoundError as exc:
-            raise ToolNotFoundError(f"external tool {args[0]!r} could not be started ({exc})"
-                                    + (f": {missing_hint}" if missing_hint else "")) from exc
+            raise ToolNotFoundError(
+                f"external tool {args[0]!r} could not be started ({exc})"
+                + (f": {missing_hint}" if missing_hint else "")
+            ) from exc
         readers = [
-            threading.Thread(target=_pump, args=(proc.stdout, out_lines, f"[{name}] ", log, logfile, lock),
-                             daemon=True),
-            threading.Thread(target=_pump, args=(proc.stderr, err_lines, f"[{name}:err] ", log, logfile, lock),
-                             daemon=True),
+            threading.Thread(
+                target=_pump, args=(proc.stdout, out_lines, f"[{name}] ", log, logfile, lock), daemon=True
+            ),
+            threading.Thread(
+                target=_pump, args=(proc.stderr, err_lines, f"[{name}:err] ", log, logfile, lock), daemon=True
+            ),
         ]
         for t in readers:
             t.start()
@@ -327,22 +356,44 @@ def run_tool(argv: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[s
     duration = time.monotonic() - start
     stdout, stderr = "\n".join(out_lines), "\n".join(err_lines)
     text = stdout + "\n" + stderr
-    run = ToolRun(argv=args, cwd=workdir, returncode=proc.returncode, stdout=stdout, stderr=stderr,
-                  duration_s=duration, messages=parse_sas_messages(text),
-                  task_version=parse_task_version(text, name), env_overrides=overrides)
+    run = ToolRun(
+        argv=args,
+        cwd=workdir,
+        returncode=proc.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        duration_s=duration,
+        messages=parse_sas_messages(text),
+        task_version=parse_task_version(text, name),
+        env_overrides=overrides,
+    )
     if log is not None:
         for w in run.warnings:
             log.warning("[%s] SAS warning %s: %s", w.task, w.code, w.message)
     if timed_out:
-        raise ExternalToolError(f"{name} timed out after {timeout_s} s (process group killed)", argv=args,
-                                returncode=proc.returncode, output_tail=run.tail(), reason="timeout")
+        raise ExternalToolError(
+            f"{name} timed out after {timeout_s} s (process group killed)",
+            argv=args,
+            returncode=proc.returncode,
+            output_tail=run.tail(),
+            reason="timeout",
+        )
     if check_sas_errors and run.errors:
         first = run.errors[0]
         reason = f"{first.task}: {first.code}: {first.message}".rstrip(": ")
-        raise ExternalToolError(f"{name} reported a SAS error ({reason})", argv=args,
-                                returncode=proc.returncode, output_tail=run.tail(), reason=reason)
+        raise ExternalToolError(
+            f"{name} reported a SAS error ({reason})",
+            argv=args,
+            returncode=proc.returncode,
+            output_tail=run.tail(),
+            reason=reason,
+        )
     if proc.returncode != 0:
-        raise ExternalToolError(f"{name} failed with exit code {proc.returncode}", argv=args,
-                                returncode=proc.returncode, output_tail=run.tail(),
-                                reason=f"exit code {proc.returncode}")
+        raise ExternalToolError(
+            f"{name} failed with exit code {proc.returncode}",
+            argv=args,
+            returncode=proc.returncode,
+            output_tail=run.tail(),
+            reason=f"exit code {proc.returncode}",
+        )
     return run

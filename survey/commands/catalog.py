@@ -31,8 +31,10 @@ def _build(args: argparse.Namespace) -> int:
         return _fail(exc)
     n_obs = int(((df["kind"] == "obs") & (df["camera"] == "epic")).sum())
     n_fail = int(((df["kind"] == "obs") & (df["camera"] == "epic") & (df["status"] != "done")).sum())
-    print(f"catalogue: {len(df)} rows ({n_obs} ObsIDs, {n_fail} not done) -> "
-          + ", ".join(str(p) for p in paths.values()))
+    print(
+        f"catalogue: {len(df)} rows ({n_obs} ObsIDs, {n_fail} not done) -> "
+        + ", ".join(str(p) for p in paths.values())
+    )
     return 0
 
 
@@ -76,11 +78,19 @@ def _joint(args: argparse.Namespace) -> int:
     from catalog import joint
 
     try:
-        rec = joint.run_joint(args.results, target=args.target, obsids=args.obsids, model=args.model,
-                              engine=args.engine, cameras=args.cameras, stat=args.stat,
-                              notice_kev=tuple(args.notice_kev) if args.notice_kev else None,
-                              auto_set=not args.no_auto_set, stack=args.stack,
-                              errors=None if args.errors == "none" else args.errors)
+        rec = joint.run_joint(
+            args.results,
+            target=args.target,
+            obsids=args.obsids,
+            model=args.model,
+            engine=args.engine,
+            cameras=args.cameras,
+            stat=args.stat,
+            notice_kev=tuple(args.notice_kev) if args.notice_kev else None,
+            auto_set=not args.no_auto_set,
+            stack=args.stack,
+            errors=None if args.errors == "none" else args.errors,
+        )
     except XmmSurveyError as exc:
         return _fail(exc)
     if rec.get("missing"):
@@ -88,8 +98,10 @@ def _joint(args: argparse.Namespace) -> int:
         return 3
     for line in rec.get("notes") or []:
         print(line)
-    print(f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']} "
-          "(run `xmm-survey catalog build` to add them to the catalogue)")
+    print(
+        f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']} "
+        "(run `xmm-survey catalog build` to add them to the catalogue)"
+    )
     return 0
 
 
@@ -106,7 +118,9 @@ def add_parser(subparsers) -> None:
     q = csub.add_parser("query", help='select rows, e.g. "kT > 3 and z < 0.2"')
     q.add_argument("expr", help="pandas query expression over catalogue columns")
     q.add_argument("--results", type=Path, default=Path("results"), help="results folder [results]")
-    q.add_argument("--catalogue", type=Path, default=None, help="catalogue file (default: results/catalogue.parquet)")
+    q.add_argument(
+        "--catalogue", type=Path, default=None, help="catalogue file (default: results/catalogue.parquet)"
+    )
     q.add_argument("--format", choices=("csv", "parquet", "fits"), default="csv", help="output format [csv]")
     q.add_argument("--out", type=Path, default=None, help="output file (csv goes to stdout when omitted)")
     q.add_argument("--all-rows", action="store_true", help="also per-camera and failed rows")
@@ -115,8 +129,12 @@ def add_parser(subparsers) -> None:
     r = subparsers.add_parser("report", help="write the static HTML survey report")
     r.add_argument("--results", type=Path, default=Path("results"), help="results folder [results]")
     r.add_argument("--out", type=Path, default=None, help="report folder [results/report]")
-    r.add_argument("--data", type=Path, default=None,
-                   help="data folder of a multi-ObsID target to mosaic (e.g. data/a907)")
+    r.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="data folder of a multi-ObsID target to mosaic (e.g. data/a907)",
+    )
     r.set_defaults(func=_report)
 
     j = subparsers.add_parser("joint", help="joint fit of several ObsIDs of one target")
@@ -128,8 +146,14 @@ def add_parser(subparsers) -> None:
     j.add_argument("--cameras", nargs="+", default=["pn", "mos1", "mos2"], help="cameras [pn mos1 mos2]")
     j.add_argument("--stat", default="cstat", help="fit statistic [cstat]")
     j.add_argument("--notice-kev", nargs=2, type=float, default=None, help="fit band [fit.notice_kev]")
-    j.add_argument("--errors", default="covariance", choices=("covariance", "profile", "none"),
-                   help="parameter errors [covariance]")
-    j.add_argument("--stack", action="store_true", help="also stack the spectra per camera and fit the stacks")
+    j.add_argument(
+        "--errors",
+        default="covariance",
+        choices=("covariance", "profile", "none"),
+        help="parameter errors [covariance]",
+    )
+    j.add_argument(
+        "--stack", action="store_true", help="also stack the spectra per camera and fit the stacks"
+    )
     j.add_argument("--no-auto-set", action="store_true", help="do not freeze z and nH at the target metadata")
     j.set_defaults(func=_joint)

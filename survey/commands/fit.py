@@ -54,9 +54,16 @@ def run(args: argparse.Namespace) -> int:
     rmfs = _per_pha(args.rmf, n, "--rmf")
     arfs = _per_pha(args.arf, n, "--arf")
     bkgs = _per_pha(args.bkg, n, "--bkg")
-    inputs = [FitInput(pha=Path(p), rmf=r, arf=a, bkg=b, name=(args.name[k] if args.name and k < len(args.name)
-                                                               else Path(p).stem))
-              for k, (p, r, a, b) in enumerate(zip(args.pha, rmfs, arfs, bkgs))]
+    inputs = [
+        FitInput(
+            pha=Path(p),
+            rmf=r,
+            arf=a,
+            bkg=b,
+            name=(args.name[k] if args.name and k < len(args.name) else Path(p).stem),
+        )
+        for k, (p, r, a, b) in enumerate(zip(args.pha, rmfs, arfs, bkgs))
+    ]
     log = logging.getLogger("xmm-survey.fit")
     engine = get_engine(args.engine)
     kwargs: dict[str, Any] = {}
@@ -66,10 +73,21 @@ def run(args: argparse.Namespace) -> int:
         kwargs["use_background"] = False
     cosmology = {"H0": args.H0, "Om0": args.Om0}
     result = engine.fit_files(
-        inputs, args.model, stat=args.stat, notice_kev=parse_notice(args.notice), set_params=list(args.set or []),
-        abund=args.abund, errors=None if args.errors == "none" else args.errors, redshift=args.redshift,
-        cosmology=cosmology, flux_bands_kev=[parse_notice(b) for b in (args.flux_band or ["0.5-2.0", "2.0-10.0"])],
-        cross_norm=not args.no_cross_norm, workdir=args.workdir, log=log, **kwargs)
+        inputs,
+        args.model,
+        stat=args.stat,
+        notice_kev=parse_notice(args.notice),
+        set_params=list(args.set or []),
+        abund=args.abund,
+        errors=None if args.errors == "none" else args.errors,
+        redshift=args.redshift,
+        cosmology=cosmology,
+        flux_bands_kev=[parse_notice(b) for b in (args.flux_band or ["0.5-2.0", "2.0-10.0"])],
+        cross_norm=not args.no_cross_norm,
+        workdir=args.workdir,
+        log=log,
+        **kwargs,
+    )
     if args.json:
         from xmmcore.fsutil import _jsonable
 
@@ -93,27 +111,47 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``fit`` on the ``xmm-survey`` sub-command parser and return it."""
     p = subparsers.add_parser(
-        "fit", help="fit one or more spectra (joint fit) with an XSPEC model expression",
+        "fit",
+        help="fit one or more spectra (joint fit) with an XSPEC model expression",
         description="Fit PHA spectra like a short XSPEC session. Parameters are addressed by number "
-                    "(--set 1=0.0119,frozen) or by name (--set wabs_2.nH=1, --set PhoIndex=2).")
+        "(--set 1=0.0119,frozen) or by name (--set wabs_2.nH=1, --set PhoIndex=2).",
+    )
     p.add_argument("pha", nargs="+", help="source spectra (OGIP PHA); several = joint fit")
     p.add_argument("--model", "-m", required=True, help='model expression, e.g. "wabs*(zbremss+zgauss)"')
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE[,frozen]",
-                   help="parameter value/state (repeatable): 1=0.0119,frozen | wabs_1.nH=0.03 | "
-                        "zgauss_1.Redshift=zbremss_1.Redshift (link) | 2:constant_1.factor=1,frozen")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,frozen]",
+        help="parameter value/state (repeatable): 1=0.0119,frozen | wabs_1.nH=0.03 | "
+        "zgauss_1.Redshift=zbremss_1.Redshift (link) | 2:constant_1.factor=1,frozen",
+    )
     p.add_argument("--rmf", action="append", metavar="FILE", help="RMF, once per PHA (overrides RESPFILE)")
     p.add_argument("--arf", action="append", metavar="FILE", help="ARF, once per PHA (overrides ANCRFILE)")
-    p.add_argument("--bkg", action="append", metavar="FILE", help="background PHA, once per PHA (overrides BACKFILE)")
+    p.add_argument(
+        "--bkg", action="append", metavar="FILE", help="background PHA, once per PHA (overrides BACKFILE)"
+    )
     p.add_argument("--name", action="append", metavar="LABEL", help="dataset label, once per PHA")
     p.add_argument("--notice", default="0.5-10.0", metavar="LO-HI", help="energy range in keV [0.5-10.0]")
-    p.add_argument("--stat", default="cstat", choices=["cstat", "wstat", "chi2", "chi2data", "chi2gehrels",
-                                                      "chi2model"], help="fit statistic [cstat]")
+    p.add_argument(
+        "--stat",
+        default="cstat",
+        choices=["cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"],
+        help="fit statistic [cstat]",
+    )
     p.add_argument("--abund", default="angr", help="abundance table (angr, wilm, aspl, ...) [angr]")
-    p.add_argument("--errors", default="profile", choices=["profile", "covariance", "none"],
-                   help="parameter errors [profile]")
+    p.add_argument(
+        "--errors",
+        default="profile",
+        choices=["profile", "covariance", "none"],
+        help="parameter errors [profile]",
+    )
     p.add_argument("--no-background", action="store_true", help="ignore BACKFILE / --bkg")
-    p.add_argument("--no-cross-norm", action="store_true",
-                   help="joint fits: no per-dataset constant (default: constant, first frozen at 1)")
+    p.add_argument(
+        "--no-cross-norm",
+        action="store_true",
+        help="joint fits: no per-dataset constant (default: constant, first frozen at 1)",
+    )
     p.add_argument("--redshift", type=float, default=None, help="redshift for luminosities")
     p.add_argument("--H0", type=float, default=70.0, help="Hubble constant [70]")
     p.add_argument("--Om0", type=float, default=0.3, help="matter density [0.3]")

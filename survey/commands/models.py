@@ -25,7 +25,9 @@ def _list(args: argparse.Namespace) -> int:
         try:
             comp = models.get_component(name)
         except XmmSurveyError as exc:
-            first = str(exc).split(":", 1)[-1].strip() if name != "apec" else "run `xmm-survey models build-apec`"
+            first = (
+                str(exc).split(":", 1)[-1].strip() if name != "apec" else "run `xmm-survey models build-apec`"
+            )
             rows.append((name, "-", "unavailable", first))
             continue
         if isinstance(comp, xsmodels.XspecComponent):
@@ -64,8 +66,13 @@ def add_parser(subparsers) -> None:
     ls.set_defaults(func=_list)
 
     b = msub.add_parser("build-apec", help="build the APEC table model from AtomDB (jaxspec 0.0.3 wheel)")
-    b.add_argument("--out", type=Path, default=None,
-                   help="output FITS file [~/.cache/xmm-survey/apec_table.fits]")
-    b.add_argument("--wheel", type=Path, default=None,
-                   help="use this jaxspec-0.0.3 wheel (or apec.nc) instead of downloading it with pip")
+    b.add_argument(
+        "--out", type=Path, default=None, help="output FITS file [~/.cache/xmm-survey/apec_table.fits]"
+    )
+    b.add_argument(
+        "--wheel",
+        type=Path,
+        default=None,
+        help="use this jaxspec-0.0.3 wheel (or apec.nc) instead of downloading it with pip",
+    )
     b.set_defaults(func=_build_apec)

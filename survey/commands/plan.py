@@ -25,25 +25,42 @@ __all__ = ["add_parser", "plan_commands", "render_script"]
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``plan`` on the ``xmm-survey`` sub-command parser."""
     p = subparsers.add_parser(
-        "plan", help="write the exact SAS/ESAS commands for one ObsID as a bash script",
+        "plan",
+        help="write the exact SAS/ESAS commands for one ObsID as a bash script",
         description="Build (without running) the SAS/ESAS commands of the filter and spectra steps for one "
-                    "ObsID and write them as a bash script with one block (cd, environment, argv) per task.")
-    p.add_argument("--backend", default="sas", choices=["sas"], help="reduction backend to plan (only sas runs "
-                   "external commands)")
+        "ObsID and write them as a bash script with one block (cd, environment, argv) per task.",
+    )
+    p.add_argument(
+        "--backend",
+        default="sas",
+        choices=["sas"],
+        help="reduction backend to plan (only sas runs external commands)",
+    )
     p.add_argument("--obsid", required=True, help="ObsID folder under the data directory")
     p.add_argument("--data", default=None, help="data directory (default: data_dir of the config)")
     p.add_argument("--results", default=None, help="results directory (default: results_dir of the config)")
     p.add_argument("--config", default=None, help="YAML configuration file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, e.g. --set sas.esas=false (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set sas.esas=false (repeatable)",
+    )
     p.add_argument("--export", default=None, metavar="run.sh", help="write the script here (default: stdout)")
     p.set_defaults(func=run)
     return p
 
 
-def plan_commands(obsid: str, *, data: str | None = None, results: str | None = None,
-                  config: str | None = None, overrides: list[str] | None = None) -> tuple[list[Any], dict[str, str],
-                                                                                         dict[str, Any], Any]:
+def plan_commands(
+    obsid: str,
+    *,
+    data: str | None = None,
+    results: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[list[Any], dict[str, str], dict[str, Any], Any]:
     """Commands, skipped cameras, resolved config dict and Observation for ``obsid``."""
     from survey.config import load_config
     from xmmcore.backends.sas import plan_observation, settings_from_config
@@ -58,8 +75,14 @@ def plan_commands(obsid: str, *, data: str | None = None, results: str | None = 
     return cmds, skipped, cfg, obs
 
 
-def render_script(cmds: list[Any], *, obsid: str, skipped: dict[str, str] | None = None,
-                  sas_dir: str | None = None, config_hash: str = "") -> str:
+def render_script(
+    cmds: list[Any],
+    *,
+    obsid: str,
+    skipped: dict[str, str] | None = None,
+    sas_dir: str | None = None,
+    config_hash: str = "",
+) -> str:
     """The bash script text for ``cmds`` (see :func:`xmmcore.backends.sas.script_lines`)."""
     from xmmcore.backends.sas import script_lines
 
@@ -73,8 +96,10 @@ def render_script(cmds: list[Any], *, obsid: str, skipped: dict[str, str] | None
         "set -euo pipefail",
     ]
     if sas_dir:
-        head.append(f"export SAS_DIR=\"${{SAS_DIR:-{sas_dir}}}\"")
-    head.append(': "${SAS_DIR:?SAS is not initialised: export SAS_DIR=/path/to/xmmsas; source $SAS_DIR/setsas.sh}"')
+        head.append(f'export SAS_DIR="${{SAS_DIR:-{sas_dir}}}"')
+    head.append(
+        ': "${SAS_DIR:?SAS is not initialised: export SAS_DIR=/path/to/xmmsas; source $SAS_DIR/setsas.sh}"'
+    )
     for cam, reason in (skipped or {}).items():
         head.append(f"# skipped {cam}: {reason}")
     head.append("")
@@ -86,16 +111,23 @@ def run(args: argparse.Namespace) -> int:
     from xmmcore.fsutil import atomic_write_text
 
     try:
-        cmds, skipped, cfg, obs = plan_commands(args.obsid, data=args.data, results=args.results,
-                                                config=args.config, overrides=args.overrides)
-        text = render_script(cmds, obsid=obs.obsid, skipped=skipped,
-                             sas_dir=(cfg.get("sas") or {}).get("sas_dir") or os.environ.get("SAS_DIR"),
-                             config_hash=cfg.get("_hash", ""))
+        cmds, skipped, cfg, obs = plan_commands(
+            args.obsid, data=args.data, results=args.results, config=args.config, overrides=args.overrides
+        )
+        text = render_script(
+            cmds,
+            obsid=obs.obsid,
+            skipped=skipped,
+            sas_dir=(cfg.get("sas") or {}).get("sas_dir") or os.environ.get("SAS_DIR"),
+            config_hash=cfg.get("_hash", ""),
+        )
         if args.export:
             path = atomic_write_text(args.export, text)
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
             tasks = sorted({c.task for c in cmds})
-            print(f"{len(cmds)} commands ({', '.join(tasks)}) for ObsID {obs.obsid} -> {shlex.quote(str(path))}")
+            print(
+                f"{len(cmds)} commands ({', '.join(tasks)}) for ObsID {obs.obsid} -> {shlex.quote(str(path))}"
+            )
             for cam, reason in skipped.items():
                 print(f"skipped {cam}: {reason}")
         else:

@@ -26,8 +26,9 @@ class ReductionBackend(Protocol):
 
     def filter_camera(self, obs: Any, camera: str, outdir: Any, cfg: dict[str, Any], *, log: Any) -> dict: ...
 
-    def spectra_camera(self, obs: Any, camera: str, outdir: Any, regions: dict[str, Any], cfg: dict[str, Any], *,
-                       log: Any) -> dict: ...
+    def spectra_camera(
+        self, obs: Any, camera: str, outdir: Any, regions: dict[str, Any], cfg: dict[str, Any], *, log: Any
+    ) -> dict: ...
 
 
 def get_backend(name: str) -> ReductionBackend:

@@ -25,8 +25,10 @@ from ..regions import read_ds9
 
 __all__ = ["PythonBackend"]
 
-RESPONSE_NOTE = ("responses copied from the observation folder/config; exact region-specific responses "
-                 "need SAS rmfgen/arfgen (backend: sas)")
+RESPONSE_NOTE = (
+    "responses copied from the observation folder/config; exact region-specific responses "
+    "need SAS rmfgen/arfgen (backend: sas)"
+)
 
 
 def _events_header(path: Path) -> Any:
@@ -55,12 +57,25 @@ class PythonBackend:
         import regions
         import scipy
 
-        return {"backend": "python", "python": platform.python_version(), "numpy": np.__version__,
-                "astropy": astropy.__version__, "scipy": scipy.__version__, "regions": regions.__version__}
+        return {
+            "backend": "python",
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "astropy": astropy.__version__,
+            "scipy": scipy.__version__,
+            "regions": regions.__version__,
+        }
 
     # ------------------------------------------------------------------ filter
-    def filter_camera(self, obs: Any, camera: str, outdir: str | Path, cfg: dict[str, Any], *,
-                      log: logging.Logger | None = None) -> dict[str, Any]:
+    def filter_camera(
+        self,
+        obs: Any,
+        camera: str,
+        outdir: str | Path,
+        cfg: dict[str, Any],
+        *,
+        log: logging.Logger | None = None,
+    ) -> dict[str, Any]:
         """Screen events, find flare GTIs, write ``events/<cam>_clean.fits``, ``_gti.fits``, ``_lc.fits``."""
         log = log or logging.getLogger("xmmcore.python")
         outdir = Path(outdir)
@@ -73,13 +88,19 @@ class PythonBackend:
         band = tuple(fl.get("band_kev", (10.0, 12.0)))
         flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), _events_header(path))
         lc_mask = flag_mask_for(camera, "xmmea", _events_header(path))
-        screen_kw = {"pattern_max": fcfg.get("pattern_max"), "flag_mask": flag_mask, "pi_min": fcfg.get("pi_min"),
-                     "pi_max": fcfg.get("pi_max"), "ccds": fcfg.get("ccds")}
+        screen_kw = {
+            "pattern_max": fcfg.get("pattern_max"),
+            "flag_mask": flag_mask,
+            "pi_min": fcfg.get("pi_min"),
+            "pi_max": fcfg.get("pi_max"),
+            "ccds": fcfg.get("ccds"),
+        }
 
         def wanted(cols: Any) -> np.ndarray:
             # Streaming pre-selection: rows that pass the screening or feed the flare light curve.
-            return screen_mask(cols, **screen_kw) | screen_mask(cols, pattern_max=0, flag_mask=lc_mask,
-                                                                pi_min=band[0] * 1000.0, pi_max=band[1] * 1000.0)
+            return screen_mask(cols, **screen_kw) | screen_mask(
+                cols, pattern_max=0, flag_mask=lc_mask, pi_min=band[0] * 1000.0, pi_max=band[1] * 1000.0
+            )
 
         evl = read_events(path, camera=camera, prefilter=wanted)
         if evl.resorted:
@@ -87,18 +108,30 @@ class PythonBackend:
         clean = screen(evl, **screen_kw)
         if len(clean) == 0:
             raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
-        res = flare_gti(evl, method=method, band_kev=band,
-                        bin_s=float(fl.get("bin_s", 100.0)), nsigma=float(fl.get("nsigma", 2.0)),
-                        rate=(fl.get("fixed_rate") or {}).get(camera), min_gti_s=float(fl.get("min_gti_s", 100.0)))
+        res = flare_gti(
+            evl,
+            method=method,
+            band_kev=band,
+            bin_s=float(fl.get("bin_s", 100.0)),
+            nsigma=float(fl.get("nsigma", 2.0)),
+            rate=(fl.get("fixed_rate") or {}).get(camera),
+            min_gti_s=float(fl.get("min_gti_s", 100.0)),
+        )
         if res.gti.shape[0] == 0:
-            raise InputDataError(f"no good time left after flare filtering ({method}, threshold "
-                                 f"{res.threshold:.3g} ct/s)", path)
+            raise InputDataError(
+                f"no good time left after flare filtering ({method}, threshold {res.threshold:.3g} ct/s)",
+                path,
+            )
         ev_dir = outdir / "events"
         clean_t = clean.with_gti(res.gti)
-        sel = (f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
-               f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
-               f"&& GTI({camera}_gti.fits)")
-        clean_path = write_events(clean_t, ev_dir / f"{camera}_clean.fits", history=[f"xmm-survey python: {sel}"])
+        sel = (
+            f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
+            f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
+            f"&& GTI({camera}_gti.fits)"
+        )
+        clean_path = write_events(
+            clean_t, ev_dir / f"{camera}_clean.fits", history=[f"xmm-survey python: {sel}"]
+        )
         gti_path = write_gti(res.gti, ev_dir / f"{camera}_gti.fits", header=evl.header)
         lc_path = write_light_curve(res, ev_dir / f"{camera}_lc.fits", header=evl.header)
         plot_path = outdir / "plots" / f"{camera}_lightcurve.png"
@@ -112,23 +145,47 @@ class PythonBackend:
             summary["plot_error"] = str(exc)
         exp_raw = evl.ontime()
         exp_clean = clean_t.ontime()
-        summary.update({
-            "camera": camera, "input": str(path), "n_events_in": evl.n_rows_file, "n_events_screened": len(clean),
-            "n_events_out": len(clean_t), "flag_mask": flag_mask, "pattern_max": fcfg.get("pattern_max"),
-            "pi_range": [fcfg.get("pi_min"), fcfg.get("pi_max")], "ccds": sorted(clean_t.gti_ccd),
-            "exposure_raw_s": exp_raw, "exposure_s": exp_clean,
-            "livetime_s": exp_clean * clean_t.deadtime_factor(),
-            "time_resorted": evl.resorted,
-            "outputs": [str(clean_path), str(gti_path), str(lc_path), str(plot_path)],
-        })
+        summary.update(
+            {
+                "camera": camera,
+                "input": str(path),
+                "n_events_in": evl.n_rows_file,
+                "n_events_screened": len(clean),
+                "n_events_out": len(clean_t),
+                "flag_mask": flag_mask,
+                "pattern_max": fcfg.get("pattern_max"),
+                "pi_range": [fcfg.get("pi_min"), fcfg.get("pi_max")],
+                "ccds": sorted(clean_t.gti_ccd),
+                "exposure_raw_s": exp_raw,
+                "exposure_s": exp_clean,
+                "livetime_s": exp_clean * clean_t.deadtime_factor(),
+                "time_resorted": evl.resorted,
+                "outputs": [str(clean_path), str(gti_path), str(lc_path), str(plot_path)],
+            }
+        )
         summary.update(res.summary())
-        log.info("%s: %d -> %d events, exposure %.0f -> %.0f s (central CCD), flare fraction %.3f", camera,
-                 evl.n_rows_file, len(clean_t), exp_raw, exp_clean, res.flare_fraction)
+        log.info(
+            "%s: %d -> %d events, exposure %.0f -> %.0f s (central CCD), flare fraction %.3f",
+            camera,
+            evl.n_rows_file,
+            len(clean_t),
+            exp_raw,
+            exp_clean,
+            res.flare_fraction,
+        )
         return summary
 
     # ------------------------------------------------------------------ spectra
-    def spectra_camera(self, obs: Any, camera: str, outdir: str | Path, regions: dict[str, Any],
-                       cfg: dict[str, Any], *, log: logging.Logger | None = None) -> dict[str, Any]:
+    def spectra_camera(
+        self,
+        obs: Any,
+        camera: str,
+        outdir: str | Path,
+        regions: dict[str, Any],
+        cfg: dict[str, Any],
+        *,
+        log: logging.Logger | None = None,
+    ) -> dict[str, Any]:
         """Source/background spectra (and annuli) with EXPOSURE, BACKSCAL, grouping; responses copied."""
         from ..ogip import write_pha
         from ..spectra import extract, fwhm_channels, group_min_counts, group_optimal, region_geometry
@@ -153,60 +210,110 @@ class PythonBackend:
             if geom.area_phys2 <= 0:
                 raise InputDataError(f"{key} region lies off the {camera} detector", files[key])
             mask = sel.contains(evl["X"], evl["Y"])
-            pha = extract(evl, mask=mask, camera=camera, exposure=geom.livetime_s, backscal=geom.area_phys2,
-                          respfile=resp.get("rmf_name") if kind == "src" else None,
-                          ancrfile=resp.get("arf_name") if kind == "src" else None, backfile=backfile,
-                          header={"ONTIME": (geom.ontime_s, "[s] region-area-weighted GTI sum"),
-                                  "LIVETIME": (geom.livetime_s, "[s] region-area-weighted live time"),
-                                  "REGFILE": Path(files[key]).name, "BKGMETH": "local",
-                                  "CREATOR": "xmm-survey python backend",
-                                  "RESPNOTE": "canned/copied response; exact needs SAS rmfgen/arfgen"})
+            pha = extract(
+                evl,
+                mask=mask,
+                camera=camera,
+                exposure=geom.livetime_s,
+                backscal=geom.area_phys2,
+                respfile=resp.get("rmf_name") if kind == "src" else None,
+                ancrfile=resp.get("arf_name") if kind == "src" else None,
+                backfile=backfile,
+                header={
+                    "ONTIME": (geom.ontime_s, "[s] region-area-weighted GTI sum"),
+                    "LIVETIME": (geom.livetime_s, "[s] region-area-weighted live time"),
+                    "REGFILE": Path(files[key]).name,
+                    "BKGMETH": "local",
+                    "CREATOR": "xmm-survey python backend",
+                    "RESPNOTE": "canned/copied response; exact needs SAS rmfgen/arfgen",
+                },
+            )
             if kind == "src" and grouping != "none":
                 if grouping == "optimal":
                     pha.grouping, pha.quality = group_optimal(
-                        pha.counts, fwhm if fwhm is not None else fwhm_channels(camera), min_counts=min_counts)
+                        pha.counts, fwhm if fwhm is not None else fwhm_channels(camera), min_counts=min_counts
+                    )
                 elif grouping == "min_counts":
                     pha.grouping, pha.quality = group_min_counts(pha.counts, min_counts)
                 else:
-                    raise InputDataError(f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}")
+                    raise InputDataError(
+                        f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}"
+                    )
             path = write_pha(pha, sdir / f"{key}.pha")
-            return {"path": str(path), "counts": int(pha.counts.sum()), "exposure_s": geom.livetime_s,
-                    "ontime_s": geom.ontime_s, "backscal": geom.area_phys2,
-                    "area_arcmin2": geom.area_phys2 * (0.05 / 60.0) ** 2,
-                    "area_by_ccd": {str(k): v for k, v in geom.area_by_ccd.items()},
-                    "n_groups": int((pha.grouping == 1).sum()) if pha.grouping is not None else None}
+            return {
+                "path": str(path),
+                "counts": int(pha.counts.sum()),
+                "exposure_s": geom.livetime_s,
+                "ontime_s": geom.ontime_s,
+                "backscal": geom.area_phys2,
+                "area_arcmin2": geom.area_phys2 * (0.05 / 60.0) ** 2,
+                "area_by_ccd": {str(k): v for k, v in geom.area_by_ccd.items()},
+                "n_groups": int((pha.grouping == 1).sum()) if pha.grouping is not None else None,
+            }
 
         bkg = one(f"{camera}_bkg", "bkg", None)
         src = one(f"{camera}_src", "src", f"{camera}_bkg.pha")
         bcfg = (cfg.get("regions", {}) or {}).get("background", {}) or {}
         if bcfg.get("method") == "blanksky":
             out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, sdir, log))
-            bkg = dict(bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"])
+            bkg = dict(
+                bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
+            )
         scale = src["backscal"] * src["exposure_s"] / (bkg["backscal"] * bkg["exposure_s"])
         net = src["counts"] - scale * bkg["counts"]
-        out.update({
-            "src_pha": src["path"], "bkg_pha": bkg["path"], "src_counts": src["counts"], "bkg_counts": bkg["counts"],
-            "src_backscal": src["backscal"], "bkg_backscal": bkg["backscal"],
-            "src_exposure_s": src["exposure_s"], "bkg_exposure_s": bkg["exposure_s"],
-            "src_ontime_s": src["ontime_s"], "bkg_ontime_s": bkg["ontime_s"],
-            "src_area_arcmin2": src["area_arcmin2"], "bkg_area_arcmin2": bkg["area_arcmin2"],
-            "bkg_scale": scale, "net_counts": net,
-            "net_counts_err": float(np.sqrt(src["counts"] + scale**2 * bkg["counts"])),
-            "src_area_by_ccd": src["area_by_ccd"], "n_groups": src["n_groups"],
-            "background_method": out.get("background_method", "local"), "outputs": [src["path"], bkg["path"], *resp.get("outputs", [])],
-        })
+        out.update(
+            {
+                "src_pha": src["path"],
+                "bkg_pha": bkg["path"],
+                "src_counts": src["counts"],
+                "bkg_counts": bkg["counts"],
+                "src_backscal": src["backscal"],
+                "bkg_backscal": bkg["backscal"],
+                "src_exposure_s": src["exposure_s"],
+                "bkg_exposure_s": bkg["exposure_s"],
+                "src_ontime_s": src["ontime_s"],
+                "bkg_ontime_s": bkg["ontime_s"],
+                "src_area_arcmin2": src["area_arcmin2"],
+                "bkg_area_arcmin2": bkg["area_arcmin2"],
+                "bkg_scale": scale,
+                "net_counts": net,
+                "net_counts_err": float(np.sqrt(src["counts"] + scale**2 * bkg["counts"])),
+                "src_area_by_ccd": src["area_by_ccd"],
+                "n_groups": src["n_groups"],
+                "background_method": out.get("background_method", "local"),
+                "outputs": [src["path"], bkg["path"], *resp.get("outputs", [])],
+            }
+        )
         annuli = sorted(k for k in files if k.startswith(f"{camera}_ann") and k.endswith("_src"))
         if annuli:
             out["annuli"] = [one(k, "src", f"{camera}_bkg.pha") for k in annuli]
-        log.info("%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
-                 camera, src["counts"], src["backscal"], src["exposure_s"], bkg["counts"], bkg["backscal"], net)
+        log.info(
+            "%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
+            camera,
+            src["counts"],
+            src["backscal"],
+            src["exposure_s"],
+            bkg["counts"],
+            bkg["backscal"],
+            net,
+        )
         if src["counts"] == 0:
             raise InputDataError(f"no {camera} events in the source region", files[f"{camera}_src"])
         return out
 
-    def _blanksky(self, obs: Any, camera: str, evl: Any, files: dict[str, str], src: dict[str, Any],
-                  bkg: dict[str, Any], bcfg: dict[str, Any], cfg: dict[str, Any], sdir: Path,
-                  log: logging.Logger) -> dict[str, Any]:
+    def _blanksky(
+        self,
+        obs: Any,
+        camera: str,
+        evl: Any,
+        files: dict[str, str],
+        src: dict[str, Any],
+        bkg: dict[str, Any],
+        bcfg: dict[str, Any],
+        cfg: dict[str, Any],
+        sdir: Path,
+        log: logging.Logger,
+    ) -> dict[str, Any]:
         """Replace the local background by a blank-sky/FWC template, OOF-scaled and double-subtracted."""
         from ..background import blanksky_scale, double_subtracted_background
         from ..ogip import write_pha
@@ -218,27 +325,55 @@ class PythonBackend:
         raw_obs = read_events(obs.event_files[camera], camera=camera)
         raw_tpl = read_events(tpl_path, camera=camera)
         try:
-            scale = blanksky_scale(raw_obs, raw_tpl, band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
-                                   obs_gti=evl.gti)
+            scale = blanksky_scale(
+                raw_obs,
+                raw_tpl,
+                band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
+                obs_gti=evl.gti,
+            )
         except ValueError as exc:
             raise InputDataError(f"cannot scale the blank-sky template: {exc}", tpl_path) from exc
-        tpl = screen(raw_tpl, pattern_max=fcfg.get("pattern_max"),
-                     flag_mask=flag_mask_for(camera, fcfg.get("flag", "xmmea"), raw_tpl.header),
-                     pi_min=fcfg.get("pi_min"), pi_max=fcfg.get("pi_max"), ccds=fcfg.get("ccds"))
+        tpl = screen(
+            raw_tpl,
+            pattern_max=fcfg.get("pattern_max"),
+            flag_mask=flag_mask_for(camera, fcfg.get("flag", "xmmea"), raw_tpl.header),
+            pi_min=fcfg.get("pi_min"),
+            pi_max=fcfg.get("pi_max"),
+            ccds=fcfg.get("ccds"),
+        )
         src_sel = read_ds9(files[f"{camera}_src"], evl.header)
         ann_sel = read_ds9(files[f"{camera}_bkg"], evl.header)
         pha = double_subtracted_background(
-            obs_clean=evl, template_clean=tpl, src=src_sel, annulus=ann_sel, area_src=src["backscal"],
-            area_ann=bkg["backscal"], exposure_s=src["exposure_s"], template_exposure_s=tpl.ontime() *
-            tpl.deadtime_factor(), scale=scale, header={"BKGFILE": Path(tpl_path).name})
+            obs_clean=evl,
+            template_clean=tpl,
+            src=src_sel,
+            annulus=ann_sel,
+            area_src=src["backscal"],
+            area_ann=bkg["backscal"],
+            exposure_s=src["exposure_s"],
+            template_exposure_s=tpl.ontime() * tpl.deadtime_factor(),
+            scale=scale,
+            header={"BKGFILE": Path(tpl_path).name},
+        )
         path = write_pha(pha, sdir / f"{camera}_bkg.pha")
-        log.info("%s: blank-sky background %s scaled by %.3f +- %.3f (out-of-FOV rates), double-subtracted",
-                 camera, tpl_path, scale.scale, scale.scale_err)
-        return {"background_method": "blanksky_double", "blanksky_file": str(tpl_path),
-                "bkg_model_counts": float(pha.counts.sum()), "bkg_pha": str(path), **scale.to_dict()}
+        log.info(
+            "%s: blank-sky background %s scaled by %.3f +- %.3f (out-of-FOV rates), double-subtracted",
+            camera,
+            tpl_path,
+            scale.scale,
+            scale.scale_err,
+        )
+        return {
+            "background_method": "blanksky_double",
+            "blanksky_file": str(tpl_path),
+            "bkg_model_counts": float(pha.counts.sum()),
+            "bkg_pha": str(path),
+            **scale.to_dict(),
+        }
 
-    def _responses(self, obs: Any, camera: str, sdir: Path, cfg: dict[str, Any], log: logging.Logger
-                   ) -> dict[str, Any]:
+    def _responses(
+        self, obs: Any, camera: str, sdir: Path, cfg: dict[str, Any], log: logging.Logger
+    ) -> dict[str, Any]:
         rcfg = (cfg.get("spectra", {}) or {}).get("responses", {}) or {}
         rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
         arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
@@ -256,7 +391,9 @@ class PythonBackend:
                 log.info("could not measure the RMF resolution (%s); using the default FWHM(E)", exc)
         else:
             out["rmf"] = None
-            out["no_response"] = f"no {camera} RMF in the observation folder or config; the fit step will skip {camera}"
+            out["no_response"] = (
+                f"no {camera} RMF in the observation folder or config; the fit step will skip {camera}"
+            )
             log.warning(out["no_response"])
         if arf_src and Path(arf_src).is_file():
             dst = _copy_atomic(Path(arf_src), sdir / f"{camera}.arf")

@@ -82,8 +82,18 @@ _DEFAULT_EXP = {"pn": "S003", "mos1": "S001", "mos2": "S002"}
 _SPEC_BINNING = {"pn": (5, 20479), "mos1": (15, 11999), "mos2": (15, 11999)}
 _TIMING_SUBMODES = ("timing", "burst", "fastuncompressed", "fastcompressed")
 _SAS_TASKS_FILTER = ("evselect", "tabgtigen", "espfilt")
-_SAS_TASKS_SPECTRA = ("evselect", "backscale", "rmfgen", "arfgen", "specgroup", "cheese", "mosspectra",
-                      "mosback", "pnspectra", "pnback")
+_SAS_TASKS_SPECTRA = (
+    "evselect",
+    "backscale",
+    "rmfgen",
+    "arfgen",
+    "specgroup",
+    "cheese",
+    "mosspectra",
+    "mosback",
+    "pnspectra",
+    "pnback",
+)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -129,9 +139,17 @@ class Command:
         return self.argv[0]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "label": self.label, "task": self.task, "argv": list(self.argv),
-                "cwd": str(self.cwd), "env": dict(self.env), "outputs": list(self.outputs),
-                "links": [list(x) for x in self.links], "description": self.description}
+        return {
+            "step": self.step,
+            "label": self.label,
+            "task": self.task,
+            "argv": list(self.argv),
+            "cwd": str(self.cwd),
+            "env": dict(self.env),
+            "outputs": list(self.outputs),
+            "links": [list(x) for x in self.links],
+            "description": self.description,
+        }
 
 
 def _param(name: str, value: object) -> str:
@@ -171,11 +189,13 @@ def settings_from_config(cfg: Mapping[str, Any], environ: Mapping[str, str] | No
 
 def missing_sas_hint(tool: str) -> str:
     """How to point the pipeline to a missing SAS tool."""
-    return (f"the SAS task {tool!r} was not found. Install XMM-Newton SAS "
-            "(https://www.cosmos.esa.int/web/xmm-newton/sas-installation), then either initialise it in the "
-            "shell that runs xmm-survey (export SAS_DIR=/path/to/xmmsas; source $SAS_DIR/setsas.sh) or set "
-            "`sas.sas_dir: /path/to/xmmsas` in the config so that $SAS_DIR/bin is searched; point "
-            "`sas.ccf_path` (or $SAS_CCFPATH) to the CCF directory. Or select `backend.reduction: python`.")
+    return (
+        f"the SAS task {tool!r} was not found. Install XMM-Newton SAS "
+        "(https://www.cosmos.esa.int/web/xmm-newton/sas-installation), then either initialise it in the "
+        "shell that runs xmm-survey (export SAS_DIR=/path/to/xmmsas; source $SAS_DIR/setsas.sh) or set "
+        "`sas.sas_dir: /path/to/xmmsas` in the config so that $SAS_DIR/bin is searched; point "
+        "`sas.ccf_path` (or $SAS_CCFPATH) to the CCF directory. Or select `backend.reduction: python`."
+    )
 
 
 def _sas_path_env(settings: SasSettings) -> dict[str, str]:
@@ -189,12 +209,19 @@ def _sas_path_env(settings: SasSettings) -> dict[str, str]:
     out = {"PATH": new_path, "SAS_DIR": str(base), "SAS_PATH": os.environ.get("SAS_PATH", str(base))}
     lib = os.environ.get("LD_LIBRARY_PATH", "")
     if str(base / "libextra") not in lib:
-        out["LD_LIBRARY_PATH"] = os.pathsep.join(x for x in (str(base / "lib"), str(base / "libextra"), lib) if x)
+        out["LD_LIBRARY_PATH"] = os.pathsep.join(
+            x for x in (str(base / "lib"), str(base / "libextra"), lib) if x
+        )
     return out
 
 
-def task_env(task_dir: Path, settings: SasSettings, *, odf: str | os.PathLike[str] | None = None,
-             ccf: str | os.PathLike[str] | None = None) -> dict[str, str]:
+def task_env(
+    task_dir: Path,
+    settings: SasSettings,
+    *,
+    odf: str | os.PathLike[str] | None = None,
+    ccf: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
     """The variables one SAS task sees on top of the inherited environment.
 
     ``PFILES`` is ``"<task_dir>/pfiles;$SAS_DIR/config"``: the task writes its ``.par`` files in its own
@@ -246,8 +273,11 @@ def camera_mode(obs: Observation, camera: str) -> dict[str, str | None]:
             with fits.open(evt, memmap=True) as hdul:
                 hdr = hdul["EVENTS"].header if "EVENTS" in hdul else hdul[0].header
                 head0 = hdul[0].header
-                return {"datamode": hdr.get("DATAMODE", head0.get("DATAMODE")),
-                        "submode": hdr.get("SUBMODE", head0.get("SUBMODE")), "source": str(evt)}
+                return {
+                    "datamode": hdr.get("DATAMODE", head0.get("DATAMODE")),
+                    "submode": hdr.get("SUBMODE", head0.get("SUBMODE")),
+                    "source": str(evt),
+                }
         except OSError as exc:
             raise InputDataError(f"cannot read the event list header ({exc})", evt) from exc
     if obs.odf_dir is not None:
@@ -287,8 +317,11 @@ def screen_expression(camera: str, fcfg: Mapping[str, Any]) -> str:
     fcfg : mapping
         ``cfg["filter"][camera]`` (pattern_max, flag, pi_min, pi_max [eV], ccds).
     """
-    parts = [f"(PATTERN<={int(fcfg['pattern_max'])})", f"(PI in [{int(fcfg['pi_min'])}:{int(fcfg['pi_max'])}])",
-             _flag_expression(camera, fcfg.get("flag", "xmmea"))]
+    parts = [
+        f"(PATTERN<={int(fcfg['pattern_max'])})",
+        f"(PI in [{int(fcfg['pi_min'])}:{int(fcfg['pi_max'])}])",
+        _flag_expression(camera, fcfg.get("flag", "xmmea")),
+    ]
     if fcfg.get("ccds"):
         parts.append("(" + "||".join(f"(CCDNR=={int(c)})" for c in fcfg["ccds"]) + ")")
     return "&&".join(parts)
@@ -311,8 +344,13 @@ def _num(x: float) -> str:
     return f"{float(x):.2f}".rstrip("0").rstrip(".")
 
 
-def region_expression(regions: Mapping[str, Any], kind: str, *, coords: tuple[str, str] = ("X", "Y"),
-                      centre: tuple[float, float] | None = None) -> str:
+def region_expression(
+    regions: Mapping[str, Any],
+    kind: str,
+    *,
+    coords: tuple[str, str] = ("X", "Y"),
+    centre: tuple[float, float] | None = None,
+) -> str:
     """SAS selection for the source circle (``kind="src"``) or background annulus, minus point sources.
 
     Radii in ``regions`` are arcmin; SAS sky and detector pixels are 0.05 arcsec.
@@ -323,8 +361,10 @@ def region_expression(regions: Mapping[str, Any], kind: str, *, coords: tuple[st
     if kind == "src":
         shape = f"(({xc},{yc}) IN circle({_num(cx)},{_num(cy)},{_num(regions['r_src_arcmin'] * per_arcmin)}))"
     elif kind == "bkg":
-        shape = (f"(({xc},{yc}) IN annulus({_num(cx)},{_num(cy)},{_num(regions['bkg_inner_arcmin'] * per_arcmin)},"
-                 f"{_num(regions['bkg_outer_arcmin'] * per_arcmin)}))")
+        shape = (
+            f"(({xc},{yc}) IN annulus({_num(cx)},{_num(cy)},{_num(regions['bkg_inner_arcmin'] * per_arcmin)},"
+            f"{_num(regions['bkg_outer_arcmin'] * per_arcmin)}))"
+        )
     else:
         raise ValueError(f"region kind must be 'src' or 'bkg', not {kind!r}")
     if coords == ("X", "Y"):
@@ -384,18 +424,43 @@ def _sas_dir(outdir: Path, step: str, label: str) -> Path:
     return (outdir / "sas" / step / label).resolve()
 
 
-def _cmd(step: str, label: str, argv: tuple[str, ...], outdir: Path, settings: SasSettings, *,
-         odf: str | None = None, ccf: str | None = None, outputs: Iterable[str | Path] = (),
-         links: Iterable[tuple[str, str]] = (), description: str = "", cwd: Path | None = None) -> Command:
+def _cmd(
+    step: str,
+    label: str,
+    argv: tuple[str, ...],
+    outdir: Path,
+    settings: SasSettings,
+    *,
+    odf: str | None = None,
+    ccf: str | None = None,
+    outputs: Iterable[str | Path] = (),
+    links: Iterable[tuple[str, str]] = (),
+    description: str = "",
+    cwd: Path | None = None,
+) -> Command:
     task_dir = cwd if cwd is not None else _sas_dir(outdir, step, label)
     env = task_env(task_dir if cwd is None else task_dir / f"par-{label}", settings, odf=odf, ccf=ccf)
-    return Command(step=step, label=label, argv=argv, cwd=task_dir, env=env,
-                   outputs=tuple(str(o) for o in outputs), links=tuple((n, str(t)) for n, t in links),
-                   description=description, timeout_s=settings.timeout_s)
+    return Command(
+        step=step,
+        label=label,
+        argv=argv,
+        cwd=task_dir,
+        env=env,
+        outputs=tuple(str(o) for o in outputs),
+        links=tuple((n, str(t)) for n, t in links),
+        description=description,
+        timeout_s=settings.timeout_s,
+    )
 
 
-def build_odf_commands(obs: Observation, outdir: Path, settings: SasSettings, *, chain: bool = True,
-                       cameras: Sequence[str] = ("pn", "mos1", "mos2")) -> list[Command]:
+def build_odf_commands(
+    obs: Observation,
+    outdir: Path,
+    settings: SasSettings,
+    *,
+    chain: bool = True,
+    cameras: Sequence[str] = ("pn", "mos1", "mos2"),
+) -> list[Command]:
     """``cifbuild`` + ``odfingest`` (+ ``emchain``/``epchain`` when ``chain``) for an observation with an ODF."""
     if obs.odf_dir is None:
         raise InputDataError("no ODF folder (*SUM.SAS) to run cifbuild/odfingest on", obs.root)
@@ -404,26 +469,82 @@ def build_odf_commands(obs: Observation, outdir: Path, settings: SasSettings, *,
     ccf = str(cif_dir / "ccf.cif")
     ingest_dir = _sas_dir(outdir, "odf", "odfingest")
     cmds = [
-        _cmd("odf", "cifbuild", _argv("cifbuild", calindexset="ccf.cif", withccfpath="no", analysisdate="now",
-                                      category="XMMCCF", fullpath="yes"),
-             outdir, settings, odf=odf, outputs=[ccf], description="calibration index file for this observation"),
-        _cmd("odf", "odfingest", _argv("odfingest", odfdir=odf, outdir=str(ingest_dir)), outdir, settings,
-             odf=odf, ccf=ccf, outputs=[str(ingest_dir / "*SUM.SAS")],
-             description="ODF summary file with instrument modes"),
+        _cmd(
+            "odf",
+            "cifbuild",
+            _argv(
+                "cifbuild",
+                calindexset="ccf.cif",
+                withccfpath="no",
+                analysisdate="now",
+                category="XMMCCF",
+                fullpath="yes",
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            outputs=[ccf],
+            description="calibration index file for this observation",
+        ),
+        _cmd(
+            "odf",
+            "odfingest",
+            _argv("odfingest", odfdir=odf, outdir=str(ingest_dir)),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[str(ingest_dir / "*SUM.SAS")],
+            description="ODF summary file with instrument modes",
+        ),
     ]
     if chain:
         sum_glob = str(ingest_dir)  # the folder of the new *SUM.SAS (SAS_ODF may name a folder)
         if any(c.startswith("mos") for c in cameras):
             d = _sas_dir(outdir, "odf", "emchain")
-            cmds.append(_cmd("odf", "emchain", ("emchain",), outdir, settings, odf=sum_glob, ccf=ccf,
-                             outputs=[str(d / "P*M1S*MIEVLI*.FIT")], description="MOS event lists"))
+            cmds.append(
+                _cmd(
+                    "odf",
+                    "emchain",
+                    ("emchain",),
+                    outdir,
+                    settings,
+                    odf=sum_glob,
+                    ccf=ccf,
+                    outputs=[str(d / "P*M1S*MIEVLI*.FIT")],
+                    description="MOS event lists",
+                )
+            )
         if "pn" in cameras:
             d = _sas_dir(outdir, "odf", "epchain")
-            cmds.append(_cmd("odf", "epchain-oot", _argv("epchain", withoutoftime="true"), outdir, settings,
-                             odf=sum_glob, ccf=ccf, cwd=d, outputs=[str(d / "P*PN*OOEVLI*.FIT")],
-                             description="pn out-of-time event list (needed by pnspectra/pnback)"))
-            cmds.append(_cmd("odf", "epchain", ("epchain",), outdir, settings, odf=sum_glob, ccf=ccf, cwd=d,
-                             outputs=[str(d / "P*PN*PIEVLI*.FIT")], description="pn event list"))
+            cmds.append(
+                _cmd(
+                    "odf",
+                    "epchain-oot",
+                    _argv("epchain", withoutoftime="true"),
+                    outdir,
+                    settings,
+                    odf=sum_glob,
+                    ccf=ccf,
+                    cwd=d,
+                    outputs=[str(d / "P*PN*OOEVLI*.FIT")],
+                    description="pn out-of-time event list (needed by pnspectra/pnback)",
+                )
+            )
+            cmds.append(
+                _cmd(
+                    "odf",
+                    "epchain",
+                    ("epchain",),
+                    outdir,
+                    settings,
+                    odf=sum_glob,
+                    ccf=ccf,
+                    cwd=d,
+                    outputs=[str(d / "P*PN*PIEVLI*.FIT")],
+                    description="pn event list",
+                )
+            )
     return cmds
 
 
@@ -441,8 +562,9 @@ def _input_events(obs: Observation, camera: str, outdir: Path, settings: SasSett
 
 
 # ------------------------------------------------------------------------------------------- filter
-def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any],
-                          settings: SasSettings) -> list[Command]:
+def build_filter_commands(
+    obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any], settings: SasSettings
+) -> list[Command]:
     """Commands of the filter step for one camera (light curve, flare GTI, screened events).
 
     Products (in the task directories; published to ``events/<cam>_{lc,gti,clean}.fits``):
@@ -460,12 +582,29 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
     fcfg = cfg["filter"][camera]
     lc_dir = _sas_dir(outdir, step, "evselect-lc")
     lc = lc_dir / f"{camera}_lc.fits"
-    cmds.append(_cmd(step, "evselect-lc", _argv(
-        "evselect", table=events, withrateset=True, rateset=str(lc), maketimecolumn=True,
-        timecolumn="TIME", timebinsize=_num(fl["bin_s"]), makeratecolumn=True,
-        expression=flare_lc_expression(camera, fl["band_kev"])),
-        outdir, settings, odf=odf, ccf=ccf, outputs=[lc],
-        description=f"{camera} {fl['band_kev'][0]}-{fl['band_kev'][1]} keV light curve, {fl['bin_s']} s bins"))
+    cmds.append(
+        _cmd(
+            step,
+            "evselect-lc",
+            _argv(
+                "evselect",
+                table=events,
+                withrateset=True,
+                rateset=str(lc),
+                maketimecolumn=True,
+                timecolumn="TIME",
+                timebinsize=_num(fl["bin_s"]),
+                makeratecolumn=True,
+                expression=flare_lc_expression(camera, fl["band_kev"]),
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[lc],
+            description=f"{camera} {fl['band_kev'][0]}-{fl['band_kev'][1]} keV light curve, {fl['bin_s']} s bins",
+        )
+    )
     method = fl["method"]
     screen = screen_expression(camera, fcfg)
     clean_dir = _sas_dir(outdir, step, "evselect-clean")
@@ -483,11 +622,32 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
             links.append((f"{prefix}-oot.fits", oot))
             oot_params = {"withoot": True, "ootfile": f"{prefix}-oot.fits"}
             outputs.append(d / f"{prefix}-allevcoot.fits")
-        cmds.append(_cmd(step, "espfilt", _argv(
-            "espfilt", eventfile=link, **oot_params, method="histogram", elow=2500, ehigh=8500,
-            withsmoothing=True, smooth=51, rangescale=6.0, allowsigma=_num(fl["nsigma"]), keepinterfiles=False),
-            outdir, settings, odf=odf, ccf=ccf, links=links, outputs=outputs,
-            description=f"ESAS soft-proton flare filtering ({fl['nsigma']} sigma around the rate histogram peak)"))
+        cmds.append(
+            _cmd(
+                step,
+                "espfilt",
+                _argv(
+                    "espfilt",
+                    eventfile=link,
+                    **oot_params,
+                    method="histogram",
+                    elow=2500,
+                    ehigh=8500,
+                    withsmoothing=True,
+                    smooth=51,
+                    rangescale=6.0,
+                    allowsigma=_num(fl["nsigma"]),
+                    keepinterfiles=False,
+                ),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                links=links,
+                outputs=outputs,
+                description=f"ESAS soft-proton flare filtering ({fl['nsigma']} sigma around the rate histogram peak)",
+            )
+        )
         gti = d / f"{prefix}-gti.fits"
         table = str(d / f"{prefix}-allevc.fits")
         expression = screen
@@ -495,10 +655,19 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
         d = _sas_dir(outdir, step, "tabgtigen")
         gti = d / f"{camera}_gti.fits"
         rate = float(fl["fixed_rate"][camera])
-        cmds.append(_cmd(step, "tabgtigen", _argv("tabgtigen", table=str(lc), expression=f"RATE<={_num(rate)}",
-                                                  gtiset=str(gti)),
-                         outdir, settings, odf=odf, ccf=ccf, outputs=[gti],
-                         description=f"GTI where the {fl['band_kev'][0]}-{fl['band_kev'][1]} keV rate <= {rate} ct/s"))
+        cmds.append(
+            _cmd(
+                step,
+                "tabgtigen",
+                _argv("tabgtigen", table=str(lc), expression=f"RATE<={_num(rate)}", gtiset=str(gti)),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                outputs=[gti],
+                description=f"GTI where the {fl['band_kev'][0]}-{fl['band_kev'][1]} keV rate <= {rate} ct/s",
+            )
+        )
         table = events
         expression = f"{screen}&&gti({gti},TIME)"
     elif method == "none":
@@ -507,10 +676,29 @@ def build_filter_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapp
         expression = screen
     else:
         raise ConfigError(f"flares.method must be espfilt, fixed or none, not {method!r}")
-    cmds.append(_cmd(step, "evselect-clean", _argv(
-        "evselect", table=table, withfilteredset=True, filteredset=str(clean), destruct=True,
-        keepfilteroutput=True, updateexposure=True, filterexposure=True, expression=expression),
-        outdir, settings, odf=odf, ccf=ccf, outputs=[clean], description=f"screened {camera} event list"))
+    cmds.append(
+        _cmd(
+            step,
+            "evselect-clean",
+            _argv(
+                "evselect",
+                table=table,
+                withfilteredset=True,
+                filteredset=str(clean),
+                destruct=True,
+                keepfilteroutput=True,
+                updateexposure=True,
+                filterexposure=True,
+                expression=expression,
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[clean],
+            description=f"screened {camera} event list",
+        )
+    )
     return cmds
 
 
@@ -528,16 +716,25 @@ def _det_centre(events: Path, x: float, y: float) -> tuple[float, float]:
     sx, sy, dx, dy = cols
     good = np.isfinite(sx) & np.isfinite(sy) & np.isfinite(dx) & np.isfinite(dy) & (sx > 0) & (sy > 0)
     if good.sum() < 10:
-        raise InputDataError("too few events with X/Y and DETX/DETY to map sky to detector coordinates", events)
+        raise InputDataError(
+            "too few events with X/Y and DETX/DETY to map sky to detector coordinates", events
+        )
     a = np.column_stack([sx[good], sy[good], np.ones(good.sum())])
     cx, *_ = np.linalg.lstsq(a, dx[good], rcond=None)
     cy, *_ = np.linalg.lstsq(a, dy[good], rcond=None)
     return float(cx @ [x, y, 1.0]), float(cy @ [x, y, 1.0])
 
 
-def build_spectra_commands(obs: Observation, camera: str, outdir: Path, regions: Mapping[str, Any],
-                           cfg: Mapping[str, Any], settings: SasSettings, *,
-                           clean_events: str | Path | None = None) -> list[Command]:
+def build_spectra_commands(
+    obs: Observation,
+    camera: str,
+    outdir: Path,
+    regions: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    settings: SasSettings,
+    *,
+    clean_events: str | Path | None = None,
+) -> list[Command]:
     """Commands of the spectra step for one camera (ESAS or evselect/backscale/rmfgen/arfgen path).
 
     ``clean_events`` defaults to the published ``events/<cam>_clean.fits``.
@@ -546,13 +743,30 @@ def build_spectra_commands(obs: Observation, camera: str, outdir: Path, regions:
     ccf, _ = _ccf_for(obs, outdir, settings)  # made by the filter step when it needed cifbuild
     cmds: list[Command] = []
     odf = _odf_for(obs, outdir, settings, camera)
-    clean = str(Path(clean_events).resolve()) if clean_events else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+    clean = (
+        str(Path(clean_events).resolve())
+        if clean_events
+        else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+    )
     fcfg = cfg["filter"][camera]
     grouping = cfg["spectra"]["grouping"]
     min_counts = int(cfg["spectra"].get("min_counts", 1))
     if settings.esas:
-        return _esas_spectra(obs, camera, outdir, regions, settings, step, clean, ccf, odf, fcfg, grouping,
-                             min_counts, flare_method=cfg["flares"]["method"])
+        return _esas_spectra(
+            obs,
+            camera,
+            outdir,
+            regions,
+            settings,
+            step,
+            clean,
+            ccf,
+            odf,
+            fcfg,
+            grouping,
+            min_counts,
+            flare_method=cfg["flares"]["method"],
+        )
     sel = spectrum_selection(camera, fcfg)
     binsize, chanmax = _SPEC_BINNING[camera]
     out: dict[str, Path] = {}
@@ -560,61 +774,181 @@ def build_spectra_commands(obs: Observation, camera: str, outdir: Path, regions:
         label = f"evselect-{kind}"
         d = _sas_dir(outdir, step, label)
         out[kind] = d / f"{camera}_{kind}.pha"
-        cmds.append(_cmd(step, label, _argv(
-            "evselect", table=clean, withspectrumset=True, spectrumset=str(out[kind]), energycolumn="PI",
-            spectralbinsize=binsize, withspecranges=True, specchannelmin=0, specchannelmax=chanmax,
-            expression=f"{sel}&&{region_expression(regions, kind)}"),
-            outdir, settings, odf=odf, ccf=ccf, outputs=[out[kind]], description=f"{camera} {kind} spectrum"))
+        cmds.append(
+            _cmd(
+                step,
+                label,
+                _argv(
+                    "evselect",
+                    table=clean,
+                    withspectrumset=True,
+                    spectrumset=str(out[kind]),
+                    energycolumn="PI",
+                    spectralbinsize=binsize,
+                    withspecranges=True,
+                    specchannelmin=0,
+                    specchannelmax=chanmax,
+                    expression=f"{sel}&&{region_expression(regions, kind)}",
+                ),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                outputs=[out[kind]],
+                description=f"{camera} {kind} spectrum",
+            )
+        )
     for kind in ("src", "bkg"):
-        cmds.append(_cmd(step, f"backscale-{kind}", _argv("backscale", spectrumset=str(out[kind]),
-                                                           badpixlocation=clean),
-                         outdir, settings, odf=odf, ccf=ccf, outputs=[out[kind]],
-                         description=f"BACKSCAL of the {kind} spectrum (area minus bad pixels/chip gaps)"))
+        cmds.append(
+            _cmd(
+                step,
+                f"backscale-{kind}",
+                _argv("backscale", spectrumset=str(out[kind]), badpixlocation=clean),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                outputs=[out[kind]],
+                description=f"BACKSCAL of the {kind} spectrum (area minus bad pixels/chip gaps)",
+            )
+        )
     rmf = _sas_dir(outdir, step, "rmfgen") / f"{camera}.rmf"
-    cmds.append(_cmd(step, "rmfgen", _argv("rmfgen", spectrumset=str(out["src"]), rmfset=str(rmf)),
-                     outdir, settings, odf=odf, ccf=ccf, outputs=[rmf], description="redistribution matrix"))
+    cmds.append(
+        _cmd(
+            step,
+            "rmfgen",
+            _argv("rmfgen", spectrumset=str(out["src"]), rmfset=str(rmf)),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[rmf],
+            description="redistribution matrix",
+        )
+    )
     detmap = _sas_dir(outdir, step, "evselect-detmap") / f"{camera}_detmap.ds"
-    cmds.append(_cmd(step, "evselect-detmap", _argv(
-        "evselect", table=clean, withimageset=True, imageset=str(detmap), xcolumn="DETX", ycolumn="DETY",
-        imagebinning="binSize", ximagebinsize=120, yimagebinsize=120,
-        expression=f"{sel}&&{region_expression(regions, 'src')}"),
-        outdir, settings, odf=odf, ccf=ccf, outputs=[detmap],
-        description="detector map of the source region (weights the ARF of an extended source)"))
+    cmds.append(
+        _cmd(
+            step,
+            "evselect-detmap",
+            _argv(
+                "evselect",
+                table=clean,
+                withimageset=True,
+                imageset=str(detmap),
+                xcolumn="DETX",
+                ycolumn="DETY",
+                imagebinning="binSize",
+                ximagebinsize=120,
+                yimagebinsize=120,
+                expression=f"{sel}&&{region_expression(regions, 'src')}",
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[detmap],
+            description="detector map of the source region (weights the ARF of an extended source)",
+        )
+    )
     arf = _sas_dir(outdir, step, "arfgen") / f"{camera}.arf"
-    cmds.append(_cmd(step, "arfgen", _argv(
-        "arfgen", spectrumset=str(out["src"]), arfset=str(arf), withrmfset=True, rmfset=str(rmf),
-        badpixlocation=clean, extendedsource=True, detmaptype="dataset", detmaparray=str(detmap)),
-        outdir, settings, odf=odf, ccf=ccf, outputs=[arf], description="ARF for an extended source"))
-    cmds += _specgroup(step, camera, outdir, settings, odf, ccf, out["src"], out["bkg"], rmf, arf, grouping,
-                       min_counts)
+    cmds.append(
+        _cmd(
+            step,
+            "arfgen",
+            _argv(
+                "arfgen",
+                spectrumset=str(out["src"]),
+                arfset=str(arf),
+                withrmfset=True,
+                rmfset=str(rmf),
+                badpixlocation=clean,
+                extendedsource=True,
+                detmaptype="dataset",
+                detmaparray=str(detmap),
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[arf],
+            description="ARF for an extended source",
+        )
+    )
+    cmds += _specgroup(
+        step, camera, outdir, settings, odf, ccf, out["src"], out["bkg"], rmf, arf, grouping, min_counts
+    )
     return cmds
 
 
-def _specgroup(step: str, camera: str, outdir: Path, settings: SasSettings, odf: str | None, ccf: str | None,
-               src: Path, bkg: Path, rmf: Path, arf: Path, grouping: str, min_counts: int) -> list[Command]:
+def _specgroup(
+    step: str,
+    camera: str,
+    outdir: Path,
+    settings: SasSettings,
+    odf: str | None,
+    ccf: str | None,
+    src: Path,
+    bkg: Path,
+    rmf: Path,
+    arf: Path,
+    grouping: str,
+    min_counts: int,
+) -> list[Command]:
     if grouping == "none":
         return []
     grp = _sas_dir(outdir, step, "specgroup") / f"{camera}_src_grp.pha"
-    params: dict[str, object] = {"spectrumset": str(src), "groupedset": str(grp), "rmfset": str(rmf),
-                                 "arfset": str(arf), "backgndset": str(bkg)}
+    params: dict[str, object] = {
+        "spectrumset": str(src),
+        "groupedset": str(grp),
+        "rmfset": str(rmf),
+        "arfset": str(arf),
+        "backgndset": str(bkg),
+    }
     if grouping == "min_counts":
         params["mincounts"] = min_counts
     elif grouping == "optimal":
         params["oversample"] = 3
     else:
         raise ConfigError(f"spectra.grouping must be min_counts, optimal or none, not {grouping!r}")
-    return [_cmd(step, "specgroup", _argv("specgroup", **params), outdir, settings, odf=odf, ccf=ccf,
-                 outputs=[grp], description=f"grouping ({grouping}) and RESPFILE/ANCRFILE/BACKFILE keywords")]
+    return [
+        _cmd(
+            step,
+            "specgroup",
+            _argv("specgroup", **params),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[grp],
+            description=f"grouping ({grouping}) and RESPFILE/ANCRFILE/BACKFILE keywords",
+        )
+    ]
 
 
-def _esas_spectra(obs: Observation, camera: str, outdir: Path, regions: Mapping[str, Any], settings: SasSettings,
-                  step: str, clean: str, ccf: str | None, odf: str | None, fcfg: Mapping[str, Any],
-                  grouping: str, min_counts: int, *, flare_method: str = "espfilt") -> list[Command]:
+def _esas_spectra(
+    obs: Observation,
+    camera: str,
+    outdir: Path,
+    regions: Mapping[str, Any],
+    settings: SasSettings,
+    step: str,
+    clean: str,
+    ccf: str | None,
+    odf: str | None,
+    fcfg: Mapping[str, Any],
+    grouping: str,
+    min_counts: int,
+    *,
+    flare_method: str = "espfilt",
+) -> list[Command]:
     prefix = esas_prefix(obs, camera)
     if flare_method != "espfilt":
-        raise ConfigError("sas.esas: true needs flares.method: espfilt: mosspectra/pnspectra and mosback/pnback "
-                          "use the unexposed corner events, which espfilt keeps and the screened list drops "
-                          f"(flares.method is {flare_method!r}); or set sas.esas: false")
+        raise ConfigError(
+            "sas.esas: true needs flares.method: espfilt: mosspectra/pnspectra and mosback/pnback "
+            "use the unexposed corner events, which espfilt keeps and the screened list drops "
+            f"(flares.method is {flare_method!r}); or set sas.esas: false"
+        )
     d = _sas_dir(outdir, step, "esas")
     evt_link = f"{prefix}-allevc.fits"
     # espfilt's filtered list (FOV + corners), not the flag-screened events/<cam>_clean.fits.
@@ -628,48 +962,143 @@ def _esas_spectra(obs: Observation, camera: str, outdir: Path, regions: Mapping[
         links.append((f"{prefix}-allevcoot.fits", oot))
         cheese_params["pnootfile"] = f"{prefix}-allevcoot.fits"
     cheese_params.update(scale=0.5, ratetotal=1.0, dist=40.0, elowlist=400, ehighlist=7200, mlmin=15)
-    cmds = [_cmd(step, "cheese", _argv("cheese", **cheese_params), outdir, settings, odf=odf, ccf=ccf, cwd=d,
-                 links=links, outputs=[d / f"{prefix}-bkregtdet.fits", d / f"{prefix}-bkregtsky.fits"],
-                 description="point-source detection and masks (wraps edetect_chain)")]
+    cmds = [
+        _cmd(
+            step,
+            "cheese",
+            _argv("cheese", **cheese_params),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            cwd=d,
+            links=links,
+            outputs=[d / f"{prefix}-bkregtdet.fits", d / f"{prefix}-bkregtsky.fits"],
+            description="point-source detection and masks (wraps edetect_chain)",
+        )
+    ]
     # The region file of mosspectra/pnspectra is a selection in detector coordinates.
-    events_for_map = Path(clean) if Path(clean).exists() else Path(_input_events(obs, camera, outdir, settings))
+    events_for_map = (
+        Path(clean) if Path(clean).exists() else Path(_input_events(obs, camera, outdir, settings))
+    )
     if not events_for_map.exists():
-        raise InputDataError("the ESAS region needs an event list to map sky to detector coordinates: run the "
-                             "filter step first", events_for_map)
+        raise InputDataError(
+            "the ESAS region needs an event list to map sky to detector coordinates: run the "
+            "filter step first",
+            events_for_map,
+        )
     centre = _det_centre(events_for_map, float(regions["centre_x"]), float(regions["centre_y"]))
     region_text = "&&" + region_expression(regions, "src", coords=("DETX", "DETY"), centre=centre) + "\n"
     region_file = d / f"reg{camera}.txt"
     _write_region(region_file, region_text)
-    common = {"withsrcrem": True, "maskdet": f"{prefix}-bkregtdet.fits", "masksky": f"{prefix}-bkregtsky.fits",
-                  "withregion": True, "regionfile": region_file.name, "keepinterfiles": True,
-                  "pattern": int(fcfg["pattern_max"]), "withimages": False, "elow": 0, "ehigh": 0}
+    common = {
+        "withsrcrem": True,
+        "maskdet": f"{prefix}-bkregtdet.fits",
+        "masksky": f"{prefix}-bkregtsky.fits",
+        "withregion": True,
+        "regionfile": region_file.name,
+        "keepinterfiles": True,
+        "pattern": int(fcfg["pattern_max"]),
+        "withimages": False,
+        "elow": 0,
+        "ehigh": 0,
+    }
     if camera == "pn":
-        cmds.append(_cmd(step, "pnspectra", _argv("pnspectra", eventfile=evt_link,
-                                                  ootevtfile=f"{prefix}-allevcoot.fits", **common,
-                                                  quads="T T T T"),
-                         outdir, settings, odf=odf, ccf=ccf, cwd=d,
-                         outputs=[d / f"{prefix}-fovt.pi", d / f"{prefix}-fovtoot.pi", d / f"{prefix}.rmf",
-                                  d / f"{prefix}.arf"], description="pn source spectrum, RMF and ARF (ESAS)"))
-        cmds.append(_cmd(step, "pnback", _argv("pnback", inspecfile=f"{prefix}-fovt.pi",
-                                               inspecoot=f"{prefix}-fovtoot.pi", elow=0, ehigh=0, quads="T T T T"),
-                         outdir, settings, odf=odf, ccf=ccf, cwd=d, outputs=[d / f"{prefix}-bkg.pi"],
-                         description="pn quiescent particle background spectrum (ESAS)"))
+        cmds.append(
+            _cmd(
+                step,
+                "pnspectra",
+                _argv(
+                    "pnspectra",
+                    eventfile=evt_link,
+                    ootevtfile=f"{prefix}-allevcoot.fits",
+                    **common,
+                    quads="T T T T",
+                ),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                cwd=d,
+                outputs=[
+                    d / f"{prefix}-fovt.pi",
+                    d / f"{prefix}-fovtoot.pi",
+                    d / f"{prefix}.rmf",
+                    d / f"{prefix}.arf",
+                ],
+                description="pn source spectrum, RMF and ARF (ESAS)",
+            )
+        )
+        cmds.append(
+            _cmd(
+                step,
+                "pnback",
+                _argv(
+                    "pnback",
+                    inspecfile=f"{prefix}-fovt.pi",
+                    inspecoot=f"{prefix}-fovtoot.pi",
+                    elow=0,
+                    ehigh=0,
+                    quads="T T T T",
+                ),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                cwd=d,
+                outputs=[d / f"{prefix}-bkg.pi"],
+                description="pn quiescent particle background spectrum (ESAS)",
+            )
+        )
     else:
-        cmds.append(_cmd(step, "mosspectra", _argv("mosspectra", eventfile=evt_link, **common,
-                                                   ccds="T T T T T T T"),
-                         outdir, settings, odf=odf, ccf=ccf, cwd=d,
-                         outputs=[d / f"{prefix}-fovt.pi", d / f"{prefix}.rmf", d / f"{prefix}.arf"],
-                         description=f"{camera} source spectrum, RMF and ARF (ESAS)"))
-        cmds.append(_cmd(step, "mosback", _argv("mosback", inspecfile=f"{prefix}-fovt.pi", elow=0, ehigh=0,
-                                                ccds="T T T T T T T"),
-                         outdir, settings, odf=odf, ccf=ccf, cwd=d, outputs=[d / f"{prefix}-bkg.pi"],
-                         description=f"{camera} quiescent particle background spectrum (ESAS)"))
-    cmds += _specgroup(step, camera, outdir, settings, odf, ccf, d / f"{prefix}-fovt.pi", d / f"{prefix}-bkg.pi",
-                       d / f"{prefix}.rmf", d / f"{prefix}.arf", grouping, min_counts)
+        cmds.append(
+            _cmd(
+                step,
+                "mosspectra",
+                _argv("mosspectra", eventfile=evt_link, **common, ccds="T T T T T T T"),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                cwd=d,
+                outputs=[d / f"{prefix}-fovt.pi", d / f"{prefix}.rmf", d / f"{prefix}.arf"],
+                description=f"{camera} source spectrum, RMF and ARF (ESAS)",
+            )
+        )
+        cmds.append(
+            _cmd(
+                step,
+                "mosback",
+                _argv("mosback", inspecfile=f"{prefix}-fovt.pi", elow=0, ehigh=0, ccds="T T T T T T T"),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                cwd=d,
+                outputs=[d / f"{prefix}-bkg.pi"],
+                description=f"{camera} quiescent particle background spectrum (ESAS)",
+            )
+        )
+    cmds += _specgroup(
+        step,
+        camera,
+        outdir,
+        settings,
+        odf,
+        ccf,
+        d / f"{prefix}-fovt.pi",
+        d / f"{prefix}-bkg.pi",
+        d / f"{prefix}.rmf",
+        d / f"{prefix}.arf",
+        grouping,
+        min_counts,
+    )
     return cmds
 
 
-def _pn_oot_events(obs: Observation, outdir: Path, settings: SasSettings, *, required: bool = True) -> str | None:
+def _pn_oot_events(
+    obs: Observation, outdir: Path, settings: SasSettings, *, required: bool = True
+) -> str | None:
     """The pn out-of-time event list: PPS ``*PNS003OOEVLI*`` file, or ``epchain withoutoftime=true`` output."""
     if settings.use_pps_events or obs.odf_dir is None:
         for path in sorted(obs.root.rglob("*")):
@@ -679,9 +1108,12 @@ def _pn_oot_events(obs: Observation, outdir: Path, settings: SasSettings, *, req
         return str(_sas_dir(outdir, "odf", "epchain") / "P*PN*OOEVLI*.FIT")
     if not required:
         return None
-    raise InputDataError("ESAS pnspectra/pnback need the pn out-of-time event list (*PNS003OOEVLI*) or an ODF "
-                         "to make it with `epchain withoutoftime=true`; set sas.esas: false to use the "
-                         "evselect/arfgen path", obs.root)
+    raise InputDataError(
+        "ESAS pnspectra/pnback need the pn out-of-time event list (*PNS003OOEVLI*) or an ODF "
+        "to make it with `epchain withoutoftime=true`; set sas.esas: false to use the "
+        "evselect/arfgen path",
+        obs.root,
+    )
 
 
 def _write_region(path: Path, text: str) -> None:
@@ -699,50 +1131,128 @@ def _attitude_file(obs: Observation) -> str | None:
     return None
 
 
-def build_image_commands(obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any],
-                         settings: SasSettings, *, band_kev: tuple[float, float] = (0.5, 2.0),
-                         bin_phys: int = 80, clean_events: str | Path | None = None) -> list[Command]:
+def build_image_commands(
+    obs: Observation,
+    camera: str,
+    outdir: Path,
+    cfg: Mapping[str, Any],
+    settings: SasSettings,
+    *,
+    band_kev: tuple[float, float] = (0.5, 2.0),
+    bin_phys: int = 80,
+    clean_events: str | Path | None = None,
+) -> list[Command]:
     """Counts image and exposure map (``evselect`` + ``eexpmap``) of one camera in one band."""
     step = f"images_{camera}"
     ccf, _ = _ccf_for(obs, outdir, settings)
     odf = _odf_for(obs, outdir, settings, camera)
-    clean = str(Path(clean_events).resolve()) if clean_events else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+    clean = (
+        str(Path(clean_events).resolve())
+        if clean_events
+        else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+    )
     lo, hi = (round(1000 * b) for b in band_kev)
     tag = f"{camera}_{band_kev[0]:.2f}-{band_kev[1]:.2f}keV"
     img = _sas_dir(outdir, step, "evselect-img") / f"{tag}_img.fits"
-    cmds = [_cmd(step, "evselect-img", _argv(
-        "evselect", table=clean, withimageset=True, imageset=str(img), xcolumn="X", ycolumn="Y",
-        imagebinning="binSize", ximagebinsize=bin_phys, yimagebinsize=bin_phys,
-        expression=f"{screen_expression(camera, cfg['filter'][camera])}&&(PI in [{lo}:{hi}])"),
-        outdir, settings, odf=odf, ccf=ccf, outputs=[img], description=f"{camera} counts image {band_kev} keV")]
+    cmds = [
+        _cmd(
+            step,
+            "evselect-img",
+            _argv(
+                "evselect",
+                table=clean,
+                withimageset=True,
+                imageset=str(img),
+                xcolumn="X",
+                ycolumn="Y",
+                imagebinning="binSize",
+                ximagebinsize=bin_phys,
+                yimagebinsize=bin_phys,
+                expression=f"{screen_expression(camera, cfg['filter'][camera])}&&(PI in [{lo}:{hi}])",
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[img],
+            description=f"{camera} counts image {band_kev} keV",
+        )
+    ]
     att = _attitude_file(obs)
     if att is None:
         if obs.odf_dir is None:
-            raise InputDataError("eexpmap needs an attitude file (*ATTTSR*) or an ODF to run atthkgen", obs.root)
+            raise InputDataError(
+                "eexpmap needs an attitude file (*ATTTSR*) or an ODF to run atthkgen", obs.root
+            )
         d = _sas_dir(outdir, step, "atthkgen")
         att = str(d / "atthk.fits")
-        cmds.append(_cmd(step, "atthkgen", _argv("atthkgen", atthkset=att, timestep=1), outdir, settings,
-                         odf=odf, ccf=ccf, outputs=[att], description="attitude history"))
+        cmds.append(
+            _cmd(
+                step,
+                "atthkgen",
+                _argv("atthkgen", atthkset=att, timestep=1),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                outputs=[att],
+                description="attitude history",
+            )
+        )
     expmap = _sas_dir(outdir, step, "eexpmap") / f"{tag}_expmap.fits"
-    cmds.append(_cmd(step, "eexpmap", _argv(
-        "eexpmap", imageset=str(img), attitudeset=att, eventset=clean, expimageset=str(expmap),
-        pimin=lo, pimax=hi), outdir, settings, odf=odf, ccf=ccf, outputs=[expmap],
-        description="vignetting-corrected exposure map"))
+    cmds.append(
+        _cmd(
+            step,
+            "eexpmap",
+            _argv(
+                "eexpmap",
+                imageset=str(img),
+                attitudeset=att,
+                eventset=clean,
+                expimageset=str(expmap),
+                pimin=lo,
+                pimax=hi,
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[expmap],
+            description="vignetting-corrected exposure map",
+        )
+    )
     return cmds
 
 
-def build_mosaic_command(images: Sequence[str | Path], mosaic: str | Path, outdir: Path,
-                         settings: SasSettings, *, label: str = "emosaic") -> Command:
+def build_mosaic_command(
+    images: Sequence[str | Path],
+    mosaic: str | Path,
+    outdir: Path,
+    settings: SasSettings,
+    *,
+    label: str = "emosaic",
+) -> Command:
     """``emosaic`` of several images (counts or exposure maps)."""
-    return _cmd("images", label, _argv("emosaic", imagesets=" ".join(str(i) for i in images),
-                                       mosaicedset=str(mosaic)),
-                outdir, settings, outputs=[mosaic], description="mosaic of the camera images")
+    return _cmd(
+        "images",
+        label,
+        _argv("emosaic", imagesets=" ".join(str(i) for i in images), mosaicedset=str(mosaic)),
+        outdir,
+        settings,
+        outputs=[mosaic],
+        description="mosaic of the camera images",
+    )
 
 
 # ------------------------------------------------------------------------------------------ planning
-def plan_observation(obs: Observation, outdir: Path, cfg: Mapping[str, Any], *,
-                     regions: Mapping[str, Any] | None = None,
-                     settings: SasSettings | None = None) -> tuple[list[Command], dict[str, str]]:
+def plan_observation(
+    obs: Observation,
+    outdir: Path,
+    cfg: Mapping[str, Any],
+    *,
+    regions: Mapping[str, Any] | None = None,
+    settings: SasSettings | None = None,
+) -> tuple[list[Command], dict[str, str]]:
     """Every command the SAS backend would run for ``obs``, and the cameras it would skip (with reasons).
 
     Regions come from ``regions`` or ``outdir/regions/regions.json``; without them, spectra commands
@@ -767,7 +1277,9 @@ def plan_observation(obs: Observation, outdir: Path, cfg: Mapping[str, Any], *,
     for cam in cams:
         mode = camera_mode(obs, cam)
         if cam == "pn" and is_timing_mode(mode):
-            skipped[cam] = f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): not imaging"
+            skipped[cam] = (
+                f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): not imaging"
+            )
             continue
         active.append(cam)
         add(build_filter_commands(obs, cam, outdir, cfg, settings))
@@ -810,9 +1322,17 @@ def _provisional_regions(obs: Observation, camera: str, cfg: Mapping[str, Any]) 
     x, y = w.all_world2pix([[float(ra), float(dec)]], 1)[0]
     r = float(cfg["regions"]["radius"]["arcmin"])
     bg = cfg["regions"]["background"]
-    return {"centre_ra": float(ra), "centre_dec": float(dec), "centre_x": float(x), "centre_y": float(y),
-            "r_src_arcmin": r, "bkg_inner_arcmin": r * float(bg["inner"]), "bkg_outer_arcmin": r * float(bg["outer"]),
-            "point_sources": [], "provisional": True}
+    return {
+        "centre_ra": float(ra),
+        "centre_dec": float(dec),
+        "centre_x": float(x),
+        "centre_y": float(y),
+        "r_src_arcmin": r,
+        "bkg_inner_arcmin": r * float(bg["inner"]),
+        "bkg_outer_arcmin": r * float(bg["outer"]),
+        "point_sources": [],
+        "provisional": True,
+    }
 
 
 # -------------------------------------------------------------------------------------------- running
@@ -837,8 +1357,13 @@ def _materialise(cmd: Command) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def run_commands(cmds: Sequence[Command], *, settings: SasSettings, log: logging.Logger | None = None,
-                 log_dir: Path | None = None) -> list[dict[str, Any]]:
+def run_commands(
+    cmds: Sequence[Command],
+    *,
+    settings: SasSettings,
+    log: logging.Logger | None = None,
+    log_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Run ``cmds`` in order through ``run_tool``; check each command's outputs; return one record each.
 
     Raises
@@ -865,12 +1390,22 @@ def run_commands(cmds: Sequence[Command], *, settings: SasSettings, log: logging
         argv, env = _materialise(cmd)
         if log is not None and cmd.description:
             log.info("[%s] %s: %s", cmd.step, cmd.label, cmd.description)
-        run: ToolRun = run_tool(argv, cwd=cmd.cwd, env={**base_env, **env}, timeout_s=cmd.timeout_s, log=log,
-                                log_path=(log_dir / f"{cmd.step}.log") if log_dir else cmd.cwd / f"{cmd.label}.log",
-                                missing_hint=missing_sas_hint(cmd.task))
-        missing = [o for o in cmd.outputs if not (glob.glob(o) if any(c in o for c in "*?[") else Path(o).exists())]
+        run: ToolRun = run_tool(
+            argv,
+            cwd=cmd.cwd,
+            env={**base_env, **env},
+            timeout_s=cmd.timeout_s,
+            log=log,
+            log_path=(log_dir / f"{cmd.step}.log") if log_dir else cmd.cwd / f"{cmd.label}.log",
+            missing_hint=missing_sas_hint(cmd.task),
+        )
+        missing = [
+            o for o in cmd.outputs if not (glob.glob(o) if any(c in o for c in "*?[") else Path(o).exists())
+        ]
         if missing:
-            raise ToolError(f"{cmd.task} ({cmd.step}/{cmd.label}) finished but did not write {', '.join(missing)}")
+            raise ToolError(
+                f"{cmd.task} ({cmd.step}/{cmd.label}) finished but did not write {', '.join(missing)}"
+            )
         rec = run.to_dict()
         rec.update(step=cmd.step, label=cmd.label, outputs=list(cmd.outputs))
         records.append(rec)
@@ -886,7 +1421,12 @@ def _quote_env(value: str) -> str:
 def _quote_arg(arg: str) -> str:
     name, sep, value = arg.partition("=")
     # Chain products are globs: leave them unquoted so that bash expands them to the one file.
-    if sep and value.startswith("/") and any(ch in value for ch in "*?") and not re.search(r"[\s'\"$`;&|()<>]", value):
+    if (
+        sep
+        and value.startswith("/")
+        and any(ch in value for ch in "*?")
+        and not re.search(r"[\s'\"$`;&|()<>]", value)
+    ):
         return f"{name}={value}"
     return shlex.quote(arg)
 
@@ -906,7 +1446,9 @@ def script_lines(cmds: Sequence[Command]) -> list[str]:
         lines.append(f"( cd {shlex.quote(str(cmd.cwd))} && env {env} {argv} )")
         if cmd.outputs:
             checks = " ".join(o if any(ch in o for ch in "*?") else shlex.quote(o) for o in cmd.outputs)
-            lines.append(f"for f in {checks}; do test -e \"$f\" || {{ echo \"missing output: $f\" >&2; exit 4; }}; done")
+            lines.append(
+                f'for f in {checks}; do test -e "$f" || {{ echo "missing output: $f" >&2; exit 4; }}; done'
+            )
         lines.append("")
     return lines
 
@@ -934,14 +1476,16 @@ class SasBackend:
             self._cfg = cfg
         return self._settings or settings_from_config(cfg or self._cfg)
 
-    def check_installation(self, tools: Iterable[str] = ("sasversion", *_SAS_TASKS_FILTER),
-                           cfg: Mapping[str, Any] | None = None) -> str:
+    def check_installation(
+        self, tools: Iterable[str] = ("sasversion", *_SAS_TASKS_FILTER), cfg: Mapping[str, Any] | None = None
+    ) -> str:
         """Return ``SAS_DIR`` if it and every tool in ``tools`` are found, else ``ToolNotFoundError``."""
         settings = self.settings(cfg)
         if not settings.sas_dir:
             raise ToolNotFoundError(
                 "backend.reduction is 'sas' but SAS_DIR is not set and sas.sas_dir is null: "
-                + missing_sas_hint(next(iter(tools), "evselect")))
+                + missing_sas_hint(next(iter(tools), "evselect"))
+            )
         env_path = _sas_path_env(settings).get("PATH", os.environ.get("PATH", ""))
         for tool in tools:
             if shutil.which(tool, path=env_path) is None:
@@ -957,27 +1501,41 @@ class SasBackend:
 
             with tempfile.TemporaryDirectory(prefix="sasversion-") as tmp:
                 env = {**_sas_path_env(settings), **task_env(Path(tmp), settings)}
-                run = run_tool(["sasversion"], cwd=tmp, env=env, timeout_s=120,
-                               missing_hint=missing_sas_hint("sasversion"))
+                run = run_tool(
+                    ["sasversion"],
+                    cwd=tmp,
+                    env=env,
+                    timeout_s=120,
+                    missing_hint=missing_sas_hint("sasversion"),
+                )
             info = parse_sasversion(run.output)
-            self._versions = {"sas": info.get("release", "unknown"), "sas_build": info.get("build", "unknown")}
+            self._versions = {
+                "sas": info.get("release", "unknown"),
+                "sas_build": info.get("build", "unknown"),
+            }
             if run.task_version:
                 self._versions["sasversion"] = run.task_version
         return dict(self._versions)
 
     # ---------------------------------------------------------------- steps
-    def filter_camera(self, obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any], *,
-                      log: logging.Logger) -> dict[str, Any]:
+    def filter_camera(
+        self, obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any], *, log: logging.Logger
+    ) -> dict[str, Any]:
         """Screen one camera with SAS; publish ``events/<cam>_{clean,gti,lc}.fits`` atomically."""
         outdir = Path(outdir)
         mode = camera_mode(obs, camera)
         if camera == "pn" and is_timing_mode(mode):
-            reason = f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): no imaging events"
+            reason = (
+                f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): no imaging events"
+            )
             log.warning("filter %s skipped: %s", camera, reason)
             return {"camera": camera, "skipped": True, "reason": reason, "mode": mode}
         settings = self.settings(cfg)
-        tools = ["evselect"] + (["espfilt"] if cfg["flares"]["method"] == "espfilt" else []) + \
-                (["tabgtigen"] if cfg["flares"]["method"] == "fixed" else [])
+        tools = (
+            ["evselect"]
+            + (["espfilt"] if cfg["flares"]["method"] == "espfilt" else [])
+            + (["tabgtigen"] if cfg["flares"]["method"] == "fixed" else [])
+        )
         self.check_installation(tools, cfg)
         cmds = build_filter_commands(obs, camera, outdir, cfg, settings)
         if any(c.step == "odf" for c in cmds):
@@ -988,15 +1546,30 @@ class SasBackend:
         lc = next(c.outputs[0] for c in cmds if c.label == "evselect-lc")
         clean = next(c.outputs[0] for c in cmds if c.label == "evselect-clean")
         gti = next((c.outputs[0] for c in cmds if c.label in ("tabgtigen", "espfilt")), None)
-        products = {"clean": _publish(clean, events_dir / f"{camera}_clean.fits"),
-                    "lc": _publish(lc, events_dir / f"{camera}_lc.fits")}
+        products = {
+            "clean": _publish(clean, events_dir / f"{camera}_clean.fits"),
+            "lc": _publish(lc, events_dir / f"{camera}_lc.fits"),
+        }
         if gti is not None:
             products["gti"] = _publish(gti, events_dir / f"{camera}_gti.fits")
-        return {"camera": camera, "mode": mode, "products": {k: str(v) for k, v in products.items()},
-                "tasks": records, "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]}}
+        return {
+            "camera": camera,
+            "mode": mode,
+            "products": {k: str(v) for k, v in products.items()},
+            "tasks": records,
+            "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]},
+        }
 
-    def spectra_camera(self, obs: Observation, camera: str, outdir: Path, regions: dict[str, Any],
-                       cfg: Mapping[str, Any], *, log: logging.Logger) -> dict[str, Any]:
+    def spectra_camera(
+        self,
+        obs: Observation,
+        camera: str,
+        outdir: Path,
+        regions: dict[str, Any],
+        cfg: Mapping[str, Any],
+        *,
+        log: logging.Logger,
+    ) -> dict[str, Any]:
         """Spectra, responses and background of one camera; publish ``spectra/<cam>_*`` atomically."""
         outdir = Path(outdir)
         settings = self.settings(cfg)
@@ -1019,14 +1592,32 @@ class SasBackend:
             "bkg": _publish(bkg, spec / f"{camera}_bkg.pha"),
             "rmf": _publish(rmf, spec / f"{camera}.rmf"),
             "arf": _publish(arf, spec / f"{camera}.arf"),
-            "src": _publish(src, spec / f"{camera}_src.pha", keywords={
-                "RESPFILE": f"{camera}.rmf", "ANCRFILE": f"{camera}.arf", "BACKFILE": f"{camera}_bkg.pha"}),
+            "src": _publish(
+                src,
+                spec / f"{camera}_src.pha",
+                keywords={
+                    "RESPFILE": f"{camera}.rmf",
+                    "ANCRFILE": f"{camera}.arf",
+                    "BACKFILE": f"{camera}_bkg.pha",
+                },
+            ),
         }
-        return {"camera": camera, "esas": settings.esas, "products": {k: str(v) for k, v in products.items()},
-                "tasks": records, "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]}}
+        return {
+            "camera": camera,
+            "esas": settings.esas,
+            "products": {k: str(v) for k, v in products.items()},
+            "tasks": records,
+            "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]},
+        }
 
-    def plan(self, obs: Observation, outdir: Path, cfg: Mapping[str, Any], *,
-             regions: Mapping[str, Any] | None = None) -> tuple[list[Command], dict[str, str]]:
+    def plan(
+        self,
+        obs: Observation,
+        outdir: Path,
+        cfg: Mapping[str, Any],
+        *,
+        regions: Mapping[str, Any] | None = None,
+    ) -> tuple[list[Command], dict[str, str]]:
         """All commands for ``obs`` without running anything (see :func:`plan_observation`)."""
         return plan_observation(obs, outdir, cfg, regions=regions, settings=self.settings(cfg))
 

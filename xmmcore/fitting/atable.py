@@ -84,9 +84,17 @@ class TableParameter:
 
     def to_parameter(self) -> Parameter:
         """The fit :class:`~xmmcore.fitting.models.Parameter` with the table's defaults and limits."""
-        return Parameter(self.name, float(self.initial), "", float(self.bottom), float(self.top),
-                         float(self.minimum), float(self.maximum), frozen=bool(self.delta < 0),
-                         delta=float(abs(self.delta)) or 0.01)
+        return Parameter(
+            self.name,
+            float(self.initial),
+            "",
+            float(self.bottom),
+            float(self.top),
+            float(self.minimum),
+            float(self.maximum),
+            frozen=bool(self.delta < 0),
+            delta=float(abs(self.delta)) or 0.01,
+        )
 
 
 class TableModel:
@@ -139,14 +147,26 @@ class TableModel:
 
         phdr = hdul["PARAMETERS"].header
         pdata = hdul["PARAMETERS"].data
-        for col in ("NAME", "METHOD", "INITIAL", "DELTA", "MINIMUM", "BOTTOM", "TOP", "MAXIMUM", "NUMBVALS",
-                    "VALUE"):
+        for col in (
+            "NAME",
+            "METHOD",
+            "INITIAL",
+            "DELTA",
+            "MINIMUM",
+            "BOTTOM",
+            "TOP",
+            "MAXIMUM",
+            "NUMBVALS",
+            "VALUE",
+        ):
             if col not in pdata.columns.names:
                 raise self._fail(f"PARAMETERS has no {col} column")
         n_int = int(phdr.get("NINTPARM", len(pdata)))
         n_add = int(phdr.get("NADDPARM", 0))
         if n_int + n_add != len(pdata) or n_int < 1:
-            raise self._fail(f"PARAMETERS: NINTPARM={n_int} + NADDPARM={n_add} does not match {len(pdata)} rows")
+            raise self._fail(
+                f"PARAMETERS: NINTPARM={n_int} + NADDPARM={n_add} does not match {len(pdata)} rows"
+            )
         params = []
         for i, row in enumerate(pdata):
             nval = int(row["NUMBVALS"])
@@ -159,10 +179,22 @@ class TableModel:
                 if np.any(np.diff(values) <= 0):
                     raise self._fail(f"PARAMETERS: grid of {name} is not strictly increasing")
                 if method == 1 and np.any(values <= 0):
-                    raise self._fail(f"PARAMETERS: {name} uses log interpolation (METHOD=1) but has values <= 0")
-            params.append(TableParameter(name, method, float(row["INITIAL"]), float(row["DELTA"]),
-                                         float(row["MINIMUM"]), float(row["BOTTOM"]), float(row["TOP"]),
-                                         float(row["MAXIMUM"]), values))
+                    raise self._fail(
+                        f"PARAMETERS: {name} uses log interpolation (METHOD=1) but has values <= 0"
+                    )
+            params.append(
+                TableParameter(
+                    name,
+                    method,
+                    float(row["INITIAL"]),
+                    float(row["DELTA"]),
+                    float(row["MINIMUM"]),
+                    float(row["BOTTOM"]),
+                    float(row["TOP"]),
+                    float(row["MAXIMUM"]),
+                    values,
+                )
+            )
         self.interp_params = params[:n_int]
         self.add_params = params[n_int:]
 
@@ -172,8 +204,11 @@ class TableModel:
             self.energ_hi = np.asarray(edata["ENERG_HI"], dtype=float)
         except KeyError as exc:
             raise self._fail("ENERGIES needs ENERG_LO and ENERG_HI columns") from exc
-        if self.energ_lo.size == 0 or np.any(self.energ_hi <= self.energ_lo) or np.any(
-                self.energ_lo[1:] < self.energ_hi[:-1] * (1 - 1e-6)):
+        if (
+            self.energ_lo.size == 0
+            or np.any(self.energ_hi <= self.energ_lo)
+            or np.any(self.energ_lo[1:] < self.energ_hi[:-1] * (1 - 1e-6))
+        ):
             raise self._fail("ENERGIES: bins must be increasing and not overlap")
         self._edges = np.append(self.energ_lo, self.energ_hi[-1])
         self._contiguous = bool(np.allclose(self.energ_lo[1:], self.energ_hi[:-1], rtol=1e-6, atol=0))
@@ -197,8 +232,9 @@ class TableModel:
             pos = np.searchsorted(p.values, paramval[:, k])
             pos = np.clip(pos, 0, p.values.size - 1)
             lower = np.clip(pos - 1, 0, None)
-            pick = np.where(np.abs(p.values[lower] - paramval[:, k]) < np.abs(p.values[pos] - paramval[:, k]),
-                            lower, pos)
+            pick = np.where(
+                np.abs(p.values[lower] - paramval[:, k]) < np.abs(p.values[pos] - paramval[:, k]), lower, pos
+            )
             if not np.allclose(p.values[pick], paramval[:, k], rtol=1e-5, atol=1e-12):
                 raise self._fail(f"SPECTRA PARAMVAL values of {p.name} are not on its PARAMETERS grid")
             index.append(pick)
@@ -375,7 +411,9 @@ class TableComponent(Component):
         self.absorption = not table.additive
         pars = list(params) if params is not None else table.parameters()
         if len(pars) != table.n_params:
-            raise ConfigError(f"{name}: {len(pars)} parameters given, table {table.path} has {table.n_params}")
+            raise ConfigError(
+                f"{name}: {len(pars)} parameters given, table {table.path} has {table.n_params}"
+            )
         self.params = [copy.copy(p) for p in pars]
         if table.additive:
             self.params.append(Parameter("norm", 1.0, "", 0.0, 1e24, 0.0, 1e24, delta=0.01))
@@ -401,7 +439,9 @@ def table_component(path: str | os.PathLike[str], *, kind: str = "add") -> Table
     want_add = kind == "add"
     if table.additive != want_add:
         which = "additive" if table.additive else "multiplicative"
-        raise ConfigError(f"{path} is an {which} table: use {'atable' if table.additive else 'mtable'}{{...}}")
+        raise ConfigError(
+            f"{path} is an {which} table: use {'atable' if table.additive else 'mtable'}{{...}}"
+        )
     return TableComponent(table, f"{'atable' if want_add else 'mtable'}{{{path}}}")
 
 
@@ -411,7 +451,7 @@ def resolve_table_name(name: str) -> TableComponent | None:
     low = raw.lower()
     for prefix, kind in (("atable{", "add"), ("mtable{", "mul")):
         if low.startswith(prefix) and raw.endswith("}"):
-            inner = raw[len(prefix):-1].strip()
+            inner = raw[len(prefix) : -1].strip()
             if not inner:
                 raise ConfigError(f"{raw}: no table file given")
             return table_component(inner, kind=kind)
@@ -438,8 +478,9 @@ def find_apec_table() -> Path | None:
     if env:
         p = Path(env).expanduser()
         if not p.is_file():
-            raise ConfigError(f"{APEC_TABLE_ENV}={env} does not exist; unset it or run "
-                              "`xmm-survey models build-apec`")
+            raise ConfigError(
+                f"{APEC_TABLE_ENV}={env} does not exist; unset it or run `xmm-survey models build-apec`"
+            )
         return p
     cached = default_apec_cache_path()
     return cached if cached.is_file() else None
@@ -449,8 +490,9 @@ def find_apec_table() -> Path | None:
 def _apec_params(table: TableModel) -> list[Parameter]:
     names = [p.name.lower() for p in table.interp_params]
     if names != ["kt", "abundanc"] or not table.additive or not table.redshift:
-        raise InputDataError("not an APEC table: need additive, REDSHIFT=T, parameters kT and Abundanc",
-                             table.path)
+        raise InputDataError(
+            "not an APEC table: need additive, REDSHIFT=T, parameters kT and Abundanc", table.path
+        )
     kt_grid = table.interp_params[0].values
     ab_grid = table.interp_params[1].values
     kt_lo, kt_hi = max(0.008, kt_grid[0]), min(64.0, kt_grid[-1])
@@ -470,8 +512,11 @@ class _ApecComponent(TableComponent):
         global _warned_abundance
         if models.get_abundance() != "angr" and not _warned_abundance:
             _warned_abundance = True
-            log.warning("apec: the APEC table uses Anders & Grevesse (angr) abundances; the selected table "
-                        "%r is not applied to apec (it is to absorption and mekal)", models.get_abundance())
+            log.warning(
+                "apec: the APEC table uses Anders & Grevesse (angr) abundances; the selected table "
+                "%r is not applied to apec (it is to absorption and mekal)",
+                models.get_abundance(),
+            )
         return super().evaluate(energ_lo, energ_hi, values)
 
 
@@ -485,9 +530,11 @@ def apec_component() -> TableComponent:
     """
     path = find_apec_table()
     if path is None:
-        raise ConfigError("apec needs the APEC table model, which is not built yet: run "
-                          "`xmm-survey models build-apec` (or set "
-                          f"{APEC_TABLE_ENV} to an APEC atable FITS file); expected {default_apec_cache_path()}")
+        raise ConfigError(
+            "apec needs the APEC table model, which is not built yet: run "
+            "`xmm-survey models build-apec` (or set "
+            f"{APEC_TABLE_ENV} to an APEC atable FITS file); expected {default_apec_cache_path()}"
+        )
     table = read_table_model(path)
     return _ApecComponent(table, "apec", params=_apec_params(table))
 

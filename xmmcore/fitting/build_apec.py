@@ -58,8 +58,9 @@ ABUNDANCES = (0.0, 1.0, 5.0)
 EMISSIVITY_TO_NORM = 1e14
 
 
-def download_jaxspec_wheel(dest_dir: str | Path, *, timeout_s: float = 1800.0,
-                           log_: logging.Logger | None = None) -> Path:
+def download_jaxspec_wheel(
+    dest_dir: str | Path, *, timeout_s: float = 1800.0, log_: logging.Logger | None = None
+) -> Path:
     """Download the ``jaxspec==0.0.3`` wheel (no dependencies, not installed) into ``dest_dir``.
 
     Returns
@@ -74,8 +75,23 @@ def download_jaxspec_wheel(dest_dir: str | Path, *, timeout_s: float = 1800.0,
     """
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    run_tool([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(dest),
-              JAXSPEC_REQUIREMENT], cwd=dest, timeout_s=timeout_s, log=log_ or log, check_sas_errors=False)
+    run_tool(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(dest),
+            JAXSPEC_REQUIREMENT,
+        ],
+        cwd=dest,
+        timeout_s=timeout_s,
+        log=log_ or log,
+        check_sas_errors=False,
+    )
     wheels = sorted(dest.glob("jaxspec-0.0.3-*.whl"))
     if not wheels:
         raise InputDataError("pip download finished but no jaxspec-0.0.3 wheel is there", dest)
@@ -120,7 +136,9 @@ def read_apec_nc(source: str | Path) -> dict[str, np.ndarray]:
                 with zipfile.ZipFile(src) as zf:
                     nc = Path(zf.extract(APEC_MEMBER, tmp))
             except KeyError as exc:
-                raise InputDataError(f"wheel has no {APEC_MEMBER} (only jaxspec 0.0.3 ships it)", src) from exc
+                raise InputDataError(
+                    f"wheel has no {APEC_MEMBER} (only jaxspec 0.0.3 ships it)", src
+                ) from exc
             except zipfile.BadZipFile as exc:
                 raise InputDataError("not a wheel (zip) file", src) from exc
         try:
@@ -128,8 +146,16 @@ def read_apec_nc(source: str | Path) -> dict[str, np.ndarray]:
         except OSError as exc:
             raise InputDataError(f"cannot read as HDF5/netCDF4: {exc}", src) from exc
         with fh:
-            for key in ("temperature", "continuum_energy", "continuum_emissivity", "pseudo_energy",
-                        "pseudo_emissivity", "line_energy", "line_element", "line_emissivity"):
+            for key in (
+                "temperature",
+                "continuum_energy",
+                "continuum_emissivity",
+                "pseudo_energy",
+                "pseudo_emissivity",
+                "line_energy",
+                "line_element",
+                "line_emissivity",
+            ):
                 if key not in fh:
                     raise InputDataError(f"apec.nc has no variable {key!r}", src)
             temps = np.asarray(fh["temperature"][:], dtype=float)
@@ -169,7 +195,9 @@ def apec_table_hdul(grid: dict[str, np.ndarray]) -> fits.HDUList:
     h["HDUCLAS1"] = "XSPEC TABLE MODEL"
     h["HDUVERS"] = "1.0.0"
     h["CREATOR"] = "xmm-survey build-apec"
-    h.add_comment(f"APEC CIE spectra from the AtomDB emissivities in {JAXSPEC_REQUIREMENT} ({APEC_MEMBER}, MIT).")
+    h.add_comment(
+        f"APEC CIE spectra from the AtomDB emissivities in {JAXSPEC_REQUIREMENT} ({APEC_MEMBER}, MIT)."
+    )
     h.add_comment("Anders & Grevesse 1989 abundances; Abundanc scales C,N,O,Ne,Mg,Al,Si,S,Ar,Ca,Fe,Ni.")
     h.add_comment("Lines not broadened. norm = 1e-14/(4 pi (D_A(1+z))^2) Int ne nH dV.")
     h.add_comment("AtomDB data: distributed for research and educational use.")
@@ -177,46 +205,76 @@ def apec_table_hdul(grid: dict[str, np.ndarray]) -> fits.HDUList:
     nmax = max(n_kt, len(ABUNDANCES))
     values = np.zeros((2, nmax), dtype=np.float32)
     values[0, :n_kt] = kt
-    values[1, :len(ABUNDANCES)] = ABUNDANCES
-    pars = fits.BinTableHDU.from_columns([
-        fits.Column("NAME", "12A", array=np.array(["kT", "Abundanc"])),
-        fits.Column("METHOD", "J", array=np.array([1, 0])),
-        fits.Column("INITIAL", "E", array=np.array([1.0, 1.0])),
-        fits.Column("DELTA", "E", array=np.array([0.01, 0.01])),
-        fits.Column("MINIMUM", "E", array=np.array([kt[0], 0.0])),
-        fits.Column("BOTTOM", "E", array=np.array([kt[0], 0.0])),
-        fits.Column("TOP", "E", array=np.array([kt[-1], ABUNDANCES[-1]])),
-        fits.Column("MAXIMUM", "E", array=np.array([kt[-1], ABUNDANCES[-1]])),
-        fits.Column("NUMBVALS", "J", array=np.array([n_kt, len(ABUNDANCES)])),
-        fits.Column("VALUE", f"{nmax}E", array=values),
-    ], name="PARAMETERS")
-    for key, val in (("HDUCLASS", "OGIP"), ("HDUCLAS1", "XSPEC TABLE MODEL"), ("HDUCLAS2", "PARAMETERS"),
-                     ("HDUVERS", "1.0.0"), ("NINTPARM", 2), ("NADDPARM", 0)):
+    values[1, : len(ABUNDANCES)] = ABUNDANCES
+    pars = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("NAME", "12A", array=np.array(["kT", "Abundanc"])),
+            fits.Column("METHOD", "J", array=np.array([1, 0])),
+            fits.Column("INITIAL", "E", array=np.array([1.0, 1.0])),
+            fits.Column("DELTA", "E", array=np.array([0.01, 0.01])),
+            fits.Column("MINIMUM", "E", array=np.array([kt[0], 0.0])),
+            fits.Column("BOTTOM", "E", array=np.array([kt[0], 0.0])),
+            fits.Column("TOP", "E", array=np.array([kt[-1], ABUNDANCES[-1]])),
+            fits.Column("MAXIMUM", "E", array=np.array([kt[-1], ABUNDANCES[-1]])),
+            fits.Column("NUMBVALS", "J", array=np.array([n_kt, len(ABUNDANCES)])),
+            fits.Column("VALUE", f"{nmax}E", array=values),
+        ],
+        name="PARAMETERS",
+    )
+    for key, val in (
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "XSPEC TABLE MODEL"),
+        ("HDUCLAS2", "PARAMETERS"),
+        ("HDUVERS", "1.0.0"),
+        ("NINTPARM", 2),
+        ("NADDPARM", 0),
+    ):
         pars.header[key] = val
 
-    energies = fits.BinTableHDU.from_columns([
-        fits.Column("ENERG_LO", "E", array=edges[:-1]),
-        fits.Column("ENERG_HI", "E", array=edges[1:]),
-    ], name="ENERGIES")
-    for key, val in (("HDUCLASS", "OGIP"), ("HDUCLAS1", "XSPEC TABLE MODEL"), ("HDUCLAS2", "ENERGIES"),
-                     ("HDUVERS", "1.0.0")):
+    energies = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("ENERG_LO", "E", array=edges[:-1]),
+            fits.Column("ENERG_HI", "E", array=edges[1:]),
+        ],
+        name="ENERGIES",
+    )
+    for key, val in (
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "XSPEC TABLE MODEL"),
+        ("HDUCLAS2", "ENERGIES"),
+        ("HDUVERS", "1.0.0"),
+    ):
         energies.header[key] = val
 
     paramval = np.array([[t, a] for t in kt for a in ABUNDANCES], dtype=np.float32)
-    spectra = np.array([EMISSIVITY_TO_NORM * (grid["solar"][i] + a * grid["metals"][i])
-                        for i in range(n_kt) for a in ABUNDANCES], dtype=np.float32)
-    spec = fits.BinTableHDU.from_columns([
-        fits.Column("PARAMVAL", "2E", array=paramval),
-        fits.Column("INTPSPEC", f"{N_BINS}E", unit="photons/cm^2/s", array=spectra),
-    ], name="SPECTRA")
-    for key, val in (("HDUCLASS", "OGIP"), ("HDUCLAS1", "XSPEC TABLE MODEL"), ("HDUCLAS2", "MODEL SPECTRA"),
-                     ("HDUVERS", "1.0.0")):
+    spectra = np.array(
+        [
+            EMISSIVITY_TO_NORM * (grid["solar"][i] + a * grid["metals"][i])
+            for i in range(n_kt)
+            for a in ABUNDANCES
+        ],
+        dtype=np.float32,
+    )
+    spec = fits.BinTableHDU.from_columns(
+        [
+            fits.Column("PARAMVAL", "2E", array=paramval),
+            fits.Column("INTPSPEC", f"{N_BINS}E", unit="photons/cm^2/s", array=spectra),
+        ],
+        name="SPECTRA",
+    )
+    for key, val in (
+        ("HDUCLASS", "OGIP"),
+        ("HDUCLAS1", "XSPEC TABLE MODEL"),
+        ("HDUCLAS2", "MODEL SPECTRA"),
+        ("HDUVERS", "1.0.0"),
+    ):
         spec.header[key] = val
     return fits.HDUList([prim, pars, energies, spec])
 
 
-def build_apec(*, out: str | Path | None = None, wheel: str | Path | None = None,
-               log_: logging.Logger | None = None) -> Path:
+def build_apec(
+    *, out: str | Path | None = None, wheel: str | Path | None = None, log_: logging.Logger | None = None
+) -> Path:
     """Build the APEC table and write it atomically.
 
     Parameters
@@ -239,5 +297,7 @@ def build_apec(*, out: str | Path | None = None, wheel: str | Path | None = None
         grid = read_apec_nc(src)
     hdul = apec_table_hdul(grid)
     atomic_write_fits(hdul, target)
-    lg.info("APEC table (%d kT x %d Abundanc, %d bins) -> %s", grid["kT"].size, len(ABUNDANCES), N_BINS, target)
+    lg.info(
+        "APEC table (%d kT x %d Abundanc, %d bins) -> %s", grid["kT"].size, len(ABUNDANCES), N_BINS, target
+    )
     return target

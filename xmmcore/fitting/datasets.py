@@ -80,15 +80,23 @@ class SpectrumDataset:
         n_chan = self.rmf.n_chan
         if self.pha.counts.size != n_chan:
             raise InputDataError(
-                f"spectrum has {self.pha.counts.size} channels but the RMF {self.rmf.path} has {n_chan}", self.pha.path)
+                f"spectrum has {self.pha.counts.size} channels but the RMF {self.rmf.path} has {n_chan}",
+                self.pha.path,
+            )
         if self.arf is not None and self.arf.specresp.size != self.rmf.energ_lo.size:
-            raise InputDataError(f"ARF has {self.arf.specresp.size} energy bins but the RMF {self.rmf.path} has "
-                                 f"{self.rmf.energ_lo.size}", self.arf.path)
-        if self.arf is not None and not np.allclose(self.arf.energ_lo, self.rmf.energ_lo, rtol=1e-4, atol=1e-6):
+            raise InputDataError(
+                f"ARF has {self.arf.specresp.size} energy bins but the RMF {self.rmf.path} has "
+                f"{self.rmf.energ_lo.size}",
+                self.arf.path,
+            )
+        if self.arf is not None and not np.allclose(
+            self.arf.energ_lo, self.rmf.energ_lo, rtol=1e-4, atol=1e-6
+        ):
             raise InputDataError(f"ARF energy grid differs from the RMF {self.rmf.path}", self.arf.path)
         if self.bkg is not None and self.bkg.counts.size != n_chan:
-            raise InputDataError(f"background has {self.bkg.counts.size} channels, source has {n_chan}",
-                                 self.bkg.path)
+            raise InputDataError(
+                f"background has {self.bkg.counts.size} channels, source has {n_chan}", self.bkg.path
+            )
         if not self.name:
             self.name = self.pha.path.stem if self.pha.path else "spectrum"
         if self.pha.exposure <= 0:
@@ -97,9 +105,17 @@ class SpectrumDataset:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pha(cls, path: str | Path, *, rmf: str | Path | None = None, arf: str | Path | None = None,
-                 bkg: str | Path | None = None, use_background: bool = True, name: str | None = None,
-                 row: int | None = None) -> SpectrumDataset:
+    def from_pha(
+        cls,
+        path: str | Path,
+        *,
+        rmf: str | Path | None = None,
+        arf: str | Path | None = None,
+        bkg: str | Path | None = None,
+        use_background: bool = True,
+        name: str | None = None,
+        row: int | None = None,
+    ) -> SpectrumDataset:
         """Read a PHA and its responses / background.
 
         Files not given are taken from RESPFILE / ANCRFILE / BACKFILE, relative to the PHA's folder.
@@ -116,8 +132,10 @@ class SpectrumDataset:
         if rmf_path is None:
             raise InputDataError("no RESPFILE keyword and no RMF given", pha.path)
         if not rmf_path.exists():
-            raise InputDataError(f"RESPFILE {pha.respfile!r} not found (looked for {rmf_path}); give the RMF "
-                                 "explicitly", pha.path)
+            raise InputDataError(
+                f"RESPFILE {pha.respfile!r} not found (looked for {rmf_path}); give the RMF explicitly",
+                pha.path,
+            )
         rmf_obj = read_rmf(rmf_path)
         arf_path = Path(arf) if arf is not None else pha.resolve("ancrfile")
         arf_obj = None
@@ -137,16 +155,20 @@ class SpectrumDataset:
                     msg = f"{pha.path}: BACKFILE {pha.backfile!r} not found ({bkg_path}); fitting without background"
                     warnings.warn(msg, BackgroundMissingWarning, stacklevel=2)
                     log.warning(msg)
-        return cls(pha=pha, rmf=rmf_obj, arf=arf_obj, bkg=bkg_obj, name=name or "",
-                   use_background=use_background)
+        return cls(
+            pha=pha, rmf=rmf_obj, arf=arf_obj, bkg=bkg_obj, name=name or "", use_background=use_background
+        )
 
     # ------------------------------------------------------------------ grouping
     def _build_groups(self) -> None:
         n = self.pha.counts.size
         good = np.ones(n, dtype=bool) if self.pha.quality is None else (np.asarray(self.pha.quality) == 0)
         grouping = self.pha.grouping
-        starts = np.ones(n, dtype=bool) if grouping is None or not np.any(grouping == -1) \
+        starts = (
+            np.ones(n, dtype=bool)
+            if grouping is None or not np.any(grouping == -1)
             else (np.asarray(grouping) != -1)
+        )
         chan = np.nonzero(good)[0]
         # a good channel starts a group if it is flagged as a start or follows a dropped channel's group start
         group_id = np.cumsum(starts)[chan]
@@ -281,5 +303,7 @@ class SpectrumDataset:
 
     def __repr__(self) -> str:
         bkg = "bkg" if self.has_background else "no bkg"
-        return (f"<SpectrumDataset {self.name}: {self.n_noticed}/{self.n_groups} groups noticed, "
-                f"{self.group_counts[self._noticed].sum():.0f} counts, {bkg}>")
+        return (
+            f"<SpectrumDataset {self.name}: {self.n_noticed}/{self.n_groups} groups noticed, "
+            f"{self.group_counts[self._noticed].sum():.0f} counts, {bkg}>"
+        )

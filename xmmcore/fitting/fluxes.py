@@ -26,13 +26,16 @@ _N_GRID = 1000
 
 def band_key(band: Sequence[float]) -> str:
     """Dictionary key of a band: ``(0.5, 2) -> "0.5-2.0"``."""
+
     def fmt(x: float) -> str:
         return f"{x:.1f}" if abs(round(x, 1) - x) < 1e-12 else f"{x:g}"
+
     return f"{fmt(float(band[0]))}-{fmt(float(band[1]))}"
 
 
-def band_flux(model: CompositeModel, values: np.ndarray, band: Sequence[float], *, unabsorbed: bool = False
-              ) -> float:
+def band_flux(
+    model: CompositeModel, values: np.ndarray, band: Sequence[float], *, unabsorbed: bool = False
+) -> float:
     """Energy flux of the model in ``band`` (keV) in erg cm^-2 s^-1."""
     lo, hi = float(band[0]), float(band[1])
     edges = np.geomspace(lo, hi, _N_GRID + 1)
@@ -56,9 +59,15 @@ def luminosity_distance_cm(z: float, cosmology: Any = None) -> float:
     return float(_cosmology(cosmology).luminosity_distance(z).to("cm").value)
 
 
-def flux_table(model: CompositeModel, best: np.ndarray, bands: Sequence[Sequence[float]], *,
-               samples: np.ndarray | None = None, redshift: float | None = None, cosmology: Any = None
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
+def flux_table(
+    model: CompositeModel,
+    best: np.ndarray,
+    bands: Sequence[Sequence[float]],
+    *,
+    samples: np.ndarray | None = None,
+    redshift: float | None = None,
+    cosmology: Any = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fluxes and luminosities with errors.
 
     Parameters
@@ -111,6 +120,12 @@ def flux_table(model: CompositeModel, best: np.ndarray, bands: Sequence[Sequence
                 return f * band_flux(model, p, b, unabsorbed=True)
 
             v, lo, hi = with_errors(luminosity)
-            lums[key] = {"band_kev": [float(band[0]), float(band[1])], "value": v, "err_lo": lo, "err_hi": hi,
-                         "redshift": float(redshift), "unit": "erg s-1"}
+            lums[key] = {
+                "band_kev": [float(band[0]), float(band[1])],
+                "value": v,
+                "err_lo": lo,
+                "err_hi": hi,
+                "redshift": float(redshift),
+                "unit": "erg s-1",
+            }
     return fluxes, lums

@@ -166,8 +166,16 @@ class FunctionComponent(Component):
         Custom ``norm`` parameter for an additive component.
     """
 
-    def __init__(self, name: str, kind: str, params: Sequence[Parameter], func: Callable[..., np.ndarray], *,
-                 absorption: bool | None = None, norm: Parameter | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        params: Sequence[Parameter],
+        func: Callable[..., np.ndarray],
+        *,
+        absorption: bool | None = None,
+        norm: Parameter | None = None,
+    ) -> None:
         super().__init__()
         if kind not in ("add", "mul"):
             raise ConfigError(f"component {name}: kind must be 'add' or 'mul', not {kind!r}")
@@ -306,14 +314,69 @@ def _constant(lo: np.ndarray, hi: np.ndarray, factor: float) -> np.ndarray:
 
 # Morrison & McCammon (1983) fit coefficients, in XSPEC's units (sigma in 1e-22 cm^2 with E in keV):
 # sigma(E) = (c0 + c1 E + c2 E^2) / E^3 in the range ending at _MM_EDGE[i].
-_MM_EDGE = np.array([0.03, 0.1, 0.284, 0.4, 0.532, 0.707, 0.867, 1.303, 1.840, 2.471, 3.210, 4.038, 7.111, 8.331,
-                     10.0, np.inf])
-_MM_C0 = np.array([0.336, 0.173, 0.346, 0.781, 0.714, 0.955, 3.089, 1.206, 1.413, 2.027, 3.427, 3.522, 4.339,
-                   6.29, 7.012, 9.532])
-_MM_C1 = np.array([0.0, 6.081, 2.679, 0.188, 0.668, 1.458, -3.806, 1.693, 1.468, 1.047, 0.187, 0.187, -0.024,
-                   0.309, 0.252, 0.0])
-_MM_C2 = np.array([0.0, -21.5, -4.761, 0.043, -0.514, -0.611, 2.94, -0.477, -0.315, -0.17, 0.0, 0.0, 0.0075,
-                   0.0, 0.0, 0.0])
+_MM_EDGE = np.array(
+    [
+        0.03,
+        0.1,
+        0.284,
+        0.4,
+        0.532,
+        0.707,
+        0.867,
+        1.303,
+        1.840,
+        2.471,
+        3.210,
+        4.038,
+        7.111,
+        8.331,
+        10.0,
+        np.inf,
+    ]
+)
+_MM_C0 = np.array(
+    [
+        0.336,
+        0.173,
+        0.346,
+        0.781,
+        0.714,
+        0.955,
+        3.089,
+        1.206,
+        1.413,
+        2.027,
+        3.427,
+        3.522,
+        4.339,
+        6.29,
+        7.012,
+        9.532,
+    ]
+)
+_MM_C1 = np.array(
+    [
+        0.0,
+        6.081,
+        2.679,
+        0.188,
+        0.668,
+        1.458,
+        -3.806,
+        1.693,
+        1.468,
+        1.047,
+        0.187,
+        0.187,
+        -0.024,
+        0.309,
+        0.252,
+        0.0,
+    ]
+)
+_MM_C2 = np.array(
+    [0.0, -21.5, -4.761, 0.043, -0.514, -0.611, 2.94, -0.477, -0.315, -0.17, 0.0, 0.0, 0.0075, 0.0, 0.0, 0.0]
+)
 
 
 def _mm_sigma(e: np.ndarray, rng: np.ndarray) -> np.ndarray:
@@ -397,24 +460,230 @@ def _powerlaw(lo: np.ndarray, hi: np.ndarray, index: float) -> np.ndarray:
 # polynomial fits to Karzas & Latter 1961, and Kurucz's table at low temperature).
 _GAM2 = np.array([0.7783, 1.2217, 2.6234, 4.3766, 20.0, 70.0])
 _GAM3 = np.array([1.0, 1.7783, 3.0, 5.6234, 10.0, 30.0])
-_KBK_A = np.array([
-    [1.001, 1.004, 1.017, 1.036, 1.056, 1.121, 1.001, 1.005, 1.017, 1.046, 1.073, 1.115, .9991, 1.005, 1.03, 1.055,
-     1.102, 1.176, .997, 1.005, 1.035, 1.069, 1.134, 1.186, .9962, 1.004, 1.042, 1.1, 1.193, 1.306, .9874, .9962,
-     1.047, 1.156, 1.327, 1.485, .9681, .9755, 1.020, 1.208, 1.525, 1.965],
-    [.3029, .1616, .04757, .013, .0049, -.0032, .4905, .2155, .08357, .02041, .00739, .00029, .654, .2833, .08057,
-     .03257, .00759, -.00151, 1.029, .391, .1266, .05149, .01274, .00324, .9569, .4891, .1764, .05914, .01407,
-     -.00024, 1.236, .7579, .326, .1077, .028, .00548, 1.327, 1.017, .6017, .205, .0605, .00187],
-    [-1.323, -.254, -.01571, -.001, -.000184, .00008, -4.762, -.3386, -.03571, -.001786, -.0003, .00001, -6.349,
-     -.4206, -.02571, -.003429, -.000234, .00005, -13.231, -.59, -.04571, -.005714, -.000445, -.00004, -7.672,
-     -.6852, -.0643, -.005857, -.00042, .00004, -7.143, -.9947, -.12, -.01007, -.000851, -.00004, -3.175, -1.116,
-     -.2270, -.01821, -.001729, .00023],
-]).reshape(3, 7, 6)  # [coef, m (gamma column), n (u row)] from Fortran order A(6,7,3)
-_KURUCZ = np.array([
-    5.40, 5.25, 5.00, 4.69, 4.48, 4.16, 3.85, 4.77, 4.63, 4.40, 4.13, 3.87, 3.52, 3.27, 4.15, 4.02, 3.80, 3.57, 3.27,
-    2.98, 2.70, 3.54, 3.41, 3.22, 2.97, 2.70, 2.45, 2.20, 2.94, 2.81, 2.65, 2.44, 2.21, 2.01, 1.81, 2.41, 2.32, 2.19,
-    2.02, 1.84, 1.67, 1.50, 1.95, 1.90, 1.80, 1.68, 1.52, 1.41, 1.30, 1.55, 1.56, 1.51, 1.42, 1.33, 1.25, 1.17, 1.17,
-    1.30, 1.32, 1.30, 1.20, 1.15, 1.11, 0.86, 1.00, 1.15, 1.18, 1.15, 1.11, 1.08, 0.59, 0.76, 0.97, 1.09, 1.13, 1.10,
-    1.08, 0.38, 0.53, 0.76, 0.96, 1.08, 1.09, 1.09]).reshape(12, 7)  # [k, j] from Fortran YA(7,12)
+_KBK_A = np.array(
+    [
+        [
+            1.001,
+            1.004,
+            1.017,
+            1.036,
+            1.056,
+            1.121,
+            1.001,
+            1.005,
+            1.017,
+            1.046,
+            1.073,
+            1.115,
+            0.9991,
+            1.005,
+            1.03,
+            1.055,
+            1.102,
+            1.176,
+            0.997,
+            1.005,
+            1.035,
+            1.069,
+            1.134,
+            1.186,
+            0.9962,
+            1.004,
+            1.042,
+            1.1,
+            1.193,
+            1.306,
+            0.9874,
+            0.9962,
+            1.047,
+            1.156,
+            1.327,
+            1.485,
+            0.9681,
+            0.9755,
+            1.020,
+            1.208,
+            1.525,
+            1.965,
+        ],
+        [
+            0.3029,
+            0.1616,
+            0.04757,
+            0.013,
+            0.0049,
+            -0.0032,
+            0.4905,
+            0.2155,
+            0.08357,
+            0.02041,
+            0.00739,
+            0.00029,
+            0.654,
+            0.2833,
+            0.08057,
+            0.03257,
+            0.00759,
+            -0.00151,
+            1.029,
+            0.391,
+            0.1266,
+            0.05149,
+            0.01274,
+            0.00324,
+            0.9569,
+            0.4891,
+            0.1764,
+            0.05914,
+            0.01407,
+            -0.00024,
+            1.236,
+            0.7579,
+            0.326,
+            0.1077,
+            0.028,
+            0.00548,
+            1.327,
+            1.017,
+            0.6017,
+            0.205,
+            0.0605,
+            0.00187,
+        ],
+        [
+            -1.323,
+            -0.254,
+            -0.01571,
+            -0.001,
+            -0.000184,
+            0.00008,
+            -4.762,
+            -0.3386,
+            -0.03571,
+            -0.001786,
+            -0.0003,
+            0.00001,
+            -6.349,
+            -0.4206,
+            -0.02571,
+            -0.003429,
+            -0.000234,
+            0.00005,
+            -13.231,
+            -0.59,
+            -0.04571,
+            -0.005714,
+            -0.000445,
+            -0.00004,
+            -7.672,
+            -0.6852,
+            -0.0643,
+            -0.005857,
+            -0.00042,
+            0.00004,
+            -7.143,
+            -0.9947,
+            -0.12,
+            -0.01007,
+            -0.000851,
+            -0.00004,
+            -3.175,
+            -1.116,
+            -0.2270,
+            -0.01821,
+            -0.001729,
+            0.00023,
+        ],
+    ]
+).reshape(3, 7, 6)  # [coef, m (gamma column), n (u row)] from Fortran order A(6,7,3)
+_KURUCZ = np.array(
+    [
+        5.40,
+        5.25,
+        5.00,
+        4.69,
+        4.48,
+        4.16,
+        3.85,
+        4.77,
+        4.63,
+        4.40,
+        4.13,
+        3.87,
+        3.52,
+        3.27,
+        4.15,
+        4.02,
+        3.80,
+        3.57,
+        3.27,
+        2.98,
+        2.70,
+        3.54,
+        3.41,
+        3.22,
+        2.97,
+        2.70,
+        2.45,
+        2.20,
+        2.94,
+        2.81,
+        2.65,
+        2.44,
+        2.21,
+        2.01,
+        1.81,
+        2.41,
+        2.32,
+        2.19,
+        2.02,
+        1.84,
+        1.67,
+        1.50,
+        1.95,
+        1.90,
+        1.80,
+        1.68,
+        1.52,
+        1.41,
+        1.30,
+        1.55,
+        1.56,
+        1.51,
+        1.42,
+        1.33,
+        1.25,
+        1.17,
+        1.17,
+        1.30,
+        1.32,
+        1.30,
+        1.20,
+        1.15,
+        1.11,
+        0.86,
+        1.00,
+        1.15,
+        1.18,
+        1.15,
+        1.11,
+        1.08,
+        0.59,
+        0.76,
+        0.97,
+        1.09,
+        1.13,
+        1.10,
+        1.08,
+        0.38,
+        0.53,
+        0.76,
+        0.96,
+        1.08,
+        1.09,
+        1.09,
+    ]
+).reshape(12, 7)  # [k, j] from Fortran YA(7,12)
 
 
 def _gaunt(e: np.ndarray, kt: float, z: float) -> np.ndarray:
@@ -439,8 +708,12 @@ def _gaunt(e: np.ndarray, kt: float, z: float) -> np.ndarray:
             kk = k[good]
             uu = (np.log10(u[good]) - (kk - 9.0) / 2.0) / 0.5
             ya = _KURUCZ
-            res[good] = ((1 - tg) * (1 - uu) * ya[kk - 1, j - 1] + tg * (1 - uu) * ya[kk - 1, j]
-                         + tg * uu * ya[kk, j] + (1 - tg) * uu * ya[kk, j - 1])
+            res[good] = (
+                (1 - tg) * (1 - uu) * ya[kk - 1, j - 1]
+                + tg * (1 - uu) * ya[kk - 1, j]
+                + tg * uu * ya[kk, j]
+                + (1 - tg) * uu * ya[kk, j - 1]
+            )
         out[ok] = res
         return out
     u1 = 0.5 * u
@@ -451,14 +724,29 @@ def _gaunt(e: np.ndarray, kt: float, z: float) -> np.ndarray:
     t2 = t[small] ** 2
     t4 = t2 * t2
     t8 = t4 * t4
-    ai = 1 + 3.5156229 * t2 + 3.089942 * t4 + 1.2067492 * t2 * t4 + 0.2659732 * t8 + 0.0360768 * t8 * t2 \
+    ai = (
+        1
+        + 3.5156229 * t2
+        + 3.089942 * t4
+        + 1.2067492 * t2 * t4
+        + 0.2659732 * t8
+        + 0.0360768 * t8 * t2
         + 0.0045813 * t8 * t4
+    )
     q = u12[small] ** 2
-    ak[small] = -np.log(u12[small]) * ai - 0.57721566 + q * (0.4227842 + q * (0.23069756 + q * (
-        0.0348859 + q * (0.00262698 + q * (0.0001075 + q * 0.0000074)))))
+    ak[small] = (
+        -np.log(u12[small]) * ai
+        - 0.57721566
+        + q
+        * (
+            0.4227842
+            + q * (0.23069756 + q * (0.0348859 + q * (0.00262698 + q * (0.0001075 + q * 0.0000074))))
+        )
+    )
     w = -1.0 / u12[~small]
-    big = 1.25331414 + w * (0.07832358 + w * (0.02189568 + w * (0.01062446 + w * (
-        0.00587872 + w * (0.0025154 + w * 0.00053208)))))
+    big = 1.25331414 + w * (
+        0.07832358 + w * (0.02189568 + w * (0.01062446 + w * (0.00587872 + w * (0.0025154 + w * 0.00053208))))
+    )
     ak[~small] = big / (np.exp(u1[~small]) * np.sqrt(u1[~small]))
     born = 0.5513 * np.exp(u1) * ak
     if gam1 < 1.0:
@@ -539,19 +827,33 @@ def _kt(default: float) -> Parameter:
 
 
 def _line_params() -> list[Parameter]:
-    return [Parameter("LineE", 6.5, "keV", 0.0, 1e6, 0.0, 1e6, delta=0.05),
-            Parameter("Sigma", 0.1, "keV", 0.0, 10.0, 0.0, 20.0, delta=0.05)]
+    return [
+        Parameter("LineE", 6.5, "keV", 0.0, 1e6, 0.0, 1e6, delta=0.05),
+        Parameter("Sigma", 0.1, "keV", 0.0, 10.0, 0.0, 20.0, delta=0.05),
+    ]
 
 
-def _builtin(name: str, kind: str, params: Callable[[], list[Parameter]], func: Callable[..., np.ndarray],
-             absorption: bool | None = None) -> None:
+def _builtin(
+    name: str,
+    kind: str,
+    params: Callable[[], list[Parameter]],
+    func: Callable[..., np.ndarray],
+    absorption: bool | None = None,
+) -> None:
     register_component(name, lambda: FunctionComponent(name, kind, params(), func, absorption=absorption))
 
 
-_builtin("constant", "mul", lambda: [Parameter("factor", 1.0, "", 0.0, 1e10, 0.0, 1e10, delta=0.01)], _constant,
-         absorption=False)
+_builtin(
+    "constant",
+    "mul",
+    lambda: [Parameter("factor", 1.0, "", 0.0, 1e10, 0.0, 1e10, delta=0.01)],
+    _constant,
+    absorption=False,
+)
 _builtin("wabs", "mul", lambda: [Parameter("nH", 1.0, "10^22", 0.0, 1e5, 0.0, 1e6, delta=0.001)], _wabs)
-_builtin("powerlaw", "add", lambda: [Parameter("PhoIndex", 1.0, "", -2.0, 9.0, -3.0, 10.0, delta=0.01)], _powerlaw)
+_builtin(
+    "powerlaw", "add", lambda: [Parameter("PhoIndex", 1.0, "", -2.0, 9.0, -3.0, 10.0, delta=0.01)], _powerlaw
+)
 _builtin("bremss", "add", lambda: [_kt(7.0)], _bremss)
 _builtin("zbremss", "add", lambda: [_kt(7.0), _redshift()], _zbremss)
 _builtin("gaussian", "add", _line_params, _gaussian)
@@ -715,7 +1017,9 @@ class CompositeModel:
             self._pos += 1
             comp = get_component(tok[1])
             if comp.kind == "con":
-                raise ConfigError(f"convolution component {comp.name!r} is not supported by the built-in engine")
+                raise ConfigError(
+                    f"convolution component {comp.name!r} is not supported by the built-in engine"
+                )
             self.components.append(comp)
             return _Node("comp", index=len(self.components) - 1)
         raise ConfigError(f"model expression {self.expression!r}: unexpected {tok[1]!r}")
@@ -740,15 +1044,20 @@ class CompositeModel:
         if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.strip().isdigit()):
             num = int(key)
             if not 1 <= num <= len(self.parameters):
-                raise ConfigError(f"parameter number {num} out of range 1..{len(self.parameters)} for {self.expression}")
+                raise ConfigError(
+                    f"parameter number {num} out of range 1..{len(self.parameters)} for {self.expression}"
+                )
             return num - 1
         k = str(key).strip()
         kl = k.lower()
         hits = [i for i, p in enumerate(self.parameters) if p.full_name.lower() == kl]
         if not hits and "." in k:
             comp, pname = kl.rsplit(".", 1)
-            hits = [i for i, p in enumerate(self.parameters)
-                    if p.name.lower() == pname and _instance_base(p.component).lower() == comp]
+            hits = [
+                i
+                for i, p in enumerate(self.parameters)
+                if p.name.lower() == pname and _instance_base(p.component).lower() == comp
+            ]
         if not hits and "." not in k:
             hits = [i for i, p in enumerate(self.parameters) if p.name.lower() == kl]
         if len(hits) == 1:
@@ -756,8 +1065,10 @@ class CompositeModel:
         names = ", ".join(p.full_name for p in self.parameters)
         if not hits:
             raise ConfigError(f"no parameter {k!r} in model {self.expression!r} (parameters: {names})")
-        raise ConfigError(f"parameter {k!r} is ambiguous in {self.expression!r}; use one of: "
-                          + ", ".join(self.parameters[i].full_name for i in hits))
+        raise ConfigError(
+            f"parameter {k!r} is ambiguous in {self.expression!r}; use one of: "
+            + ", ".join(self.parameters[i].full_name for i in hits)
+        )
 
     def set(self, key: str | int, value: float | None = None, frozen: bool | None = None) -> ModelParameter:
         """Set a parameter's value and/or frozen state, like XSPEC's ``newpar``.
@@ -772,7 +1083,9 @@ class CompositeModel:
         if value is not None:
             value = float(value)
             if not (p.hard_min <= value <= p.hard_max):
-                raise ConfigError(f"{mp.full_name}={value} outside its hard limits [{p.hard_min}, {p.hard_max}]")
+                raise ConfigError(
+                    f"{mp.full_name}={value} outside its hard limits [{p.hard_min}, {p.hard_max}]"
+                )
             p.value = value
             p.min = min(p.min, value)
             p.max = max(p.max, value)
@@ -806,8 +1119,15 @@ class CompositeModel:
         return v
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray,
-                 values: Sequence[float] | np.ndarray | None = None, *, unabsorbed: bool = False, drop: Sequence[int] = ()) -> np.ndarray:
+    def evaluate(
+        self,
+        energ_lo: np.ndarray,
+        energ_hi: np.ndarray,
+        values: Sequence[float] | np.ndarray | None = None,
+        *,
+        unabsorbed: bool = False,
+        drop: Sequence[int] = (),
+    ) -> np.ndarray:
         """Evaluate the model on an energy grid.
 
         Parameters
@@ -859,7 +1179,9 @@ class CompositeModel:
     def copy(self) -> CompositeModel:
         """An independent copy (same expression, copied parameters)."""
         new = copy.copy(self)
-        new.parameters = [ModelParameter(p.number, p.component, copy.copy(p.param), p.link) for p in self.parameters]
+        new.parameters = [
+            ModelParameter(p.number, p.component, copy.copy(p.param), p.link) for p in self.parameters
+        ]
         return new
 
     def __repr__(self) -> str:
@@ -870,7 +1192,9 @@ class CompositeModel:
         lines = [f"Model {self.expression}", f"{'par':>4} {'component':<14} {'name':<10} {'unit':<8} value"]
         for p in self.parameters:
             state = " frozen" if p.param.frozen else (f" = p{p.link + 1}" if p.link is not None else "")
-            lines.append(f"{p.number:>4} {p.component:<14} {p.name:<10} {p.param.unit:<8} {p.param.value:.6g}{state}")
+            lines.append(
+                f"{p.number:>4} {p.component:<14} {p.name:<10} {p.param.unit:<8} {p.param.value:.6g}{state}"
+            )
         return "\n".join(lines)
 
 
@@ -919,6 +1243,8 @@ def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
         comp, _, pname = par.full_name.partition(".")
         if pname.lower() == "redshift" and _finite_number(meta.get("z")):
             out.append(f"{par.full_name}={float(meta['z'])},frozen")
-        elif pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite_number(meta.get("nh")):
+        elif (
+            pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite_number(meta.get("nh"))
+        ):
             out.append(f"{par.full_name}={float(meta['nh'])},frozen")
     return out

@@ -104,8 +104,14 @@ class FitProblem:
         Per-dataset ``constant`` factors (first frozen at 1) when there are several datasets.
     """
 
-    def __init__(self, datasets: Sequence[SpectrumDataset], model: CompositeModel, stat: str, *,
-                 cross_norm: bool = True) -> None:
+    def __init__(
+        self,
+        datasets: Sequence[SpectrumDataset],
+        model: CompositeModel,
+        stat: str,
+        *,
+        cross_norm: bool = True,
+    ) -> None:
         if not datasets:
             raise ConfigError("no datasets to fit")
         self.datasets = list(datasets)
@@ -124,7 +130,8 @@ class FitProblem:
         self.cross_norm = cross_norm and len(self.datasets) > 1
         npar = len(model.parameters)
         self.slots: list[_Slot] = [
-            _Slot(copy.copy(mp.param), mp.full_name, mp.number) for mp in model.parameters]
+            _Slot(copy.copy(mp.param), mp.full_name, mp.number) for mp in model.parameters
+        ]
         self.index = np.tile(np.arange(npar), (len(self.datasets), 1))
         if self.cross_norm:
             ci = next(i for i, c in enumerate(model.components) if c.name == "constant")
@@ -137,7 +144,9 @@ class FitProblem:
                 par.frozen = False
                 par.value = 1.0
                 par.min, par.max = max(par.min, 1e-3), min(par.max, 1e3)
-                self.slots.append(_Slot(par, self.slots[pi].name, self.slots[pi].number, self.datasets[di].name))
+                self.slots.append(
+                    _Slot(par, self.slots[pi].name, self.slots[pi].number, self.datasets[di].name)
+                )
                 self.index[di, pi] = len(self.slots) - 1
         for i, mp in enumerate(model.parameters):
             if mp.link is not None:
@@ -169,8 +178,10 @@ class FitProblem:
         par = self.slots[s].param
         if value is not None:
             if not par.hard_min <= value <= par.hard_max:
-                raise ConfigError(f"{key}={value} outside the hard limits [{par.hard_min}, {par.hard_max}] "
-                                  f"of {self.slots[s].name}")
+                raise ConfigError(
+                    f"{key}={value} outside the hard limits [{par.hard_min}, {par.hard_max}] "
+                    f"of {self.slots[s].name}"
+                )
             par.value = value
             par.min = min(par.min, value)
             par.max = max(par.max, value)
@@ -383,13 +394,26 @@ def _delta_for(level: float) -> float:
     return float(chi2.ppf(level, 1))
 
 
-def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | CompositeModel, *,
-        stat: str = "cstat", set_params: Sequence[Any] = (), links: Sequence[tuple[str, str]] = (),
-        cross_norm: bool = True, errors: str | None = "profile", error_level: float = 1.0,
-        abund: str = "angr", redshift: float | None = None, cosmology: Any = None,
-        flux_bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS, restarts: int = 3,
-        flux_samples: int = 200, goodness_sims: int = 0, seed: int = 12345,
-        log: logging.Logger | None = None) -> FitResult:
+def fit(
+    datasets: Sequence[SpectrumDataset] | SpectrumDataset,
+    model: str | CompositeModel,
+    *,
+    stat: str = "cstat",
+    set_params: Sequence[Any] = (),
+    links: Sequence[tuple[str, str]] = (),
+    cross_norm: bool = True,
+    errors: str | None = "profile",
+    error_level: float = 1.0,
+    abund: str = "angr",
+    redshift: float | None = None,
+    cosmology: Any = None,
+    flux_bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS,
+    restarts: int = 3,
+    flux_samples: int = 200,
+    goodness_sims: int = 0,
+    seed: int = 12345,
+    log: logging.Logger | None = None,
+) -> FitResult:
     """Fit one or more spectra with an XSPEC model expression.
 
     Parameters
@@ -469,7 +493,9 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
             break
         trial = _migrad(problem, _perturbed(problem, best_x, rng))
         logger.debug("restart %d: stat %.4f -> %.4f", attempt + 1, best_stat, trial.fval)
-        if trial.fval < best_stat - 1e-6 or (trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6):
+        if trial.fval < best_stat - 1e-6 or (
+            trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6
+        ):
             minuit, best_x, best_stat = trial, np.array(trial.values), float(trial.fval)
     if not math.isfinite(best_stat) or best_stat >= 1e29:
         raise FitError("the fit statistic is not finite at the best fit (model predicts no counts?)")
@@ -478,8 +504,9 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
     # Errors.
     cov = None
     try:
-        if problem.stat.startswith("chi2") and not any(problem.effective_stat(d) != problem.stat
-                                                        for d in range(len(ds_list))):
+        if problem.stat.startswith("chi2") and not any(
+            problem.effective_stat(d) != problem.stat for d in range(len(ds_list))
+        ):
             cov = _jacobian_covariance(problem, best_x)
         else:
             minuit.hesse()
@@ -528,8 +555,9 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
     if z is None:
         z_index = [i for i, mp in enumerate(problem.model.parameters) if mp.name.lower() == "redshift"]
         z = float(model_values[z_index[0]]) if z_index else None
-    fluxes, lums = flux_table(problem.model, model_values, flux_bands, samples=samples, redshift=z,
-                              cosmology=cosmology)
+    fluxes, lums = flux_table(
+        problem.model, model_values, flux_bands, samples=samples, redshift=z, cosmology=cosmology
+    )
 
     pvalue = None
     if goodness_sims > 0 and not problem.stat.startswith("chi2"):
@@ -574,13 +602,23 @@ def fit(datasets: Sequence[SpectrumDataset] | SpectrumDataset, model: str | Comp
         redshift=z,
         goodness_pvalue=pvalue,
         fit_time_s=time.perf_counter() - t0,
-        covariance={"parameters": [problem.slots[i].name + (f"[{problem.slots[i].dataset}]"
-                                                             if problem.slots[i].dataset else "") for i in free],
-                    "matrix": cov.tolist() if cov is not None else None},
+        covariance={
+            "parameters": [
+                problem.slots[i].name + (f"[{problem.slots[i].dataset}]" if problem.slots[i].dataset else "")
+                for i in free
+            ],
+            "matrix": cov.tolist() if cov is not None else None,
+        },
     )
     result.attach(problem, all_values)
-    logger.info("fit %s (%s): stat %.3f / %d dof in %.2f s", problem.model.expression, problem.stat,
-                best_stat, dof, result.fit_time_s)
+    logger.info(
+        "fit %s (%s): stat %.3f / %d dof in %.2f s",
+        problem.model.expression,
+        problem.stat,
+        best_stat,
+        dof,
+        result.fit_time_s,
+    )
     return result
 
 
@@ -603,7 +641,8 @@ def _dataset_info(ds: SpectrumDataset, stat: str) -> dict[str, Any]:
         "n_groups": ds.n_groups,
         "counts": float(ds.counts.sum()),
         "noticed_kev": [float(ds.group_lo_kev[ds.mask].min()), float(ds.group_hi_kev[ds.mask].max())]
-        if ds.n_noticed else None,
+        if ds.n_noticed
+        else None,
         "ignored_kev": _ignored_ranges(ds),
         "stat": stat,
     }
@@ -631,8 +670,9 @@ def _ignored_ranges(ds: SpectrumDataset) -> list[list[float | None]]:
     return out
 
 
-def _simulated_pvalue(problem: FitProblem, best_x: np.ndarray, best_stat: float, n: int,
-                      rng: np.random.Generator) -> float:
+def _simulated_pvalue(
+    problem: FitProblem, best_x: np.ndarray, best_stat: float, n: int, rng: np.random.Generator
+) -> float:
     """Fraction of Poisson simulations of the best fit whose refitted statistic exceeds the observed one."""
     v = problem.slot_values(best_x)
     expected = [problem.predicted(v, d) for d in range(len(problem.datasets))]

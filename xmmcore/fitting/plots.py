@@ -36,7 +36,9 @@ def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path
     values = result._values
     if problem is None:
         problem, values = _rebuild(result, datasets)
-    fig, (ax, axr) = plt.subplots(2, 1, sharex=True, figsize=(7.5, 6.0), gridspec_kw={"height_ratios": [3, 1]})
+    fig, (ax, axr) = plt.subplots(
+        2, 1, sharex=True, figsize=(7.5, 6.0), gridspec_kw={"height_ratios": [3, 1]}
+    )
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for d, ds in enumerate(problem.datasets):
         colour = colours[d % len(colours)]
@@ -52,11 +54,30 @@ def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path
             net = counts - ds.bkg_scale * ds.bkg_counts
             var = var + ds.bkg_scale**2 * np.maximum(ds.bkg_counts, 1.0)
         norm = ds.exposure * width
-        ax.errorbar(centre, net / norm, xerr=0.5 * width, yerr=np.sqrt(var) / norm, fmt=".", ms=2, lw=0.6,
-                    color=colour, label=f"{ds.name}")
-        ax.step(np.r_[lo, hi[-1:]], np.r_[model / norm, (model / norm)[-1:]], where="post", color=colour, lw=1.0)
-        axr.errorbar(centre, (net - model) / np.sqrt(var), xerr=0.5 * width, yerr=1.0, fmt=".", ms=2, lw=0.6,
-                     color=colour)
+        ax.errorbar(
+            centre,
+            net / norm,
+            xerr=0.5 * width,
+            yerr=np.sqrt(var) / norm,
+            fmt=".",
+            ms=2,
+            lw=0.6,
+            color=colour,
+            label=f"{ds.name}",
+        )
+        ax.step(
+            np.r_[lo, hi[-1:]], np.r_[model / norm, (model / norm)[-1:]], where="post", color=colour, lw=1.0
+        )
+        axr.errorbar(
+            centre,
+            (net - model) / np.sqrt(var),
+            xerr=0.5 * width,
+            yerr=1.0,
+            fmt=".",
+            ms=2,
+            lw=0.6,
+            color=colour,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylabel("counts s$^{-1}$ keV$^{-1}$")

@@ -15,8 +15,14 @@ __all__ = ["SCHEMA_VERSION", "FitResult"]
 
 SCHEMA_VERSION = 1
 
-_XSPEC_STAT = {"cstat": ("cstat", None), "wstat": ("cstat", None), "chi2": ("chi", "standard"),
-               "chi2data": ("chi", "standard"), "chi2gehrels": ("chi", "gehrels"), "chi2model": ("chi", "model")}
+_XSPEC_STAT = {
+    "cstat": ("cstat", None),
+    "wstat": ("cstat", None),
+    "chi2": ("chi", "standard"),
+    "chi2data": ("chi", "standard"),
+    "chi2gehrels": ("chi", "gehrels"),
+    "chi2model": ("chi", "model"),
+}
 
 
 @dataclass
@@ -149,7 +155,9 @@ class FitResult:
                 hi_s = "**" if hi is None else f"{hi:.6g}"
                 lines.append(f"ignore {g}:{lo_s}-{hi_s}")
         lines.append(f"model {self.model}")
-        shared = [p for p in self.parameters if "dataset" not in p or p.get("dataset") == self._first_dataset()]
+        shared = [
+            p for p in self.parameters if "dataset" not in p or p.get("dataset") == self._first_dataset()
+        ]
         shared.sort(key=lambda p: p["number"])
         npar = len(shared)
         by_number = {p["number"]: p for p in self.parameters}
@@ -184,23 +192,34 @@ class FitResult:
 
     def summary_text(self) -> str:
         """Plain-text summary: parameters with errors, statistic, fluxes, luminosities."""
-        out = [f"Model: {self.model}   engine: {self.engine}   statistic: {self.stat}",
-               "Datasets: " + ", ".join(f"{d['name']} ({d.get('n_bins', '?')} bins)" for d in self.datasets),
-               (f"Fit statistic: {self.statistic:.4f} with {self.dof} d.o.f. (reduced {self.reduced_statistic:.4f})"
-                f"   converged: {self.converged}"),
-               f"Errors: {self.error_method} (delta stat {self.error_delta:.3f})", "",
-               f"{'#':>3} {'parameter':<24} {'dataset':<8} {'value':>13} {'-err':>11} {'+err':>11} {'unit':<8}"]
+        out = [
+            f"Model: {self.model}   engine: {self.engine}   statistic: {self.stat}",
+            "Datasets: " + ", ".join(f"{d['name']} ({d.get('n_bins', '?')} bins)" for d in self.datasets),
+            (
+                f"Fit statistic: {self.statistic:.4f} with {self.dof} d.o.f. (reduced {self.reduced_statistic:.4f})"
+                f"   converged: {self.converged}"
+            ),
+            f"Errors: {self.error_method} (delta stat {self.error_delta:.3f})",
+            "",
+            f"{'#':>3} {'parameter':<24} {'dataset':<8} {'value':>13} {'-err':>11} {'+err':>11} {'unit':<8}",
+        ]
         for p in self.parameters:
             state = "frozen" if p["frozen"] else (f"= {p['link_to']}" if p.get("link_to") else "")
-            errs = ("", "") if p["frozen"] or p.get("link_to") else (f"{p['err_lo']:.4g}", f"{p['err_hi']:.4g}")
-            out.append(f"{p['number']:>3} {p['name']:<24} {p.get('dataset') or '':<8} {p['value']:>13.6g} "
-                       f"{errs[0]:>11} {errs[1]:>11} {p['unit']:<8} {state}")
+            errs = (
+                ("", "") if p["frozen"] or p.get("link_to") else (f"{p['err_lo']:.4g}", f"{p['err_hi']:.4g}")
+            )
+            out.append(
+                f"{p['number']:>3} {p['name']:<24} {p.get('dataset') or '':<8} {p['value']:>13.6g} "
+                f"{errs[0]:>11} {errs[1]:>11} {p['unit']:<8} {state}"
+            )
         if self.fluxes:
             out += ["", "Fluxes [erg/cm^2/s] (68% from covariance draws):"]
             for key, f in self.fluxes.items():
-                out.append(f"  {key:>10} keV  absorbed {f['absorbed']:.4e} (-{f['absorbed_err_lo']:.2e} "
-                           f"+{f['absorbed_err_hi']:.2e})  unabsorbed {f['unabsorbed']:.4e} "
-                           f"(-{f['unabsorbed_err_lo']:.2e} +{f['unabsorbed_err_hi']:.2e})")
+                out.append(
+                    f"  {key:>10} keV  absorbed {f['absorbed']:.4e} (-{f['absorbed_err_lo']:.2e} "
+                    f"+{f['absorbed_err_hi']:.2e})  unabsorbed {f['unabsorbed']:.4e} "
+                    f"(-{f['unabsorbed_err_lo']:.2e} +{f['unabsorbed_err_hi']:.2e})"
+                )
         if self.luminosities:
             out += ["", f"Luminosities [erg/s] (rest frame, z = {self.redshift}):"]
             for key, lum in self.luminosities.items():

@@ -18,8 +18,17 @@ from ..errors import ConfigError
 __all__ = ["STATISTICS", "canonical_stat", "chi2", "chi2_variance", "cstat", "gehrels_sigma", "wstat"]
 
 STATISTICS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
-_ALIASES = {"cash": "cstat", "c": "cstat", "chi": "chi2", "chisq": "chi2", "chi2datavar": "chi2data",
-            "chi2modvar": "chi2model", "chi2xspecvar": "chi2model", "gehrels": "chi2gehrels", "w": "wstat"}
+_ALIASES = {
+    "cash": "cstat",
+    "c": "cstat",
+    "chi": "chi2",
+    "chisq": "chi2",
+    "chi2datavar": "chi2data",
+    "chi2modvar": "chi2model",
+    "chi2xspecvar": "chi2model",
+    "gehrels": "chi2gehrels",
+    "w": "wstat",
+}
 _TINY = 1e-300
 
 
@@ -42,8 +51,9 @@ def cstat(data: np.ndarray, model: np.ndarray) -> float:
     return float(2.0 * terms.sum())
 
 
-def wstat(data: np.ndarray, bkg: np.ndarray, model: np.ndarray, t_src: float | np.ndarray,
-          t_bkg: float | np.ndarray) -> float:
+def wstat(
+    data: np.ndarray, bkg: np.ndarray, model: np.ndarray, t_src: float | np.ndarray, t_bkg: float | np.ndarray
+) -> float:
     """XSPEC W statistic.
 
     Parameters
@@ -71,8 +81,14 @@ def wstat(data: np.ndarray, bkg: np.ndarray, model: np.ndarray, t_src: float | n
         dd = np.sqrt((ttg * yg - sg - bg) ** 2 + 4.0 * ttg * bg * yg)
         f = (sg + bg - ttg * yg + dd) / (2.0 * ttg)
         f = np.maximum(f, _TINY)
-        out[gen] = (tsg * yg + ttg * f - sg * np.log(tsg * yg + tsg * f) - bg * np.log(tbg * f)
-                    - sg * (1.0 - np.log(sg)) - bg * (1.0 - np.log(bg)))
+        out[gen] = (
+            tsg * yg
+            + ttg * f
+            - sg * np.log(tsg * yg + tsg * f)
+            - bg * np.log(tbg * f)
+            - sg * (1.0 - np.log(sg))
+            - bg * (1.0 - np.log(bg))
+        )
     s0 = s == 0
     if np.any(s0):
         bz = b[s0]
@@ -84,8 +100,9 @@ def wstat(data: np.ndarray, bkg: np.ndarray, model: np.ndarray, t_src: float | n
     if np.any(b0):
         sz, yz, tsz, tbz, ttz = s[b0], y[b0], ts[b0], tb[b0], tt[b0]
         low = yz < sz / ttz
-        out[b0] = np.where(low, -tbz * yz - sz * np.log(tsz / ttz),
-                           tsz * yz + sz * (np.log(sz) - np.log(tsz * yz) - 1.0))
+        out[b0] = np.where(
+            low, -tbz * yz - sz * np.log(tsz / ttz), tsz * yz + sz * (np.log(sz) - np.log(tsz * yz) - 1.0)
+        )
     return float(2.0 * out.sum())
 
 
@@ -94,8 +111,9 @@ def gehrels_sigma(counts: np.ndarray) -> np.ndarray:
     return 1.0 + np.sqrt(np.asarray(counts, dtype=float) + 0.75)
 
 
-def chi2_variance(stat: str, counts: np.ndarray, model: np.ndarray | None = None,
-                  stat_err: np.ndarray | None = None) -> np.ndarray:
+def chi2_variance(
+    stat: str, counts: np.ndarray, model: np.ndarray | None = None, stat_err: np.ndarray | None = None
+) -> np.ndarray:
     """Variance of ``counts`` for a chi-square statistic.
 
     ``chi2``/``chi2data``: ``stat_err``^2 if given, else the counts (at least 1, as XSPEC);

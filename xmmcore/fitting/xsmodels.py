@@ -67,8 +67,24 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: XSPEC models registered under their (lower-case) XSPEC names; the numpy ones in ``models`` stay.
-XSPEC_COMPONENTS = ("tbabs", "ztbabs", "phabs", "zphabs", "zwabs", "cabs", "mekal", "vmekal", "bknpower",
-                    "bkn2pow", "cutoffpl", "zcutoffpl", "zpowerlw", "zbbody", "diskbb", "lorentz")
+XSPEC_COMPONENTS = (
+    "tbabs",
+    "ztbabs",
+    "phabs",
+    "zphabs",
+    "zwabs",
+    "cabs",
+    "mekal",
+    "vmekal",
+    "bknpower",
+    "bkn2pow",
+    "cutoffpl",
+    "zcutoffpl",
+    "zpowerlw",
+    "zbbody",
+    "diskbb",
+    "lorentz",
+)
 #: XSPEC models whose numpy version in ``models`` is kept; registered only if missing there.
 _FALLBACKS = ("wabs", "powerlaw", "bremss", "zbremss", "gaussian", "zgauss", "bbody", "bbodyrad")
 MEKAL_FILES = tuple(f"mekal{i}.dat" for i in range(1, 7))
@@ -98,7 +114,9 @@ def _libxspec_dir() -> Path:
     pkg = _package_dir()
     cands = sorted(p for p in pkg.glob("LibXSPEC_*") if (p / "lib").is_dir())
     if not cands:
-        raise ConfigError(f"xspectrampoline at {pkg} has no LibXSPEC_* directory; reinstall it ({_INSTALL_HINT})")
+        raise ConfigError(
+            f"xspectrampoline at {pkg} has no LibXSPEC_* directory; reinstall it ({_INSTALL_HINT})"
+        )
     return cands[-1]
 
 
@@ -189,7 +207,9 @@ def load_library() -> Any:
             with _headas_set(headas), _stdout_to_log():
                 import xspectrampoline
         except Exception as exc:  # NoLibXSPEC, OSError from dlopen
-            raise ConfigError(f"xspectrampoline failed to load ({exc!r}); reinstall it: {_INSTALL_HINT}") from exc
+            raise ConfigError(
+                f"xspectrampoline failed to load ({exc!r}); reinstall it: {_INSTALL_HINT}"
+            ) from exc
         used = Path(xspectrampoline.get_HEADAS())
         if not all((used / "spectral" / "modelData" / n).is_file() for n in MEKAL_FILES):
             # imported earlier by someone else with another HEADAS: FNINIT re-reads it (model-data path)
@@ -286,13 +306,28 @@ def _parse_model_dat(path: Path) -> dict[str, XspecModelInfo]:
                 value = next((float(t) for t in tok[1:] if _is_float(t)), 0.0)
                 switches.append((k, value))
                 continue
-            nums = [float(t) for t in tok[2:8]] if len(tok) >= 8 and all(_is_float(t) for t in tok[2:8]) else None
+            nums = (
+                [float(t) for t in tok[2:8]]
+                if len(tok) >= 8 and all(_is_float(t) for t in tok[2:8])
+                else None
+            )
             if nums is None:
                 continue
             default, hard_min, soft_min, soft_max, hard_max, delta = nums
             unit = tok[1].strip()
-            params.append(Parameter(tok[0], default, unit, soft_min, soft_max, hard_min, hard_max,
-                                    frozen=delta < 0, delta=abs(delta) or 0.01))
+            params.append(
+                Parameter(
+                    tok[0],
+                    default,
+                    unit,
+                    soft_min,
+                    soft_max,
+                    hard_min,
+                    hard_max,
+                    frozen=delta < 0,
+                    delta=abs(delta) or 0.01,
+                )
+            )
         out[head[0].lower()] = XspecModelInfo(head[0], head[5], head[4], tuple(params), tuple(switches), npar)
     return out
 
@@ -342,7 +377,9 @@ class XspecComponent(Component):
         if info.kind not in ("add", "mul"):
             raise ConfigError(f"XSPEC model {info.name} is of type {info.kind!r}; only add/mul are supported")
         if info.function in _NEVER_CALL:
-            raise ConfigError(f"XSPEC model {info.name} ({info.function}) needs model data that is not shipped")
+            raise ConfigError(
+                f"XSPEC model {info.name} ({info.function}) needs model data that is not shipped"
+            )
         self.info = info
         self.name = info.name.lower()
         self.kind = info.kind
@@ -366,7 +403,9 @@ class XspecComponent(Component):
             try:
                 self._call = lib.get_model(self._symbol)
             except AttributeError:
-                raise ConfigError(f"XSPEC library has no function {self._symbol} for {self.info.name}") from None
+                raise ConfigError(
+                    f"XSPEC library has no function {self._symbol} for {self.info.name}"
+                ) from None
         return self._call
 
     def _full_params(self, values: Sequence[float]) -> np.ndarray:

@@ -56,11 +56,13 @@ def xspec_available() -> bool:
 
 def missing_xspec_hint() -> str:
     """How to make PyXspec available."""
-    return (f"backend.fitting is 'xspec' but PyXspec is not importable by {sys.executable}"
-            f" (HEADAS={os.environ.get('HEADAS') or 'not set'}). Install HEASoft with its Python support "
-            "(https://heasarc.gsfc.nasa.gov/lheasoft/), build it against this Python, then "
-            "`export HEADAS=/path/to/heasoft/<platform>; source $HEADAS/headas-init.sh` in the shell that runs "
-            "xmm-survey (python -c 'import xspec' must work). Or select `backend.fitting: builtin`.")
+    return (
+        f"backend.fitting is 'xspec' but PyXspec is not importable by {sys.executable}"
+        f" (HEADAS={os.environ.get('HEADAS') or 'not set'}). Install HEASoft with its Python support "
+        "(https://heasarc.gsfc.nasa.gov/lheasoft/), build it against this Python, then "
+        "`export HEADAS=/path/to/heasoft/<platform>; source $HEADAS/headas-init.sh` in the shell that runs "
+        "xmm-survey (python -c 'import xspec' must work). Or select `backend.fitting: builtin`."
+    )
 
 
 def _band_key(band: Sequence[float]) -> str:
@@ -90,8 +92,9 @@ def _group_of(prefix: str, names: Sequence[str], what: object) -> int:
     raise ConfigError(f"setting {what!r}: no dataset {p!r} (datasets: {', '.join(names)})")
 
 
-def _parse_settings(set_params: Sequence[Any], links: Sequence[tuple[str, str]],
-                    names: Sequence[str]) -> list[list[Any]]:
+def _parse_settings(
+    set_params: Sequence[Any], links: Sequence[tuple[str, str]], names: Sequence[str]
+) -> list[list[Any]]:
     """Settings as ``[key, value, frozen, link, group]`` rows for the runner."""
     from ..optimize import parse_setting
 
@@ -115,13 +118,27 @@ def _parse_settings(set_params: Sequence[Any], links: Sequence[tuple[str, str]],
     return rows
 
 
-def build_job(inputs: Sequence[FitInput], model: str, *, workdir: Path, stat: str = "cstat",
-              notice_kev: Sequence[float] = (0.5, 7.0), set_params: Sequence[Any] = (),
-              links: Sequence[tuple[str, str]] = (), abund: str = "angr", xsect: str = "vern",
-              errors: str | None = "profile", error_level: float = 1.0, redshift: float | None = None,
-              cosmology: Any = None, flux_bands_kev: Sequence[Sequence[float]] = (), cross_norm: bool = True,
-              esas_sky: bool | Mapping[str, float] | None = None, chatter: int = 0,
-              flux_trials: int = 200) -> dict[str, Any]:
+def build_job(
+    inputs: Sequence[FitInput],
+    model: str,
+    *,
+    workdir: Path,
+    stat: str = "cstat",
+    notice_kev: Sequence[float] = (0.5, 7.0),
+    set_params: Sequence[Any] = (),
+    links: Sequence[tuple[str, str]] = (),
+    abund: str = "angr",
+    xsect: str = "vern",
+    errors: str | None = "profile",
+    error_level: float = 1.0,
+    redshift: float | None = None,
+    cosmology: Any = None,
+    flux_bands_kev: Sequence[Sequence[float]] = (),
+    cross_norm: bool = True,
+    esas_sky: bool | Mapping[str, float] | None = None,
+    chatter: int = 0,
+    flux_trials: int = 200,
+) -> dict[str, Any]:
     """The JSON job of one XSPEC fit (everything the runner needs, nothing implicit).
 
     Raises
@@ -163,16 +180,26 @@ def build_job(inputs: Sequence[FitInput], model: str, *, workdir: Path, stat: st
         expr = f"constant*({expr})"
     bands = [[float(b[0]), float(b[1])] for b in flux_bands_kev]
     return {
-        "datasets": datasets, "model": expr, "stat": stat, "notice_kev": [float(notice_kev[0]), float(notice_kev[1])],
-        "settings": _parse_settings(set_params, links, [d["name"] for d in datasets]), "abund": abund, "xsect": xsect,
+        "datasets": datasets,
+        "model": expr,
+        "stat": stat,
+        "notice_kev": [float(notice_kev[0]), float(notice_kev[1])],
+        "settings": _parse_settings(set_params, links, [d["name"] for d in datasets]),
+        "abund": abund,
+        "xsect": xsect,
         "errors": "profile" if errors == "profile" else ("covariance" if errors == "covariance" else None),
-        "error_delta": float(delta), "redshift": None if redshift is None else float(redshift),
-        "cosmology": _cosmology_dict(cosmology), "flux_bands_kev": bands,
-        "band_keys": {f"{b[0]}-{b[1]}": _band_key(b) for b in bands}, "flux_trials": int(flux_trials),
+        "error_delta": float(delta),
+        "redshift": None if redshift is None else float(redshift),
+        "cosmology": _cosmology_dict(cosmology),
+        "flux_bands_kev": bands,
+        "band_keys": {f"{b[0]}-{b[1]}": _band_key(b) for b in bands},
+        "flux_trials": int(flux_trials),
         "cross_norm": bool(cross_norm),
         "esas_sky": (dict(esas_sky) if isinstance(esas_sky, Mapping) else {}) if esas_sky else None,
-        "chatter": int(chatter), "result_path": str(workdir / "xspec_result.json"),
-        "xcm_path": str(workdir / "xspec_session.xcm"), "log_path": str(workdir / "xspec.log"),
+        "chatter": int(chatter),
+        "result_path": str(workdir / "xspec_result.json"),
+        "xcm_path": str(workdir / "xspec_session.xcm"),
+        "log_path": str(workdir / "xspec.log"),
     }
 
 
@@ -200,7 +227,9 @@ class XspecEngine:
     def __init__(self, *, timeout_s: float = 1800.0, chatter: int = 0, runner: Sequence[str] | None = None):
         self.timeout_s = float(timeout_s)
         self.chatter = int(chatter)
-        self.runner = list(runner) if runner else [sys.executable, "-m", "xmmcore.fitting.engines.xspec_runner"]
+        self.runner = (
+            list(runner) if runner else [sys.executable, "-m", "xmmcore.fitting.engines.xspec_runner"]
+        )
         self._custom_runner = runner is not None
         self._versions: dict[str, str] | None = None
 
@@ -220,8 +249,13 @@ class XspecEngine:
             self.check()
             with tempfile.TemporaryDirectory(prefix="xspec-version-") as tmp:
                 try:
-                    run = run_tool([*self.runner, "--version"], cwd=tmp, env=self._env(), timeout_s=120,
-                                   check_sas_errors=False)
+                    run = run_tool(
+                        [*self.runner, "--version"],
+                        cwd=tmp,
+                        env=self._env(),
+                        timeout_s=120,
+                        check_sas_errors=False,
+                    )
                 except ExternalToolError as exc:
                     if exc.returncode == EXIT_NO_XSPEC:
                         raise ToolNotFoundError(missing_xspec_hint()) from exc
@@ -230,13 +264,27 @@ class XspecEngine:
             self._versions = {"engine": "xspec", **json.loads(line)}
         return dict(self._versions)
 
-    def fit_files(self, inputs: Sequence[FitInput], model: str, *, stat: str = "cstat",
-                  notice_kev: Sequence[float] | None = (0.5, 7.0), set_params: Sequence[Any] = (),
-                  abund: str = "angr", errors: str | None = "profile", redshift: float | None = None,
-                  cosmology: Any = None, flux_bands_kev: Sequence[Sequence[float]] = (),
-                  cross_norm: bool = True, workdir: str | Path | None = None, log: logging.Logger | None = None,
-                  links: Sequence[tuple[str, str]] = (), error_level: float = 1.0, xsect: str = "vern",
-                  esas_sky: bool | Mapping[str, float] | None = None) -> FitResult:
+    def fit_files(
+        self,
+        inputs: Sequence[FitInput],
+        model: str,
+        *,
+        stat: str = "cstat",
+        notice_kev: Sequence[float] | None = (0.5, 7.0),
+        set_params: Sequence[Any] = (),
+        abund: str = "angr",
+        errors: str | None = "profile",
+        redshift: float | None = None,
+        cosmology: Any = None,
+        flux_bands_kev: Sequence[Sequence[float]] = (),
+        cross_norm: bool = True,
+        workdir: str | Path | None = None,
+        log: logging.Logger | None = None,
+        links: Sequence[tuple[str, str]] = (),
+        error_level: float = 1.0,
+        xsect: str = "vern",
+        esas_sky: bool | Mapping[str, float] | None = None,
+    ) -> FitResult:
         """Fit ``inputs`` with XSPEC; same options and result layout as the built-in engine.
 
         Raises
@@ -255,19 +303,40 @@ class XspecEngine:
         wd = Path(workdir).resolve()
         wd.mkdir(parents=True, exist_ok=True)
         try:
-            job = build_job(inputs, model, workdir=wd, stat=stat, notice_kev=notice_kev or (0.0, 1e6),
-                            set_params=set_params, links=links, abund=abund, xsect=xsect, errors=errors,
-                            error_level=error_level, redshift=redshift, cosmology=cosmology,
-                            flux_bands_kev=flux_bands_kev, cross_norm=cross_norm, esas_sky=esas_sky,
-                            chatter=self.chatter)
+            job = build_job(
+                inputs,
+                model,
+                workdir=wd,
+                stat=stat,
+                notice_kev=notice_kev or (0.0, 1e6),
+                set_params=set_params,
+                links=links,
+                abund=abund,
+                xsect=xsect,
+                errors=errors,
+                error_level=error_level,
+                redshift=redshift,
+                cosmology=cosmology,
+                flux_bands_kev=flux_bands_kev,
+                cross_norm=cross_norm,
+                esas_sky=esas_sky,
+                chatter=self.chatter,
+            )
             job_path = atomic_write_json(wd / "xspec_job.json", job)
             result_path = Path(job["result_path"])
             if result_path.exists():
                 result_path.unlink()
             t0 = time.monotonic()
             try:
-                run_tool([*self.runner, str(job_path)], cwd=wd, env=self._env(), timeout_s=self.timeout_s,
-                         log=logger, log_path=wd / "xspec_runner.log", check_sas_errors=False)
+                run_tool(
+                    [*self.runner, str(job_path)],
+                    cwd=wd,
+                    env=self._env(),
+                    timeout_s=self.timeout_s,
+                    log=logger,
+                    log_path=wd / "xspec_runner.log",
+                    check_sas_errors=False,
+                )
             except ExternalToolError as exc:
                 self._record_failure(wd, job, exc, result_path)
             except ToolNotFoundError:
@@ -277,7 +346,9 @@ class XspecEngine:
             try:
                 record = json.loads(result_path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
-                raise FitError(f"XSPEC runner finished without a readable result {result_path} ({exc})") from exc
+                raise FitError(
+                    f"XSPEC runner finished without a readable result {result_path} ({exc})"
+                ) from exc
             if "error" in record:
                 raise FitError(f"XSPEC fit failed: {record['error']}")
             return self._to_result(record, elapsed)
@@ -318,20 +389,38 @@ class XspecEngine:
             why = f"XSPEC process crashed ({signame})"
         else:
             why = f"XSPEC fit failed: {detail or exc.reason}"
-        atomic_write_json(wd / "xspec_failure.json", {
-            "reason": why, "returncode": exc.returncode, "argv": exc.argv, "output_tail": exc.output_tail,
-            "model": job.get("model"), "datasets": [d["name"] for d in job.get("datasets", [])]})
+        atomic_write_json(
+            wd / "xspec_failure.json",
+            {
+                "reason": why,
+                "returncode": exc.returncode,
+                "argv": exc.argv,
+                "output_tail": exc.output_tail,
+                "model": job.get("model"),
+                "datasets": [d["name"] for d in job.get("datasets", [])],
+            },
+        )
         raise FitError(why) from exc
 
     def _to_result(self, record: Mapping[str, Any], elapsed: float) -> FitResult:
         versions = dict(record.get("versions") or {})
         return FitResult(
-            model=record["model"], engine="xspec", stat=record["stat"], statistic=float(record["statistic"]),
-            dof=int(record["dof"]), parameters=list(record["parameters"]), fluxes=dict(record.get("fluxes") or {}),
-            luminosities=dict(record.get("luminosities") or {}), converged=bool(record.get("converged", True)),
-            datasets=list(record.get("datasets") or []), abund=record.get("abund", "angr"),
-            error_method=record.get("error_method", "profile"), error_delta=float(record.get("error_delta", 1.0)),
-            redshift=record.get("redshift"), fit_time_s=elapsed, versions=versions,
+            model=record["model"],
+            engine="xspec",
+            stat=record["stat"],
+            statistic=float(record["statistic"]),
+            dof=int(record["dof"]),
+            parameters=list(record["parameters"]),
+            fluxes=dict(record.get("fluxes") or {}),
+            luminosities=dict(record.get("luminosities") or {}),
+            converged=bool(record.get("converged", True)),
+            datasets=list(record.get("datasets") or []),
+            abund=record.get("abund", "angr"),
+            error_method=record.get("error_method", "profile"),
+            error_delta=float(record.get("error_delta", 1.0)),
+            redshift=record.get("redshift"),
+            fit_time_s=elapsed,
+            versions=versions,
         )
 
 

@@ -32,8 +32,14 @@ EXIT_FAILED = 2
 EXIT_NO_XSPEC = 3
 
 _ABSORBERS = ("wabs", "phabs", "tbabs", "tbgrain", "tbvarabs", "zwabs", "zphabs", "ztbabs")
-_STAT = {"cstat": ("cstat", None), "wstat": ("cstat", None), "chi2": ("chi", "standard"),
-         "chi2data": ("chi", "standard"), "chi2gehrels": ("chi", "gehrels"), "chi2model": ("chi", "model")}
+_STAT = {
+    "cstat": ("cstat", None),
+    "wstat": ("cstat", None),
+    "chi2": ("chi", "standard"),
+    "chi2data": ("chi", "standard"),
+    "chi2gehrels": ("chi", "gehrels"),
+    "chi2model": ("chi", "model"),
+}
 
 #: Components appended for the ESAS sky-background option, in order: local hot bubble, absorbed
 #: Galactic halo and CXB power law (index 1.46), Al K and Si K instrumental lines and the soft-proton
@@ -46,7 +52,12 @@ def _write_json(path: str, obj: Any) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o))
+        json.dump(
+            obj,
+            fh,
+            indent=2,
+            default=lambda o: None if isinstance(o, float) and not math.isfinite(o) else str(o),
+        )
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -92,8 +103,10 @@ def _resolve(key: str, table: list[tuple[str, Any, int]]) -> int:
     if not hits:
         hits = [idx for name, _, idx in table if name.split(".", 1)[1].lower() == low]
     if len(hits) != 1:
-        raise ValueError(f"parameter {key!r} is {'ambiguous' if hits else 'unknown'}; have "
-                         + ", ".join(name for name, _, _ in table))
+        raise ValueError(
+            f"parameter {key!r} is {'ambiguous' if hits else 'unknown'}; have "
+            + ", ".join(name for name, _, _ in table)
+        )
     return hits[0]
 
 
@@ -219,11 +232,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             if par.frozen or par.link:
                 err_lo = err_hi = sigma = 0.0
             entry = {
-                "name": name, "number": number, "value": value, "err_lo": err_lo, "err_hi": err_hi,
-                "sigma": sigma, "unit": par.unit or "", "frozen": bool(par.frozen),
+                "name": name,
+                "number": number,
+                "value": value,
+                "err_lo": err_lo,
+                "err_hi": err_hi,
+                "sigma": sigma,
+                "unit": par.unit or "",
+                "frozen": bool(par.frozen),
                 "linked": bool(par.link) or (multi and g == 1 and idx not in untied),
                 "link_to": _link_target(par.link, table, npar) if par.link else None,
-                "min": _finite(par.values[2]), "max": _finite(par.values[5]),
+                "min": _finite(par.values[2]),
+                "max": _finite(par.values[5]),
             }
             if g > 1 or idx in untied:
                 entry["dataset"] = datasets[g - 1]["name"]
@@ -236,15 +256,24 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     for s, ds in zip(spectra, datasets):
         noticed = list(s.noticed)
         energies = s.energies
-        ds_info.append({
-            "name": ds["name"], "pha": ds["pha"], "rmf": ds.get("rmf"), "arf": ds.get("arf"),
-            "bkg": ds.get("bkg"), "exposure_s": float(s.exposure), "n_bins": len(noticed),
-            "n_groups": len(energies), "counts": float(sum(s.values)) * float(s.exposure),
-            "noticed_kev": [float(energies[noticed[0] - 1][0]), float(energies[noticed[-1] - 1][1])]
-            if noticed else None,
-            "ignored_kev": [[None, float(lo)], [float(hi), None]],
-            "stat": job["stat"] if not (ds.get("bkg") and job["stat"] == "cstat") else "wstat",
-        })
+        ds_info.append(
+            {
+                "name": ds["name"],
+                "pha": ds["pha"],
+                "rmf": ds.get("rmf"),
+                "arf": ds.get("arf"),
+                "bkg": ds.get("bkg"),
+                "exposure_s": float(s.exposure),
+                "n_bins": len(noticed),
+                "n_groups": len(energies),
+                "counts": float(sum(s.values)) * float(s.exposure),
+                "noticed_kev": [float(energies[noticed[0] - 1][0]), float(energies[noticed[-1] - 1][1])]
+                if noticed
+                else None,
+                "ignored_kev": [[None, float(lo)], [float(hi), None]],
+                "stat": job["stat"] if not (ds.get("bkg") and job["stat"] == "cstat") else "wstat",
+            }
+        )
     if job.get("xcm_path"):
         xcm = Path(job["xcm_path"])
         if xcm.exists():
@@ -252,11 +281,21 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         xs.Xset.save(str(xcm), info="a")
     version = xs.Xset.version
     return {
-        "model": expr, "engine": "xspec", "stat": job["stat"], "statistic": float(xs.Fit.statistic),
-        "dof": int(xs.Fit.dof), "parameters": params, "fluxes": fluxes, "luminosities": lums,
-        "converged": converged, "fit_error": fit_error, "datasets": ds_info, "abund": job.get("abund", "angr"),
+        "model": expr,
+        "engine": "xspec",
+        "stat": job["stat"],
+        "statistic": float(xs.Fit.statistic),
+        "dof": int(xs.Fit.dof),
+        "parameters": params,
+        "fluxes": fluxes,
+        "luminosities": lums,
+        "converged": converged,
+        "fit_error": fit_error,
+        "datasets": ds_info,
+        "abund": job.get("abund", "angr"),
         "error_method": "profile" if job.get("errors") == "profile" else "covariance",
-        "error_delta": delta if job.get("errors") == "profile" else 1.0, "redshift": redshift,
+        "error_delta": delta if job.get("errors") == "profile" else 1.0,
+        "redshift": redshift,
         "versions": {"engine": "xspec", "pyxspec": str(version[0]), "xspec": str(version[1])},
     }
 
@@ -276,7 +315,9 @@ def _link_target(link: str, table: list[tuple[str, Any, int]], npar: int) -> str
     return next((name for name, _, idx in table if idx == local), None)
 
 
-def _setup_esas_sky(model: Any, groups: list[Any], table: list[tuple[str, Any, int]], sky: dict[str, Any]) -> None:
+def _setup_esas_sky(
+    model: Any, groups: list[Any], table: list[tuple[str, Any, int]], sky: dict[str, Any]
+) -> None:
     """Start values and ties of the ESAS sky and instrumental components (the last 7 of the model)."""
     comps = list(model.componentNames)[-7:]
     lhb, habs, halo, cxb, al, si, sp = (getattr(model, c) for c in comps)
@@ -285,8 +326,14 @@ def _setup_esas_sky(model: Any, groups: list[Any], table: list[tuple[str, Any, i
     halo.kT.values = float(sky.get("halo_kT", 0.25))
     halo.Abundanc.values, halo.Redshift.values = 1.0, 0.0
     cxb.PhoIndex.values, cxb.PhoIndex.frozen = 1.46, True
-    absorber = next((idx for name, _, idx in table if name.split("_", 1)[0] in _ABSORBERS
-                     and name.endswith(".nH") and idx < habs.nH.index), None)
+    absorber = next(
+        (
+            idx
+            for name, _, idx in table
+            if name.split("_", 1)[0] in _ABSORBERS and name.endswith(".nH") and idx < habs.nH.index
+        ),
+        None,
+    )
     if absorber is not None:
         habs.nH.link = str(absorber)
     else:
@@ -315,15 +362,22 @@ def _zero_absorbers(groups: list[Any], table: list[tuple[str, Any, int]]) -> lis
     return saved
 
 
-def _fluxes(xs: Any, model: Any, groups: list[Any], table: list[tuple[str, Any, int]],
-            job: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+def _fluxes(
+    xs: Any, model: Any, groups: list[Any], table: list[tuple[str, Any, int]], job: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], float | None]:
     """Absorbed/unabsorbed fluxes [erg/cm^2/s] and rest-frame luminosities [erg/s] of data group 1."""
     bands = [tuple(map(float, b)) for b in job.get("flux_bands_kev", [])]
     trials = int(job.get("flux_trials", 200))
     z = job.get("redshift")
     if z is None:
-        z = next((float(groups[0](idx).values[0]) for name, _, idx in table
-                  if name.split(".", 1)[1].lower() == "redshift"), None)
+        z = next(
+            (
+                float(groups[0](idx).values[0])
+                for name, _, idx in table
+                if name.split(".", 1)[1].lower() == "redshift"
+            ),
+            None,
+        )
     fluxes: dict[str, Any] = {}
     lums: dict[str, Any] = {}
     s1 = xs.AllData(1)
@@ -353,8 +407,14 @@ def _fluxes(xs: Any, model: Any, groups: list[Any], table: list[tuple[str, Any, 
                     par.values = value
                     par.frozen = frozen
             v = float(lum[0]) * 1e44
-            lums[key] = {"band_kev": [lo, hi], "value": v, "err_lo": max(v - float(lum[1]) * 1e44, 0.0),
-                         "err_hi": max(float(lum[2]) * 1e44 - v, 0.0), "redshift": z, "unit": "erg s^-1"}
+            lums[key] = {
+                "band_kev": [lo, hi],
+                "value": v,
+                "err_lo": max(v - float(lum[1]) * 1e44, 0.0),
+                "err_hi": max(float(lum[2]) * 1e44 - v, 0.0),
+                "redshift": z,
+                "unit": "erg s^-1",
+            }
     return fluxes, lums, z
 
 
@@ -366,8 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import xspec
     except ImportError as exc:
-        msg = (f"PyXspec is not importable by {sys.executable} ({exc}); initialise HEASoft "
-               "(source $HEADAS/headas-init.sh) before running xmm-survey")
+        msg = (
+            f"PyXspec is not importable by {sys.executable} ({exc}); initialise HEASoft "
+            "(source $HEADAS/headas-init.sh) before running xmm-survey"
+        )
         print(msg, file=sys.stderr)
         if args[0] != "--version":
             job = json.loads(Path(args[0]).read_text())
@@ -381,8 +443,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_job(job)
     except Exception as exc:  # noqa: BLE001 - any failure becomes a recorded result, never a lost worker
-        _write_json(job["result_path"], {"error": f"{type(exc).__name__}: {exc}",
-                                         "traceback": traceback.format_exc(), "kind": "fit_failed"})
+        _write_json(
+            job["result_path"],
+            {
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+                "kind": "fit_failed",
+            },
+        )
         print(f"***XSPEC Error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     _write_json(job["result_path"], result)
