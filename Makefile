@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,models,slurm,apec]'
+	$(PY) -m pip install -q -e '.[test,models,slurm,apec,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,8 +37,12 @@ test: install
 bench: install
 	$(PY) benchmarks/run.py
 
+# The habits as a gate: ruff (rules in pyproject.toml), the formatter's check, and mypy on all three packages.
+LINT_PATHS := xmmcore survey catalog tests benchmarks
 lint: install
-	$(VENV)/bin/ruff check xmmcore survey catalog tests benchmarks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy xmmcore catalog survey
 
 clean-demo:
 	rm -rf $(DEMO)

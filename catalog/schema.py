@@ -252,10 +252,7 @@ def conform(df, cols: Sequence[Column]):
     out: dict[str, Any] = {}
     n = len(df)
     for col in cols:
-        if col.name in df.columns:
-            values = df[col.name]
-        else:
-            values = pd.Series([col.missing] * n, index=df.index)
+        values = df[col.name] if col.name in df.columns else pd.Series([col.missing] * n, index=df.index)
         if col.dtype == "str":
             # Columns read back from Parquet are already strings: converting them again costs most of a load.
             if not (

@@ -453,7 +453,7 @@ def _report(
 ) -> SurveyReport:
     failed: dict[str, str] = {}
     n_run = n_cached = 0
-    step_wall = {s: 0.0 for s in pipe.steps}
+    step_wall = dict.fromkeys(pipe.steps, 0.0)
     for obsid in obsids:
         steps = outcomes.get(obsid, {})
         for step in pipe.steps:

@@ -116,7 +116,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
 
         threads = int(c["threads_per_worker"])
         with dask.config.set(SCHEDULER_CONFIG):
-            cluster = LocalCluster(
+            cluster: Any = LocalCluster(
                 n_workers=int(c["workers"]),
                 threads_per_worker=threads,
                 processes=True,

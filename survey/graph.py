@@ -283,7 +283,7 @@ def build_catalogue(
         log.exception(msg)
         return [], msg, {}
     paths = [p for p in (results_dir / "catalogue.parquet", results_dir / "catalogue.fits") if p.exists()]
-    info = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
+    info: dict[str, Any] = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
     try:  # survey figures (kT/Z/flux histograms, L-T, sky, exposure vs S/N); a plot never loses the catalogue
         from catalog.plots import survey_figures
 
@@ -385,7 +385,9 @@ def run_joint_fits(
         "stack": bool(cfg["joint"]["stack"]),
         "auto_set": bool(cfg["fit"].get("auto_set", True)),
     }
-    todo, keys, results = {}, {}, {}
+    todo: dict[str, Any] = {}
+    keys: dict[str, Any] = {}
+    results: dict[str, Any] = {}
     for target, obsids in groups.items():
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("_.") or "target"
         hashes = [

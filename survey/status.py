@@ -69,7 +69,11 @@ class SurveyStatus:
         """Step -> ``{"total", "mean", "max"}`` wall time [s] of its done records."""
         out = {}
         for step in self.steps:
-            times = [r[step].wall_s for r in self.rows.values() if r[step].state == "done" and r[step].wall_s]
+            times = [
+                float(r[step].wall_s or 0.0)
+                for r in self.rows.values()
+                if r[step].state == "done" and r[step].wall_s
+            ]
             out[step] = {
                 "total": sum(times),
                 "mean": sum(times) / len(times) if times else 0.0,

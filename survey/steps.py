@@ -335,7 +335,7 @@ class StepTask:
         return Path(self.results_dir) / self.obsid
 
 
-def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[str, Any]], dict | None]:
+def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[str, Any]], dict[str, Any]]:
     """Decide whether ``task`` must run.
 
     Returns
@@ -360,7 +360,7 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
             and record.get("exception") not in (None, "TransientError", "KilledWorker")
         ):
             return "failed", h, inputs, record
-    return "run", h, inputs, record
+    return "run", h, inputs, record or {}
 
 
 def _scan_outputs(outdir: Path, since_ns: int) -> list[dict[str, Any]]:
@@ -436,7 +436,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         )
     outdir = task.outdir
     if task.obs is None:
-        exc_name, message = task.error or ("InputDataError", "observation not found")
+        missing_exc, message = task.error or ("InputDataError", "observation not found")
         now = _now()
         write_record(
             outdir,
@@ -448,8 +448,8 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
                 "status": "failed",
                 "inputs_hash": "",
                 "reason": message,
-                "exception": exc_name,
-                "error_class": exc_name,
+                "exception": missing_exc,
+                "error_class": missing_exc,
                 "started": now,
                 "finished": now,
                 "wall_s": 0.0,
@@ -460,7 +460,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
             },
         )
         invalidate_after(outdir, steps, task.step)
-        return _outcome(task, "failed", reason=message, exception=exc_name)
+        return _outcome(task, "failed", reason=message, exception=missing_exc)
 
     upstream_hash = str(upstream.get("inputs_hash", "")) if upstream else ""
     state, h, inputs, record = check_step(task, upstream_hash)
@@ -493,7 +493,9 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     t0 = time.perf_counter()
     start_ns = time.time_ns()
     attempts = 0
-    status, reason, exc_name, tb, summary = "failed", "", None, "", {}
+    status, reason, tb = "failed", "", ""
+    exc_name = None
+    summary: dict[str, Any] = {}
     with step_logger(task.results_dir, task.obsid, task.step) as log:
         while True:
             attempts += 1

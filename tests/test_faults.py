@@ -103,7 +103,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 def _reap_session(proc: subprocess.Popen, extra: list[psutil.Process] = (), grace_s: float = 15.0) -> None:
     """Wait for the processes of the session we started to exit; SIGKILL (by pid) what is left after ``grace_s``."""
-    procs = [p for p in extra]
+    procs = list(extra)
     deadline = time.monotonic() + grace_s
     _, alive = psutil.wait_procs(procs, timeout=max(0.1, deadline - time.monotonic()))
     for p in alive:

@@ -56,8 +56,8 @@ def test_injection_recovery(
     mu = _expected_counts(rmf, arf, exposure)
     grouping = _grouping(mu, min_counts) if min_counts else None
     rng = np.random.default_rng(20261125 + (0 if stat == "cstat" else 1))
-    within_2sigma = {k: 0 for k in TRUTH}
-    covered = {k: 0 for k in TRUTH}
+    within_2sigma = dict.fromkeys(TRUTH, 0)
+    covered = dict.fromkeys(TRUTH, 0)
     for _ in range(N_DRAWS):
         pha = ogip.PHA(
             channel=np.arange(mu.size) + rmf.channel_offset,

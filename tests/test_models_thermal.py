@@ -24,7 +24,7 @@ C = np.sqrt(LO * HI)
 
 
 def _band(spec, lo, hi):
-    return spec[(C > lo) & (C < hi)].sum()
+    return spec[(lo < C) & (hi > C)].sum()
 
 
 @pytest.fixture()

@@ -526,7 +526,7 @@ def test_default_dashboard_is_localhost_only():
 
 def test_cluster_code_passes_the_configured_dashboard_address():
     """Every LocalCluster/Client(...) the survey creates must be given a dashboard address or host explicitly."""
-    files = [p for p in (REPO / "survey").rglob("*.py")] if (REPO / "survey").is_dir() else []
+    files = list((REPO / "survey").rglob("*.py")) if (REPO / "survey").is_dir() else []
     calls = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

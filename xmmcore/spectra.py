@@ -105,7 +105,7 @@ def region_geometry(
     xmin, xmax, ymin, ymax = sel.bbox()
     xs = np.arange(np.floor(xmin / step_phys) * step_phys + 0.5 * step_phys, xmax + step_phys, step_phys)
     ys = np.arange(np.floor(ymin / step_phys) * step_phys + 0.5 * step_phys, ymax + step_phys, step_phys)
-    counts: dict[int, int] = {c: 0 for c in footprints.hulls}
+    counts: dict[int, int] = dict.fromkeys(footprints.hulls, 0)
     paths = {c: MplPath(p) for c, p in footprints.hulls.items()}
     for row in np.array_split(ys, max(1, ys.size * xs.size // 400_000 + 1)):
         xx, yy = np.meshgrid(xs, row)

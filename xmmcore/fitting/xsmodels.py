@@ -412,7 +412,7 @@ class XspecComponent(Component):
         full = np.empty(self.info.n_total, dtype=self._dtype)
         fixed = dict(self.info.switches)
         if self.name in _FIXED_SWITCH:
-            fixed = {k: _FIXED_SWITCH[self.name] for k in fixed}
+            fixed = dict.fromkeys(fixed, _FIXED_SWITCH[self.name])
         vals = iter(values)
         for k in range(self.info.n_total):
             full[k] = fixed[k] if k in fixed else next(vals)

@@ -156,7 +156,7 @@ def build_job(
         raise ConfigError(f"fit.errors must be profile, covariance or none, not {errors!r}")
     if not inputs:
         raise ConfigError("no spectra to fit")
-    if not 0 < error_level:
+    if not error_level > 0:
         raise ConfigError(f"error_level must be > 0, not {error_level}")
     # >= 1: a delta-statistic (1.0 = 68 %, 2.706 = 90 %); < 1: a confidence level.
     delta = float(error_level) if error_level >= 1 else _delta_for_cl(error_level)

@@ -194,7 +194,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     delta = float(job.get("error_delta", 1.0))
     free = []
     for g, m in enumerate(groups, start=1):
-        for name, _, idx in table:
+        for _name, _, idx in table:
             par = m(idx)
             if g > 1 and par.link:
                 continue
