@@ -45,7 +45,14 @@ fi
 BIN="$(dirname "$PY")"
 start=$(date +%s)
 echo "install-sherpa: building $SHERPA_SPEC from source into $PY (a few minutes)" >&2
-PATH="$BIN:$PATH" "$PY" -m pip install --disable-pip-version-check --progress-bar off "$SHERPA_SPEC" >&2
+# Build from an empty directory (the repo root as cwd broke get_sherpa_version once here), and try twice:
+# the first failure seen was not reproducible on a second run.
+BUILD_CWD="$(mktemp -d)"
+trap 'rm -rf "$BUILD_CWD"' EXIT
+if ! (cd "$BUILD_CWD" && PATH="$BIN:$PATH" "$PY" -m pip install --disable-pip-version-check --progress-bar off "$SHERPA_SPEC" >&2); then
+    echo "install-sherpa: first build failed; trying once more" >&2
+    (cd "$BUILD_CWD" && PATH="$BIN:$PATH" "$PY" -m pip install --disable-pip-version-check --progress-bar off --no-cache-dir "$SHERPA_SPEC" >&2)
+fi
 # Importing sherpa must work now; it logs that XSPEC models are unavailable (expected without HEASoft).
 version="$("$PY" -c "import sherpa; print(sherpa.__version__)" 2>/dev/null | tail -n 1)"
 "$PY" -c "import sherpa.astro.ui" >/dev/null 2>&1 || { echo "install-sherpa: sherpa.astro.ui does not import" >&2; exit 1; }
