@@ -69,6 +69,8 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
     "regions.user_src_region": (_NoneType, str),
     "regions.user_bkg_region": (_NoneType, str),
     "pipeline.steps": (_NoneType, list),
+    "flares.band_kev": (_NoneType, list),
+    "flares.nsigma": (_NoneType, int, float),
 }
 # Mappings whose keys are free (camera -> file, ...): values are checked, keys are not.
 _OPEN_MAPS = {"regions.background.blanksky_files", "spectra.responses"}
@@ -76,7 +78,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.kind": ("local", "slurm", "address"),
     "backend.reduction": ("python", "sas"),
     "backend.fitting": ("builtin", "xspec"),
-    "flares.method": ("espfilt", "fixed", "none"),
+    "flares.method": ("histogram", "espfilt", "fixed", "none"),
     "regions.radius.method": ("fixed", "physical", "r500", "sb"),
     "regions.background.method": ("annulus", "region", "blanksky"),
     "spectra.grouping": ("min_counts", "optimal", "none"),
@@ -89,6 +91,8 @@ _POSITIVE = {
     "cluster.slurm.cores",
     "cluster.slurm.processes",
 }
+# Numbers with a null default ("the method's default") that are still floats when set as integers.
+_FLOAT_OR_NULL = {"flares.nsigma"}
 _NON_NEGATIVE = {"retries.transient", "retries.backoff_s", "cluster.slurm.minimum_jobs"}
 
 
@@ -132,7 +136,7 @@ def _check_value(dotted: str, value: Any, default: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {dotted} must be >= 1, got {value!r}")
     if dotted in _NON_NEGATIVE and value < 0:
         raise ConfigError(f"{where}: {dotted} must be >= 0, got {value!r}")
-    if isinstance(default, float) and isinstance(value, int):
+    if (isinstance(default, float) or dotted in _FLOAT_OR_NULL) and isinstance(value, int):
         return float(value)
     return value
 

@@ -1,34 +1,117 @@
 """Soft-proton flare screening: high-energy light curves and flare GTIs.
 
-Two methods, as X-ray cluster papers use them:
+Methods, named for what they do:
 
+``histogram``
+    Histogram the high-energy count rate, fit a Gaussian to the quiescent peak (iteratively,
+    within +/- 3 sigma of the mode, on histogram bins aligned to the count quantum so that a
+    faint light curve of a few counts per bin does not alias) and keep the light-curve bins with
+    rate <= mean + ``nsigma`` * sigma.  This is what ESAS ``espfilt`` does (its ``method=histogram``).
 ``espfilt``
-    In the spirit of ESAS ``espfilt``: histogram the high-energy count rate, fit a Gaussian
-    to the quiescent peak (iteratively, within +/- 3 sigma of the mode), and keep the
-    light-curve bins with rate <= mean + ``nsigma`` * sigma.
+    An alias of ``histogram`` that takes ``espfilt``'s own defaults when ``band_kev``/``nsigma``
+    are not set: 2.5-8.5 keV (``elow``/``ehigh``) and 3 sigma (``allowsigma``).  The SAS backend
+    runs ESAS ``espfilt`` itself for both names.
 ``fixed``
-    Keep bins with rate <= a fixed threshold (pn 0.4, MOS 0.35 ct/s in 10-12 keV, single
-    events, the SAS thread values).
+    Keep bins with rate <= a fixed threshold: the XMM SOC values, pn 0.4 ct/s in 10-12 keV and
+    MOS 0.35 ct/s above 10 keV, single events.
+``none``
+    Keep all input good time.
 
-The kept bins are turned into GTIs, intersected with the input GTIs (STDGTI) and intervals
-shorter than ``min_gti_s`` dropped.  The flare fraction is ``1 - kept / input`` exposure.
+The Gaussian fit cannot collapse silently: a fit whose mean is not positive or is implausible
+(outside 0.5-2 x the median rate), or whose threshold falls below the median rate, is replaced by
+an iterative 3-sigma clipping of the rates (with a Poisson floor on sigma); the result says so in
+``fallback`` (step record) and ``notes`` (log).
+
+The kept bins become *flare GTIs*; intervals shorter than ``min_gti_s`` are dropped from those
+(so that short good fragments of a pre-cleaned input list are not counted as flares), and only
+then are they intersected with the input GTIs (STDGTI).  The flare fraction is
+``1 - kept / input`` good time, relative to the input GTIs.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.stats import sigma_clipped_stats
 from scipy.optimize import curve_fit
 
 from . import gti as gtimod
 from .events import EventList, flag_mask_for, screen_mask
 from .fsutil import atomic_write_fits
 
-__all__ = ["FlareResult", "fit_quiescent_peak", "flare_gti", "light_curve", "write_light_curve"]
+__all__ = [
+    "FLARE_METHODS",
+    "FlareResult",
+    "FlareSettings",
+    "fit_quiescent_peak",
+    "flare_gti",
+    "flare_settings",
+    "light_curve",
+    "quiescent_level",
+    "write_light_curve",
+]
+
+FLARE_METHODS = ("histogram", "espfilt", "fixed", "none")
+
+# XMM SOC soft-proton thresholds (SAS threads): pn 10-12 keV, MOS > 10 keV (PI up to 15 keV here).
+_SOC_BAND_KEV = {"pn": (10.0, 12.0), "mos": (10.0, 15.0)}
+_SOC_RATE = {"pn": 0.4, "mos": 0.35}
+# ESAS espfilt's own defaults: elow=2500 ehigh=8500 allowsigma=3.
+_ESPFILT_BAND_KEV = (2.5, 8.5)
+_ESPFILT_NSIGMA = 3.0
+_HISTOGRAM_NSIGMA = 2.0
+
+
+@dataclass(frozen=True)
+class FlareSettings:
+    """Resolved flare settings for one camera (method defaults filled in)."""
+
+    method: str
+    band_kev: tuple[float, float]
+    nsigma: float
+    rate: float | None
+    bin_s: float
+    min_gti_s: float
+
+
+def _cam_kind(camera: str) -> str:
+    return "pn" if camera.lower().startswith("pn") else "mos"
+
+
+def flare_settings(flares_cfg: Mapping[str, Any], camera: str) -> FlareSettings:
+    """The ``flares`` configuration for ``camera`` with the method's defaults filled in.
+
+    ``band_kev``/``nsigma`` left null take the method's defaults: ``histogram`` and ``fixed`` the
+    SOC bands (pn 10-12 keV, MOS 10-15 keV) and 2 sigma; ``espfilt`` its own 2.5-8.5 keV and
+    3 sigma.  ``fixed_rate`` defaults to the SOC thresholds (pn 0.4, MOS 0.35 ct/s).
+    """
+    method = str(flares_cfg.get("method", "histogram"))
+    if method not in FLARE_METHODS:
+        raise ValueError(f"flares.method must be one of {', '.join(FLARE_METHODS)}, got {method!r}")
+    kind = _cam_kind(camera)
+    band = flares_cfg.get("band_kev")
+    if band is None:
+        band = _ESPFILT_BAND_KEV if method == "espfilt" else _SOC_BAND_KEV[kind]
+    nsigma = flares_cfg.get("nsigma")
+    if nsigma is None:
+        nsigma = _ESPFILT_NSIGMA if method == "espfilt" else _HISTOGRAM_NSIGMA
+    rate = (flares_cfg.get("fixed_rate") or {}).get(camera)
+    if rate is None and method == "fixed":
+        rate = _SOC_RATE[kind]
+    return FlareSettings(
+        method=method,
+        band_kev=(float(band[0]), float(band[1])),
+        nsigma=float(nsigma),
+        rate=None if rate is None else float(rate),
+        bin_s=float(flares_cfg.get("bin_s", 100.0)),
+        min_gti_s=float(flares_cfg.get("min_gti_s", 100.0)),
+    )
 
 
 @dataclass
@@ -48,7 +131,8 @@ class FlareResult:
     threshold : float
         Rate above which a bin is flagged [ct/s].
     mean, sigma : float
-        Gaussian fit to the quiescent peak [ct/s] (NaN for ``fixed``).
+        Quiescent level and width [ct/s] (Gaussian fit, or sigma clipping after a fallback;
+        NaN for ``fixed``/``none``).
     flare_fraction : float
         Fraction of the input good time removed.
     method : str
@@ -56,6 +140,10 @@ class FlareResult:
     bin_s : float
     exposure_in_s, exposure_out_s : float
         Input and output good time [s].
+    fallback : str or None
+        Why the Gaussian fit was replaced by sigma clipping (None when it was not).
+    notes : list of str
+        Messages for the log.
     """
 
     gti: np.ndarray
@@ -71,6 +159,8 @@ class FlareResult:
     bin_s: float
     exposure_in_s: float
     exposure_out_s: float
+    fallback: str | None = None
+    median: float = float("nan")
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -82,6 +172,8 @@ class FlareResult:
             "flare_threshold_ctps": self.threshold,
             "flare_mean_ctps": self.mean,
             "flare_sigma_ctps": self.sigma,
+            "flare_median_ctps": self.median,
+            "flare_fallback": self.fallback,
             "flare_fraction": self.flare_fraction,
             "exposure_in_s": self.exposure_in_s,
             "exposure_out_s": self.exposure_out_s,
@@ -134,13 +226,20 @@ def _gauss(x: np.ndarray, amp: float, mu: float, sig: float) -> np.ndarray:
 
 
 def fit_quiescent_peak(
-    rate: np.ndarray, *, weights: np.ndarray | None = None, n_iter: int = 5
+    rate: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    n_iter: int = 5,
+    quantum: float | None = None,
 ) -> tuple[float, float]:
     """Gaussian fit to the quiescent peak of a rate histogram (as ESAS ``espfilt``).
 
-    Starts from the histogram mode and a robust width (MAD), then refits the histogram
-    within +/- 3 sigma of the current mean.  Returns ``(mean, sigma)`` [ct/s]; falls back
-    to the median/MAD of the rates when the histogram is too sparse for a fit.
+    Starts from the histogram median and a robust width (MAD), then refits the histogram
+    within +/- 3 sigma of the current mean.  ``quantum`` [ct/s] (1 / bin time) makes the
+    histogram bins whole multiples of one count per bin, so that a faint light curve whose rates
+    take only a few discrete values is not aliased.  Returns ``(mean, sigma)`` [ct/s]; falls back
+    to the median/MAD of the rates when the histogram is too sparse for a fit.  The result is not
+    checked here: see :func:`quiescent_level`.
     """
     r = np.asarray(rate, dtype=float)
     r = r[np.isfinite(r)]
@@ -157,7 +256,15 @@ def fit_quiescent_peak(
         if sel.size < 8:
             break
         nb = int(np.clip(np.sqrt(sel.size) * 2, 10, 60))
-        hist, edges = np.histogram(sel, bins=nb, range=(max(lo, 0.0) if lo < 0 else lo, hi))
+        lo_h = max(lo, 0.0)
+        if quantum and quantum > 0:
+            width = quantum * max(1.0, math.ceil((hi - lo_h) / nb / quantum))
+            lo_h = (math.floor(lo_h / quantum) - 0.5) * quantum
+            nb = max(3, int(math.ceil((hi - lo_h) / width)))
+            hi_h = lo_h + nb * width
+        else:
+            hi_h = hi
+        hist, edges = np.histogram(sel, bins=nb, range=(lo_h, hi_h))
         centres = 0.5 * (edges[1:] + edges[:-1])
         try:
             p, _ = curve_fit(
@@ -180,10 +287,54 @@ def fit_quiescent_peak(
     return mu, sig
 
 
+def quiescent_level(
+    rate: np.ndarray, *, bin_s: float, nsigma: float, quantum: float | None = None
+) -> tuple[float, float, float, float, str | None]:
+    """Quiescent level of a light curve: ``(mean, sigma, threshold, median, fallback)`` [ct/s].
+
+    The Gaussian fit of :func:`fit_quiescent_peak` is used unless its mean is not positive, is
+    outside 0.5-2 x the median rate, or its threshold ``mean + nsigma * sigma`` is below the
+    median rate; then the rates are sigma-clipped (3 sigma, iterated) instead and ``fallback``
+    says why.  ``sigma`` is never below the Poisson scatter of a bin at the mean rate.
+    """
+    r = np.asarray(rate, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan"), float("nan"), float("inf"), float("nan"), None
+    median = float(np.median(r))
+    mean, sigma = fit_quiescent_peak(r, quantum=quantum)
+
+    def poisson_floor(mu: float, sig: float) -> float:
+        return max(sig, math.sqrt(mu * bin_s) / bin_s) if mu > 0 else sig
+
+    why: str | None = None
+    if not (np.isfinite(mean) and np.isfinite(sigma)) or mean <= 0:
+        why = f"Gaussian fit to the rate histogram gave mean {mean:.3g} ct/s (not positive)"
+    elif median > 0 and not (0.5 * median <= mean <= 2.0 * median):
+        why = f"Gaussian fit mean {mean:.3g} ct/s is implausible against the median rate {median:.3g} ct/s"
+    else:
+        sigma = poisson_floor(mean, sigma)
+        if mean + nsigma * sigma < median:
+            why = (
+                f"Gaussian-fit threshold {mean + nsigma * sigma:.3g} ct/s is below the median rate "
+                f"{median:.3g} ct/s"
+            )
+    if why is not None:
+        c_mean, _c_med, c_std = sigma_clipped_stats(r, sigma=3.0, maxiters=20)
+        mean = float(c_mean)
+        sigma = poisson_floor(mean, float(c_std))
+        why += "; fell back to 3-sigma clipping of the rates"
+    threshold = mean + nsigma * sigma
+    if mean <= 0 or not np.isfinite(threshold):
+        # Nothing above background can be told apart: keep everything rather than throw it away.
+        threshold = float("inf")
+    return mean, sigma, threshold, median, why
+
+
 def flare_gti(
     evl: EventList,
     *,
-    method: str = "espfilt",
+    method: str = "histogram",
     band_kev: tuple[float, float] = (10.0, 12.0),
     bin_s: float = 100.0,
     nsigma: float = 2.0,
@@ -199,17 +350,19 @@ def flare_gti(
     ----------
     evl : EventList
         Unscreened or screened events (the band/pattern/flag selection is applied here).
-    method : {"espfilt", "fixed", "none"}
+    method : {"histogram", "espfilt", "fixed", "none"}
+        ``espfilt`` is an alias of ``histogram`` (see :func:`flare_settings` for its defaults).
     band_kev : (float, float)
         Light-curve band [keV]; PI in eV.
     bin_s : float
         Light-curve bin [s].
     nsigma : float
-        ``espfilt`` threshold: mean + nsigma * sigma of the quiescent peak.
+        ``histogram`` threshold: mean + nsigma * sigma of the quiescent peak.
     rate : float, optional
         ``fixed`` threshold [ct/s].
     min_gti_s : float
-        Minimum length of a kept interval [s].
+        Minimum length of a kept flare-free interval [s], applied before the intersection
+        with the input GTIs.
     pattern_max : int
         Patterns used for the light curve (0 = singles, as the SAS threads).
     flag : {"xmmea", "zero"} or int or None
@@ -218,8 +371,8 @@ def flare_gti(
         Bins with less good time than this fraction of ``bin_s`` are not used for the rate
         histogram (their rate is too noisy) but are kept or dropped by the same threshold.
     """
-    if method not in ("espfilt", "fixed", "none"):
-        raise ValueError(f"flare method must be espfilt, fixed or none, got {method!r}")
+    if method not in FLARE_METHODS:
+        raise ValueError(f"flare method must be one of {', '.join(FLARE_METHODS)}, got {method!r}")
     in_gti = evl.gti
     if in_gti.shape[0] == 0:
         raise ValueError("event list has no good time")
@@ -234,7 +387,9 @@ def flare_gti(
     edges, counts, good, lc_rate = light_curve(cols["TIME"][sel], in_gti, bin_s=bin_s)
     exp_in = gtimod.exposure(in_gti)
     notes: list[str] = []
-    mean = sigma = float("nan")
+    mean = sigma = median = float("nan")
+    fallback: str | None = None
+    full = good >= min_bin_fraction * bin_s
     if method == "none":
         threshold = float("inf")
     elif method == "fixed":
@@ -242,27 +397,30 @@ def flare_gti(
             raise ValueError("flare method 'fixed' needs a rate threshold [ct/s]")
         threshold = float(rate)
     else:
-        mean, sigma = fit_quiescent_peak(lc_rate[good >= min_bin_fraction * bin_s])
-        if not np.isfinite(mean):
-            threshold = float("inf")
+        quantum = 1.0 / float(np.median(good[full])) if full.any() else None
+        mean, sigma, threshold, median, fallback = quiescent_level(
+            lc_rate[full], bin_s=bin_s, nsigma=nsigma, quantum=quantum
+        )
+        if not np.isfinite(median):
             notes.append("no usable light-curve bins; no flare filtering applied")
-        else:
-            # Poisson floor: a bin of the mean rate cannot be told apart below ~1 count of scatter.
-            sigma = max(sigma, np.sqrt(max(mean, 0.0) * bin_s) / bin_s if mean > 0 else sigma)
-            threshold = mean + nsigma * sigma
-    full = good >= min_bin_fraction * bin_s
-    keep = np.isfinite(lc_rate) & (lc_rate <= threshold)
+        elif fallback:
+            notes.append(fallback)
+        if np.isfinite(median) and not np.isfinite(threshold):
+            notes.append(f"quiescent rate {mean:.3g} ct/s is not positive; no flare filtering applied")
+    # Bins without input good time are not flares: they stay in the flare GTIs, so that gaps of
+    # the input list do not cut the flare GTIs into pieces the minimum length would then drop.
+    keep = (good <= 0) | (np.isfinite(lc_rate) & (lc_rate <= threshold))
     if np.isfinite(threshold):
         # Bins with little good time have noisy rates: flag them only if their counts exceed
         # what the threshold rate allows by 3 Poisson sigma.
-        allowed = threshold * good
-        keep[~full] = (good[~full] > 0) & (
-            counts[~full] <= allowed[~full] + 3.0 * np.sqrt(allowed[~full]) + 1.0
-        )
+        part = (~full) & (good > 0)
+        allowed = threshold * good[part]
+        keep[part] = counts[part] <= allowed + 3.0 * np.sqrt(allowed) + 1.0
     if method == "none":
-        keep = good > 0
-    out = gtimod.intersection(gtimod.from_bins(edges, keep), in_gti)
-    out = gtimod.drop_short(out, min_length_s=min_gti_s)
+        keep[:] = True
+    flare_free = gtimod.from_bins(edges, keep)
+    flare_free = gtimod.drop_short(flare_free, min_length_s=min_gti_s)
+    out = gtimod.intersection(flare_free, in_gti)
     exp_out = gtimod.exposure(out)
     frac = 1.0 - exp_out / exp_in if exp_in > 0 else float("nan")
     return FlareResult(
@@ -279,6 +437,8 @@ def flare_gti(
         bin_s=float(bin_s),
         exposure_in_s=exp_in,
         exposure_out_s=exp_out,
+        fallback=fallback,
+        median=median,
         notes=notes,
     )
 
@@ -311,7 +471,8 @@ def write_light_curve(res: FlareResult, path: str | Path, *, header: dict[str, A
     h["FLTHRESH"] = (res.threshold if np.isfinite(res.threshold) else -1.0, "[ct/s] flare threshold")
     h["FLMEAN"] = (res.mean if np.isfinite(res.mean) else -1.0, "[ct/s] quiescent mean")
     h["FLSIGMA"] = (res.sigma if np.isfinite(res.sigma) else -1.0, "[ct/s] quiescent sigma")
-    h["FLFRAC"] = (res.flare_fraction, "fraction of good time removed")
+    h["FLFRAC"] = (res.flare_fraction, "fraction of input good time removed")
+    h["FLFALLBK"] = (res.fallback is not None, "Gaussian fit replaced by sigma clipping")
     for key in ("TELESCOP", "INSTRUME", "OBS_ID", "MJDREF", "TIMESYS"):
         if header and key in header:
             h[key] = header[key]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputDataError
 from ..events import flag_mask_for, read_events, screen, screen_mask, write_events, write_gti
-from ..flares import flare_gti, write_light_curve
+from ..flares import flare_gti, flare_settings, write_light_curve
 from ..fsutil import atomic_path
 from ..images import ccd_footprints
 from ..regions import read_ds9
@@ -83,9 +83,9 @@ class PythonBackend:
         if path is None:
             raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
         fcfg = cfg["filter"][camera]
-        fl = cfg.get("flares", {})
-        method = fl.get("method", "espfilt")
-        band = tuple(fl.get("band_kev", (10.0, 12.0)))
+        fls = flare_settings(cfg.get("flares", {}), camera)
+        method = fls.method
+        band = fls.band_kev
         flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), _events_header(path))
         lc_mask = flag_mask_for(camera, "xmmea", _events_header(path))
         screen_kw = {
@@ -112,11 +112,13 @@ class PythonBackend:
             evl,
             method=method,
             band_kev=band,
-            bin_s=float(fl.get("bin_s", 100.0)),
-            nsigma=float(fl.get("nsigma", 2.0)),
-            rate=(fl.get("fixed_rate") or {}).get(camera),
-            min_gti_s=float(fl.get("min_gti_s", 100.0)),
+            bin_s=fls.bin_s,
+            nsigma=fls.nsigma,
+            rate=fls.rate,
+            min_gti_s=fls.min_gti_s,
         )
+        for note in res.notes:
+            log.warning("%s: flare filtering: %s", camera, note)
         if res.gti.shape[0] == 0:
             raise InputDataError(
                 f"no good time left after flare filtering ({method}, threshold {res.threshold:.3g} ct/s)",
@@ -328,7 +330,7 @@ class PythonBackend:
             scale = blanksky_scale(
                 raw_obs,
                 raw_tpl,
-                band_kev=tuple(cfg.get("flares", {}).get("band_kev", (10.0, 12.0))),
+                band_kev=flare_settings(cfg.get("flares", {}), camera).band_kev,
                 obs_gti=evl.gti,
             )
         except ValueError as exc:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputDataError, ToolError, ToolNotFoundError
+from ..flares import flare_settings
 from ..fsutil import atomic_path
 from ..observation import Observation
 from ..sas_output import parse_sasversion
@@ -71,6 +72,12 @@ __all__ = [
     "spectrum_selection",
     "task_env",
 ]
+
+
+def _sas_flare_method(method: str) -> str:
+    """ESAS ``espfilt`` is what SAS runs for both ``histogram`` and its alias ``espfilt``."""
+    return "espfilt" if method in ("histogram", "espfilt") else method
+
 
 #: Size of one XMM sky (X/Y) and detector (DETX/DETY) pixel [arcsec].
 SKY_PIXEL_ARCSEC = 0.05
@@ -578,7 +585,7 @@ def build_filter_commands(
         cmds = build_odf_commands(obs, outdir, settings, cameras=(camera,))
         ccf = str(_sas_dir(outdir, "odf", "cifbuild") / "ccf.cif")
     events = _input_events(obs, camera, outdir, settings)
-    fl = cfg["flares"]
+    fls = flare_settings(cfg["flares"], camera)
     fcfg = cfg["filter"][camera]
     lc_dir = _sas_dir(outdir, step, "evselect-lc")
     lc = lc_dir / f"{camera}_lc.fits"
@@ -593,19 +600,19 @@ def build_filter_commands(
                 rateset=str(lc),
                 maketimecolumn=True,
                 timecolumn="TIME",
-                timebinsize=_num(fl["bin_s"]),
+                timebinsize=_num(fls.bin_s),
                 makeratecolumn=True,
-                expression=flare_lc_expression(camera, fl["band_kev"]),
+                expression=flare_lc_expression(camera, fls.band_kev),
             ),
             outdir,
             settings,
             odf=odf,
             ccf=ccf,
             outputs=[lc],
-            description=f"{camera} {fl['band_kev'][0]}-{fl['band_kev'][1]} keV light curve, {fl['bin_s']} s bins",
+            description=f"{camera} {fls.band_kev[0]}-{fls.band_kev[1]} keV light curve, {fls.bin_s} s bins",
         )
     )
-    method = fl["method"]
+    method = _sas_flare_method(fls.method)
     screen = screen_expression(camera, fcfg)
     clean_dir = _sas_dir(outdir, step, "evselect-clean")
     clean = clean_dir / f"{camera}_clean.fits"
@@ -636,7 +643,7 @@ def build_filter_commands(
                     withsmoothing=True,
                     smooth=51,
                     rangescale=6.0,
-                    allowsigma=_num(fl["nsigma"]),
+                    allowsigma=_num(fls.nsigma),
                     keepinterfiles=False,
                 ),
                 outdir,
@@ -645,7 +652,7 @@ def build_filter_commands(
                 ccf=ccf,
                 links=links,
                 outputs=outputs,
-                description=f"ESAS soft-proton flare filtering ({fl['nsigma']} sigma around the rate histogram peak)",
+                description=f"ESAS soft-proton flare filtering ({fls.nsigma} sigma around the rate histogram peak)",
             )
         )
         gti = d / f"{prefix}-gti.fits"
@@ -654,7 +661,7 @@ def build_filter_commands(
     elif method == "fixed":
         d = _sas_dir(outdir, step, "tabgtigen")
         gti = d / f"{camera}_gti.fits"
-        rate = float(fl["fixed_rate"][camera])
+        rate = float(fls.rate if fls.rate is not None else 0.0)
         cmds.append(
             _cmd(
                 step,
@@ -665,7 +672,7 @@ def build_filter_commands(
                 odf=odf,
                 ccf=ccf,
                 outputs=[gti],
-                description=f"GTI where the {fl['band_kev'][0]}-{fl['band_kev'][1]} keV rate <= {rate} ct/s",
+                description=f"GTI where the {fls.band_kev[0]}-{fls.band_kev[1]} keV rate <= {rate} ct/s",
             )
         )
         table = events
@@ -675,7 +682,7 @@ def build_filter_commands(
         table = events
         expression = screen
     else:
-        raise ConfigError(f"flares.method must be espfilt, fixed or none, not {method!r}")
+        raise ConfigError(f"flares.method must be histogram, espfilt, fixed or none, not {method!r}")
     cmds.append(
         _cmd(
             step,
@@ -765,7 +772,7 @@ def build_spectra_commands(
             fcfg,
             grouping,
             min_counts,
-            flare_method=cfg["flares"]["method"],
+            flare_method=_sas_flare_method(cfg["flares"]["method"]),
         )
     sel = spectrum_selection(camera, fcfg)
     binsize, chanmax = _SPEC_BINNING[camera]
@@ -1533,7 +1540,7 @@ class SasBackend:
         settings = self.settings(cfg)
         tools = (
             ["evselect"]
-            + (["espfilt"] if cfg["flares"]["method"] == "espfilt" else [])
+            + (["espfilt"] if _sas_flare_method(cfg["flares"]["method"]) == "espfilt" else [])
             + (["tabgtigen"] if cfg["flares"]["method"] == "fixed" else [])
         )
         self.check_installation(tools, cfg)
