@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
+import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -32,8 +35,11 @@ from xmmcore.fsutil import atomic_write_text
 
 __all__ = [
     "DEFAULTS_PATH",
+    "MAX_CONFIG_BYTES",
+    "MAX_LOCAL_WORKERS",
     "RESOLVED_NAME",
     "Config",
+    "check_limits",
     "config_hash",
     "example_config_text",
     "load_config",
@@ -42,6 +48,7 @@ __all__ = [
     "read_resolved",
     "write_example_config",
     "write_resolved",
+    "yaml_load_strict",
 ]
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
@@ -94,6 +101,68 @@ _POSITIVE = {
 # Numbers with a null default ("the method's default") that are still floats when set as integers.
 _FLOAT_OR_NULL = {"flares.nsigma"}
 _NON_NEGATIVE = {"retries.transient", "retries.backoff_s", "cluster.slurm.minimum_jobs"}
+
+
+#: A configuration file larger than this is refused before it is parsed [bytes].
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*x``) and duplicate mapping keys.
+
+    Aliases are refused while the document is composed, before anything is expanded, so a
+    "billion laughs" document of a few hundred bytes cannot hang the run or exhaust memory.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: YAML alias *{event.anchor} refused "
+                "(anchors and aliases are not allowed in a configuration; write the value out)"
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the constructor below says so
+                    continue
+                if first is not None:
+                    raise yaml.YAMLError(
+                        f"line {line}: duplicate key {key!r} (first given on line {first}); "
+                        "give each key once"
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load_strict(text: str, where: str) -> Any:
+    """Parse YAML ``text`` safely: no Python tags, no aliases, no duplicate keys.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``where`` (a file, ``command line``) and the cause.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{where}: {len(text)} characters is more than a configuration can be ({MAX_CONFIG_BYTES})"
+        )
+    loader = _StrictLoader(text)  # a SafeLoader subclass: no Python tags
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML ({exc})") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{where}: not valid YAML (nested too deeply)") from exc
+    finally:
+        loader.dispose()
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -176,7 +245,7 @@ def _merge(
 
 def load_defaults() -> dict[str, Any]:
     """The defaults from ``survey/defaults.yaml`` as a plain dict."""
-    data = yaml.safe_load(DEFAULTS_PATH.read_text(encoding="utf-8"))
+    data = yaml_load_strict(DEFAULTS_PATH.read_text(encoding="utf-8"), str(DEFAULTS_PATH))
     if not isinstance(data, dict):
         raise ConfigError(f"{DEFAULTS_PATH} is not a mapping")
     return data
@@ -237,6 +306,7 @@ class Config(Mapping[str, Any]):
         """A new Config with dotted overrides applied (same checks as :func:`load_config`)."""
         data = self.to_dict()
         _apply_overrides(data, overrides, reference=load_defaults())
+        check_limits(data, where="overrides")
         return Config(data, self.sources + ("overrides",))
 
     def to_yaml(self) -> str:
@@ -260,10 +330,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from exc
+    value = yaml_load_strict(raw, f"override {text!r}: value") if raw.strip() else None
     return key, value
 
 
@@ -316,19 +383,24 @@ def load_config(
     if path is not None:
         path = Path(path)
         try:
+            if path.exists() and not path.is_file():
+                raise ConfigError(f"cannot read configuration file {path}: not a regular file")
+            if path.stat().st_size > MAX_CONFIG_BYTES:
+                raise ConfigError(
+                    f"{path}: {path.stat().st_size} bytes is more than a configuration can be "
+                    f"({MAX_CONFIG_BYTES})"
+                )
             text = path.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
-        try:
-            layer = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        layer = yaml_load_strict(text, str(path))
         if layer is not None:
             _merge(data, layer, reference=reference, prefix="", where=str(path))
         sources.append(str(path))
     if overrides:
         _apply_overrides(data, overrides, reference=reference)
         sources.append("cli")
+    check_limits(data, where=" < ".join(sources[1:]) or "defaults")
     return Config(data, tuple(sources))
 
 
@@ -357,3 +429,203 @@ def write_example_config(path: str | os.PathLike[str], *, overwrite: bool = Fals
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; use --force to overwrite it")
     return atomic_write_text(path, example_config_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Physical and operational limits of the values (checked once the layers are merged)
+# ---------------------------------------------------------------------------------------------
+
+#: Upper bound of ``cluster.workers`` (and ``threads_per_worker``): more processes than this on one
+#: machine is a typo (``workers: 10000``), not a plan; SLURM scales with ``cluster.slurm.maximum_jobs``.
+MAX_LOCAL_WORKERS = 256
+_MODULE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_CAMERA_NAMES = ("pn", "mos1", "mos2")
+# dotted key -> (low, low inclusive, high, high inclusive); None = unbounded. Wildcards match one level.
+_RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "cosmology.H0": (0.0, False, None, False),
+    "cosmology.Om0": (0.0, False, 1.0, True),
+    "spectra.min_counts": (1, True, None, False),
+    "flares.bin_s": (0.0, False, None, False),
+    "flares.nsigma": (0.0, False, None, False),
+    "flares.min_gti_s": (0.0, True, None, False),
+    "flares.fixed_rate.*": (0.0, False, None, False),
+    "filter.*.pattern_max": (0, True, 31, True),
+    "filter.*.pi_min": (0, True, None, False),
+    "filter.*.pi_max": (0, False, None, False),
+    "regions.radius.arcmin": (0.0, False, 60.0, True),
+    "regions.radius.r_kpc": (0.0, False, None, False),
+    "regions.radius.sb_nsigma": (0.0, False, None, False),
+    "regions.background.inner": (0.0, True, None, False),
+    "regions.background.outer": (0.0, False, None, False),
+    "regions.point_sources.snr": (0.0, False, None, False),
+    "regions.point_sources.mask_radius_arcsec": (0.0, False, None, False),
+    "sas.timeout_s": (0.0, False, None, False),
+    "xspec.timeout_s": (0.0, False, None, False),
+    "cluster.workers": (1, True, MAX_LOCAL_WORKERS, True),
+    "cluster.threads_per_worker": (1, True, MAX_LOCAL_WORKERS, True),
+    "cluster.slurm.cores": (1, True, 4096, True),
+    "cluster.slurm.processes": (1, True, 4096, True),
+    "cluster.slurm.minimum_jobs": (0, True, 100_000, True),
+    "cluster.slurm.maximum_jobs": (1, True, 100_000, True),
+    "retries.transient": (0, True, 20, True),
+    "retries.backoff_s": (0.0, True, 3600.0, True),
+}
+# dotted key -> lowest allowed value of each end of an energy band [keV]
+_BANDS = {"fit.notice_kev": 0.0, "flares.band_kev": 0.0}
+_LOOPBACK_NAMES = {"localhost", "ip6-localhost", "ip6-loopback"}
+
+
+def _walk(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _walk(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _matches(pattern: str, dotted: str) -> bool:
+    parts, keys = pattern.split("."), dotted.split(".")
+    return len(parts) == len(keys) and all(p in ("*", k) for p, k in zip(parts, keys))
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_range(dotted: str, value: Any, rule: tuple[Any, bool, Any, bool], where: str) -> None:
+    if value is None:
+        return
+    lo, lo_in, hi, hi_in = rule
+    if not _is_number(value) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {dotted} must be a finite number, got {value!r}")
+    if lo is not None and (value < lo or (value == lo and not lo_in)):
+        raise ConfigError(f"{where}: {dotted} must be {'>=' if lo_in else '>'} {lo}, got {value!r}")
+    if hi is not None and (value > hi or (value == hi and not hi_in)):
+        raise ConfigError(f"{where}: {dotted} must be {'<=' if hi_in else '<'} {hi}, got {value!r}")
+
+
+def _check_band(dotted: str, value: Any, low: float, where: str) -> None:
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(_is_number(v) and math.isfinite(v) for v in value)
+    )
+    if not ok:
+        raise ConfigError(f"{where}: {dotted} must be two numbers [low, high] in keV, got {value!r}")
+    if not low <= value[0] < value[1]:
+        raise ConfigError(
+            f"{where}: {dotted} must be an ordered band with {low} <= low < high [keV], got {value!r}"
+        )
+
+
+def _loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_dashboard(value: Any, public: bool, where: str) -> None:
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{where}: cluster.dashboard_address must be host:port (e.g. 127.0.0.1:8787), got {value!r}"
+        )
+    if public:
+        return
+    if not host or not _loopback(host):
+        raise ConfigError(
+            f"{where}: cluster.dashboard_address {value!r} would listen on "
+            f"{'every interface' if not host or host in ('0.0.0.0', '[::]', '::') else host}; the dashboard "
+            "has no password, so it must be on loopback (127.0.0.1:PORT) unless cluster.dashboard_public "
+            "is true"
+        )
+
+
+def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> None:
+    """Check the physical and operational ranges of a merged configuration (types are already checked).
+
+    Numbers within their ranges (H0 > 0, 0 < Om0 <= 1, min_counts >= 1, bin_s > 0, finite...),
+    ordered 2-element energy bands, pi_min < pi_max, background inner < outer, workers <=
+    :data:`MAX_LOCAL_WORKERS`, the dashboard on loopback unless ``cluster.dashboard_public``, a
+    ``pipeline.module`` that is a dotted Python module name (checked before anything imports it).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value and the allowed range.
+    """
+    for dotted, value in _walk(data):
+        for pattern, rule in _RANGES.items():
+            if _matches(pattern, dotted):
+                _check_range(dotted, value, rule, where)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {dotted} must be a finite number, got {value!r}")
+    for dotted, low in _BANDS.items():
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is not None:
+            _check_band(dotted, node, low, where)
+    fit = data.get("fit") or {}
+    for i, band in enumerate(fit.get("flux_bands_kev") or []):
+        _check_band(f"fit.flux_bands_kev[{i}]", band, 0.0, where)
+    for cam, section in (data.get("filter") or {}).items():
+        pi_min = section.get("pi_min") if isinstance(section, Mapping) else None
+        pi_max = section.get("pi_max") if isinstance(section, Mapping) else None
+        if _is_number(pi_min) and _is_number(pi_max) and float(pi_min) >= float(pi_max):
+            raise ConfigError(
+                f"{where}: filter.{cam}.pi_min ({pi_min}) must be below filter.{cam}.pi_max ({pi_max})"
+            )
+    regions = data.get("regions") or {}
+    bkg = regions.get("background") or {}
+    if _is_number(bkg.get("inner")) and _is_number(bkg.get("outer")) and bkg["inner"] >= bkg["outer"]:
+        raise ConfigError(
+            f"{where}: regions.background.inner ({bkg['inner']}) must be below "
+            f"regions.background.outer ({bkg['outer']})"
+        )
+    centre = regions.get("centre")
+    if isinstance(centre, list):
+        ok = len(centre) == 2 and all(_is_number(v) and math.isfinite(v) for v in centre)
+        if not ok or not (0.0 <= centre[0] <= 360.0 and -90.0 <= centre[1] <= 90.0):
+            raise ConfigError(
+                f"{where}: regions.centre must be auto or [ra_deg, dec_deg] with 0 <= ra <= 360 and "
+                f"-90 <= dec <= 90, got {centre!r}"
+            )
+    elif centre is not None and centre != "auto":
+        raise ConfigError(f"{where}: regions.centre must be auto or [ra_deg, dec_deg], got {centre!r}")
+    annuli = regions.get("annuli")
+    if annuli is not None:
+        ok = len(annuli) >= 2 and all(_is_number(v) and math.isfinite(v) and v >= 0 for v in annuli)
+        if not ok or any(b <= a for a, b in zip(annuli, annuli[1:])):
+            raise ConfigError(
+                f"{where}: regions.annuli must be >= 2 increasing radii >= 0 [arcmin], got {annuli!r}"
+            )
+    cameras = data.get("cameras")
+    if isinstance(cameras, list):
+        bad = [c for c in cameras if c not in _CAMERA_NAMES]
+        if bad or not cameras or len(set(cameras)) != len(cameras):
+            raise ConfigError(
+                f"{where}: cameras must be distinct names among {', '.join(_CAMERA_NAMES)}, got {cameras!r}"
+            )
+    cluster = data.get("cluster") or {}
+    slurm = cluster.get("slurm") or {}
+    lo_jobs, hi_jobs = slurm.get("minimum_jobs"), slurm.get("maximum_jobs")
+    if _is_number(lo_jobs) and _is_number(hi_jobs) and float(lo_jobs) > float(hi_jobs):
+        raise ConfigError(
+            f"{where}: cluster.slurm.minimum_jobs ({lo_jobs}) must not exceed "
+            f"cluster.slurm.maximum_jobs ({hi_jobs})"
+        )
+    if "dashboard_address" in cluster:
+        _check_dashboard(cluster["dashboard_address"], bool(cluster.get("dashboard_public")), where)
+    module = (data.get("pipeline") or {}).get("module")
+    if module is not None and not (isinstance(module, str) and _MODULE_RE.fullmatch(module)):
+        raise ConfigError(
+            f"{where}: pipeline.module must be a dotted Python module name (xmmcore.pipeline), got "
+            f"{module!r}; it is checked before it is imported"
+        )

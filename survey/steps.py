@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 RECORD_SCHEMA = 1
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 #: Configuration sections each pipeline step depends on (others: its own section if any).
 STEP_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -117,6 +119,8 @@ class Pipeline:
 
     @classmethod
     def from_module(cls, name: str = "xmmcore.pipeline", steps: Sequence[str] | None = None) -> Pipeline:
+        if not isinstance(name, str) or not _MODULE_NAME.fullmatch(name):
+            raise ConfigError(f"pipeline.module must be a dotted Python module name, got {name!r}")
         try:
             mod = importlib.import_module(name)
         except ImportError as exc:
