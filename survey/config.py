@@ -539,9 +539,13 @@ def _check_dashboard(value: Any, public: bool, where: str) -> None:
     if public:
         return
     if not host or not _loopback(host):
+        try:
+            everywhere = not host or ipaddress.ip_address(host.strip("[]")).is_unspecified
+        except ValueError:
+            everywhere = False
         raise ConfigError(
             f"{where}: cluster.dashboard_address {value!r} would listen on "
-            f"{'every interface' if not host or host in ('0.0.0.0', '[::]', '::') else host}; the dashboard "
+            f"{'every interface' if everywhere else host}; the dashboard "
             "has no password, so it must be on loopback (127.0.0.1:PORT) unless cluster.dashboard_public "
             "is true"
         )
