@@ -42,6 +42,7 @@ __all__ = [
     "read_events",
     "screen",
     "screen_mask",
+    "screen_with_gti",
     "stream_filter_bin",
     "write_events",
     "write_gti",
@@ -104,10 +105,15 @@ class EventList:
         """Return a new list with the rows where ``mask`` is true (same header and GTIs)."""
         return replace(self, columns={k: v[mask] for k, v in self.columns.items()})
 
-    def with_gti(self, gti: np.ndarray) -> EventList:
-        """Return a copy whose per-CCD GTIs are intersected with ``gti`` and events outside dropped."""
+    def with_gti(self, gti: np.ndarray, *, keep: np.ndarray | None = None) -> EventList:
+        """Return a copy whose per-CCD GTIs are intersected with ``gti`` and events outside dropped.
+
+        ``keep`` (a boolean row mask, e.g. :func:`screen_mask`) is applied in the same pass, so the
+        columns are copied once instead of once per selection.
+        """
         gti_ccd = {c: gtimod.intersection(g, gti) for c, g in self.gti_ccd.items()}
-        keep = _mask_ccd_gti(self.columns["TIME"], self.columns["CCDNR"], gti_ccd)
+        in_gti = _mask_ccd_gti(self.columns["TIME"], self.columns["CCDNR"], gti_ccd)
+        keep = in_gti if keep is None else in_gti & np.asarray(keep, dtype=bool)
         out = replace(
             self,
             columns={k: v[keep] for k, v in self.columns.items()},
@@ -138,11 +144,30 @@ class EventList:
 
 
 def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.ndarray]) -> np.ndarray:
-    keep = np.zeros(time.shape, dtype=bool)
+    """Rows whose TIME is in their own CCD's GTI (CCDs without a GTI table are dropped).
+
+    CCDs that share one GTI table (the usual case after a flare GTI is applied) share one mask, computed
+    on the whole time-sorted column by slices; per-CCD selection is then a lookup, not a copy per CCD.
+    """
+    groups: dict[bytes, list[int]] = {}
+    tables: dict[bytes, np.ndarray] = {}
     for ccd, g in gti_ccd.items():
-        sel = ccdnr == ccd
-        if sel.any():
-            keep[sel] = gtimod.mask_in_gti(time[sel], g)
+        key = np.ascontiguousarray(g, dtype=np.float64).tobytes()
+        groups.setdefault(key, []).append(int(ccd))
+        tables[key] = g
+    if not groups or ccdnr.size == 0:
+        return np.zeros(time.shape, dtype=bool)
+    lut_size = int(max(int(ccdnr.max()), max(max(v) for v in groups.values()))) + 1
+    if int(ccdnr.min()) < 0:
+        raise ValueError("CCDNR holds negative values")
+    keep = np.zeros(time.shape, dtype=bool)
+    for key, ccds in groups.items():
+        in_gti = gtimod.mask_in_gti(time, tables[key])
+        if len(groups) == 1 and set(ccds) >= set(np.unique(ccdnr).tolist()):
+            return in_gti
+        lut = np.zeros(lut_size, dtype=bool)
+        lut[ccds] = True
+        keep |= in_gti & lut[ccdnr]
     return keep
 
 
@@ -447,9 +472,7 @@ def screen_mask(
 ) -> np.ndarray:
     """Boolean mask of events passing the standard selections (see :func:`screen`)."""
     n = cols["PI"].size
-    keep = np.ones(n, dtype=bool)
-    if pattern_max is not None:
-        keep &= cols["PATTERN"] <= pattern_max
+    keep = cols["PATTERN"] <= pattern_max if pattern_max is not None else np.ones(n, dtype=bool)
     if flag_mask is not None:
         keep &= (cols["FLAG"] & _mask_as(flag_mask, cols["FLAG"].dtype)) == 0
     if pi_min is not None:
@@ -497,6 +520,32 @@ def screen(
         out.gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
         out.gti = gtimod.union(*out.gti_ccd.values()) if out.gti_ccd else gtimod.as_gti(None)
     return out
+
+
+def screen_with_gti(
+    evl: EventList,
+    gti: np.ndarray,
+    *,
+    pattern_max: int | None = None,
+    flag_mask: int | None = None,
+    pi_min: float | None = None,
+    pi_max: float | None = None,
+    ccds: Sequence[int] | None = None,
+) -> tuple[EventList, int]:
+    """``screen(evl, ...).with_gti(gti)`` with one copy of the columns.
+
+    Returns the cleaned list and the number of events that passed the screening alone.
+    """
+    keep = screen_mask(
+        evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min, pi_max=pi_max, ccds=ccds
+    )
+    base = evl
+    if ccds is not None:
+        gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
+        base = replace(
+            evl, gti_ccd=gti_ccd, gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None)
+        )
+    return base.with_gti(gti, keep=keep), int(keep.sum())
 
 
 def _gti_hdu(g: np.ndarray, name: str, *, ccd: int | None = None) -> fits.BinTableHDU:

@@ -20,6 +20,7 @@ __all__ = [
     "drop_short",
     "exposure",
     "from_bins",
+    "gti_slices",
     "intersection",
     "mask_in_gti",
     "normalise",
@@ -140,15 +141,36 @@ def overlap(a: Any, b: Any) -> float:
     return exposure(intersection(a, b))
 
 
+def gti_slices(time_sorted: Any, gti: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Row ranges ``[lo[k], hi[k])`` of a time-sorted array that fall in interval ``k`` of ``gti``.
+
+    O(m log n): event lists are time-ordered, so a GTI is a contiguous slice (stingray does the same).
+    ``gti`` must be normalised (sorted, non-overlapping); the intervals are ``[start, stop)``.
+    """
+    t = np.asarray(time_sorted)
+    g = as_gti(gti)
+    return np.searchsorted(t, g[:, 0], side="left"), np.searchsorted(t, g[:, 1], side="left")
+
+
+def _is_sorted(t: np.ndarray) -> bool:
+    return t.ndim == 1 and (t.size < 2 or not bool(np.any(t[1:] < t[:-1])))
+
+
 def mask_in_gti(time: Any, gti: Any) -> np.ndarray:
     """Boolean mask of the times that fall in ``[start, stop)`` of some interval.
 
-    O(n log m) with ``searchsorted``; ``time`` need not be sorted.
+    ``time`` need not be sorted.  Sorted times (every event list read by xmmcore is) take the slice
+    path, O(n + m log n); others ``searchsorted`` each time into the intervals, O(n log m).
     """
     g = normalise(gti)
     t = np.asarray(time)
     if g.shape[0] == 0:
         return np.zeros(t.shape, dtype=bool)
+    if _is_sorted(t):
+        out = np.zeros(t.shape, dtype=bool)
+        for a, b in zip(*gti_slices(t, g)):
+            out[a:b] = True
+        return out
     idx = np.searchsorted(g[:, 0], t, side="right") - 1
     ok = idx >= 0
     out = np.zeros(t.shape, dtype=bool)

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputDataError
-from ..events import flag_mask_for, read_events, screen, screen_mask, write_events, write_gti
+from ..events import (
+    flag_mask_for,
+    read_events,
+    screen,
+    screen_mask,
+    screen_with_gti,
+    write_events,
+    write_gti,
+)
 from ..flares import flare_gti, flare_settings, write_light_curve
 from ..fsutil import atomic_path
 from ..images import ccd_footprints
@@ -105,8 +113,8 @@ class PythonBackend:
         evl = read_events(path, camera=camera, prefilter=wanted)
         if evl.resorted:
             log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
-        clean = screen(evl, **screen_kw)
-        if len(clean) == 0:
+        n_screened = int(screen_mask(evl.columns, **screen_kw).sum())
+        if n_screened == 0:
             raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
         res = flare_gti(
             evl,
@@ -125,7 +133,7 @@ class PythonBackend:
                 path,
             )
         ev_dir = outdir / "events"
-        clean_t = clean.with_gti(res.gti)
+        clean_t, _ = screen_with_gti(evl, res.gti, **screen_kw)  # screening and flare GTI in one copy
         sel = (
             f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
             f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
@@ -152,7 +160,7 @@ class PythonBackend:
                 "camera": camera,
                 "input": str(path),
                 "n_events_in": evl.n_rows_file,
-                "n_events_screened": len(clean),
+                "n_events_screened": n_screened,
                 "n_events_out": len(clean_t),
                 "flag_mask": flag_mask,
                 "pattern_max": fcfg.get("pattern_max"),
