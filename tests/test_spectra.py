@@ -32,6 +32,30 @@ def test_group_min_counts():
     assert np.all(q == 2)
 
 
+@pytest.mark.parametrize(
+    "counts",
+    [
+        np.r_[np.zeros(40), np.full(200, 2.0), np.zeros(30)],
+        np.r_[np.zeros(5), [30.0], np.zeros(5)],
+        np.zeros(7),
+    ],
+)
+def test_group_min_counts_every_group_starts_with_plus_one(counts):
+    """OGIP: the first channel of a grouped spectrum is +1 (Sherpa refuses a leading -1), also before empty
+    channels; groups tile the spectrum, each but a lone short one has >= min_counts, and only that one is bad."""
+    g, q = S.group_min_counts(counts, 20)
+    assert g[0] == 1 and set(np.unique(g)) <= {1, -1}
+    starts = np.flatnonzero(g == 1)
+    sums = np.add.reduceat(counts, starts)
+    assert sums.sum() == counts.sum()
+    if counts.sum() >= 20:
+        assert np.all(sums >= 20) and not q.any()
+    else:
+        assert starts.tolist() == [0] and np.all(q == 2)
+    g2, _ = S.group_min_counts(counts, 20, first=2, last=counts.size - 2)
+    assert np.all(g2[:2] == 1) and g2[2] == 1 and g2[-1] == 1
+
+
 def test_group_optimal_kaastra_bleeker():
     rng = np.random.default_rng(0)
     e = (np.arange(800) + 0.5) * 0.015

@@ -227,29 +227,23 @@ def group_min_counts(
     last = n - 1 if last is None else last
     grouping = np.ones(n, dtype=np.int16)
     quality = np.zeros(n, dtype=np.int16)
-    if min_counts <= 1:
+    if min_counts <= 1 or last < first:
         return grouping, quality
-    starts = []
+    # Every group starts with +1 (OGIP; Sherpa refuses a spectrum whose first grouped channel is -1):
+    # the first group begins at ``first`` whatever its counts, so empty leading channels join it.
+    starts = [first]
     acc = 0.0
-    start = first
-    for i in range(first, last + 1):
-        if acc == 0.0 and i != start:
-            start = i
+    for i in range(first, last):
         acc += c[i]
         if acc >= min_counts:
-            starts.append((start, i))
+            starts.append(i + 1)
             acc = 0.0
-            start = i + 1
-    tail = (start, last) if start <= last else None
+    if len(starts) > 1 and c[starts[-1] : last + 1].sum() < min_counts:
+        starts.pop()  # the short last group joins the previous one (specgroup)
     grouping[first : last + 1] = -1
-    if starts and tail is not None:
-        s0, _ = starts[-1]
-        starts[-1] = (s0, last)
-    elif tail is not None:
-        starts = [tail]
-        quality[tail[0] : tail[1] + 1] = 2
-    for s, _e in starts:
-        grouping[s] = 1
+    grouping[starts] = 1
+    if len(starts) == 1 and c[first : last + 1].sum() < min_counts:
+        quality[first : last + 1] = 2  # not even one group reaches min_counts
     return grouping, quality
 
 
