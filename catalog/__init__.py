@@ -215,17 +215,19 @@ def fit_to_row(
     statistic = _num(fit.get("statistic"))
     dof = fit.get("dof")
     dof_i = (
-        int(dof) if isinstance(dof, (int, float)) and not isinstance(dof, bool) and math.isfinite(dof) else -1
+        int(dof)
+        if isinstance(dof, (int, float)) and not isinstance(dof, bool) and math.isfinite(dof)
+        else None
     )
     row["statistic"], row["dof"] = statistic, dof_i
-    if dof_i > 0 and math.isfinite(statistic):
+    if dof_i is not None and dof_i > 0 and math.isfinite(statistic):
         row["stat_per_dof"] = statistic / dof_i
         row["fit_pvalue"] = float(stats.chi2.sf(statistic, dof_i))
     if fit.get("goodness_pvalue") is not None:
         row["fit_pvalue"] = _num(fit["goodness_pvalue"])
     row["converged"] = bool(fit.get("converged", False))
     n_ds = fit.get("n_datasets", len(fit.get("datasets") or []) or None)
-    row["n_datasets"] = int(n_ds) if n_ds else -1
+    row["n_datasets"] = int(n_ds) if n_ds else None
     wanted = {band_tag(b): tuple(b) for b in flux_bands_kev}
     for key, entry in (fit.get("fluxes") or {}).items():
         band = parse_band(key)
@@ -408,7 +410,7 @@ def _region_columns(regions: Mapping[str, Any]) -> dict[str, Any]:
     ):
         out[col] = _num(regions.get(col))
     pts = regions.get("point_sources")
-    out["n_ptsrc"] = len(pts) if isinstance(pts, list) else -1
+    out["n_ptsrc"] = len(pts) if isinstance(pts, list) else None
     return out
 
 

@@ -23,6 +23,7 @@ from .schema import KEY, SCHEMA_VERSION, Column, attach_attrs, columns_from_attr
 __all__ = [
     "CATALOGUE_FITS",
     "CATALOGUE_PARQUET",
+    "FITS_INT_NULL",
     "merge_rows",
     "read_catalogue",
     "read_fits",
@@ -36,6 +37,7 @@ CATALOGUE_PARQUET = "catalogue.parquet"
 CATALOGUE_FITS = "catalogue.fits"
 _META_KEY = b"xmm_survey"
 _FITS_FORMATS = {"float64": "D", "int64": "K", "bool": "L"}
+FITS_INT_NULL = np.iinfo(np.int64).min  # TNULLn of the integer columns: a missing value, not a number
 
 
 def _arrow_type(dtype: str):
@@ -68,13 +70,14 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
             b"description": col.description.encode(),
             b"dtype": col.dtype.encode(),
         }
-        fields.append(pa.field(col.name, _arrow_type(col.dtype), nullable=False, metadata=meta))
-        arrays.append(
-            pa.array(
-                df[col.name].tolist() if col.dtype == "str" else df[col.name].to_numpy(),
-                type=_arrow_type(col.dtype),
-            )
-        )
+        nullable = col.dtype == "int64"  # missing integers are nulls, not placeholders
+        fields.append(pa.field(col.name, _arrow_type(col.dtype), nullable=nullable, metadata=meta))
+        if col.dtype == "str":
+            arrays.append(pa.array(df[col.name].tolist(), type=pa.string()))
+        elif nullable:
+            arrays.append(pa.Array.from_pandas(df[col.name], type=pa.int64()))
+        else:
+            arrays.append(pa.array(df[col.name].to_numpy(), type=_arrow_type(col.dtype)))
     info = {
         "schema_version": df.attrs.get("schema_version", SCHEMA_VERSION),
         "columns": [[c.name, c.dtype, c.unit, c.description] for c in cols],
@@ -110,6 +113,7 @@ def write_fits(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 
     Units go to ``TUNITn``, descriptions to ``TCOMMn``, schema dtypes to ``TDTYPn`` (so that a
     string column of only empty strings still reads back as a string); ``SCHEMAV`` holds the schema version.
+    Missing integers are ``TNULLn`` (:data:`FITS_INT_NULL`), which CFITSIO, STILTS and TOPCAT show as null.
     """
     from astropy.io import fits
 
@@ -127,6 +131,11 @@ def write_fits(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
                     unit=col.unit or None,
                     array=np.array(encoded, dtype=f"S{width}"),
                 )
+            )
+        elif col.dtype == "int64":
+            ints = df[col.name].astype("Int64").fillna(FITS_INT_NULL).to_numpy(dtype=np.int64)
+            fcols.append(
+                fits.Column(name=col.name, format="K", unit=col.unit or None, null=FITS_INT_NULL, array=ints)
             )
         else:
             fcols.append(
@@ -173,6 +182,11 @@ def read_fits(path: str | os.PathLike[str]) -> pd.DataFrame:
                     values[name] = np.array(
                         [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in arr], dtype=object
                     )
+                elif dtype == "int64":
+                    raw = np.asarray(arr).astype(np.int64)
+                    tnull = header.get(f"TNULL{i}")
+                    ints = pd.Series(raw, dtype="Int64")
+                    values[name] = ints if tnull is None else ints.mask(raw == int(tnull))
                 else:
                     values[name] = np.asarray(arr).astype(np.dtype(dtype).newbyteorder("="))
             version = str(header.get("SCHEMAV", ""))

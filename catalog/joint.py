@@ -144,7 +144,7 @@ def combine_rows(
     df,
     *,
     target: str,
-    params: Iterable[str] = ("kT", "Z"),
+    params: Iterable[str] = ("kT", "abund"),
     obsids: Iterable[str] | None = None,
     flux_bands_kev: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV,
 ) -> dict[str, Any]:
@@ -510,7 +510,9 @@ def _combined_row(results_dir: Path, target: str, obsids: Sequence[str]) -> dict
     fitted = df[(df["camera"] == "epic") & (df["status"] == "done") & (df["kT"] > 0)]
     if len(fitted) < 2:
         return None
-    return combine_rows(df, target=target, obsids=list(fitted["obsid"]), params=("kT", "Z", "gamma", "nH"))
+    return combine_rows(
+        df, target=target, obsids=list(fitted["obsid"]), params=("kT", "abund", "gamma", "nH")
+    )
 
 
 def run_joint(

@@ -264,7 +264,7 @@ def plot_histograms(
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, col, label, log in (
         (axes[0], "kT", "kT [keV]", False),
-        (axes[1], "Z", "Z [solar]", False),
+        (axes[1], "abund", "abundance [solar]", False),
         (axes[2], flux_col, f"{flux_col} [erg cm$^{{-2}}$ s$^{{-1}}$]", True),
     ):
         vals = rows[col].to_numpy(dtype=float)

@@ -43,7 +43,7 @@ th{background:#dde6f3} td.l,th.l{text-align:left} tr:nth-child(even){background:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or value is pd.NA:
         return ""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else ""
@@ -149,7 +149,7 @@ def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
                 _fmt(r.net_counts),
                 _fmt(r.snr),
                 _pm(r, "kT"),
-                _pm(r, "Z"),
+                _pm(r, "abund"),
                 _pm(r, "nH"),
                 _pm(r, "z"),
                 _pm(r, "flux_0p5_2p0_abs"),
@@ -241,7 +241,7 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
     if epic.fit_model:
         params = [
             [p, _pm(epic, p), "frozen" if epic[f"{p}_frozen"] else ("linked" if epic[f"{p}_linked"] else "")]
-            for p in ("kT", "Z", "nH", "z", "norm", "gamma")
+            for p in ("kT", "abund", "nH", "z", "norm", "gamma")
             if math.isfinite(epic[p])
         ]
         parts.append(
@@ -287,14 +287,23 @@ def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
     if len(jrows):
         parts.append(
             _table(
-                ["target", "kind", "ObsIDs", "kT [keV]", "Z", "gamma", "stat/dof", "consistency p"],
+                [
+                    "target",
+                    "kind",
+                    "ObsIDs",
+                    "kT [keV]",
+                    "abundance [solar]",
+                    "gamma",
+                    "stat/dof",
+                    "consistency p",
+                ],
                 [
                     [
                         html.escape(r.obsid),
                         html.escape(r.kind),
                         html.escape(r.obsids),
                         _pm(r, "kT"),
-                        _pm(r, "Z"),
+                        _pm(r, "abund"),
                         _pm(r, "gamma"),
                         _fmt(r.stat_per_dof),
                         _fmt(r.consistency_pvalue),
@@ -465,7 +474,7 @@ def build_report(
                 "net counts",
                 "S/N",
                 "kT [keV]",
-                "Z",
+                "abundance [solar]",
                 "nH [1e22]",
                 "z",
                 "F(0.5-2) [cgs]",

@@ -11,7 +11,12 @@ One row per (``obsid``, ``camera``, ``region``, ``kind``):
 * ``kind="combined"``: a weighted mean of independent per-ObsID results, with a consistency test.
 * ``kind="stack"``: a fit of stacked spectra.
 
-Missing values: NaN for floats, ``-1`` for integers, ``""`` for strings, ``False`` for flags.
+Missing values: NaN for floats, null (pandas ``<NA>`` in a nullable ``Int64`` column, FITS ``TNULLn``) for
+integers, ``""`` for strings, ``False`` for flags.
+
+Names are unique regardless of case (CFITSIO, STILTS and TOPCAT look columns up without case): the abundance
+is ``abund``, the redshift ``z``. Units are FITS-standard strings (``10**22 cm**-2``); dimensionless columns
+have none, and their meaning (e.g. "relative to solar") is in the description.
 Errors ``<param>_err_lo`` / ``<param>_err_hi`` are positive magnitudes (value - lower bound, upper bound - value).
 """
 
@@ -41,14 +46,14 @@ __all__ = [
     "empty_row",
 ]
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2.0: Z -> abund, FITS units, nullable integers
 KEY = ("obsid", "camera", "region", "kind")
 KINDS = ("obs", "joint", "combined", "stack")
 CAMERA_ROWS = ("pn", "mos1", "mos2")
 DEFAULT_FLUX_BANDS_KEV: tuple[tuple[float, float], ...] = ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
 
-_DTYPES = {"str": object, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
-_MISSING = {"str": "", "float64": np.nan, "int64": -1, "bool": False}
+_DTYPES = {"str": object, "float64": np.float64, "int64": "Int64", "bool": np.bool_}
+_MISSING: dict[str, Any] = {"str": "", "float64": np.nan, "int64": None, "bool": False}
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Column:
     name : str
         Column name (Parquet field, FITS ``TTYPE``).
     dtype : str
-        ``"str"``, ``"float64"``, ``"int64"`` or ``"bool"``.
+        ``"str"``, ``"float64"``, ``"int64"`` (pandas nullable ``Int64``: a missing value is ``<NA>``) or ``"bool"``.
     unit : str
         Unit string (FITS ``TUNIT``; ``""`` for dimensionless).
     description : str
@@ -82,15 +87,15 @@ class Column:
 # The fit-parameter name is the part after the component ("zbremss_1.kT" -> "kT"), compared case-insensitively.
 PARAMETERS: dict[str, tuple[str, str]] = {
     "kT": ("keV", "plasma temperature"),
-    "Z": ("solar", "metal abundance (relative to the abundance table of the fit)"),
-    "nH": ("1e22 cm-2", "absorbing column density"),
+    "abund": ("", "metal abundance relative to solar (abundance table of the fit)"),
+    "nH": ("10**22 cm**-2", "absorbing column density"),
     "z": ("", "redshift (fitted, or the target redshift when frozen)"),
     "norm": ("", "normalisation of the first additive component (XSPEC units)"),
     "gamma": ("", "power-law photon index"),
 }
 PARAMETER_ALIASES: dict[str, tuple[str, ...]] = {
     "kT": ("kt",),
-    "Z": ("abundanc", "abund", "z_abund", "metals", "abundance"),
+    "abund": ("abundanc", "abund", "z_abund", "metals", "abundance"),
     "nH": ("nh",),
     "z": ("redshift", "z"),
     "norm": ("norm",),
@@ -118,7 +123,7 @@ def _base_columns() -> list[Column]:
         c("ra_deg", "float64", "deg", "target right ascension (ICRS)"),
         c("dec_deg", "float64", "deg", "target declination (ICRS)"),
         c("z_target", "float64", "", "target redshift from the metadata"),
-        c("nh_gal", "float64", "1e22 cm-2", "Galactic column density from the metadata"),
+        c("nh_gal", "float64", "10**22 cm**-2", "Galactic column density from the metadata"),
         c("r500_kpc", "float64", "kpc", "R500 from the metadata"),
         c("exposure_s", "float64", "s", "clean exposure after flare filtering (epic: longest camera)"),
         c("exposure_raw_s", "float64", "s", "exposure before flare filtering"),
@@ -266,7 +271,7 @@ def conform(df, cols: Sequence[Column]):
         elif col.dtype == "float64":
             values = pd.to_numeric(values, errors="coerce").astype(np.float64)
         elif col.dtype == "int64":
-            values = pd.to_numeric(values, errors="coerce").fillna(-1).astype(np.int64)
+            values = pd.to_numeric(values, errors="coerce").astype("Int64")
         else:
             if values.dtype != np.bool_:
                 values = values.astype(object).where(values.notna(), False).astype(np.bool_)

@@ -229,7 +229,9 @@ def test_schema_is_consistent() -> None:
     cols = schema.columns()
     names = [c.name for c in cols]
     assert len(names) == len(set(names))
-    assert {"kT", "kT_err_lo", "kT_err_hi", "kT_frozen", "kT_linked", "Z", "norm", "nH", "z"} <= set(names)
+    assert {"kT", "kT_err_lo", "kT_err_hi", "kT_frozen", "kT_linked", "abund", "norm", "nH", "z"} <= set(
+        names
+    )
     assert all(c.dtype in ("str", "float64", "int64", "bool") for c in cols)
     assert all(len(c.description) <= 68 for c in cols), "descriptions must fit a FITS TCOMM card"
     assert schema.column_map()["kT"].unit == "keV"
@@ -275,8 +277,10 @@ def test_round_trip_parquet_and_fits(survey: Path) -> None:
     df = catalog.build(survey)
     str_dtype = pd.Series([], dtype=str).dtype
     for col in schema.columns():
-        expected = str_dtype if col.dtype == "str" else np.dtype(col.dtype)
+        expected = {"str": str_dtype, "int64": pd.Int64Dtype()}.get(col.dtype) or np.dtype(col.dtype)
         assert df[col.name].dtype == expected, col.name
+    # a missing integer is a null in both formats, never a placeholder number
+    df.loc[0, "dof"] = pd.NA
     paths = cio.write_catalogue(df, survey)
     from_pq = catalog.load(paths["parquet"])
     from_fits = catalog.load(paths["fits"])
@@ -290,6 +294,9 @@ def test_round_trip_parquet_and_fits(survey: Path) -> None:
         idx = hdul["CATALOGUE"].columns.names.index("kT") + 1
         assert hdr[f"TUNIT{idx}"] == "keV" and hdr[f"TCOMM{idx}"] == "plasma temperature"
         assert hdul["CATALOGUE"].verify_checksum() == 1
+        idx = hdul["CATALOGUE"].columns.names.index("dof") + 1
+        assert hdr[f"TNULL{idx}"] == cio.FITS_INT_NULL == hdul["CATALOGUE"].data["dof"][0]
+    assert from_pq["dof"].isna()[0] and from_fits["dof"].isna()[0] and (from_fits["dof"] > 0).sum() >= 1
     import pyarrow.parquet as pq
 
     field = pq.read_schema(paths["parquet"]).field("lum_0p1_2p4")
