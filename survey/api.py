@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.errors import ConfigError, InputDataError
-from xmmcore.observation import Observation, discover, list_obsids, validate_obsid
+from xmmcore.fsutil import atomic_write_json
+from xmmcore.observation import Observation, discover, list_obsids, scan_data_dir, validate_obsid
 
 from .config import Config, write_resolved
 from .graph import (
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 _TARGET_FLOATS = ("ra", "dec", "z", "nh", "r500_kpc")
+NOT_SELECTED = "not selected by obsids"
 
 
 @dataclass
@@ -79,6 +81,9 @@ class SurveyReport:
     config_hash : str
     joint : dict
         Target -> error (``None`` when its joint fit over several ObsIDs is done or up to date).
+    skipped : dict
+        Folder of ``data_dir`` -> why it is not processed (empty, hidden, ODF only, unsupported mode,
+        not selected); also written to ``results/skipped.json`` and shown by ``status``.
     """
 
     results_dir: Path
@@ -94,6 +99,7 @@ class SurveyReport:
     joint: dict[str, str | None] = field(default_factory=dict)
     dashboard_link: str | None = None
     config_hash: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def done(self) -> list[str]:
@@ -114,6 +120,12 @@ class SurveyReport:
         lines = [head]
         for obsid, reason in sorted(self.failed.items()):
             lines.append(f"  FAILED {obsid}: {reason}")
+        not_selected = [f for f, why in self.skipped.items() if why == NOT_SELECTED]
+        for folder, why in sorted(self.skipped.items()):
+            if why != NOT_SELECTED:
+                lines.append(f"  SKIPPED {folder}: {why}")
+        if not_selected:
+            lines.append(f"  {len(not_selected)} folders not selected by `obsids` (listed in skipped.json)")
         for target, error in sorted(self.joint.items()):
             lines.append(f"  joint fit {target}: {error or 'ok'}")
         if self.catalogue:
@@ -200,6 +212,7 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
     """The ObsIDs a survey covers, from ``obsids`` (list, list file or glob) or the targets CSV or ``data_dir``."""
     spec = cfg.get("obsids")
     data_dir = Path(cfg["data_dir"])
+    backend = _backend_name(cfg)
     if isinstance(spec, list):
         out = []
         for item in spec:
@@ -212,7 +225,7 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
         if Path(spec).is_file():
             return read_obsid_list(spec)
         if any(ch in spec for ch in "*?["):
-            return [o for o in list_obsids(data_dir) if fnmatch.fnmatch(o, spec)]
+            return [o for o in list_obsids(data_dir, backend=backend) if fnmatch.fnmatch(o, spec)]
         # One ObsID or a comma-separated list of them (``--obsids 0201903501,0404910601``).
         names = [n.strip() for n in spec.split(",") if n.strip()]
         if names and all((data_dir / n).is_dir() for n in names):
@@ -222,7 +235,26 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
         )
     if cfg.get("targets_csv"):
         return list(read_targets_csv(cfg["targets_csv"]))
-    return list_obsids(data_dir)
+    return list_obsids(data_dir, backend=backend)
+
+
+def _backend_name(cfg: Mapping[str, Any]) -> str | None:
+    backend = cfg.get("backend")
+    return str(backend.get("reduction")) if isinstance(backend, Mapping) else None
+
+
+def skipped_folders(cfg: Mapping[str, Any], chosen: Sequence[str]) -> dict[str, str]:
+    """Every folder of ``data_dir`` that this run does not process, with the reason.
+
+    Folders that hold data but are not in ``chosen`` (an ``obsids`` selection) are ``not selected``.
+    """
+    scan = scan_data_dir(cfg["data_dir"], backend=_backend_name(cfg))
+    wanted = set(chosen)
+    out = {f: why for f, why in scan.skipped.items() if f not in wanted}
+    for obsid in scan.obsids:
+        if obsid not in wanted:
+            out[obsid] = NOT_SELECTED
+    return dict(sorted(out.items()))
 
 
 def load_observations(
@@ -236,7 +268,7 @@ def load_observations(
     out: dict[str, tuple[Observation | None, tuple[str, str] | None]] = {}
     for obsid in obsids:
         try:
-            obs = discover(Path(cfg["data_dir"]).resolve(), obsid)
+            obs = discover(Path(cfg["data_dir"]).resolve(), obsid, backend=_backend_name(cfg))
         except InputDataError as exc:
             out[obsid] = (None, (type(exc).__name__, str(exc)))
             continue
@@ -365,7 +397,14 @@ def run_survey(
             cfg.hash[:12],
             cfg["data_dir"],
         )
+        skipped = skipped_folders(cfg, chosen)
+        atomic_write_json(results_dir / "skipped.json", skipped)
+        for folder, why in skipped.items():
+            log.info("skipped folder %s: %s", folder, why)
         observations = load_observations(cfg, chosen)
+        for obsid, (obs, _err) in observations.items():
+            for cam, why in obs.skipped_cameras.items() if obs is not None else ():
+                log.warning("%s: camera %s left out: %s", obsid, cam, why)
         plans = _plans(cfg, pipe, chosen, retry_failed, observations)
         n_todo = sum(len(p.tasks) for p in plans)
         log.info("%d steps to compute, %d reused from records", n_todo, sum(len(p.outcomes) for p in plans))
@@ -408,6 +447,7 @@ def run_survey(
         else:
             report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
             report.joint = _joint(cfg, None, results_dir, observations, report, log)
+        report.skipped = skipped
         if catalogue:
             if n_todo == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
                 log.info("catalogue is up to date")

@@ -6,6 +6,7 @@ finished: running now, or lost with its worker), ``pending`` (no record yet).
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class SurveyStatus:
     results_dir: Path
     steps: list[str]
     rows: dict[str, dict[str, StepState]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Step -> state -> number of ObsIDs."""
@@ -108,6 +110,7 @@ class SurveyStatus:
             "obsids": {o: {s: vars(st) for s, st in row.items()} for o, row in self.rows.items()},
             "counts": self.counts(),
             "wall_time_s": self.wall_time(),
+            "skipped": dict(self.skipped),
         }
 
 
@@ -145,7 +148,7 @@ def collect_status(
             and not p.name.startswith(".")
             and ((p / "steps").is_dir() or (p / "logs").is_dir())
         )
-    status = SurveyStatus(results_dir=results_dir, steps=step_names)
+    status = SurveyStatus(results_dir=results_dir, steps=step_names, skipped=_read_skipped(results_dir))
     for obsid in obsids:
         row = {}
         for step in step_names:
@@ -164,11 +167,21 @@ def collect_status(
     return status
 
 
+def _read_skipped(results_dir: Path) -> dict[str, str]:
+    """Folders of the data directory that the last run did not process (``results/skipped.json``)."""
+    path = results_dir / "skipped.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
 def format_status(status: SurveyStatus, *, width: int = 60) -> str:
     """The status as a text table: ObsID x steps, then counts and wall time per step."""
     steps = status.steps
     col = max([len(s) for s in steps] + [7])
-    oid = max([len(o) for o in status.rows] + [5])
+    oid = max([len(o) for o in status.rows] + [len(f) for f in status.skipped] + [5])
     lines = ["ObsID".ljust(oid) + "  " + "  ".join(s.ljust(col) for s in steps) + "  reason"]
     for obsid, row in status.rows.items():
         reason = ""
@@ -181,6 +194,8 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
         lines.append(
             obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason
         )
+    for folder, why in status.skipped.items():
+        lines.append(folder.ljust(oid) + "  " + "skipped".ljust(col) + "  " + why)
     lines.append("")
     counts, walls = status.counts(), status.wall_time()
     lines.append(
@@ -204,6 +219,8 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
         by_state[st] = by_state.get(st, 0) + 1
     lines.append("")
     lines.append(f"{n} ObsIDs: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
+    if status.skipped:
+        lines.append(f"{len(status.skipped)} folders of the data directory skipped (reasons above)")
     return "\n".join(lines)
 
 

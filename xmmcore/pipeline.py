@@ -64,6 +64,10 @@ def _filter(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Lo
     )
     summary["backend"] = backend.name
     summary["versions"] = backend.versions()
+    # Nothing found on disk is dropped silently: exposures not used and cameras left out, with reasons.
+    summary["other_exposures"] = {c: [list(x) for x in v] for c, v in obs.other_exposures.items()}
+    summary["skipped_cameras"] = dict(obs.skipped_cameras)
+    summary["modes"] = dict(obs.modes)
     return summary
 
 
@@ -220,7 +224,7 @@ _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logg
 def step_inputs(step: str, obs: Observation, outdir: Path) -> list[Path]:
     """Files a step reads (for the orchestrator's inputs hash)."""
     if step == "filter":
-        return sorted(obs.event_files.values())
+        return sorted(obs.event_files.values()) + ([obs.sum_file] if obs.odf_only and obs.sum_file else [])
     if step == "regions":
         return sorted((outdir / "events").glob("*_clean.fits"))
     if step == "spectra":
