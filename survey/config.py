@@ -91,6 +91,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "spectra.grouping": ("min_counts", "optimal", "none"),
     "fit.stat": ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"),
     "fit.errors": ("profile", "covariance", "none"),
+    "plots": ("all", "summary", "none"),
 }
 _POSITIVE = {
     "cluster.workers",

@@ -13,7 +13,7 @@ Detector coverage (chip gaps, chip edges, field-of-view edge, lost CCDs such as 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +174,37 @@ class CcdFootprints:
     """Per-CCD convex hulls of event positions in physical pixels (where the detector saw the sky)."""
 
     hulls: dict[int, np.ndarray]
+    _labels: dict[tuple[float, float, float, int, int], np.ndarray] = field(
+        default_factory=dict, repr=False, compare=False
+    )
+
+    def label_image(self, extent: Extent) -> np.ndarray:
+        """CCD number whose footprint holds each pixel centre (0 in gaps), shape (ny, nx); cached per grid.
+
+        Each CCD is rasterised once, inside its own bounding box; coverage and exposure images read this
+        instead of testing every pixel against every CCD again.  Where hulls overlap the first CCD wins.
+        """
+        key = (float(extent.x0), float(extent.y0), float(extent.bin_phys), int(extent.nx), int(extent.ny))
+        cached = self._labels.get(key)
+        if cached is not None:
+            return cached
+        xc, yc = extent.centres()
+        out = np.zeros((extent.ny, extent.nx), dtype=np.int16)
+        for ccd, poly in self.hulls.items():
+            lo, hi = poly.min(axis=0), poly.max(axis=0)
+            i0, i1 = np.searchsorted(xc, lo[0], "left"), np.searchsorted(xc, hi[0], "right")
+            j0, j1 = np.searchsorted(yc, lo[1], "left"), np.searchsorted(yc, hi[1], "right")
+            if i1 <= i0 or j1 <= j0:
+                continue
+            xx, yy = np.meshgrid(xc[i0:i1], yc[j0:j1])
+            inside = (
+                MplPath(poly).contains_points(np.column_stack([xx.ravel(), yy.ravel()])).reshape(xx.shape)
+            )
+            sub = out[j0:j1, i0:i1]
+            sub[inside & (sub == 0)] = ccd
+        out.setflags(write=False)
+        self._labels[key] = out
+        return out
 
     def contains(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """True for physical positions inside any CCD footprint."""
@@ -221,9 +252,7 @@ def ccd_footprints(evl: EventList, *, min_events: int = 20) -> CcdFootprints:
 
 def coverage_image(footprints: CcdFootprints, extent: Extent) -> np.ndarray:
     """1.0 where the pixel centre lies on a CCD footprint, else 0.0 (shape ny, nx)."""
-    xc, yc = extent.centres()
-    xx, yy = np.meshgrid(xc, yc)
-    return footprints.contains(xx, yy).astype(np.float64)
+    return (footprints.label_image(extent) > 0).astype(np.float64)
 
 
 def exposure_image(
@@ -236,15 +265,12 @@ def exposure_image(
     from . import gti as gtimod
 
     fp = footprints or ccd_footprints(evl)
-    xc, yc = extent.centres()
-    xx, yy = np.meshgrid(xc, yc)
-    out = np.zeros(xx.shape)
-    for ccd, poly in fp.hulls.items():
+    labels = fp.label_image(extent)
+    lut = np.zeros(int(max([int(labels.max()), *fp.hulls, 0])) + 1)
+    for ccd in fp.hulls:
         g = evl.gti_ccd.get(ccd, evl.gti)
-        t = gtimod.exposure(g if gti is None else gtimod.intersection(g, gti))
-        inside = MplPath(poly).contains_points(np.column_stack([xx.ravel(), yy.ravel()])).reshape(xx.shape)
-        out = np.where(inside & (out == 0), t, out)
-    return out
+        lut[ccd] = gtimod.exposure(g if gti is None else gtimod.intersection(g, gti))
+    return lut[labels]
 
 
 def read_exposure_map(path: str | Path, extent: Extent, *, wcs: WCS | None = None) -> np.ndarray:

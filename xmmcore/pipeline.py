@@ -205,8 +205,10 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     }
     try:
         from .fitting.plots import plot_fit
+        from .plots import wants_plot
 
-        plot_fit(result, inputs, outdir / "plots" / "spectrum_fit.png")
+        if wants_plot(cfg):
+            plot_fit(result, inputs, outdir / "plots" / "spectrum_fit.png")
     except (ImportError, ValueError, OSError) as exc:  # a plot must never lose a fit
         log.warning("fit plot failed: %s", exc)
         summary["plot_error"] = str(exc)

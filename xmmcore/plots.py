@@ -9,7 +9,28 @@ import numpy as np
 
 from .fsutil import atomic_path
 
-__all__ = ["plot_image_regions", "plot_lightcurve"]
+__all__ = ["PLOT_LEVELS", "plot_image_regions", "plot_lightcurve", "wants_plot"]
+
+#: Values of the ``plots`` configuration key.
+PLOT_LEVELS = ("all", "summary", "none")
+
+
+def wants_plot(cfg: Any, camera: str | None = None, cameras: Any = ()) -> bool:
+    """Whether the ``plots`` level of ``cfg`` asks for this figure.
+
+    ``all``: every figure; ``none``: no figure; ``summary``: the per-ObsID figures (``camera=None``, e.g. the
+    spectrum fit) and the per-camera figures of the first camera of ``cameras`` only.  The level is not part
+    of any step's inputs hash: it changes what is drawn, never a science product.
+    """
+    level = str((cfg or {}).get("plots", "all"))
+    if level not in PLOT_LEVELS:
+        raise ValueError(f"plots must be one of {', '.join(PLOT_LEVELS)}, got {level!r}")
+    if level == "none":
+        return False
+    if level == "all" or camera is None:
+        return True
+    first = next(iter(cameras), camera)
+    return camera == first
 
 
 def _figure():

@@ -667,9 +667,11 @@ def make_regions(
         files[f"{cam}_expmap"] = str(rdir / f"{cam}_flatexp_0.5-2keV.fits")
     atomic_write_json(rdir / "regions.json", result)
     try:
-        from .plots import plot_image_regions
+        from .plots import plot_image_regions, wants_plot
 
         for cam in cams:
+            if not wants_plot(cfg, cam, cams):
+                continue
             img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
             plot_image_regions(
                 img,

@@ -147,9 +147,11 @@ class PythonBackend:
         plot_path = outdir / "plots" / f"{camera}_lightcurve.png"
         summary: dict[str, Any] = {}
         try:
-            from ..plots import plot_lightcurve
+            from ..plots import plot_lightcurve, wants_plot
 
-            plot_lightcurve(res, plot_path, title=f"{obs.obsid} {camera}")
+            present = [c for c in cfg.get("cameras", ()) if c in obs.event_files]
+            if wants_plot(cfg, camera, present):
+                plot_lightcurve(res, plot_path, title=f"{obs.obsid} {camera}")
         except (ValueError, OSError) as exc:
             log.warning("light-curve plot failed: %s", exc)
             summary["plot_error"] = str(exc)
@@ -170,7 +172,9 @@ class PythonBackend:
                 "exposure_s": exp_clean,
                 "livetime_s": exp_clean * clean_t.deadtime_factor(),
                 "time_resorted": evl.resorted,
-                "outputs": [str(clean_path), str(gti_path), str(lc_path), str(plot_path)],
+                # The plot is declared only when drawn (plots level, or a failed plot never makes the
+                # step look unfinished on resume).
+                "outputs": [str(p) for p in (clean_path, gti_path, lc_path, plot_path) if Path(p).exists()],
             }
         )
         summary.update(res.summary())
