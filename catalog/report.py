@@ -28,7 +28,7 @@ from xmmcore.fsutil import atomic_path, atomic_write_text
 from . import build, io, load
 from .query import failures, science_rows
 
-__all__ = ["build_report", "mosaic_figure", "multi_observation_path"]
+__all__ = ["build_report", "mosaic_figure"]
 
 _CSS = """
 body{font-family:Helvetica,Arial,sans-serif;margin:1.5em;color:#222;background:#fff}
@@ -92,8 +92,28 @@ def _status(s: str) -> str:
     return f'<span class="{html.escape(s)}">{html.escape(s)}</span>'
 
 
+def _mosaic_png(rec: dict[str, Any], results_dir: Path, out_dir: Path) -> str | None:
+    """Render the mosaic FITS of a multi-observation record (``xmmcore.stack.mosaic_observations``) as a PNG."""
+    if not rec.get("mosaic_fits"):
+        return None
+    from xmmcore.stack import read_mosaic
+
+    name = str(rec.get("name") or "mosaic")
+    path = Path(str(rec["mosaic_fits"]))
+    if not path.exists():  # results folder moved since: the mosaic sits beside the record
+        path = results_dir / "joint" / path.name
+    m = read_mosaic(path)
+    png = mosaic_figure(
+        m,
+        out_dir / "img" / f"mosaic_{name}.png",
+        title=f"{name}: {rec.get('n_obsids', '?')} ObsIDs x {len(m.inputs)} event lists, "
+        f"{m.band_kev[0]:g}-{m.band_kev[1]:g} keV",
+    )
+    return os.path.relpath(png, out_dir)
+
+
 def mosaic_figure(m: Any, path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """PNG of a :class:`catalog.stack.Mosaic` rate image (Gaussian-smoothed, log stretch, RA/Dec axes)."""
+    """PNG of a :class:`xmmcore.stack.Mosaic` rate image (Gaussian-smoothed, log stretch, RA/Dec axes)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -281,7 +301,7 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
     return _page(f"ObsID {obsid}", "\n".join(parts))
 
 
-def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
+def _joint_section(df: pd.DataFrame, results_dir: Path, out_dir: Path) -> str:
     parts = ["<h2>Multi-observation analysis</h2>"]
     jrows = df[df["is_joint"] & (df["camera"] == "epic")]
     if len(jrows):
@@ -338,72 +358,18 @@ def _joint_section(df: pd.DataFrame, results_dir: Path) -> str:
             )
         for note in rec.get("notes") or []:
             parts.append(f'<p class="note">{html.escape(str(note))}</p>')
-        if rec.get("mosaic_png"):
-            parts.append(f'<div class="figs"><img src="{html.escape(rec["mosaic_png"])}" alt="mosaic"></div>')
+        png = _mosaic_png(rec, results_dir, out_dir)
+        if png:
+            parts.append(f'<div class="figs"><img src="{html.escape(png)}" alt="mosaic"></div>')
     if len(parts) == 1:
         parts.append('<p class="note">No target with several ObsIDs was analysed jointly.</p>')
     return "\n".join(parts)
-
-
-def multi_observation_path(
-    data_dir: str | os.PathLike[str],
-    results_dir: str | os.PathLike[str],
-    out_dir: Path,
-    *,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """Run the multi-observation path on a data folder of one target (e.g. ``data/a907``).
-
-    Makes the mosaic of every event list (exposure maps used where present), lists exactly which inputs of a
-    joint spectral fit are missing, and records it in ``results/joint/<name>.json`` for the report.
-    """
-    from xmmcore.fsutil import atomic_write_json
-    from xmmcore.observation import validate_obsid
-
-    from .joint import data_inputs
-    from .stack import mosaic, write_mosaic
-
-    data_dir = Path(data_dir)
-    name = validate_obsid(name or data_dir.name)
-    inventory, missing = data_inputs(data_dir)
-    events: list[str | os.PathLike[str]] = []
-    expmaps: dict[str, str | os.PathLike[str]] = {}
-    for cams in inventory.values():
-        for entry in cams.values():
-            ev, em = entry["events"], entry["expmap"]
-            if ev is None:
-                continue
-            events.append(ev)
-            if em is not None:
-                expmaps[str(ev)] = em
-    notes: list[str] = []
-    rec: dict[str, Any] = {"name": name, "rows": [], "missing": missing, "notes": notes}
-    if events:
-        m = mosaic(events, exposure_maps=expmaps)
-        fits_path = write_mosaic(m, Path(results_dir) / "joint" / f"{name}_mosaic.fits")
-        png = mosaic_figure(
-            m,
-            out_dir / "img" / f"mosaic_{name}.png",
-            title=f"{name}: {len(inventory)} ObsIDs x {len(events)} event lists, 0.5-2 keV",
-        )
-        rec["mosaic_png"] = os.path.relpath(png, out_dir)
-        rec["mosaic_fits"] = str(fits_path)
-        flat = [i["path"] for i in m.inputs if i["exposure"].startswith("flat")]
-        notes.append(
-            f"{name}: mosaic of {len(events)} event lists ({m.counts.sum():.0f} counts in 0.5-2 keV) "
-            f"written to {fits_path.name}; exposure maps used for {len(expmaps)}, flat CCD-footprint "
-            f"exposure (no vignetting) for {len(flat)}: "
-            + ", ".join(Path(p).parent.parent.name + "/" + Path(p).name for p in flat)
-        )
-    rec["path"] = atomic_write_json(Path(results_dir) / "joint" / f"{name}.json", rec)
-    return rec
 
 
 def build_report(
     results_dir: str | os.PathLike[str],
     *,
     out_dir: str | os.PathLike[str] | None = None,
-    multi_obs_data: str | os.PathLike[str] | None = None,
     df: pd.DataFrame | None = None,
 ) -> Path:
     """Write the static HTML report and return the path of ``index.html``.
@@ -414,8 +380,6 @@ def build_report(
         Survey results folder.
     out_dir : path-like, optional
         Report folder (default ``results/report``); keep it inside ``results/`` so relative links work.
-    multi_obs_data : path-like, optional
-        Data folder of a target with several ObsIDs to mosaic and check for joint-fit inputs.
     df : pandas.DataFrame, optional
         Catalogue (default: ``results/catalogue.parquet``, else built from ``results/``).
     """
@@ -423,8 +387,6 @@ def build_report(
 
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
-    if multi_obs_data is not None:
-        multi_observation_path(multi_obs_data, results_dir, out_dir)
     if df is None:
         df = _catalogue(results_dir)
     figs = survey_figures(df, out_dir / "img")
@@ -506,7 +468,7 @@ def build_report(
         )
     else:
         body.append('<p class="note">none</p>')
-    body.append(_joint_section(df, results_dir))
+    body.append(_joint_section(df, results_dir, out_dir))
     n_sci = len(science_rows(df))
     body.append(
         f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in '

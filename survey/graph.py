@@ -344,7 +344,7 @@ def joint_groups(observations: Mapping[str, Any], done: Sequence[str]) -> dict[s
 def _joint_task(results_dir: str, target: str, obsids: list[str], options: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
-        from catalog.joint import run_joint
+        from xmmcore.fitting.joint import run_joint
 
         out = run_joint(results_dir, target=target, obsids=obsids, **options)
     except Exception as exc:  # noqa: BLE001 - a failed joint fit is reported; the per-ObsID rows stand
@@ -365,7 +365,7 @@ def run_joint_fits(
     *,
     log: logging.Logger | None = None,
 ) -> dict[str, str | None]:
-    """Joint fits of the targets seen in several ObsIDs (``catalog.joint.run_joint``), as Dask tasks.
+    """Joint fits of the targets seen in several ObsIDs (``xmmcore.fitting.joint.run_joint``), as Dask tasks.
 
     A target whose ObsIDs' fit records (and the fit configuration) are unchanged since its last joint fit
     is skipped. Returns target -> error (``None`` when fitted or up to date).

@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 
 import catalog
-from catalog import joint, report, stack
+from catalog import report
+from catalog.rows import joint_record_rows, joint_rows
+from xmmcore import stack
+from xmmcore.combine import weighted_mean
 from xmmcore.errors import InputDataError
+from xmmcore.fitting import joint
 
 # --------------------------------------------------------------------------- weighted mean
 
 
 def test_weighted_mean_symmetric_is_inverse_variance() -> None:
     x, s = np.array([4.0, 5.0, 6.5]), np.array([0.5, 0.4, 1.0])
-    comb = joint.weighted_mean(x, s)
+    comb = weighted_mean(x, s)
     w = 1 / s**2
     assert comb.value == pytest.approx(np.sum(w * x) / w.sum(), rel=1e-9)
     assert comb.err_lo == pytest.approx(w.sum() ** -0.5, rel=1e-6)
@@ -30,10 +34,10 @@ def test_weighted_mean_symmetric_is_inverse_variance() -> None:
 def test_weighted_mean_asymmetric_and_consistency() -> None:
     rng = np.random.default_rng(5)
     # a large upper error lets the low measurement follow the other one: the mean moves up
-    sym = joint.weighted_mean([4.0, 6.0], [0.3, 0.3], [0.3, 0.3])
-    comb = joint.weighted_mean([4.0, 6.0], [0.3, 0.3], [0.9, 0.3])
+    sym = weighted_mean([4.0, 6.0], [0.3, 0.3], [0.3, 0.3])
+    comb = weighted_mean([4.0, 6.0], [0.3, 0.3], [0.9, 0.3])
     assert sym.value == pytest.approx(5.0) and comb.value > 5.2
-    assert joint.weighted_mean([5.0], [0.3], [0.9]).err_hi == pytest.approx(0.9, rel=1e-6)
+    assert weighted_mean([5.0], [0.3], [0.9]).err_hi == pytest.approx(0.9, rel=1e-6)
     # coverage: 1-sigma interval of the combination of 4 consistent measurements covers the truth ~68%
     hits, pvals = 0, []
     for _ in range(300):
@@ -41,16 +45,16 @@ def test_weighted_mean_asymmetric_and_consistency() -> None:
         # the truth lies sigma_+ * |u| above a measurement that fell low, sigma_- * |u| below one that fell high
         u = rng.normal(0, 1, 4)
         x = 5.0 - np.where(u > 0, u * hi, u * lo)
-        c = joint.weighted_mean(x, lo, hi)
+        c = weighted_mean(x, lo, hi)
         hits += c.value - c.err_lo <= 5.0 <= c.value + c.err_hi
         pvals.append(c.pvalue)
     assert 0.60 < hits / 300 < 0.78
     assert 0.35 < np.median(pvals) < 0.65
     # inconsistent measurements fail the test
-    bad = joint.weighted_mean([3.0, 6.0, 9.0], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3])
+    bad = weighted_mean([3.0, 6.0, 9.0], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3])
     assert bad.pvalue < 1e-6
     with pytest.raises(InputDataError):
-        joint.weighted_mean([np.nan], [1.0])
+        weighted_mean([np.nan], [1.0])
 
 
 # --------------------------------------------------------------------------- real pn + MOS1 + MOS2
@@ -84,7 +88,7 @@ def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
         flux_bands_kev=((2.0, 10.0),),
     )
     assert fit["converged"]
-    rows = joint.joint_rows(fit, target="PSRJ0855", inputs=inputs, flux_bands_kev=((2.0, 10.0),))
+    rows = joint_rows(fit, target="PSRJ0855", inputs=inputs, flux_bands_kev=((2.0, 10.0),))
     epic, per_ds = rows[0], {r["camera"]: r for r in rows[1:]}
     assert per_ds["0605960101_pn"]["cross_norm"] == 1.0
     for cam in ("mos1", "mos2"):
@@ -101,7 +105,7 @@ def test_joint_pn_mos_psrj0855(xmm_data: Path, tmp_path: Path) -> None:
     # rows go into the catalogue through results/joint/
     res = tmp_path / "results"
     res.mkdir()
-    joint.record_rows(res, "PSRJ0855", rows, fit=fit)
+    joint.record_joint(res, "PSRJ0855", fit=fit, inputs=inputs)
     df = catalog.build(res, flux_bands_kev=((2.0, 10.0),))
     assert set(df.kind) == {"joint"} and df.is_joint.all() and len(df) == 4
     assert df[df.camera == "epic"].flux_2p0_10p0_abs.item() > 0
@@ -113,7 +117,7 @@ def test_psrj0855_constants_match_single_camera_fluxes(xmm_data: Path) -> None:
     inputs = _psr_inputs(xmm_data)
     opts = {"stat": "cstat", "notice_kev": (2.0, 10.0), "flux_bands_kev": ((2.0, 10.0),)}
     fit = joint.joint_fit(inputs, "phabs*powerlaw", errors="covariance", **opts)
-    per_ds = {r["camera"]: r for r in joint.joint_rows(fit, target="PSRJ0855", inputs=inputs)[1:]}
+    per_ds = {r["camera"]: r for r in joint_rows(fit, target="PSRJ0855", inputs=inputs)[1:]}
     single = {
         i.camera: joint.joint_fit([i], "phabs*powerlaw", errors=None, **opts)["fluxes"]["2.0-10.0"][
             "absorbed"
@@ -192,7 +196,7 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
         inputs, missing = joint.collect_inputs(results, [obsid], cameras=("mos1", "mos2"))
         assert not missing and len(inputs) == 2
         fit = joint.joint_fit(inputs, MODEL, **opts)
-        row = joint.joint_rows(fit, target=obsid, inputs=inputs)[0]
+        row = joint_rows(fit, target=obsid, inputs=inputs)[0]
         singles[obsid] = (row["kT"], row["kT_err_lo"], row["kT_err_hi"])
     # the multi-observation path from results/: 3 ObsIDs x 2 cameras jointly, plus stacked spectra per camera
     rec = joint.run_joint(
@@ -205,7 +209,7 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
         **opts,
     )
     assert not rec["missing"] and rec["fit"]["converged"]
-    rows = {(r["kind"], r["camera"]): r for r in rec["rows"]}
+    rows = {(r["kind"], r["camera"]): r for r in joint_record_rows(results, joint.read_joint(rec["path"]))}
     kT, lo, hi = (rows["joint", "epic"][k] for k in ("kT", "kT_err_lo", "kT_err_hi"))
     print("single fits", singles, "joint", kT, lo, hi)
     assert rows["joint", "epic"]["n_datasets"] == 6
@@ -217,7 +221,7 @@ def test_joint_fit_of_three_simulated_obsids_recovers_kT(xmm_data: Path, tmp_pat
         if kind == "joint" and cam not in ("epic", "0900000101_mos1"):
             assert abs(r["cross_norm"] - 1.0) < 3 * max(r["cross_norm_err_lo"], r["cross_norm_err_hi"])
     # combination of the independent fits agrees with the joint fit, and the ObsIDs are consistent
-    comb = joint.weighted_mean(*zip(*singles.values()))
+    comb = weighted_mean(*zip(*singles.values()))
     print("weighted mean", comb)
     assert comb.pvalue > 0.01
     assert abs(comb.value - kT) < max(lo, hi) * 1.5
@@ -279,7 +283,7 @@ def test_collect_inputs_names_missing_files(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_a907_multi_observation_path(xmm_data: Path, tmp_path: Path) -> None:
     a907 = xmm_data / "a907"
-    inventory, missing = joint.data_inputs(a907, cameras=("mos1", "mos2"))
+    inventory, missing = stack.data_inputs(a907, cameras=("mos1", "mos2"))
     assert sorted(inventory) == ["0201901401", "0201903501", "0404910601"]
     assert all(set(c) == {"mos1", "mos2"} for c in inventory.values())
     # no MOS response exists in the shared data: the path says exactly that, per ObsID and camera
@@ -290,7 +294,7 @@ def test_a907_multi_observation_path(xmm_data: Path, tmp_path: Path) -> None:
     ]
     results = tmp_path / "results"
     results.mkdir()
-    rec = report.multi_observation_path(a907, results, results / "report")
+    rec = stack.mosaic_observations(a907, results)
     assert rec["missing"][0].startswith("0201901401 pn: no event list")  # pn lists were not mirrored
     assert (results / "joint" / "a907_mosaic.fits").exists()
     from astropy.io import fits
@@ -388,7 +392,8 @@ def test_a907_pipeline_then_joint_path(xmm_data: Path, tmp_path: Path) -> None:
     assert all("no response matrix" in r for r in epic.failure_reason)
     cams = df[(df.kind == "obs") & (df.camera != "epic")]
     assert len(cams) == 6 and (cams.net_counts > 1000).all() and (cams.exposure_s > 4000).all()
-    text = report.build_report(results, multi_obs_data=xmm_data / "a907").read_text()
+    stack.mosaic_observations(xmm_data / "a907", results)
+    text = report.build_report(results).read_text()
     assert "A907: joint spectral fit not run, inputs missing" in text and "img/mosaic_a907.png" in text
 
 
@@ -413,7 +418,7 @@ def test_run_joint_leaves_out_incomplete_sets(tmp_path: Path, xmm_data: Path) ->
         f"B mos1: no spectra (camera not observed or not extracted) in {tmp_path}/B/spectra",
         f"B mos2: missing {tmp_path}/B/spectra/mos2.rmf",
     ]
-    assert 3.5 < rec["rows"][0]["kT"] < 7.0
+    assert 3.5 < joint_record_rows(tmp_path, joint.read_joint(rec["path"]))[0]["kT"] < 7.0
     (tmp_path / "joint" / ".survey-state.json").write_text('{"T2": "abc"}')
     df = catalog.build(tmp_path)
     assert set(df.obsid) == {"T2"} and set(df.camera) == {"epic", "A_mos2"}

@@ -157,7 +157,7 @@ def test_report_renders_in_headless_chromium(survey: Path, tmp_path: Path) -> No
 
 
 def test_lt_uses_one_point_per_cluster(survey: Path) -> None:
-    from catalog import joint
+    from xmmcore.fitting import joint
 
     df = catalog.build(survey)
     n_obs = int(((df.kind == "obs") & (df.camera == "epic") & (df.status == "done")).sum())
@@ -174,5 +174,5 @@ def test_lt_uses_one_point_per_cluster(survey: Path) -> None:
         "luminosities": {"0.1-2.4": {"value": 1e44, "err_lo": 1e42, "err_hi": 1e42}},
     }
     inputs = [joint.JointInput(o, "pn", Path("x")) for o in ("01000000101", "01000010101")]
-    joint.record_rows(survey, "CLJ", joint.joint_rows(fit, target="CLJ", inputs=inputs))
+    joint.record_joint(survey, "CLJ", fit=fit, inputs=inputs)
     assert plots.fit_lt(catalog.build(survey), n_boot=50).n == n_obs - 1

@@ -1,6 +1,6 @@
 """CLI: ``xmm-survey catalog build|query``, ``xmm-survey report`` and ``xmm-survey joint``.
 
-Thin shell over :mod:`catalog`; every command returns an exit code (errors via
+Thin shell over :mod:`catalog` (and :mod:`xmmcore.fitting.joint` / :mod:`xmmcore.stack` for joint fits, mosaics); every command returns an exit code (errors via
 :func:`xmmcore.errors.exit_code_for`).
 """
 
@@ -67,7 +67,11 @@ def _report(args: argparse.Namespace) -> int:
     from catalog import report
 
     try:
-        index = report.build_report(args.results, out_dir=args.out, multi_obs_data=args.data)
+        if args.data is not None:  # the multi-observation path reads data/; the report reads only results/
+            from xmmcore.stack import mosaic_observations
+
+            mosaic_observations(args.data, args.results)
+        index = report.build_report(args.results, out_dir=args.out)
     except XmmSurveyError as exc:
         return _fail(exc)
     print(f"report: {index}")
@@ -75,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _joint(args: argparse.Namespace) -> int:
-    from catalog import joint
+    from xmmcore.fitting import joint
 
     try:
         rec = joint.run_joint(
@@ -99,8 +103,8 @@ def _joint(args: argparse.Namespace) -> int:
     for line in rec.get("notes") or []:
         print(line)
     print(
-        f"joint fit of {rec['target']}: {len(rec['rows'])} catalogue rows -> {rec['path']} "
-        "(run `xmm-survey catalog build` to add them to the catalogue)"
+        f"joint fit of {rec['target']}: {len(rec['inputs'])} spectra -> {rec['path']} "
+        "(run `xmm-survey catalog build` to add its rows to the catalogue)"
     )
     return 0
 

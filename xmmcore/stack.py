@@ -7,7 +7,11 @@
   LIVETIME (``LIVETInn``; ``ONTIME`` otherwise), i.e. without vignetting; the output header says so.
 * :func:`stack_spectra` sums counts channel by channel, sums exposures, and averages the ARF, RMF and
   BACKSCAL with exposure weights (what SAS ``epicspeccombine`` / ``addarf`` / ``addrmf`` do for spectra of
-  the same camera). On the SAS backend use ``epicspeccombine`` instead.
+  the same camera). On the SAS backend use ``epicspeccombine`` instead (:func:`epicspeccombine_argv`).
+* :func:`mosaic_observations` is the multi-observation path of a data folder of one target (``data/a907``): it
+  takes stock of the event lists, responses and exposure maps (:func:`data_inputs`), writes the mosaic to
+  ``results/joint/<name>_mosaic.fits`` and records what a joint spectral fit would still need in
+  ``results/joint/<name>.json``; the report shows both.
 """
 
 from __future__ import annotations
@@ -20,10 +24,21 @@ from typing import Any
 
 import numpy as np
 
-from xmmcore.errors import InputDataError
-from xmmcore.fsutil import atomic_write_fits
+from .errors import InputDataError
+from .fsutil import atomic_write_fits, atomic_write_json
 
-__all__ = ["Mosaic", "events_radec", "mosaic", "stack_spectra", "write_mosaic", "write_stack"]
+__all__ = [
+    "Mosaic",
+    "data_inputs",
+    "epicspeccombine_argv",
+    "events_radec",
+    "mosaic",
+    "mosaic_observations",
+    "read_mosaic",
+    "stack_spectra",
+    "write_mosaic",
+    "write_stack",
+]
 
 
 @dataclass
@@ -309,7 +324,7 @@ def stack_spectra(
     """
     import scipy.sparse as sp
 
-    from xmmcore.ogip import ARF, PHA, RMF, read_arf, read_pha, read_rmf
+    from .ogip import ARF, PHA, RMF, read_arf, read_pha, read_rmf
 
     if not phas or not (len(phas) == len(rmfs) == len(arfs)):
         raise InputDataError("stack_spectra: give one RMF and one ARF per spectrum")
@@ -375,7 +390,7 @@ def stack_spectra(
 
 def write_stack(stack: dict[str, Any], outdir: str | os.PathLike[str], *, stem: str) -> dict[str, Path]:
     """Write a stack from :func:`stack_spectra` as ``<stem>_src.pha``, ``_bkg.pha``, ``.rmf``, ``.arf``."""
-    from xmmcore.ogip import write_arf, write_pha, write_rmf
+    from .ogip import write_arf, write_pha, write_rmf
 
     outdir = Path(outdir)
     paths = {"rmf": outdir / f"{stem}.rmf", "arf": outdir / f"{stem}.arf", "pha": outdir / f"{stem}_src.pha"}
@@ -421,3 +436,117 @@ def epicspeccombine_argv(
         f"allowHEdiff={'yes' if allow_he_diff else 'no'}",
     ]
     return argv
+
+
+def read_mosaic(path: str | os.PathLike[str]) -> Mosaic:
+    """Read a mosaic written by :func:`write_mosaic` (COUNTS, EXPOSURE, band and input names)."""
+    import warnings
+
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    path = Path(path)
+    try:
+        with fits.open(path, memmap=False) as hdul, warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            hdr = hdul[0].header
+            counts = np.asarray(hdul[0].data, dtype=float)
+            exposure = np.asarray(hdul["EXPOSURE"].data, dtype=float)
+            wcs = WCS(hdr).celestial
+            band = (float(hdr["E_MIN"]), float(hdr["E_MAX"]))
+            inputs = [
+                {"path": str(hdr[f"INFIL{i:03d}"]), "exposure": str(hdr.get(f"EXPSR{i:03d}", ""))}
+                for i in range(1, int(hdr.get("NINPUTS", 0)) + 1)
+            ]
+    except (OSError, KeyError, TypeError) as exc:
+        raise InputDataError(f"not a mosaic written by write_mosaic ({exc})", path) from exc
+    return Mosaic(counts, exposure, wcs, band, inputs)
+
+
+def data_inputs(
+    data_dir: str | os.PathLike[str], *, cameras: Sequence[str] = ("pn", "mos1", "mos2")
+) -> tuple[dict[str, dict[str, dict[str, Path | None]]], list[str]]:
+    """Inventory of a multi-ObsID data folder (``data/<obsid>/...``) for the multi-observation path.
+
+    Returns
+    -------
+    inventory : dict
+        ObsID -> camera -> {"events", "rmf", "arf", "expmap"} paths (``None`` where absent); cameras
+        without an event list are left out.
+    missing : list of str
+        Exact statements of what is missing for a joint spectral fit, one per ObsID x camera, e.g.
+        ``"0201901401 mos1: no RMF (*.rmf) and no ARF (*.arf) under a907/0201901401"``.
+    """
+    from .observation import discover, list_obsids
+
+    data_dir = Path(data_dir)
+    inventory: dict[str, dict[str, dict[str, Path | None]]] = {}
+    missing: list[str] = []
+    for obsid in list_obsids(data_dir):
+        obs = discover(data_dir, obsid)
+        inventory[obsid] = {}
+        for cam in cameras:
+            events = obs.event_files.get(cam)
+            if events is None:
+                missing.append(f"{obsid} {cam}: no event list under {data_dir.name}/{obsid}")
+                continue
+            expmaps = sorted(p for p in (data_dir / obsid).rglob(f"*{cam}*expmap*.fits"))
+            entry = {
+                "events": Path(events),
+                "rmf": obs.rmf_files.get(cam),
+                "arf": obs.arf_files.get(cam),
+                "expmap": expmaps[0] if expmaps else None,
+            }
+            inventory[obsid][cam] = entry
+            lack = [f"no {k.upper()} (*.{k})" for k in ("rmf", "arf") if entry[k] is None]
+            if lack:
+                missing.append(f"{obsid} {cam}: " + " and ".join(lack) + f" under {data_dir.name}/{obsid}")
+    return inventory, missing
+
+
+def mosaic_observations(
+    data_dir: str | os.PathLike[str], results_dir: str | os.PathLike[str], *, name: str | None = None
+) -> dict[str, Any]:
+    """Run the multi-observation path on a data folder of one target (e.g. ``data/a907``).
+
+    Makes the mosaic of every event list (exposure maps used where present) in
+    ``results/joint/<name>_mosaic.fits``, lists exactly which inputs of a joint spectral fit are missing, and
+    records both in ``results/joint/<name>.json`` (``{"name", "missing", "notes", "mosaic_fits", "n_obsids",
+    "n_event_lists"}``) for the catalogue report.
+    """
+    from .observation import validate_obsid
+
+    data_dir = Path(data_dir)
+    name = validate_obsid(name or data_dir.name)
+    inventory, missing = data_inputs(data_dir)
+    events: list[str | os.PathLike[str]] = []
+    expmaps: dict[str, str | os.PathLike[str]] = {}
+    for cams in inventory.values():
+        for entry in cams.values():
+            ev, em = entry["events"], entry["expmap"]
+            if ev is None:
+                continue
+            events.append(ev)
+            if em is not None:
+                expmaps[str(ev)] = em
+    notes: list[str] = []
+    rec: dict[str, Any] = {
+        "name": name,
+        "missing": missing,
+        "notes": notes,
+        "n_obsids": len(inventory),
+        "n_event_lists": len(events),
+    }
+    if events:
+        m = mosaic(events, exposure_maps=expmaps)
+        fits_path = write_mosaic(m, Path(results_dir) / "joint" / f"{name}_mosaic.fits")
+        rec["mosaic_fits"] = str(fits_path)
+        flat = [i["path"] for i in m.inputs if i["exposure"].startswith("flat")]
+        notes.append(
+            f"{name}: mosaic of {len(events)} event lists ({m.counts.sum():.0f} counts in 0.5-2 keV) "
+            f"written to {fits_path.name}; exposure maps used for {len(expmaps)}, flat CCD-footprint "
+            f"exposure (no vignetting) for {len(flat)}: "
+            + ", ".join(Path(p).parent.parent.name + "/" + Path(p).name for p in flat)
+        )
+    rec["path"] = atomic_write_json(Path(results_dir) / "joint" / f"{name}.json", rec)
+    return rec
