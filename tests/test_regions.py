@@ -44,6 +44,39 @@ def test_ds9_roundtrip_fk5_and_physical(tmp_path, header):
         R.read_ds9(bad, header)
 
 
+def test_ds9_background_tag_and_exclusions(tmp_path, header):
+    """The background annulus carries DS9's ``# background`` property on every shape, point sources are
+    ``-circle`` exclusions, and both the ``regions`` package and our reader parse them (``regions`` keeps no
+    source/background flag: DS9 itself checks the tag in test_interop.py)."""
+    from regions import Regions
+
+    pw = I.phys_wcs(header)
+    c = pw.pixel_to_world(26000 - 1.0, 26000 - 1.0)
+    s = pw.pixel_to_world(27000 - 1.0, 26000 - 1.0)
+    ps = [R.PointSource(x=27000, y=26000, ra=float(s.ra.deg), dec=float(s.dec.deg), r_arcsec=10.0, snr=7.0)]
+    path = R.write_ds9(
+        tmp_path / "bkg.reg",
+        centre_radec=(c.ra.deg, c.dec.deg),
+        r_in_arcmin=0.5,
+        r_out_arcmin=1.5,
+        point_sources=ps,
+        background=True,
+    )
+    shapes = [ln for ln in path.read_text().splitlines() if ln.startswith(("annulus", "-circle"))]
+    assert len(shapes) == 2 and all("# background" in ln for ln in shapes)
+    assert shapes[1].startswith("-circle(")
+    regs = Regions.read(str(path), format="ds9")
+    assert [r.meta.get("include") for r in regs] == [1, 0]
+    sel = R.read_ds9(path, header)
+    assert len(sel.include) == 1 and len(sel.exclude) == 1
+    assert sel.contains(np.array([26000.0 + 1200.0, 27000.0]), np.array([26000.0, 26000.0])).tolist() == [
+        True,
+        False,
+    ]
+    src = R.write_ds9(tmp_path / "src.reg", centre_radec=(c.ra.deg, c.dec.deg), r_out_arcmin=1.0)
+    assert "background" not in src.read_text()
+
+
 def test_area_respects_ccd_coverage(tmp_path):
     # Events fill two chips with a 1000-px gap between them.
     rng = np.random.default_rng(0)

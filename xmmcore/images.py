@@ -35,6 +35,7 @@ __all__ = [
     "exposure_image",
     "extent_of",
     "image_wcs",
+    "observation_keywords",
     "phys_wcs",
     "read_exposure_map",
     "write_image",
@@ -322,10 +323,39 @@ def read_exposure_map(path: str | Path, extent: Extent, *, wcs: WCS | None = Non
     return out
 
 
+#: Keywords an image takes from its event list (DS9, ximage and SAS read them for the time and exposure).
+_OBS_KEYWORDS = ("TELESCOP", "INSTRUME", "FILTER", "OBS_ID", "OBJECT", "DATE-OBS", "DATE-END", "TIMESYS")
+
+
+def observation_keywords(evl: EventList) -> dict[str, object]:
+    """Header keywords of an image made from ``evl``: OBS_ID, DATE-OBS/END, MJDREF, TSTART/TSTOP, EXPOSURE.
+
+    ``EXPOSURE`` [s] is the live time of the central CCD's GTIs (no vignetting), as SAS ``evselect`` writes it;
+    ``MJDREF`` comes
+    from ``MJDREF`` or ``MJDREFI + MJDREFF`` of the events (XMM: 50814.0), never the WCS default 0.
+    """
+    h = evl.header
+    out: dict[str, object] = {k: h[k] for k in _OBS_KEYWORDS if h.get(k) not in (None, "")}
+    if h.get("MJDREF") is not None:
+        out["MJDREF"] = float(h["MJDREF"])
+    elif h.get("MJDREFI") is not None:
+        out["MJDREF"] = float(h["MJDREFI"]) + float(h.get("MJDREFF", 0.0))
+    gti = np.asarray(evl.gti, dtype=float).reshape(-1, 2)
+    if gti.size:
+        out["TSTART"] = float(gti[0, 0])
+        out["TSTOP"] = float(gti[-1, 1])
+    out["EXPOSURE"] = float(evl.ontime() * evl.deadtime_factor())
+    return out
+
+
 def write_image(
     image: np.ndarray, wcs: WCS, extent: Extent, path: str | Path, *, header_extra: dict | None = None
 ) -> Path:
-    """Write an image with celestial WCS and DS9 physical (LTM/LTV) keywords (atomic)."""
+    """Write an image with celestial WCS and DS9 physical (LTM/LTV) keywords (atomic).
+
+    ``header_extra`` (e.g. :func:`observation_keywords`) is written after the WCS, so its ``MJDREF``
+    replaces the 0 that a WCS without time information carries.
+    """
     hdu = fits.PrimaryHDU(np.asarray(image, dtype=np.float32), header=wcs.to_header())
     h = hdu.header
     h["LTM1_1"] = 1.0 / extent.bin_phys

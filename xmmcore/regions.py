@@ -418,8 +418,13 @@ def write_ds9(
     r_in_arcmin: float = 0.0,
     point_sources: Sequence[PointSource] = (),
     comment: str = "",
+    background: bool = False,
 ) -> Path:
-    """Write a circle or annulus (fk5) with point sources as ``-circle`` exclusions (atomic)."""
+    """Write a circle or annulus (fk5) with point sources as ``-circle`` exclusions (atomic).
+
+    ``background=True`` tags the shapes ``# background`` (DS9's source/background property), so DS9,
+    CIAO and ``regions`` see a background region.
+    """
     ra, dec = centre_radec
     lines = [
         "# Region file format: DS9 version 4.1",
@@ -427,24 +432,29 @@ def write_ds9(
         'global color=green width=1 font="helvetica 10 normal roman"',
         "fk5",
     ]
+    tag = "background " if background else ""
     if r_in_arcmin > 0:
-        lines.append(f'annulus({ra:.7f},{dec:.7f},{r_in_arcmin * 60:.3f}",{r_out_arcmin * 60:.3f}")')
+        shape = f'annulus({ra:.7f},{dec:.7f},{r_in_arcmin * 60:.3f}",{r_out_arcmin * 60:.3f}")'
+        lines.append(f"{shape} # {tag.strip()}" if tag else shape)
     else:
-        lines.append(_fmt_circle(ra, dec, r_out_arcmin * 60.0))
+        lines.append(_fmt_circle(ra, dec, r_out_arcmin * 60.0, comment=tag.strip()))
     for p in point_sources:
-        lines.append(_fmt_circle(p.ra, p.dec, p.r_arcsec, exclude=True, comment=f"text={{S/N {p.snr:.1f}}}"))
+        lines.append(
+            _fmt_circle(p.ra, p.dec, p.r_arcsec, exclude=True, comment=f"{tag}text={{S/N {p.snr:.1f}}}")
+        )
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _write_ptsrc(path: Path, point_sources: Sequence[PointSource]) -> Path:
     lines = [
         "# Region file format: DS9 version 4.1",
-        "# point sources (sliding-cell detection)",
+        "# point sources (sliding-cell detection), as exclusions: add them to any region to mask them",
         "global color=red",
         "fk5",
     ]
     lines += [
-        _fmt_circle(p.ra, p.dec, p.r_arcsec, comment=f"text={{S/N {p.snr:.1f}}}") for p in point_sources
+        _fmt_circle(p.ra, p.dec, p.r_arcsec, exclude=True, comment=f"text={{S/N {p.snr:.1f}}}")
+        for p in point_sources
     ]
     return atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -605,6 +615,7 @@ def make_regions(
                 r_out_arcmin=b_out,
                 point_sources=bkg_pts,
                 comment=f"{obs.obsid} {cam} background annulus",
+                background=True,
             )
         files[f"{cam}_src"] = str(src_path)
         files[f"{cam}_bkg"] = str(bkg_path)
@@ -644,16 +655,17 @@ def make_regions(
         "files": files,
         "ptsrc_file": str(rdir / "ptsrc.reg"),
     }
-    from .images import exposure_image, image_wcs, write_image
+    from .images import exposure_image, image_wcs, observation_keywords, write_image
 
     for cam in cams:
         img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
+        obs_keys = observation_keywords(evls[cam])
         write_image(
             img,
             wcs_c,
             extent,
             rdir / f"{cam}_img_0.5-2keV.fits",
-            header_extra={"INSTRUME": evls[cam].header.get("INSTRUME", ""), "E_MIN": 0.5, "E_MAX": 2.0},
+            header_extra={**obs_keys, "BUNIT": "count", "E_MIN": 0.5, "E_MAX": 2.0},
         )
         expo = exposure_image(evls[cam], extent, footprints=footprints[cam])
         write_image(
@@ -661,7 +673,11 @@ def make_regions(
             image_wcs(evls[cam].header, extent),
             extent,
             rdir / f"{cam}_flatexp_0.5-2keV.fits",
-            header_extra={"BUNIT": "s", "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI"},
+            header_extra={
+                **obs_keys,
+                "BUNIT": "s",
+                "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI",
+            },
         )
         files[f"{cam}_image"] = str(rdir / f"{cam}_img_0.5-2keV.fits")
         files[f"{cam}_expmap"] = str(rdir / f"{cam}_flatexp_0.5-2keV.fits")
