@@ -495,6 +495,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     started = _now()
     write_record(outdir, task.step, {**base, "status": "running", "started": started})
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     start_ns = time.time_ns()
     attempts = 0
     status, reason, tb = "failed", "", ""
@@ -522,13 +523,17 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
                 log.debug("%s", tb)
                 break
         wall = time.perf_counter() - t0
-        log.info("step %s of %s: %s in %.3f s", task.step, task.obsid, status, wall)
+        # CPU of this process while the step ran (a worker runs one step at a time): the basis of the
+        # CPU-based scheduling efficiency, sum(cpu_s) / (workers x wall), which stolen CPU cannot inflate.
+        cpu = time.process_time() - cpu0
+        log.info("step %s of %s: %s in %.3f s (%.3f CPU-s)", task.step, task.obsid, status, wall, cpu)
     record_out: dict[str, Any] = {
         **base,
         "status": status,
         "started": started,
         "finished": _now(),
         "wall_s": wall,
+        "cpu_s": cpu,
         "attempts": attempts,
     }
     if status == "done":

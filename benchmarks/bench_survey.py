@@ -1,0 +1,272 @@
+"""The real survey, measured: step CPU per ObsID, CPU-based scheduling efficiency, growth with N, worker memory.
+
+Two measurements, both on simulated ObsIDs (``xmmcore.simulate.simulate_survey``) with the default
+configuration (profile errors, default plots) unless overrides are given:
+
+* **survey** - one LocalCluster of ``--workers`` worker processes (1 thread each) runs ``run_survey`` over
+  6, then 24, then 48 ObsIDs (the batches are cumulative: the first 6, 18 more, 24 more), all on the same
+  workers, as a long survey would.  Per batch: wall time, the sum of the steps' CPU seconds from their step
+  records (``cpu_s``), CPU per ObsID, and the CPU-based efficiency ``sum(step CPU) / (workers x wall)``,
+  which, unlike a wall-time formula, cannot rise when other work steals the CPU.  After each batch the RSS
+  of every worker is read (``psutil``), so a leak shows as growth from the 6th to the 48th ObsID.
+* **compare** (``--compare-ref REF``) - the same data and configuration run by the code at git commit
+  ``REF`` (checked out in a temporary worktree) and by this tree, side by side: two processes started at
+  once, each running ``survey.api.run_one`` over every ObsID in turn and reporting the process CPU seconds
+  per ObsID.  The ratio is the median of REF's CPU per ObsID over ours.
+
+Usage::
+
+    python benchmarks/bench_survey.py [--batches 6,24,48] [--workers 2] [--compare-ref a1642db]
+        [--compare-n 6] [--set fit.errors=profile ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+__all__ = ["compare", "main", "measure", "run"]
+
+SIM = {"exposure_ks": (20.0, 30.0), "cluster_counts": (6000.0, 15000.0)}
+
+# Run by each side of the comparison in its own process, with PYTHONPATH set to that side's tree.
+_RUNNER = r"""
+import json, sys, time
+from survey.api import run_one
+from survey.config import load_config
+data, results, overrides, obsids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4].split(",")
+cfg = load_config(None, {"data_dir": data, "results_dir": results, **overrides})
+out = {}
+for obsid in obsids:
+    c0, w0 = time.process_time(), time.perf_counter()
+    res = run_one(cfg, obsid)
+    out[obsid] = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
+                  "ok": all(r.get("status") == "done" for r in res.values())}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _simulate(data: Path, n: int, seed: int = 5) -> list[str]:
+    from xmmcore.simulate import simulate_survey
+
+    return simulate_survey(data, n_obsids=n, seed=seed, **SIM)
+
+
+def _rss_mb(client: Any) -> list[float]:
+    def rss() -> float:
+        import gc
+
+        import psutil
+
+        gc.collect()
+        return psutil.Process().memory_info().rss / 2**20
+
+    return sorted(client.run(rss).values())
+
+
+def measure(
+    *, batches: tuple[int, ...] = (6, 24, 48), workers: int = 2, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the cumulative batches on one cluster; return per-batch numbers (see the module docstring)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from survey.api import run_survey
+    from survey.cluster import SCHEDULER_CONFIG
+    from survey.config import load_config
+    from survey.steps import read_record
+
+    out: dict[str, Any] = {"workers": workers, "batches": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        all_ids = _simulate(root / "all", max(batches))
+        out["simulate_s"] = time.perf_counter() - t0
+        with dask.config.set(SCHEDULER_CONFIG):
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address="127.0.0.1:0",
+                host="127.0.0.1",
+                resources={"slots": 1},
+            )
+        client = Client(cluster)
+        try:
+            data = root / "data"
+            data.mkdir()
+            done = 0
+            for n in batches:
+                for obsid in all_ids[done:n]:
+                    os.symlink(root / "all" / obsid, data / obsid)
+                cfg = load_config(
+                    None,
+                    {
+                        "data_dir": str(data),
+                        "results_dir": str(root / "results"),
+                        "cluster.workers": workers,
+                        **(overrides or {}),
+                    },
+                )
+                c0, t0 = time.process_time(), time.perf_counter()
+                report = run_survey(cfg, client=client, progress=False)
+                wall = time.perf_counter() - t0
+                driver_cpu = time.process_time() - c0
+                new = all_ids[done:n]
+                records = [
+                    read_record(root / "results" / o, s) or {}
+                    for o in new
+                    for s in report.outcomes.get(o, {})
+                ]
+                cpu = sum(float(r.get("cpu_s", 0.0)) for r in records)
+                out["batches"].append(
+                    {
+                        "n_total": n,
+                        "n_new": len(new),
+                        "failed": len(report.failed),
+                        "wall_s": wall,
+                        "driver_cpu_s": driver_cpu,
+                        "step_cpu_s": cpu,
+                        "cpu_per_obsid_s": cpu / max(len(new), 1),
+                        "efficiency": cpu / (workers * wall),
+                        "worker_rss_mb": _rss_mb(client),
+                    }
+                )
+                done = n
+        finally:
+            client.close()
+            cluster.close()
+    return out
+
+
+def compare(
+    ref: str, *, n: int = 6, overrides: dict[str, Any] | None = None, timeout_s: float = 3600
+) -> dict[str, Any]:
+    """Same data, same configuration: git ``ref`` against this tree, two processes side by side."""
+    overrides = {"fit.errors": "profile", **(overrides or {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        old_tree = root / "ref-tree"
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree), ref],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            ids = _simulate(root / "data", n)
+            procs = {}
+            for side, tree in (("ref", old_tree), ("ours", REPO)):
+                env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1"}
+                argv = [
+                    sys.executable,
+                    "-c",
+                    _RUNNER,
+                    str(root / "data"),
+                    str(root / f"results-{side}"),
+                    json.dumps(overrides),
+                    ",".join(ids),
+                ]
+                procs[side] = subprocess.Popen(
+                    argv, env=env, cwd=str(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+            res = {}
+            for side, p in procs.items():
+                stdout, stderr = p.communicate(timeout=timeout_s)
+                line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if p.returncode != 0 or line is None:
+                    raise RuntimeError(f"{side} run failed (exit {p.returncode}): {stderr[-2000:]}")
+                res[side] = json.loads(line[len("RESULT ") :])
+        finally:
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True
+            )
+    ref_cpu = [v["cpu_s"] for v in res["ref"].values()]
+    our_cpu = [v["cpu_s"] for v in res["ours"].values()]
+    return {
+        "ref": ref,
+        "n": n,
+        "overrides": overrides,
+        "ref_cpu_per_obsid_s": statistics.median(ref_cpu),
+        "ours_cpu_per_obsid_s": statistics.median(our_cpu),
+        "ratio": statistics.median(ref_cpu) / statistics.median(our_cpu),
+        "ref_ok": sum(v["ok"] for v in res["ref"].values()),
+        "ours_ok": sum(v["ok"] for v in res["ours"].values()),
+    }
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Rows for ``benchmarks/run.py``."""
+    m = measure(batches=(6, 12) if quick else (6, 24, 48))
+    rows = []
+    for b in m["batches"]:
+        rows.append(
+            {
+                "name": f"survey: ObsIDs {b['n_total'] - b['n_new'] + 1}-{b['n_total']}, CPU-based efficiency",
+                "value": round(b["efficiency"], 3),
+                "unit": "",
+                "target": ">= 0.85",
+                "ratio": round(b["efficiency"] / 0.85, 3),
+                "ok": b["efficiency"] >= 0.85,
+                "note": (
+                    f"{b['cpu_per_obsid_s']:.2f} step CPU-s per ObsID, wall {b['wall_s']:.1f} s on "
+                    f"{m['workers']} workers, worker RSS {', '.join(f'{r:.0f}' for r in b['worker_rss_mb'])} MB"
+                ),
+            }
+        )
+    first, last = m["batches"][0], m["batches"][-1]
+    growth = max(last["worker_rss_mb"]) / max(first["worker_rss_mb"])
+    rows.append(
+        {
+            "name": f"survey: worker RSS after {last['n_total']} ObsIDs / after {first['n_total']}",
+            "value": round(growth, 3),
+            "unit": "x",
+            "target": "<= 1.2",
+            "ratio": round(growth, 3),
+            "ok": growth <= 1.2,
+            "note": f"max worker RSS {max(first['worker_rss_mb']):.0f} -> {max(last['worker_rss_mb']):.0f} MB",
+        }
+    )
+    return rows
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    from survey.config import parse_override
+
+    return dict(parse_override(s) for s in items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", default="6,24,48", help="cumulative ObsID counts")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--compare-ref", default=None, help="git commit to compare step CPU per ObsID with")
+    ap.add_argument("--compare-n", type=int, default=6)
+    ap.add_argument("--skip-survey", action="store_true")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    overrides = _parse_set(args.set)
+    if args.compare_ref:
+        c = compare(args.compare_ref, n=args.compare_n, overrides=overrides)
+        print(json.dumps(c, indent=1))
+    if not args.skip_survey:
+        m = measure(
+            batches=tuple(int(x) for x in args.batches.split(",")), workers=args.workers, overrides=overrides
+        )
+        print(json.dumps(m, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
