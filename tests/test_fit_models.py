@@ -135,7 +135,7 @@ def test_numpy_models_match_xspec(name: str, symbol: str, pars: list[float], tol
 
 
 def test_auto_settings_freeze_redshifts_and_absorber_nh_from_metadata():
-    from xmmcore.fitting.models import auto_settings
+    from xmmcore.pipeline import auto_settings
 
     got = auto_settings("wabs*(zbremss+zgauss)", {"z": 0.16, "nh": 0.05})
     assert got == ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.16,frozen", "zgauss_1.Redshift=0.16,frozen"]

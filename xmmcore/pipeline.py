@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .errors import ConfigError, FitError, InputDataError, ToolError
 from .fsutil import atomic_write_text
 from .observation import Observation
 
-__all__ = ["STEPS", "fit_inputs", "run_step", "step_inputs"]
+__all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
 
 STEPS = ("filter", "regions", "spectra", "fit")
 
@@ -136,9 +137,42 @@ def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, s
     return inputs, missing
 
 
+_ABSORBERS = ("wabs", "phabs", "tbabs", "ztbabs", "zphabs", "zwabs")
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
+    """XSPEC-style settings from target metadata: every Redshift frozen at ``z``, absorbers' nH at ``nh``.
+
+    Parameters
+    ----------
+    model : str
+        Model expression, e.g. ``"wabs*(zbremss+zgauss)"``.
+    meta : mapping
+        Target metadata; ``z`` and ``nh`` (1e22 cm^-2) are used when they are finite numbers.
+    """
+    from .fitting.expression import parse_expression
+
+    out = []
+    for par in parse_expression(model).parameters:
+        comp, _, pname = par.full_name.partition(".")
+        if pname.lower() == "redshift" and _finite_number(meta.get("z")):
+            out.append(f"{par.full_name}={float(meta['z'])},frozen")
+        elif (
+            pname.lower() == "nh" and comp.rsplit("_", 1)[0] in _ABSORBERS and _finite_number(meta.get("nh"))
+        ):
+            out.append(f"{par.full_name}={float(meta['nh'])},frozen")
+    return out
+
+
 def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
-    from .fitting.engines import get_engine
-    from .fitting.models import auto_settings
+    from .fitting.engines import engine_from_config
 
     fit_cfg = cfg["fit"]
     cams = _clean_cameras(obs, outdir, cfg)
@@ -153,16 +187,7 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         inputs = inputs[:1]
     settings = auto_settings(fit_cfg["model"], obs.meta) if fit_cfg.get("auto_set", True) else []
     settings += list(fit_cfg.get("set") or [])
-    engine_name = cfg["backend"]["fitting"]
-    extra: dict[str, Any] = {}
-    if engine_name == "xspec":
-        xcfg = cfg.get("xspec", {})
-        engine = get_engine(
-            engine_name, timeout_s=xcfg.get("timeout_s", 1800), chatter=xcfg.get("chatter", 0)
-        )
-        extra["esas_sky"] = bool(xcfg.get("esas_sky", False))
-    else:
-        engine = get_engine(engine_name)
+    engine = engine_from_config(cfg)
     fits_dir = outdir / "fits"
     fits_dir.mkdir(parents=True, exist_ok=True)
     log.info(
@@ -187,7 +212,6 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
             cross_norm=len(inputs) > 1,
             workdir=fits_dir,
             log=log,
-            **extra,
         )
     except (ConfigError, InputDataError, ToolError):
         raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator

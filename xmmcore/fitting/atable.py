@@ -508,14 +508,19 @@ _warned_abundance = False
 
 
 class _ApecComponent(TableComponent):
-    def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray, values: Sequence[float]) -> np.ndarray:
+    uses_abundance = True  # only to warn: the table is angr whatever is selected
+
+    def evaluate(
+        self, energ_lo: np.ndarray, energ_hi: np.ndarray, values: Sequence[float], *, abund: str | None = None
+    ) -> np.ndarray:
         global _warned_abundance
-        if models.get_abundance() != "angr" and not _warned_abundance:
+        table = abund or models.get_abundance()
+        if table != "angr" and not _warned_abundance:
             _warned_abundance = True
             log.warning(
                 "apec: the APEC table uses Anders & Grevesse (angr) abundances; the selected table "
                 "%r is not applied to apec (it is to absorption and mekal)",
-                models.get_abundance(),
+                table,
             )
         return super().evaluate(energ_lo, energ_hi, values)
 

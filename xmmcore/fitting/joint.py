@@ -25,7 +25,6 @@ import numpy as np
 from ..errors import FitError, InputDataError, XmmSurveyError
 from ..fsutil import atomic_write_json
 from .engines import FitInput
-from .models import auto_settings
 from .optimize import DEFAULT_FLUX_BANDS
 
 __all__ = [
@@ -371,6 +370,8 @@ def run_joint(
     notes: list[str] = [f"{target}: left out of the joint fit: {m}" for m in incomplete]
     settings = list(fit_options.pop("set_params", None) or fit_cfg.get("set") or ())
     if auto_set:
+        from ..pipeline import auto_settings  # the fit step's own z/nH settings (pipeline imports us lazily)
+
         settings = auto_settings(model, meta) + settings
     if _finite(meta.get("z")):
         fit_options.setdefault("redshift", float(meta["z"]))

@@ -25,14 +25,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, FitError
-from . import models as _models
 from . import stats as _stats
 from .datasets import SpectrumDataset
+from .expression import CompositeModel, parse_expression
 from .fluxes import flux_table
-from .models import CompositeModel, Parameter, parse_expression
+from .parameters import Parameter
+from .registry import canonical_abundance
 from .results import FitResult
 
-__all__ = ["FitProblem", "fit", "parse_setting"]
+__all__ = ["Fit", "FitProblem", "fit", "parse_setting"]
 
 log = logging.getLogger(__name__)
 
@@ -98,24 +99,29 @@ class FitProblem:
     ----------
     datasets : list of SpectrumDataset
     model : CompositeModel
-    stat : str
-        Statistic name (see :mod:`~xmmcore.fitting.stats`).
+    stat : str or Statistic
+        Statistic name or object (see :mod:`~xmmcore.fitting.stats`); each dataset gets the one
+        :meth:`~xmmcore.fitting.stats.Statistic.for_dataset` returns (cstat with a background: wstat).
     cross_norm : bool
         Per-dataset ``constant`` factors (first frozen at 1) when there are several datasets.
+    abund : str, optional
+        Abundance table of the model's components (default: the model's own, else the registry's).
     """
 
     def __init__(
         self,
         datasets: Sequence[SpectrumDataset],
         model: CompositeModel,
-        stat: str,
+        stat: str | _stats.Statistic,
         *,
         cross_norm: bool = True,
+        abund: str | None = None,
     ) -> None:
         if not datasets:
             raise ConfigError("no datasets to fit")
         self.datasets = list(datasets)
-        self.stat = _stats.canonical_stat(stat)
+        self.statistic_object = _stats.get_statistic(stat)
+        self.stat = self.statistic_object.name
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             for i, d in enumerate(self.datasets):
@@ -126,8 +132,11 @@ class FitProblem:
                 wrapped.parameters[mp.number].param = copy.copy(mp.param)
                 wrapped.parameters[mp.number].link = None if mp.link is None else mp.link + 1
             model = wrapped
+        if abund is not None:
+            model.abund = canonical_abundance(abund)
         self.model = model
         self.cross_norm = cross_norm and len(self.datasets) > 1
+        self.dataset_statistics = [self.statistic_object.for_dataset(ds) for ds in self.datasets]
         npar = len(model.parameters)
         self.slots: list[_Slot] = [
             _Slot(copy.copy(mp.param), mp.full_name, mp.number) for mp in model.parameters
@@ -230,45 +239,15 @@ class FitProblem:
         return ds.predict(flux)
 
     def effective_stat(self, d: int) -> str:
-        """Statistic applied to dataset ``d`` (cstat with a background becomes wstat, as in XSPEC)."""
-        ds = self.datasets[d]
-        if self.stat in ("cstat", "wstat"):
-            return "wstat" if ds.has_background else "cstat"
-        return self.stat
-
-    def _chi2_terms(self, d: int, model_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ds = self.datasets[d]
-        counts = ds.counts
-        stat_err = None
-        if ds.group_stat_err is not None and not ds.pha.poisserr:
-            stat_err = ds.group_stat_err[ds.mask]
-        var = _stats.chi2_variance(self.stat, counts, model_counts, stat_err)
-        data = counts
-        b = ds.bkg_counts
-        if b is not None:  # same as ds.has_background
-            scale = ds.bkg_scale
-            data = counts - scale * b
-            bvar = _stats.gehrels_sigma(b) ** 2 if self.stat == "chi2gehrels" else np.maximum(b, 1.0)
-            var = var + scale * scale * bvar
-        return data, var
+        """Name of the statistic applied to dataset ``d`` (cstat with a background becomes wstat, as in XSPEC)."""
+        return self.dataset_statistics[d].name
 
     def dataset_stat(self, slot_values: np.ndarray, d: int) -> float:
-        ds = self.datasets[d]
+        """Statistic of dataset ``d`` for all slot values (1e30 when the model is not finite)."""
         m = self.predicted(slot_values, d)
         if not np.all(np.isfinite(m)):
             return 1e30
-        which = self.effective_stat(d)
-        if which == "cstat":
-            return _stats.cstat(ds.counts, m)
-        if which == "wstat":
-            t_src = ds.exposure * float(np.mean(ds.pha.areascal))
-            t_bkg = t_src / ds.bkg_scale
-            bkg_counts = ds.bkg_counts
-            if bkg_counts is None:  # effective_stat() only picks wstat when there is a background
-                raise RuntimeError(f"{ds.name}: W-stat needs a background spectrum")
-            return _stats.wstat(ds.counts, bkg_counts, m, t_src, t_bkg)
-        data, var = self._chi2_terms(d, m)
-        return _stats.chi2(data, m, var)
+        return self.dataset_statistics[d].calc_stat(self.datasets[d], m)
 
     def statistic(self, x_free: np.ndarray) -> float:
         """Total statistic for the free values ``x_free`` (clipped to the soft limits)."""
@@ -279,10 +258,10 @@ class FitProblem:
         """Weighted residuals (data - model) / sigma of all datasets (chi-square statistics)."""
         v = self.slot_values(x_free)
         out = []
-        for d in range(len(self.datasets)):
-            m = self.predicted(v, d)
-            data, var = self._chi2_terms(d, m)
-            out.append((data - m) / np.sqrt(var))
+        for d, stat in enumerate(self.dataset_statistics):
+            if not isinstance(stat, _stats.Chi2):
+                raise ConfigError(f"weighted residuals need a chi-square statistic, not {stat.name}")
+            out.append(stat.residuals(self.datasets[d], self.predicted(v, d)))
         return np.concatenate(out)
 
     @property
@@ -394,6 +373,325 @@ def _delta_for(level: float) -> float:
     return float(chi2.ppf(level, 1))
 
 
+class Fit:
+    """One fit in phases, as Sherpa's ``Fit(data, model, stat, method, estmethod)`` and gammapy's ``Fit``.
+
+    Construction sets the problem up (datasets, model, statistic object, abundance table, settings,
+    links) and checks it; then :meth:`optimize` (MIGRAD with restarts), :meth:`covariance`,
+    :meth:`confidence` (profile-likelihood intervals), :meth:`fluxes` and :meth:`goodness` run as
+    separate phases, each using what the previous ones found; :meth:`result` assembles the
+    :class:`FitResult` and :meth:`run` does them all in order (what :func:`fit` calls).
+
+    Parameters
+    ----------
+    datasets, model, stat, set_params, links, cross_norm, abund, restarts, seed, log
+        As in :func:`fit`; ``stat`` may also be a :class:`~xmmcore.fitting.stats.Statistic`.
+
+    Raises
+    ------
+    FitError
+        No data bins, no counts in a dataset, or no free parameter.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[SpectrumDataset] | SpectrumDataset,
+        model: str | CompositeModel,
+        *,
+        stat: str | _stats.Statistic = "cstat",
+        set_params: Sequence[Any] = (),
+        links: Sequence[tuple[str, str]] = (),
+        cross_norm: bool = True,
+        abund: str = "angr",
+        restarts: int = 3,
+        seed: int = 12345,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.log = log or globals()["log"]
+        self.t0 = time.perf_counter()
+        self.abund = canonical_abundance(abund)
+        self.datasets = [datasets] if isinstance(datasets, SpectrumDataset) else list(datasets)
+        cmodel = parse_expression(model) if isinstance(model, str) else model.copy()
+        problem = FitProblem(self.datasets, cmodel, stat, cross_norm=cross_norm, abund=self.abund)
+        for setting in set_params:
+            problem.apply_setting(setting)
+        for target, source in links:
+            problem.link(target, source)
+        if problem.n_bins == 0:
+            raise FitError("no noticed data bins to fit (check the energy range and QUALITY)")
+        for ds in self.datasets:
+            if float(np.sum(ds.counts)) <= 0.0:
+                where = ds.pha.path if ds.pha.path is not None else ds.name
+                raise FitError(f"{where}: no counts in the noticed channels: nothing to fit")
+        if not problem.free:
+            raise FitError("every parameter is frozen or linked: nothing to fit")
+        self.problem = problem
+        self.free = problem.free
+        self.dof = problem.n_bins - len(self.free)
+        self.restarts = int(restarts)
+        self.rng = np.random.default_rng(seed)
+        self.minuit: Any = None
+        self.best_x = np.empty(0)
+        self.best_stat = math.nan
+        self.converged = False
+        self.cov: np.ndarray | None = None
+        self.sigma = np.full(len(self.free), np.nan)
+        self.err_lo = np.full(len(self.free), np.nan)
+        self.err_hi = np.full(len(self.free), np.nan)
+        self.error_method = "none"
+        self.delta = 1.0
+
+    # ------------------------------------------------------------------ phases
+    def optimize(self) -> float:
+        """MIGRAD from the (norm-scaled) start, with restarts when invalid or poor; returns the best statistic.
+
+        Raises
+        ------
+        FitError
+            The statistic is not finite at the best fit.
+        """
+        problem = self.problem
+        problem.scale_norms()
+        x0 = problem.slot_values()[self.free]
+        minuit = _migrad(problem, x0)
+        best_x, best_stat = np.array(minuit.values), float(minuit.fval)
+        for attempt in range(self.restarts):
+            poor = self.dof > 0 and best_stat / self.dof > 2.0
+            if minuit.valid and not poor:
+                break
+            trial = _migrad(problem, _perturbed(problem, best_x, self.rng))
+            self.log.debug("restart %d: stat %.4f -> %.4f", attempt + 1, best_stat, trial.fval)
+            if trial.fval < best_stat - 1e-6 or (
+                trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6
+            ):
+                minuit, best_x, best_stat = trial, np.array(trial.values), float(trial.fval)
+        if not math.isfinite(best_stat) or best_stat >= 1e29:
+            raise FitError("the fit statistic is not finite at the best fit (model predicts no counts?)")
+        self.minuit, self.best_x, self.best_stat = minuit, best_x, best_stat
+        self.converged = bool(minuit.valid)
+        return best_stat
+
+    def covariance(self) -> np.ndarray | None:
+        """Covariance of the free parameters at the best fit (``None`` when it cannot be computed).
+
+        Chi-square statistics on every dataset: (J^T J)^-1 of the weighted residuals (Sherpa's
+        ``covar``); Poisson likelihoods: 2 H^-1 from HESSE (errordef 1 on a -2 ln L statistic).
+        """
+        self._need_optimum()
+        problem = self.problem
+        cov = None
+        try:
+            if problem.statistic_object.is_chi2 and all(
+                s.name == problem.stat for s in problem.dataset_statistics
+            ):
+                cov = _jacobian_covariance(problem, self.best_x)
+            else:
+                self.minuit.hesse()
+                cov = None if self.minuit.covariance is None else np.array(self.minuit.covariance)
+        except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:
+            self.log.warning("covariance failed: %s", exc)
+        self.cov = cov
+        if cov is not None:
+            self.sigma = np.sqrt(np.clip(np.diag(cov), 0, None))
+        return cov
+
+    def covariance_errors(self, level: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Symmetric errors sigma * sqrt(delta) at ``level`` (delta-stat, or a confidence level < 1)."""
+        if self.cov is None:
+            self.covariance()
+        self.delta = _delta_for(level)
+        self.err_lo = self.sigma * math.sqrt(self.delta)
+        self.err_hi = self.sigma * math.sqrt(self.delta)
+        self.error_method = "covariance"
+        return self.err_lo, self.err_hi
+
+    def confidence(self, level: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Profile-likelihood (MINOS) intervals at ``level``; the covariance errors where MINOS fails.
+
+        A better minimum found while profiling becomes the best fit.
+        """
+        lo, hi = self.covariance_errors(level)
+        err_lo, err_hi = lo.copy(), hi.copy()
+        minuit = self.minuit
+        try:
+            minuit.values = self.best_x
+            minuit.errordef = self.delta
+            minuit.minos()
+            for k, name in enumerate(minuit.parameters):
+                me = minuit.merrors[name]
+                err_lo[k] = abs(me.lower) if me.lower_valid else (0.0 if me.at_lower_limit else np.nan)
+                err_hi[k] = abs(me.upper) if me.upper_valid else (0.0 if me.at_upper_limit else np.nan)
+            minuit.errordef = 1.0
+            if minuit.fmin is not None and minuit.fval < self.best_stat - 1e-3:
+                self.log.warning(
+                    "profiling found a better fit (%.4f < %.4f): using it", minuit.fval, self.best_stat
+                )
+                self.best_x, self.best_stat = np.array(minuit.values), float(minuit.fval)
+        except RuntimeError as exc:
+            self.log.warning("profile errors failed (%s); keeping covariance errors", exc)
+            return self.err_lo, self.err_hi
+        self.err_lo, self.err_hi = err_lo, err_hi
+        self.error_method = "profile"
+        return err_lo, err_hi
+
+    def errors(self, method: str | None = "profile", level: float = 1.0) -> None:
+        """Run the error phase ``method``: ``"profile"``, ``"covariance"`` or ``None``/``"none"``.
+
+        The covariance is always computed (flux errors draw from it).
+        """
+        self.covariance()
+        self.delta = _delta_for(level)
+        name = "none" if method is None else str(method).lower()
+        if name in ("none", "no", "false"):
+            self.err_lo = self.err_hi = np.full(len(self.free), np.nan)
+            self.error_method = "none"
+        elif name == "profile":
+            self.confidence(level)
+        elif name == "covariance":
+            self.covariance_errors(level)
+        else:
+            raise ConfigError(f"errors must be 'profile', 'covariance' or None, not {method!r}")
+
+    def fluxes(
+        self,
+        bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS,
+        *,
+        samples: int = 200,
+        redshift: float | None = None,
+        cosmology: Any = None,
+    ) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+        """Absorbed/unabsorbed fluxes and luminosities per band, errors from ``samples`` covariance draws.
+
+        Returns
+        -------
+        fluxes, luminosities, redshift
+            The tables of :func:`~xmmcore.fitting.fluxes.flux_table` and the redshift used.
+        """
+        self._need_optimum()
+        problem = self.problem
+        model_values = problem.dataset_values(problem.slot_values(self.best_x), 0)
+        draws_values = None
+        cov = self.cov
+        if cov is not None and samples > 0 and np.all(np.isfinite(cov)):
+            draws = self.rng.multivariate_normal(self.best_x, cov, size=samples, check_valid="ignore")
+            lows = np.array([b[0] if b[0] is not None else -np.inf for b in problem.bounds()])
+            highs = np.array([b[1] if b[1] is not None else np.inf for b in problem.bounds()])
+            draws = np.clip(draws, lows, highs)
+            draws_values = np.array([problem.dataset_values(problem.slot_values(x), 0) for x in draws])
+        z = redshift
+        if z is None:
+            z_index = [i for i, mp in enumerate(problem.model.parameters) if mp.name.lower() == "redshift"]
+            z = float(model_values[z_index[0]]) if z_index else None
+        fluxes, lums = flux_table(
+            problem.model, model_values, bands, samples=draws_values, redshift=z, cosmology=cosmology
+        )
+        return fluxes, lums, z
+
+    def goodness(self, n: int) -> float | None:
+        """Fraction of ``n`` simulated spectra of the best fit that refit worse (Poisson statistics only)."""
+        self._need_optimum()
+        if n <= 0 or self.problem.statistic_object.is_chi2:
+            return None
+        return _simulated_pvalue(self.problem, self.best_x, self.best_stat, n, self.rng)
+
+    def result(
+        self,
+        *,
+        fluxes: dict[str, Any] | None = None,
+        luminosities: dict[str, Any] | None = None,
+        redshift: float | None = None,
+        goodness_pvalue: float | None = None,
+    ) -> FitResult:
+        """The :class:`FitResult` of the phases run so far."""
+        self._need_optimum()
+        problem = self.problem
+        all_values = problem.slot_values(self.best_x)
+        params = []
+        free_pos = {s: k for k, s in enumerate(self.free)}
+        multi = len(self.datasets) > 1
+        for i, slot in enumerate(problem.slots):
+            fk = free_pos.get(i)
+            entry = {
+                "name": slot.name,
+                "number": slot.number + len(problem.model.parameters) * _dataset_number(slot, self.datasets),
+                "value": float(all_values[i]),
+                "err_lo": float(self.err_lo[fk]) if fk is not None else 0.0,
+                "err_hi": float(self.err_hi[fk]) if fk is not None else 0.0,
+                "sigma": float(self.sigma[fk]) if fk is not None else 0.0,
+                "unit": slot.param.unit,
+                "frozen": bool(slot.param.frozen),
+                "linked": slot.link is not None or (multi and slot.dataset is None),
+                "link_to": None if slot.link is None else problem.slots[slot.link].name,
+                "min": slot.param.min,
+                "max": slot.param.max,
+            }
+            if slot.dataset is not None:
+                entry["dataset"] = slot.dataset
+            params.append(entry)
+        cov = self.cov
+        result = FitResult(
+            model=problem.model.expression,
+            engine="builtin",
+            stat=problem.stat,
+            statistic=float(self.best_stat),
+            dof=int(self.dof),
+            parameters=params,
+            fluxes=fluxes or {},
+            luminosities=luminosities or {},
+            converged=self.converged,
+            datasets=[_dataset_info(ds, problem.effective_stat(d)) for d, ds in enumerate(self.datasets)],
+            abund=self.abund,
+            error_method=self.error_method,
+            error_delta=self.delta,
+            redshift=redshift,
+            goodness_pvalue=goodness_pvalue,
+            fit_time_s=time.perf_counter() - self.t0,
+            covariance={
+                "parameters": [
+                    problem.slots[i].name
+                    + (f"[{problem.slots[i].dataset}]" if problem.slots[i].dataset else "")
+                    for i in self.free
+                ],
+                "matrix": cov.tolist() if cov is not None else None,
+            },
+        )
+        result.attach(problem, all_values)
+        return result
+
+    def run(
+        self,
+        *,
+        errors: str | None = "profile",
+        error_level: float = 1.0,
+        redshift: float | None = None,
+        cosmology: Any = None,
+        flux_bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS,
+        flux_samples: int = 200,
+        goodness_sims: int = 0,
+    ) -> FitResult:
+        """optimize -> errors -> fluxes -> goodness -> result (the options are those of :func:`fit`)."""
+        self.optimize()
+        self.errors(errors, error_level)
+        fluxes, lums, z = self.fluxes(
+            flux_bands, samples=flux_samples, redshift=redshift, cosmology=cosmology
+        )
+        pvalue = self.goodness(goodness_sims)
+        result = self.result(fluxes=fluxes, luminosities=lums, redshift=z, goodness_pvalue=pvalue)
+        self.log.info(
+            "fit %s (%s): stat %.3f / %d dof in %.2f s",
+            self.problem.model.expression,
+            self.problem.stat,
+            self.best_stat,
+            self.dof,
+            result.fit_time_s,
+        )
+        return result
+
+    def _need_optimum(self) -> None:
+        if self.minuit is None:
+            raise RuntimeError("run Fit.optimize() first")
+
+
 def fit(
     datasets: Sequence[SpectrumDataset] | SpectrumDataset,
     model: str | CompositeModel,
@@ -414,7 +712,7 @@ def fit(
     seed: int = 12345,
     log: logging.Logger | None = None,
 ) -> FitResult:
-    """Fit one or more spectra with an XSPEC model expression.
+    """Fit one or more spectra with an XSPEC model expression (all phases of :class:`Fit`).
 
     Parameters
     ----------
@@ -435,7 +733,8 @@ def fit(
     error_level : float
         Delta-stat of the intervals (1.0 = 68 %, 2.706 = 90 %) or a confidence level < 1.
     abund : str
-        Abundance table (``models.set_abundance``).
+        Abundance table of the components that use one (:data:`~xmmcore.fitting.registry.ABUNDANCE_TABLES`);
+        passed to the model, no global state changes.
     redshift : float, optional
         Source redshift for luminosities (default: the first free-or-frozen ``Redshift`` parameter).
     cosmology : astropy cosmology or {"H0", "Om0"}, optional
@@ -462,164 +761,26 @@ def fit(
     FitError
         No data bins, no free parameters, or no finite statistic.
     """
-    logger = log or globals()["log"]
-    t0 = time.perf_counter()
-    _models.set_abundance(abund)
-    ds_list = [datasets] if isinstance(datasets, SpectrumDataset) else list(datasets)
-    cmodel = parse_expression(model) if isinstance(model, str) else model.copy()
-    problem = FitProblem(ds_list, cmodel, stat, cross_norm=cross_norm)
-    for setting in set_params:
-        problem.apply_setting(setting)
-    for target, source in links:
-        problem.link(target, source)
-    if problem.n_bins == 0:
-        raise FitError("no noticed data bins to fit (check the energy range and QUALITY)")
-    for ds in ds_list:
-        if float(np.sum(ds.counts)) <= 0.0:
-            where = ds.pha.path if ds.pha.path is not None else ds.name
-            raise FitError(f"{where}: no counts in the noticed channels: nothing to fit")
-    free = problem.free
-    if not free:
-        raise FitError("every parameter is frozen or linked: nothing to fit")
-    problem.scale_norms()
-    rng = np.random.default_rng(seed)
-    x0 = problem.slot_values()[free]
-    minuit = _migrad(problem, x0)
-    best_x, best_stat = np.array(minuit.values), float(minuit.fval)
-    dof = problem.n_bins - len(free)
-    for attempt in range(restarts):
-        poor = dof > 0 and best_stat / dof > 2.0
-        if minuit.valid and not poor:
-            break
-        trial = _migrad(problem, _perturbed(problem, best_x, rng))
-        logger.debug("restart %d: stat %.4f -> %.4f", attempt + 1, best_stat, trial.fval)
-        if trial.fval < best_stat - 1e-6 or (
-            trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6
-        ):
-            minuit, best_x, best_stat = trial, np.array(trial.values), float(trial.fval)
-    if not math.isfinite(best_stat) or best_stat >= 1e29:
-        raise FitError("the fit statistic is not finite at the best fit (model predicts no counts?)")
-    converged = bool(minuit.valid)
-
-    # Errors.
-    cov = None
-    try:
-        if problem.stat.startswith("chi2") and not any(
-            problem.effective_stat(d) != problem.stat for d in range(len(ds_list))
-        ):
-            cov = _jacobian_covariance(problem, best_x)
-        else:
-            minuit.hesse()
-            cov = None if minuit.covariance is None else np.array(minuit.covariance)
-    except (RuntimeError, np.linalg.LinAlgError, ValueError) as exc:
-        logger.warning("covariance failed: %s", exc)
-    sigma = np.sqrt(np.clip(np.diag(cov), 0, None)) if cov is not None else np.full(len(free), np.nan)
-    delta = _delta_for(error_level)
-    err_lo = sigma * math.sqrt(delta)
-    err_hi = sigma * math.sqrt(delta)
-    error_method = "covariance" if errors else "none"
-    if errors is None or str(errors).lower() in ("none", "no", "false"):
-        err_lo = err_hi = np.full(len(free), np.nan)
-    elif str(errors).lower() == "profile":
-        error_method = "profile"
-        try:
-            minuit.values = best_x
-            minuit.errordef = delta
-            minuit.minos()
-            for k, name in enumerate(minuit.parameters):
-                me = minuit.merrors[name]
-                err_lo[k] = abs(me.lower) if me.lower_valid else (0.0 if me.at_lower_limit else np.nan)
-                err_hi[k] = abs(me.upper) if me.upper_valid else (0.0 if me.at_upper_limit else np.nan)
-            minuit.errordef = 1.0
-            if minuit.fmin is not None and minuit.fval < best_stat - 1e-3:
-                logger.warning("profiling found a better fit (%.4f < %.4f): using it", minuit.fval, best_stat)
-                best_x, best_stat = np.array(minuit.values), float(minuit.fval)
-        except RuntimeError as exc:
-            logger.warning("profile errors failed (%s); keeping covariance errors", exc)
-            error_method = "covariance"
-    elif str(errors).lower() != "covariance":
-        raise ConfigError(f"errors must be 'profile', 'covariance' or None, not {errors!r}")
-
-    all_values = problem.slot_values(best_x)
-    model_values = problem.dataset_values(all_values, 0)
-
-    # Fluxes with errors from covariance draws.
-    samples = None
-    if cov is not None and flux_samples > 0 and np.all(np.isfinite(cov)):
-        draws = rng.multivariate_normal(best_x, cov, size=flux_samples, check_valid="ignore")
-        lows = np.array([b[0] if b[0] is not None else -np.inf for b in problem.bounds()])
-        highs = np.array([b[1] if b[1] is not None else np.inf for b in problem.bounds()])
-        draws = np.clip(draws, lows, highs)
-        samples = np.array([problem.dataset_values(problem.slot_values(x), 0) for x in draws])
-    z = redshift
-    if z is None:
-        z_index = [i for i, mp in enumerate(problem.model.parameters) if mp.name.lower() == "redshift"]
-        z = float(model_values[z_index[0]]) if z_index else None
-    fluxes, lums = flux_table(
-        problem.model, model_values, flux_bands, samples=samples, redshift=z, cosmology=cosmology
-    )
-
-    pvalue = None
-    if goodness_sims > 0 and not problem.stat.startswith("chi2"):
-        pvalue = _simulated_pvalue(problem, best_x, best_stat, goodness_sims, rng)
-
-    params = []
-    free_pos = {s: k for k, s in enumerate(free)}
-    multi = len(ds_list) > 1
-    for i, slot in enumerate(problem.slots):
-        fk = free_pos.get(i)
-        entry = {
-            "name": slot.name,
-            "number": slot.number + len(problem.model.parameters) * _dataset_number(slot, ds_list),
-            "value": float(all_values[i]),
-            "err_lo": float(err_lo[fk]) if fk is not None else 0.0,
-            "err_hi": float(err_hi[fk]) if fk is not None else 0.0,
-            "sigma": float(sigma[fk]) if fk is not None else 0.0,
-            "unit": slot.param.unit,
-            "frozen": bool(slot.param.frozen),
-            "linked": slot.link is not None or (multi and slot.dataset is None),
-            "link_to": None if slot.link is None else problem.slots[slot.link].name,
-            "min": slot.param.min,
-            "max": slot.param.max,
-        }
-        if slot.dataset is not None:
-            entry["dataset"] = slot.dataset
-        params.append(entry)
-    result = FitResult(
-        model=problem.model.expression,
-        engine="builtin",
-        stat=problem.stat,
-        statistic=float(best_stat),
-        dof=int(dof),
-        parameters=params,
-        fluxes=fluxes,
-        luminosities=lums,
-        converged=converged,
-        datasets=[_dataset_info(ds, problem.effective_stat(d)) for d, ds in enumerate(ds_list)],
+    return Fit(
+        datasets,
+        model,
+        stat=stat,
+        set_params=set_params,
+        links=links,
+        cross_norm=cross_norm,
         abund=abund,
-        error_method=error_method,
-        error_delta=delta,
-        redshift=z,
-        goodness_pvalue=pvalue,
-        fit_time_s=time.perf_counter() - t0,
-        covariance={
-            "parameters": [
-                problem.slots[i].name + (f"[{problem.slots[i].dataset}]" if problem.slots[i].dataset else "")
-                for i in free
-            ],
-            "matrix": cov.tolist() if cov is not None else None,
-        },
+        restarts=restarts,
+        seed=seed,
+        log=log,
+    ).run(
+        errors=errors,
+        error_level=error_level,
+        redshift=redshift,
+        cosmology=cosmology,
+        flux_bands=flux_bands,
+        flux_samples=flux_samples,
+        goodness_sims=goodness_sims,
     )
-    result.attach(problem, all_values)
-    logger.info(
-        "fit %s (%s): stat %.3f / %d dof in %.2f s",
-        problem.model.expression,
-        problem.stat,
-        best_stat,
-        dof,
-        result.fit_time_s,
-    )
-    return result
 
 
 def _dataset_number(slot: _Slot, ds_list: list[SpectrumDataset]) -> int:

@@ -109,7 +109,9 @@ def _rebuild(result: FitResult, datasets: Sequence[Any] | None) -> tuple[Any, np
             rng = info.get("noticed_kev")
             if rng:
                 ds.notice(rng[0] + 1e-9, rng[1] - 1e-9)
-    problem = FitProblem(ds_list, parse_expression(result.model), result.stat, cross_norm=len(ds_list) > 1)
+    problem = FitProblem(
+        ds_list, parse_expression(result.model), result.stat, cross_norm=len(ds_list) > 1, abund=result.abund
+    )
     values = problem.slot_values()
     for p in result.parameters:
         key = p["name"] if not p.get("dataset") else f"{p['dataset']}:{p['name']}"

@@ -7,15 +7,45 @@
 * ``chi2``: sum (d - m)^2 / sigma^2 with the variance from the data (``chi2`` / ``chi2data``;
   counts, at least 1), Gehrels (1986) (``chi2gehrels``: sigma = 1 + sqrt(d + 0.75)) or the model
   (``chi2model``: sigma^2 = m).
+
+The functions compute a statistic from arrays; the :class:`Statistic` objects (by name from
+:func:`get_statistic`) apply one to a dataset and own its background handling: ``cstat`` on a dataset
+with a background becomes ``wstat`` (as XSPEC), and the chi-square statistics subtract the scaled
+background and add its variance.
+
+Adding a statistic: a :class:`Statistic` subclass with ``name`` and ``calc_stat`` (and ``terms`` for
+a chi-square one), registered in :data:`STATISTIC_CLASSES`.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["STATISTICS", "canonical_stat", "chi2", "chi2_variance", "cstat", "gehrels_sigma", "wstat"]
+if TYPE_CHECKING:
+    from .datasets import SpectrumDataset
+
+__all__ = [
+    "STATISTICS",
+    "STATISTIC_CLASSES",
+    "CStat",
+    "Chi2",
+    "Chi2Data",
+    "Chi2Gehrels",
+    "Chi2Model",
+    "Statistic",
+    "WStat",
+    "canonical_stat",
+    "chi2",
+    "chi2_variance",
+    "cstat",
+    "gehrels_sigma",
+    "get_statistic",
+    "wstat",
+]
 
 STATISTICS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
 _ALIASES = {
@@ -139,3 +169,133 @@ def chi2(data: np.ndarray, model: np.ndarray, variance: np.ndarray) -> float:
     d = np.asarray(data, dtype=float)
     m = np.asarray(model, dtype=float)
     return float(np.sum((d - m) ** 2 / np.asarray(variance, dtype=float)))
+
+
+# ---------------------------------------------------------------------------------- objects
+class Statistic:
+    """A fit statistic applied to a :class:`~xmmcore.fitting.datasets.SpectrumDataset`.
+
+    Attributes
+    ----------
+    name : str
+        Canonical name (:data:`STATISTICS`).
+    is_chi2 : bool
+        Chi-square statistics have weighted residuals (:meth:`terms`), used for the covariance.
+    """
+
+    name: ClassVar[str] = ""
+    is_chi2: ClassVar[bool] = False
+
+    def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
+        """The statistic actually applied to ``dataset`` (``cstat`` with a background is ``wstat``)."""
+        return self
+
+    def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
+        """Statistic of the noticed groups of ``dataset`` for the predicted source counts ``model_counts``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class CStat(Statistic):
+    """XSPEC's C-statistic; with a background spectrum it is W-stat (:class:`WStat`), as in XSPEC."""
+
+    name = "cstat"
+
+    def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
+        return WStat() if dataset.has_background else self
+
+    def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
+        return cstat(dataset.counts, model_counts)
+
+
+class WStat(Statistic):
+    """XSPEC's W statistic: the Poisson background is profiled out bin by bin."""
+
+    name = "wstat"
+
+    def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
+        return self if dataset.has_background else CStat()
+
+    def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
+        bkg_counts = dataset.bkg_counts
+        if bkg_counts is None:  # for_dataset() only keeps wstat when there is a background
+            raise RuntimeError(f"{dataset.name}: W-stat needs a background spectrum")
+        t_src = dataset.exposure * float(np.mean(dataset.pha.areascal))
+        t_bkg = t_src / dataset.bkg_scale
+        return wstat(dataset.counts, bkg_counts, model_counts, t_src, t_bkg)
+
+
+class Chi2(Statistic):
+    """Chi-square with the data variance (``stat_err`` of the PHA when it has one, else the counts, >= 1).
+
+    A background is subtracted (scaled by :attr:`SpectrumDataset.bkg_scale`) and its variance added.
+    """
+
+    name = "chi2"
+    is_chi2 = True
+
+    def variance(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> np.ndarray:
+        """Variance of the source counts of the noticed groups."""
+        stat_err = None
+        if dataset.group_stat_err is not None and not dataset.pha.poisserr:
+            stat_err = dataset.group_stat_err[dataset.mask]
+        return chi2_variance(self.name, dataset.counts, model_counts, stat_err)
+
+    def background_variance(self, bkg_counts: np.ndarray) -> np.ndarray:
+        """Variance of the background counts (at least 1, as XSPEC)."""
+        return np.maximum(bkg_counts, 1.0)
+
+    def terms(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Data (background-subtracted counts) and variance per noticed group."""
+        var = self.variance(dataset, model_counts)
+        data = dataset.counts
+        b = dataset.bkg_counts
+        if b is not None:  # same as dataset.has_background
+            scale = dataset.bkg_scale
+            data = data - scale * b
+            var = var + scale * scale * self.background_variance(b)
+        return data, var
+
+    def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
+        data, var = self.terms(dataset, model_counts)
+        return chi2(data, model_counts, var)
+
+    def residuals(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> np.ndarray:
+        """Weighted residuals (data - model) / sigma per noticed group."""
+        data, var = self.terms(dataset, model_counts)
+        return np.asarray((data - model_counts) / np.sqrt(var))
+
+
+class Chi2Data(Chi2):
+    """``chi2data``: the same as ``chi2`` (data variance)."""
+
+    name = "chi2data"
+
+
+class Chi2Gehrels(Chi2):
+    """Chi-square with Gehrels (1986) variances for the source and the background counts."""
+
+    name = "chi2gehrels"
+
+    def background_variance(self, bkg_counts: np.ndarray) -> np.ndarray:
+        return gehrels_sigma(bkg_counts) ** 2
+
+
+class Chi2Model(Chi2):
+    """Chi-square with the model variance (at least 1e-10)."""
+
+    name = "chi2model"
+
+
+STATISTIC_CLASSES: dict[str, type[Statistic]] = {
+    cls.name: cls for cls in (CStat, WStat, Chi2, Chi2Data, Chi2Gehrels, Chi2Model)
+}
+
+
+def get_statistic(name: str | Statistic) -> Statistic:
+    """The :class:`Statistic` called ``name`` (aliases allowed); unknown names raise ``ConfigError``."""
+    if isinstance(name, Statistic):
+        return name
+    return STATISTIC_CLASSES[canonical_stat(name)]()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from ..optimize import fit
 from ..results import FitResult
 from . import FitInput
 
-__all__ = ["ENGINE", "BuiltinEngine", "get_engine", "load_datasets"]
+__all__ = ["ENGINE", "ENGINE_CLASS", "BuiltinEngine", "get_engine", "load_datasets"]
 
 
 def load_datasets(
@@ -49,6 +49,11 @@ class BuiltinEngine:
     """numpy models + scipy.sparse folding + iminuit (no HEASoft needed)."""
 
     name = "builtin"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> BuiltinEngine:
+        """The engine (it has no options of its own: the fit options come with each call)."""
+        return ENGINE
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries the fit depends on (for provenance)."""
@@ -115,6 +120,7 @@ class BuiltinEngine:
 
 
 ENGINE = BuiltinEngine()
+ENGINE_CLASS = BuiltinEngine
 
 
 def get_engine() -> BuiltinEngine:

@@ -40,7 +40,7 @@ from ..results import FitResult
 from . import FitInput
 from .xspec_runner import ESAS_SKY_COMPONENTS, EXIT_NO_XSPEC
 
-__all__ = ["XspecEngine", "build_job", "get_engine", "missing_xspec_hint", "xspec_available"]
+__all__ = ["ENGINE_CLASS", "XspecEngine", "build_job", "get_engine", "missing_xspec_hint", "xspec_available"]
 
 _STATS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
@@ -220,18 +220,46 @@ class XspecEngine:
         XSPEC chatter level in the child (its output goes to the fit log).
     runner : sequence of str, optional
         Command that runs a job file (default ``python -m xmmcore.fitting.engines.xspec_runner``).
+    esas_sky : bool or dict, optional
+        Default of ``fit_files(esas_sky=)`` (``xspec.esas_sky``).
     """
 
     name = "xspec"
 
-    def __init__(self, *, timeout_s: float = 1800.0, chatter: int = 0, runner: Sequence[str] | None = None):
+    def __init__(
+        self,
+        *,
+        timeout_s: float = 1800.0,
+        chatter: int = 0,
+        runner: Sequence[str] | None = None,
+        esas_sky: bool | Mapping[str, float] | None = None,
+    ):
         self.timeout_s = float(timeout_s)
         self.chatter = int(chatter)
+        self.esas_sky = esas_sky
         self.runner = (
             list(runner) if runner else [sys.executable, "-m", "xmmcore.fitting.engines.xspec_runner"]
         )
         self._custom_runner = runner is not None
         self._versions: dict[str, str] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> XspecEngine:
+        """The engine with ``xspec.timeout_s``, ``xspec.chatter`` and ``xspec.esas_sky``; checks PyXspec.
+
+        Raises
+        ------
+        ToolNotFoundError
+            PyXspec is not importable (the message says how to install/initialise HEASoft).
+        """
+        xcfg = cfg.get("xspec") or {}
+        engine = cls(
+            timeout_s=float(xcfg.get("timeout_s", 1800)),
+            chatter=int(xcfg.get("chatter", 0)),
+            esas_sky=bool(xcfg.get("esas_sky", False)),
+        )
+        engine.check()
+        return engine
 
     def _env(self) -> dict[str, str]:
         path = os.environ.get("PYTHONPATH", "")
@@ -295,6 +323,8 @@ class XspecEngine:
             XSPEC failed, crashed or timed out (the failure is recorded in ``xspec_failure.json``).
         """
         self.check()
+        if esas_sky is None:
+            esas_sky = self.esas_sky
         logger = log or logging.getLogger(__name__)
         tmp_ctx = None
         if workdir is None:
@@ -429,3 +459,6 @@ def get_engine(*, timeout_s: float = 1800.0, chatter: int = 0) -> XspecEngine:
     engine = XspecEngine(timeout_s=timeout_s, chatter=chatter)
     engine.check()
     return engine
+
+
+ENGINE_CLASS = XspecEngine
