@@ -146,3 +146,30 @@ def test_real_files(xmm_data: Path) -> None:
     assert int((pha.quality != 0).sum()) == 6 and pha.exposure == pytest.approx(11754.644, rel=1e-6)
     bkg = ogip.read_pha(xmm_data / "psrj0855" / "pn" / "xmm_pn_0605960101_bkg.pha")
     assert bkg.counts.sum() == pytest.approx(333378.75, rel=1e-6)
+
+
+def test_rmf_cache_by_content(tmp_path: Path) -> None:
+    """Identical files (canned responses in every ObsID) are parsed once; an edited file is parsed again."""
+    import shutil
+
+    a = ogip.write_rmf(_small_rmf(1), tmp_path / "a.rmf")
+    b = tmp_path / "other" / "b.rmf"
+    b.parent.mkdir()
+    shutil.copy(a, b)
+    ra, rb = ogip.read_rmf(a), ogip.read_rmf(b)
+    assert rb.matrix is ra.matrix  # shared parse
+    assert (ra.path, rb.path) == (a, b)  # each keeps its own file name
+    with pytest.raises(ValueError, match="read-only"):
+        ra.matrix.data[0] = 5.0  # a shared matrix cannot be changed by one caller
+    edited = _small_rmf(1)
+    edited.matrix = edited.matrix * 0.5
+    ogip.write_rmf(edited, b)
+    rc = ogip.read_rmf(b)
+    assert rc.matrix is not ra.matrix
+    assert rc.matrix.sum() == pytest.approx(0.5 * ra.matrix.sum())
+    fifo = tmp_path / "pipe.rmf"
+    import os
+
+    os.mkfifo(fifo)
+    with pytest.raises(InputDataError, match="not a regular file"):
+        ogip.read_rmf(fifo)  # never blocks on a FIFO

@@ -18,7 +18,10 @@ write atomically through :mod:`xmmcore.fsutil`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -531,8 +534,17 @@ def _rows_varlen(col: Any, n_rows: int) -> list[np.ndarray]:
     return [np.atleast_1d(np.asarray(col[i])) for i in range(n_rows)]
 
 
+#: Parsed RMFs by content (SHA-1 of the file): the spectra and fit steps of every ObsID read the same
+#: canned responses, so a worker parses each distinct file once.  Bounded, so worker memory stays flat.
+_RMF_CACHE: OrderedDict[tuple[int, str], RMF] = OrderedDict()
+_RMF_CACHE_SIZE = 4
+_RMF_CACHE_LOCK = threading.Lock()
+
+
 def read_rmf(path: str | Path) -> RMF:
-    """Read an OGIP RMF (or RSP) into a sparse ``n_e x n_chan`` matrix.
+    """Read an OGIP RMF (or RSP) into a sparse ``n_e x n_chan`` matrix (cached by file content).
+
+    The returned matrix is shared between callers that read identical files: it is read-only.
 
     F_CHAN / N_CHAN / MATRIX may be variable-length or fixed-length arrays. The channel
     offset is the TLMIN keyword of F_CHAN when present, otherwise the first CHANNEL of
@@ -544,6 +556,32 @@ def read_rmf(path: str | Path) -> RMF:
         Missing MATRIX / EBOUNDS extension or column, inconsistent groups.
     """
     path = Path(path)
+    if not path.exists():
+        raise InputDataError("file does not exist", path)
+    if not path.is_file():
+        raise InputDataError("RMF is not a regular file", path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputDataError(f"cannot read RMF ({exc})", path) from exc
+    key = (len(raw), hashlib.sha1(raw, usedforsecurity=False).hexdigest())
+    with _RMF_CACHE_LOCK:
+        hit = _RMF_CACHE.get(key)
+        if hit is not None:
+            _RMF_CACHE.move_to_end(key)
+    if hit is not None:
+        return replace(hit, path=path)
+    rmf = _parse_rmf(path)
+    for arr in (rmf.matrix.data, rmf.matrix.indices, rmf.matrix.indptr, rmf.energ_lo, rmf.energ_hi):
+        arr.setflags(write=False)
+    with _RMF_CACHE_LOCK:
+        _RMF_CACHE[key] = rmf
+        while len(_RMF_CACHE) > _RMF_CACHE_SIZE:
+            _RMF_CACHE.popitem(last=False)
+    return rmf
+
+
+def _parse_rmf(path: Path) -> RMF:
     with _open(path) as hdul:
         mhdu = _find_hdu(hdul, path, ("MATRIX", "SPECRESP MATRIX"), hduclas="RESPONSE")
         ehdu = _find_hdu(hdul, path, ("EBOUNDS",))
