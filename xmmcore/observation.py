@@ -486,7 +486,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
         if mode:
             modes[cam] = str(info.get("submode") or mode)
         if is_timing_submode(mode):
-            skipped[cam] = f"{cam} in {mode} mode: no imaging events ({best.name})"
+            skipped[cam] = f"{cam} in {mode} mode (timing/burst): no imaging events ({best.name})"
             continue
         events[cam] = best
     summary = read_odf_summary(sorted(odf_dir.glob("*SUM.SAS"))[0]) if odf_dir else None
@@ -498,7 +498,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
             if main and cam not in modes:
                 modes[cam] = main
             if not events and main and is_timing_submode(main):
-                skipped.setdefault(cam, f"{cam} in {main} mode (ODF): no imaging events")
+                skipped.setdefault(cam, f"{cam} in {main} mode (ODF, timing/burst): no imaging events")
     if not events:
         if skipped and (summary is None or not [c for c in odf_cameras if c not in skipped]):
             raise InputDataError("unsupported mode: " + "; ".join(skipped.values()), root)

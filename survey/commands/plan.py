@@ -63,7 +63,7 @@ def plan_commands(
 ) -> tuple[list[Any], dict[str, str], dict[str, Any], Any]:
     """Commands, skipped cameras, resolved config dict and Observation for ``obsid``."""
     from survey.config import load_config
-    from xmmcore.backends.sas import plan_observation, settings_from_config
+    from xmmcore.backends.sas import plan_observation, settings_from_config, sum_rewrite_lines
     from xmmcore.observation import discover
 
     cfg_obj = load_config(config, list(overrides or []) + ["backend.reduction=sas"])
@@ -72,6 +72,7 @@ def plan_commands(
     outdir = Path(results or cfg["results_dir"]).resolve() / obs.obsid
     cmds, skipped = plan_observation(obs, outdir, cfg, settings=settings_from_config(cfg))
     cfg["_hash"] = cfg_obj.hash
+    cfg["_prelude"] = sum_rewrite_lines(obs, outdir)
     return cmds, skipped, cfg, obs
 
 
@@ -82,6 +83,7 @@ def render_script(
     skipped: dict[str, str] | None = None,
     sas_dir: str | None = None,
     config_hash: str = "",
+    prelude: list[str] | None = None,
 ) -> str:
     """The bash script text for ``cmds`` (see :func:`xmmcore.backends.sas.script_lines`)."""
     from xmmcore.backends.sas import script_lines
@@ -100,10 +102,11 @@ def render_script(
     head.append(
         ': "${SAS_DIR:?SAS is not initialised: export SAS_DIR=/path/to/xmmsas; source $SAS_DIR/setsas.sh}"'
     )
+    head.append('HEADAS="${HEADAS:-}"  # PFILES names $HEADAS/syspfiles for the FTOOLs SAS tasks call')
     for cam, reason in (skipped or {}).items():
         head.append(f"# skipped {cam}: {reason}")
     head.append("")
-    return "\n".join(head + script_lines(cmds)) + "\n"
+    return "\n".join(head + script_lines(cmds, prelude=prelude or [])) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             skipped=skipped,
             sas_dir=(cfg.get("sas") or {}).get("sas_dir") or os.environ.get("SAS_DIR"),
             config_hash=cfg.get("_hash", ""),
+            prelude=cfg.get("_prelude", []),
         )
         if args.export:
             path = atomic_write_text(args.export, text)

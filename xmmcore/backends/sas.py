@@ -45,8 +45,9 @@ from typing import Any
 from ..errors import ConfigError, InputDataError, ToolError, ToolNotFoundError
 from ..flares import flare_settings
 from ..fsutil import atomic_path
-from ..observation import Observation
+from ..observation import Observation, best_event_list, is_timing_submode, read_odf_summary
 from ..sas_output import parse_sasversion
+from ..sas_params import TASK_PARAMS, check_argv
 from ..tools import ToolRun, run_tool
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "run_commands",
     "screen_expression",
     "script_lines",
+    "sum_rewrite_lines",
     "settings_from_config",
     "spectrum_selection",
     "task_env",
@@ -82,6 +84,7 @@ def _sas_flare_method(method: str) -> str:
 #: Size of one XMM sky (X/Y) and detector (DETX/DETY) pixel [arcsec].
 SKY_PIXEL_ARCSEC = 0.05
 
+CAMERAS_ALL = ("pn", "mos1", "mos2")
 _INSTRUME = {"pn": "EPN", "mos1": "EMOS1", "mos2": "EMOS2"}
 _PPS_TAG = {"pn": "PN", "mos1": "M1", "mos2": "M2"}
 _DEFAULT_EXP = {"pn": "S003", "mos1": "S001", "mos2": "S002"}
@@ -179,6 +182,7 @@ class SasSettings:
     timeout_s: float = 7200.0
     use_pps_events: bool = True
     esas: bool = True
+    headas: str | None = None
 
 
 def settings_from_config(cfg: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SasSettings:
@@ -191,6 +195,7 @@ def settings_from_config(cfg: Mapping[str, Any], environ: Mapping[str, str] | No
         timeout_s=float(sas.get("timeout_s", 7200)),
         use_pps_events=bool(sas.get("use_pps_events", True)),
         esas=bool(sas.get("esas", True)),
+        headas=env.get("HEADAS") or None,
     )
 
 
@@ -205,10 +210,52 @@ def missing_sas_hint(tool: str) -> str:
     )
 
 
+_SETSAS_CACHE: dict[str, dict[str, str]] = {}
+
+
+def _setsas_env(sas_dir: str) -> dict[str, str] | None:
+    """The variables ``source $SAS_DIR/setsas.sh`` sets (PATH, LD_LIBRARY_PATH, SAS_PATH, PERL5LIB...).
+
+    Run once per SAS installation through ``run_tool`` (argv ``bash -c``, no shell string built from
+    the path); ``None`` when the installation has no ``setsas.sh``.
+    """
+    if sas_dir in _SETSAS_CACHE:
+        return dict(_SETSAS_CACHE[sas_dir])
+    script = Path(sas_dir) / "setsas.sh"
+    if not script.is_file():
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="setsas-") as tmp:
+        run = run_tool(
+            ["bash", "-c", 'source "$1" >/dev/null 2>&1 && env -0', "setsas", str(script)],
+            cwd=tmp,
+            env={"SAS_DIR": sas_dir},
+            timeout_s=120,
+            missing_hint="bash is needed to source setsas.sh",
+        )
+    out = {}
+    for item in run.stdout.split("\0"):
+        key, sep, value = item.partition("=")
+        if sep and key and not key.startswith("BASH_FUNC") and os.environ.get(key) != value:
+            out[key.strip()] = value
+    out["SAS_DIR"] = sas_dir
+    _SETSAS_CACHE[sas_dir] = out
+    return dict(out)
+
+
 def _sas_path_env(settings: SasSettings) -> dict[str, str]:
-    """PATH/LD_LIBRARY_PATH additions when SAS is given by ``sas.sas_dir`` but not initialised."""
+    """Variables of the SAS installation ``sas.sas_dir`` when it is not initialised in this shell.
+
+    ``setsas.sh`` is sourced (once) when the installation has one: SAS needs more than ``PATH``
+    (``SAS_PATH``, ``LD_LIBRARY_PATH``, ``PERL5LIB``...). Without it, ``bin``/``lib`` are added.
+    """
     if not settings.sas_dir:
         return {}
+    if os.environ.get("SAS_DIR") != settings.sas_dir:
+        sourced = _setsas_env(settings.sas_dir)
+        if sourced is not None:
+            return sourced
     base = Path(settings.sas_dir)
     path = os.environ.get("PATH", os.defpath)
     add = [str(base / "bin"), str(base / "binextra")]
@@ -231,12 +278,18 @@ def task_env(
 ) -> dict[str, str]:
     """The variables one SAS task sees on top of the inherited environment.
 
-    ``PFILES`` is ``"<task_dir>/pfiles;$SAS_DIR/config"``: the task writes its ``.par`` files in its own
-    directory and reads the system defaults from SAS. When ``SAS_DIR`` is not known (planning on a
-    machine without SAS) the literal ``${SAS_DIR}`` is left for the shell to expand.
+    ``PFILES`` is ``"<task_dir>/pfiles;$SAS_DIR/config:$HEADAS/syspfiles"``: the task writes its
+    ``.par`` files in its own directory and reads the system defaults from SAS and from HEASoft (the
+    FTOOLs some SAS tasks call need theirs). When ``SAS_DIR``/``HEADAS`` are not known (planning on a
+    machine without them) the literals ``${SAS_DIR}``/``${HEADAS}`` are left for the shell to expand.
     """
     sas_dir = settings.sas_dir or "${SAS_DIR}"
-    env = {"PFILES": f"{task_dir}/pfiles;{sas_dir}/config", "HEADASNOQUERY": "", "HEADASPROMPT": "/dev/null"}
+    headas = settings.headas or "${HEADAS}"
+    env = {
+        "PFILES": f"{task_dir}/pfiles;{sas_dir}/config:{headas}/syspfiles",
+        "HEADASNOQUERY": "",
+        "HEADASPROMPT": "/dev/null",
+    }
     if odf is not None:
         env["SAS_ODF"] = str(odf)
     if ccf is not None:
@@ -249,21 +302,7 @@ def task_env(
 # ------------------------------------------------------------------------------------ observing mode
 def _read_sum_modes(sum_file: Path) -> dict[str, list[str]]:
     """Instrument -> list of ``MODE =`` values from an ODF summary file (``*SUM.SAS``)."""
-    modes: dict[str, list[str]] = {}
-    current: str | None = None
-    expect_inst = False
-    for raw in sum_file.read_text(errors="replace").splitlines():
-        line = raw.strip()
-        if line == "INSTRUMENT":
-            expect_inst = True
-            continue
-        if expect_inst:
-            current, expect_inst = line.split()[0] if line else None, False
-            continue
-        if current and re.match(r"MODE\s*=", line):
-            value = line.split("=", 1)[1].split("/", 1)[0].strip()
-            modes.setdefault(current, []).append(value)
-    return modes
+    return read_odf_summary(sum_file).modes
 
 
 def camera_mode(obs: Observation, camera: str) -> dict[str, str | None]:
@@ -287,20 +326,89 @@ def camera_mode(obs: Observation, camera: str) -> dict[str, str | None]:
                 }
         except OSError as exc:
             raise InputDataError(f"cannot read the event list header ({exc})", evt) from exc
+    if camera in obs.skipped_cameras and camera in obs.modes:
+        # left out at discovery (a timing/burst list): the mode read from its header then
+        return {"datamode": None, "submode": obs.modes[camera], "source": obs.skipped_cameras[camera]}
     if obs.odf_dir is not None:
         sums = sorted(obs.odf_dir.glob("*SUM.SAS"))
         if sums:
-            tag = {"pn": "PN", "mos1": "M1", "mos2": "M2"}[camera]
-            modes = _read_sum_modes(sums[0]).get(tag, [])
-            if modes:
-                return {"datamode": None, "submode": modes[0], "source": str(sums[0])}
+            main = read_odf_summary(sums[0]).main_mode(camera)
+            if main:
+                return {"datamode": None, "submode": main, "source": str(sums[0])}
     return {"datamode": None, "submode": None, "source": None}
 
 
 def is_timing_mode(mode: Mapping[str, str | None]) -> bool:
     """True for timing/burst (pn) and fast (MOS central CCD) modes."""
-    text = f"{mode.get('datamode') or ''} {mode.get('submode') or ''}".lower()
-    return any(tag in text for tag in _TIMING_SUBMODES)
+    return is_timing_submode(f"{mode.get('datamode') or ''} {mode.get('submode') or ''}")
+
+
+#: pn modes the ESAS quiescent-particle background (pnspectra/pnback FWC data) is made for.
+_ESAS_PN_MODES = ("PrimeFullWindow", "PrimeFullWindowExtended")
+
+
+def mode_skip_reason(obs: Observation, camera: str, settings: SasSettings) -> str | None:
+    """Why ``camera`` cannot be reduced in its observing mode (``None`` when it can), before any task runs.
+
+    Timing/burst pn and fast-mode MOS have no imaging events (epchain then espfilt would fail one after
+    the other, DAXA #146). With ESAS, pn small/large window has no filter-wheel-closed particle
+    background in pnback: the camera is skipped with that reason (``sas.esas: false`` reduces it with
+    evselect/arfgen). MOS partial-window modes are processed (the outer CCDs are imaging).
+    """
+    if camera in obs.skipped_cameras:
+        return obs.skipped_cameras[camera]
+    mode = camera_mode(obs, camera)
+    label = mode.get("submode") or mode.get("datamode")
+    if is_timing_mode(mode):
+        return f"{camera} in {label} mode (timing/burst): no imaging events"
+    sub = str(mode.get("submode") or "")
+    if settings.esas and camera == "pn" and sub and sub not in _ESAS_PN_MODES:
+        return (
+            f"pn in {sub} mode: ESAS pnspectra/pnback model the particle background of full-frame "
+            "modes only; set sas.esas: false to reduce it with evselect/backscale/rmfgen/arfgen"
+        )
+    return None
+
+
+#: FLAG bit of events outside the field of view (the unexposed corners), pn and MOS.
+OUT_OF_FOV_FLAG = 0x10000
+
+
+def corner_event_count(path: str | Path) -> int:
+    """Number of out-of-field-of-view (corner) events, ``FLAG & 0x10000``, in an event list."""
+    import numpy as np
+    from astropy.io import fits
+
+    try:
+        with fits.open(path, memmap=True) as hdul:
+            flag = np.asarray(hdul["EVENTS"].data["FLAG"])
+    except (OSError, KeyError) as exc:
+        raise InputDataError(f"cannot read the FLAG column ({exc})", path) from exc
+    return int(np.count_nonzero(flag & OUT_OF_FOV_FLAG))
+
+
+def esas_precondition(
+    obs: Observation, camera: str, outdir: Path, cfg: Mapping[str, Any], settings: SasSettings
+) -> str | None:
+    """Why espfilt/cheese/mosspectra/mosback cannot run on this camera's input list (``None`` when they can).
+
+    They need the unexposed corner events (the corner light curve, the particle-background scaling);
+    cleaned lists such as XGA's ``eclean`` have none. Lists the chains make from the ODF always have them.
+    """
+    uses_espfilt = _sas_flare_method(cfg["flares"]["method"]) == "espfilt"
+    if not (uses_espfilt or settings.esas):
+        return None
+    events = _input_events(obs, camera, outdir, settings)
+    if any(ch in events for ch in "*?[") or not Path(events).exists():
+        return None  # made by emchain/epchain in this run: corners included
+    if corner_event_count(events) > 0:
+        return None
+    return (
+        f"{Path(events).name} has no out-of-field-of-view (corner) events (FLAG & 0x10000): it is a "
+        "pre-screened list (e.g. XGA eclean). ESAS espfilt/mosspectra/mosback need the corners: use the "
+        "unfiltered PPS *MIEVLI*/*PIEVLI* lists or the emchain/epchain lists from the ODF "
+        "(sas.use_pps_events: false), or set flares.method: fixed and sas.esas: false"
+    )
 
 
 # ---------------------------------------------------------------------------------------- expressions
@@ -400,7 +508,39 @@ def esas_prefix(obs: Observation, camera: str) -> str:
         if exp is None:
             m = re.search(rf"{_PPS_TAG[camera]}([SU]\d{{3}})", evt.name, re.IGNORECASE)
             exp = m.group(1).upper() if m else None
+    elif obs.sum_file is not None:
+        exp = read_odf_summary(obs.sum_file).main_exposure(camera)  # what emchain/epchain will name it
     return f"{camera}{exp or _DEFAULT_EXP[camera]}"
+
+
+def local_sum_file(obs: Observation, outdir: Path) -> tuple[Path, str] | None:
+    """Where the ODF summary file with a local ``PATH`` goes, and its text; ``None`` when no rewrite is needed.
+
+    odfingest records the folder it read the ODF from (``PATH /lustre/...`` of another machine in the
+    a907 files); SAS tasks look for the ODF constituents there. As pySAS does, a copy with ``PATH``
+    pointing to the local ODF folder is written under ``results/<obsid>/sas/odf/sum/`` and ``SAS_ODF``
+    names that copy.
+    """
+    sum_file = obs.sum_file
+    if sum_file is None or obs.odf_dir is None:
+        return None
+    local = str(obs.odf_dir.resolve())
+    summary = read_odf_summary(sum_file)
+    if summary.odf_path is not None and summary.odf_path.rstrip("/") == local.rstrip("/"):
+        return None
+    lines = sum_file.read_text(errors="replace").splitlines()
+    text = "\n".join(f"PATH {local}" if ln.startswith("PATH ") else ln for ln in lines) + "\n"
+    return _sas_dir(outdir, "odf", "sum") / sum_file.name, text
+
+
+def write_local_sum_file(obs: Observation, outdir: Path) -> Path | None:
+    """Write the summary file of :func:`local_sum_file` (atomically, only when it changed)."""
+    target = local_sum_file(obs, outdir)
+    if target is None:
+        return None
+    path, text = target
+    _write_region(path, text)
+    return path
 
 
 def _ccf_for(obs: Observation, outdir: Path, settings: SasSettings) -> tuple[str | None, list[Command]]:
@@ -424,7 +564,8 @@ def _odf_for(obs: Observation, outdir: Path, settings: SasSettings, camera: str)
     if not (settings.use_pps_events and camera in obs.event_files):
         # A folder holding one *SUM.SAS is a valid SAS_ODF (SAS Users' Guide, 2.6).
         return str(_sas_dir(outdir, "odf", "odfingest"))
-    return str(obs.odf_dir.resolve())
+    local = local_sum_file(obs, outdir)
+    return str(local[0]) if local is not None else str(obs.odf_dir.resolve())
 
 
 def _sas_dir(outdir: Path, step: str, label: str) -> Path:
@@ -518,7 +659,7 @@ def build_odf_commands(
                     settings,
                     odf=sum_glob,
                     ccf=ccf,
-                    outputs=[str(d / "P*M1S*MIEVLI*.FIT")],
+                    outputs=[str(d / "P*M[12][SU]*MIEVLI*.FIT")],
                     description="MOS event lists",
                 )
             )
@@ -563,9 +704,11 @@ def _input_events(obs: Observation, camera: str, outdir: Path, settings: SasSett
             return str(obs.event_files[camera].resolve())
         raise InputDataError(f"no {camera} event list and no ODF to run the chains on", obs.root)
     if camera == "pn":
-        return str(_sas_dir(outdir, "odf", "epchain") / "P*PN*PIEVLI*.FIT")
+        return str(_sas_dir(outdir, "odf", "epchain") / "P*PN[SU]*PIEVLI*.FIT")
     tag = _PPS_TAG[camera]
-    return str(_sas_dir(outdir, "odf", "emchain") / f"P*{tag}S*MIEVLI*.FIT")
+    # S (scheduled) or U (unscheduled, e.g. U002 of a907 0201901401) exposures; the run picks one by the
+    # observation rule (longest imaging exposure) when there are several.
+    return str(_sas_dir(outdir, "odf", "emchain") / f"P*{tag}[SU]*MIEVLI*.FIT")
 
 
 # ------------------------------------------------------------------------------------------- filter
@@ -642,7 +785,7 @@ def build_filter_commands(
                     ehigh=8500,
                     withsmoothing=True,
                     smooth=51,
-                    rangescale=6.0,
+                    rangescale=15.0 if camera == "pn" else 6.0,  # ESAS cookbook: pn 15, MOS 6
                     allowsigma=_num(fls.nsigma),
                     keepinterfiles=False,
                 ),
@@ -905,16 +1048,22 @@ def _specgroup(
     if grouping == "none":
         return []
     grp = _sas_dir(outdir, step, "specgroup") / f"{camera}_src_grp.pha"
+    # rmfset/arfset/backgndset are read only with their with* switch (specgroup-1.7 XPROC of ngc7793_ulx4)
     params: dict[str, object] = {
         "spectrumset": str(src),
         "groupedset": str(grp),
+        "withrmfset": True,
         "rmfset": str(rmf),
+        "witharfset": True,
         "arfset": str(arf),
+        "withbgdset": True,
         "backgndset": str(bkg),
     }
     if grouping == "min_counts":
+        params["withCounts"] = True
         params["mincounts"] = min_counts
     elif grouping == "optimal":
+        params["withoversampling"] = True
         params["oversample"] = 3
     else:
         raise ConfigError(f"spectra.grouping must be min_counts, optimal or none, not {grouping!r}")
@@ -959,17 +1108,49 @@ def _esas_spectra(
     d = _sas_dir(outdir, step, "esas")
     evt_link = f"{prefix}-allevc.fits"
     # espfilt's filtered list (FOV + corners), not the flag-screened events/<cam>_clean.fits.
-    allevc = str(_sas_dir(outdir, f"filter_{camera}", "espfilt") / evt_link)
-    links: list[tuple[str, str]] = [(evt_link, allevc)]
+    espfilt_dir = _sas_dir(outdir, f"filter_{camera}", "espfilt")
+    lists = [("", str(espfilt_dir / evt_link))]
     cheese_params: dict[str, object] = {("pnfile" if camera == "pn" else f"{camera}file"): evt_link}
     if camera == "pn":
         _pn_oot_events(obs, outdir, settings)  # raises with advice when there is no OOT list at all
         # the OOT list filtered with the same GTI by espfilt in the filter step
-        oot = str(_sas_dir(outdir, f"filter_{camera}", "espfilt") / f"{prefix}-allevcoot.fits")
-        links.append((f"{prefix}-allevcoot.fits", oot))
+        lists.append(("oot", str(espfilt_dir / f"{prefix}-allevcoot.fits")))
         cheese_params["pnootfile"] = f"{prefix}-allevcoot.fits"
+    # SAS 22 espfilt no longer applies the FLAG screening: do it here, with the ESAS masks that keep
+    # the out-of-FOV corners (0x10000 is not in them): MOS 0x766aa000, pn 0xcfa0000 (ESAS cookbook).
+    flag_mask = 0xCFA0000 if camera == "pn" else 0x766AA000
+    cmds: list[Command] = []
+    for kind, espfilt_list in lists:
+        name = f"{prefix}-allevc{kind}.fits"
+        cmds.append(
+            _cmd(
+                step,
+                f"evselect-esasflag{('-' + kind) if kind else ''}",
+                _argv(
+                    "evselect",
+                    table=f"{prefix}-espfilt{kind}.fits",
+                    withfilteredset=True,
+                    filteredset=name,
+                    destruct=True,
+                    keepfilteroutput=True,
+                    updateexposure=True,
+                    filterexposure=True,
+                    expression=f"((FLAG & 0x{flag_mask:x})==0)",
+                ),
+                outdir,
+                settings,
+                odf=odf,
+                ccf=ccf,
+                cwd=d,
+                links=[(f"{prefix}-espfilt{kind}.fits", espfilt_list)],
+                outputs=[d / name],
+                description=f"ESAS FLAG screening of espfilt's {kind or 'event'} list, corners kept",
+            )
+        )
     cheese_params.update(scale=0.5, ratetotal=1.0, dist=40.0, elowlist=400, ehighlist=7200, mlmin=15)
-    cmds = [
+    att_cmds, att = _attitude_for_esas(obs, camera, outdir, settings, d, odf=odf, ccf=ccf, step=step)
+    cmds += att_cmds
+    cmds.append(
         _cmd(
             step,
             "cheese",
@@ -979,11 +1160,12 @@ def _esas_spectra(
             odf=odf,
             ccf=ccf,
             cwd=d,
-            links=links,
-            outputs=[d / f"{prefix}-bkregtdet.fits", d / f"{prefix}-bkregtsky.fits"],
+            # cheese/mosspectra run atthkgen unless atthk.fits is in the working directory
+            links=[] if att is None else [("atthk.fits", att)],
+            outputs=[d / f"{prefix}-bkgregtdet.fits", d / f"{prefix}-bkgregtsky.fits"],
             description="point-source detection and masks (wraps edetect_chain)",
         )
-    ]
+    )
     # The region file of mosspectra/pnspectra is a selection in detector coordinates.
     events_for_map = (
         Path(clean) if Path(clean).exists() else Path(_input_events(obs, camera, outdir, settings))
@@ -1000,14 +1182,13 @@ def _esas_spectra(
     _write_region(region_file, region_text)
     common = {
         "withsrcrem": True,
-        "maskdet": f"{prefix}-bkregtdet.fits",
-        "masksky": f"{prefix}-bkregtsky.fits",
+        "maskdet": f"{prefix}-bkgregtdet.fits",
+        "masksky": f"{prefix}-bkgregtsky.fits",
         "withregion": True,
         "regionfile": region_file.name,
         "keepinterfiles": True,
         "pattern": int(fcfg["pattern_max"]),
-        "withimages": False,
-        "elow": 0,
+        "elow": 0,  # elow = ehigh = 0: spectra only, no images
         "ehigh": 0,
     }
     if camera == "pn":
@@ -1062,7 +1243,7 @@ def _esas_spectra(
             _cmd(
                 step,
                 "mosspectra",
-                _argv("mosspectra", eventfile=evt_link, **common, ccds="T T T T T T T"),
+                _argv("mosspectra", eventfile=evt_link, **common, ccds=mos_ccds(obs, camera)),
                 outdir,
                 settings,
                 odf=odf,
@@ -1076,7 +1257,7 @@ def _esas_spectra(
             _cmd(
                 step,
                 "mosback",
-                _argv("mosback", inspecfile=f"{prefix}-fovt.pi", elow=0, ehigh=0, ccds="T T T T T T T"),
+                _argv("mosback", inspecfile=f"{prefix}-fovt.pi", elow=0, ehigh=0, ccds=mos_ccds(obs, camera)),
                 outdir,
                 settings,
                 odf=odf,
@@ -1101,6 +1282,72 @@ def _esas_spectra(
         min_counts,
     )
     return cmds
+
+
+#: MOS1 CCDs lost to micrometeoroid events: CCD6 on 2005-03-09, CCD3 on 2012-12-11.
+_MOS1_CCD_LOSSES = (("2005-03-09", 6), ("2012-12-11", 3))
+
+
+def _date_obs(obs: Observation, camera: str) -> str | None:
+    evt = obs.event_files.get(camera)
+    if evt is not None:
+        from astropy.io import fits
+
+        try:
+            hdr = fits.getheader(evt, "EVENTS")
+            return str(hdr.get("DATE-OBS") or fits.getheader(evt, 0).get("DATE-OBS") or "") or None
+        except (OSError, KeyError):
+            return None
+    if obs.sum_file is not None:
+        return read_odf_summary(obs.sum_file).start
+    return None
+
+
+def mos_ccds(obs: Observation, camera: str) -> str:
+    """The ``ccds`` flags of mosspectra/mosback: every CCD, minus the MOS1 CCDs lost before the observation."""
+    on = [True] * 7
+    date = _date_obs(obs, camera)
+    if camera == "mos1" and date:
+        for lost_on, ccd in _MOS1_CCD_LOSSES:
+            if date[:10] >= lost_on:
+                on[ccd - 1] = False
+    return " ".join("T" if x else "F" for x in on)
+
+
+def _attitude_for_esas(
+    obs: Observation,
+    camera: str,
+    outdir: Path,
+    settings: SasSettings,
+    cwd: Path,
+    *,
+    odf: str | None,
+    ccf: str | None,
+    step: str,
+) -> tuple[list[Command], str | None]:
+    """The attitude file linked as ``atthk.fits`` for cheese/mosspectra, and atthkgen when there is none."""
+    att = _attitude_file(obs)
+    if att is not None:
+        return [], att
+    if obs.odf_dir is None:
+        raise InputDataError(
+            "ESAS cheese/mosspectra need the attitude (*ATTTSR* or atthk.fits) or an ODF to run atthkgen",
+            obs.root,
+        )
+    out = cwd / "atthk.fits"
+    cmd = _cmd(
+        step,
+        "atthkgen",
+        _argv("atthkgen", atthkset=str(out), timestep=1),
+        outdir,
+        settings,
+        odf=odf,
+        ccf=ccf,
+        cwd=cwd,
+        outputs=[out],
+        description="attitude history (atthk.fits, read by cheese and mosspectra)",
+    )
+    return [cmd], None
 
 
 def _pn_oot_events(
@@ -1280,13 +1527,14 @@ def plan_observation(
                 cmds.append(c)
 
     add(odf_cmds)
+    for cam, why in obs.skipped_cameras.items():
+        if cam in (cfg.get("cameras") or CAMERAS_ALL):
+            skipped[cam] = why  # left out at discovery (timing/burst list)
     active = []
     for cam in cams:
-        mode = camera_mode(obs, cam)
-        if cam == "pn" and is_timing_mode(mode):
-            skipped[cam] = (
-                f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): not imaging"
-            )
+        reason = mode_skip_reason(obs, cam, settings) or esas_precondition(obs, cam, outdir, cfg, settings)
+        if reason is not None:
+            skipped[cam] = reason
             continue
         active.append(cam)
         add(build_filter_commands(obs, cam, outdir, cfg, settings))
@@ -1297,8 +1545,17 @@ def plan_observation(
         evt = obs.event_files.get(cam)
         regs = regions if regions is not None else (_provisional_regions(obs, cam, cfg) if evt else None)
         if regs is None:
+            skipped[f"{cam} spectra"] = (
+                "the plan stops after the filter step: the ObsID has only an ODF, and the regions (and "
+                "the sky-to-detector map of the ESAS region) need the event lists emchain/epchain make; "
+                "run `xmm-survey run --set backend.reduction=sas` (the regions step runs between), then "
+                "plan again for the spectra commands"
+            )
             continue
-        add(build_spectra_commands(obs, cam, outdir, regs, cfg, settings))
+        try:
+            add(build_spectra_commands(obs, cam, outdir, regs, cfg, settings))
+        except InputDataError as exc:
+            skipped[f"{cam} spectra"] = f"the plan stops before the spectra: {exc}"
     return cmds, skipped
 
 
@@ -1343,12 +1600,25 @@ def _provisional_regions(obs: Observation, camera: str, cfg: Mapping[str, Any]) 
 
 
 # -------------------------------------------------------------------------------------------- running
+def _is_glob(value: str) -> bool:
+    return any(ch in Path(value).name for ch in "*?[")
+
+
+def _glob_file(pattern: str) -> list[str]:
+    """Files matching a chain-product pattern: only the file name is a pattern, the folder is literal."""
+    folder, name = os.path.split(pattern)
+    return sorted(glob.glob(os.path.join(glob.escape(folder), name)))
+
+
 def _resolve_glob(pattern: str, what: str) -> str:
-    if not any(ch in pattern for ch in "*?["):
+    if not _is_glob(pattern):
         return pattern
-    matches = sorted(glob.glob(pattern))
+    matches = _glob_file(pattern)
     if not matches:
         raise ToolError(f"{what}: no file matches {pattern}")
+    if len(matches) > 1 and re.search(r"EVLI", Path(pattern).name):
+        # several exposures of one camera (S and U): the observation's rule picks one, never silently
+        return str(best_event_list([Path(m) for m in matches]))
     return matches[0]
 
 
@@ -1357,7 +1627,7 @@ def _materialise(cmd: Command) -> tuple[list[str], dict[str, str]]:
     argv = []
     for arg in cmd.argv:
         name, sep, value = arg.partition("=")
-        if sep and any(ch in value for ch in "*?") and value.startswith("/"):
+        if sep and value.startswith("/") and _is_glob(value):
             arg = f"{name}={_resolve_glob(value, cmd.label)}"
         argv.append(arg)
     env = {k: (_resolve_glob(v, cmd.label) if k == "SAS_ODF" else v) for k, v in cmd.env.items()}
@@ -1385,6 +1655,9 @@ def run_commands(
     records = []
     base_env = _sas_path_env(settings)
     for cmd in cmds:
+        if Path(cmd.task).name in TASK_PARAMS:
+            check_argv(cmd.argv, context=f"{cmd.step}/{cmd.label}")
+    for cmd in cmds:
         cmd.cwd.mkdir(parents=True, exist_ok=True)
         pfiles_dir = Path(cmd.env["PFILES"].split(";", 1)[0])
         pfiles_dir.mkdir(parents=True, exist_ok=True)
@@ -1406,9 +1679,7 @@ def run_commands(
             log_path=(log_dir / f"{cmd.step}.log") if log_dir else cmd.cwd / f"{cmd.label}.log",
             missing_hint=missing_sas_hint(cmd.task),
         )
-        missing = [
-            o for o in cmd.outputs if not (glob.glob(o) if any(c in o for c in "*?[") else Path(o).exists())
-        ]
+        missing = [o for o in cmd.outputs if not (_glob_file(o) if _is_glob(o) else Path(o).exists())]
         if missing:
             raise ToolError(
                 f"{cmd.task} ({cmd.step}/{cmd.label}) finished but did not write {', '.join(missing)}"
@@ -1420,44 +1691,106 @@ def run_commands(
 
 
 # ------------------------------------------------------------------------------------------- export
+_SCRIPT_VARS = ("${SAS_DIR}", "${HEADAS}")
+_SAFE_PATTERN = re.compile(r"^[A-Za-z0-9_.*?\[\]-]+$")
+
+#: Bash function of the exported script: the first file matching a chain-product pattern. The folder is
+#: quoted by the caller (it may hold spaces or ``$(...)``); only the file-name pattern, built by the
+#: backend from a fixed alphabet, is left for bash to expand.
+SCRIPT_HELPERS = (
+    'pick() { local f; for f in "$1"/$2; do if [ -e "$f" ]; then printf "%s\\n" "$f"; return 0; fi; done; '
+    'echo "no file matches $1/$2" >&2; exit 4; }'
+)
+
+
 def _quote_env(value: str) -> str:
-    # ${SAS_DIR} (SAS not known when planning) is left for bash to expand; everything else is literal.
-    return '"${SAS_DIR}"'.join(shlex.quote(part) if part else "" for part in value.split("${SAS_DIR}"))
+    # ${SAS_DIR}/${HEADAS} (not known when planning) are left for bash to expand; everything else is literal.
+    parts = re.split(r"(\$\{SAS_DIR\}|\$\{HEADAS\})", value)
+    return "".join(f'"{p}"' if p in _SCRIPT_VARS else (shlex.quote(p) if p else "") for p in parts)
 
 
-def _quote_arg(arg: str) -> str:
+def _glob_ref(pattern: str, names: dict[str, str], lines: list[str]) -> str:
+    """``"$_gN"``: a variable the script sets to the file ``pattern`` matches (folder quoted, name safe)."""
+    if pattern not in names:
+        folder, name = os.path.split(pattern)
+        if not _SAFE_PATTERN.match(name):
+            raise ValueError(f"unsafe file-name pattern {name!r} in a SAS command")
+        var = f"_g{len(names) + 1}"
+        names[pattern] = var
+        lines.append(f"{var}=$(pick {shlex.quote(folder)} {name})")
+    return f'"${names[pattern]}"'
+
+
+def _quote_arg(arg: str, names: dict[str, str], lines: list[str]) -> str:
     name, sep, value = arg.partition("=")
-    # Chain products are globs: leave them unquoted so that bash expands them to the one file.
-    if (
-        sep
-        and value.startswith("/")
-        and any(ch in value for ch in "*?")
-        and not re.search(r"[\s'\"$`;&|()<>]", value)
-    ):
-        return f"{name}={value}"
+    if sep and value.startswith("/") and _is_glob(value):
+        return shlex.quote(name + "=") + _glob_ref(value, names, lines)
     return shlex.quote(arg)
 
 
-def script_lines(cmds: Sequence[Command]) -> list[str]:
-    """Bash lines running ``cmds`` exactly as :func:`run_commands` does (cd, env, argv per task)."""
-    lines: list[str] = []
+def script_lines(cmds: Sequence[Command], *, prelude: Sequence[str] = ()) -> list[str]:
+    """Bash lines running ``cmds`` exactly as :func:`run_commands` does (cd, env, argv per task).
+
+    Every path is quoted (``shlex.quote``); chain products whose names are only known after a task ran
+    are found by :data:`SCRIPT_HELPERS` ``pick`` with the folder quoted, so a results path with spaces
+    or ``$(...)`` is used as it is and never executed.
+    """
+    lines: list[str] = [SCRIPT_HELPERS, ""]
+    lines += list(prelude)
+    names: dict[str, str] = {}
     for cmd in cmds:
-        lines.append(f"# [{cmd.step}] {cmd.label}: {cmd.description}".rstrip(": "))
+        lines.append(f"# [{cmd.step}] {cmd.label}: {cmd.description}".rstrip(": ").replace("\n", " "))
         pfiles_dir = cmd.env["PFILES"].split(";", 1)[0]
         lines.append(f"mkdir -p {shlex.quote(str(cmd.cwd))} {shlex.quote(pfiles_dir)}")
         for name, target in cmd.links:
-            tgt = target if any(ch in target for ch in "*?") else shlex.quote(target)
+            tgt = _glob_ref(target, names, lines) if _is_glob(target) else shlex.quote(target)
             lines.append(f"ln -sfn {tgt} {shlex.quote(str(cmd.cwd / name))}")
-        env = " ".join(f"{k}={_quote_env(v)}" for k, v in cmd.env.items())
-        argv = " ".join(_quote_arg(a) for a in cmd.argv)
-        lines.append(f"( cd {shlex.quote(str(cmd.cwd))} && env {env} {argv} )")
-        if cmd.outputs:
-            checks = " ".join(o if any(ch in o for ch in "*?") else shlex.quote(o) for o in cmd.outputs)
+        env_parts = []
+        for k, v in cmd.env.items():
+            if k == "SAS_ODF" and _is_glob(v):
+                env_parts.append(f"{k}={_glob_ref(v, names, lines)}")
+            else:
+                env_parts.append(f"{k}={_quote_env(v)}")
+        argv = " ".join(_quote_arg(a, names, lines) for a in cmd.argv)
+        lines.append(f"( cd {shlex.quote(str(cmd.cwd))} && env {' '.join(env_parts)} {argv} )")
+        plain = [shlex.quote(o) for o in cmd.outputs if not _is_glob(o)]
+        for o in cmd.outputs:
+            if _is_glob(o):
+                folder, name = os.path.split(o)
+                if not _SAFE_PATTERN.match(name):
+                    raise ValueError(f"unsafe file-name pattern {name!r} in a SAS command")
+                lines.append(f"pick {shlex.quote(folder)} {name} >/dev/null")
+        if plain:
             lines.append(
-                f'for f in {checks}; do test -e "$f" || {{ echo "missing output: $f" >&2; exit 4; }}; done'
+                f'for f in {" ".join(plain)}; do test -e "$f" || {{ echo "missing output: $f" >&2; exit 4; }}; done'
+            )
+        if cmd.label == "evselect-clean" and cmd.step.startswith("filter_") and cmd.outputs:
+            # published as the backend does: the spectra and images commands read events/<cam>_clean.fits
+            events = cmd.cwd.parents[2] / "events"
+            camera = cmd.step.split("_", 1)[1]
+            lines.append(f"mkdir -p {shlex.quote(str(events))}")
+            lines.append(
+                f"cp {shlex.quote(cmd.outputs[0])} {shlex.quote(str(events / f'{camera}_clean.fits'))}"
             )
         lines.append("")
     return lines
+
+
+def sum_rewrite_lines(obs: Observation, outdir: Path) -> list[str]:
+    """Script lines writing the ODF summary copy of :func:`local_sum_file` (``PATH`` = local ODF folder)."""
+    target = local_sum_file(obs, outdir)
+    if target is None or obs.sum_file is None or obs.odf_dir is None:
+        return []
+    path, _text = target
+    src, odf = shlex.quote(str(obs.sum_file.resolve())), shlex.quote(str(obs.odf_dir.resolve()))
+    return [
+        "# ODF summary file with PATH pointing to the local ODF folder (its PATH names another machine)",
+        f"mkdir -p {shlex.quote(str(path.parent))}",
+        f"odf={odf}",
+        'while IFS= read -r line || [ -n "$line" ]; do case $line in "PATH "*) printf "PATH %s\\n" "$odf";; '
+        f'*) printf "%s\\n" "$line";; esac; done < {src} > {shlex.quote(str(path))}',
+        "",
+    ]
 
 
 # ------------------------------------------------------------------------------------------- backend
@@ -1531,13 +1864,15 @@ class SasBackend:
         """Screen one camera with SAS; publish ``events/<cam>_{clean,gti,lc}.fits`` atomically."""
         outdir = Path(outdir)
         mode = camera_mode(obs, camera)
-        if camera == "pn" and is_timing_mode(mode):
-            reason = (
-                f"pn in {mode.get('submode') or mode.get('datamode')} mode (timing/burst): no imaging events"
-            )
+        settings = self.settings(cfg)
+        # Checked before any task runs: a mode or an input list the chain cannot use is one clear
+        # reason, not a cascade of task failures.
+        reason = mode_skip_reason(obs, camera, settings) or esas_precondition(
+            obs, camera, outdir, cfg, settings
+        )
+        if reason is not None:
             log.warning("filter %s skipped: %s", camera, reason)
             return {"camera": camera, "skipped": True, "reason": reason, "mode": mode}
-        settings = self.settings(cfg)
         tools = (
             ["evselect"]
             + (["espfilt"] if _sas_flare_method(cfg["flares"]["method"]) == "espfilt" else [])
@@ -1545,6 +1880,9 @@ class SasBackend:
         )
         self.check_installation(tools, cfg)
         cmds = build_filter_commands(obs, camera, outdir, cfg, settings)
+        local_sum = write_local_sum_file(obs, outdir)
+        if local_sum is not None:
+            log.info("ODF summary PATH rewritten to the local ODF folder: %s", local_sum)
         if any(c.step == "odf" for c in cmds):
             done = [c for c in cmds if c.step == "odf" and all(glob.glob(o) for o in c.outputs)]
             cmds = [c for c in cmds if c not in done]
@@ -1582,6 +1920,7 @@ class SasBackend:
         settings = self.settings(cfg)
         cmds = build_spectra_commands(obs, camera, outdir, regions, cfg, settings)
         self.check_installation(sorted({c.task for c in cmds}), cfg)
+        write_local_sum_file(obs, outdir)
         records = run_commands(cmds, settings=settings, log=log, log_dir=outdir / "logs")
         spec = outdir / "spectra"
         by_label = {c.label: c for c in cmds}
