@@ -330,18 +330,27 @@ def _meta_for(
         summ = rec.get("summary") or {}
         if isinstance(summ.get("meta"), Mapping):
             meta.update(summ["meta"])
+    # The metadata the steps ran with (targets CSV over meta.json, read once by the pipeline) is in
+    # every step record; the fit's wins. Only records written before that fall back to the files,
+    # read by the pipeline's own reader with the same precedence.
+    recorded: list[Mapping[str, Any]] = [
+        m
+        for m in (rec.get("meta") for rec in (steps.get(s) for s in ("fit", *STEPS)) if rec)
+        if isinstance(m, Mapping)
+    ]
+    if recorded:
+        return {**meta, **recorded[0]}
+    from xmmcore.observation import read_meta, read_targets_csv
+
+    csv = _cfg_path(cfg.get("targets_csv"), obs_dir.parent)
+    if csv is not None and csv.exists():
+        for k, v in read_targets_csv(csv).get(obsid, {}).items():
+            meta.setdefault(k, v)
     data_dir = _cfg_path(cfg.get("data_dir"), obs_dir.parent)
     candidates = [obs_dir / "meta.json"] + ([data_dir / obsid / "meta.json"] if data_dir else [])
     for candidate in candidates:
         if candidate.exists():
-            for k, v in _read_json(candidate).items():
-                meta.setdefault(k, v)
-    csv = _cfg_path(cfg.get("targets_csv"), obs_dir.parent)
-    if csv is not None and csv.exists():
-        table = pd.read_csv(csv, dtype={"obsid": str})
-        hit = table[table["obsid"].astype(str) == obsid]
-        if len(hit):
-            for k, v in hit.iloc[0].to_dict().items():
+            for k, v in read_meta(candidate).items():
                 meta.setdefault(k, v)
     return meta
 
@@ -722,7 +731,9 @@ def _joint_rows(
     bands: Sequence[Sequence[float]],
     obs_rows: Mapping[str, Sequence[Mapping[str, Any]]],
     cfg: Mapping[str, Any],
+    skipped: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
+    """Rows of ``results/joint/*.json``; an unreadable file raises, or with ``skipped`` is left out and named."""
     rows: list[dict[str, Any]] = []
     jdir = results_dir / JOINT_DIR
     if not jdir.is_dir():
@@ -730,18 +741,36 @@ def _joint_rows(
     for path in sorted(jdir.glob("*.json")):
         if path.name.startswith("."):  # hidden files are never records
             continue
-        rows.extend(
-            joint_record_rows(results_dir, _read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg)
-        )
+        try:
+            rows.extend(
+                joint_record_rows(
+                    results_dir, _read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg
+                )
+            )
+        except _UNREADABLE as exc:
+            if skipped is None:
+                raise
+            skipped[f"{JOINT_DIR}/{path.name}"] = f"{type(exc).__name__}: {exc}"
     return rows
 
 
+#: What an unreadable or malformed record raises while its rows are built.
+_UNREADABLE = (InputDataError, OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError)
+
+
 def _obs_dirs(results_dir: Path) -> list[str]:
-    return sorted(
-        p.name
-        for p in results_dir.iterdir()
-        if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir())
-    )
+    """ObsID folders of ``results/``: valid ObsID names (never ``logs``, ``joint``...) with records."""
+    from xmmcore.observation import validate_obsid
+
+    out = []
+    for p in results_dir.iterdir():
+        try:
+            validate_obsid(p.name)
+        except InputDataError:
+            continue
+        if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir()):
+            out.append(p.name)
+    return sorted(out)
 
 
 def build(
@@ -749,6 +778,7 @@ def build(
     *,
     obsids: Iterable[str] | None = None,
     flux_bands_kev: Sequence[Sequence[float]] | None = None,
+    strict: bool = True,
 ) -> pd.DataFrame:
     """Build the catalogue DataFrame from a results folder.
 
@@ -761,6 +791,11 @@ def build(
     flux_bands_kev : sequence of (lo, hi), optional
         Flux bands with columns (default: ``fit.flux_bands_kev`` of ``config.resolved.yaml``, else the
         schema default).
+    strict : bool
+        Raise ``InputDataError`` (naming the file) for the first unreadable record. With ``False``
+        (what the survey and ``xmm-survey catalog build`` do) every ObsID whose records are good gets
+        its rows and each other one a single ``status="failed"`` row with the reason; unreadable joint
+        records are left out. Either way ``df.attrs["skipped"]`` maps them to their reasons.
 
     Returns
     -------
@@ -778,10 +813,32 @@ def build(
     ids = list(obsids) if obsids is not None else _obs_dirs(results_dir)
     rows: list[dict[str, Any]] = []
     obs_rows: dict[str, list[dict[str, Any]]] = {}
-    for obsid in ids:
-        obs_rows[obsid] = rows_for_obsid(results_dir, obsid, flux_bands_kev=bands, cfg=cfg)
-        rows.extend(obs_rows[obsid])
-    rows.extend(_joint_rows(results_dir, bands, obs_rows, cfg))
     cols = columns(bands)
+    skipped: dict[str, str] = {}
+    for obsid in ids:
+        try:
+            obs_rows[obsid] = rows_for_obsid(results_dir, obsid, flux_bands_kev=bands, cfg=cfg)
+        except _UNREADABLE as exc:
+            if strict:
+                raise
+            # One ObsID's unreadable records never cost the others their rows: it gets one row saying why.
+            reason = f"records unreadable: {type(exc).__name__}: {exc}"
+            skipped[obsid] = reason
+            row = empty_row(cols)
+            row.update(
+                obsid=obsid,
+                obsids=obsid,
+                kind="obs",
+                camera="epic",
+                region="src",
+                status="failed",
+                failure_reason=reason,
+                error_class=type(exc).__name__,
+            )
+            rows.append(row)
+            continue
+        rows.extend(obs_rows[obsid])
+    rows.extend(_joint_rows(results_dir, bands, obs_rows, cfg, None if strict else skipped))
     df = conform(pd.DataFrame(rows, columns=[c.name for c in cols]) if rows else pd.DataFrame(), cols)
+    df.attrs["skipped"] = skipped
     return df

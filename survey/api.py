@@ -14,7 +14,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import csv
 import fnmatch
 import logging
 import os
@@ -26,7 +25,14 @@ from typing import Any
 
 from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.fsutil import atomic_write_json
-from xmmcore.observation import Observation, discover, list_obsids, scan_data_dir, validate_obsid
+from xmmcore.observation import (
+    Observation,
+    discover,
+    list_obsids,
+    read_targets_csv,
+    scan_data_dir,
+    validate_obsid,
+)
 
 from .config import Config, write_resolved
 from .graph import (
@@ -52,7 +58,6 @@ __all__ = [
     "run_survey",
 ]
 
-_TARGET_FLOATS = ("ra", "dec", "z", "nh", "r500_kpc")
 NOT_SELECTED = "not selected by obsids"
 
 
@@ -164,50 +169,6 @@ def read_obsid_list(path: str | Path) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Per-target metadata from a CSV with columns ``obsid,name,ra,dec,z,nh,r500_kpc``.
-
-    Only ``obsid`` is required; empty cells are missing values; numbers are parsed as floats
-    (ra, dec [deg], z, nh [1e22 cm^-2], r500_kpc [kpc]); other columns are kept as text.
-
-    Raises
-    ------
-    InputDataError
-        Missing file, no ``obsid`` column, a value that is not a number (named by row and column).
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputDataError(f"cannot read the targets CSV ({exc})", path) from exc
-    out: dict[str, dict[str, Any]] = {}
-    rows = csv.DictReader(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    if not rows.fieldnames or "obsid" not in [f.strip().lower() for f in rows.fieldnames]:
-        raise InputDataError(f"no 'obsid' column (columns: {rows.fieldnames})", path)
-    for number, row in enumerate(rows, start=2):
-        clean = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
-        obsid = clean.pop("obsid")
-        try:
-            validate_obsid(obsid)
-        except InputDataError as exc:
-            raise InputDataError(f"row {number}: {exc}", path) from exc
-        meta: dict[str, Any] = {}
-        for key, value in clean.items():
-            if value == "":
-                continue
-            if key in _TARGET_FLOATS:
-                try:
-                    meta[key] = float(value)
-                except ValueError as exc:
-                    raise InputDataError(
-                        f"row {number}: column {key} = {value!r} is not a number", path
-                    ) from exc
-            else:
-                meta[key] = value
-        out[obsid] = meta
-    return out
-
-
 def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
     """The ObsIDs a survey covers, from ``obsids`` (list, list file or glob) or the targets CSV or ``data_dir``."""
     spec = cfg.get("obsids")
@@ -225,7 +186,11 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
         if Path(spec).is_file():
             return read_obsid_list(spec)
         if any(ch in spec for ch in "*?["):
-            return [o for o in list_obsids(data_dir, backend=backend) if fnmatch.fnmatch(o, spec)]
+            return [
+                o
+                for o in list_obsids(data_dir, backend=backend, exclude=_results_exclude(cfg))
+                if fnmatch.fnmatch(o, spec)
+            ]
         # One ObsID or a comma-separated list of them (``--obsids 0201903501,0404910601``).
         names = [n.strip() for n in spec.split(",") if n.strip()]
         if names and all((data_dir / n).is_dir() for n in names):
@@ -235,7 +200,12 @@ def resolve_obsids(cfg: Mapping[str, Any]) -> list[str]:
         )
     if cfg.get("targets_csv"):
         return list(read_targets_csv(cfg["targets_csv"]))
-    return list_obsids(data_dir, backend=backend)
+    return list_obsids(data_dir, backend=backend, exclude=_results_exclude(cfg))
+
+
+def _results_exclude(cfg: Mapping[str, Any]) -> list[Path]:
+    """The results folder, never an ObsID even when it lies inside ``data_dir``."""
+    return [Path(cfg["results_dir"])] if cfg.get("results_dir") else []
 
 
 def _backend_name(cfg: Mapping[str, Any]) -> str | None:
@@ -248,7 +218,7 @@ def skipped_folders(cfg: Mapping[str, Any], chosen: Sequence[str]) -> dict[str, 
 
     Folders that hold data but are not in ``chosen`` (an ``obsids`` selection) are ``not selected``.
     """
-    scan = scan_data_dir(cfg["data_dir"], backend=_backend_name(cfg))
+    scan = scan_data_dir(cfg["data_dir"], backend=_backend_name(cfg), exclude=_results_exclude(cfg))
     wanted = set(chosen)
     out = {f: why for f, why in scan.skipped.items() if f not in wanted}
     for obsid in scan.obsids:
@@ -389,7 +359,13 @@ def run_survey(
     write_resolved(cfg, results_dir)
     log = survey_logger(results_dir)
     try:
-        chosen = list(obsids) if obsids is not None else resolve_obsids(cfg)
+        if obsids is not None:
+            try:
+                chosen = [validate_obsid(o) for o in obsids]
+            except InputDataError as exc:
+                raise ConfigError(f"obsids: {exc}") from exc
+        else:
+            chosen = resolve_obsids(cfg)
         log.info(
             "survey start: %d ObsIDs, steps %s, config hash %s, data %s",
             len(chosen),

@@ -276,7 +276,7 @@ def build_catalogue(
         log.error(msg)
         return [], msg, {}
     try:
-        df = catalog.build(results_dir)
+        df = catalog.build(results_dir, strict=False)
         catalog_io.write_catalogue(df, results_dir)
     except Exception as exc:
         msg = f"catalogue not built: {type(exc).__name__}: {exc}"
@@ -284,6 +284,9 @@ def build_catalogue(
         return [], msg, {}
     paths = [p for p in (results_dir / "catalogue.parquet", results_dir / "catalogue.fits") if p.exists()]
     info: dict[str, Any] = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
+    info["skipped"] = dict(df.attrs.get("skipped") or {})
+    for name, reason in sorted(info["skipped"].items()):
+        log.warning("catalogue: %s left out or listed as failed: %s", name, reason)
     try:  # survey figures (kT/Z/flux histograms, L-T, sky, exposure vs S/N); a plot never loses the catalogue
         from catalog.plots import survey_figures
 

@@ -1,6 +1,7 @@
 """Survey status from the step records: table ObsID x step, counts, wall time per step; clean.
 
-States: ``done``, ``failed`` (with the reason), ``running`` (a record opened by a worker that has not
+States: ``done``, ``failed`` (with the reason), ``corrupt`` (an unreadable record: the next run
+recomputes the step), ``running`` (a record opened by a worker that has not
 finished: running now, or lost with its worker), ``pending`` (no record yet).
 """
 
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xmmcore.errors import ConfigError
+from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.observation import validate_obsid
 
-from .steps import read_record, record_path
+from .steps import INPUTS_ERROR_NAME, read_record, record_path
 
 __all__ = [
     "StepState",
@@ -28,7 +29,13 @@ __all__ = [
     "steps_for",
 ]
 
-_RESERVED = {"logs", "plots", "catalogue", "joint", "report"}
+
+def _is_obsid(name: str) -> bool:
+    try:
+        validate_obsid(name)
+    except InputDataError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -56,12 +63,13 @@ class SurveyStatus:
     steps: list[str]
     rows: dict[str, dict[str, StepState]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Step -> state -> number of ObsIDs."""
         out: dict[str, dict[str, int]] = {}
         for step in self.steps:
-            c = {"done": 0, "failed": 0, "running": 0, "pending": 0}
+            c = {"done": 0, "failed": 0, "running": 0, "pending": 0}  # + "corrupt" when there is one
             for row in self.rows.values():
                 c[row[step].state] = c.get(row[step].state, 0) + 1
             out[step] = c
@@ -88,7 +96,7 @@ class SurveyStatus:
         states = [s.state for s in self.rows[obsid].values()]
         if all(s == "done" for s in states):
             return "done"
-        for state in ("failed", "running"):
+        for state in ("failed", "corrupt", "running"):
             if state in states:
                 return state
         return "pending"
@@ -98,8 +106,8 @@ class SurveyStatus:
         out = {}
         for obsid, row in self.rows.items():
             for step in self.steps:
-                if row[step].state == "failed":
-                    out[obsid] = f"{step}: {row[step].exception}: {row[step].reason}"
+                if row[step].state in ("failed", "corrupt"):
+                    out[obsid] = f"{step}: {row[step].exception or 'corrupt'}: {row[step].reason}"
                     break
         return out
 
@@ -111,6 +119,7 @@ class SurveyStatus:
             "counts": self.counts(),
             "wall_time_s": self.wall_time(),
             "skipped": dict(self.skipped),
+            "notes": dict(self.notes),
         }
 
 
@@ -143,17 +152,19 @@ def collect_status(
         obsids = sorted(
             p.name
             for p in results_dir.iterdir()
-            if p.is_dir()
-            and p.name not in _RESERVED
-            and not p.name.startswith(".")
-            and ((p / "steps").is_dir() or (p / "logs").is_dir())
+            if p.is_dir() and _is_obsid(p.name) and ((p / "steps").is_dir() or (p / "logs").is_dir())
         )
     status = SurveyStatus(results_dir=results_dir, steps=step_names, skipped=_read_skipped(results_dir))
     for obsid in obsids:
         row = {}
         for step in step_names:
             rec = read_record(results_dir / obsid, step)
-            if rec is None:
+            path = record_path(results_dir / obsid, step)
+            if rec is None and path.exists():
+                row[step] = StepState(
+                    "corrupt", reason=f"unreadable step record {path} (recomputed on the next run)"
+                )
+            elif rec is None:
                 row[step] = StepState("pending")
             else:
                 state = rec.get("status", "pending")
@@ -164,6 +175,12 @@ def collect_status(
                     wall_s=rec.get("wall_s"),
                 )
         status.rows[obsid] = row
+        try:
+            note = json.loads((results_dir / obsid / INPUTS_ERROR_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            note = None
+        if isinstance(note, dict):
+            status.notes[obsid] = f"inputs unreadable now (finished records kept): {note.get('reason', '')}"
     return status
 
 
@@ -186,11 +203,13 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
     for obsid, row in status.rows.items():
         reason = ""
         for step in steps:
-            if row[step].state == "failed":
-                reason = f"{step}: {row[step].exception}: {row[step].reason}".replace("\n", " ")
+            if row[step].state in ("failed", "corrupt"):
+                reason = f"{step}: {row[step].exception or 'corrupt'}: {row[step].reason}".replace("\n", " ")
                 if len(reason) > width:
                     reason = reason[: width - 3] + "..."
                 break
+        if not reason and obsid in status.notes:
+            reason = status.notes[obsid][:width]
         lines.append(
             obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason
         )
@@ -201,7 +220,7 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
     lines.append(
         "step".ljust(col)
         + "  "
-        + "  ".join(k.rjust(7) for k in ("done", "failed", "running", "pending"))
+        + "  ".join(k.rjust(7) for k in ("done", "failed", "corrupt", "running", "pending"))
         + "   total_s    mean_s     max_s"
     )
     for step in steps:
@@ -209,7 +228,9 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
         lines.append(
             step.ljust(col)
             + "  "
-            + "  ".join(str(c[k]).rjust(7) for k in ("done", "failed", "running", "pending"))
+            + "  ".join(
+                str(c.get(k, 0)).rjust(7) for k in ("done", "failed", "corrupt", "running", "pending")
+            )
             + f"  {w['total']:8.2f}  {w['mean']:8.3f}  {w['max']:8.3f}"
         )
     n = len(status.rows)
@@ -235,10 +256,12 @@ def clean_obsid(results_dir: str | Path, obsid: str, *, step: str | None = None)
     Only the step records are removed with ``step`` (the next run recomputes those steps and
     overwrites their products atomically). Returns the paths removed.
     """
-    validate_obsid(obsid)
+    validate_obsid(obsid)  # refuses path-like and reserved names (logs, plots, joint...)
     root = Path(results_dir) / obsid
     if not root.is_dir():
         raise ConfigError(f"nothing to clean: {root} does not exist")
+    if not (root / "steps").is_dir():
+        raise ConfigError(f"clean: {root} has no steps/ records, so it is not an ObsID's results; left alone")
     if step is None:
         shutil.rmtree(root)
         return [root]

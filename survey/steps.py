@@ -19,6 +19,7 @@ exponential backoff.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -44,6 +45,7 @@ from .config import config_hash
 from .logs import step_logger
 
 __all__ = [
+    "INPUTS_ERROR_NAME",
     "RECORD_SCHEMA",
     "STEP_SECTIONS",
     "Pipeline",
@@ -61,6 +63,8 @@ __all__ = [
 ]
 
 RECORD_SCHEMA = 1
+#: ``results/<obsid>/inputs_error.json``: why the inputs of a finished ObsID cannot be read now.
+INPUTS_ERROR_NAME = "inputs_error.json"
 _MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 #: Configuration sections each pipeline step depends on (others: its own section if any).
@@ -442,6 +446,15 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     if task.obs is None:
         missing_exc, message = task.error or ("InputDataError", "observation not found")
         now = _now()
+        previous = read_record(outdir, task.step)
+        if previous is not None and previous.get("status") == "done":
+            # The inputs went bad after this ObsID finished (a meta.json typo): its finished records and
+            # products stand untouched; the run reports the failure and notes it beside the records.
+            atomic_write_json(
+                outdir / INPUTS_ERROR_NAME,
+                {"obsid": task.obsid, "reason": message, "exception": missing_exc, "time": now},
+            )
+            return _outcome(task, "failed", reason=message, exception=missing_exc)
         write_record(
             outdir,
             task.step,
@@ -467,6 +480,9 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         return _outcome(task, "failed", reason=message, exception=missing_exc)
 
     upstream_hash = str(upstream.get("inputs_hash", "")) if upstream else ""
+    if task.step == steps[0]:
+        with contextlib.suppress(OSError):
+            (outdir / INPUTS_ERROR_NAME).unlink(missing_ok=True)
     state, h, inputs, record = check_step(task, upstream_hash)
     if state == "cached":
         return _outcome(task, "cached", inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)))
@@ -489,6 +505,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         "versions": task.versions,
         "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
         "config_hash": task.config_hash or config_hash(task.cfg),
+        "meta": _jsonable(dict(task.obs.meta)),
         "host": socket.gethostname(),
         "pid": os.getpid(),
     }

@@ -6,12 +6,16 @@ value the pipeline must produce, never only that nothing raised.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import pytest
+import test_survey_helpers as helpers
 
 from survey.config import load_config, parse_override
-from xmmcore.errors import ConfigError
+from xmmcore.errors import ConfigError, InputDataError
+from xmmcore.observation import read_meta, read_targets_csv, scan_data_dir, validate_obsid
 
 # ----------------------------------------------------------------------------------------------
 # Configuration: YAML safety, duplicate keys, physical ranges
@@ -158,3 +162,149 @@ def test_pipeline_module_checked_before_import(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="dotted Python module name"):
         Pipeline.from_module(str(tmp_path / "evil_mod.py"))
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# ObsID identity: any folder name, reserved names, the results folder inside the data folder
+# ----------------------------------------------------------------------------------------------
+
+NON_UTF8 = os.fsdecode(b"0912\xff\xfe")
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("0201903501\n", ["not a plain name", "\\n"]),
+        ("logs", ["reserved"]),
+        ("config.resolved.yaml", ["reserved"]),
+        ("Catalogue.parquet", ["reserved"]),
+        ("-rf", ["not a plain name"]),
+        (".hidden", ["not a plain name"]),
+        (NON_UTF8, ["not a plain name", "\\xff\\xfe"]),
+        ("$(touch x)", ["not a plain name"]),
+    ],
+)
+def test_obsid_names_refused(name, words):
+    """Weak case: a trailing newline passed; defects 1 and 2: undecodable and reserved names."""
+    with pytest.raises(InputDataError) as info:
+        validate_obsid(name)
+    msg = str(info.value)
+    msg.encode("ascii")  # printable in any log or terminal
+    for word in words:
+        assert word in msg
+
+
+def test_scan_refuses_every_folder_that_is_not_an_obsid(tmp_path):
+    data = tmp_path / "data"
+    for name in ("0910000000", NON_UTF8, "logs", "catalogue.parquet", "joint"):
+        helpers.write_events(data / name / "pn_evts.fits", n=50, seed=1)
+    (data / "0910000009").mkdir()  # empty: was skipped silently
+    results = data / "results"  # --results inside --data: was a phantom ObsID on the next run
+    helpers.write_events(results / "0910000000" / "events" / "pn_clean.fits", n=50, seed=1)
+    (results / "config.resolved.yaml").write_text("{}\n")
+    scan = scan_data_dir(data, exclude=[results])
+    obsids, refused = scan.obsids, scan.skipped
+    assert obsids == ["0910000000"]
+    assert set(refused) == {"0912\\xff\\xfe", "logs", "catalogue.parquet", "joint", "0910000009", "results"}
+    assert "reserved" in refused["logs"] and "not a plain name" in refused["0912\\xff\\xfe"]
+    assert "results folder" in refused["results"] and refused["0910000009"] == "empty folder"
+    json.dumps(refused).encode("ascii")
+
+
+def test_clean_refuses_what_is_not_an_obsid(tmp_path):
+    """Defect 2: ``clean --obsid logs`` deleted the survey logs."""
+    from survey.status import clean_obsid
+
+    res = tmp_path / "results"
+    (res / "logs").mkdir(parents=True)
+    (res / "logs" / "survey.log").write_text("keep me\n")
+    (res / "0910000001" / "events").mkdir(parents=True)
+    with pytest.raises(InputDataError, match="reserved"):
+        clean_obsid(res, "logs")
+    with pytest.raises(ConfigError, match="no steps/ records"):
+        clean_obsid(res, "0910000001")
+    assert (res / "logs" / "survey.log").read_text() == "keep me\n"
+    assert (res / "0910000001" / "events").is_dir()
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata: meta.json and the targets CSV, one reader
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "meta, words",
+    [
+        ({"z": "0.1"}, ["key 'z'", "'0.1'", "not a number"]),
+        ({"ra": "12:30:00.0"}, ["key 'ra'", "sexagesimal"]),
+        ({"dec": 95.0}, ["key 'dec'", "outside -90..90"]),
+        ({"z": True}, ["key 'z'", "not a number"]),
+        ({"nh": -1}, ["key 'nh'", "outside"]),
+    ],
+)
+def test_meta_json_values_checked_with_file_and_key(tmp_path, meta, words):
+    """Weak case: string or sexagesimal z/ra raised Python exceptions deep in a step."""
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(InputDataError) as info:
+        read_meta(path)
+    assert str(path) in str(info.value)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_targets_csv_bom_comments_duplicates(tmp_path):
+    """Weak cases: an Excel BOM lost the obsid column; duplicate rows silently took the last."""
+    csv = tmp_path / "targets.csv"
+    csv.write_bytes(b"\xef\xbb\xbfobsid,name,z\n# a comment\n0910000001,A907,0.16\n")
+    assert read_targets_csv(csv) == {"0910000001": {"name": "A907", "z": 0.16}}
+    csv.write_text("obsid,z\n0910000001,0.1\n0910000002,0.2\n0910000001,0.3\n")
+    with pytest.raises(InputDataError) as info:
+        read_targets_csv(csv)
+    assert str(csv) in str(info.value) and "row 4" in str(info.value) and "first on row 2" in str(info.value)
+    csv.write_text("obsid,z,z\n0910000001,0.1,0.2\n")
+    with pytest.raises(InputDataError, match="duplicate column"):
+        read_targets_csv(csv)
+
+
+# ----------------------------------------------------------------------------------------------
+# The catalogue: every good ObsID, the others listed with reasons
+# ----------------------------------------------------------------------------------------------
+
+
+def test_catalogue_keeps_good_obsids_beside_a_corrupt_record(tmp_path):
+    """Defect 4: one unreadable record blocked the catalogue for every ObsID."""
+    import catalog
+
+    res = tmp_path / "results"
+    for obsid in ("0910000001", "0910000002"):
+        (res / obsid / "steps").mkdir(parents=True)
+        for step in ("filter", "regions", "spectra", "fit"):
+            rec = {"step": step, "status": "done", "meta": {"name": "A907", "z": 0.16}}
+            (res / obsid / "steps" / f"{step}.json").write_text(json.dumps(rec))
+    (res / "0910000002" / "steps" / "fit.json").write_text("{broken")
+    (res / "joint").mkdir()
+    (res / "joint" / "A907.json").write_text("[1, 2")
+    df = catalog.build(res, strict=False)
+    epic = df[(df.kind == "obs") & (df.camera == "epic")].set_index("obsid")
+    assert epic.loc["0910000001", "status"] == "partial"  # every step done, no fits/fit.json here
+    assert epic.loc["0910000001", "z_target"] == pytest.approx(0.16)
+    assert epic.loc["0910000002", "status"] == "failed"
+    assert "fit.json" in epic.loc["0910000002", "failure_reason"]
+    assert set(df.attrs["skipped"]) == {"0910000002", "joint/A907.json"}
+
+
+def test_status_shows_a_corrupt_record_as_corrupt(tmp_path):
+    """Weak case: a corrupt step record showed as "pending"."""
+    from survey.status import collect_status, format_status
+
+    res = tmp_path / "results"
+    (res / "0910000001" / "steps").mkdir(parents=True)
+    (res / "0910000001" / "steps" / "filter.json").write_text('{"status": "done", "wall_s": 1.0}')
+    (res / "0910000001" / "steps" / "regions.json").write_text("{torn")
+    status = collect_status(res, steps=["filter", "regions"])
+    row = status.rows["0910000001"]
+    assert row["filter"].state == "done" and row["regions"].state == "corrupt"
+    assert "regions.json" in row["regions"].reason
+    assert status.obsid_state("0910000001") == "corrupt"
+    assert "corrupt" in format_status(status) and "0910000001" in status.failed()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,10 @@ __all__ = [
     "discover",
     "is_timing_submode",
     "list_obsids",
+    "printable_name",
+    "read_meta",
     "read_odf_summary",
+    "read_targets_csv",
     "scan_data_dir",
     "validate_obsid",
 ]
@@ -61,7 +65,7 @@ _CAMERA_PATTERNS = [
     ("mos1", re.compile(r"(^|[^a-z0-9])(mos1|m1|emos1)([^a-z0-9]|$)|M1[SU]\d{3}|mos1", re.IGNORECASE)),
     ("mos2", re.compile(r"(^|[^a-z0-9])(mos2|m2|emos2)([^a-z0-9]|$)|M2[SU]\d{3}|mos2", re.IGNORECASE)),
 ]
-_OBSID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_OBSID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 #: PPS product name (XMM Data Files Handbook, table 37): P + ObsID + instrument + S/U + exposure + code.
 _PPS_NAME = re.compile(
     r"^P(?P<obsid>\d{10})(?P<inst>PN|M1|M2)(?P<sched>[SU])(?P<exp>\d{3})(?P<code>[A-Z0-9]{6})",
@@ -74,14 +78,53 @@ _ODF_RAW = re.compile(r"^\d{4}_\d{10}_[A-Z0-9]{2}[SUX]\d{3}", re.IGNORECASE)
 _TIMING_WORDS = ("timing", "burst", "fastuncompressed", "fastcompressed")
 
 
+#: Names of the results root's own files and folders: an ObsID may not take one of them (compared
+#: without case, for case-insensitive file systems).
+RESERVED_NAMES = frozenset(
+    {
+        "logs",
+        "plots",
+        "joint",
+        "report",
+        "catalogue",
+        "catalogue.parquet",
+        "catalogue.fits",
+        "config.resolved.yaml",
+        "skipped.json",
+        "steps",
+    }
+)
+
+
+def printable_name(name: object) -> str:
+    """``name`` as printable ASCII for messages, logs and JSON (undecodable bytes as ``\\xNN``)."""
+    text = str(name)
+    raw = text.encode("utf-8", "surrogateescape")
+    return (
+        raw.decode("ascii", "backslashreplace")
+        .encode("unicode_escape")
+        .decode("ascii")
+        .replace("\\\\x", "\\x")
+    )
+
+
 def validate_obsid(obsid: str) -> str:
     """Return ``obsid`` if it is a safe folder name, else raise ``InputDataError``.
 
-    ObsIDs become folder names under ``results/``; path separators or ``..`` would let
-    a bad list write outside the results root.
+    ObsIDs become folder names under ``results/`` and Dask task keys: only ASCII letters, digits,
+    ``_ . -`` (not first: ``.`` or ``-``), at most 64 characters, no ``..``, no newline, and not a
+    name of the results root's own files (:data:`RESERVED_NAMES`).
     """
-    if not _OBSID_RE.match(obsid) or obsid in {".", ".."} or ".." in obsid:
-        raise InputDataError(f"ObsID {obsid!r} is not a plain name (letters, digits, _ . -)")
+    if not isinstance(obsid, str) or not _OBSID_RE.fullmatch(obsid) or ".." in obsid:
+        raise InputDataError(
+            f"ObsID '{printable_name(obsid)}' is not a plain name (letters, digits, _ . -; "
+            "not starting with . or -; at most 64 characters)"
+        )
+    if obsid.lower() in RESERVED_NAMES:
+        raise InputDataError(
+            f"ObsID {obsid!r} is reserved for the results folder's own files "
+            f"({', '.join(sorted(RESERVED_NAMES))})"
+        )
     return obsid
 
 
@@ -354,16 +397,138 @@ class Observation:
         return dataclasses.replace(self, meta=merged)
 
 
+#: Target metadata that must be numbers, with their allowed ranges (low, high), inclusive.
+META_RANGES: dict[str, tuple[float, float]] = {
+    "z": (0.0, 20.0),
+    "ra": (0.0, 360.0),
+    "dec": (-90.0, 90.0),
+    "nh": (0.0, 100.0),
+    "r500_kpc": (0.0, 1e5),
+}
+#: A metadata file (meta.json, truth.json, targets CSV) larger than this is refused [bytes].
+MAX_META_BYTES = 10 << 20
+
+
+def _check_meta_value(key: str, value: Any, path: Path, label: str) -> float:
+    lo, hi = META_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = " (sexagesimal? give decimal degrees)" if key in ("ra", "dec") and ":" in str(value) else ""
+        raise InputDataError(f"{label} = {value!r} is not a number{hint}", path)
+    number = float(value)
+    if not (lo <= number <= hi):  # also refuses NaN
+        raise InputDataError(f"{label} = {value!r} is outside {lo:g}..{hi:g}", path)
+    return number
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if not path.is_file():
+            raise InputDataError("not a regular file", path)
+        size = path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise InputDataError(f"{size} bytes is more than a metadata file can be ({MAX_META_BYTES})", path)
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"cannot read ({exc})", path) from exc
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
         raise InputDataError(f"cannot read JSON ({exc})", path) from exc
     if not isinstance(data, dict):
         raise InputDataError("expected a JSON object", path)
     return data
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Target metadata from ``meta.json`` (empty when absent), numbers checked with the key named.
+
+    ``z``, ``ra``, ``dec`` [deg], ``nh`` [1e22 cm^-2], ``r500_kpc`` must be JSON numbers within
+    :data:`META_RANGES` (a string such as ``"0.1"`` or ``"12:30:00"`` is refused, not guessed).
+
+    Raises
+    ------
+    InputDataError
+        Unreadable file, not a JSON object, or a value that is not a number in its range.
+    """
+    path = Path(path)
+    meta = _read_json(path)
+    for key in META_RANGES:
+        if meta.get(key) is not None:
+            meta[key] = _check_meta_value(key, meta[key], path, f"key {key!r}")
+    return meta
+
+
+def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per-target metadata from a CSV with columns ``obsid,name,ra,dec,z,nh,r500_kpc``: the one reader.
+
+    The pipeline and the catalogue both read targets through this function. Only ``obsid`` is
+    required; a UTF-8 byte-order mark (Excel) is ignored; lines starting with ``#`` are comments; empty
+    cells are missing values; numbers are checked like :func:`read_meta`; other columns are text. Where
+    an ObsID has both, the CSV's values win over its ``meta.json`` (:meth:`Observation.with_meta`).
+
+    Raises
+    ------
+    InputDataError
+        Missing file, no ``obsid`` column, a duplicate column or ObsID row, a value that is not a
+        number (named by row and column).
+    """
+    import csv
+
+    path = Path(path)
+    text = _read_text(path)
+    numbered = [
+        (n, line) for n, line in enumerate(text.splitlines(), start=1) if not line.lstrip().startswith("#")
+    ]
+    numbered = [(n, line) for n, line in numbered if line.strip()]
+    if not numbered:
+        raise InputDataError("empty targets CSV (no header with an 'obsid' column)", path)
+    reader = csv.reader(line for _n, line in numbered)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise InputDataError(f"not a valid CSV ({exc})", path) from exc
+    header = [h.strip().lower() for h in rows[0]]
+    dupes = sorted({h for h in header if header.count(h) > 1 and h})
+    if dupes:
+        raise InputDataError(f"duplicate column(s) {', '.join(dupes)} in the header", path)
+    if "obsid" not in header:
+        raise InputDataError(f"no 'obsid' column (columns: {rows[0]})", path)
+    out: dict[str, dict[str, Any]] = {}
+    first_row: dict[str, int] = {}
+    for (number, _line), cells in zip(numbered[1:], rows[1:]):
+        if len(cells) > len(header):
+            raise InputDataError(f"row {number}: {len(cells)} cells for {len(header)} columns", path)
+        clean = dict(zip(header, (c.strip() for c in cells)))
+        obsid = clean.pop("obsid", "")
+        try:
+            validate_obsid(obsid)
+        except InputDataError as exc:
+            raise InputDataError(f"row {number}: {exc}", path) from exc
+        if obsid in first_row:
+            raise InputDataError(
+                f"row {number}: ObsID {obsid} is listed twice (first on row {first_row[obsid]}); give each once",
+                path,
+            )
+        first_row[obsid] = number
+        meta: dict[str, Any] = {}
+        for key, value in clean.items():
+            if value == "" or not key:
+                continue
+            if key in META_RANGES:
+                try:
+                    number_value: Any = float(value)
+                except ValueError:
+                    number_value = value
+                meta[key] = _check_meta_value(key, number_value, path, f"row {number}: column {key}")
+            else:
+                meta[key] = value
+        out[obsid] = meta
+    return out
 
 
 def _list_info(path: Path) -> dict[str, Any]:
@@ -524,7 +689,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
         arf_files=arfs,
         odf_dir=odf_dir,
         ccf=ccf,
-        meta=_read_json(root / "meta.json"),
+        meta=read_meta(root / "meta.json"),
         truth=_read_json(root / "truth.json"),
         other_exposures=others,
         skipped_cameras=skipped,
@@ -545,25 +710,41 @@ class DataScan:
         return {"obsids": list(self.obsids), "skipped": dict(self.skipped)}
 
 
-def scan_data_dir(data_dir: str | Path, *, backend: str | None = None) -> DataScan:
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or a.samefile(b)
+    except OSError:
+        return False
+
+
+def scan_data_dir(
+    data_dir: str | Path, *, backend: str | None = None, exclude: Sequence[str | Path] = ()
+) -> DataScan:
     """Sort every folder of ``data_dir`` into ObsIDs to process and skipped folders (with the reason).
 
-    Reasons: ``hidden folder``, ``not a plain ObsID name``, ``empty folder``, ``ODF only: needs the SAS
-    backend`` (Python backend), ``unsupported mode: ...``, ``no EPIC event list ...``. Plain files at the
-    top level are not folders and are ignored.
+    Reasons: ``hidden folder``, ``not a plain name`` (not UTF-8, path or shell characters, a trailing
+    newline...), ``reserved`` (a name of the results folder's own files), ``a results folder`` (one of
+    ``exclude`` or holding ``config.resolved.yaml``: ``--results`` inside ``--data``), ``empty folder``,
+    ``ODF only: needs the SAS backend`` (Python backend), ``unsupported mode: ...``, ``no EPIC event
+    list ...``. Plain files at the top level are not folders and are ignored. Skipped folder names are
+    printable (:func:`printable_name`), so they can be logged and written as JSON.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputDataError("data directory does not exist", data_dir)
+    excluded = [Path(e) for e in exclude]
     obsids: list[str] = []
     skipped: dict[str, str] = {}
     for sub in sorted(p for p in data_dir.iterdir() if p.is_dir()):
-        name = sub.name
-        if name.startswith("."):
+        name = printable_name(sub.name)
+        if sub.name.startswith("."):
             skipped[name] = "hidden folder"
             continue
+        if any(_same_dir(sub, e) for e in excluded) or (sub / "config.resolved.yaml").exists():
+            skipped[name] = "a results folder (results_dir inside data_dir), not an ObsID"
+            continue
         try:
-            validate_obsid(name)
+            validate_obsid(sub.name)
         except InputDataError as exc:
             skipped[name] = str(exc)
             continue
@@ -571,15 +752,17 @@ def scan_data_dir(data_dir: str | Path, *, backend: str | None = None) -> DataSc
             skipped[name] = "empty folder"
             continue
         try:
-            discover(data_dir, name, backend=backend)
+            discover(data_dir, sub.name, backend=backend)
         except InputDataError as exc:
             text = str(exc)
             skipped[name] = text.split(": ", 1)[1] if exc.path and text.startswith(exc.path) else text
             continue
-        obsids.append(name)
+        obsids.append(sub.name)
     return DataScan(obsids, skipped)
 
 
-def list_obsids(data_dir: str | Path, *, backend: str | None = None) -> list[str]:
+def list_obsids(
+    data_dir: str | Path, *, backend: str | None = None, exclude: Sequence[str | Path] = ()
+) -> list[str]:
     """ObsID folders under ``data_dir`` that hold an event list (or, unless ``backend="python"``, an ODF)."""
-    return scan_data_dir(data_dir, backend=backend).obsids
+    return scan_data_dir(data_dir, backend=backend, exclude=exclude).obsids

@@ -25,7 +25,7 @@ def _build(args: argparse.Namespace) -> int:
     from catalog import io
 
     try:
-        df = catalog.build(args.results)
+        df = catalog.build(args.results, strict=False)
         paths = io.write_catalogue(df, args.results, append=not args.replace)
     except XmmSurveyError as exc:
         return _fail(exc)
@@ -35,6 +35,8 @@ def _build(args: argparse.Namespace) -> int:
         f"catalogue: {len(df)} rows ({n_obs} ObsIDs, {n_fail} not done) -> "
         + ", ".join(str(p) for p in paths.values())
     )
+    for name, reason in sorted((df.attrs.get("skipped") or {}).items()):
+        print(f"  {name}: {reason}")
     return 0
 
 
