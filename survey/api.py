@@ -34,7 +34,7 @@ from xmmcore.observation import (
     validate_obsid,
 )
 
-from .config import Config, write_resolved
+from .config import Config, check_environment, check_obsid_selection, write_resolved
 from .graph import (
     ObsPlan,
     build_catalogue,
@@ -355,6 +355,10 @@ def run_survey(
     if not data_dir.is_dir():
         # Before anything is written: a wrong --data must not overwrite the records of a good run.
         raise InputDataError("data directory does not exist", data_dir.resolve())
+    # Missing tools and ObsID typos stop the run here, before any record is written or a cluster starts.
+    check_environment(cfg, where="run", cluster=client is None)
+    if obsids is None:
+        check_obsid_selection(cfg, where="run")
     results_dir = _results_dir(cfg)
     write_resolved(cfg, results_dir)
     log = survey_logger(results_dir)

@@ -73,10 +73,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, for_run: bool = False) -> Any:
     from .config import load_config
 
-    return load_config(args.config, _overrides(args))
+    return load_config(args.config, _overrides(args), for_run=for_run)
 
 
 def _report_exit(report: Any) -> int:
@@ -91,7 +91,7 @@ def _report_exit(report: Any) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .api import run_survey
 
-    cfg = _load(args)
+    cfg = _load(args, for_run=not args.catalogue_only)
     if args.catalogue_only:
         from .graph import build_catalogue
 
@@ -110,8 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_run_one(args: argparse.Namespace) -> int:
     from .api import read_obsid_list, run_one
+    from .config import check_environment
 
     cfg = _load(args)
+    check_environment(cfg.to_dict(), where="run-one", cluster=False)  # a compute node needs no sbatch
     obsid = args.obsid
     if obsid is None:
         if not args.obsid_list or args.index is None:
@@ -154,7 +156,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from .api import run_survey
-    from .config import load_config, read_resolved
+    from .config import check_environment, load_config, read_resolved
     from .status import failed_obsids
 
     if not args.failed:
@@ -167,6 +169,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
         extra = _overrides(args)
         if extra:
             cfg = cfg.with_overrides(extra)
+    check_environment(cfg.to_dict(), where="retry")
     todo = failed_obsids(cfg["results_dir"])
     if not todo:
         print("no failed ObsIDs")

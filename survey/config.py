@@ -39,7 +39,9 @@ __all__ = [
     "MAX_LOCAL_WORKERS",
     "RESOLVED_NAME",
     "Config",
+    "check_environment",
     "check_limits",
+    "check_obsid_selection",
     "config_hash",
     "example_config_text",
     "load_config",
@@ -358,7 +360,10 @@ def _apply_overrides(
 
 
 def load_config(
-    path: str | os.PathLike[str] | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None
+    path: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    *,
+    for_run: bool = False,
 ) -> Config:
     """Resolve the configuration: defaults < YAML file < overrides.
 
@@ -368,6 +373,10 @@ def load_config(
         A YAML file with any subset of the keys of ``survey/defaults.yaml``.
     overrides : list of "key.sub=value" strings, or a mapping dotted key -> value, optional
         Command-line settings; string values are parsed as YAML (``fit.notice_kev=[0.3,8]``).
+    for_run : bool
+        Also check what a run needs before any work starts: :func:`check_environment` (the tools of the
+        chosen backends, engines and cluster) and :func:`check_obsid_selection` (every listed ObsID
+        has a folder).
 
     Returns
     -------
@@ -401,7 +410,11 @@ def load_config(
     if overrides:
         _apply_overrides(data, overrides, reference=reference)
         sources.append("cli")
-    check_limits(data, where=" < ".join(sources[1:]) or "defaults")
+    where = " < ".join(sources[1:]) or "defaults"
+    check_limits(data, where=where)
+    if for_run:
+        check_environment(data, where=where)
+        check_obsid_selection(data, where=where)
     return Config(data, tuple(sources))
 
 
@@ -634,3 +647,127 @@ def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> No
             f"{where}: pipeline.module must be a dotted Python module name (xmmcore.pipeline), got "
             f"{module!r}; it is checked before it is imported"
         )
+
+
+def check_environment(data: Mapping[str, Any], *, where: str = "configuration", cluster: bool = True) -> None:
+    """Check that the tools the configuration selects are installed, before any work starts.
+
+    ``backend.reduction: sas`` needs SAS (``SAS_DIR`` or ``sas.sas_dir`` and its tasks on the PATH),
+    ``backend.fitting: xspec`` needs PyXspec, and (when ``cluster``) ``cluster.kind: slurm`` needs ``sbatch``
+    on the PATH (``run-one`` inside a job array passes ``cluster=False``: compute nodes need no ``sbatch``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value, the missing tool and what to install or set.
+    """
+    backend = data.get("backend") or {}
+    if backend.get("reduction") == "sas":
+        from xmmcore.backends.sas import SasBackend
+        from xmmcore.errors import ToolNotFoundError
+
+        try:
+            SasBackend().check_installation(("evselect", "sasversion"), cfg=data)
+        except ToolNotFoundError as exc:  # its message names backend.reduction and what to set
+            raise ConfigError(f"{where}: {exc}") from exc
+    if backend.get("fitting") == "xspec":
+        from xmmcore.fitting.engines.xspec import missing_xspec_hint, xspec_available
+
+        if not xspec_available():
+            raise ConfigError(f"{where}: {missing_xspec_hint()}")
+    kind = (data.get("cluster") or {}).get("kind")
+    if cluster and kind == "slurm":
+        _check_slurm(where)
+
+
+def _check_slurm(where: str) -> None:
+    """``sbatch`` on the PATH and a controller that answers ``sinfo`` (else dask-jobqueue retries forever)."""
+    import shutil
+    import tempfile
+
+    from xmmcore.errors import ExternalToolError, ToolNotFoundError
+    from xmmcore.tools import run_tool
+
+    advice = (
+        "run xmm-survey on a SLURM login node (or `sbatch slurm/driver.sbatch`), start SLURM "
+        "(slurm/local-cluster.sh for one machine), or use cluster.kind: local"
+    )
+    if shutil.which("sbatch") is None:
+        raise ConfigError(
+            f"{where}: cluster.kind = slurm, but sbatch is not on the PATH of this machine: {advice}"
+        )
+    if shutil.which("sinfo") is None:
+        return  # sbatch alone (a site wrapper): let the submission say what is wrong
+    with tempfile.TemporaryDirectory(prefix="xmm-survey-sinfo-") as tmp:
+        try:
+            run_tool(["sinfo", "--noheader", "--format=%P"], cwd=tmp, timeout_s=20.0, check_sas_errors=False)
+        except (ExternalToolError, ToolNotFoundError) as exc:
+            tail = " ".join(str(getattr(exc, "output_tail", "") or exc).split())[-300:]
+            raise ConfigError(
+                f"{where}: cluster.kind = slurm, but the SLURM controller does not answer (sinfo: {tail}): {advice}"
+            ) from exc
+
+
+def _listed_obsids(spec: Any, where: str) -> list[tuple[str, str]]:
+    """``(label, name)`` of every ObsID named by ``obsids`` (a list, a list file, or IDs with commas).
+
+    A glob selects among existing folders, so it names none.
+    """
+    from xmmcore.errors import InputDataError
+    from xmmcore.observation import validate_obsid
+
+    if isinstance(spec, list):
+        items = [(f"obsids[{i}]", str(v).strip()) for i, v in enumerate(spec)]
+    elif isinstance(spec, str) and Path(spec).is_file():
+        try:
+            text = Path(spec).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{where}: obsids: cannot read the ObsID list {spec}: {exc}") from exc
+        items = [
+            (f"obsids ({spec}:{n})", line.split("#", 1)[0].strip())
+            for n, line in enumerate(text.splitlines(), start=1)
+            if line.split("#", 1)[0].strip()
+        ]
+    elif isinstance(spec, str) and not any(ch in spec for ch in "*?["):
+        items = [("obsids", n.strip()) for n in spec.split(",") if n.strip()]
+    else:
+        return []
+    for label, name in items:
+        try:
+            validate_obsid(name)
+        except InputDataError as exc:
+            raise ConfigError(f"{where}: {label}: {exc}") from exc
+    return items
+
+
+def check_obsid_selection(data: Mapping[str, Any], *, where: str = "configuration") -> None:
+    """Every ObsID that ``obsids`` names is a plain name with a folder under ``data_dir``.
+
+    A typo in a list is a configuration error before any cluster starts, with the closest folder names,
+    not a failed ObsID (and a failed catalogue row) after the run. Skipped when ``data_dir`` does not exist
+    (the run refuses that itself, naming the folder).
+
+    Raises
+    ------
+    ConfigError
+        Naming the entry (``obsids[2]``, ``obsids (list.txt:4)``) and the folders it could have meant.
+    """
+    import difflib
+
+    items = _listed_obsids(data.get("obsids"), where)
+    data_dir = Path(str(data.get("data_dir") or "data"))
+    if not items or not data_dir.is_dir():
+        return
+    missing = [(label, name) for label, name in items if not (data_dir / name).is_dir()]
+    if not missing:
+        return
+    folders = sorted(p.name for p in data_dir.iterdir() if p.is_dir())
+    lines = []
+    for label, name in missing[:10]:
+        close = difflib.get_close_matches(name, folders, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        if label == "obsids" and len(items) == 1:
+            hint += " and there is no ObsID list file of that name"
+        lines.append(f"{label}: {name!r} has no folder in {data_dir}{hint}")
+    more = f"; and {len(missing) - 10} more" if len(missing) > 10 else ""
+    raise ConfigError(f"{where}: " + "; ".join(lines) + more)

@@ -164,3 +164,86 @@ def test_enumerated_values_are_checked_before_anything_runs(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"{key} must be one of"):
         load_config(None, [override])
+
+
+# ------------------------------------------------------------------ checks before a run (load_config(for_run=True))
+def _data_folders(tmp_path, *names):
+    data = tmp_path / "data"
+    for name in names:
+        (data / name).mkdir(parents=True)
+    return data
+
+
+def test_obsid_list_typo_names_the_entry_and_the_folder_meant(tmp_path):
+    data = _data_folders(tmp_path, "0900300001", "0900300101")
+    listing = tmp_path / "obsids.txt"
+    listing.write_text("# survey\n0900300001\n09003O0101\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"data_dir": str(data), "obsids": str(listing)}, for_run=True)
+    msg = str(info.value)
+    assert f"obsids ({listing}:3)" in msg and "'09003O0101' has no folder" in msg and "0900300101" in msg
+    with pytest.raises(ConfigError, match=r"obsids\[1\]: '0900300011' has no folder"):
+        load_config(None, {"data_dir": str(data), "obsids": ["0900300001", "0900300011"]}, for_run=True)
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        load_config(None, {"data_dir": str(data), "obsids": ["0900300001", "../etc"]}, for_run=True)
+    with pytest.raises(ConfigError, match="no ObsID list file of that name"):
+        load_config(None, {"data_dir": str(data), "obsids": "obsid.txt"}, for_run=True)
+    # what exists passes; a glob names no ObsID; without for_run (status, catalog) nothing is checked
+    ok = load_config(None, {"data_dir": str(data), "obsids": "0900300001,0900300101"}, for_run=True)
+    assert ok["obsids"] == "0900300001,0900300101"
+    load_config(None, {"data_dir": str(data), "obsids": "09003*"}, for_run=True)
+    load_config(None, {"data_dir": str(data), "obsids": ["0900300011"]})
+
+
+def _fake_tools(bin_dir, **scripts):
+    import os
+
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text("#!/bin/sh\n" + body + "\n")
+        path.chmod(0o755)
+    return str(bin_dir) + os.pathsep + "/nonexistent-bin"
+
+
+def test_slurm_without_sbatch_or_controller_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", _fake_tools(tmp_path / "none"))
+    with pytest.raises(ConfigError, match="cluster.kind = slurm, but sbatch is not on the PATH"):
+        load_config(None, ["cluster.kind=slurm"], for_run=True)
+    load_config(None, ["cluster.kind=slurm"])  # loading alone (status, catalog) needs no SLURM
+    monkeypatch.setenv(
+        "PATH",
+        _fake_tools(
+            tmp_path / "bin",
+            sbatch="exit 1",
+            sinfo="echo 'sinfo: fatal: Could not establish a configuration source' >&2; exit 1",
+        ),
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["cluster.kind=slurm"], for_run=True)
+    assert "controller does not answer" in str(info.value) and "Could not establish" in str(info.value)
+    monkeypatch.setenv("PATH", _fake_tools(tmp_path / "ok", sbatch="exit 0", sinfo="echo debug; exit 0"))
+    assert load_config(None, ["cluster.kind=slurm"], for_run=True)["cluster"]["kind"] == "slurm"
+
+
+def test_cli_stops_in_seconds_on_a_typo_with_nothing_written(tmp_path, monkeypatch, capsys):
+    """A typo in an ObsID list, or SLURM selected where there is none, exits 2 before any record is
+    written or any Dask cluster starts."""
+    import time
+
+    from survey import cli
+
+    data = _data_folders(tmp_path, "0900300001")
+    results = tmp_path / "results"
+    t0 = time.perf_counter()
+    code = cli.main(
+        ["run", "--data", str(data), "--results", str(results), "--obsids", "0900300001,0900300010"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "'0900300010' has no folder" in err and "0900300001" in err
+    monkeypatch.setenv("PATH", _fake_tools(tmp_path / "none"))
+    code = cli.main(["run", "--data", str(data), "--results", str(results), "--cluster", "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sbatch is not on the PATH" in err and "Traceback" not in err
+    assert time.perf_counter() - t0 < 10.0
+    assert not results.exists()
