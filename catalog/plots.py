@@ -18,6 +18,7 @@ import pandas as pd
 
 from xmmcore.errors import InputDataError
 from xmmcore.fsutil import atomic_path
+from xmmcore.observation import CAMERAS
 
 __all__ = [
     "BcesFit",
@@ -311,7 +312,7 @@ def plot_exposure_snr(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Clean exposure vs signal-to-noise per camera, with the sqrt(t) expectation through the median."""
     rows = df[(df["kind"] == "obs") & (df["camera"] != "epic")]
     fig, ax = _figure()
-    for k, cam in enumerate(("pn", "mos1", "mos2")):
+    for k, cam in enumerate(CAMERAS):
         sel = rows[(rows["camera"] == cam) & (rows["exposure_s"] > 0) & (rows["snr"] > 0)]
         if len(sel):
             ax.scatter(sel["exposure_s"] / 1e3, sel["snr"], s=20, color=f"C{k}", label=cam)

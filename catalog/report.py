@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from xmmcore.fsutil import atomic_path, atomic_write_text
+from xmmcore.observation import CAMERAS
+from xmmcore.products import ObsProducts
 
 from . import build, io, load
 from .query import failures, science_rows
@@ -183,7 +185,7 @@ def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
 def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) -> str:
     rows = df[(df["obsid"] == obsid) & (df["kind"] == "obs")]
     epic = rows[rows["camera"] == "epic"].iloc[0]
-    order = {c: i for i, c in enumerate(("pn", "mos1", "mos2"))}
+    order = {c: i for i, c in enumerate(CAMERAS)}
     cams = rows[rows["camera"] != "epic"].sort_values(
         "camera", key=lambda s: s.map(lambda c: order.get(c, 9))
     )
@@ -270,27 +272,30 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
             f" (converged: {'yes' if epic.converged else 'no'})</p>"
             + _table(["parameter", "value", ""], params)
         )
-    plots = results_dir / obsid / "plots"
-    rel = os.path.relpath(plots, out_dir / "obs")
+    products = ObsProducts(results_dir / obsid)
     figs = []
-    for label, names in (
-        ("Light curves", [f"{c}_lightcurve.png" for c in ("pn", "mos1", "mos2")]),
-        ("Image and regions", [f"{c}_image.png" for c in ("pn", "mos1", "mos2")]),
-        ("Spectra and fit", ["spectrum_fit.png"]),
+    for label, paths in (
+        ("Light curves", [products.lightcurve_plot(c) for c in CAMERAS]),
+        ("Image and regions", [products.image_plot(c) for c in CAMERAS]),
+        ("Spectra and fit", [products.fit_plot]),
     ):
-        present = [n for n in names if (plots / n).exists()]
+        present = [
+            (Path(os.path.relpath(p, out_dir / "obs")).as_posix(), p.name) for p in paths if p.exists()
+        ]
         figs.append(f"<h2>{label}</h2>")
         if present:
             figs.append(
                 '<div class="figs">'
                 + "".join(
-                    f'<a href="{html.escape(rel)}/{n}"><img src="{html.escape(rel)}/{n}" alt="{n}"></a>'
-                    for n in present
+                    f'<a href="{html.escape(r)}"><img src="{html.escape(r)}" alt="{n}"></a>'
+                    for r, n in present
                 )
                 + "</div>"
             )
         else:
-            figs.append(f'<p class="note">not produced ({", ".join(names)} absent in {obsid}/plots/)</p>')
+            figs.append(
+                f'<p class="note">not produced ({", ".join(p.name for p in paths)} absent in {obsid}/{products.rel(products.plots_dir)}/)</p>'
+            )
     parts += figs
     parts.append(
         f'<h2>Provenance</h2><p class="note">config hash <code>{html.escape(epic.config_hash)}</code>, '

@@ -1,7 +1,7 @@
 """Catalogue rows built from the files under ``results/`` (no fitting, no reduction, no data/ access).
 
 * :func:`rows_for_obsid`: the ``epic`` row and one row per camera of an ObsID from its step records,
-  ``fits/fit*.json`` and ``regions/regions.json``;
+  ``fits/fit.json`` and ``regions/regions.json``;
 * :func:`joint_rows`: the rows of a joint fit (``results/joint/<target>.json``, written by
   ``record_joint`` of xmmcore's ``fitting/joint.py``), one per dataset with its cross-normalisation;
 * :func:`combine_rows`: a ``kind="combined"`` row, the weighted mean (:func:`xmmcore.combine.weighted_mean`)
@@ -24,6 +24,8 @@ import pandas as pd
 
 from xmmcore.combine import weighted_mean
 from xmmcore.errors import InputDataError
+from xmmcore.pipeline import STEPS
+from xmmcore.products import ObsProducts
 
 from . import io
 from .schema import (
@@ -49,7 +51,6 @@ __all__ = [
     "rows_for_obsid",
 ]
 
-STEPS = ("filter", "regions", "spectra", "fit")
 JOINT_DIR = "joint"
 
 
@@ -357,7 +358,7 @@ def _meta_for(
 
 def _load_steps(obs_dir: Path) -> dict[str, dict[str, Any]]:
     steps: dict[str, dict[str, Any]] = {}
-    for path in sorted((obs_dir / "steps").glob("*.json")):
+    for path in sorted(ObsProducts(obs_dir).steps_dir.glob("*.json")):
         rec = _read_json(path)
         steps[str(rec.get("step") or path.stem)] = rec
     return steps
@@ -444,20 +445,21 @@ def rows_for_obsid(
 ) -> list[dict[str, Any]]:
     """Catalogue rows (plain dicts) of one ObsID: an ``epic`` row plus one row per camera.
 
-    Reads ``results/<obsid>/steps/*.json``, ``regions/regions.json`` and ``fits/fit*.json``;
+    Reads ``results/<obsid>/steps/*.json``, ``regions/regions.json`` and ``fits/fit.json``;
     absent files give missing values, never an exception. A failed ObsID still gets its rows with
     ``status="failed"`` and the reason.
     """
     results_dir = Path(results_dir)
     cfg = dict(cfg) if cfg is not None else read_config(results_dir)
     obs_dir = results_dir / obsid
+    products = ObsProducts(obs_dir)
     steps = _load_steps(obs_dir)
     cols = columns(flux_bands_kev)
     base = empty_row(cols)
     base.update({"obsid": obsid, "kind": "obs", "region": "src"})
     base.update(_meta_columns(_meta_for(obsid, obs_dir, steps, cfg), obsid))
     base.update(_provenance(steps))
-    reg_path = obs_dir / "regions" / "regions.json"
+    reg_path = products.regions_json
     regions = _read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
     base.update(_region_columns(regions))
 
@@ -466,18 +468,13 @@ def rows_for_obsid(
     failed_cams = _failed_cameras(steps)
     cams = _cameras_in(filt, spec, extra=failed_cams)
 
-    fits_dir = obs_dir / "fits"
-    fit_files: list[Path | None] = []
-    if fits_dir.is_dir():
-        fit_files.extend(sorted(fits_dir.glob("fit*.json")))
+    fit_path: Path | None = products.fit_json if products.fit_json.exists() else None
     rows: list[dict[str, Any]] = []
-    for fit_path in fit_files or [None]:
+    for _ in (fit_path,):
         region = "src"
         fit_row: dict[str, Any] = {}
         cross: dict[str, tuple[float, float, float]] = {}
         if fit_path is not None:
-            stem = fit_path.stem
-            region = stem[4:] if stem.startswith("fit_") else "src"
             fit_row, cross = fit_to_row(_read_json(fit_path), flux_bands_kev=flux_bands_kev)
         epic = dict(base, **fit_row, camera="epic", region=region)
         if epic["fit_engine"] == "" and fit_path is None and epic["status"] == "done":
@@ -704,7 +701,7 @@ def joint_record_rows(
     for obsid in rec.get("obsids") or sorted({_input_name(i)[0] for i in inputs}):
         if obs_rows is not None and obsid in obs_rows:
             per_obs.extend(obs_rows[obsid])
-        elif (results_dir / obsid / "steps").is_dir():
+        elif ObsProducts(results_dir / obsid).steps_dir.is_dir():
             per_obs.extend(rows_for_obsid(results_dir, obsid, flux_bands_kev=flux_bands_kev, cfg=cfg))
     combined = _combined_row(per_obs, name, flux_bands_kev)
     if combined is not None:
@@ -768,7 +765,7 @@ def _obs_dirs(results_dir: Path) -> list[str]:
             validate_obsid(p.name)
         except InputDataError:
             continue
-        if p.is_dir() and ((p / "steps").is_dir() or (p / "fits").is_dir()):
+        if p.is_dir() and (ObsProducts(p).steps_dir.is_dir() or ObsProducts(p).fits_dir.is_dir()):
             out.append(p.name)
     return sorted(out)
 

@@ -4,7 +4,7 @@ One row per (``obsid``, ``camera``, ``region``, ``kind``):
 
 * ``kind="obs"``, ``camera="epic"``: the fit of one ObsID (all its cameras fitted jointly, as the
   ``fit`` step does) with summed counts; this is the row science queries use.
-* ``kind="obs"``, ``camera in ("pn", "mos1", "mos2")``: per-camera data quantities (exposure, flare
+* ``kind="obs"``, ``camera in CAMERAS`` (pn, mos1, mos2): per-camera data quantities (exposure, flare
   fraction, counts, S/N) and that camera's cross-normalisation constant; fitted physical parameters are
   NaN there (they belong to the ``epic`` row).
 * ``kind="joint"``: a simultaneous fit over several ObsIDs (``obsid`` = target name, ``obsids`` lists them).
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from xmmcore.constants import CAMERAS, DEFAULT_FLUX_BANDS_KEV
+
 __all__ = [
     "CAMERA_ROWS",
     "DEFAULT_FLUX_BANDS_KEV",
@@ -49,8 +51,7 @@ __all__ = [
 SCHEMA_VERSION = "2.0"  # 2.0: Z -> abund, FITS units, nullable integers
 KEY = ("obsid", "camera", "region", "kind")
 KINDS = ("obs", "joint", "combined", "stack")
-CAMERA_ROWS = ("pn", "mos1", "mos2")
-DEFAULT_FLUX_BANDS_KEV: tuple[tuple[float, float], ...] = ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
+CAMERA_ROWS = CAMERAS  # per-camera rows, in this order
 
 _DTYPES = {"str": object, "float64": np.float64, "int64": "Int64", "bool": np.bool_}
 _MISSING: dict[str, Any] = {"str": "", "float64": np.nan, "int64": None, "bool": False}

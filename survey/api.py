@@ -39,6 +39,7 @@ from .graph import (
     ObsPlan,
     build_catalogue,
     catalogue_is_current,
+    catalogue_paths,
     joint_groups,
     make_tasks,
     plan_obsid,
@@ -431,7 +432,7 @@ def run_survey(
         if catalogue:
             if n_todo == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
                 log.info("catalogue is up to date")
-                report.catalogue = [results_dir / "catalogue.parquet", results_dir / "catalogue.fits"]
+                report.catalogue = catalogue_paths(results_dir)
             else:
                 report.catalogue, report.catalogue_error, _ = build_catalogue(results_dir, log=log)
         report.wall_s = time.perf_counter() - t0

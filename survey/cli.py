@@ -18,13 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from xmmcore.errors import EXIT_CODES, ConfigError, XmmSurveyError, exit_code_for
+from xmmcore.errors import (
+    EXIT_OK,
+    EXIT_UNEXPECTED,
+    ConfigError,
+    XmmSurveyError,
+    exit_code_for,
+    exit_code_for_name,
+)
 
 __all__ = ["PLUGIN_COMMANDS", "build_parser", "main"]
 
 PLUGIN_COMMANDS = ("fit", "models", "simulate", "plan", "catalog")
-_EXIT_BY_NAME = {cls.__name__: code for cls, code in EXIT_CODES.items()}
-_EXIT_BY_NAME.update({"ExternalToolError": 4, "FitError": 4, "ToolNotFoundError": 2})
 
 
 def _add_config_args(p: argparse.ArgumentParser, *, data: bool = True) -> None:
@@ -84,8 +89,8 @@ def _report_exit(report: Any) -> int:
     if report.failed:
         first = next(iter(sorted(report.failed.items())))[1]
         exc_name = first.split(":", 2)[1].strip() if first.count(":") >= 2 else ""
-        return _EXIT_BY_NAME.get(exc_name, 1)
-    return 0 if report.catalogue_error is None else 1
+        return exit_code_for_name(exc_name)
+    return EXIT_OK if report.catalogue_error is None else EXIT_UNEXPECTED
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         paths, error, _info = build_catalogue(cfg["results_dir"])
         print(error or "catalogue: " + ", ".join(map(str, paths)))
-        return 0 if error is None else 1
+        return EXIT_OK if error is None else EXIT_UNEXPECTED
     report = run_survey(
         cfg,
         progress=not args.no_progress,
@@ -130,7 +135,7 @@ def cmd_run_one(args: argparse.Namespace) -> int:
             + (f" ({out.get('exception')}: {out.get('reason')})" if out["status"] == "failed" else "")
         )
         if out["status"] == "failed" and not worst:
-            worst = _EXIT_BY_NAME.get(out.get("exception") or "", 1)
+            worst = exit_code_for_name(out.get("exception"))
     return worst
 
 
@@ -238,7 +243,7 @@ def _broken(sub: Any, name: str, exc: BaseException) -> None:
 
     def fail(_args: argparse.Namespace) -> int:
         print(f"error: the {name} command cannot be loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_UNEXPECTED
 
     p.set_defaults(func=fail)
 

@@ -85,13 +85,10 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
 _OPEN_MAPS = {"regions.background.blanksky_files", "spectra.responses"}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "cluster.kind": ("local", "slurm", "address"),
-    "backend.reduction": ("python", "sas"),
-    "backend.fitting": ("builtin", "xspec"),
     "flares.method": ("histogram", "espfilt", "fixed", "none"),
     "regions.radius.method": ("fixed", "physical", "r500", "sb"),
     "regions.background.method": ("annulus", "region", "blanksky"),
     "spectra.grouping": ("min_counts", "optimal", "none"),
-    "fit.stat": ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"),
     "fit.errors": ("profile", "covariance", "none"),
     "plots": ("all", "summary", "none"),
 }
@@ -195,6 +192,27 @@ def _allowed_for(dotted: str, default: Any) -> tuple[type, ...]:
     return (type(default),)
 
 
+def _registry_choices(dotted: str) -> tuple[str, ...] | None:
+    """Names a registry-backed key accepts, from the registry itself (imported only when needed)."""
+    if dotted == "backend.reduction":
+        from xmmcore.backends import BACKENDS
+
+        return tuple(BACKENDS)
+    if dotted == "backend.fitting":
+        from xmmcore.fitting.engines import ENGINES
+
+        return tuple(ENGINES)
+    if dotted == "fit.stat":
+        from xmmcore.fitting.stats import STATISTICS
+
+        return tuple(STATISTICS)
+    return None
+
+
+def _choices(dotted: str) -> tuple[str, ...] | None:
+    return _CHOICES.get(dotted) or _registry_choices(dotted)
+
+
 def _check_value(dotted: str, value: Any, default: Any, where: str) -> Any:
     allowed = _allowed_for(dotted, default)
     ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
@@ -202,8 +220,9 @@ def _check_value(dotted: str, value: Any, default: Any, where: str) -> Any:
         raise ConfigError(
             f"{where}: {dotted} must be {_type_name(allowed)}, got {value!r} ({type(value).__name__})"
         )
-    if dotted in _CHOICES and value not in _CHOICES[dotted]:
-        raise ConfigError(f"{where}: {dotted} must be one of {', '.join(_CHOICES[dotted])}, got {value!r}")
+    choices = _choices(dotted)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: {dotted} must be one of {', '.join(choices)}, got {value!r}")
     if dotted in _POSITIVE and value < 1:
         raise ConfigError(f"{where}: {dotted} must be >= 1, got {value!r}")
     if dotted in _NON_NEGATIVE and value < 0:

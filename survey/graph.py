@@ -228,13 +228,18 @@ def run_graph(
     return results
 
 
+def catalogue_paths(results_dir: str | Path) -> list[Path]:
+    """``results/catalogue.parquet`` and ``results/catalogue.fits`` (names from :mod:`catalog.io`)."""
+    from catalog.io import CATALOGUE_FITS, CATALOGUE_PARQUET
+
+    return [Path(results_dir) / CATALOGUE_PARQUET, Path(results_dir) / CATALOGUE_FITS]
+
+
 def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: Sequence[str]) -> bool:
     """True when both catalogue files exist and are newer than every step record and joint-fit record."""
     results_dir = Path(results_dir)
     try:
-        cat_mtime = min(
-            (results_dir / name).stat().st_mtime_ns for name in ("catalogue.parquet", "catalogue.fits")
-        )
+        cat_mtime = min(p.stat().st_mtime_ns for p in catalogue_paths(results_dir))
     except OSError:
         return False
     for obsid in obsids:
@@ -271,10 +276,6 @@ def build_catalogue(
         msg = f"catalogue not built: the catalog package is not available ({exc})"
         log.error(msg)
         return [], msg, {}
-    if not hasattr(catalog, "build") or not hasattr(catalog_io, "write_catalogue"):
-        msg = "catalogue not built: catalog.build / catalog.io.write_catalogue are not implemented yet"
-        log.error(msg)
-        return [], msg, {}
     try:
         df = catalog.build(results_dir, strict=False)
         catalog_io.write_catalogue(df, results_dir)
@@ -282,7 +283,7 @@ def build_catalogue(
         msg = f"catalogue not built: {type(exc).__name__}: {exc}"
         log.exception(msg)
         return [], msg, {}
-    paths = [p for p in (results_dir / "catalogue.parquet", results_dir / "catalogue.fits") if p.exists()]
+    paths = [p for p in catalogue_paths(results_dir) if p.exists()]
     info: dict[str, Any] = {"n_rows": len(df), "wall_s": time.perf_counter() - t0}
     info["skipped"] = dict(df.attrs.get("skipped") or {})
     for name, reason in sorted(info["skipped"].items()):

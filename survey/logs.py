@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from xmmcore.products import ObsProducts
+
 __all__ = [
     "LOG_FORMAT",
     "close_survey_logger",
@@ -32,7 +34,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 def step_log_path(results_dir: str | os.PathLike[str], obsid: str, step: str) -> Path:
     """``results/<obsid>/logs/<step>.log``."""
-    return Path(results_dir) / obsid / "logs" / f"{step}.log"
+    return ObsProducts(Path(results_dir) / obsid).step_log(step)
 
 
 @contextlib.contextmanager

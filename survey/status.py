@@ -16,6 +16,7 @@ from typing import Any
 
 from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.observation import validate_obsid
+from xmmcore.products import ObsProducts
 
 from .steps import INPUTS_ERROR_NAME, read_record, record_path
 
@@ -152,7 +153,9 @@ def collect_status(
         obsids = sorted(
             p.name
             for p in results_dir.iterdir()
-            if p.is_dir() and _is_obsid(p.name) and ((p / "steps").is_dir() or (p / "logs").is_dir())
+            if p.is_dir()
+            and _is_obsid(p.name)
+            and (ObsProducts(p).steps_dir.is_dir() or ObsProducts(p).logs_dir.is_dir())
         )
     status = SurveyStatus(results_dir=results_dir, steps=step_names, skipped=_read_skipped(results_dir))
     for obsid in obsids:

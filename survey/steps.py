@@ -40,6 +40,7 @@ from typing import Any
 from xmmcore.errors import ConfigError, TransientError
 from xmmcore.fsutil import _jsonable, atomic_path, atomic_write_json
 from xmmcore.observation import Observation
+from xmmcore.products import ObsProducts
 
 from .config import config_hash
 from .logs import step_logger
@@ -52,6 +53,7 @@ __all__ = [
     "StepTask",
     "check_step",
     "compute_inputs_hash",
+    "declared_outputs",
     "execute_step",
     "invalidate_after",
     "is_done",
@@ -240,7 +242,7 @@ def compute_inputs_hash(
 
 def record_path(outdir: str | os.PathLike[str], step: str) -> Path:
     """``results/<obsid>/steps/<step>.json``."""
-    return Path(outdir) / "steps" / f"{step}.json"
+    return ObsProducts(outdir).step_record(step)
 
 
 def read_record(outdir: str | os.PathLike[str], step: str) -> dict[str, Any] | None:
@@ -371,28 +373,27 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
     return "run", h, inputs, record or {}
 
 
-def _scan_outputs(outdir: Path, since_ns: int) -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(outdir.rglob("*")):
-        rel = path.relative_to(outdir)
-        if rel.parts[0] in ("steps", "logs") or not path.is_file() or path.name.startswith("."):
-            continue
-        st = path.stat()
-        if st.st_mtime_ns >= since_ns:
-            out.append({"path": str(rel), "size": st.st_size})
-    return out
+def declared_outputs(outdir: Path, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``{"path", "size"}`` of each file the step's summary declares under ``outputs``.
 
-
-def _declared_outputs(outdir: Path, summary: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    Exactly the declared files, in the declared order, paths relative to ``results/<obsid>/`` when
+    inside it (a relative path is taken relative to it). A step that declares nothing records no
+    outputs; it is then reused on its inputs hash alone. A declared file that is missing is recorded
+    with size ``None``, so the step is never taken as done.
+    """
     declared = summary.get("outputs") if isinstance(summary, Mapping) else None
     if not isinstance(declared, (list, tuple)):
-        return None
+        return []
+    products = ObsProducts(outdir)
     out = []
     for item in declared:
         path = Path(item)
-        path = path if path.is_absolute() else outdir / path
-        rel = path.relative_to(outdir) if path.is_relative_to(outdir) else path
-        out.append({"path": str(rel), "size": path.stat().st_size if path.exists() else None})
+        path = path if path.is_absolute() or path.is_relative_to(outdir) else outdir / path
+        try:
+            size: int | None = path.stat().st_size
+        except OSError:
+            size = None
+        out.append({"path": products.rel(path), "size": size})
     return out
 
 
@@ -513,7 +514,6 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     write_record(outdir, task.step, {**base, "status": "running", "started": started})
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    start_ns = time.time_ns()
     attempts = 0
     status, reason, tb = "failed", "", ""
     exc_name = None
@@ -554,8 +554,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         "attempts": attempts,
     }
     if status == "done":
-        outputs = _declared_outputs(outdir, summary)
-        record_out["outputs"] = outputs if outputs is not None else _scan_outputs(outdir, start_ns)
+        record_out["outputs"] = declared_outputs(outdir, summary)
         record_out["summary"] = summary
     else:
         record_out.update(

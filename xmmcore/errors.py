@@ -14,6 +14,8 @@ from __future__ import annotations
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_OK",
+    "EXIT_UNEXPECTED",
     "ConfigError",
     "ExternalToolError",
     "FitError",
@@ -23,13 +25,19 @@ __all__ = [
     "TransientError",
     "XmmSurveyError",
     "exit_code_for",
+    "exit_code_for_name",
 ]
+
+#: Exit code of a command that did what was asked.
+EXIT_OK = 0
+#: Exit code of anything unexpected (not one of our error classes).
+EXIT_UNEXPECTED = 1
 
 
 class XmmSurveyError(Exception):
     """Base class of every error the pipeline raises on purpose."""
 
-    exit_code = 1
+    exit_code = EXIT_UNEXPECTED
 
 
 class ConfigError(XmmSurveyError, ValueError):
@@ -109,11 +117,9 @@ class TransientError(XmmSurveyError):
     exit_code = 5
 
 
-EXIT_CODES = {
-    ConfigError: 2,
-    InputDataError: 3,
-    ToolError: 4,
-    TransientError: 5,
+#: CLI exit code of each error family; the ``exit_code`` class attributes above are the one definition.
+EXIT_CODES: dict[type[XmmSurveyError], int] = {
+    cls: cls.exit_code for cls in (ConfigError, InputDataError, ToolError, TransientError)
 }
 
 
@@ -121,4 +127,22 @@ def exit_code_for(exc: BaseException) -> int:
     """Return the CLI exit code for an exception (1 for anything unexpected)."""
     if isinstance(exc, XmmSurveyError):
         return exc.exit_code
-    return 1
+    return EXIT_UNEXPECTED
+
+
+def _all_error_classes(cls: type[XmmSurveyError]) -> list[type[XmmSurveyError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out += _all_error_classes(sub)
+    return out
+
+
+def exit_code_for_name(name: str | None) -> int:
+    """Exit code of an error recorded by class name (step records keep ``exception`` as a name).
+
+    ``"ToolNotFoundError"`` -> 2, ``"FitError"`` -> 4, an unknown or empty name -> 1.
+    """
+    for cls in _all_error_classes(XmmSurveyError):
+        if cls.__name__ == name:
+            return cls.exit_code
+    return EXIT_UNEXPECTED

@@ -22,6 +22,7 @@ from astropy.wcs import WCS
 from matplotlib.path import Path as MplPath
 from scipy.spatial import ConvexHull, QhullError
 
+from .constants import SKY_PIXEL_ARCSEC
 from .events import EventList, sky_wcs_keywords
 from .fsutil import atomic_write_fits
 
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: XMM sky (physical) pixel size [arcsec].
-PHYS_PIXEL_ARCSEC = 0.05
+PHYS_PIXEL_ARCSEC = SKY_PIXEL_ARCSEC
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .constants import CAMERAS
 from .errors import InputDataError
 
 __all__ = [
@@ -56,8 +57,6 @@ __all__ = [
     "scan_data_dir",
     "validate_obsid",
 ]
-
-CAMERAS = ("pn", "mos1", "mos2")
 
 _EVENT_SUFFIX = re.compile(r"\.(fits|fit|ftz|evt|evts|ds)(\.gz)?$", re.IGNORECASE)
 _CAMERA_PATTERNS = [

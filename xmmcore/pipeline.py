@@ -19,7 +19,8 @@ from typing import Any
 
 from .errors import ConfigError, FitError, InputDataError, ToolError
 from .fsutil import atomic_write_text
-from .observation import Observation
+from .observation import CAMERAS, Observation
+from .products import ObsProducts
 
 __all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
 
@@ -36,10 +37,24 @@ def _cameras(obs: Observation, cfg: dict[str, Any]) -> list[str]:
     return cams
 
 
+def _camera_outputs(summary: dict[str, Any]) -> list[str]:
+    """Products one camera's backend summary declares (``outputs`` list or ``products`` mapping)."""
+    if isinstance(summary.get("outputs"), (list, tuple)):
+        return [str(p) for p in summary["outputs"]]
+    return [str(p) for p in (summary.get("products") or {}).values()]
+
+
+def _existing(paths: list[str] | list[Path]) -> list[str]:
+    return [str(p) for p in paths if Path(p).is_file()]
+
+
 def _per_camera(
     cams: list[str], work: Callable[[str], dict[str, Any]], log: logging.Logger, what: str
 ) -> dict[str, Any]:
-    """Run ``work(camera)`` for each camera; a camera failing with a data/tool error does not stop the others."""
+    """Run ``work(camera)`` for each camera; a camera failing with a data/tool error does not stop the others.
+
+    The summary's ``outputs`` lists the products the cameras that succeeded declared.
+    """
     done: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for cam in cams:
@@ -53,7 +68,8 @@ def _per_camera(
     if not done:
         detail = "; ".join(f"{c}: {r}" for c, r in failed.items())
         raise InputDataError(f"{what} failed for every camera ({detail})")
-    return {"cameras": done, "failed_cameras": failed}
+    outputs = [p for cam_summary in done.values() for p in _camera_outputs(cam_summary)]
+    return {"cameras": done, "failed_cameras": failed, "outputs": outputs}
 
 
 def _filter(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
@@ -79,17 +95,18 @@ def _regions(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.L
 
 
 def _load_regions(outdir: Path) -> dict[str, Any]:
-    path = outdir / "regions" / "regions.json"
+    path = ObsProducts(outdir).regions_json
     if not path.exists():
         raise InputDataError("regions step has not produced regions.json", path)
     return json.loads(path.read_text())
 
 
 def _clean_cameras(obs: Observation, outdir: Path, cfg: dict[str, Any]) -> list[str]:
-    cams = [c for c in _cameras(obs, cfg) if (outdir / "events" / f"{c}_clean.fits").exists()]
+    products = ObsProducts(outdir)
+    cams = [c for c in _cameras(obs, cfg) if products.clean_events(c).exists()]
     if not cams:
         raise InputDataError(
-            "no cleaned event list: the filter step failed for every camera", outdir / "events"
+            "no cleaned event list: the filter step failed for every camera", products.events_dir
         )
     return cams
 
@@ -111,14 +128,14 @@ def fit_inputs(outdir: Path, cameras: list[str]) -> tuple[list[Any], dict[str, s
     """FitInput per camera whose source spectrum and response exist, and the reasons for the others."""
     from .fitting.engines import FitInput
 
+    products = ObsProducts(outdir)
     inputs, missing = [], {}
     for cam in cameras:
-        spec = outdir / "spectra"
         pha, rmf, arf, bkg = (
-            spec / f"{cam}_src.pha",
-            spec / f"{cam}.rmf",
-            spec / f"{cam}.arf",
-            spec / f"{cam}_bkg.pha",
+            products.src_spectrum(cam),
+            products.rmf(cam),
+            products.arf(cam),
+            products.bkg_spectrum(cam),
         )
         if not pha.exists():
             missing[cam] = f"no source spectrum {pha}"
@@ -175,20 +192,21 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     from .fitting.engines import engine_from_config
 
     fit_cfg = cfg["fit"]
+    products = ObsProducts(outdir)
     cams = _clean_cameras(obs, outdir, cfg)
     inputs, missing = fit_inputs(outdir, cams)
     for cam, why in missing.items():
         log.warning("fit: camera %s left out: %s", cam, why)
     if not inputs:
         raise InputDataError(
-            "nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()), outdir / "spectra"
+            "nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()), products.spectra_dir
         )
     if not fit_cfg.get("joint_cameras", True):
         inputs = inputs[:1]
     settings = auto_settings(fit_cfg["model"], obs.meta) if fit_cfg.get("auto_set", True) else []
     settings += list(fit_cfg.get("set") or [])
     engine = engine_from_config(cfg)
-    fits_dir = outdir / "fits"
+    fits_dir = products.fits_dir
     fits_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "fit: engine=%s model=%s stat=%s datasets=%s",
@@ -217,11 +235,12 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator
     except (ValueError, RuntimeError, FloatingPointError) as exc:
         raise FitError(f"fit of {obs.obsid} failed: {exc}") from exc
-    result.write_json(fits_dir / "fit.json")
-    result.to_xcm(fits_dir / "fit.xcm")
-    atomic_write_text(fits_dir / "fit.txt", result.summary_text())
+    result.write_json(products.fit_json)
+    result.to_xcm(products.fit_xcm)
+    atomic_write_text(products.fit_txt, result.summary_text())
+    outputs = [str(products.fit_json), str(products.fit_xcm), str(products.fit_txt)]
     summary: dict[str, Any] = {
-        "fit_json": str(fits_dir / "fit.json"),
+        "fit_json": str(products.fit_json),
         "engine": engine.name,
         "versions": engine.versions(),
         "cameras": [i.name for i in inputs],
@@ -232,10 +251,12 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         from .plots import wants_plot
 
         if wants_plot(cfg):
-            plot_fit(result, inputs, outdir / "plots" / "spectrum_fit.png")
+            plot_fit(result, inputs, products.fit_plot)
+            outputs.append(str(products.fit_plot))
     except (ImportError, ValueError, OSError) as exc:  # a plot must never lose a fit
         log.warning("fit plot failed: %s", exc)
         summary["plot_error"] = str(exc)
+    summary["outputs"] = outputs
     return summary
 
 
@@ -249,14 +270,16 @@ _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logg
 
 def step_inputs(step: str, obs: Observation, outdir: Path) -> list[Path]:
     """Files a step reads (for the orchestrator's inputs hash)."""
+    products = ObsProducts(outdir)
     if step == "filter":
         return sorted(obs.event_files.values()) + ([obs.sum_file] if obs.odf_only and obs.sum_file else [])
+    clean = sorted(products.clean_events(c) for c in CAMERAS if products.clean_events(c).exists())
     if step == "regions":
-        return sorted((outdir / "events").glob("*_clean.fits"))
+        return clean
     if step == "spectra":
-        return sorted((outdir / "events").glob("*_clean.fits")) + [outdir / "regions" / "regions.json"]
+        return clean + [products.regions_json]
     if step == "fit":
-        return sorted((outdir / "spectra").glob("*"))
+        return sorted(products.spectra_dir.glob("*"))
     raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
 
 

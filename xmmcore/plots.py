@@ -93,7 +93,9 @@ def plot_image_regions(
     fig = plt.figure(figsize=(6.5, 6))
     try:
         cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
-        per_arcmin = 1200.0 / extent.bin_phys
+        from .constants import SKY_PIXEL_ARCSEC
+
+        per_arcmin = 60.0 / SKY_PIXEL_ARCSEC / extent.bin_phys
         # Crop the array (and its WCS) to the window around the regions: limits set on a WCSAxes
         # after imshow shrink the axes box instead of zooming.
         half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6

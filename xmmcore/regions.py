@@ -24,6 +24,7 @@ from astropy.wcs import WCS
 from regions import CirclePixelRegion, PixCoord, PixelRegion, Regions, SkyRegion
 from scipy import ndimage
 
+from .constants import CAMERAS, flat_lcdm
 from .errors import ConfigError, InputDataError
 from .events import EventList, read_events
 from .fsutil import atomic_write_json, atomic_write_text
@@ -37,6 +38,7 @@ from .images import (
     extent_of,
     phys_wcs,
 )
+from .products import ObsProducts
 
 __all__ = [
     "PointSource",
@@ -268,9 +270,7 @@ def auto_radius(
         if kpc is None or z is None:
             what = "regions.radius.r_kpc" if method == "physical" else "target metadata r500_kpc"
             raise InputDataError(f"radius method {method} needs {what} and the redshift z")
-        from astropy.cosmology import FlatLambdaCDM
-
-        cos = FlatLambdaCDM(H0=(cosmology or {}).get("H0", 70.0), Om0=(cosmology or {}).get("Om0", 0.3))
+        cos = flat_lcdm(cosmology)
         scale = cos.kpc_proper_per_arcmin(float(z)).to_value(u.kpc / u.arcmin)
         return float(kpc) / scale, f"{method}: {kpc} kpc at z={z} ({scale:.1f} kpc/arcmin)"
     if method == "sb":
@@ -501,21 +501,16 @@ def make_regions(
     detector (BACKSCAL) are computed by the spectra step.  User DS9 regions
     (``regions.user_src_region``/``user_bkg_region``) override the automatic ones.
 
-    Returns the ``regions`` dict of ``docs/CONTRACTS.md`` (also written to ``regions/regions.json``).
+    Returns the ``regions`` dict of ``docs/CONTRACTS.md`` (also written to ``regions/regions.json``),
+    plus ``outputs``: every file written (paths of :class:`~xmmcore.products.ObsProducts`).
     """
     log = log or logging.getLogger("xmmcore.regions")
-    outdir = Path(outdir)
+    products = ObsProducts(outdir)
     rcfg = cfg.get("regions", {})
-    cams = [
-        c
-        for c in cfg.get("cameras", ["pn", "mos1", "mos2"])
-        if (outdir / "events" / f"{c}_clean.fits").exists()
-    ]
+    cams = [c for c in cfg.get("cameras") or CAMERAS if products.clean_events(c).exists()]
     if not cams:
-        raise InputDataError("no cleaned event list: run the filter step first", outdir / "events")
-    evls = {
-        c: read_events(outdir / "events" / f"{c}_clean.fits", columns=("X", "Y", "PI", "CCDNR")) for c in cams
-    }
+        raise InputDataError("no cleaned event list: run the filter step first", products.events_dir)
+    evls = {c: read_events(products.clean_events(c), columns=("X", "Y", "PI", "CCDNR")) for c in cams}
     ref = evls[cams[0]]
     pw = phys_wcs(ref.header)
     extent = extent_of(list(evls.values()), bin_phys=80.0)
@@ -582,7 +577,6 @@ def make_regions(
         b_out,
         len(points),
     )
-    rdir = outdir / "regions"
     files: dict[str, str] = {}
     src_pts = _sel_overlapping(points, cx, cy, r_src * _ARCMIN_PHYS)
     bkg_pts = _sel_overlapping(points, cx, cy, b_out * _ARCMIN_PHYS)
@@ -592,7 +586,7 @@ def make_regions(
         if not user_bkg:
             raise ConfigError("regions.background.method: region needs regions.background.region_file")
     for cam in cams:
-        src_path, bkg_path = rdir / f"{cam}_src.reg", rdir / f"{cam}_bkg.reg"
+        src_path, bkg_path = products.src_region(cam), products.bkg_region(cam)
         if user_src:
             read_ds9(user_src, evls[cam].header)  # validate before copying
             atomic_write_text(src_path, Path(user_src).read_text())
@@ -626,7 +620,7 @@ def make_regions(
             raise ConfigError(f"regions.annuli must increase, got {annuli}")
         for cam in cams:
             for k, (a, b) in enumerate(itertools.pairwise(radii)):
-                p = rdir / f"{cam}_ann{k}_src.reg"
+                p = products.annulus_region(cam, k)
                 write_ds9(
                     p,
                     centre_radec=(csky.ra.deg, csky.dec.deg),
@@ -635,8 +629,8 @@ def make_regions(
                     point_sources=_sel_overlapping(points, cx, cy, b * _ARCMIN_PHYS),
                     comment=f"{obs.obsid} {cam} annulus {a}-{b} arcmin",
                 )
-                files[f"{cam}_ann{k}_src"] = str(p)
-    _write_ptsrc(rdir / "ptsrc.reg", points)
+                files[products.annulus_key(cam, k)] = str(p)
+    _write_ptsrc(products.ptsrc_region, points)
     result: dict[str, Any] = {
         "centre_ra": float(csky.ra.deg),
         "centre_dec": float(csky.dec.deg),
@@ -653,7 +647,7 @@ def make_regions(
         "user_src_region": str(user_src) if user_src else None,
         "user_bkg_region": str(user_bkg) if user_bkg else None,
         "files": files,
-        "ptsrc_file": str(rdir / "ptsrc.reg"),
+        "ptsrc_file": str(products.ptsrc_region),
     }
     from .images import exposure_image, image_wcs, observation_keywords, write_image
 
@@ -664,7 +658,7 @@ def make_regions(
             img,
             wcs_c,
             extent,
-            rdir / f"{cam}_img_0.5-2keV.fits",
+            products.image(cam, (0.5, 2.0)),
             header_extra={**obs_keys, "BUNIT": "count", "E_MIN": 0.5, "E_MAX": 2.0},
         )
         expo = exposure_image(evls[cam], extent, footprints=footprints[cam])
@@ -672,16 +666,17 @@ def make_regions(
             expo,
             image_wcs(evls[cam].header, extent),
             extent,
-            rdir / f"{cam}_flatexp_0.5-2keV.fits",
+            products.flat_exposure(cam, (0.5, 2.0)),
             header_extra={
                 **obs_keys,
                 "BUNIT": "s",
                 "COMMENT": "flat (un-vignetted) exposure: CCD footprints x GTI",
             },
         )
-        files[f"{cam}_image"] = str(rdir / f"{cam}_img_0.5-2keV.fits")
-        files[f"{cam}_expmap"] = str(rdir / f"{cam}_flatexp_0.5-2keV.fits")
-    atomic_write_json(rdir / "regions.json", result)
+        files[f"{cam}_image"] = str(products.image(cam, (0.5, 2.0)))
+        files[f"{cam}_expmap"] = str(products.flat_exposure(cam, (0.5, 2.0)))
+    atomic_write_json(products.regions_json, result)
+    outputs = [*files.values(), str(products.ptsrc_region), str(products.regions_json)]
     try:
         from .plots import plot_image_regions, wants_plot
 
@@ -694,10 +689,11 @@ def make_regions(
                 wcs_c,
                 extent,
                 result,
-                outdir / "plots" / f"{cam}_image.png",
+                products.image_plot(cam),
                 title=f"{obs.obsid} {cam} 0.5-2 keV",
             )
+            outputs.append(str(products.image_plot(cam)))
     except (ValueError, OSError) as exc:
         log.warning("image plot failed: %s", exc)
         result["plot_error"] = str(exc)
-    return result
+    return {**result, "outputs": outputs}

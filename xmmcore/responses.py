@@ -47,6 +47,7 @@ from scipy.interpolate import PchipInterpolator
 from scipy.special import ndtr
 
 from .errors import InputDataError
+from .observation import CAMERAS
 
 __all__ = [
     "CAMERA_SPECS",
@@ -311,7 +312,7 @@ def make_arf(camera: str, *, offaxis_arcmin: float = 0.0, fraction: float = 1.0,
 
 
 def write_responses(
-    directory: str | Path, cameras: tuple[str, ...] = ("pn", "mos1", "mos2"), *, filter_name: str = "Medium"
+    directory: str | Path, cameras: tuple[str, ...] = CAMERAS, *, filter_name: str = "Medium"
 ) -> dict[str, dict[str, Path]]:
     """Write ``<camera>.rmf`` and ``<camera>.arf`` (on-axis) for each camera into ``directory``.
 

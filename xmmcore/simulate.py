@@ -62,6 +62,8 @@ from typing import Any
 
 import numpy as np
 
+from .constants import SKY_PIXEL_ARCSEC as _SKY_PIXEL_ARCSEC
+from .constants import flat_lcdm
 from .errors import ConfigError, InputDataError
 from .fsutil import atomic_path, atomic_write_json
 from .observation import CAMERAS, validate_obsid
@@ -77,7 +79,7 @@ __all__ = [
     "simulate_survey",
 ]
 
-SKY_PIXEL_ARCSEC = 0.05
+SKY_PIXEL_ARCSEC = _SKY_PIXEL_ARCSEC
 SKY_REF_PIXEL = 25921.0
 _MJDREF = 50814.0  # 1998-01-01T00:00:00 TT
 _FOV_RADIUS_ARCMIN = 15.0
@@ -361,9 +363,7 @@ def _r500_kpc(kt: float, z: float, h0: float = 70.0, om0: float = 0.3) -> float:
 
 @lru_cache(maxsize=1)
 def _cosmology():
-    from astropy.cosmology import FlatLambdaCDM
-
-    return FlatLambdaCDM(H0=70.0, Om0=0.3)
+    return flat_lcdm()
 
 
 def _kpc_per_arcsec(z: float) -> float:

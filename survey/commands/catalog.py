@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from xmmcore.errors import XmmSurveyError, exit_code_for
+from xmmcore.errors import InputDataError, XmmSurveyError, exit_code_for
+from xmmcore.observation import CAMERAS
 
 __all__ = ["add_parser"]
 
@@ -101,7 +102,7 @@ def _joint(args: argparse.Namespace) -> int:
         return _fail(exc)
     if rec.get("missing"):
         print("joint fit not possible; missing inputs:\n  " + "\n  ".join(rec["missing"]))
-        return 3
+        return InputDataError.exit_code
     for line in rec.get("notes") or []:
         print(line)
     print(
@@ -149,7 +150,7 @@ def add_parser(subparsers) -> None:
     j.add_argument("--obsids", nargs="+", required=True, help="ObsIDs to fit jointly")
     j.add_argument("--model", default=None, help="model expression [fit.model of the run's config]")
     j.add_argument("--engine", default="builtin", help="fit engine [builtin]")
-    j.add_argument("--cameras", nargs="+", default=["pn", "mos1", "mos2"], help="cameras [pn mos1 mos2]")
+    j.add_argument("--cameras", nargs="+", default=list(CAMERAS), help=f"cameras [{' '.join(CAMERAS)}]")
     j.add_argument("--stat", default="cstat", help="fit statistic [cstat]")
     j.add_argument("--notice-kev", nargs=2, type=float, default=None, help="fit band [fit.notice_kev]")
     j.add_argument(

@@ -13,7 +13,9 @@ from ..errors import ConfigError
 
 __all__ = ["BACKENDS", "ReductionBackend", "get_backend"]
 
-BACKENDS = ("python", "sas")
+#: Backend name -> (module under ``xmmcore.backends``, class). The one list of backend names
+#: (``backend.reduction`` accepts exactly these).
+BACKENDS: dict[str, tuple[str, str]] = {"python": ("python", "PythonBackend"), "sas": ("sas", "SasBackend")}
 
 
 @runtime_checkable
@@ -37,21 +39,11 @@ def get_backend(name: str) -> ReductionBackend:
     Raises
     ------
     ConfigError
-        Unknown name, or the module does not define a backend.
+        Unknown name.
     """
     key = str(name).strip().lower()
-    if key == "python":
-        from .python import PythonBackend
-
-        return PythonBackend()
-    if key == "sas":
-        mod = importlib.import_module(".sas", __name__)
-        for attr in ("SasBackend", "SASBackend"):
-            cls = getattr(mod, attr, None)
-            if cls is not None:
-                return cls()
-        factory = getattr(mod, "get_backend", None) or getattr(mod, "backend", None)
-        if callable(factory):
-            return factory()
-        raise ConfigError("xmmcore.backends.sas defines no SasBackend class")
-    raise ConfigError(f"unknown reduction backend {name!r}; known: {', '.join(BACKENDS)}")
+    if key not in BACKENDS:
+        raise ConfigError(f"unknown reduction backend {name!r}; known: {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[key]
+    backend: ReductionBackend = getattr(importlib.import_module(f".{module}", __name__), cls)()
+    return backend

@@ -28,7 +28,8 @@ from ..events import (
 )
 from ..flares import flare_gti, flare_settings, write_light_curve
 from ..fsutil import atomic_path
-from ..images import ccd_footprints
+from ..images import PHYS_PIXEL_ARCSEC, ccd_footprints
+from ..products import ObsProducts
 from ..regions import read_ds9
 
 __all__ = ["PythonBackend"]
@@ -86,7 +87,7 @@ class PythonBackend:
     ) -> dict[str, Any]:
         """Screen events, find flare GTIs, write ``events/<cam>_clean.fits``, ``_gti.fits``, ``_lc.fits``."""
         log = log or logging.getLogger("xmmcore.python")
-        outdir = Path(outdir)
+        products = ObsProducts(outdir)
         path = obs.event_files.get(camera)
         if path is None:
             raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
@@ -132,19 +133,19 @@ class PythonBackend:
                 f"no good time left after flare filtering ({method}, threshold {res.threshold:.3g} ct/s)",
                 path,
             )
-        ev_dir = outdir / "events"
         clean_t, _ = screen_with_gti(evl, res.gti, **screen_kw)  # screening and flare GTI in one copy
         sel = (
             f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
             f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
-            f"&& GTI({camera}_gti.fits)"
+            f"&& GTI({products.gti(camera).name})"
         )
         clean_path = write_events(
-            clean_t, ev_dir / f"{camera}_clean.fits", history=[f"xmm-survey python: {sel}"]
+            clean_t, products.clean_events(camera), history=[f"xmm-survey python: {sel}"]
         )
-        gti_path = write_gti(res.gti, ev_dir / f"{camera}_gti.fits", header=evl.header)
-        lc_path = write_light_curve(res, ev_dir / f"{camera}_lc.fits", header=evl.header)
-        plot_path = outdir / "plots" / f"{camera}_lightcurve.png"
+        gti_path = write_gti(res.gti, products.gti(camera), header=evl.header)
+        lc_path = write_light_curve(res, products.light_curve(camera), header=evl.header)
+        plot_path = products.lightcurve_plot(camera)
+        outputs = [str(clean_path), str(gti_path), str(lc_path)]
         summary: dict[str, Any] = {}
         try:
             from ..plots import plot_lightcurve, wants_plot
@@ -152,6 +153,7 @@ class PythonBackend:
             present = [c for c in cfg.get("cameras", ()) if c in obs.event_files]
             if wants_plot(cfg, camera, present):
                 plot_lightcurve(res, plot_path, title=f"{obs.obsid} {camera}")
+                outputs.append(str(plot_path))
         except (ValueError, OSError) as exc:
             log.warning("light-curve plot failed: %s", exc)
             summary["plot_error"] = str(exc)
@@ -172,9 +174,7 @@ class PythonBackend:
                 "exposure_s": exp_clean,
                 "livetime_s": exp_clean * clean_t.deadtime_factor(),
                 "time_resorted": evl.resorted,
-                # The plot is declared only when drawn (plots level, or a failed plot never makes the
-                # step look unfinished on resume).
-                "outputs": [str(p) for p in (clean_path, gti_path, lc_path, plot_path) if Path(p).exists()],
+                "outputs": outputs,  # the plot only when drawn (a missing plot never looks unfinished)
             }
         )
         summary.update(res.summary())
@@ -205,13 +205,11 @@ class PythonBackend:
         from ..spectra import extract, fwhm_channels, group_min_counts, group_optimal, region_geometry
 
         log = log or logging.getLogger("xmmcore.python")
-        outdir = Path(outdir)
-        clean_path = outdir / "events" / f"{camera}_clean.fits"
-        evl = read_events(clean_path, camera=camera)
+        products = ObsProducts(outdir)
+        evl = read_events(products.clean_events(camera), camera=camera)
         fp = ccd_footprints(evl)
-        sdir = outdir / "spectra"
         files = regions.get("files", {})
-        resp = self._responses(obs, camera, sdir, cfg, log)
+        resp = self._responses(obs, camera, products, cfg, log)
         fwhm = resp.pop("fwhm_chan", None)
         scfg = cfg.get("spectra", {})
         grouping = scfg.get("grouping", "min_counts")
@@ -253,23 +251,24 @@ class PythonBackend:
                     raise InputDataError(
                         f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}"
                     )
-            path = write_pha(pha, sdir / f"{key}.pha")
+            path = write_pha(pha, products.spectrum(key))
             return {
                 "path": str(path),
                 "counts": int(pha.counts.sum()),
                 "exposure_s": geom.livetime_s,
                 "ontime_s": geom.ontime_s,
                 "backscal": geom.area_phys2,
-                "area_arcmin2": geom.area_phys2 * (0.05 / 60.0) ** 2,
+                "area_arcmin2": geom.area_phys2 * (PHYS_PIXEL_ARCSEC / 60.0) ** 2,
                 "area_by_ccd": {str(k): v for k, v in geom.area_by_ccd.items()},
                 "n_groups": int((pha.grouping == 1).sum()) if pha.grouping is not None else None,
             }
 
+        backfile = products.bkg_spectrum(camera).name
         bkg = one(f"{camera}_bkg", "bkg", None)
-        src = one(f"{camera}_src", "src", f"{camera}_bkg.pha")
+        src = one(f"{camera}_src", "src", backfile)
         bcfg = (cfg.get("regions", {}) or {}).get("background", {}) or {}
         if bcfg.get("method") == "blanksky":
-            out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, sdir, log))
+            out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, products, log))
             bkg = dict(
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
             )
@@ -300,7 +299,8 @@ class PythonBackend:
         )
         annuli = sorted(k for k in files if k.startswith(f"{camera}_ann") and k.endswith("_src"))
         if annuli:
-            out["annuli"] = [one(k, "src", f"{camera}_bkg.pha") for k in annuli]
+            out["annuli"] = [one(k, "src", backfile) for k in annuli]
+            out["outputs"] += [a["path"] for a in out["annuli"]]
         log.info(
             "%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
             camera,
@@ -325,7 +325,7 @@ class PythonBackend:
         bkg: dict[str, Any],
         bcfg: dict[str, Any],
         cfg: dict[str, Any],
-        sdir: Path,
+        products: ObsProducts,
         log: logging.Logger,
     ) -> dict[str, Any]:
         """Replace the local background by a blank-sky/FWC template, OOF-scaled and double-subtracted."""
@@ -369,7 +369,7 @@ class PythonBackend:
             scale=scale,
             header={"BKGFILE": Path(tpl_path).name},
         )
-        path = write_pha(pha, sdir / f"{camera}_bkg.pha")
+        path = write_pha(pha, products.bkg_spectrum(camera))
         log.info(
             "%s: blank-sky background %s scaled by %.3f +- %.3f (out-of-FOV rates), double-subtracted",
             camera,
@@ -386,14 +386,14 @@ class PythonBackend:
         }
 
     def _responses(
-        self, obs: Any, camera: str, sdir: Path, cfg: dict[str, Any], log: logging.Logger
+        self, obs: Any, camera: str, products: ObsProducts, cfg: dict[str, Any], log: logging.Logger
     ) -> dict[str, Any]:
         rcfg = (cfg.get("spectra", {}) or {}).get("responses", {}) or {}
         rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
         arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
         out: dict[str, Any] = {"note": RESPONSE_NOTE, "outputs": []}
         if rmf_src and Path(rmf_src).is_file():
-            dst = _copy_atomic(Path(rmf_src), sdir / f"{camera}.rmf")
+            dst = _copy_atomic(Path(rmf_src), products.rmf(camera))
             out.update(rmf=str(dst), rmf_name=dst.name, rmf_source=str(rmf_src))
             out["outputs"].append(str(dst))
             try:
@@ -410,7 +410,7 @@ class PythonBackend:
             )
             log.warning(out["no_response"])
         if arf_src and Path(arf_src).is_file():
-            dst = _copy_atomic(Path(arf_src), sdir / f"{camera}.arf")
+            dst = _copy_atomic(Path(arf_src), products.arf(camera))
             out.update(arf=str(dst), arf_name=dst.name, arf_source=str(arf_src))
             out["outputs"].append(str(dst))
         else:

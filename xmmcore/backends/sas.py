@@ -45,7 +45,8 @@ from typing import Any
 from ..errors import ConfigError, InputDataError, ToolError, ToolNotFoundError
 from ..flares import flare_settings
 from ..fsutil import atomic_path
-from ..observation import Observation, best_event_list, is_timing_submode, read_odf_summary
+from ..observation import CAMERAS, Observation, best_event_list, is_timing_submode, read_odf_summary
+from ..products import ObsProducts
 from ..sas_output import parse_sasversion
 from ..sas_params import TASK_PARAMS, check_argv
 from ..tools import ToolRun, run_tool
@@ -569,7 +570,7 @@ def _odf_for(obs: Observation, outdir: Path, settings: SasSettings, camera: str)
 
 
 def _sas_dir(outdir: Path, step: str, label: str) -> Path:
-    return (outdir / "sas" / step / label).resolve()
+    return ObsProducts(outdir).sas_task_dir(step, label).resolve()
 
 
 def _cmd(
@@ -607,7 +608,7 @@ def build_odf_commands(
     settings: SasSettings,
     *,
     chain: bool = True,
-    cameras: Sequence[str] = ("pn", "mos1", "mos2"),
+    cameras: Sequence[str] = CAMERAS,
 ) -> list[Command]:
     """``cifbuild`` + ``odfingest`` (+ ``emchain``/``epchain`` when ``chain``) for an observation with an ODF."""
     if obs.odf_dir is None:
@@ -896,7 +897,7 @@ def build_spectra_commands(
     clean = (
         str(Path(clean_events).resolve())
         if clean_events
-        else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+        else str(ObsProducts(outdir).clean_events(camera).resolve())
     )
     fcfg = cfg["filter"][camera]
     grouping = cfg["spectra"]["grouping"]
@@ -1403,7 +1404,7 @@ def build_image_commands(
     clean = (
         str(Path(clean_events).resolve())
         if clean_events
-        else str((outdir / "events" / f"{camera}_clean.fits").resolve())
+        else str(ObsProducts(outdir).clean_events(camera).resolve())
     )
     lo, hi = (round(1000 * b) for b in band_kev)
     tag = f"{camera}_{band_kev[0]:.2f}-{band_kev[1]:.2f}keV"
@@ -1539,7 +1540,7 @@ def plan_observation(
         active.append(cam)
         add(build_filter_commands(obs, cam, outdir, cfg, settings))
     if regions is None:
-        path = outdir / "regions" / "regions.json"
+        path = ObsProducts(outdir).regions_json
         regions = _json(path) if path.exists() else None
     for cam in active:
         evt = obs.event_files.get(cam)
@@ -1886,21 +1887,21 @@ class SasBackend:
         if any(c.step == "odf" for c in cmds):
             done = [c for c in cmds if c.step == "odf" and all(glob.glob(o) for o in c.outputs)]
             cmds = [c for c in cmds if c not in done]
-        records = run_commands(cmds, settings=settings, log=log, log_dir=outdir / "logs")
-        events_dir = outdir / "events"
+        products = ObsProducts(outdir)
+        records = run_commands(cmds, settings=settings, log=log, log_dir=products.logs_dir)
         lc = next(c.outputs[0] for c in cmds if c.label == "evselect-lc")
         clean = next(c.outputs[0] for c in cmds if c.label == "evselect-clean")
         gti = next((c.outputs[0] for c in cmds if c.label in ("tabgtigen", "espfilt")), None)
-        products = {
-            "clean": _publish(clean, events_dir / f"{camera}_clean.fits"),
-            "lc": _publish(lc, events_dir / f"{camera}_lc.fits"),
+        published = {
+            "clean": _publish(clean, products.clean_events(camera)),
+            "lc": _publish(lc, products.light_curve(camera)),
         }
         if gti is not None:
-            products["gti"] = _publish(gti, events_dir / f"{camera}_gti.fits")
+            published["gti"] = _publish(gti, products.gti(camera))
         return {
             "camera": camera,
             "mode": mode,
-            "products": {k: str(v) for k, v in products.items()},
+            "products": {k: str(v) for k, v in published.items()},
             "tasks": records,
             "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]},
         }
@@ -1921,8 +1922,8 @@ class SasBackend:
         cmds = build_spectra_commands(obs, camera, outdir, regions, cfg, settings)
         self.check_installation(sorted({c.task for c in cmds}), cfg)
         write_local_sum_file(obs, outdir)
-        records = run_commands(cmds, settings=settings, log=log, log_dir=outdir / "logs")
-        spec = outdir / "spectra"
+        products = ObsProducts(outdir)
+        records = run_commands(cmds, settings=settings, log=log, log_dir=products.logs_dir)
         by_label = {c.label: c for c in cmds}
         if settings.esas:
             esas = by_label["pnspectra" if camera == "pn" else "mosspectra"]
@@ -1934,24 +1935,24 @@ class SasBackend:
             rmf, arf = by_label["rmfgen"].outputs[0], by_label["arfgen"].outputs[0]
         if "specgroup" in by_label:
             src = by_label["specgroup"].outputs[0]
-        products = {
-            "bkg": _publish(bkg, spec / f"{camera}_bkg.pha"),
-            "rmf": _publish(rmf, spec / f"{camera}.rmf"),
-            "arf": _publish(arf, spec / f"{camera}.arf"),
+        published = {
+            "bkg": _publish(bkg, products.bkg_spectrum(camera)),
+            "rmf": _publish(rmf, products.rmf(camera)),
+            "arf": _publish(arf, products.arf(camera)),
             "src": _publish(
                 src,
-                spec / f"{camera}_src.pha",
+                products.src_spectrum(camera),
                 keywords={
-                    "RESPFILE": f"{camera}.rmf",
-                    "ANCRFILE": f"{camera}.arf",
-                    "BACKFILE": f"{camera}_bkg.pha",
+                    "RESPFILE": products.rmf(camera).name,
+                    "ANCRFILE": products.arf(camera).name,
+                    "BACKFILE": products.bkg_spectrum(camera).name,
                 },
             ),
         }
         return {
             "camera": camera,
             "esas": settings.esas,
-            "products": {k: str(v) for k, v in products.items()},
+            "products": {k: str(v) for k, v in published.items()},
             "tasks": records,
             "versions": {r["argv"][0]: r["task_version"] for r in records if r["task_version"]},
         }

@@ -11,11 +11,12 @@ Errors come from sampling the parameters' covariance (multivariate normal, clipp
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..constants import flat_lcdm
 from .models import CompositeModel
 
 __all__ = ["KEV_TO_ERG", "band_flux", "band_key", "flux_table", "luminosity_distance_cm"]
@@ -45,13 +46,7 @@ def band_flux(
 
 
 def _cosmology(cosmology: Any) -> Any:
-    from astropy.cosmology import FlatLambdaCDM
-
-    if cosmology is None:
-        return FlatLambdaCDM(H0=70.0, Om0=0.3)
-    if isinstance(cosmology, Mapping):
-        return FlatLambdaCDM(H0=float(cosmology.get("H0", 70.0)), Om0=float(cosmology.get("Om0", 0.3)))
-    return cosmology
+    return flat_lcdm(cosmology)
 
 
 def luminosity_distance_cm(z: float, cosmology: Any = None) -> float:

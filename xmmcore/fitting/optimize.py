@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import DEFAULT_FLUX_BANDS_KEV
 from ..errors import ConfigError, FitError
 from . import stats as _stats
 from .datasets import SpectrumDataset
@@ -37,7 +38,7 @@ __all__ = ["Fit", "FitProblem", "fit", "parse_setting"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_FLUX_BANDS = ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
+DEFAULT_FLUX_BANDS = DEFAULT_FLUX_BANDS_KEV
 _FD_REL_STEP = 1e-3  # >= sqrt(float32 eps): XSPEC's float32 models need it for a non-zero gradient
 
 

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...constants import DEFAULT_COSMOLOGY
 from ...errors import ConfigError, ExternalToolError, FitError, ToolNotFoundError
 from ...fsutil import atomic_write_json
 from ...tools import run_tool
@@ -75,7 +76,8 @@ def _cosmology_dict(cosmology: Any) -> dict[str, float] | None:
     if cosmology is None:
         return None
     if isinstance(cosmology, Mapping):
-        return {"H0": float(cosmology.get("H0", 70.0)), "Om0": float(cosmology.get("Om0", 0.3))}
+        values = {**DEFAULT_COSMOLOGY, **cosmology}
+        return {"H0": float(values["H0"]), "Om0": float(values["Om0"])}
     h0 = getattr(cosmology, "H0", None)
     if h0 is not None:
         return {"H0": float(getattr(h0, "value", h0)), "Om0": float(cosmology.Om0)}
