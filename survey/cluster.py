@@ -24,7 +24,14 @@ from typing import Any, Self
 
 from xmmcore.errors import ConfigError
 
-__all__ = ["SLOT_RESOURCE", "ClusterHandle", "slurm_cluster_kwargs", "start_cluster"]
+__all__ = [
+    "JOBQUEUE_KEYS",
+    "SLOT_RESOURCE",
+    "ClusterHandle",
+    "site_jobqueue_settings",
+    "slurm_cluster_kwargs",
+    "start_cluster",
+]
 
 SLOT_RESOURCE = "slots"
 #: Scheduler settings for chains of short tasks: queue ready first steps on the workers (no
@@ -68,10 +75,68 @@ class ClusterHandle:
         self.close()
 
 
+#: ``cluster.slurm.*`` keys that are ``SLURMCluster`` keywords of the same name, and ``jobqueue.slurm.*`` keys
+#: of dask-jobqueue's own configuration (a site's ``~/.config/dask/jobqueue.yaml``).
+JOBQUEUE_KEYS = (
+    "cores",
+    "processes",
+    "memory",
+    "walltime",
+    "queue",
+    "account",
+    "interface",
+    "job_extra_directives",
+    "job_script_prologue",
+    "python",
+)
+
+
+def _packaged_jobqueue_defaults() -> dict[str, Any]:
+    """dask-jobqueue's own ``jobqueue.slurm`` defaults (its packaged ``jobqueue.yaml``), or {}."""
+    try:
+        import dask_jobqueue
+        import yaml
+    except ImportError:
+        return {}
+    path = Path(dask_jobqueue.__file__).with_name("jobqueue.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k).replace("-", "_"): v for k, v in ((data.get("jobqueue") or {}).get("slurm") or {}).items()}
+
+
+def site_jobqueue_settings() -> dict[str, Any]:
+    """``jobqueue.slurm.*`` values the site's dask configuration sets (differing from dask-jobqueue's own)."""
+    import dask
+
+    packaged = _packaged_jobqueue_defaults()
+    out: dict[str, Any] = {}
+    for key in JOBQUEUE_KEYS:
+        value = dask.config.get(f"jobqueue.slurm.{key}", default=None)
+        if value is not None and value != packaged.get(key):
+            out[key] = value
+    return out
+
+
 def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
-    """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from ``cluster.slurm.*``."""
+    """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from ``cluster.slurm.*``.
+
+    A key of :data:`JOBQUEUE_KEYS` is passed when the user set it (``Config.is_set``), or when the site's
+    dask configuration (``jobqueue.yaml``) does not set it (then the value of ``survey/defaults.yaml``
+    is passed); otherwise it is left out so that the site's ``jobqueue.slurm.<key>`` applies. The
+    worker ``slots`` resource follows the cores and processes that apply.
+    """
     s = cfg["cluster"]["slurm"]
-    cores, processes = int(s["cores"]), int(s["processes"])
+    site = site_jobqueue_settings()
+    is_set = getattr(cfg, "is_set", None)
+    chosen: dict[str, Any] = {}
+    for key in JOBQUEUE_KEYS:
+        user = bool(is_set(f"cluster.slurm.{key}")) if callable(is_set) else True
+        if user or key not in site:
+            chosen[key] = s.get(key)
+    cores = int(chosen["cores"] if "cores" in chosen else site["cores"])
+    processes = int(chosen["processes"] if "processes" in chosen else site["processes"])
     if processes > cores:
         raise ConfigError(
             f"cluster.slurm.processes ({processes}) must not exceed cluster.slurm.cores ({cores})"
@@ -80,20 +145,19 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
     log_dir = s.get("log_directory") or str(Path(results_dir) / "logs" / "slurm")
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
-        "cores": cores,
-        "processes": processes,
-        "memory": s["memory"],
-        "walltime": s["walltime"],
-        "job_extra_directives": list(s.get("job_extra_directives") or []),
-        "job_script_prologue": list(s.get("job_script_prologue") or []),
         "log_directory": log_dir,
-        "python": s.get("python") or sys.executable,
         "worker_extra_args": ["--resources", f"{SLOT_RESOURCE}={slots}"],
         "scheduler_options": {"dashboard_address": cfg["cluster"]["dashboard_address"]},
     }
-    for key in ("queue", "account", "interface"):
-        if s.get(key):
-            kwargs[key] = s[key]
+    for key, value in chosen.items():
+        if key in ("cores", "processes"):
+            kwargs[key] = int(value)
+        elif key in ("job_extra_directives", "job_script_prologue"):
+            kwargs[key] = list(value or [])
+        elif key == "python":
+            kwargs[key] = value or sys.executable
+        elif value not in (None, ""):
+            kwargs[key] = value
     return kwargs
 
 

@@ -292,10 +292,21 @@ class Config(Mapping[str, Any]):
         The resolved values (do not modify; use :meth:`to_dict` for a copy).
     sources : tuple of str
         The layers applied, lowest first (``defaults``, the file path, ``cli``).
+    explicit : frozenset of str
+        Dotted keys the user set (in the file or as overrides), whatever their value; see :meth:`is_set`.
     """
 
     data: dict[str, Any]
     sources: tuple[str, ...] = field(default=("defaults",))
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
+
+    def is_set(self, key: str) -> bool:
+        """True when the user set ``key`` (dotted), or a key below it when ``key`` is a mapping.
+
+        Settings passed on to a third-party library whose own configuration may apply (dask-jobqueue's
+        ``jobqueue.yaml``) are passed only when this is true.
+        """
+        return any(k == key or k.startswith(key + ".") or key.startswith(k + ".") for k in self.explicit)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -329,7 +340,7 @@ class Config(Mapping[str, Any]):
         data = self.to_dict()
         _apply_overrides(data, overrides, reference=load_defaults())
         check_limits(data, where="overrides")
-        return Config(data, self.sources + ("overrides",))
+        return Config(data, self.sources + ("overrides",), self.explicit | _override_keys(overrides))
 
     def to_yaml(self) -> str:
         """The resolved values as YAML, headed by the layers and the hash."""
@@ -378,6 +389,26 @@ def _apply_overrides(
         _merge(data, _nest(key, value), reference=reference, prefix="", where="command line")
 
 
+def _dotted_keys(layer: Any, prefix: str = "") -> set[str]:
+    """The dotted keys of the values (leaves, not the mappings above them) a (validated) layer sets."""
+    if not isinstance(layer, Mapping) or not layer:
+        return {prefix.rstrip(".")} if prefix else set()
+    out: set[str] = set()
+    for key, value in layer.items():
+        out |= _dotted_keys(value, f"{prefix}{key}.")
+    return out
+
+
+def _override_keys(overrides: Iterable[str] | Mapping[str, Any] | None) -> set[str]:
+    if not overrides:
+        return set()
+    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    out: set[str] = set()
+    for key, value in items:
+        out |= _dotted_keys(value, key + ".")
+    return out
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -409,6 +440,7 @@ def load_config(
     reference = load_defaults()
     data = copy.deepcopy(reference)
     sources = ["defaults"]
+    explicit: set[str] = set()
     if path is not None:
         path = Path(path)
         try:
@@ -425,16 +457,18 @@ def load_config(
         layer = yaml_load_strict(text, str(path))
         if layer is not None:
             _merge(data, layer, reference=reference, prefix="", where=str(path))
+            explicit |= _dotted_keys(layer)
         sources.append(str(path))
     if overrides:
         _apply_overrides(data, overrides, reference=reference)
+        explicit |= _override_keys(overrides)
         sources.append("cli")
     where = " < ".join(sources[1:]) or "defaults"
     check_limits(data, where=where)
     if for_run:
         check_environment(data, where=where)
         check_obsid_selection(data, where=where)
-    return Config(data, tuple(sources))
+    return Config(data, tuple(sources), frozenset(explicit))
 
 
 def write_resolved(cfg: Config, results_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -21,6 +21,7 @@ from .errors import ConfigError, FitError, InputDataError, ToolError
 from .fsutil import atomic_write_text
 from .observation import CAMERAS, Observation
 from .products import ObsProducts
+from .settings import FitSettings
 
 __all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
 
@@ -191,7 +192,7 @@ def auto_settings(model: str, meta: Mapping[str, Any]) -> list[str]:
 def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
     from .fitting.engines import engine_from_config
 
-    fit_cfg = cfg["fit"]
+    fs = FitSettings.from_config(cfg)
     products = ObsProducts(outdir)
     cams = _clean_cameras(obs, outdir, cfg)
     inputs, missing = fit_inputs(outdir, cams)
@@ -201,32 +202,25 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         raise InputDataError(
             "nothing to fit: " + "; ".join(f"{c}: {w}" for c, w in missing.items()), products.spectra_dir
         )
-    if not fit_cfg.get("joint_cameras", True):
+    if not fs.joint_cameras:
         inputs = inputs[:1]
-    settings = auto_settings(fit_cfg["model"], obs.meta) if fit_cfg.get("auto_set", True) else []
-    settings += list(fit_cfg.get("set") or [])
+    settings = fs.parameter_settings(meta=obs.meta)
     engine = engine_from_config(cfg)
     fits_dir = products.fits_dir
     fits_dir.mkdir(parents=True, exist_ok=True)
     log.info(
         "fit: engine=%s model=%s stat=%s datasets=%s",
         engine.name,
-        fit_cfg["model"],
-        fit_cfg["stat"],
+        fs.model,
+        fs.stat,
         [i.name for i in inputs],
     )
     try:
         result = engine.fit_files(
             inputs,
-            fit_cfg["model"],
-            stat=fit_cfg["stat"],
-            notice_kev=tuple(fit_cfg["notice_kev"]),
+            fs.model,
             set_params=settings,
-            abund=fit_cfg.get("abund", "angr"),
-            errors=fit_cfg.get("errors", "profile"),
-            redshift=obs.meta.get("z"),
-            cosmology=cfg.get("cosmology"),
-            flux_bands_kev=[tuple(b) for b in fit_cfg.get("flux_bands_kev", [])],
+            **fs.fit_kwargs(redshift=obs.meta.get("z")),
             cross_norm=len(inputs) > 1,
             workdir=fits_dir,
             log=log,

@@ -31,6 +31,7 @@ from ..fsutil import atomic_path
 from ..images import PHYS_PIXEL_ARCSEC, ccd_footprints
 from ..products import ObsProducts
 from ..regions import read_ds9
+from ..settings import ScreenSettings, SpectraSettings
 
 __all__ = ["PythonBackend"]
 
@@ -91,19 +92,13 @@ class PythonBackend:
         path = obs.event_files.get(camera)
         if path is None:
             raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
-        fcfg = cfg["filter"][camera]
-        fls = flare_settings(cfg.get("flares", {}), camera)
+        scr = ScreenSettings.from_config(cfg, camera)
+        fls = flare_settings(cfg["flares"], camera)
         method = fls.method
         band = fls.band_kev
-        flag_mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), _events_header(path))
+        flag_mask = flag_mask_for(camera, scr.flag, _events_header(path))
         lc_mask = flag_mask_for(camera, "xmmea", _events_header(path))
-        screen_kw = {
-            "pattern_max": fcfg.get("pattern_max"),
-            "flag_mask": flag_mask,
-            "pi_min": fcfg.get("pi_min"),
-            "pi_max": fcfg.get("pi_max"),
-            "ccds": fcfg.get("ccds"),
-        }
+        screen_kw = scr.screen_kwargs(flag_mask)
 
         def wanted(cols: Any) -> np.ndarray:
             # Streaming pre-selection: rows that pass the screening or feed the flare light curve.
@@ -135,8 +130,8 @@ class PythonBackend:
             )
         clean_t, _ = screen_with_gti(evl, res.gti, **screen_kw)  # screening and flare GTI in one copy
         sel = (
-            f"PATTERN<={fcfg.get('pattern_max')} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
-            f"==0 && PI in [{fcfg.get('pi_min')}:{fcfg.get('pi_max')}] && CCDNR in {fcfg.get('ccds') or 'all'} "
+            f"PATTERN<={scr.pattern_max} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
+            f"==0 && PI in [{scr.pi_min}:{scr.pi_max}] && CCDNR in {list(scr.ccds) if scr.ccds else 'all'} "
             f"&& GTI({products.gti(camera).name})"
         )
         clean_path = write_events(
@@ -167,8 +162,8 @@ class PythonBackend:
                 "n_events_screened": n_screened,
                 "n_events_out": len(clean_t),
                 "flag_mask": flag_mask,
-                "pattern_max": fcfg.get("pattern_max"),
-                "pi_range": [fcfg.get("pi_min"), fcfg.get("pi_max")],
+                "pattern_max": scr.pattern_max,
+                "pi_range": [scr.pi_min, scr.pi_max],
                 "ccds": sorted(clean_t.gti_ccd),
                 "exposure_raw_s": exp_raw,
                 "exposure_s": exp_clean,
@@ -209,11 +204,10 @@ class PythonBackend:
         evl = read_events(products.clean_events(camera), camera=camera)
         fp = ccd_footprints(evl)
         files = regions.get("files", {})
-        resp = self._responses(obs, camera, products, cfg, log)
+        sps = SpectraSettings.from_config(cfg)
+        resp = self._responses(obs, camera, products, sps, log)
         fwhm = resp.pop("fwhm_chan", None)
-        scfg = cfg.get("spectra", {})
-        grouping = scfg.get("grouping", "min_counts")
-        min_counts = int(scfg.get("min_counts", 1))
+        grouping, min_counts = sps.grouping, sps.min_counts
         out: dict[str, Any] = {"camera": camera, "responses": resp, "grouping": grouping}
 
         def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
@@ -266,8 +260,8 @@ class PythonBackend:
         backfile = products.bkg_spectrum(camera).name
         bkg = one(f"{camera}_bkg", "bkg", None)
         src = one(f"{camera}_src", "src", backfile)
-        bcfg = (cfg.get("regions", {}) or {}).get("background", {}) or {}
-        if bcfg.get("method") == "blanksky":
+        bcfg = cfg["regions"]["background"]
+        if bcfg["method"] == "blanksky":
             out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, products, log))
             bkg = dict(
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
@@ -335,25 +329,21 @@ class PythonBackend:
         tpl_path = (bcfg.get("blanksky_files") or {}).get(camera)
         if not tpl_path:
             raise InputDataError(f"regions.background.method: blanksky needs blanksky_files.{camera}")
-        fcfg = cfg["filter"][camera]
+        scr = ScreenSettings.from_config(cfg, camera)
         raw_obs = read_events(obs.event_files[camera], camera=camera)
         raw_tpl = read_events(tpl_path, camera=camera)
         try:
             scale = blanksky_scale(
                 raw_obs,
                 raw_tpl,
-                band_kev=flare_settings(cfg.get("flares", {}), camera).band_kev,
+                band_kev=flare_settings(cfg["flares"], camera).band_kev,
                 obs_gti=evl.gti,
             )
         except ValueError as exc:
             raise InputDataError(f"cannot scale the blank-sky template: {exc}", tpl_path) from exc
         tpl = screen(
             raw_tpl,
-            pattern_max=fcfg.get("pattern_max"),
-            flag_mask=flag_mask_for(camera, fcfg.get("flag", "xmmea"), raw_tpl.header),
-            pi_min=fcfg.get("pi_min"),
-            pi_max=fcfg.get("pi_max"),
-            ccds=fcfg.get("ccds"),
+            **scr.screen_kwargs(flag_mask_for(camera, scr.flag, raw_tpl.header)),
         )
         src_sel = read_ds9(files[f"{camera}_src"], evl.header)
         ann_sel = read_ds9(files[f"{camera}_bkg"], evl.header)
@@ -386,9 +376,9 @@ class PythonBackend:
         }
 
     def _responses(
-        self, obs: Any, camera: str, products: ObsProducts, cfg: dict[str, Any], log: logging.Logger
+        self, obs: Any, camera: str, products: ObsProducts, sps: SpectraSettings, log: logging.Logger
     ) -> dict[str, Any]:
-        rcfg = (cfg.get("spectra", {}) or {}).get("responses", {}) or {}
+        rcfg = sps.responses
         rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
         arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
         out: dict[str, Any] = {"note": RESPONSE_NOTE, "outputs": []}

@@ -1,0 +1,116 @@
+"""Typed settings built once from the resolved configuration; dask-jobqueue gets only what the user set."""
+
+from __future__ import annotations
+
+import pytest
+
+from survey.config import load_config
+from xmmcore.errors import ConfigError
+from xmmcore.settings import FitSettings, ScreenSettings, SpectraSettings
+
+
+def test_fit_settings_from_the_defaults():
+    fs = FitSettings.from_config(load_config())
+    assert fs.model == "wabs*(zbremss+zgauss)" and fs.stat == "cstat" and fs.engine == "builtin"
+    assert fs.notice_kev == (0.5, 7.0) and fs.errors == "profile" and fs.auto_set and fs.joint_cameras
+    assert fs.flux_bands_kev == ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
+    assert fs.cosmology == {"H0": 70.0, "Om0": 0.3} and fs.abund == "angr"
+    assert fs.set_params == ("zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0.0,frozen")
+    assert fs.engine_options == {}
+    with pytest.raises(AttributeError):
+        fs.stat = "chi2"  # type: ignore[misc]  # frozen
+
+
+def test_fit_settings_follow_the_config_and_meta():
+    cfg = load_config(
+        None,
+        {
+            "fit.errors": "none",
+            "fit.stat": "wstat",
+            "backend.fitting": "xspec",
+            "xspec.timeout_s": 60,
+            "fit.model": "wabs*zbremss",
+            "fit.set": [],
+        },
+    )
+    fs = FitSettings.from_config(cfg)
+    assert fs.errors is None and fs.stat == "wstat" and fs.engine == "xspec"
+    assert fs.engine_options["timeout_s"] == 60 and fs.engine_options["chatter"] == 0
+    settings = fs.parameter_settings(meta={"z": 0.1, "nh": 0.03})
+    assert any("Redshift=0.1" in s and "frozen" in s for s in settings), settings
+    assert any("nH=0.03" in s for s in settings), settings
+    assert fs.with_(auto_set=False).parameter_settings(meta={"z": 0.1}) == []
+    kw = fs.fit_kwargs(redshift=0.1)
+    assert kw["errors"] is None and kw["redshift"] == 0.1 and kw["flux_bands_kev"][0] == (0.5, 2.0)
+
+
+def test_missing_key_names_it():
+    cfg = load_config().to_dict()
+    del cfg["fit"]["errors"]
+    with pytest.raises(ConfigError, match="fit.errors"):
+        FitSettings.from_config(cfg)
+
+
+def test_screen_and_spectra_settings():
+    cfg = load_config(None, {"filter.mos1.ccds": [1, 2], "spectra.min_counts": 5})
+    scr = ScreenSettings.from_config(cfg, "mos1")
+    assert (scr.pattern_max, scr.flag, scr.pi_min, scr.pi_max, scr.ccds) == (12, "xmmea", 200, 12000, (1, 2))
+    assert scr.screen_kwargs(0x766BA000)["ccds"] == [1, 2]
+    sp = SpectraSettings.from_config(cfg)
+    assert (sp.grouping, sp.min_counts, dict(sp.responses)) == ("min_counts", 5, {})
+
+
+def test_config_knows_which_keys_the_user_set(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("cluster:\n  slurm:\n    memory: 8GB\n")
+    cfg = load_config(path, ["cluster.slurm.walltime=02:00:00"])
+    assert cfg.is_set("cluster.slurm.memory") and cfg.is_set("cluster.slurm.walltime")
+    assert cfg.is_set("cluster.slurm") and not cfg.is_set("cluster.slurm.cores")
+    assert cfg.with_overrides({"cluster.slurm.cores": 2}).is_set("cluster.slurm.cores")
+    assert not load_config().is_set("cluster.slurm.memory")
+
+
+def _job_script(kw):
+    from dask_jobqueue.slurm import SLURMJob
+
+    return SLURMJob(
+        scheduler="tcp://127.0.0.1:8786",
+        name="w",
+        **{k: v for k, v in kw.items() if k != "scheduler_options"},
+    ).job_script()
+
+
+def test_site_jobqueue_yaml_applies_where_the_user_set_nothing(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    import dask
+
+    from survey.cluster import slurm_cluster_kwargs
+
+    site = {
+        "jobqueue.slurm.memory": "7GB",
+        "jobqueue.slurm.walltime": "03:00:00",
+        "jobqueue.slurm.queue": "site-q",
+        "jobqueue.slurm.cores": 4,
+        "jobqueue.slurm.processes": 2,
+        "jobqueue.slurm.job-extra-directives": ["--qos=site"],
+    }
+    cfg = load_config(None, {"results_dir": str(tmp_path), "cluster.slurm.walltime": "00:20:00"})
+    with dask.config.set(site):
+        kw = slurm_cluster_kwargs(cfg, tmp_path)
+        script = _job_script(kw)
+    assert "memory" not in kw and "queue" not in kw and "cores" not in kw and "job_extra_directives" not in kw
+    assert kw["walltime"] == "00:20:00"  # the user's choice wins over the site's
+    assert kw["worker_extra_args"] == ["--resources", "slots=2"]  # site cores 4 / processes 2
+    for line in (
+        "#SBATCH -p site-q",
+        "#SBATCH --qos=site",
+        "#SBATCH -t 00:20:00",
+        "#SBATCH --cpus-per-task=4",
+    ):
+        assert line in script, line
+    assert "--mem=7G" in script or "--mem=6.5G" in script or "--mem=6676M" in script, script
+
+    # no site configuration: the values of survey/defaults.yaml are passed
+    kw = slurm_cluster_kwargs(load_config(None, {"results_dir": str(tmp_path)}), tmp_path)
+    assert (kw["memory"], kw["walltime"], kw["cores"], kw["processes"]) == ("4GB", "01:00:00", 1, 1)
+    assert "queue" not in kw and kw["job_extra_directives"] == []
