@@ -22,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ..constants import CAMERAS
 from ..errors import FitError, InputDataError, XmmSurveyError
 from ..fsutil import atomic_write_json
+from ..products import ObsProducts
 from .engines import FitInput
 from .optimize import DEFAULT_FLUX_BANDS
 
@@ -41,7 +43,7 @@ __all__ = [
 
 #: Folder under ``results/`` holding the joint records (``<target>.json``) and stacked spectra.
 JOINT_DIR = "joint"
-_CAMERAS = ("pn", "mos1", "mos2")
+_CAMERAS = CAMERAS
 
 
 @dataclass(frozen=True, init=False)
@@ -103,11 +105,14 @@ def collect_inputs(
     inputs: list[JointInput] = []
     missing: list[str] = []
     for obsid in obsids:
-        spec = results_dir / obsid / "spectra"
+        products = ObsProducts(results_dir / obsid)
+        spec = products.spectra_dir
         for cam in cameras:
             files = {
-                k: spec / f"{cam}{suffix}"
-                for k, suffix in (("pha", "_src.pha"), ("bkg", "_bkg.pha"), ("rmf", ".rmf"), ("arf", ".arf"))
+                "pha": products.src_spectrum(cam),
+                "bkg": products.bkg_spectrum(cam),
+                "rmf": products.rmf(cam),
+                "arf": products.arf(cam),
             }
             if not files["pha"].exists() and not any(p.exists() for p in files.values()):
                 missing.append(f"{obsid} {cam}: no spectra (camera not observed or not extracted) in {spec}")
