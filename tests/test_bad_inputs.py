@@ -303,7 +303,7 @@ def _cfg(**over) -> dict:
 
 
 def _pipeline():
-    pytest.importorskip("xmmcore.backends.python", reason="python reduction backend has not landed yet")
+    import xmmcore.backends.python  # noqa: F401
     from xmmcore import pipeline
 
     return pipeline
@@ -445,9 +445,8 @@ def test_missing_rmf_named_in_respfile(tmp_path):
 
 
 def _engine():
-    engines = pytest.importorskip("xmmcore.fitting.engines", reason="fit engines have not landed yet")
-    if not hasattr(engines, "get_engine"):
-        pytest.skip("xmmcore.fitting.engines.get_engine has not landed yet")
+    from xmmcore.fitting import engines
+
     try:
         return engines, engines.get_engine("builtin")
     except ImportError as exc:
@@ -608,9 +607,8 @@ def test_bad_override_from_command_line():
 
 
 def test_unknown_backend_name():
-    backends = pytest.importorskip("xmmcore.backends", reason="backends package has not landed yet")
-    if not hasattr(backends, "get_backend"):
-        pytest.skip("xmmcore.backends.get_backend has not landed yet")
+    from xmmcore import backends
+
     with pytest.raises(ConfigError) as info:
         backends.get_backend("ciao")
     assert "ciao" in str(info.value) and "python" in str(info.value)
@@ -646,9 +644,8 @@ def test_run_tool_missing_executable(tmp_path):
 
 def test_missing_sas_when_selected(tmp_path, monkeypatch):
     """backend.reduction=sas without SAS installed: ToolNotFoundError (a ConfigError) that says how to fix it."""
-    backends = pytest.importorskip("xmmcore.backends")
-    if not hasattr(backends, "get_backend"):
-        pytest.skip("xmmcore.backends.get_backend has not landed yet")
+    from xmmcore import backends
+
     if os.environ.get("SAS_DIR"):
         pytest.skip("SAS is installed here")
     monkeypatch.setenv("PATH", "/nonexistent-bin")
@@ -686,8 +683,9 @@ def test_missing_xspec_when_selected(tmp_path, monkeypatch):
 
 def _survey_cli(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[int, str]:
     """Run ``xmm-survey run`` in this process with no SAS/XSPEC on PATH; return (exit code, output)."""
-    cli = pytest.importorskip("survey.cli", reason="survey CLI has not landed yet")
     import shutil
+
+    from survey import cli
 
     if shutil.which("evselect") or shutil.which("xspec"):
         pytest.skip("SAS or XSPEC is installed here")
@@ -780,8 +778,8 @@ def test_corrupt_meta_json(tmp_path):
 
 def test_duplicated_obsid_in_list(tmp_path):
     """The same ObsID twice (config list or list file): refused naming it, or kept once -- never run twice."""
-    config = pytest.importorskip("survey.config")
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from survey import api, config
+
     good_events(tmp_path / "data" / "0000000001" / "pn_evts.fits")
     lst = tmp_path / "obsids.txt"
     lst.write_text("0000000001\n0000000001  # again\n")
@@ -836,8 +834,8 @@ def test_unwritable_output_dir_permissions(tmp_path):
 
 def test_unwritable_results_dir_refused_by_survey(tmp_path):
     """run_survey with results_dir under a file: a ConfigError naming the folder before any work."""
-    config = pytest.importorskip("survey.config")
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from survey import api, config
+
     good_events(tmp_path / "data" / "0000000001" / "pn_evts.fits")
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
@@ -950,9 +948,9 @@ def test_plain_parquet_is_not_a_catalogue(tmp_path):
 @pytest.fixture(scope="module")
 def small_survey(tmp_path_factory):
     """Five ObsIDs (two good; truncated, wrong INSTRUME, no event list) run through the survey API once."""
-    config = pytest.importorskip("survey.config")
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
-    pytest.importorskip("xmmcore.backends.python", reason="python backend has not landed yet")
+    import xmmcore.backends.python  # noqa: F401
+    from survey import api, config
+
     root = tmp_path_factory.mktemp("survey")
     data, results = root / "data", root / "results"
     for i, obsid in enumerate(("0000000001", "0000000002")):

@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_bad_inputs import good_events
 
 psutil = pytest.importorskip("psutil")
-pytest.importorskip("survey.api", reason="survey API has not landed yet")
 
 REPO = Path(__file__).resolve().parents[1]
 OBSIDS = ("0000000011", "0000000012", "0000000013")

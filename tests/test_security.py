@@ -333,8 +333,6 @@ def test_nothing_binds_all_interfaces_by_default(scan):
 def test_tool_runner_uses_argv_and_its_own_session():
     """run_tool must pass a list argv (no shell) and start a new session so that a timeout kills the group."""
     tools = REPO / "xmmcore" / "tools.py"
-    if not tools.exists():
-        pytest.skip("xmmcore/tools.py has not landed yet")
     tree = ast.parse(tools.read_text())
     popen_calls = [
         n
@@ -355,8 +353,9 @@ def test_tool_runner_uses_argv_and_its_own_session():
 
 def test_run_tool_passes_shell_metacharacters_literally(tmp_path):
     """An argument such as a user's region expression reaches the program verbatim: nothing is interpreted."""
-    tools = pytest.importorskip("xmmcore.tools")
     import shutil
+
+    from xmmcore import tools
 
     echo = shutil.which("echo")
     if echo is None:
@@ -370,7 +369,7 @@ def test_run_tool_passes_shell_metacharacters_literally(tmp_path):
 
 def test_run_tool_refuses_a_command_string(tmp_path):
     """A single string is not split by a shell: it is refused (or not found), never run."""
-    tools = pytest.importorskip("xmmcore.tools")
+    from xmmcore import tools
     from xmmcore.errors import ToolError
 
     marker = tmp_path / "pwned"
@@ -427,7 +426,7 @@ def test_discover_cannot_escape_the_data_root(tmp_path):
 
 def test_survey_refuses_obsid_with_path_characters(tmp_path):
     """An ObsID list naming ``../x`` must be refused before anything is written outside results/."""
-    config = pytest.importorskip("survey.config", reason="survey/config.py has not landed yet")
+    from survey import config
     from xmmcore.errors import ConfigError
 
     data = tmp_path / "data"
@@ -438,7 +437,8 @@ def test_survey_refuses_obsid_with_path_characters(tmp_path):
         cfg = config.load_config(
             overrides={"data_dir": str(data), "results_dir": str(results), "obsids": ["good", "../escape"]}
         )
-        api = pytest.importorskip("survey.api")
+        from survey import api
+
         api.run_survey(cfg)
     assert "../escape" in str(info.value)
     created = set(tmp_path.rglob("*")) - before
@@ -457,7 +457,7 @@ def _victim(tmp_path):
 
 
 def test_obsid_list_file_with_traversal_refused(tmp_path):
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from survey import api
     from xmmcore.errors import ConfigError
 
     lst = tmp_path / "obsids.txt"
@@ -468,7 +468,7 @@ def test_obsid_list_file_with_traversal_refused(tmp_path):
 
 
 def test_targets_csv_with_traversal_refused(tmp_path):
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
+    from survey import api
     from xmmcore.errors import ConfigError
 
     csv = tmp_path / "targets.csv"
@@ -479,7 +479,7 @@ def test_targets_csv_with_traversal_refused(tmp_path):
 
 
 def test_clean_cannot_delete_outside_results(tmp_path):
-    status = pytest.importorskip("survey.status", reason="survey status has not landed yet")
+    from survey import status
     from xmmcore.errors import ConfigError
 
     victim = _victim(tmp_path)
@@ -491,8 +491,7 @@ def test_clean_cannot_delete_outside_results(tmp_path):
 
 
 def test_run_one_refuses_traversing_obsid(tmp_path):
-    api = pytest.importorskip("survey.api", reason="survey API has not landed yet")
-    config = pytest.importorskip("survey.config")
+    from survey import api, config
     from xmmcore.errors import ConfigError
 
     victim = _victim(tmp_path)
@@ -547,10 +546,9 @@ def test_cluster_code_passes_the_configured_dashboard_address():
 
 def test_local_cluster_listens_on_loopback_only():
     """Start the survey's local cluster from the default config and check where it listens."""
-    cluster_mod = pytest.importorskip("survey.cluster", reason="survey/cluster.py has not landed yet")
-    if not hasattr(cluster_mod, "start_cluster"):
-        pytest.skip("survey.cluster.start_cluster has not landed yet")
-    config = pytest.importorskip("survey.config")
+    from survey import cluster as cluster_mod
+    from survey import config
+
     cfg = config.load_config(overrides={"cluster.workers": 1, "cluster.dashboard_address": "127.0.0.1:0"})
     handle = cluster_mod.start_cluster(cfg, results_dir=".")
     try:
