@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .constants import CAMERAS
 from .errors import InputDataError
 from .fsutil import atomic_write_fits, atomic_write_json
 
@@ -464,7 +465,7 @@ def read_mosaic(path: str | os.PathLike[str]) -> Mosaic:
 
 
 def data_inputs(
-    data_dir: str | os.PathLike[str], *, cameras: Sequence[str] = ("pn", "mos1", "mos2")
+    data_dir: str | os.PathLike[str], *, cameras: Sequence[str] = CAMERAS
 ) -> tuple[dict[str, dict[str, dict[str, Path | None]]], list[str]]:
     """Inventory of a multi-ObsID data folder (``data/<obsid>/...``) for the multi-observation path.
 

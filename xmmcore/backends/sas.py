@@ -85,7 +85,7 @@ def _sas_flare_method(method: str) -> str:
 #: Size of one XMM sky (X/Y) and detector (DETX/DETY) pixel [arcsec].
 SKY_PIXEL_ARCSEC = 0.05
 
-CAMERAS_ALL = ("pn", "mos1", "mos2")
+CAMERAS_ALL = CAMERAS
 _INSTRUME = {"pn": "EPN", "mos1": "EMOS1", "mos2": "EMOS2"}
 _PPS_TAG = {"pn": "PN", "mos1": "M1", "mos2": "M2"}
 _DEFAULT_EXP = {"pn": "S003", "mos1": "S001", "mos2": "S002"}
