@@ -46,6 +46,7 @@ from .graph import (
     run_graph,
     run_joint_fits,
 )
+from .lock import check_unlocked, results_lock
 from .logs import close_survey_logger, collect_worker_logs, dask_logs_to_file, survey_logger
 from .steps import Pipeline, execute_step, software_versions
 
@@ -361,8 +362,14 @@ def run_survey(
     if obsids is None:
         check_obsid_selection(cfg, where="run")
     results_dir = _results_dir(cfg)
-    write_resolved(cfg, results_dir)
-    log = survey_logger(results_dir)
+    lock = contextlib.ExitStack()
+    lock.enter_context(results_lock(results_dir, what="survey run"))  # one writer per results folder
+    try:
+        write_resolved(cfg, results_dir)
+        log = survey_logger(results_dir)
+    except BaseException:
+        lock.close()
+        raise
     try:
         if obsids is not None:
             try:
@@ -442,6 +449,7 @@ def run_survey(
         return report
     finally:
         close_survey_logger(log)
+        lock.close()
 
 
 def _joint(
@@ -523,7 +531,15 @@ def run_one(
     pipe = _pipeline_for(cfg, pipeline)
     validate_obsid(obsid)
     results_dir = _results_dir(cfg)
-    log = survey_logger(results_dir, name=f"survey.{obsid}")
+    check_unlocked(results_dir)  # a whole-survey run writes here now
+    lock = contextlib.ExitStack()
+    (results_dir / obsid).mkdir(parents=True, exist_ok=True)
+    lock.enter_context(results_lock(results_dir / obsid, what=f"run-one of {obsid}"))
+    try:
+        log = survey_logger(results_dir, name=f"survey.{obsid}")
+    except BaseException:
+        lock.close()
+        raise
     try:
         (plan,) = _plans(cfg, pipe, [obsid], retry_failed)
         outcomes = dict(plan.outcomes)
@@ -543,6 +559,7 @@ def run_one(
         return outcomes
     finally:
         close_survey_logger(log)
+        lock.close()
 
 
 logging.getLogger("survey.run").addHandler(logging.NullHandler())

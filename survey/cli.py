@@ -99,8 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args, for_run=not args.catalogue_only)
     if args.catalogue_only:
         from .graph import build_catalogue
+        from .lock import results_lock
 
-        paths, error, _info = build_catalogue(cfg["results_dir"])
+        with results_lock(cfg["results_dir"], what="catalogue build"):
+            paths, error, _info = build_catalogue(cfg["results_dir"])
         print(error or "catalogue: " + ", ".join(map(str, paths)))
         return EXIT_OK if error is None else EXIT_UNEXPECTED
     report = run_survey(
@@ -349,6 +351,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished steps are recorded; rerun the same command to resume", file=sys.stderr)
         return 130
+    except OSError as exc:
+        from .steps import storage_error
+
+        what = storage_error(exc)
+        if not what:
+            raise
+        print(
+            f"error ({what}): {exc}; free space (or make it writable) and rerun the same command: "
+            "finished steps are kept and the ones that failed for this are recomputed",
+            file=sys.stderr,
+        )
+        return 5
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ goes to the cluster. A no-op resume therefore starts no cluster.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -104,20 +105,21 @@ def _record_lost(task: StepTask, exc: BaseException) -> dict[str, Any]:
     """Record a step whose task never returned (its worker died too often: KilledWorker)."""
     name = type(exc).__name__
     reason = f"task lost: {exc}"
-    atomic_write_json(
-        record_path(task.outdir, task.step),
-        {
-            "schema": RECORD_SCHEMA,
-            "obsid": task.obsid,
-            "step": task.step,
-            "status": "failed",
-            "inputs_hash": "",
-            "reason": reason,
-            "exception": name,
-            "error_class": name,
-            "outputs": [],
-        },
-    )
+    with contextlib.suppress(OSError):  # a full disk must not cost the driver: the outcome still says why
+        atomic_write_json(
+            record_path(task.outdir, task.step),
+            {
+                "schema": RECORD_SCHEMA,
+                "obsid": task.obsid,
+                "step": task.step,
+                "status": "failed",
+                "inputs_hash": "",
+                "reason": reason,
+                "exception": name,
+                "error_class": name,
+                "outputs": [],
+            },
+        )
     return {
         "obsid": task.obsid,
         "step": task.step,

@@ -32,6 +32,25 @@ __all__ = [
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _FileHandler(logging.FileHandler):
+    """A log file that never costs the run: a write failing (disk full, read-only, a name that does
+    not encode) prints one line on stderr, not a ``--- Logging error ---`` traceback per record.
+    Undecodable characters are written as backslash escapes."""
+
+    _warned = False
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's API
+        if not _FileHandler._warned:
+            _FileHandler._warned = True
+            import sys
+
+            exc = sys.exc_info()[1]
+            print(f"warning: cannot write the log {self.baseFilename}: {exc}", file=sys.stderr)
+
+
 def step_log_path(results_dir: str | os.PathLike[str], obsid: str, step: str) -> Path:
     """``results/<obsid>/logs/<step>.log``."""
     return ObsProducts(Path(results_dir) / obsid).step_log(step)
@@ -48,7 +67,7 @@ def step_logger(results_dir: str | os.PathLike[str], obsid: str, step: str) -> I
     logger = logging.getLogger(f"xmm.{obsid}.{step}")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _FileHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(handler)
     try:
@@ -66,7 +85,7 @@ def survey_logger(results_dir: str | os.PathLike[str], *, name: str = "survey") 
     logger.setLevel(logging.INFO)
     target = str(path.resolve())
     if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in logger.handlers):
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = _FileHandler(path)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         logger.addHandler(handler)
     return logger
@@ -96,7 +115,11 @@ def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> lis
     for worker, lines in logs.items():
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(worker)).strip("_")
         text = "\n".join(msg for _level, msg in lines) + "\n"
-        out.append(atomic_write_text(folder / f"{name}.log", text))
+        try:
+            out.append(atomic_write_text(folder / f"{name}.log", text))
+        except (OSError, UnicodeError) as exc:  # a full or read-only disk: the survey result stands
+            logging.getLogger("survey.run").warning("worker log %s not written: %s", name, exc)
+            break
     return out
 
 
@@ -111,7 +134,7 @@ def dask_logs_to_file(results_dir: str | os.PathLike[str], *, quiet: bool = True
     path = Path(results_dir) / "logs" / "dask.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("distributed")
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _FileHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.setLevel(logging.INFO)
     detached = (

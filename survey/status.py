@@ -260,6 +260,9 @@ def clean_obsid(results_dir: str | Path, obsid: str, *, step: str | None = None)
     overwrites their products atomically). Returns the paths removed.
     """
     validate_obsid(obsid)  # refuses path-like and reserved names (logs, plots, joint...)
+    from .lock import check_unlocked
+
+    check_unlocked(results_dir)  # never delete under a running survey
     root = Path(results_dir) / obsid
     if not root.is_dir():
         raise ConfigError(f"nothing to clean: {root} does not exist")

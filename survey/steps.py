@@ -20,6 +20,7 @@ exponential backoff.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import importlib
@@ -60,6 +61,7 @@ __all__ = [
     "read_record",
     "record_path",
     "software_versions",
+    "storage_error",
     "step_config",
     "write_record",
 ]
@@ -368,6 +370,7 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
             record.get("status") == "failed"
             and not task.retry_failed
             and record.get("exception") not in (None, "TransientError", "KilledWorker")
+            and not record.get("storage_error")  # full or read-only disk: rerun once space returns
         ):
             return "failed", h, inputs, record
     return "run", h, inputs, record or {}
@@ -395,6 +398,28 @@ def declared_outputs(outdir: Path, summary: Mapping[str, Any]) -> list[dict[str,
             size = None
         out.append({"path": products.rel(path), "size": size})
     return out
+
+
+#: errno values of a full, over-quota or read-only file system.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def storage_error(exc: BaseException) -> str:
+    """``"disk full"`` / ``"read-only file system"``... when ``exc`` (or its cause) is one, else ``""``.
+
+    Such failures are not the ObsID's fault: their records carry ``storage_error`` and the next run
+    recomputes the step without ``--retry-failed``.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _STORAGE_ERRNOS:
+            where = f" writing {cur.filename}" if cur.filename else ""
+            what = "read-only file system" if cur.errno == errno.EROFS else "disk full or over quota"
+            return what + where
+        cur = cur.__cause__ or cur.__context__
+    return ""
 
 
 def _outcome(
@@ -511,13 +536,18 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         "pid": os.getpid(),
     }
     started = _now()
-    write_record(outdir, task.step, {**base, "status": "running", "started": started})
+    try:
+        write_record(outdir, task.step, {**base, "status": "running", "started": started})
+    except OSError as exc:
+        why = f"{storage_error(exc) or 'cannot write the step record'}: {exc}"
+        return _outcome(task, "failed", inputs_hash=h, reason=why, exception=type(exc).__name__)
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     attempts = 0
     status, reason, tb = "failed", "", ""
     exc_name = None
     summary: dict[str, Any] = {}
+    storage = ""
     with step_logger(task.results_dir, task.obsid, task.step) as log:
         while True:
             attempts += 1
@@ -536,7 +566,10 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
                 time.sleep(wait)
             except Exception as exc:  # noqa: BLE001 - recorded with its class; the survey goes on
                 reason, exc_name, tb = str(exc), type(exc).__name__, traceback.format_exc()
-                log.error("step failed (%s): %s", exc_name, exc)
+                storage = storage_error(exc)
+                if storage:
+                    reason = f"{storage} ({reason})"
+                log.error("step failed (%s): %s", exc_name, reason)
                 log.debug("%s", tb)
                 break
         wall = time.perf_counter() - t0
@@ -560,7 +593,15 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         record_out.update(
             reason=reason, exception=exc_name, error_class=exc_name, traceback=tb[-4000:], outputs=[]
         )
-    write_record(outdir, task.step, record_out)
+        if storage:
+            record_out["storage_error"] = True
+    try:
+        write_record(outdir, task.step, record_out)
+    except OSError as exc:
+        # The disk is full or read-only: the record cannot be written, so the next run recomputes the
+        # step; the survey learns why from the outcome instead of losing the task.
+        why = f"{storage_error(exc) or 'cannot write the step record'}: {exc}"
+        return _outcome(task, "failed", inputs_hash=h, wall_s=wall, reason=why, exception=type(exc).__name__)
     if status != "done":
         invalidate_after(outdir, steps, task.step)
         return _outcome(

@@ -308,3 +308,122 @@ def test_status_shows_a_corrupt_record_as_corrupt(tmp_path):
     assert "regions.json" in row["regions"].reason
     assert status.obsid_state("0910000001") == "corrupt"
     assert "corrupt" in format_status(status) and "0910000001" in status.failed()
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per results folder
+# ----------------------------------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    return int(proc.stdout)
+
+
+def test_second_run_on_a_locked_results_folder_exits_2(tmp_path, capsys):
+    """Weak case: two runs on one results folder computed the same steps twice."""
+    import socket
+
+    from survey.cli import main
+    from survey.lock import LOCK_NAME, ResultsLockedError, results_lock
+
+    res = tmp_path / "results"
+    res.mkdir()
+    helpers.make_survey(tmp_path / "data", 1)
+    with results_lock(res, what="survey run") as lock:
+        holder = json.loads(lock.read_text())
+        assert holder["host"] == socket.gethostname() and holder["pid"] == os.getpid()
+        with pytest.raises(ResultsLockedError) as info, results_lock(res):
+            pass
+        assert f"pid {os.getpid()}" in str(info.value) and str(lock) in str(info.value)
+        code = main(["run", "--data", str(tmp_path / "data"), "--results", str(res), "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and "in use by another survey run" in err and "Traceback" not in err
+        assert not (res / "0910000000").exists()  # nothing was computed
+    assert not (res / LOCK_NAME).exists()  # released
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    import socket
+
+    from survey.lock import LOCK_NAME, ResultsLockedError, results_lock
+
+    lock = tmp_path / LOCK_NAME
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": _dead_pid(), "started": "x"}))
+    with results_lock(tmp_path) as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    lock.write_text(json.dumps({"host": "other-node", "pid": 1, "started": "x"}))
+    with pytest.raises(ResultsLockedError, match="other-node"), results_lock(tmp_path):
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Full and read-only disks
+# ----------------------------------------------------------------------------------------------
+
+
+def test_full_disk_in_worker_log_collection_never_fails_the_driver(tmp_path, monkeypatch):
+    """Defect 8: a full disk during a rerun crashed the driver in worker-log collection."""
+    import errno
+
+    import xmmcore.fsutil
+    from survey.logs import collect_worker_logs
+
+    class Client:
+        def get_worker_logs(self, n):
+            return {"tcp://127.0.0.1:4000": [("INFO", "hello")]}
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    assert [p.name for p in collect_worker_logs(Client(), tmp_path)] == ["tcp_127.0.0.1_4000.log"]
+    monkeypatch.setattr(xmmcore.fsutil, "atomic_write_text", full)
+    assert collect_worker_logs(Client(), tmp_path / "full") == []
+
+
+def test_disk_full_failure_is_recomputed_on_the_next_run_without_retry_failed(tmp_path):
+    """Weak case: a disk-full failure stuck until --retry-failed."""
+    import errno
+
+    from survey.api import run_one
+    from survey.steps import read_record
+
+    helpers.make_survey(tmp_path / "data", 1)
+    state = {"full": True}
+
+    def step(obs, outdir, cfg, *, log):
+        if state["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(outdir / "x.fits"))
+        return {"ok": True}
+
+    cfg = load_config(None, {"data_dir": str(tmp_path / "data"), "results_dir": str(tmp_path / "res")})
+    first = run_one(cfg, "0910000000", pipeline={"only": step})
+    assert first["only"]["status"] == "failed" and "disk full" in first["only"]["reason"]
+    rec = read_record(tmp_path / "res" / "0910000000", "only")
+    assert rec["storage_error"] is True and "x.fits" in rec["reason"]
+    state["full"] = False  # space returns
+    second = run_one(cfg, "0910000000", pipeline={"only": step})
+    assert second["only"]["status"] == "done"
+
+
+def test_cli_says_disk_full_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import survey.api
+    from survey.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(
+            errno.ENOSPC, "No space left on device", str(tmp_path / "results" / "logs" / "survey.log")
+        )
+
+    helpers.make_survey(tmp_path / "data", 1)
+    monkeypatch.setattr(survey.api, "run_survey", full)
+    code = main(["run", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 5 and "disk full" in err and "survey.log" in err and "Traceback" not in err

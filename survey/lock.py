@@ -1,0 +1,145 @@
+"""One writer per results folder: ``results/.lock`` created with ``O_CREAT | O_EXCL``.
+
+The lock file holds the holder's host, pid, start time and command. A second run on the same
+results folder finds it and stops with :class:`ResultsLockedError` (exit 2) naming the holder. A
+lock left by a run that died is *stale* when it names this host and a pid that is not alive: it is
+then taken over. A lock of another host cannot be checked from here; it is reported with the way to
+remove it. ``O_EXCL`` creation (not ``fcntl``) is used because results may live on NFS, where
+byte-range locks are unreliable but exclusive create is atomic (NFSv3 and later).
+
+``run-one`` (SLURM job arrays: many processes, one ObsID each) takes a lock per ObsID,
+``results/<obsid>/.lock``, and refuses to start while a whole-survey run holds the root lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from xmmcore.errors import ConfigError
+
+__all__ = ["LOCK_NAME", "ResultsLockedError", "check_unlocked", "lock_holder", "results_lock"]
+
+LOCK_NAME = ".lock"
+
+
+class ResultsLockedError(ConfigError):
+    """Another run writes to this results folder (exit 2: nothing has run)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The content of a lock file (``None`` when absent; ``{}`` when unreadable or torn)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _is_stale(holder: dict[str, Any], path: Path) -> bool:
+    if not holder:
+        # A torn or empty lock: stale once it is older than a minute (its writer had time to finish it).
+        try:
+            return time.time() - path.stat().st_mtime > 60
+        except OSError:
+            return True
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "an unreadable lock"
+    return (
+        f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('started')} "
+        f"({holder.get('command', '')})"
+    )
+
+
+@contextlib.contextmanager
+def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterator[Path]:
+    """Hold ``folder/.lock`` for the block; raise :class:`ResultsLockedError` if another run holds it.
+
+    Raises
+    ------
+    ResultsLockedError
+        The lock is held by a live process (or by another host), naming the holder and how to clear it.
+    ConfigError
+        The lock cannot be created (read-only or full file system), naming the folder.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    me = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join(sys.argv[:6])[:300],
+        "what": what,
+    }
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder is None:
+                continue  # released meanwhile
+            if _is_stale(holder, path):
+                # Move the stale lock aside first: two runs taking it over at once cannot both win.
+                aside = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, aside)
+                    aside.unlink()
+                continue
+            raise ResultsLockedError(
+                f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
+                f"wait for it to finish, or if it is gone delete {path}"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
+        try:
+            os.write(fd, (json.dumps(me) + "\n").encode())
+        finally:
+            os.close(fd)
+        break
+    else:
+        raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")
+    try:
+        yield path
+    finally:
+        if lock_holder(path) == me:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+def check_unlocked(folder: str | os.PathLike[str]) -> None:
+    """Raise :class:`ResultsLockedError` when a live run holds ``folder/.lock`` (a stale lock is ignored)."""
+    path = Path(folder) / LOCK_NAME
+    holder = lock_holder(path)
+    if holder is not None and not _is_stale(holder, path):
+        raise ResultsLockedError(
+            f"{folder} is in use by a {holder.get('what', 'run')}: {_describe(holder)}; "
+            f"wait for it to finish, or if it is gone delete {path}"
+        )
