@@ -126,16 +126,13 @@ def parse_band(key: Any) -> tuple[float, float] | None:
 
 
 def _errs(entry: Mapping[str, Any], value: float, prefix: str = "") -> tuple[float, float]:
-    """Positive (lower, upper) error magnitudes from a record with err_lo/err_hi (offsets or bounds) or sigma."""
-    lo = _num(_first(entry, f"{prefix}err_lo", f"{prefix}error_lo", f"{prefix}lo_err"))
-    hi = _num(_first(entry, f"{prefix}err_hi", f"{prefix}error_hi", f"{prefix}hi_err"))
-    lo_b = _num(_first(entry, f"{prefix}lower", f"{prefix}lo_bound"))
-    hi_b = _num(_first(entry, f"{prefix}upper", f"{prefix}hi_bound"))
-    if math.isnan(lo) and not math.isnan(lo_b):
-        lo = value - lo_b
-    if math.isnan(hi) and not math.isnan(hi_b):
-        hi = hi_b - value
-    sigma = _num(_first(entry, f"{prefix}sigma", f"{prefix}err", f"{prefix}error"))
+    """Positive (lower, upper) error magnitudes from a record's err_lo/err_hi offsets, else its sigma.
+
+    Only the spellings the producers write (``FitResult.to_dict()`` of every engine) are read.
+    """
+    lo = _num(_first(entry, f"{prefix}err_lo"))
+    hi = _num(_first(entry, f"{prefix}err_hi"))
+    sigma = _num(_first(entry, f"{prefix}sigma"))
     if math.isnan(lo):
         lo = sigma
     if math.isnan(hi):
@@ -250,7 +247,7 @@ def fit_to_row(
             continue
         tag = band_tag(band)
         if isinstance(entry, Mapping):
-            v = _num(_first(entry, "value", "luminosity", "unabsorbed", "lum"))
+            v = _num(_first(entry, "value"))
             lo, hi = _errs(entry, v)
         else:
             v, lo, hi = _num(entry), math.nan, math.nan
@@ -286,15 +283,15 @@ def _cameras_in(*summaries: Mapping[str, Any] | None, extra: Iterable[str] = ())
 
 
 def _counts_columns(spec: Mapping[str, Any]) -> dict[str, float]:
-    src = _num(_first(spec, "src_counts", "source_counts", "counts_src", "counts"))
-    bkg = _num(_first(spec, "bkg_counts", "background_counts", "counts_bkg"))
-    src_bs = _num(_first(spec, "src_backscal", "backscal_src", "backscal"))
-    bkg_bs = _num(_first(spec, "bkg_backscal", "backscal_bkg"))
-    src_exp = _num(_first(spec, "src_exposure_s", "exposure_s", "exposure", "src_exposure"))
-    bkg_exp = _num(_first(spec, "bkg_exposure_s", "bkg_exposure"))
+    src = _num(_first(spec, "src_counts"))
+    bkg = _num(_first(spec, "bkg_counts"))
+    src_bs = _num(_first(spec, "src_backscal"))
+    bkg_bs = _num(_first(spec, "bkg_backscal"))
+    src_exp = _num(_first(spec, "src_exposure_s"))
+    bkg_exp = _num(_first(spec, "bkg_exposure_s"))
     if math.isnan(bkg_exp):
         bkg_exp = src_exp
-    scale = _num(_first(spec, "bkg_scale", "backscale_ratio"))
+    scale = _num(_first(spec, "bkg_scale"))
     if math.isnan(scale) and src_bs > 0 and bkg_bs > 0:
         exp_ratio = src_exp / bkg_exp if (src_exp > 0 and bkg_exp > 0) else 1.0
         scale = src_bs / bkg_bs * exp_ratio
@@ -390,9 +387,7 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         versions.update(r.get("versions") or {})
     row["software_versions"] = json.dumps(versions, sort_keys=True)
     filt_summary = (steps.get("filter") or {}).get("summary") or {}
-    row["backend"] = str(
-        filt_summary.get("backend") or _first(versions, "backend", "reduction_backend") or ""
-    )
+    row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend") or "")
     row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
     last = steps.get("fit") or ordered[-1]
     row["inputs_hash"] = str(last.get("inputs_hash") or "")
@@ -484,8 +479,8 @@ def rows_for_obsid(
         for cam in cams:
             row = dict(base, camera=cam, region=region)
             fblock = _camera_block(filt, cam)
-            row["exposure_s"] = _num(_first(fblock, "exposure_s", "clean_exposure_s", "exposure"))
-            row["exposure_raw_s"] = _num(_first(fblock, "exposure_raw_s", "ontime_s", "raw_exposure_s"))
+            row["exposure_s"] = _num(_first(fblock, "exposure_s"))
+            row["exposure_raw_s"] = _num(_first(fblock, "exposure_raw_s"))
             row["flare_fraction"] = _num(_first(fblock, "flare_fraction"))
             counts = _counts_columns(_camera_block(spec, cam))
             if not math.isnan(row["exposure_s"]):

@@ -114,3 +114,19 @@ def test_site_jobqueue_yaml_applies_where_the_user_set_nothing(tmp_path):
     kw = slurm_cluster_kwargs(load_config(None, {"results_dir": str(tmp_path)}), tmp_path)
     assert (kw["memory"], kw["walltime"], kw["cores"], kw["processes"]) == ("4GB", "01:00:00", 1, 1)
     assert "queue" not in kw and kw["job_extra_directives"] == []
+
+
+def test_one_fit_settings_for_per_obsid_and_joint_fits(tmp_path):
+    import inspect
+
+    from survey.config import write_resolved
+    from xmmcore.fitting import joint
+
+    defaults = FitSettings.from_config(load_config())
+    assert FitSettings() == defaults  # the library defaults are survey/defaults.yaml's
+    assert joint.joint_settings(tmp_path) == defaults  # no resolved configuration
+    assert inspect.signature(joint.joint_fit).parameters["errors"].default == "profile"
+    cfg = load_config(None, {"results_dir": str(tmp_path), "fit.errors": "covariance", "fit.stat": "chi2"})
+    write_resolved(cfg)
+    js = joint.joint_settings(tmp_path)
+    assert js == FitSettings.from_config(cfg) and js.errors == "covariance" and js.stat == "chi2"

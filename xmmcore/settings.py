@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .constants import DEFAULT_COSMOLOGY, DEFAULT_FLUX_BANDS_KEV
 from .errors import ConfigError
 
 __all__ = ["FitSettings", "ScreenSettings", "SpectraSettings", "config_value"]
@@ -115,17 +116,19 @@ class FitSettings:
         The engine's own section (``xspec.*`` for ``xspec``; empty for ``builtin``).
     """
 
-    model: str
-    stat: str
-    notice_kev: tuple[float, float]
-    set_params: tuple[str, ...]
-    auto_set: bool
-    errors: str | None
-    abund: str
-    joint_cameras: bool
-    flux_bands_kev: tuple[tuple[float, float], ...]
-    cosmology: Mapping[str, float]
-    engine: str
+    # The field defaults serve library calls without a configuration (a results folder without
+    # config.resolved.yaml); they equal survey/defaults.yaml (tests/test_settings.py checks it).
+    model: str = "wabs*(zbremss+zgauss)"
+    stat: str = "cstat"
+    notice_kev: tuple[float, float] = (0.5, 7.0)
+    set_params: tuple[str, ...] = ("zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0.0,frozen")
+    auto_set: bool = True
+    errors: str | None = "profile"
+    abund: str = "angr"
+    joint_cameras: bool = True
+    flux_bands_kev: tuple[tuple[float, float], ...] = DEFAULT_FLUX_BANDS_KEV
+    cosmology: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_COSMOLOGY))
+    engine: str = "builtin"
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

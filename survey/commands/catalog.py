@@ -94,9 +94,9 @@ def _joint(args: argparse.Namespace) -> int:
             cameras=args.cameras,
             stat=args.stat,
             notice_kev=tuple(args.notice_kev) if args.notice_kev else None,
-            auto_set=not args.no_auto_set,
+            auto_set=False if args.no_auto_set else None,
             stack=args.stack,
-            errors=None if args.errors == "none" else args.errors,
+            **({} if args.errors is None else {"errors": None if args.errors == "none" else args.errors}),
         )
     except XmmSurveyError as exc:
         return _fail(exc)
@@ -149,15 +149,15 @@ def add_parser(subparsers) -> None:
     j.add_argument("--target", required=True, help="target name (row key of the joint rows)")
     j.add_argument("--obsids", nargs="+", required=True, help="ObsIDs to fit jointly")
     j.add_argument("--model", default=None, help="model expression [fit.model of the run's config]")
-    j.add_argument("--engine", default="builtin", help="fit engine [builtin]")
+    j.add_argument("--engine", default=None, help="fit engine [backend.fitting of the run's config]")
     j.add_argument("--cameras", nargs="+", default=list(CAMERAS), help=f"cameras [{' '.join(CAMERAS)}]")
-    j.add_argument("--stat", default="cstat", help="fit statistic [cstat]")
+    j.add_argument("--stat", default=None, help="fit statistic [fit.stat of the run's config]")
     j.add_argument("--notice-kev", nargs=2, type=float, default=None, help="fit band [fit.notice_kev]")
     j.add_argument(
         "--errors",
-        default="covariance",
+        default=None,
         choices=("covariance", "profile", "none"),
-        help="parameter errors [covariance]",
+        help="parameter errors [fit.errors of the run's config: profile]",
     )
     j.add_argument(
         "--stack", action="store_true", help="also stack the spectra per camera and fit the stacks"

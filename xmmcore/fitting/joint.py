@@ -26,8 +26,8 @@ from ..constants import CAMERAS
 from ..errors import FitError, InputDataError, XmmSurveyError
 from ..fsutil import atomic_write_json
 from ..products import ObsProducts
+from ..settings import FitSettings
 from .engines import FitInput
-from .optimize import DEFAULT_FLUX_BANDS
 
 __all__ = [
     "JOINT_DIR",
@@ -142,7 +142,7 @@ def joint_fit(
     stat: str = "cstat",
     notice_kev: tuple[float, float] = (0.5, 7.0),
     set_params: Sequence[str] = (),
-    errors: str | None = "covariance",
+    errors: str | None = FitSettings.errors,
     redshift: float | None = None,
     cosmology: Any = None,
     flux_bands_kev: Sequence[Sequence[float]] = (),
@@ -278,6 +278,13 @@ def _resolved_config(results_dir: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
+def joint_settings(results_dir: str | os.PathLike[str]) -> FitSettings:
+    """The :class:`FitSettings` of the survey in ``results_dir`` (its ``config.resolved.yaml``), the same
+    as its per-ObsID fits; the library defaults when the folder has no resolved configuration."""
+    cfg = _resolved_config(Path(results_dir))
+    return FitSettings.from_config(cfg) if cfg else FitSettings()
+
+
 def target_meta(results_dir: str | os.PathLike[str], obsids: Sequence[str]) -> dict[str, Any]:
     """Target metadata (name, ra, dec, z, nh, ...) of the first ObsID that has a ``meta.json``.
 
@@ -315,12 +322,13 @@ def run_joint(
     *,
     target: str,
     obsids: Sequence[str],
+    settings: FitSettings | None = None,
     model: str | None = None,
-    engine: str = "builtin",
+    engine: str | None = None,
     cameras: Sequence[str] = _CAMERAS,
-    stat: str = "cstat",
+    stat: str | None = None,
     notice_kev: tuple[float, float] | None = None,
-    auto_set: bool = True,
+    auto_set: bool | None = None,
     stack: bool = False,
     meta: Mapping[str, Any] | None = None,
     **fit_options: Any,
@@ -335,21 +343,23 @@ def run_joint(
         Name of the record (``results/joint/<target>.json``) and of the catalogue rows.
     obsids : sequence of str
         ObsIDs to combine.
-    model : str, optional
-        Model expression (default: ``fit.model`` of ``config.resolved.yaml``).
-    engine, cameras, stat : str
-        Fit engine, cameras to use, statistic.
-    notice_kev : (float, float), optional
-        Fit band (default: ``fit.notice_kev`` of the config, else 0.5-7 keV).
-    auto_set : bool
-        Freeze Redshift / absorber nH at the target's z / nh.
+    settings : FitSettings, optional
+        The fit (model, statistic, band, ``fit.set``, errors, fluxes, engine); default: built from
+        ``config.resolved.yaml`` of ``results_dir``, the same settings as the per-ObsID fits (without one,
+        the library defaults, which equal ``survey/defaults.yaml``).
+    model, engine, stat, notice_kev, auto_set : optional
+        Replace the field of ``settings`` of the same name (``None``: keep it). Another ``model`` drops
+        ``fit.set`` (it names the parameters of ``fit.model``) unless ``set_params`` is given.
+    cameras : sequence of str
+        Cameras to use.
     stack : bool
         Also stack the spectra per camera (:func:`xmmcore.stack.stack_spectra`), fit the stacks jointly across
         cameras and keep that fit under ``"stack"`` of the record.
     meta : dict, optional
         Target metadata (default: :func:`target_meta`).
     **fit_options
-        Passed to :func:`joint_fit` (``errors``, ``set_params``, ``flux_bands_kev``, ...).
+        ``errors``, ``set_params``, ``flux_bands_kev``, ``cosmology``, ``abund`` replace those of ``settings``;
+        the others (``redshift``, ``workdir``, ``log``) go to :func:`joint_fit`.
 
     Returns
     -------
@@ -360,10 +370,25 @@ def run_joint(
         can show it).
     """
     results_dir = Path(results_dir)
-    fit_cfg = _resolved_config(results_dir).get("fit") or {}
-    model = model or fit_cfg.get("model") or "wabs*zbremss"
-    notice = tuple(notice_kev or fit_cfg.get("notice_kev") or (0.5, 7.0))
-    fit_options.setdefault("flux_bands_kev", fit_cfg.get("flux_bands_kev") or DEFAULT_FLUX_BANDS)
+    fs = settings if settings is not None else joint_settings(results_dir)
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {"model": model, "engine": engine, "stat": stat, "auto_set": auto_set}.items()
+        if v is not None
+    }
+    if notice_kev is not None:
+        changes["notice_kev"] = (float(notice_kev[0]), float(notice_kev[1]))
+    if "set_params" in fit_options:
+        changes["set_params"] = tuple(fit_options.pop("set_params") or ())
+    elif model is not None and model != fs.model:
+        changes["set_params"] = ()  # fit.set names the parameters of fit.model, not of another model
+    if "flux_bands_kev" in fit_options:
+        changes["flux_bands_kev"] = tuple(tuple(b) for b in fit_options.pop("flux_bands_kev"))
+    for key in ("errors", "cosmology", "abund"):
+        if key in fit_options:
+            changes[key] = fit_options.pop(key)
+    fs = fs.with_(**changes)
+    model = fs.model
     inputs, incomplete = collect_inputs(results_dir, obsids, cameras=cameras)
     meta = dict(meta) if meta is not None else target_meta(results_dir, obsids)
     out: dict[str, Any] = {"target": target, "fit": {}, "inputs": inputs, "stack": None, "meta": meta}
@@ -373,16 +398,10 @@ def run_joint(
         return {**out, "missing": missing, "left_out": [], "notes": [], "path": path}
     # like the per-ObsID fit step: fit every complete spectrum set, name the ones left out
     notes: list[str] = [f"{target}: left out of the joint fit: {m}" for m in incomplete]
-    settings = list(fit_options.pop("set_params", None) or fit_cfg.get("set") or ())
-    if auto_set:
-        from ..pipeline import auto_settings  # the fit step's own z/nH settings (pipeline imports us lazily)
-
-        settings = auto_settings(model, meta) + settings
-    if _finite(meta.get("z")):
-        fit_options.setdefault("redshift", float(meta["z"]))
-    fit = joint_fit(
-        inputs, model, engine=engine, stat=stat, notice_kev=notice, set_params=settings, **fit_options
-    )
+    par_settings = fs.parameter_settings(meta=meta)
+    fit_options.setdefault("redshift", float(meta["z"]) if _finite(meta.get("z")) else None)
+    fit_options = {**fs.fit_kwargs(redshift=fit_options.pop("redshift")), **fit_options}
+    fit = joint_fit(inputs, model, engine=fs.engine, set_params=par_settings, **fit_options)
     stacked: dict[str, Any] | None = None
     if stack:
         try:
@@ -391,10 +410,8 @@ def run_joint(
                 target,
                 inputs,
                 model,
-                engine=engine,
-                stat=stat,
-                notice_kev=notice,
-                set_params=settings,
+                engine=fs.engine,
+                set_params=par_settings,
                 **fit_options,
             )
         except (FitError, InputDataError) as exc:  # the joint fit stands on its own
