@@ -24,6 +24,7 @@ import errno
 import functools
 import hashlib
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -171,8 +172,14 @@ class Pipeline:
         mod = importlib.import_module(self.module or "xmmcore.pipeline")
         return mod.run_step(step, obs, outdir, cfg, log=log)
 
-    def inputs(self, step: str, obs: Observation, outdir: Path) -> list[Path]:
-        """Files ``step`` reads: from the pipeline if it says, else the event lists for the first step."""
+    def inputs(
+        self, step: str, obs: Observation, outdir: Path, cfg: Mapping[str, Any] | None = None
+    ) -> list[Path]:
+        """Files ``step`` reads: from the pipeline if it says, else the event lists for the first step.
+
+        A module's ``step_inputs`` that takes a ``cfg`` keyword gets the configuration, so files named
+        there (responses, user regions, blank-sky files, table models) are in the inputs hash.
+        """
         if self.funcs is not None:
             fn = (self.inputs_funcs or {}).get(step)
             if fn is not None:
@@ -180,6 +187,8 @@ class Pipeline:
         elif self.module:
             mod = importlib.import_module(self.module)
             if hasattr(mod, "step_inputs"):
+                if cfg is not None and "cfg" in inspect.signature(mod.step_inputs).parameters:
+                    return list(mod.step_inputs(step, obs, outdir, cfg=dict(cfg)))
                 return list(mod.step_inputs(step, obs, outdir))
         return sorted(obs.event_files.values()) if step == self.steps[0] else []
 
@@ -358,7 +367,7 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
     inputs_hash, inputs, record
     """
     assert task.obs is not None
-    files = task.pipeline.inputs(task.step, task.obs, task.outdir)
+    files = task.pipeline.inputs(task.step, task.obs, task.outdir, task.cfg)
     h, inputs = compute_inputs_hash(
         task.step, task.obs, task.outdir, task.cfg, files, upstream_hash=upstream_hash, versions=task.versions
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import test_survey_helpers as helpers
@@ -427,3 +428,82 @@ def test_cli_says_disk_full_without_a_traceback(tmp_path, monkeypatch, capsys):
     code = main(["run", "--data", str(tmp_path / "data"), "--results", str(tmp_path / "results")])
     err = capsys.readouterr().err
     assert code == 5 and "disk full" in err and "survey.log" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Every file a step reads is in its inputs hash; table-model and region paths are regular files
+# ----------------------------------------------------------------------------------------------
+
+
+def _spectra_hash(obs, outdir, cfg, step="spectra"):
+    from survey.steps import Pipeline, compute_inputs_hash
+
+    pipe = Pipeline.from_module("xmmcore.pipeline")
+    files = pipe.inputs(step, obs, outdir, cfg)
+    return compute_inputs_hash(step, obs, outdir, cfg, files)[0], [str(f) for f in files]
+
+
+def test_responses_regions_blanksky_and_tables_are_in_the_inputs_hash(tmp_path):
+    """Defect 5: editing an RMF/ARF in the ObsID folder did not trigger a recompute (and the same for
+    user regions, blank-sky files and table models)."""
+    from xmmcore.observation import discover
+
+    data, outdir = tmp_path / "data", tmp_path / "results" / "0910000000"
+    helpers.write_events(data / "0910000000" / "pn_evts.fits", n=50, seed=1)
+    rmf, arf = data / "0910000000" / "pn.rmf", data / "0910000000" / "pn.arf"
+    rmf.write_bytes(b"rmf v1")
+    arf.write_bytes(b"arf v1")
+    src, table, blank = tmp_path / "src.reg", tmp_path / "t.fits", tmp_path / "blank_pn.fits"
+    for path in (src, table, blank):
+        path.write_text("v1")
+    obs = discover(data, "0910000000")
+    cfg = load_config(
+        None,
+        {
+            "regions.user_src_region": str(src),
+            "regions.background.method": "blanksky",
+            "regions.background.blanksky_files": {"pn": str(blank)},
+            "fit.model": f"wabs*atable{{{table}}}",
+        },
+    ).to_dict()
+    before = {step: _spectra_hash(obs, outdir, cfg, step) for step in ("regions", "spectra", "fit")}
+    assert str(rmf) in before["spectra"][1] and str(arf) in before["spectra"][1]
+    assert str(blank) in before["spectra"][1] and str(src) in before["regions"][1]
+    assert str(table) in before["fit"][1]
+    for path, step in (
+        (rmf, "spectra"),
+        (arf, "spectra"),
+        (blank, "spectra"),
+        (src, "regions"),
+        (table, "fit"),
+    ):
+        old = _spectra_hash(obs, outdir, cfg, step)[0]
+        path.write_text(path.read_text() + " edited")
+        assert _spectra_hash(obs, outdir, cfg, step)[0] != old, f"editing {path.name} left the {step} hash"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "too_big"])
+def test_table_model_and_region_paths_must_be_regular_small_files(tmp_path, kind):
+    """Defect 7: ``atable{}`` at a FIFO hung forever; ``/dev/zero`` killed workers at their memory limit."""
+    from xmmcore.fitting.atable import read_table_model
+    from xmmcore.regions import read_ds9
+
+    if kind == "fifo":
+        path = tmp_path / "pipe.fits"
+        os.mkfifo(path)
+        word = "FIFO"
+    elif kind == "dev_zero":
+        path, word = Path("/dev/zero"), "device"
+    else:
+        path = tmp_path / "huge.reg"
+        with open(path, "wb") as fh:
+            fh.truncate(2 << 20)  # sparse: 2 MiB of nothing
+        word = "more than the limit"
+    t0 = time.perf_counter()
+    for reader in (read_table_model, lambda p: read_ds9(p, header=None)):
+        if kind == "too_big" and reader is read_table_model:
+            continue
+        with pytest.raises(InputDataError) as info:
+            reader(path)
+        assert str(path) in str(info.value) and word in str(info.value)
+    assert time.perf_counter() - t0 < 2.0

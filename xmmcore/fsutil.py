@@ -11,7 +11,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_fits", "atomic_write_json", "atomic_write_text", "sha256_file"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_fits",
+    "atomic_write_json",
+    "atomic_write_text",
+    "regular_file",
+    "sha256_file",
+]
+
+
+def regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "file") -> Path:
+    """Return ``path`` if it is a regular file of at most ``max_bytes``, else raise ``InputDataError``.
+
+    Checked with ``stat`` (which never blocks) before anything opens the file: a FIFO would block a
+    reader forever and ``/dev/zero`` would feed it until the worker's memory limit kills it.
+    """
+    import stat as stat_mod
+
+    from .errors import InputDataError
+
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except FileNotFoundError as exc:
+        raise InputDataError(f"{what} not found", p) from exc
+    except OSError as exc:
+        raise InputDataError(f"cannot read {what} ({exc.strerror or exc})", p) from exc
+    if not stat_mod.S_ISREG(st.st_mode):
+        kind = (
+            "a FIFO"
+            if stat_mod.S_ISFIFO(st.st_mode)
+            else "a device"
+            if stat_mod.S_ISCHR(st.st_mode) or stat_mod.S_ISBLK(st.st_mode)
+            else "a directory"
+            if stat_mod.S_ISDIR(st.st_mode)
+            else "not a regular file"
+        )
+        raise InputDataError(f"{what} is {kind}, not a regular file", p)
+    if st.st_size > max_bytes:
+        raise InputDataError(f"{what} is {st.st_size} bytes, more than the limit of {max_bytes}", p)
+    return p
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -262,18 +263,54 @@ _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logg
 }
 
 
-def step_inputs(step: str, obs: Observation, outdir: Path) -> list[Path]:
-    """Files a step reads (for the orchestrator's inputs hash)."""
+_TABLE_RE = re.compile(r"[am]table\{([^}]*)\}", re.IGNORECASE)
+
+
+def _config_files(step: str, obs: Observation, cfg: dict[str, Any] | None) -> list[Path]:
+    """Files named in the configuration (or found beside the events) that ``step`` reads."""
+    if not cfg:
+        return []
+    out: list[Any] = []
+    regions = cfg.get("regions") or {}
+    background = regions.get("background") or {}
+    if step == "regions":
+        out += [regions.get("user_src_region"), regions.get("user_bkg_region")]
+        if background.get("method") == "region":
+            out.append(background.get("region_file"))
+    elif step == "spectra":
+        responses = (cfg.get("spectra") or {}).get("responses") or {}
+        for cam in obs.cameras:
+            out.append(responses.get(f"{cam}_rmf") or obs.rmf_files.get(cam))
+            out.append(responses.get(f"{cam}_arf") or obs.arf_files.get(cam))
+        if background.get("method") == "blanksky":
+            out += list((background.get("blanksky_files") or {}).values())
+    elif step == "fit":
+        model = str((cfg.get("fit") or {}).get("model") or "")
+        out += [m.strip() for m in _TABLE_RE.findall(model)]
+        if re.search(r"\bv?apec\b", model):
+            from .fitting.atable import find_apec_table
+
+            out.append(find_apec_table())
+    return [Path(p).expanduser() for p in out if p]
+
+
+def step_inputs(step: str, obs: Observation, outdir: Path, cfg: dict[str, Any] | None = None) -> list[Path]:
+    """Files a step reads (for the orchestrator's inputs hash).
+
+    Besides the products of the previous step: the user regions (regions), the RMF/ARF and blank-sky
+    files (spectra) and the table models of the fit expression (fit), when ``cfg`` is given.
+    """
     products = ObsProducts(outdir)
+    extra = _config_files(step, obs, cfg)
     if step == "filter":
         return sorted(obs.event_files.values()) + ([obs.sum_file] if obs.odf_only and obs.sum_file else [])
     clean = sorted(products.clean_events(c) for c in CAMERAS if products.clean_events(c).exists())
     if step == "regions":
-        return clean
+        return clean + extra
     if step == "spectra":
-        return clean + [products.regions_json]
+        return clean + [products.regions_json] + extra
     if step == "fit":
-        return sorted(products.spectra_dir.glob("*"))
+        return sorted(products.spectra_dir.glob("*")) + extra
     raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
 
 

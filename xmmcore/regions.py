@@ -27,7 +27,7 @@ from scipy import ndimage
 from .constants import CAMERAS, flat_lcdm
 from .errors import ConfigError, InputDataError
 from .events import EventList, read_events
-from .fsutil import atomic_write_json, atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text, regular_file
 from .images import (
     PHYS_PIXEL_ARCSEC,
     CcdFootprints,
@@ -368,6 +368,10 @@ def detect_point_sources(
     return out
 
 
+#: A DS9 region file larger than this is refused before it is read [bytes].
+MAX_REGION_BYTES = 1 << 20
+
+
 def read_ds9(path: str | Path, header) -> Selection:
     """Read a DS9 region file (fk5/icrs/galactic, image or physical) into a physical-pixel Selection.
 
@@ -377,10 +381,10 @@ def read_ds9(path: str | Path, header) -> Selection:
     """
     import warnings
 
-    path = Path(path)
+    path = regular_file(path, max_bytes=MAX_REGION_BYTES, what="region file")
     try:
         text = path.read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise InputDataError(f"cannot read region file ({exc})", path) from exc
     text = re.sub(r"(?im)^\s*physical\s*;?", "image;", text)
     wcs = phys_wcs(header)

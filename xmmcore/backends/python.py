@@ -27,7 +27,7 @@ from ..events import (
     write_gti,
 )
 from ..flares import flare_gti, flare_settings, write_light_curve
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, regular_file
 from ..images import PHYS_PIXEL_ARCSEC, ccd_footprints
 from ..products import ObsProducts
 from ..regions import read_ds9
@@ -331,7 +331,9 @@ class PythonBackend:
             raise InputDataError(f"regions.background.method: blanksky needs blanksky_files.{camera}")
         scr = ScreenSettings.from_config(cfg, camera)
         raw_obs = read_events(obs.event_files[camera], camera=camera)
-        raw_tpl = read_events(tpl_path, camera=camera)
+        raw_tpl = read_events(
+            regular_file(tpl_path, max_bytes=8 << 30, what="blank-sky event file"), camera=camera
+        )
         try:
             scale = blanksky_scale(
                 raw_obs,

@@ -36,6 +36,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import ConfigError, InputDataError
+from ..fsutil import regular_file
 from . import models
 from .models import Component, Parameter
 
@@ -366,6 +367,8 @@ class TableModel:
         return np.where(width > 0, (integral(hi) - integral(lo)) / safe, self.low_value)
 
 
+#: A table model larger than this is refused before it is opened [bytes] (APEC tables are ~0.1 GB).
+MAX_TABLE_BYTES = 4 << 30
 _CACHE: dict[tuple[str, int, int], TableModel] = {}
 _CACHE_LOCK = threading.Lock()
 
@@ -379,11 +382,8 @@ def read_table_model(path: str | os.PathLike[str]) -> TableModel:
         Missing file, not FITS, or not a valid OGIP 92-009 table (the message names the file and
         the extension / keyword at fault).
     """
-    p = Path(path).expanduser()
-    try:
-        st = p.stat()
-    except FileNotFoundError as exc:
-        raise InputDataError("table model file not found", p) from exc
+    p = regular_file(path, max_bytes=MAX_TABLE_BYTES, what="table model file")
+    st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     with _CACHE_LOCK:
         if key not in _CACHE:
