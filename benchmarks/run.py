@@ -40,6 +40,7 @@ __all__ = ["BENCHMARKS", "collect", "format_table", "main"]
 BENCHMARKS: tuple[tuple[str, str], ...] = (
     ("bench_reduce", "reduction throughput ratio (python backend vs reference)"),
     ("bench_fit", "fit time ratio vs Sherpa"),
+    ("bench_fit_thermal", "thermal fits with profile errors vs a careful numpy/scipy baseline"),
     ("bench_scheduling", "orchestration overhead on synthetic steps, no-op resume overhead"),
     ("bench_survey", "real pipeline: CPU-based efficiency, CPU per ObsID over 6/24/48 ObsIDs, worker RSS"),
     ("bench_memory", "peak memory per worker, 5e6-event ObsID"),

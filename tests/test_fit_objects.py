@@ -151,3 +151,26 @@ def test_bremss_on_distinct_edges_equals_bin_by_bin() -> None:
     joined = brem.evaluate(LO, HI, [4.0, 0.1, 1.0])
     gaps = brem.evaluate(LO[::2], HI[::2], [4.0, 0.1, 1.0])  # not contiguous: edges bin by bin
     np.testing.assert_allclose(joined[::2], gaps, rtol=1e-12)
+
+
+def test_flux_table_one_grid_equals_band_by_band() -> None:
+    from xmmcore.fitting.fluxes import band_flux, flux_table, luminosity_distance_cm
+
+    model = models.parse_expression("wabs*(zbremss+zgauss)")
+    best = np.array([0.05, 4.0, 0.1, 1e-3, 6.7, 0.0, 0.1, 1e-5])
+    rng = np.random.default_rng(1)
+    draws = best * (1 + 0.05 * rng.standard_normal((20, best.size)))
+    bands = ((0.5, 2.0), (2.0, 10.0))
+    fluxes, lums = flux_table(model, best, bands, samples=draws, redshift=0.1)
+    for lo, hi in bands:
+        entry = fluxes[f"{lo:.1f}-{hi:.1f}"]
+        for which, unabs in (("absorbed", False), ("unabsorbed", True)):
+            ref = band_flux(model, best, (lo, hi), unabsorbed=unabs)
+            per_draw = [band_flux(model, d, (lo, hi), unabsorbed=unabs) for d in draws]
+            p16, p84 = np.percentile(per_draw, [15.865, 84.135])
+            assert entry[which] == pytest.approx(ref, rel=1e-12)
+            assert entry[f"{which}_err_lo"] == pytest.approx(ref - p16, rel=1e-9)
+            assert entry[f"{which}_err_hi"] == pytest.approx(p84 - ref, rel=1e-9)
+        dl = luminosity_distance_cm(0.1)
+        lum = 4 * np.pi * dl * dl * band_flux(model, best, (lo / 1.1, hi / 1.1), unabsorbed=True)
+        assert lums[f"{lo:.1f}-{hi:.1f}"]["value"] == pytest.approx(lum, rel=1e-12)

@@ -5,13 +5,12 @@ Fluxes are integrals of E x N(E) over the band on a fine logarithmic grid (erg c
 are kept at the first dataset's value, 1). Luminosities are 4 pi D_L^2 times the unabsorbed flux in
 the observed band that corresponds to the rest-frame band: [lo, hi] / (1 + z) (as XSPEC ``lumin``).
 Errors come from sampling the parameters' covariance (multivariate normal, clipped to the limits):
-16th and 84th percentiles.
+16th and 84th percentiles. All bands are evaluated together: one model evaluation per parameter set.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from ..constants import flat_lcdm
 from .models import CompositeModel
 
-__all__ = ["KEV_TO_ERG", "band_flux", "band_key", "flux_table", "luminosity_distance_cm"]
+__all__ = ["KEV_TO_ERG", "band_flux", "band_grid", "band_key", "flux_table", "luminosity_distance_cm"]
 
 KEV_TO_ERG = 1.602176634e-9
 _N_GRID = 1000
@@ -34,12 +33,16 @@ def band_key(band: Sequence[float]) -> str:
     return f"{fmt(float(band[0]))}-{fmt(float(band[1]))}"
 
 
+def band_grid(band: Sequence[float]) -> np.ndarray:
+    """Bin edges (keV) on which the flux in ``band`` is integrated: ``_N_GRID`` logarithmic bins."""
+    return np.geomspace(float(band[0]), float(band[1]), _N_GRID + 1)
+
+
 def band_flux(
     model: CompositeModel, values: np.ndarray, band: Sequence[float], *, unabsorbed: bool = False
 ) -> float:
     """Energy flux of the model in ``band`` (keV) in erg cm^-2 s^-1."""
-    lo, hi = float(band[0]), float(band[1])
-    edges = np.geomspace(lo, hi, _N_GRID + 1)
+    edges = band_grid(band)
     photons = model.evaluate(edges[:-1], edges[1:], values, unabsorbed=unabsorbed)
     emid = 0.5 * (edges[:-1] + edges[1:])
     return float(np.sum(photons * emid) * KEV_TO_ERG)
@@ -90,37 +93,64 @@ def flux_table(
     """
     fluxes: dict[str, Any] = {}
     lums: dict[str, Any] = {}
+    dl_factor = None
+    if redshift is not None and redshift > 0:
+        dl = luminosity_distance_cm(redshift, cosmology)
+        dl_factor = 4.0 * np.pi * dl * dl
+    # Every band (and its rest-frame counterpart for luminosities) side by side on one grid: each
+    # parameter set is evaluated once, absorbed and unabsorbed (which reuses the unabsorbed components).
+    grids = [band_grid(band) for band in bands]
+    if dl_factor is not None:
+        z1 = 1.0 + float(redshift or 0.0)
+        grids += [band_grid((band[0] / z1, band[1] / z1)) for band in bands]
+    sizes = [g.size - 1 for g in grids]
+    lo_all = np.concatenate([g[:-1] for g in grids]) if grids else np.zeros(0)
+    hi_all = np.concatenate([g[1:] for g in grids]) if grids else np.zeros(0)
+    weights = 0.5 * (lo_all + hi_all) * KEV_TO_ERG
+    bounds = np.cumsum([0, *sizes])
 
-    def with_errors(fn: Callable[[np.ndarray], float]) -> tuple[float, float, float]:
-        value = fn(best)
-        if samples is None or len(samples) < 2:
+    def band_values(p: np.ndarray) -> np.ndarray:
+        """[absorbed flux per band, unabsorbed flux per band (+ rest-frame bands)] for parameters ``p``."""
+        absorbed = model.evaluate(lo_all, hi_all, p) * weights
+        unabsorbed = model.evaluate(lo_all, hi_all, p, unabsorbed=True) * weights
+        n = len(bands)
+        out = np.empty(n + len(grids))
+        for k in range(n):
+            out[k] = float(np.sum(absorbed[bounds[k] : bounds[k + 1]]))
+        for k in range(len(grids)):
+            out[n + k] = float(np.sum(unabsorbed[bounds[k] : bounds[k + 1]]))
+        return out
+
+    if not bands:
+        return fluxes, lums
+    best_values = band_values(best)
+    draws = None
+    if samples is not None and len(samples) >= 2:
+        draws = np.array([band_values(s) for s in samples])
+
+    def with_errors(k: int, scale: float = 1.0) -> tuple[float, float, float]:
+        value = scale * float(best_values[k])
+        if draws is None:
             return value, float("nan"), float("nan")
-        draws = np.array([fn(s) for s in samples])
-        p16, p84 = np.percentile(draws, [15.865, 84.135])
+        p16, p84 = np.percentile(scale * draws[:, k], [15.865, 84.135])
         return value, max(value - p16, 0.0), max(p84 - value, 0.0)
 
-    for band in bands:
+    n = len(bands)
+    for b, band in enumerate(bands):
         key = band_key(band)
         entry: dict[str, Any] = {"band_kev": [float(band[0]), float(band[1])], "unit": "erg cm-2 s-1"}
-        for which, unabs in (("absorbed", False), ("unabsorbed", True)):
-            v, lo, hi = with_errors(functools.partial(band_flux, model, band=band, unabsorbed=unabs))
+        for which, k in (("absorbed", b), ("unabsorbed", n + b)):
+            v, lo, hi = with_errors(k)
             entry[which], entry[f"{which}_err_lo"], entry[f"{which}_err_hi"] = v, lo, hi
         fluxes[key] = entry
-        if redshift is not None and redshift > 0:
-            dl = luminosity_distance_cm(redshift, cosmology)
-            factor = 4.0 * np.pi * dl * dl
-            obs_band = (band[0] / (1.0 + redshift), band[1] / (1.0 + redshift))
-
-            def luminosity(p: np.ndarray, b: Sequence[float] = obs_band, f: float = factor) -> float:
-                return f * band_flux(model, p, b, unabsorbed=True)
-
-            v, lo, hi = with_errors(luminosity)
+        if dl_factor is not None:
+            v, lo, hi = with_errors(2 * n + b, dl_factor)
             lums[key] = {
                 "band_kev": [float(band[0]), float(band[1])],
                 "value": v,
                 "err_lo": lo,
                 "err_hi": hi,
-                "redshift": float(redshift),
+                "redshift": float(redshift),  # type: ignore[arg-type]
                 "unit": "erg s-1",
             }
     return fluxes, lums

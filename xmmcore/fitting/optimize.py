@@ -39,6 +39,7 @@ __all__ = ["Fit", "FitProblem", "fit", "parse_setting"]
 log = logging.getLogger(__name__)
 
 DEFAULT_FLUX_BANDS = DEFAULT_FLUX_BANDS_KEV
+_SAME_MINIMUM = 1e-3  # statistic difference of two MIGRAD minima taken as the same minimum
 _FD_REL_STEP = 1e-3  # >= sqrt(float32 eps): XSPEC's float32 models need it for a non-zero gradient
 
 
@@ -446,6 +447,8 @@ class Fit:
     def optimize(self) -> float:
         """MIGRAD from the (norm-scaled) start, with restarts when invalid or poor; returns the best statistic.
 
+        Restarts (from perturbed starts) stop as soon as one finds no better minimum than a valid one.
+
         Raises
         ------
         FitError
@@ -462,10 +465,18 @@ class Fit:
                 break
             trial = _migrad(problem, _perturbed(problem, best_x, self.rng))
             self.log.debug("restart %d: stat %.4f -> %.4f", attempt + 1, best_stat, trial.fval)
+            same = minuit.valid and trial.valid and abs(trial.fval - best_stat) < _SAME_MINIMUM
             if trial.fval < best_stat - 1e-6 or (
                 trial.valid and not minuit.valid and trial.fval <= best_stat + 1e-6
             ):
                 minuit, best_x, best_stat = trial, np.array(trial.values), float(trial.fval)
+            if same:
+                # A perturbed start came back to the same minimum: the fit is poor because of the model,
+                # not the start. Stop, drawing the skipped restarts' perturbations so that the random
+                # stream (flux draws, simulations) is the same as after every restart.
+                for _ in range(self.restarts - attempt - 1):
+                    _perturbed(problem, best_x, self.rng)
+                break
         if not math.isfinite(best_stat) or best_stat >= 1e29:
             raise FitError("the fit statistic is not finite at the best fit (model predicts no counts?)")
         self.minuit, self.best_x, self.best_stat = minuit, best_x, best_stat
