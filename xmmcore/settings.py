@@ -77,7 +77,8 @@ class SpectraSettings:
 
     grouping: str
     min_counts: int
-    responses: Mapping[str, str] = field(default_factory=dict)
+    #: camera_rmf/camera_arf -> file, or ``"sas"``: SAS rmfgen/arfgen on the Python spectra (DSS keywords)
+    responses: Mapping[str, str] | str = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SpectraSettings:
@@ -85,8 +86,16 @@ class SpectraSettings:
         return cls(
             grouping=str(config_value(s, "grouping", prefix="spectra.")),
             min_counts=int(config_value(s, "min_counts", prefix="spectra.")),
-            responses=dict(config_value(s, "responses", prefix="spectra.") or {}),
+            responses=_responses(config_value(s, "responses", prefix="spectra.")),
         )
+
+
+def _responses(value: Any) -> Mapping[str, str] | str:
+    if isinstance(value, str):
+        if value != "sas":
+            raise ConfigError(f"spectra.responses must be a mapping of files or 'sas', got {value!r}")
+        return value
+    return dict(value or {})
 
 
 @dataclass(frozen=True)

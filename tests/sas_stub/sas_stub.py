@@ -270,11 +270,34 @@ def tabgtigen(p: dict[str, str]) -> None:
     _write([fits.PrimaryHDU(), fits.BinTableHDU.from_columns(cols, name="STDGTI")], Path(p["gtiset"]))
 
 
+def _dss_region(hdul) -> list | None:
+    """SHAPE/R rows of the spectrum's DSS region table (``DSTYPn = 'POS(X,Y)'`` -> ``DSREFn``), if any."""
+    hdr = hdul["SPECTRUM"].header
+    for key, value in hdr.items():
+        if key.startswith("DSTYP") and str(value).startswith("POS("):
+            ref = str(hdr.get("DSREF" + key[5:], "")).lstrip(":")
+            if ref in hdul:
+                return [(str(r["SHAPE"]).strip(), float(r["R"])) for r in hdul[ref].data]
+    return None
+
+
 def backscale(p: dict[str, str]) -> None:
     path = Path(p["spectrumset"])
-    expr = Path(str(path) + ".expr").read_text() if Path(str(path) + ".expr").exists() else ""
     with fits.open(path, mode="update") as hdul:
-        hdul["SPECTRUM"].header["BACKSCAL"] = _area(expr)
+        rows = _dss_region(hdul)
+        if rows is not None:  # a spectrum with evselect's DSS (Python backend): area from its region table
+            area = sum((-1 if shape.startswith("!") else 1) * np.pi * r**2 for shape, r in rows)
+        else:
+            sidecar = Path(str(path) + ".expr")
+            area = _area(sidecar.read_text() if sidecar.exists() else "")
+        hdul["SPECTRUM"].header["BACKSCAL"] = max(float(area), 1.0)
+
+
+def _need_dss(task: str, spectrum: Path) -> None:
+    with fits.open(spectrum) as hdul:
+        stub_made = "STUBEXPR" in hdul["SPECTRUM"].header
+        if not stub_made and _dss_region(hdul) is None:
+            _fail(task, "NoRegionDSS", f"{spectrum} has no POS(X,Y) data-subspace region: cannot model it")
 
 
 def _spectrum_camera(path: Path) -> str:
@@ -288,6 +311,7 @@ def rmfgen(p: dict[str, str]) -> None:
     from xmmcore.ogip import write_rmf
     from xmmcore.responses import make_rmf
 
+    _need_dss("rmfgen", Path(p["spectrumset"]))
     write_rmf(make_rmf(_spectrum_camera(Path(p["spectrumset"]))), Path(p["rmfset"]))
 
 
@@ -297,6 +321,7 @@ def arfgen(p: dict[str, str]) -> None:
 
     if p.get("detmaptype") == "dataset" and not Path(p.get("detmaparray", "")).exists():
         _fail("arfgen", "NoDetMap", f"detector map {p.get('detmaparray')} not found")
+    _need_dss("arfgen", Path(p["spectrumset"]))
     write_arf(make_arf(_spectrum_camera(Path(p["spectrumset"]))), Path(p["arfset"]))
 
 

@@ -205,9 +205,23 @@ class PythonBackend:
         fp = ccd_footprints(evl)
         files = regions.get("files", {})
         sps = SpectraSettings.from_config(cfg)
-        resp = self._responses(obs, camera, products, sps, log)
+        sas_responses = sps.responses == "sas"
+        if sas_responses:
+            from .sas import SasBackend
+
+            # before any work: without SAS this is the user's to fix (ToolNotFoundError names the tool)
+            SasBackend().check_installation(("evselect", "backscale", "rmfgen", "arfgen"), cfg)
+            resp: dict[str, Any] = {
+                "note": "SAS rmfgen/arfgen (spectra.responses: sas)",
+                "outputs": [],
+                "rmf_name": products.rmf(camera).name,
+                "arf_name": products.arf(camera).name,
+            }
+        else:
+            resp = self._responses(obs, camera, products, sps, log)
         fwhm = resp.pop("fwhm_chan", None)
         grouping, min_counts = sps.grouping, sps.min_counts
+        dss = _dss_inputs(camera, evl, cfg)
         out: dict[str, Any] = {"camera": camera, "responses": resp, "grouping": grouping}
 
         def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
@@ -245,7 +259,13 @@ class PythonBackend:
                     raise InputDataError(
                         f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}"
                     )
-            path = write_pha(pha, products.spectrum(key))
+            extra: list[Any] = []
+            if dss is not None and key in (f"{camera}_src", f"{camera}_bkg") and "centre_x" in regions:
+                from ..sas_dss import dss_header_and_tables, region_rows
+
+                keys, extra = dss_header_and_tables(rows=region_rows(regions, kind), **dss)
+                pha.header.update(keys)
+            path = write_pha(pha, products.spectrum(key), extra_hdus=extra)
             return {
                 "path": str(path),
                 "counts": int(pha.counts.sum()),
@@ -260,6 +280,8 @@ class PythonBackend:
         backfile = products.bkg_spectrum(camera).name
         bkg = one(f"{camera}_bkg", "bkg", None)
         src = one(f"{camera}_src", "src", backfile)
+        if sas_responses:
+            resp.update(_sas_responses(obs, camera, products, cfg, log))
         bcfg = cfg["regions"]["background"]
         if bcfg["method"] == "blanksky":
             out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, products, log))
@@ -380,7 +402,7 @@ class PythonBackend:
     def _responses(
         self, obs: Any, camera: str, products: ObsProducts, sps: SpectraSettings, log: logging.Logger
     ) -> dict[str, Any]:
-        rcfg = sps.responses
+        rcfg: Any = {} if isinstance(sps.responses, str) else sps.responses
         rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
         arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
         out: dict[str, Any] = {"note": RESPONSE_NOTE, "outputs": []}
@@ -412,3 +434,50 @@ class PythonBackend:
         if fw is not None:
             result["fwhm_chan"] = fw
         return result
+
+
+def _dss_inputs(camera: str, evl: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The screening and CCD GTIs the DSS keywords of this camera's spectra describe."""
+    gtis = getattr(evl, "gti_ccd", None) or {}
+    if not gtis:
+        return None
+    fcfg = cfg["filter"][camera]
+    mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), evl.header) or 0
+    return {
+        "ccd_gtis": gtis,
+        "flag_mask": mask,
+        "pattern_max": int(fcfg["pattern_max"]),
+        "pi_range": (float(fcfg["pi_min"]), float(fcfg["pi_max"])),
+    }
+
+
+def _sas_responses(
+    obs: Any, camera: str, products: ObsProducts, cfg: dict[str, Any], log: logging.Logger
+) -> dict[str, Any]:
+    """``spectra.responses: sas``: SAS backscale, rmfgen, detector map and arfgen on the Python spectra.
+
+    The spectra carry the DSS keywords, so the tasks see the same selection as for evselect spectra.
+    """
+    from .sas import SasBackend, build_response_commands, run_commands
+
+    backend = SasBackend()
+    settings = backend.settings(cfg)
+    rmf, arf = products.rmf(camera), products.arf(camera)
+    cmds = build_response_commands(
+        obs,
+        camera,
+        products.outdir,
+        src=products.src_spectrum(camera),
+        bkg=products.bkg_spectrum(camera),
+        clean=products.clean_events(camera),
+        rmf=rmf,
+        arf=arf,
+        settings=settings,
+    )
+    records = run_commands(cmds, settings=settings, log=log, log_dir=products.outdir / "logs")
+    return {
+        "rmf": str(rmf),
+        "arf": str(arf),
+        "sas_tasks": [r["argv"][0] for r in records],
+        "outputs": [str(rmf), str(arf)],
+    }

@@ -59,6 +59,7 @@ __all__ = [
     "build_filter_commands",
     "build_image_commands",
     "build_odf_commands",
+    "build_response_commands",
     "build_spectra_commands",
     "camera_mode",
     "esas_prefix",
@@ -1028,6 +1029,103 @@ def build_spectra_commands(
     )
     cmds += _specgroup(
         step, camera, outdir, settings, odf, ccf, out["src"], out["bkg"], rmf, arf, grouping, min_counts
+    )
+    return cmds
+
+
+def build_response_commands(
+    obs: Observation,
+    camera: str,
+    outdir: Path,
+    *,
+    src: Path,
+    bkg: Path,
+    clean: Path,
+    rmf: Path,
+    arf: Path,
+    settings: SasSettings,
+) -> list[Command]:
+    """SAS responses for spectra made elsewhere (Python backend) that carry the evselect DSS keywords.
+
+    ``backscale`` (both spectra, in place), ``rmfgen``, a DETX/DETY detector map of the source region and
+    ``arfgen extendedsource=yes detmaptype=dataset`` (the ARF of an extended source).
+    """
+    step = f"responses_{camera}"
+    ccf, _ = _ccf_for(obs, outdir, settings)
+    odf = _odf_for(obs, outdir, settings, camera)
+    cmds = [
+        _cmd(
+            step,
+            f"backscale-{kind}",
+            _argv("backscale", spectrumset=str(path), badpixlocation=str(clean)),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[path],
+            description=f"BACKSCAL of the {kind} spectrum from its DSS region",
+        )
+        for kind, path in (("src", src), ("bkg", bkg))
+    ]
+    cmds.append(
+        _cmd(
+            step,
+            "rmfgen",
+            _argv("rmfgen", spectrumset=str(src), rmfset=str(rmf)),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[rmf],
+            description="redistribution matrix",
+        )
+    )
+    detmap = _sas_dir(outdir, step, "evselect-detmap") / f"{camera}_detmap.ds"
+    cmds.append(
+        _cmd(
+            step,
+            "evselect-detmap",
+            _argv(
+                "evselect",
+                table=str(clean),
+                withimageset=True,
+                imageset=str(detmap),
+                xcolumn="DETX",
+                ycolumn="DETY",
+                imagebinning="binSize",
+                ximagebinsize=120,
+                yimagebinsize=120,
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[detmap],
+            description="detector map (weights the ARF of an extended source)",
+        )
+    )
+    cmds.append(
+        _cmd(
+            step,
+            "arfgen",
+            _argv(
+                "arfgen",
+                spectrumset=str(src),
+                arfset=str(arf),
+                withrmfset=True,
+                rmfset=str(rmf),
+                badpixlocation=str(clean),
+                extendedsource=True,
+                detmaptype="dataset",
+                detmaparray=str(detmap),
+            ),
+            outdir,
+            settings,
+            odf=odf,
+            ccf=ccf,
+            outputs=[arf],
+            description="ARF for an extended source",
+        )
     )
     return cmds
 
