@@ -12,11 +12,14 @@ the built-in engine: parameters named ``<component>_<n>.<parameter>`` (``wabs_1.
 numbering across data groups, errors as positive distances at ``error_delta`` (``error`` command),
 fluxes per band (absorbed and with the absorbers' nH set to 0) and rest-frame luminosities.
 
-ESAS sky background (``esas_sky=True`` or a dict of start values): the model becomes
-``<source> + apec + wabs*(apec + powerlaw) + gaussian/b + gaussian/b + powerlaw/b``: local hot
-bubble (kT 0.1 keV), absorbed Galactic halo (kT ~0.25 keV, nH tied to the source absorber),
-absorbed CXB power law (index 1.46), Al K (1.486 keV) and Si K (1.739 keV) instrumental lines and the
-soft-proton power law, the last three not folded through the ARF and free per camera (ESAS cookbook).
+ESAS sky background (``esas_sky=True`` or a dict of start values): the source model becomes
+``<source> + apec + wabs*(apec + powerlaw)``: local hot bubble (kT 0.1 keV), absorbed Galactic halo
+(kT ~0.25 keV, nH tied to the source absorber) and absorbed CXB power law (index 1.46), folded through
+the ARF; the Al K (1.486 keV) and Si K (1.739 keV) instrumental lines and the soft-proton power law are
+a second model, ``instr`` = ``gaussian + gaussian + powerlaw``, on a second response of every spectrum
+holding only its RMF (``multiresponse``: XSPEC 12 dropped the ``/b`` qualifier), free per camera
+(ESAS cookbook). ``Fit.query`` is ``no``: a fit that reaches ``Fit.nIterations`` stops and is reported
+with ``converged: false`` and the reason instead of cycling until the timeout.
 """
 
 from __future__ import annotations

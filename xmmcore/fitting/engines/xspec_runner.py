@@ -26,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ESAS_SKY_COMPONENTS", "main", "run_job"]
+__all__ = ["ESAS_INSTRUMENT_COMPONENTS", "ESAS_SKY_COMPONENTS", "main", "run_job"]
 
 EXIT_FAILED = 2
 EXIT_NO_XSPEC = 3
@@ -41,10 +41,16 @@ _STAT = {
     "chi2model": ("chi", "model"),
 }
 
-#: Components appended for the ESAS sky-background option, in order: local hot bubble, absorbed
-#: Galactic halo and CXB power law (index 1.46), Al K and Si K instrumental lines and the soft-proton
-#: power law, the last three not folded through the ARF (``/b``).
-ESAS_SKY_COMPONENTS = "apec + wabs*(apec + powerlaw) + gaussian/b + gaussian/b + powerlaw/b"
+#: Sky components appended for the ESAS background option (folded through the ARF, like the source):
+#: local hot bubble, absorbed Galactic halo and CXB power law (index 1.46).
+ESAS_SKY_COMPONENTS = "apec + wabs*(apec + powerlaw)"
+#: Instrumental components of the ESAS option, not folded through the ARF: Al K and Si K fluorescent
+#: lines and the soft-proton power law. XSPEC 12 has no ``/b`` qualifier any more; they are a second
+#: model (``instr``) on a second response of every spectrum that has the RMF only (multiresponse).
+ESAS_INSTRUMENT_COMPONENTS = "gaussian + gaussian + powerlaw"
+ESAS_INSTRUMENT_MODEL = "instr"
+#: XSPEC's message when Fit.nIterations is reached (with Fit.query "no" it then stops).
+ITERATION_LIMIT_TEXT = "Number of trials exceeded"
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -117,9 +123,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     xs = xspec
     xs.Xset.chatter = int(job.get("chatter", 0))
     xs.Xset.logChatter = 10
-    log_path = job.get("log_path")
-    if log_path:
-        xs.Xset.openLog(log_path)
+    # The log is also how a fit stopped by the iteration limit is recognised (ITERATION_LIMIT_TEXT).
+    log_path = job.get("log_path") or tempfile.mkstemp(prefix="xspec-", suffix=".log")[1]
+    xs.Xset.openLog(log_path)
     xs.Xset.abund = job.get("abund", "angr")
     xs.Xset.xsect = job.get("xsect", "vern")
     cosmo = job.get("cosmology") or {}
@@ -129,7 +135,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         xs.Xset.cosmo = f"{h0} 0.0 {lam}"
     xs.AllData.clear()
     xs.AllModels.clear()
-    xs.Fit.query = "yes"
+    # "no": at the iteration limit XSPEC stops instead of asking (or, with "yes", cycling on to the
+    # engine's timeout); the limit is then reported as not converged.
+    xs.Fit.query = "no"
     stat, weight = _STAT[job["stat"]]
     xs.Fit.statMethod = stat
     if weight:
@@ -168,6 +176,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     sky = job.get("esas_sky")
     if sky:
         _setup_esas_sky(model, groups, table, sky)
+        _setup_esas_instrument(xs, spectra, datasets, sp_index=float(sky.get("sp_index", 0.4)))
     for key, value, frozen, link, group in job.get("settings", []):
         m = groups[(group or 1) - 1]
         idx = _resolve(key, table)
@@ -182,14 +191,22 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         if frozen is not None:
             par.frozen = bool(frozen)
 
-    xs.Fit.nIterations = int(job.get("max_iterations", 1000))
+    n_iter = int(job.get("max_iterations", 1000))
+    xs.Fit.nIterations = n_iter
     converged = True
     fit_error: str | None = None
+    log_before = _log_size(log_path)
     try:
         xs.Fit.perform()
     except Exception as exc:  # noqa: BLE001 - PyXspec raises plain Exception; the values are still reported
         converged = False
         fit_error = str(exc)
+    if ITERATION_LIMIT_TEXT in _log_since(xs, log_path, log_before):
+        converged = False
+        fit_error = (
+            f"iteration limit reached (Fit.nIterations = {n_iter}) before the fit converged: "
+            "the parameters are those of the last iteration"
+        )
 
     delta = float(job.get("error_delta", 1.0))
     free = []
@@ -315,12 +332,61 @@ def _link_target(link: str, table: list[tuple[str, Any, int]], npar: int) -> str
     return next((name for name, _, idx in table if idx == local), None)
 
 
+def _log_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _log_since(xs: Any, path: str, offset: int) -> str:
+    """What XSPEC wrote to its log after ``offset`` (the log is flushed by closing and reopening it)."""
+    try:
+        xs.Xset.closeLog()
+        with open(path, errors="replace") as fh:
+            fh.seek(offset)
+            text = fh.read()
+        xs.Xset.openLog(path)
+    except OSError:
+        return ""
+    return text
+
+
+def _setup_esas_instrument(
+    xs: Any, spectra: list[Any], datasets: list[dict[str, Any]], *, sp_index: float = 0.4
+) -> Any:
+    """The ESAS instrumental lines and soft protons as model ``instr`` on response 2 (RMF, no ARF).
+
+    Al K (1.486 keV) and Si K (1.739 keV) lines of zero width and the soft-proton power law: every
+    spectrum gets ``multiresponse[1]`` = its RMF, so these are folded through the redistribution only.
+    Their values are free per spectrum (cameras differ).
+    """
+    for s, ds in zip(spectra, datasets, strict=True):
+        if not ds.get("rmf"):
+            raise ValueError(f"the ESAS instrumental model needs the RMF of {ds['name']}")
+        s.multiresponse[1] = ds["rmf"]
+    instr = xs.Model(ESAS_INSTRUMENT_COMPONENTS, ESAS_INSTRUMENT_MODEL, 2)
+    comps = list(instr.componentNames)
+    for g in range(1, len(spectra) + 1):
+        m = xs.AllModels(g, ESAS_INSTRUMENT_MODEL)
+        al, si, sp = (getattr(m, c) for c in comps)
+        if g > 1:
+            for par in (al.LineE, al.norm, si.LineE, si.norm, sp.PhoIndex, sp.norm):
+                par.untie()
+        al.LineE.values, al.LineE.frozen = 1.486, True
+        si.LineE.values, si.LineE.frozen = 1.739, True
+        for line in (al, si):
+            line.Sigma.values, line.Sigma.frozen = 0.0, True
+        sp.PhoIndex.values = sp_index
+    return instr
+
+
 def _setup_esas_sky(
     model: Any, groups: list[Any], table: list[tuple[str, Any, int]], sky: dict[str, Any]
 ) -> None:
-    """Start values and ties of the ESAS sky and instrumental components (the last 7 of the model)."""
-    comps = list(model.componentNames)[-7:]
-    lhb, habs, halo, cxb, al, si, sp = (getattr(model, c) for c in comps)
+    """Start values and ties of the ESAS sky components (the last 4 of the source model)."""
+    comps = list(model.componentNames)[-4:]
+    lhb, habs, halo, cxb = (getattr(model, c) for c in comps)
     lhb.kT.values, lhb.kT.frozen = float(sky.get("lhb_kT", 0.1)), True
     lhb.Abundanc.values, lhb.Redshift.values = 1.0, 0.0
     halo.kT.values = float(sky.get("halo_kT", 0.25))
@@ -338,18 +404,6 @@ def _setup_esas_sky(
         habs.nH.link = str(absorber)
     else:
         habs.nH.values, habs.nH.frozen = float(sky.get("nh", 0.03)), True
-    al.LineE.values, al.LineE.frozen = 1.486, True
-    si.LineE.values, si.LineE.frozen = 1.739, True
-    for line in (al, si):
-        line.Sigma.values, line.Sigma.frozen = 0.0, True
-    sp.PhoIndex.values = float(sky.get("sp_index", 0.4))
-    # Instrumental lines and soft protons differ between cameras: untie them in every other data group.
-    own = [al.LineE.index, al.norm.index, si.LineE.index, si.norm.index, sp.PhoIndex.index, sp.norm.index]
-    for m in groups[1:]:
-        for idx in own:
-            m(idx).untie()
-        for idx in (al.LineE.index, si.LineE.index):
-            m(idx).frozen = True
 
 
 def _zero_absorbers(groups: list[Any], table: list[tuple[str, Any, int]]) -> list[tuple[Any, float, bool]]:
