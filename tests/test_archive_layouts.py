@@ -69,6 +69,12 @@ def xsa_data(xmm_data, tmp_path_factory):
         EXPIDSTR="S003",
     )
     _raw_odf(data / OBSID / "odf", next((src / "odf").glob("*SUM.SAS")), OBSID, "0809")
+    # a hidden copy inside the ObsID folder (a notebook checkpoint) that would win on exposure: ignored
+    _ftz(
+        src / "eclean" / "mos1_exp1_clean_evts.fits",
+        data / OBSID / ".ipynb_checkpoints" / f"P{OBSID}M1U002MIEVLI0000.FTZ",
+        ONTIME=99999.0,
+    )
     # XSA serves no responses for extended sources: real SAS MOS responses beside the lists, named by camera
     for cam in ("mos1", "mos2"):
         for ext in ("rmf", "arf"):

@@ -30,6 +30,7 @@ Responses (``*.rmf``, ``*.arf``) lying in the ObsID folder are picked up per cam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -531,7 +532,21 @@ def read_targets_csv(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def _list_info(path: Path) -> dict[str, Any]:
-    """Mode and exposure length of an event list from its headers (empty when unreadable)."""
+    """Mode and exposure length of an event list from its headers (empty when unreadable).
+
+    Cached by (path, size, mtime): a survey discovers each folder more than once (listing, skipped
+    folders, the run), and a changed file has a new size or mtime.
+    """
+    try:
+        st = path.stat()
+    except OSError:
+        return {}
+    return dict(_list_info_cached(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8192)
+def _list_info_cached(name: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
+    path = Path(name)
     info: dict[str, Any] = {}
     pps = _PPS_NAME.match(path.name)
     if pps:
@@ -622,6 +637,8 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
             continue
         if path.parent in odf_dirs:
             continue  # raw ODF constituents: input of emchain/epchain, never event lists
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden copies (.ipynb_checkpoints, .Trash) are not the observation's files
         if low.endswith(".rmf") and cam:
             rmfs.setdefault(cam, path)
         elif low.endswith(".arf") and cam:
