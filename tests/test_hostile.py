@@ -507,3 +507,66 @@ def test_table_model_and_region_paths_must_be_regular_small_files(tmp_path, kind
             reader(path)
         assert str(path) in str(info.value) and word in str(info.value)
     assert time.perf_counter() - t0 < 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Physical sanity of inputs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how, words", [("negative", ["negative values"]), ("zero", ["zero everywhere"])])
+def test_arf_with_negative_or_zero_area_refused(tmp_path, how, words):
+    """Weak case: an ARF with negative or zero SPECRESP was fitted and reported converged."""
+    from xmmcore.ogip import read_arf, write_arf
+    from xmmcore.responses import make_arf
+
+    arf = make_arf("pn")
+    if how == "negative":
+        arf.specresp[100:110] = -5.0
+    else:
+        arf.specresp[:] = 0.0
+    path = write_arf(arf, tmp_path / "pn.arf")
+    with pytest.raises(InputDataError) as info:
+        read_arf(path)
+    assert str(path) in str(info.value) and all(w in str(info.value) for w in words)
+
+
+def test_too_few_counts_give_a_fit_error_not_a_done_fit_with_negative_dof(tmp_path):
+    """Weak case: 300 events gave a "done" fit with dof -1."""
+    import numpy as np
+
+    from xmmcore.errors import FitError
+    from xmmcore.fitting import engines
+    from xmmcore.ogip import PHA, write_pha, write_rmf
+    from xmmcore.responses import make_rmf
+
+    rmf = write_rmf(make_rmf("pn"), tmp_path / "pn.rmf")
+    counts = np.zeros(4096)
+    counts[[300, 900]] = 150.0  # 300 events, grouped into two bins by min_counts
+    grouping = np.full(4096, -1, dtype=np.int16)
+    grouping[[0, 600]] = 1
+    pha = PHA(
+        channel=np.arange(4096),
+        counts=counts,
+        exposure=1e4,
+        backscal=1.0,
+        grouping=grouping,
+        quality=None,
+        stat_err=None,
+        respfile="pn.rmf",
+        ancrfile=None,
+        backfile=None,
+        header={"TELESCOP": "XMM", "INSTRUME": "EPN"},
+        path=None,
+    )
+    path = write_pha(pha, tmp_path / "pn_src.pha")
+    with pytest.raises(FitError) as info:
+        engines.get_engine("builtin").fit_files(
+            [engines.FitInput(pha=path, rmf=rmf, name="pn")],
+            "wabs*powerlaw",
+            stat="cstat",
+            notice_kev=(0.5, 7.0),
+            errors=None,
+        )
+    msg = str(info.value)
+    assert "pn_src.pha" in msg and "noticed bins for 3 free parameters" in msg and "too few" in msg

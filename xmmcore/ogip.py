@@ -774,6 +774,13 @@ def read_arf(path: str | Path) -> ARF:
         specresp = _native(hdu.data["SPECRESP"], float)
         if not np.all(np.isfinite(specresp)):
             raise InputDataError("SPECRESP column has non-finite values", path)
+        if np.any(specresp < 0):
+            raise InputDataError(
+                f"SPECRESP has {int(np.sum(specresp < 0))} negative values (an effective area is >= 0 cm^2)",
+                path,
+            )
+        if specresp.size == 0 or not np.any(specresp > 0):
+            raise InputDataError("SPECRESP is zero everywhere: no effective area to fit with", path)
         return ARF(
             energ_lo=_native(hdu.data["ENERG_LO"], float),
             energ_hi=_native(hdu.data["ENERG_HI"], float),

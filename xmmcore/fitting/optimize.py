@@ -427,6 +427,12 @@ class Fit:
                 raise FitError(f"{where}: no counts in the noticed channels: nothing to fit")
         if not problem.free:
             raise FitError("every parameter is frozen or linked: nothing to fit")
+        if problem.n_bins <= len(problem.free):
+            names = ", ".join(str(ds.pha.path or ds.name) for ds in self.datasets)
+            raise FitError(
+                f"{names}: {problem.n_bins} noticed bins for {len(problem.free)} free parameters "
+                f"(dof {problem.n_bins - len(problem.free)}): too few counts or bins for a fit"
+            )
         self.problem = problem
         self.free = problem.free
         self.dof = problem.n_bins - len(self.free)
