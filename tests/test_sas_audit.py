@@ -298,3 +298,16 @@ def test_exported_plan_runs_from_a_hostile_results_path_and_executes_nothing(tmp
         )["PATTERN"]
         <= 12
     )
+
+
+def test_mos_fast_mode_list_is_imaging_and_kept(tmp_path):
+    """A MOS exposure in FastUncompressed reads the central CCD in timing; its MIEVLI list (outer CCDs,
+    DATAMODE IMAGING) is used, while a pn timing list is left out with the reason."""
+    root = tmp_path / "data" / "0123456789"
+    root.mkdir(parents=True)
+    _write_events(root / "P0123456789M1S001MIEVLI0000.FIT", "EMOS1", "FastUncompressed", "S001")
+    _write_events(root / "P0123456789PNS003TIEVLI0000.FIT", "EPN", "PrimeTiming", "S003")
+    obs = discover(tmp_path / "data", "0123456789")
+    assert obs.cameras == ("mos1",) and "timing/burst" in obs.skipped_cameras["pn"]
+    assert mode_skip_reason(obs, "mos1", SasSettings(**{**SETTINGS.__dict__, "esas": False})) is None
+    assert "timing/burst" in mode_skip_reason(obs, "pn", SETTINGS)

@@ -569,6 +569,10 @@ def _list_info_cached(name: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
             if datamode or submode:
                 info["mode"] = " ".join(x for x in (datamode, submode) if x)
                 info["submode"] = submode or datamode
+                # DATAMODE decides when present: a MOS list of a fast-mode exposure is IMAGING (outer CCDs)
+                info["timing"] = (
+                    datamode.upper() in ("TIMING", "BURST") if datamode else is_timing_submode(submode)
+                )
             expid = hdr.get("EXPIDSTR", head0.get("EXPIDSTR"))
             if expid:
                 info["exp"] = str(expid).upper()
@@ -579,8 +583,9 @@ def _list_info_cached(name: str, _size: int, _mtime_ns: int) -> dict[str, Any]:
                 info["exposure_s"] = float(ontime)
     except (OSError, KeyError, IndexError, ValueError, TypeError, EOFError):
         pass  # unreadable here: events.read_events names the file and the cause when it is used
-    if pps and pps.group("code").upper() == "TIEVLI" and not is_timing_submode(info.get("mode")):
+    if pps and pps.group("code").upper() == "TIEVLI" and not info.get("timing"):
         info["mode"] = "timing/burst (TIEVLI)"  # the product code says so even when the header does not
+        info["timing"] = True
     return info
 
 
@@ -588,7 +593,7 @@ def _rank(path: Path, info: dict[str, Any]) -> tuple[Any, ...]:
     low = path.name.lower()
     return (
         0 if "clean" in low else 1,
-        1 if is_timing_submode(info.get("mode")) else 0,
+        1 if info.get("timing") else 0,
         -float(info.get("exposure_s") or 0.0),
         0 if str(info.get("exp", "S")).startswith("S") else 1,
         len(path.name),
@@ -666,7 +671,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
         mode = str(info.get("mode") or "")
         if mode:
             modes[cam] = str(info.get("submode") or mode)
-        if is_timing_submode(mode):
+        if info.get("timing"):
             skipped[cam] = f"{cam} in {mode} mode (timing/burst): no imaging events ({best.name})"
             continue
         events[cam] = best
@@ -678,7 +683,8 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
             main = summary.main_mode(cam)
             if main and cam not in modes:
                 modes[cam] = main
-            if not events and main and is_timing_submode(main):
+            # MOS fast modes read out only the central CCD in timing: emchain still makes the imaging list
+            if not events and main and cam == "pn" and is_timing_submode(main):
                 skipped.setdefault(cam, f"{cam} in {main} mode (ODF, timing/burst): no imaging events")
     if not events:
         if skipped and (summary is None or not [c for c in odf_cameras if c not in skipped]):

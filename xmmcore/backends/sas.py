@@ -342,7 +342,10 @@ def camera_mode(obs: Observation, camera: str) -> dict[str, str | None]:
 
 def is_timing_mode(mode: Mapping[str, str | None]) -> bool:
     """True for timing/burst (pn) and fast (MOS central CCD) modes."""
-    return is_timing_submode(f"{mode.get('datamode') or ''} {mode.get('submode') or ''}")
+    datamode = str(mode.get("datamode") or "")
+    if datamode:
+        return datamode.upper() in ("TIMING", "BURST")  # a MOS fast-mode list is IMAGING (outer CCDs)
+    return is_timing_submode(mode.get("submode"))
 
 
 #: pn modes the ESAS quiescent-particle background (pnspectra/pnback FWC data) is made for.
@@ -361,7 +364,7 @@ def mode_skip_reason(obs: Observation, camera: str, settings: SasSettings) -> st
         return obs.skipped_cameras[camera]
     mode = camera_mode(obs, camera)
     label = mode.get("submode") or mode.get("datamode")
-    if is_timing_mode(mode):
+    if is_timing_mode(mode) and (camera == "pn" or mode.get("datamode")):
         return f"{camera} in {label} mode (timing/burst): no imaging events"
     sub = str(mode.get("submode") or "")
     if settings.esas and camera == "pn" and sub and sub not in _ESAS_PN_MODES:
