@@ -7,6 +7,7 @@ ObsID (``camera == "epic"``) plus joint/combined/stack rows, successfully proces
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -57,7 +58,9 @@ def joint_rows(df: pd.DataFrame) -> pd.DataFrame:
     return _keep_attrs(df[df["is_joint"]], df)
 
 
-def query(df: pd.DataFrame, expr: str, *, all_rows: bool = False) -> pd.DataFrame:
+def query(
+    df: pd.DataFrame, expr: str, *, all_rows: bool = False, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Select rows with a pandas expression, e.g. ``"kT > 3 and z < 0.2"``.
 
     Parameters
@@ -68,18 +71,65 @@ def query(df: pd.DataFrame, expr: str, *, all_rows: bool = False) -> pd.DataFram
         :meth:`pandas.DataFrame.query` expression over column names.
     all_rows : bool
         Query every row (per-camera and failed rows too) instead of :func:`science_rows`.
+    columns : sequence of str, optional
+        Keep only these columns, in this order (units and descriptions follow them).
 
     Raises
     ------
     ConfigError
-        The expression is invalid (names the unknown column or the syntax error).
+        The expression is invalid or a column is unknown (names it, with the closest column names).
     """
+    if columns is not None:
+        _check_columns(df, columns)
     base = df if all_rows else science_rows(df)
     try:
-        out = base.query(expr, engine="python")
-    except (SyntaxError, ValueError, KeyError, TypeError, NameError, pd.errors.UndefinedVariableError) as exc:
-        raise ConfigError(f"invalid catalogue query {expr!r}: {exc}") from exc
-    return _keep_attrs(out, df)
+        mask = base.eval(expr, engine="python")
+    except Exception as exc:  # noqa: BLE001 - pandas raises many types for a bad expression
+        raise ConfigError(f"invalid catalogue query {expr!r}: {_query_error(exc, df)}") from exc
+    if not (isinstance(mask, pd.Series) and pd.api.types.is_bool_dtype(mask.dtype)):
+        raise ConfigError(
+            f"invalid catalogue query {expr!r}: it must be a condition on rows, e.g. 'kT > 3 and z < 0.2'"
+        )
+    out = _keep_attrs(base[mask], df)
+    if columns is not None:
+        out = _keep_attrs(out[list(columns)], out)
+    return out
+
+
+_OPERATORS = {"RShift": ">>", "LShift": "<<", "BitXor": "^", "MatMult": "@", "FloorDiv": "//", "Walrus": ":="}
+
+
+def _close_columns(name: str, df: pd.DataFrame) -> list[str]:
+    import difflib
+
+    same_case = [c for c in df.columns if c.lower() == name.lower()]
+    return same_case or difflib.get_close_matches(name, list(df.columns), n=3)
+
+
+def _query_error(exc: BaseException, df: pd.DataFrame) -> str:
+    """A one-line reason for a failed ``DataFrame.query`` (no pandas internals)."""
+    import re
+
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    m = re.search(r"no attribute 'visit_(\w+)'", text)
+    if m:
+        op = _OPERATORS.get(m.group(1), m.group(1))
+        return f"the operator {op} is not allowed (use ==, !=, <, <=, >, >=, and, or, not, in)"
+    m = re.search(r"name '([^']+)' is not defined", text)
+    if m:
+        close = _close_columns(m.group(1), df)
+        return f"no column {m.group(1)!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+    return f"{text} (columns are names such as kT, z, abund, snr; strings in quotes: camera == 'pn')"
+
+
+def _check_columns(df: pd.DataFrame, columns: Sequence[str]) -> None:
+    unknown = [c for c in columns if c not in df.columns]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = _close_columns(name, df)
+            hints.append(f"{name!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError("unknown catalogue column " + "; ".join(hints))
 
 
 def export(df: pd.DataFrame, path: str | os.PathLike[str], *, fmt: str | None = None) -> Path:

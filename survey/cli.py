@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status.to_dict(), indent=2))
     else:
-        print(format_status(status))
+        print(format_status(status, width=None if args.long else 60))
     return 0
 
 
@@ -166,8 +167,6 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from .config import check_environment, load_config, read_resolved
     from .status import failed_obsids
 
-    if not args.failed:
-        raise ConfigError("retry needs --failed (rerun the ObsIDs whose steps failed)")
     if args.config:
         cfg = load_config(args.config, _overrides(args))
     else:
@@ -250,6 +249,15 @@ def _broken(sub: Any, name: str, exc: BaseException) -> None:
     p.set_defaults(func=fail)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xmm-survey")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``xmm-survey`` argument parser with every sub-command."""
     parser = argparse.ArgumentParser(
@@ -257,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="XMM-Newton extended-source survey: event lists -> spectra -> fits -> catalogue.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log to the terminal too")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -300,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p, data=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--long", "-l", action="store_true", help="whole failure reasons (not cut at 60 characters)"
+    )
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
@@ -313,11 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "retry",
-        help="rerun the ObsIDs that failed (retry --failed)",
+        help="rerun the ObsIDs that failed",
         description="Rerun the failed ObsIDs with the configuration of the previous run "
         "(results/config.resolved.yaml) unless --config is given.",
     )
-    p.add_argument("--failed", action="store_true", help="rerun every ObsID with a failed step")
+    p.add_argument(
+        "--failed",
+        action="store_true",
+        help="rerun every ObsID with a failed step (what retry does; optional)",
+    )
     p.add_argument("--no-catalogue", action="store_true", help="do not rebuild the catalogue afterwards")
     _add_config_args(p)
     _add_cluster_args(p)
@@ -344,7 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, while it can still be handled
+        return code
+    except BrokenPipeError:
+        # `xmm-survey ... | head`: the reader has gone; say nothing more (no traceback), like cat or grep.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe
     except XmmSurveyError as exc:
         print(f"error ({type(exc).__name__}): {exc}", file=sys.stderr)
         return exit_code_for(exc)

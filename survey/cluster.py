@@ -66,6 +66,8 @@ class ClusterHandle:
             self.client.close()
         finally:
             if self.cluster is not None:
+                if self.kind == "local":
+                    _stop_local_workers(self.cluster)
                 self.cluster.close()
 
     def __enter__(self) -> Self:
@@ -117,6 +119,29 @@ def site_jobqueue_settings() -> dict[str, Any]:
         if value is not None and value != packaged.get(key):
             out[key] = value
     return out
+
+
+#: Time a local worker process gets to exit after the survey [s]. distributed's default (4 s, then a
+#: "Worker process still alive ... killing" warning) is too short on a loaded machine, where the
+#: interpreter teardown of a worker that imported astropy/scipy/matplotlib takes longer.
+WORKER_EXIT_TIMEOUT_S = 60.0
+
+
+def _stop_local_workers(cluster: Any, timeout_s: float = WORKER_EXIT_TIMEOUT_S) -> None:
+    """Ask every nanny of a ``LocalCluster`` to stop its worker, waiting up to ``timeout_s`` for each."""
+    import asyncio
+
+    async def stop_all(nannies: list[Any]) -> None:
+        await asyncio.gather(
+            *(n.close(timeout=timeout_s, reason="survey-finished") for n in nannies), return_exceptions=True
+        )
+
+    nannies = [w for w in getattr(cluster, "workers", {}).values() if hasattr(w, "close")]
+    if nannies:
+        try:
+            cluster.sync(stop_all, nannies)
+        except Exception:  # noqa: BLE001 - cluster.close() below still stops whatever is left
+            pass
 
 
 def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:

@@ -197,8 +197,13 @@ def _read_skipped(results_dir: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def format_status(status: SurveyStatus, *, width: int = 60) -> str:
-    """The status as a text table: ObsID x steps, then counts and wall time per step."""
+def format_status(status: SurveyStatus, *, width: int | None = 60) -> str:
+    """The status as a text table: ObsID x steps, then counts and wall time per step.
+
+    Reasons longer than ``width`` characters are cut (``None``: whole reasons, ``status --long``), and the
+    table then says how to see them whole.
+    """
+    cut = False
     steps = status.steps
     col = max([len(s) for s in steps] + [7])
     oid = max([len(o) for o in status.rows] + [len(f) for f in status.skipped] + [5])
@@ -208,11 +213,14 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
         for step in steps:
             if row[step].state in ("failed", "corrupt"):
                 reason = f"{step}: {row[step].exception or 'corrupt'}: {row[step].reason}".replace("\n", " ")
-                if len(reason) > width:
+                if width is not None and len(reason) > width:
                     reason = reason[: width - 3] + "..."
+                    cut = True
                 break
         if not reason and obsid in status.notes:
-            reason = status.notes[obsid][:width]
+            reason = status.notes[obsid]
+            if width is not None and len(reason) > width:
+                reason, cut = reason[: width - 3] + "...", True
         lines.append(
             obsid.ljust(oid) + "  " + "  ".join(row[s].state.ljust(col) for s in steps) + "  " + reason
         )
@@ -245,11 +253,13 @@ def format_status(status: SurveyStatus, *, width: int = 60) -> str:
     lines.append(f"{n} ObsIDs: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
     if status.skipped:
         lines.append(f"{len(status.skipped)} folders of the data directory skipped (reasons above)")
+    if cut:
+        lines.append("reasons cut: `xmm-survey status --long` (or --json) shows them whole")
     return "\n".join(lines)
 
 
 def failed_obsids(results_dir: str | Path) -> list[str]:
-    """ObsIDs with a failed step (what ``xmm-survey retry --failed`` reruns)."""
+    """ObsIDs with a failed step (what ``xmm-survey retry`` reruns)."""
     return sorted(collect_status(results_dir).failed())
 
 

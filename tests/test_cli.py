@@ -153,3 +153,136 @@ def test_run_status_retry_clean_end_to_end(tmp_path):
     clean = _cli("clean", "--obsid", ids[0], "--results", "results", cwd=tmp_path)
     assert clean.returncode == 0 and not (tmp_path / "results" / ids[0]).exists()
     assert _cli("clean", "--obsid", "../x", "--results", "results", cwd=tmp_path).returncode == 3
+
+
+# ------------------------------------------------------------------ the CLI a new user meets
+def _tiny_catalogue(results: Path, n: int = 3) -> Path:
+    """A schema-conformed catalogue of ``n`` fitted ObsIDs (kT = 1, 2, ...; z = 0.1 + 0.01 i)."""
+    import pandas as pd
+
+    from catalog import io as cio
+    from catalog import schema
+
+    cols = schema.columns()
+    rows = []
+    for i in range(n):
+        row = schema.empty_row(cols)
+        row.update(
+            obsid=f"{900000001 + i:010d}",
+            camera="epic",
+            kind="obs",
+            status="done",
+            kT=1.0 + i,
+            z=(10 + i) / 100,
+        )
+        row.update(abund=0.3, dof=100 + i)
+        rows.append(row)
+    results.mkdir(parents=True, exist_ok=True)
+    cio.write_catalogue(schema.conform(pd.DataFrame(rows), cols), results, append=False)
+    return results
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("xmm-survey ") and len(out.split()) == 2
+
+
+def test_catalog_query_columns_and_bad_expressions(tmp_path, capsys):
+    results = _tiny_catalogue(tmp_path / "results")
+    code = main(["catalog", "query", "kT > 1.5", "--results", str(results), "--columns", "obsid,kT,z"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and out == ["obsid,kT,z", "0900000002,2.0,0.11", "0900000003,3.0,0.12"]
+    cases = {
+        "kT >> 4": "the operator >> is not allowed",
+        "kt > 4": "no column 'kt' (did you mean kT?)",
+        "kT + 1": "it must be a condition on rows",
+        "kT > 4 and": "invalid catalogue query 'kT > 4 and'",
+    }
+    for expr, message in cases.items():
+        assert main(["catalog", "query", expr, "--results", str(results)]) == 2, expr
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert main(["catalog", "query", "kT > 1", "--results", str(results), "--columns", "obsid,Kt"]) == 2
+    assert "unknown catalogue column 'Kt' (did you mean kT?)" in capsys.readouterr().err
+
+
+def test_closed_pipe_is_quiet(tmp_path):
+    """`xmm-survey catalog query ... | head -1`: no BrokenPipeError traceback when the reader leaves."""
+    results = _tiny_catalogue(tmp_path / "results", n=2500)  # > 64 KiB of CSV: the pipe fills
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "survey.cli", "catalog", "query", "kT > 0", "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().decode().startswith("obsid,camera,")
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert code == 141
+
+
+def test_status_long_shows_whole_reasons(tmp_path):
+    from survey.status import StepState, SurveyStatus, format_status
+
+    reason = "cannot read EVENTS of " + "/very/long/path" * 8 + "/pn.fits: the file is truncated"
+    status = SurveyStatus(results_dir=tmp_path, steps=["filter", "fit"], skipped={})
+    status.rows["0900000001"] = {
+        "filter": StepState("failed", reason=reason, exception="InputDataError"),
+        "fit": StepState("pending"),
+    }
+    short, whole = format_status(status), format_status(status, width=None)
+    assert reason not in short and "status --long" in short
+    assert f"filter: InputDataError: {reason}" in whole and "status --long" not in whole
+    assert build_parser().parse_args(["status", "--long"]).long
+
+
+def test_retry_needs_no_flag_and_options_agree(tmp_path, capsys):
+    from survey.config import load_config, write_resolved
+
+    (tmp_path / "data").mkdir()
+    write_resolved(load_config(None, {"data_dir": str(tmp_path / "data")}), tmp_path / "results")
+    assert main(["retry", "--results", str(tmp_path / "results")]) == 0
+    assert capsys.readouterr().out.strip() == "no failed ObsIDs"
+    # one spelling and one default for the same option in fit, joint and the configuration
+    defaults = load_defaults()["fit"]
+    from survey.commands.fit import parse_notice
+
+    fit = build_parser().parse_args(["fit", "a.pha", "--model", "powerlaw"])
+    joint = build_parser().parse_args(["joint", "--target", "A", "--obsids", "1", "2", "--notice", "0.5-7"])
+    assert parse_notice(fit.notice) == tuple(defaults["notice_kev"]) == parse_notice(joint.notice)
+    assert fit.errors == defaults["errors"] == "profile" and fit.stat == defaults["stat"]
+    # joint takes what it does not get from the run's config.resolved.yaml (the same defaults)
+    unset = build_parser().parse_args(["joint", "--target", "A", "--obsids", "1", "2"])
+    assert unset.errors is None and unset.stat is None and unset.notice is None
+
+
+def test_joint_needs_two_obsids_of_one_target(tmp_path, capsys):
+    import json
+
+    results = tmp_path / "results"
+    metas = {
+        "0900000001": {"name": "A2029", "ra": 227.73, "dec": 5.74, "z": 0.0773},
+        "0900000002": {"name": "A2029", "ra": 227.75, "dec": 5.76, "z": 0.0773},
+        "0900000003": {"name": "A1795", "ra": 207.22, "dec": 26.59, "z": 0.0622},
+    }
+    for obsid, meta in metas.items():
+        (results / obsid).mkdir(parents=True)
+        (results / obsid / "meta.json").write_text(json.dumps(meta))
+    assert main(["joint", "--results", str(results), "--target", "A2029", "--obsids", "0900000001"]) == 2
+    assert "needs at least 2 ObsIDs" in capsys.readouterr().err
+    args = ["joint", "--results", str(results), "--target", "A2029", "--obsids", "0900000001", "0900000003"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "target names differ" in err and "redshifts differ by 0.0151" in err and "arcmin apart" in err
+    assert "--force" in err
+    from survey.commands.catalog import check_joint_obsids
+
+    assert check_joint_obsids(results, "A2029", ["0900000001", "0900000002"]) == []
+    notes = check_joint_obsids(results, "A2029", ["0900000001", "0900000003"], force=True)
+    assert len(notes) == 1 and "redshifts differ" in notes[0]

@@ -47,7 +47,8 @@ def _query(args: argparse.Namespace) -> int:
 
     try:
         df = catalog.load(args.catalogue or args.results)
-        out = query.query(df, args.expr, all_rows=args.all_rows)
+        columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+        out = query.query(df, args.expr, all_rows=args.all_rows, columns=columns)
         if args.out:
             query.export(out, args.out, fmt=args.format)
             print(f"{len(out)} rows -> {args.out}")
@@ -81,10 +82,79 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ObsIDs of one target: redshifts within this, pointings within this many arcmin (the EPIC field radius).
+JOINT_MAX_DZ = 0.005
+JOINT_MAX_SEPARATION_ARCMIN = 15.0
+
+
+def check_joint_obsids(results: Path, target: str, obsids: list[str], *, force: bool = False) -> list[str]:
+    """At least two distinct ObsIDs, of one target: same name, redshift and position in their metadata.
+
+    Returns notes (what disagrees, when ``force``); without ``force`` a disagreement is a ``ConfigError``
+    that lists each ObsID's name, z and position.
+    """
+    import math
+
+    from xmmcore.errors import ConfigError
+    from xmmcore.fitting.joint import target_meta
+
+    distinct = list(dict.fromkeys(obsids))
+    if len(distinct) < 2:
+        raise ConfigError(
+            f"joint --target {target}: a joint fit needs at least 2 ObsIDs of the target, got {len(distinct)} "
+            f"({' '.join(distinct)}); fit one ObsID with `xmm-survey run` or `xmm-survey fit`"
+        )
+    metas = {o: target_meta(results, [o]) for o in distinct}
+
+    def num(meta: dict, key: str) -> float:
+        try:
+            return float(meta.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return math.nan
+
+    problems = []
+    names = {str(m.get("name")) for m in metas.values() if m.get("name")}
+    if len(names) > 1:
+        problems.append(f"target names differ ({', '.join(sorted(names))})")
+    zs = [num(m, "z") for m in metas.values()]
+    zs = [z for z in zs if math.isfinite(z)]
+    if zs and max(zs) - min(zs) > JOINT_MAX_DZ:
+        problems.append(f"redshifts differ by {max(zs) - min(zs):.4f} (more than {JOINT_MAX_DZ})")
+    pos = [(num(m, "ra"), num(m, "dec")) for m in metas.values()]
+    pos = [p for p in pos if all(math.isfinite(v) for v in p)]
+    if len(pos) >= 2:
+        from astropy import units as u
+        from astropy.coordinates import SkyCoord
+
+        sky = SkyCoord([p[0] for p in pos] * u.deg, [p[1] for p in pos] * u.deg)
+        sep = max(float(sky[i].separation(sky).max().arcmin) for i in range(len(pos)))
+        if sep > JOINT_MAX_SEPARATION_ARCMIN:
+            problems.append(
+                f"positions are up to {sep:.1f} arcmin apart (more than {JOINT_MAX_SEPARATION_ARCMIN:g})"
+            )
+    if not problems:
+        return []
+    table = "; ".join(
+        f"{o}: {m.get('name', '?')} z={m.get('z', '?')} ra={m.get('ra', '?')} dec={m.get('dec', '?')}"
+        for o, m in metas.items()
+    )
+    text = (
+        f"joint --target {target}: these ObsIDs may not be one target: " + "; ".join(problems) + f" [{table}]"
+    )
+    if not force:
+        raise ConfigError(text + "; give --force to fit them jointly anyway")
+    return [text]
+
+
 def _joint(args: argparse.Namespace) -> int:
     from xmmcore.fitting import joint
 
+    from .fit import parse_notice
+
     try:
+        notes = check_joint_obsids(args.results, args.target, list(args.obsids), force=args.force)
+        for line in notes:
+            print(f"warning: {line}", file=sys.stderr)
         rec = joint.run_joint(
             args.results,
             target=args.target,
@@ -93,7 +163,7 @@ def _joint(args: argparse.Namespace) -> int:
             engine=args.engine,
             cameras=args.cameras,
             stat=args.stat,
-            notice_kev=tuple(args.notice_kev) if args.notice_kev else None,
+            notice_kev=parse_notice(args.notice) if args.notice else None,
             auto_set=False if args.no_auto_set else None,
             stack=args.stack,
             **({} if args.errors is None else {"errors": None if args.errors == "none" else args.errors}),
@@ -131,6 +201,9 @@ def add_parser(subparsers) -> None:
     q.add_argument("--format", choices=("csv", "parquet", "fits"), default="csv", help="output format [csv]")
     q.add_argument("--out", type=Path, default=None, help="output file (csv goes to stdout when omitted)")
     q.add_argument("--all-rows", action="store_true", help="also per-camera and failed rows")
+    q.add_argument(
+        "--columns", metavar="A,B,C", default=None, help="only these columns, in this order (e.g. obsid,kT,z)"
+    )
     q.set_defaults(func=_query)
 
     r = subparsers.add_parser("report", help="write the static HTML survey report")
@@ -147,17 +220,27 @@ def add_parser(subparsers) -> None:
     j = subparsers.add_parser("joint", help="joint fit of several ObsIDs of one target")
     j.add_argument("--results", type=Path, default=Path("results"), help="results folder [results]")
     j.add_argument("--target", required=True, help="target name (row key of the joint rows)")
-    j.add_argument("--obsids", nargs="+", required=True, help="ObsIDs to fit jointly")
+    j.add_argument("--obsids", nargs="+", required=True, help="ObsIDs of the target to fit jointly (>= 2)")
     j.add_argument("--model", default=None, help="model expression [fit.model of the run's config]")
     j.add_argument("--engine", default=None, help="fit engine [backend.fitting of the run's config]")
     j.add_argument("--cameras", nargs="+", default=list(CAMERAS), help=f"cameras [{' '.join(CAMERAS)}]")
     j.add_argument("--stat", default=None, help="fit statistic [fit.stat of the run's config]")
-    j.add_argument("--notice-kev", nargs=2, type=float, default=None, help="fit band [fit.notice_kev]")
+    j.add_argument(
+        "--notice",
+        default=None,
+        metavar="LO-HI",
+        help="energy range in keV, as `fit --notice` [fit.notice_kev of the run's config: 0.5-7.0]",
+    )
     j.add_argument(
         "--errors",
         default=None,
-        choices=("covariance", "profile", "none"),
-        help="parameter errors [fit.errors of the run's config: profile]",
+        choices=("profile", "covariance", "none"),
+        help="parameter errors [fit.errors of the run's config: profile, as `fit`]",
+    )
+    j.add_argument(
+        "--force",
+        action="store_true",
+        help="fit even when names, redshifts or positions of the ObsIDs differ",
     )
     j.add_argument(
         "--stack", action="store_true", help="also stack the spectra per camera and fit the stacks"

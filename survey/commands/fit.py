@@ -132,7 +132,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--bkg", action="append", metavar="FILE", help="background PHA, once per PHA (overrides BACKFILE)"
     )
     p.add_argument("--name", action="append", metavar="LABEL", help="dataset label, once per PHA")
-    p.add_argument("--notice", default="0.5-10.0", metavar="LO-HI", help="energy range in keV [0.5-10.0]")
+    p.add_argument(
+        "--notice",
+        default="0.5-7.0",
+        metavar="LO-HI",
+        help="energy range in keV [0.5-7.0, as fit.notice_kev]",
+    )
     p.add_argument(
         "--stat",
         default="cstat",
