@@ -10,7 +10,8 @@ The inputs hash of a step covers
 
 After each step (successful or not) a record ``results/<obsid>/steps/<step>.json`` is written
 atomically, holding the status (``done`` / ``failed``), the reason and exception class of a failure,
-timings, the hash and the outputs with their sizes. A rerun skips a step whose record says ``done``
+timings, the hash and the outputs with their sizes: exactly the files the step declared in its summary's
+``outputs`` (paths of :class:`~xmmcore.products.ObsProducts`; nothing is found by scanning). A rerun skips a step whose record says ``done``
 with the same hash and whose outputs are all still there; it does not retry a step that failed
 deterministically (``InputDataError``, ``ToolError``) on the same inputs unless asked to
 (``xmm-survey retry --failed``). Only :class:`~xmmcore.errors.TransientError` is retried, with
