@@ -276,7 +276,7 @@ def clean_obsid(results_dir: str | Path, obsid: str, *, step: str | None = None)
     root = Path(results_dir) / obsid
     if not root.is_dir():
         raise ConfigError(f"nothing to clean: {root} does not exist")
-    if not (root / "steps").is_dir():
+    if not ObsProducts(root).steps_dir.is_dir():
         raise ConfigError(f"clean: {root} has no steps/ records, so it is not an ObsID's results; left alone")
     if step is None:
         shutil.rmtree(root)

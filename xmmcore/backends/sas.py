@@ -1868,12 +1868,10 @@ def script_lines(cmds: Sequence[Command], *, prelude: Sequence[str] = ()) -> lis
             )
         if cmd.label == "evselect-clean" and cmd.step.startswith("filter_") and cmd.outputs:
             # published as the backend does: the spectra and images commands read events/<cam>_clean.fits
-            events = cmd.cwd.parents[2] / "events"
             camera = cmd.step.split("_", 1)[1]
-            lines.append(f"mkdir -p {shlex.quote(str(events))}")
-            lines.append(
-                f"cp {shlex.quote(cmd.outputs[0])} {shlex.quote(str(events / f'{camera}_clean.fits'))}"
-            )
+            published = ObsProducts(cmd.cwd.parents[2]).clean_events(camera)  # cwd = sas/<step>/<label>
+            lines.append(f"mkdir -p {shlex.quote(str(published.parent))}")
+            lines.append(f"cp {shlex.quote(cmd.outputs[0])} {shlex.quote(str(published))}")
         lines.append("")
     return lines
 
