@@ -1,10 +1,27 @@
 #!/usr/bin/env bash
-# A real single-node SLURM (slurmctld + slurmd + munged on localhost) for tests and demos.
+# A real SLURM on this machine (slurmctld + slurmd + munged) for tests and demos: one node, or several
+# slurmd daemons that are each their own node (XMM_SLURM_NODES=3).
 #
-#   slurm/local-cluster.sh start    # start (idempotent); prints: export SLURM_CONF=...
-#   slurm/local-cluster.sh status   # daemons and sinfo
-#   slurm/local-cluster.sh env      # print the export line again
-#   slurm/local-cluster.sh stop     # stop the daemons this script started (by their pid files)
+#   slurm/local-cluster.sh start              # start (idempotent); prints: export SLURM_CONF=...
+#   slurm/local-cluster.sh status             # daemons and sinfo
+#   slurm/local-cluster.sh env                # print the export line again
+#   slurm/local-cluster.sh nodes              # "name address" per node (also $XMM_SLURM_DIR/nodes.txt)
+#   slurm/local-cluster.sh kill-node NAME     # end that node's slurmd and every process of its jobs
+#   slurm/local-cluster.sh revive-node NAME   # start its slurmd again and return it to service
+#   slurm/local-cluster.sh stop               # stop the daemons this script started (by pid files)
+#
+# Several nodes (XMM_SLURM_NODES=N, 2..99): Debian's slurm-wlm 22.05 runs several slurmd daemons on
+# one host when each has its own node name (`slurmd -N xmm-n2`), its own port (`NodeName=... Port=`)
+# and its own spool, pid and log files (`%n` in slurm.conf). Node i is `xmm-n<i>` with the loopback
+# address 127.0.0.<10+i> (NodeAddr, where slurmctld reaches it) and slurmd port XMM_SLURMD_PORT+i;
+# each has XMM_SLURM_CPUS_PER_NODE CPUs (default 1) and XMM_SLURM_MEM_PER_NODE MB (default 2000).
+# Jobs see their node in SLURMD_NODENAME; nodes.txt maps names to addresses so that a Dask worker can
+# listen on its node's address (`--host $XMM_NODE_ADDR`). All traffic stays on 127.0.0.0/8.
+# A node is lost with kill-node (SIGKILL to its slurmd, the slurmstepd of its jobs and every process
+# that carries SLURMD_NODENAME=<node> and this SLURM_CONF): slurmctld marks it DOWN after
+# SlurmdTimeout (10 s here) and its jobs end as NODE_FAIL.
+# (One network namespace per node works on these machines too, but needs a veth pair, addresses and
+# routes per node; per-node ports need nothing beyond slurm.conf, so that is the recipe used here.)
 #
 # Needs Debian/Ubuntu `slurm-wlm` and `munge` (apt-get install -y slurm-wlm munge) and root (slurmd
 # launches jobs). Nothing outside the state directory is touched: the configuration, munge key and
@@ -16,8 +33,12 @@ STATE="${XMM_SLURM_DIR:-/tmp/xmm-survey-slurm-$(id -u)}"
 CONF="$STATE/slurm.conf"
 MUNGE="$STATE/munge"
 PARTITION="${XMM_SLURM_PARTITION:-debug}"
+NODES="${XMM_SLURM_NODES:-1}"
+SLURMD_PORT="${XMM_SLURMD_PORT:-6818}"
 
 die() { echo "local-cluster.sh: $*" >&2; exit 1; }
+
+[[ "$NODES" =~ ^[1-9][0-9]?$ ]] || { echo "local-cluster.sh: XMM_SLURM_NODES must be 1-99, got '$NODES'" >&2; exit 2; }
 
 need() {
     for tool in "$@"; do
@@ -29,26 +50,43 @@ alive() {  # alive PIDFILE -> 0 if the process in it runs
     [[ -s "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null
 }
 
+node_names() {  # the node names, one a line
+    local i
+    if [[ "$NODES" == 1 ]]; then echo localhost; return; fi
+    for i in $(seq 1 "$NODES"); do echo "xmm-n$i"; done
+}
+
+node_addr() {  # node_addr NAME -> its loopback address
+    if [[ "$1" == localhost ]]; then echo 127.0.0.1; else echo "127.0.0.$((10 + ${1#xmm-n}))"; fi
+}
+
+pidfile_of() {  # pidfile_of NAME -> the slurmd pid file of that node
+    if [[ "$NODES" == 1 ]]; then echo "$STATE/slurmd.pid"; else echo "$STATE/slurmd-$1.pid"; fi
+}
+
 write_conf() {
-    local cpus mem
-    cpus="$(nproc)"
-    mem="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
-    cat >"$CONF.tmp" <<EOF
-# written by slurm/local-cluster.sh; single node, state in $STATE
+    local cpus mem name i nodelist=""
+    if [[ "$NODES" == 1 ]]; then
+        cpus="$(nproc)"
+        mem="$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
+    else
+        cpus="${XMM_SLURM_CPUS_PER_NODE:-1}"
+        mem="${XMM_SLURM_MEM_PER_NODE:-2000}"
+    fi
+    {
+        echo "# written by slurm/local-cluster.sh; $NODES node(s), state in $STATE"
+        cat <<EOF
 ClusterName=xmmlocal
-SlurmctldHost=localhost
+SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE/munge.socket.2
 StateSaveLocation=$STATE/state
-SlurmdSpoolDir=$STATE/spool
 SlurmctldPidFile=$STATE/slurmctld.pid
-SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmdLogFile=$STATE/slurmd.log
 SlurmctldPort=${XMM_SLURMCTLD_PORT:-6817}
-SlurmdPort=${XMM_SLURMD_PORT:-6818}
+SlurmdPort=$SLURMD_PORT
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -59,14 +97,63 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 ReturnToService=2
 MpiDefault=none
+EOF
+        if [[ "$NODES" == 1 ]]; then
+            cat <<EOF
+SlurmdSpoolDir=$STATE/spool
+SlurmdPidFile=$STATE/slurmd.pid
+SlurmdLogFile=$STATE/slurmd.log
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+        else
+            # one slurmd per node on this host: per-node spool/pid/log (%n) and port; a lost node is
+            # noticed within SlurmdTimeout; a short KillWait makes walltime kills quick
+            cat <<EOF
+SlurmdSpoolDir=$STATE/spool/%n
+SlurmdPidFile=$STATE/slurmd-%n.pid
+SlurmdLogFile=$STATE/slurmd-%n.log
+SlurmdTimeout=10
+KillWait=5
+EOF
+            for i in $(seq 1 "$NODES"); do
+                name="xmm-n$i"
+                echo "NodeName=$name NodeHostname=localhost NodeAddr=$(node_addr "$name") Port=$((SLURMD_PORT + i)) CPUs=$cpus RealMemory=$mem State=UNKNOWN"
+                nodelist="${nodelist:+$nodelist,}$name"
+            done
+            echo "PartitionName=$PARTITION Nodes=$nodelist Default=YES MaxTime=INFINITE State=UP"
+        fi
+    } >"$CONF.tmp"
     mv "$CONF.tmp" "$CONF"
+    for name in $(node_names); do echo "$name $(node_addr "$name")"; done >"$STATE/nodes.txt.tmp"
+    mv "$STATE/nodes.txt.tmp" "$STATE/nodes.txt"
 }
 
 print_env() {
     echo "export SLURM_CONF=$CONF"
+}
+
+wait_up() {  # wait_up TRIES [NODE...]: every (given) node idle/mixed/allocated; 1 on timeout
+    local tries="$1" i name state ok
+    shift
+    local want=("$@")
+    [[ ${#want[@]} -gt 0 ]] || mapfile -t want < <(node_names)
+    for i in $(seq 1 "$tries"); do
+        ok=1
+        for name in "${want[@]}"; do
+            state="$(sinfo -h -n "$name" -N -o '%T' 2>/dev/null | head -n1 || true)"
+            if [[ "$state" == down* || "$state" == drain* ]]; then
+                scontrol update NodeName="$name" State=RESUME >/dev/null 2>&1 || true
+            fi
+            [[ "$state" == idle* || "$state" == mixed* || "$state" == allocated* ]] || ok=0
+        done
+        if [[ $ok == 1 ]]; then
+            echo "SLURM is up (${#want[@]} node(s): ${want[*]}; state in $STATE)" >&2
+            return 0
+        fi
+        sleep 0.5
+    done
+    return 1
 }
 
 start() {
@@ -85,23 +172,61 @@ start() {
     write_conf
     export SLURM_CONF="$CONF"
     alive "$STATE/slurmctld.pid" || slurmctld -f "$CONF"
-    alive "$STATE/slurmd.pid" || slurmd -f "$CONF" -N localhost
-    local i state
-    for i in $(seq 1 60); do
-        state="$(sinfo -h -N -o '%T' 2>/dev/null | head -n1 || true)"
-        if [[ "$state" == idle* || "$state" == mixed* || "$state" == allocated* ]]; then
-            echo "SLURM is up (node localhost: $state; state in $STATE)" >&2
-            print_env
-            return 0
-        fi
-        if [[ "$state" == down* || "$state" == drain* ]]; then
-            scontrol update NodeName=localhost State=RESUME >/dev/null 2>&1 || true
-        fi
-        sleep 0.5
+    local name
+    for name in $(node_names); do
+        [[ "$NODES" == 1 ]] || mkdir -p "$STATE/spool/$name"
+        alive "$(pidfile_of "$name")" || slurmd -f "$CONF" -N "$name"
     done
+    if wait_up 60; then
+        print_env
+        return 0
+    fi
     echo "--- slurmctld.log" >&2; tail -n 20 "$STATE/slurmctld.log" >&2 || true
-    echo "--- slurmd.log" >&2; tail -n 20 "$STATE/slurmd.log" >&2 || true
-    die "the node did not become idle within 30 s (logs above)"
+    echo "--- slurmd log(s)" >&2; tail -n 10 "$STATE"/slurmd*.log >&2 || true
+    die "not every node became idle within 30 s (logs above)"
+}
+
+known_node() {
+    local name
+    for name in $(node_names); do [[ "$name" == "$1" ]] && return 0; done
+    die "no node '$1' in this cluster (nodes: $(node_names | tr '\n' ' '))"
+}
+
+node_pids() {  # node_pids NAME: its slurmd, every process of its jobs, and their slurmstepd
+    local name="$1" f pid ppid
+    if alive "$(pidfile_of "$name")"; then cat "$(pidfile_of "$name")"; fi
+    # a job process of this node carries the node name and this cluster's SLURM_CONF in its environment
+    for f in $(grep -l -s -z -x -F "SLURMD_NODENAME=$name" /proc/[0-9]*/environ 2>/dev/null || true); do
+        grep -q -s -z -x -F "SLURM_CONF=$CONF" "$f" 2>/dev/null || continue
+        pid="${f#/proc/}"
+        pid="${pid%/environ}"
+        [[ "$pid" == "$$" || "$pid" == "$BASHPID" ]] && continue
+        echo "$pid"
+        ppid="$(awk '{print $4}' "/proc/$pid/stat" 2>/dev/null || true)"
+        if [[ -n "$ppid" && "$(cat "/proc/$ppid/comm" 2>/dev/null || true)" == slurmstepd ]]; then
+            echo "$ppid"
+        fi
+    done | sort -un
+}
+
+kill_node() {
+    local name="${1:?usage: local-cluster.sh kill-node NAME}" pids=()
+    [[ -f "$CONF" ]] || die "no cluster in $STATE"
+    known_node "$name"
+    mapfile -t pids < <(node_pids "$name")
+    if [[ ${#pids[@]} -gt 0 ]]; then kill -9 "${pids[@]}" 2>/dev/null || true; fi
+    rm -f "$(pidfile_of "$name")"
+    echo "killed node $name: ${#pids[@]} process(es): ${pids[*]}" >&2
+}
+
+revive_node() {
+    local name="${1:?usage: local-cluster.sh revive-node NAME}"
+    [[ -f "$CONF" ]] || die "no cluster in $STATE"
+    known_node "$name"
+    export SLURM_CONF="$CONF"
+    alive "$(pidfile_of "$name")" || slurmd -f "$CONF" -N "$name"
+    scontrol update NodeName="$name" State=RESUME >/dev/null 2>&1 || true
+    wait_up 60 "$name" || die "node $name did not come back within 30 s"
 }
 
 stop_one() {  # stop_one PIDFILE NAME
@@ -125,14 +250,15 @@ stop() {
     if [[ -f "$CONF" ]] && command -v scancel >/dev/null 2>&1 && alive "$STATE/slurmctld.pid"; then
         SLURM_CONF="$CONF" scancel --partition="$PARTITION" >/dev/null 2>&1 || true
     fi
-    stop_one "$STATE/slurmd.pid" slurmd
+    local name
+    for name in $(node_names); do stop_one "$(pidfile_of "$name")" "slurmd $name"; done
     stop_one "$STATE/slurmctld.pid" slurmctld
     stop_one "$MUNGE/munged.pid" munged
 }
 
 status() {
-    local rc=0 f
-    for f in "$MUNGE/munged.pid" "$STATE/slurmctld.pid" "$STATE/slurmd.pid"; do
+    local rc=0 f name
+    for f in "$MUNGE/munged.pid" "$STATE/slurmctld.pid" $(for name in $(node_names); do pidfile_of "$name"; done); do
         if alive "$f"; then echo "$(basename "$f" .pid): running ($(cat "$f"))"; else echo "$(basename "$f" .pid): stopped"; rc=3; fi
     done
     if [[ $rc == 0 ]]; then
@@ -147,5 +273,8 @@ case "${1:-}" in
     stop) stop ;;
     status) status ;;
     env) print_env ;;
-    *) echo "usage: $0 start|stop|status|env   (state in $STATE)" >&2; exit 2 ;;
+    nodes) for n in $(node_names); do echo "$n $(node_addr "$n")"; done ;;
+    kill-node) kill_node "${2:-}" ;;
+    revive-node) revive_node "${2:-}" ;;
+    *) echo "usage: $0 start|stop|status|env|nodes|kill-node NAME|revive-node NAME   (state in $STATE)" >&2; exit 2 ;;
 esac

@@ -48,7 +48,7 @@ from .graph import (
 )
 from .lock import check_unlocked, results_lock
 from .logs import close_survey_logger, collect_worker_logs, dask_logs_to_file, survey_logger
-from .steps import Pipeline, execute_step, software_versions
+from .steps import Pipeline, execute_step, software_versions, where_am_i
 
 __all__ = [
     "SurveyReport",
@@ -536,11 +536,21 @@ def run_one(
     (results_dir / obsid).mkdir(parents=True, exist_ok=True)
     lock.enter_context(results_lock(results_dir / obsid, what=f"run-one of {obsid}"))
     try:
-        log = survey_logger(results_dir, name=f"survey.{obsid}")
+        # one log file per ObsID: array tasks on many hosts never append to one file (shared filesystems)
+        log = survey_logger(results_dir, name=f"survey.{obsid}", filename=f"run-one/{obsid}.log")
     except BaseException:
         lock.close()
         raise
     try:
+        where = where_am_i()
+        log.info(
+            "run-one %s on node %s (host %s, pid %s, SLURM job %s)",
+            obsid,
+            where["node"],
+            where["host"],
+            where["pid"],
+            where["slurm_job_id"],
+        )
         (plan,) = _plans(cfg, pipe, [obsid], retry_failed)
         outcomes = dict(plan.outcomes)
         upstream = plan.upstream

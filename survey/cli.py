@@ -106,13 +106,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             paths, error, _info = build_catalogue(cfg["results_dir"])
         print(error or "catalogue: " + ", ".join(map(str, paths)))
         return EXIT_OK if error is None else EXIT_UNEXPECTED
-    report = run_survey(
-        cfg,
-        progress=not args.no_progress,
-        retry_failed=args.retry_failed,
-        catalogue=not args.no_catalogue,
-        quiet_dask=not args.verbose,
-    )
+    from .cluster import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # a cancelled driver job closes its cluster (its worker jobs) on the way out
+        report = run_survey(
+            cfg,
+            progress=not args.no_progress,
+            retry_failed=args.retry_failed,
+            catalogue=not args.no_catalogue,
+            quiet_dask=not args.verbose,
+        )
     return _report_exit(report)
 
 

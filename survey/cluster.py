@@ -7,8 +7,11 @@
     ``cluster.dashboard_address`` (127.0.0.1 by default, so it is not exposed on shared machines).
 ``slurm``
     ``dask_jobqueue.SLURMCluster`` built from ``cluster.slurm.*`` (queue, account, cores, processes,
-    memory, walltime, job_extra_directives, interface, job_script_prologue, python), scaled
-    adaptively between ``minimum_jobs`` and ``maximum_jobs``; job logs go to ``results/logs/slurm``.
+    memory, walltime, job_extra_directives, interface, job_script_prologue, python,
+    worker_extra_args, scheduler_host), scaled adaptively between ``minimum_jobs`` and
+    ``maximum_jobs``; job logs go to ``results/logs/slurm``. ``worker_extra_args`` are appended to
+    the worker command line inside the job script, so shell variables set by the prologue expand on
+    the compute node (``["--host", "$XMM_NODE_ADDR"]`` makes each worker listen on its node's address).
 ``address``
     connect to the scheduler at ``cluster.address`` (``tcp://host:port``).
 
@@ -17,7 +20,11 @@ Each worker advertises a ``slots`` resource (one per thread) that the step tasks
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -28,6 +35,7 @@ __all__ = [
     "JOBQUEUE_KEYS",
     "SLOT_RESOURCE",
     "ClusterHandle",
+    "sigterm_as_interrupt",
     "site_jobqueue_settings",
     "slurm_cluster_kwargs",
     "start_cluster",
@@ -171,7 +179,11 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
         "log_directory": log_dir,
-        "worker_extra_args": ["--resources", f"{SLOT_RESOURCE}={slots}"],
+        "worker_extra_args": [
+            "--resources",
+            f"{SLOT_RESOURCE}={slots}",
+            *map(str, s.get("worker_extra_args") or []),
+        ],
         "scheduler_options": {"dashboard_address": cfg["cluster"]["dashboard_address"]},
     }
     for key, value in chosen.items():
@@ -183,6 +195,9 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
             kwargs[key] = value or sys.executable
         elif value not in (None, ""):
             kwargs[key] = value
+    if s.get("scheduler_host"):
+        # the scheduler's own listen address (e.g. 127.0.0.1), independent of the workers' addresses
+        kwargs["scheduler_options"]["host"] = s["scheduler_host"]
     return kwargs
 
 
@@ -246,6 +261,29 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
     if log is not None:
         log.info("cluster %s started; dashboard: %s", kind, handle.dashboard_link)
     return handle
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into ``KeyboardInterrupt`` for the block (main thread only; elsewhere a no-op).
+
+    SLURM ends a driver job (``scancel``, preemption, its walltime) with SIGTERM. Python's default
+    would end the process at once and leave the worker jobs it submitted queued or running until their
+    ``death-timeout``; as an interrupt, the cluster is closed on the way out (dask-jobqueue cancels its
+    jobs) and every finished step stays recorded, so the same command resumes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dashboard(client: Any) -> str | None:

@@ -72,6 +72,7 @@ _ALLOWED_TYPES: dict[str, tuple[type, ...]] = {
     "cluster.slurm.interface": (_NoneType, str),
     "cluster.slurm.log_directory": (_NoneType, str),
     "cluster.slurm.python": (_NoneType, str),
+    "cluster.slurm.scheduler_host": (_NoneType, str),
     "sas.sas_dir": (_NoneType, str),
     "sas.ccf_path": (_NoneType, str),
     "regions.background.region_file": (_NoneType, str),

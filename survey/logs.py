@@ -4,8 +4,14 @@ Layout under ``results/``::
 
     <obsid>/logs/<step>.log     what the step said (appended per attempt)
     logs/survey.log             the driver: what ran, what was skipped, what failed and why
-    logs/workers/<worker>.log   the Dask workers' own logs, collected at the end of a run
+    logs/workers/<node>-<worker>.log  the Dask workers' own logs, collected at the end of a run
+                                (<node>: SLURMD_NODENAME on SLURM, else the host name)
     logs/slurm/                 stdout/stderr of the SLURM worker jobs (dask-jobqueue log_directory)
+    logs/run-one/<obsid>.log    ``xmm-survey run-one`` (job-array tasks): one file per ObsID, naming the node
+
+One writer per file: on a shared filesystem (NFS) appends from several hosts to one file can
+interleave or be lost, so no log file is written from two hosts at once (a step log is appended only
+by the one process running that step of that ObsID).
 """
 
 from __future__ import annotations
@@ -77,9 +83,11 @@ def step_logger(results_dir: str | os.PathLike[str], obsid: str, step: str) -> I
         handler.close()
 
 
-def survey_logger(results_dir: str | os.PathLike[str], *, name: str = "survey") -> logging.Logger:
-    """The driver's logger, appending to ``results/logs/survey.log``."""
-    path = Path(results_dir) / "logs" / "survey.log"
+def survey_logger(
+    results_dir: str | os.PathLike[str], *, name: str = "survey", filename: str = "survey.log"
+) -> logging.Logger:
+    """The driver's logger, appending to ``results/logs/<filename>`` (default ``survey.log``)."""
+    path = Path(results_dir) / "logs" / filename
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"{name}.run")
     logger.setLevel(logging.INFO)
@@ -100,9 +108,11 @@ def close_survey_logger(logger: logging.Logger) -> None:
 
 
 def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write each Dask worker's log to ``results/logs/workers/<worker>.log``; return the files.
+    """Write each Dask worker's log to ``results/logs/workers/<node>-<worker>.log``; return the files.
 
-    Workers that have gone away are skipped; a failure to collect never fails the survey.
+    ``<node>`` is where the worker runs (``SLURMD_NODENAME`` in a SLURM job, else the host name), so the
+    logs of every node of a cluster land side by side. Workers that have gone away are skipped; a
+    failure to collect never fails the survey.
     """
     from xmmcore.fsutil import atomic_write_text
 
@@ -111,16 +121,29 @@ def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> lis
         logs = client.get_worker_logs(n=10000)
     except Exception:  # noqa: BLE001 - logs are a convenience; the survey result stands without them
         return out
+    try:
+        nodes = client.run(_node_name)
+    except Exception:  # noqa: BLE001 - without node names the worker addresses still tell them apart
+        nodes = {}
     folder = Path(results_dir) / "logs" / "workers"
     for worker, lines in logs.items():
+        node = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(nodes.get(worker, "node"))).strip("_")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(worker)).strip("_")
-        text = "\n".join(msg for _level, msg in lines) + "\n"
+        text = f"# worker {worker} on node {nodes.get(worker, '?')}\n"
+        text += "\n".join(msg for _level, msg in lines) + "\n"
         try:
-            out.append(atomic_write_text(folder / f"{name}.log", text))
+            out.append(atomic_write_text(folder / f"{node}-{name}.log", text))
         except (OSError, UnicodeError) as exc:  # a full or read-only disk: the survey result stands
             logging.getLogger("survey.run").warning("worker log %s not written: %s", name, exc)
             break
     return out
+
+
+def _node_name() -> str:
+    """The node this process runs on: ``SLURMD_NODENAME`` inside a SLURM job, else the host name."""
+    import socket
+
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 @contextlib.contextmanager

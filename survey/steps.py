@@ -65,6 +65,7 @@ __all__ = [
     "software_versions",
     "storage_error",
     "step_config",
+    "where_am_i",
     "write_record",
 ]
 
@@ -456,6 +457,27 @@ def _outcome(
     }
 
 
+def where_am_i() -> dict[str, Any]:
+    """Where a step runs: ``host``, ``pid``, ``node`` (``SLURMD_NODENAME`` in a SLURM job, else the
+    host name) and ``slurm_job_id`` (``None`` outside SLURM). Several SLURM nodes may share one host."""
+    host = socket.gethostname()
+    return {
+        "host": host,
+        "pid": os.getpid(),
+        "node": os.environ.get("SLURMD_NODENAME") or host,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+    }
+
+
+def _rss_mb() -> float | None:
+    """Resident memory of this process now [MB] (``/proc/self/statm``; ``None`` where it is absent)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 2)
+
+
 def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Run one step of one ObsID (or skip it), write its record, and return an outcome dict.
 
@@ -542,8 +564,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
         "config_hash": task.config_hash or config_hash(task.cfg),
         "meta": _jsonable(dict(task.obs.meta)),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
+        **where_am_i(),
     }
     started = _now()
     try:
@@ -594,6 +615,7 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
         "finished": _now(),
         "wall_s": wall,
         "cpu_s": cpu,
+        "rss_mb": _rss_mb(),
         "attempts": attempts,
     }
     if status == "done":

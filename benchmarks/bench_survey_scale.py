@@ -1,0 +1,309 @@
+"""A 500-ObsID survey on a multi-node SLURM and on a local Dask cluster (a benchmark, not a CI test).
+
+Measured per run: wall time; CPU efficiency = sum of the steps' CPU time / (workers x wall);
+driver memory over time (sampled every second); worker memory over time (each step record carries
+the worker's resident memory when the step ended, ``rss_mb``); catalogue build time. The worker
+memory must stay flat: its median over the steps of ObsIDs 40-60 (in completion order) against
+ObsIDs 480-500, within 20 %.
+
+ObsIDs are small simulated event lists (``--events`` events, default 300) run through the cheap
+real steps of ``tests/test_survey_helpers.py`` (FITS in, screening, centroid, PI histogram, JSON
+fit): the orchestration, the step records, the logs and the catalogue are the survey's own, the
+science is not. An archive-scale projection (15,000 pointings) combines these figures with the
+per-ObsID cost of the real pipeline (``--science-cpu-s``) and the I/O of real PPS event lists
+(``../shared/data/xmm`` sizes per ks of exposure).
+
+Usage::
+
+    python benchmarks/bench_survey_scale.py --cluster local --workers 2 --n-obsids 500
+    python benchmarks/bench_survey_scale.py --cluster slurm --nodes 3 --n-obsids 500
+    python benchmarks/bench_survey_scale.py --table    # print the markdown of the saved runs
+
+Each run saves ``benchmarks/survey_scale_<cluster>.json``; ``--table`` turns them into the section
+of ``benchmarks/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+for p in (REPO, TESTS):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+__all__ = ["flatness", "main", "projection", "run_benchmark"]
+
+HERE = Path(__file__).resolve().parent
+STEPS = ("filter", "regions", "spectra", "fit")
+
+
+def _rss_mb(pid: int | None = None) -> float:
+    path = Path(f"/proc/{pid or 'self'}/statm")
+    return int(path.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+class _Sampler(threading.Thread):
+    """Driver RSS every ``every`` s."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.every, self.samples, self._halt = every, [], threading.Event()
+        self.t0 = time.perf_counter()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.samples.append((round(time.perf_counter() - self.t0, 1), round(_rss_mb(), 1)))
+            self._halt.wait(self.every)
+
+    def stop(self) -> list[tuple[float, float]]:
+        self._halt.set()
+        self.join()
+        return self.samples
+
+
+def _load() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def _records(results: Path, ids: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for obsid in ids:
+        for step in STEPS:
+            try:
+                rec = json.loads((results / obsid / "steps" / f"{step}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            rec["_obsid"] = obsid
+            out.append(rec)
+    return out
+
+
+def flatness(records: list[dict[str, Any]], lo: tuple[int, int] = (40, 60), hi: tuple[int, int] = (480, 500)):
+    """Worker RSS medians over the steps of the ObsIDs ranked lo and hi in completion order.
+
+    An ObsID's rank is the order in which its fit step finished; each worker's RSS is compared
+    with itself (per worker pid), then the worst worker is reported.
+
+    Returns
+    -------
+    dict
+        ``per_worker`` {pid: (median lo, median hi, ratio)}, ``worst_ratio``, ``series``
+        [(rank, pid, rss_mb)] for the plot/table.
+    """
+    fits = sorted((r for r in records if r["step"] == "fit" and r.get("finished")), key=lambda r: r["finished"])
+    rank = {r["_obsid"]: i + 1 for i, r in enumerate(fits)}
+    series = sorted(
+        (rank[r["_obsid"]], int(r["pid"]), float(r["rss_mb"]))
+        for r in records
+        if r.get("rss_mb") is not None and r["_obsid"] in rank
+    )
+    per: dict[int, tuple[float, float, float]] = {}
+    for pid in sorted({s[1] for s in series}):
+        a = [m for k, p, m in series if p == pid and lo[0] <= k <= lo[1]]
+        b = [m for k, p, m in series if p == pid and hi[0] <= k <= hi[1]]
+        if a and b:
+            ma, mb = statistics.median(a), statistics.median(b)
+            per[pid] = (round(ma, 1), round(mb, 1), round(mb / ma, 3))
+    worst = max((v[2] for v in per.values()), default=float("nan"))
+    return {"per_worker": per, "worst_ratio": worst, "series": series}
+
+
+def _slurm_cluster(nodes: int, state: Path) -> dict[str, str]:
+    env = dict(
+        os.environ,
+        XMM_SLURM_DIR=str(state),
+        XMM_SLURM_NODES=str(nodes),
+        XMM_SLURMCTLD_PORT=os.environ.get("XMM_SLURMCTLD_PORT", "6957"),
+        XMM_SLURMD_PORT=os.environ.get("XMM_SLURMD_PORT", "6960"),
+    )
+    out = subprocess.run(
+        ["bash", str(REPO / "slurm" / "local-cluster.sh"), "start"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=180,
+    )
+    if out.returncode:
+        raise SystemExit(out.stdout + out.stderr)
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    return env
+
+
+def run_benchmark(
+    *,
+    cluster: str,
+    n_obsids: int,
+    workers: int,
+    events: int,
+    work_s: float,
+    base: Path,
+) -> dict[str, Any]:
+    import test_survey_helpers as helpers
+
+    from survey.api import run_survey
+    from survey.config import load_config
+    from survey.graph import build_catalogue
+
+    data = base / f"data-{n_obsids}-{events}"
+    if not (data / ".complete").exists():
+        t = time.perf_counter()
+        meta = {f"{910000000 + i:010d}": {"work_s": work_s} for i in range(n_obsids)} if work_s else None
+        helpers.make_survey(data, n_obsids, n_events=events, meta=meta)
+        (data / ".complete").write_text("")
+        print(f"simulated {n_obsids} ObsIDs in {time.perf_counter() - t:.1f} s", flush=True)
+    ids = sorted(p.name for p in data.iterdir() if p.is_dir())
+    results = Path(tempfile.mkdtemp(prefix=f"results-{cluster}-", dir=base))
+    over: dict[str, Any] = {
+        "data_dir": str(data),
+        "results_dir": str(results),
+        "pipeline.module": "test_survey_helpers",
+        "joint.enabled": False,
+        "cluster.dashboard_address": "127.0.0.1:0",
+    }
+    env_backup = dict(os.environ)
+    state = None
+    if cluster == "local":
+        over.update({"cluster.kind": "local", "cluster.workers": workers})
+    else:
+        state = base / "slurm-state"
+        env = _slurm_cluster(workers, state)
+        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+        over.update(
+            {
+                "cluster.kind": "slurm",
+                "cluster.slurm.scheduler_host": "127.0.0.1",
+                "cluster.slurm.worker_extra_args": ["--host", "$XMM_NODE_ADDR"],
+                "cluster.slurm.memory": "1GB",
+                "cluster.slurm.walltime": "02:00:00",
+                "cluster.slurm.minimum_jobs": workers,
+                "cluster.slurm.maximum_jobs": workers,
+                "cluster.slurm.job_script_prologue": [
+                    f"export PYTHONPATH={REPO}:{TESTS}",
+                    "export XMM_NODE_ADDR=$(awk -v n=\"$SLURMD_NODENAME\" '$1 == n {print $2}' "
+                    f"{state / 'nodes.txt'})",
+                ],
+            }
+        )
+    cfg = load_config(None, over)
+    load_before = _load()
+    sampler = _Sampler()
+    sampler.start()
+    t0 = time.perf_counter()
+    try:
+        report = run_survey(cfg, progress=False, catalogue=False, quiet_dask=True)
+    finally:
+        wall = time.perf_counter() - t0
+        driver = sampler.stop()
+        os.environ.clear()
+        os.environ.update(env_backup)
+        if state is not None:
+            subprocess.run(
+                ["bash", str(REPO / "slurm" / "local-cluster.sh"), "stop"],
+                env=dict(os.environ, XMM_SLURM_DIR=str(state), XMM_SLURM_NODES=str(workers)),
+                check=False,
+                capture_output=True,
+                timeout=120,
+            )
+    load_after = _load()
+    t1 = time.perf_counter()
+    _paths, error, info = build_catalogue(results)
+    cat_s = time.perf_counter() - t1
+    records = _records(results, ids)
+    cpu = sum(float(r.get("cpu_s") or 0.0) for r in records if r.get("status") == "done")
+    step_wall = sum(float(r.get("wall_s") or 0.0) for r in records if r.get("status") == "done")
+    flat = flatness(records, hi=(max(1, n_obsids - 20), n_obsids))
+    nodes = sorted({str(r.get("node")) for r in records})
+    out = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cluster": cluster,
+        "n_obsids": n_obsids,
+        "workers": workers,
+        "nodes": nodes,
+        "events_per_obsid": events,
+        "done": len(report.done),
+        "failed": len(report.failed),
+        "wall_s": round(wall, 1),
+        "sum_step_cpu_s": round(cpu, 1),
+        "sum_step_wall_s": round(step_wall, 1),
+        "cpu_efficiency": round(cpu / (workers * wall), 3),
+        "wall_efficiency": round(step_wall / (workers * wall), 3),
+        "catalogue_s": round(cat_s, 2),
+        "catalogue_rows": info.get("n_rows"),
+        "catalogue_error": error,
+        "driver_rss_mb": {"start": driver[0][1], "peak": max(m for _t, m in driver), "end": driver[-1][1]},
+        "driver_rss_series": driver[:: max(1, len(driver) // 60)],
+        "worker_rss": {str(k): v for k, v in flat["per_worker"].items()},
+        "worker_rss_worst_ratio": flat["worst_ratio"],
+        "worker_rss_series": flat["series"][:: max(1, len(flat["series"]) // 100)],
+        "load_before": [round(x, 1) for x in load_before],
+        "load_after": [round(x, 1) for x in load_after],
+        "results_dir": str(results),
+    }
+    return out
+
+
+# Per-ObsID figures of the real pipeline, from the measured runs named in results.md.
+def projection(run: dict[str, Any], *, n: int = 15000, science_cpu_s: float, pps_mb: float, out_mb: float,
+               cores: int = 1000) -> dict[str, Any]:
+    """Archive-scale projection: ``n`` pointings on ``cores`` worker cores.
+
+    The orchestration overhead per ObsID is what the benchmark run measured beyond its step CPU
+    (wall x workers - step CPU, per ObsID); the science is ``science_cpu_s`` per ObsID; the I/O is
+    ``pps_mb`` read and ``out_mb`` written per ObsID.
+    """
+    overhead = max(0.0, run["wall_s"] * run["workers"] - run["sum_step_cpu_s"]) / run["n_obsids"]
+    core_s = n * (science_cpu_s + overhead)
+    return {
+        "pointings": n,
+        "cores": cores,
+        "overhead_s_per_obsid": round(overhead, 3),
+        "core_hours": round(core_s / 3600, 1),
+        "wall_h_on_cores": round(core_s / cores / 3600, 2),
+        "read_tb": round(n * pps_mb / 1e6, 2),
+        "written_tb": round(n * out_mb / 1e6, 2),
+        "read_rate_mb_s": round(n * pps_mb / (core_s / cores), 1),
+        "step_records": n * 4,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cluster", choices=("local", "slurm"), default="local")
+    ap.add_argument("--n-obsids", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=2, help="local workers, or SLURM nodes (one worker each)")
+    ap.add_argument("--events", type=int, default=300)
+    ap.add_argument("--work-s", type=float, default=0.0, help="extra CPU per step [s]")
+    ap.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "xmm-survey-bench-scale")
+    args = ap.parse_args(argv)
+    args.base.mkdir(parents=True, exist_ok=True)
+    res = run_benchmark(
+        cluster=args.cluster,
+        n_obsids=args.n_obsids,
+        workers=args.workers,
+        events=args.events,
+        work_s=args.work_s,
+        base=args.base,
+    )
+    out = HERE / f"survey_scale_{args.cluster}.json"
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    short = {k: v for k, v in res.items() if not k.endswith("_series")}
+    print(json.dumps(short, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
