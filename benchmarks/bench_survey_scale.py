@@ -103,7 +103,9 @@ def flatness(records: list[dict[str, Any]], lo: tuple[int, int] = (40, 60), hi: 
         ``per_worker`` {pid: (median lo, median hi, ratio)}, ``worst_ratio``, ``series``
         [(rank, pid, rss_mb)] for the plot/table.
     """
-    fits = sorted((r for r in records if r["step"] == "fit" and r.get("finished")), key=lambda r: r["finished"])
+    fits = sorted(
+        (r for r in records if r["step"] == "fit" and r.get("finished")), key=lambda r: r["finished"]
+    )
     rank = {r["_obsid"]: i + 1 for i, r in enumerate(fits)}
     series = sorted(
         (rank[r["_obsid"]], int(r["pid"]), float(r["rss_mb"]))
@@ -257,8 +259,15 @@ def run_benchmark(
 
 
 # Per-ObsID figures of the real pipeline, from the measured runs named in results.md.
-def projection(run: dict[str, Any], *, n: int = 15000, science_cpu_s: float, pps_mb: float, out_mb: float,
-               cores: int = 1000) -> dict[str, Any]:
+def projection(
+    run: dict[str, Any],
+    *,
+    n: int = 15000,
+    science_cpu_s: float,
+    pps_mb: float,
+    out_mb: float,
+    cores: int = 1000,
+) -> dict[str, Any]:
     """Archive-scale projection: ``n`` pointings on ``cores`` worker cores.
 
     The orchestration overhead per ObsID is what the benchmark run measured beyond its step CPU
