@@ -289,6 +289,67 @@ def projection(
     }
 
 
+# Inputs of the projection, each measured or read here (see the notes printed with the table).
+SCIENCE_CPU_S = 25.0  # CPU-s per small simulated ObsID, real pipeline (6 ObsIDs: 157 CPU-s incl. start-up)
+# Real event lists: a907 MOS1 cleaned list 0201901401, 22124 events in 5006.6 s live, 1,454,400 bytes.
+REAL_BYTES_PER_EVENT = 1454400 / 22124
+REAL_CLEAN_MOS_RATE = 22124 / 5006.57
+RAW_OVER_CLEAN = 2.0  # raw/cleaned events in the filter records of the simulated ObsIDs (1.9-2.1)
+PN_OVER_MOS = 2.5  # raw pn / raw MOS1 events in the same records
+EXPOSURE_KS = 30.0  # a typical pointing
+FIXED_OUT_MB = 9.9  # products written per ObsID besides the cleaned events (regions, spectra, plots, fits)
+
+
+def pps_io_mb(exposure_ks: float = EXPOSURE_KS) -> tuple[float, float]:
+    """(read, written) MB per pointing from real event-list sizes (see the constants above)."""
+    mos = REAL_CLEAN_MOS_RATE * RAW_OVER_CLEAN * exposure_ks * 1e3 * REAL_BYTES_PER_EVENT / 1e6
+    read = mos * (2 + PN_OVER_MOS)
+    return read, read / RAW_OVER_CLEAN + FIXED_OUT_MB
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """The markdown section of benchmarks/results.md for the saved runs."""
+    lines = [
+        "| cluster | ObsIDs | workers (nodes) | wall [s] | step CPU [s] | CPU efficiency | step-wall efficiency "
+        "| catalogue build [s] | driver RSS start/peak/end [MB] | worker RSS ObsID ~50 -> ~500 [MB] "
+        "| worst ratio | load avg before/after |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|",
+    ]
+    for r in runs:
+        d = r["driver_rss_mb"]
+        w = "; ".join(f"{a:.0f} -> {b:.0f}" for a, b, _ in r["worker_rss"].values())
+        lines.append(
+            f"| {r['cluster']} | {r['done']}/{r['n_obsids']} | {r['workers']} ({', '.join(r['nodes'])}) "
+            f"| {r['wall_s']:.0f} | {r['sum_step_cpu_s']:.0f} | {r['cpu_efficiency']:.3f} "
+            f"| {r['wall_efficiency']:.3f} | {r['catalogue_s']:.1f} | {d['start']:.0f}/{d['peak']:.0f}/{d['end']:.0f} "
+            f"| {w} | {r['worker_rss_worst_ratio']:.3f} | {r['load_before'][0]:.0f} / {r['load_after'][0]:.0f} |"
+        )
+    read, written = pps_io_mb()
+    lines += ["", "Archive-scale projection (15,000 pointings):", ""]
+    lines += [
+        "| from run | cores | orchestration overhead [s/ObsID] | core-hours | wall on the cores [h] "
+        "| read [TB] | written [TB] | mean read rate [MB/s] | step records |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        for cores in (100, 1000):
+            pr = projection(r, science_cpu_s=SCIENCE_CPU_S, pps_mb=read, out_mb=written, cores=cores)
+            lines.append(
+                f"| {r['cluster']} | {cores} | {pr['overhead_s_per_obsid']:.3f} | {pr['core_hours']:.0f} "
+                f"| {pr['wall_h_on_cores']:.1f} | {pr['read_tb']:.2f} | {pr['written_tb']:.2f} "
+                f"| {pr['read_rate_mb_s']:.0f} | {pr['step_records']} |"
+            )
+    lines += [
+        "",
+        f"I/O per pointing: {read:.0f} MB read, {written:.0f} MB written, from the real a907 MOS1 cleaned list "
+        f"({REAL_BYTES_PER_EVENT:.1f} bytes/event, {REAL_CLEAN_MOS_RATE:.1f} events/s), x{RAW_OVER_CLEAN} raw/cleaned "
+        f"and pn = {PN_OVER_MOS} x MOS (the simulated ObsIDs' filter records), {EXPOSURE_KS:.0f} ks; "
+        f"written = cleaned events + {FIXED_OUT_MB} MB of regions, spectra, plots and fits per ObsID. "
+        f"Science CPU {SCIENCE_CPU_S:.0f} s per ObsID (real pipeline, small simulated ObsIDs).",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", choices=("local", "slurm"), default="local")
@@ -297,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=300)
     ap.add_argument("--work-s", type=float, default=0.0, help="extra CPU per step [s]")
     ap.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "xmm-survey-bench-scale")
+    ap.add_argument("--table", action="store_true", help="print the markdown of the saved runs and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        runs = [json.loads(p.read_text()) for p in sorted(HERE.glob("survey_scale_*.json"))]
+        print(table(runs))
+        return 0
     args.base.mkdir(parents=True, exist_ok=True)
     res = run_benchmark(
         cluster=args.cluster,
