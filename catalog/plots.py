@@ -1,4 +1,5 @@
-"""Survey figures: L-T relation with a BCES fit and scatter, kT/Z/flux histograms, sky map, exposure vs S/N.
+"""Survey figures: L E(z)^-1 - T relation with a BCES fit and scatter, kT/abundance/flux/z histograms, sky map,
+exposure vs S/N.
 
 The L-T fit is done in log space, ``log10(L / L0) = A + B log10(T / T0)`` with the BCES estimators of
 Akritas & Bershady (1996, ApJ 470, 706), errors on A and B by bootstrap, plus the intrinsic scatter in
@@ -28,7 +29,9 @@ __all__ = [
     "plot_histograms",
     "plot_lt",
     "plot_sky",
+    "readable_log_axis",
     "survey_figures",
+    "efunc",
 ]
 
 LN10 = math.log(10.0)
@@ -138,7 +141,7 @@ def bces(x, y, ex, ey, *, cov=None, method: str = "orthogonal", n_boot: int = 10
     )
 
 
-def _lt_data(df: pd.DataFrame, lum_col: str):
+def _lt_data(df: pd.DataFrame, lum_col: str, om0: float = 0.3):
     from .query import science_rows
 
     rows = science_rows(df)
@@ -157,11 +160,31 @@ def _lt_data(df: pd.DataFrame, lum_col: str):
         .drop(columns="_key")
     )
     rows = pd.concat([obs, joint_rows])
-    t, L = rows["kT"].to_numpy(), rows[lum_col].to_numpy()
+    # Self-similar evolution: L E(z)^-1 against T, E(z) = H(z)/H0 (flat LambdaCDM, Om0 of the catalogue's fits)
+    inv_ez = 1.0 / efunc(_redshifts(rows), om0=om0)
+    rows = rows.assign(
+        _lum_ez=rows[lum_col] * inv_ez,
+        _lum_ez_err_lo=rows[f"{lum_col}_err_lo"] * inv_ez,
+        _lum_ez_err_hi=rows[f"{lum_col}_err_hi"] * inv_ez,
+    )
+    t, L = rows["kT"].to_numpy(), rows["_lum_ez"].to_numpy()
     et = 0.5 * (rows["kT_err_lo"].to_numpy() + rows["kT_err_hi"].to_numpy())
-    eL = 0.5 * (rows[f"{lum_col}_err_lo"].to_numpy() + rows[f"{lum_col}_err_hi"].to_numpy())
+    eL = 0.5 * (rows["_lum_ez_err_lo"].to_numpy() + rows["_lum_ez_err_hi"].to_numpy())
     eL = np.where(np.isfinite(eL), eL, 0.0)
     return rows, t, L, et, eL
+
+
+def efunc(z: Any, *, om0: float = 0.3) -> np.ndarray:
+    """``E(z) = H(z) / H0`` of a flat LambdaCDM cosmology (astropy's ``FlatLambdaCDM.efunc``)."""
+    from astropy.cosmology import FlatLambdaCDM
+
+    return np.asarray(FlatLambdaCDM(H0=70.0, Om0=om0).efunc(np.asarray(z, dtype=float)), dtype=float)
+
+
+def _redshifts(rows: pd.DataFrame) -> np.ndarray:
+    """Fitted (or frozen) redshift, else the target's; 0 (E = 1) where neither is known."""
+    z = rows["z"].where(np.isfinite(rows["z"]), rows["z_target"]).to_numpy(dtype=float)
+    return np.where(np.isfinite(z), z, 0.0)
 
 
 def fit_lt(
@@ -173,12 +196,36 @@ def fit_lt(
     method: str = "orthogonal",
     n_boot: int = 1000,
 ) -> BcesFit:
-    """Fit ``L / l0 = 10^A (kT / t0_kev)^B`` to the catalogue's fitted rows with BCES (log space)."""
+    """Fit ``L E(z)^-1 / l0 = 10^A (kT / t0_kev)^B`` to the catalogue's fitted rows with BCES (log space).
+
+    ``E(z) = H(z)/H0`` removes the self-similar evolution, so clusters at different redshifts share one relation.
+    """
     _, t, L, et, eL = _lt_data(df, lum_col)
     x, y = np.log10(t / t0_kev), np.log10(L / l0)
     ex, ey = et / (t * LN10), eL / (L * LN10)
     fit = bces(x, y, ex, ey, method=method, n_boot=n_boot)
     return BcesFit(**{**fit.__dict__, "x_pivot": math.log10(t0_kev), "y_pivot": math.log10(l0)})
+
+
+def readable_log_axis(ax: Any, which: str = "both") -> None:
+    """Plain-number tick labels on log axes (``2, 3, 5`` rather than ``2x10^0``) when they span < 2 decades.
+
+    On a short range only the 1-2-5 ticks are labelled, so labels never overlap; longer ranges keep
+    matplotlib's powers of ten.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for name in ("x", "y") if which == "both" else (which,):
+        axis = getattr(ax, f"{name}axis")
+        if axis.get_scale() != "log":
+            continue
+        lo, hi = sorted(getattr(ax, f"get_{name}lim")())
+        if lo <= 0 or hi / lo >= 100.0:
+            continue
+        subs = (1.0, 2.0, 5.0) if hi / lo > 4.0 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+        axis.set_major_locator(LogLocator(base=10.0, subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
@@ -206,79 +253,118 @@ def plot_lt(
     lum_col: str = "lum_0p1_2p4",
     method: str = "orthogonal",
 ) -> tuple[Path, BcesFit | None]:
-    """L-T diagram with error bars and the BCES power law (when >= 3 clusters have kT and L)."""
+    """L E(z)^-1 - T diagram with error bars and the BCES power law (when >= 3 clusters have kT and L).
+
+    Luminosities are shown in units of 1e44 erg/s, so both log axes carry plain numbers.
+    """
     rows, t, L, _, _ = _lt_data(df, lum_col)
-    fig, ax = _figure()
+    unit = 1e44
+    fig, ax = _figure((6.4, 4.8))
     if t.size:
         ax.errorbar(
             t,
-            L,
+            L / unit,
             xerr=[rows["kT_err_lo"].fillna(0), rows["kT_err_hi"].fillna(0)],
-            yerr=[rows[f"{lum_col}_err_lo"].fillna(0), rows[f"{lum_col}_err_hi"].fillna(0)],
+            yerr=[rows["_lum_ez_err_lo"].fillna(0) / unit, rows["_lum_ez_err_hi"].fillna(0) / unit],
             fmt="o",
-            ms=4,
+            ms=5,
             color="C0",
-            ecolor="0.6",
-            label=f"{t.size} fits",
+            ecolor="0.55",
+            elinewidth=1,
+            capsize=2,
+            label=f"clusters ({t.size})",
         )
     fit = None
     if t.size >= 3:
         fit = fit_lt(df, lum_col=lum_col, method=method)
-        tt = np.geomspace(t.min() / 1.3, t.max() * 1.3, 50)
-        ll = 10 ** (fit.y_pivot + fit.intercept + fit.slope * (np.log10(tt) - fit.x_pivot))
+        tt = np.geomspace(t.min() / 1.2, t.max() * 1.2, 50)
+        ll = 10 ** (fit.y_pivot + fit.intercept + fit.slope * (np.log10(tt) - fit.x_pivot)) / unit
         ax.plot(
             tt,
             ll,
             "C3-",
             label=(
-                f"BCES {fit.method}: B={fit.slope:.2f}$\\pm${fit.slope_err:.2f}, "
-                f"$\\sigma_{{int}}$={fit.scatter_intrinsic:.2f} dex"
+                f"BCES {fit.method}: slope {fit.slope:.2f} $\\pm$ {fit.slope_err:.2f}, "
+                f"$\\sigma_{{int}}$ = {fit.scatter_intrinsic:.2f} dex"
             ),
         )
         ax.fill_between(
-            tt, ll * 10**-fit.scatter_intrinsic, ll * 10**fit.scatter_intrinsic, color="C3", alpha=0.15
+            tt,
+            ll * 10**-fit.scatter_intrinsic,
+            ll * 10**fit.scatter_intrinsic,
+            color="C3",
+            alpha=0.15,
+            label="intrinsic scatter",
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("kT [keV]")
-    band = lum_col.replace("lum_", "").replace("p", ".").replace("_", "-")
-    ax.set_ylabel(f"L$_{{{band}\\,keV}}$ [erg s$^{{-1}}$]")
-    ax.set_title("Luminosity-temperature relation")
+    ax.set_xlabel("temperature kT [keV]")
+    lo, hi = (float(v) for v in lum_col.replace("lum_", "").replace("p", ".").split("_"))
+    ax.set_ylabel(f"L$_{{{lo:g}-{hi:g}\\,keV}}$ E(z)$^{{-1}}$ [10$^{{44}}$ erg s$^{{-1}}$]")
+    ax.set_title(f"Luminosity-temperature relation ({lo:g}-{hi:g} keV, rest frame)")
     if t.size:
-        ax.legend(fontsize=8)
+        readable_log_axis(ax)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(True, which="major", alpha=0.3)
     else:
         ax.text(0.5, 0.5, "no clusters with kT and L", transform=ax.transAxes, ha="center")
     return _save(fig, path), fit
 
 
+#: Histogram panels: column -> (axis label, log axis, title).
+HISTOGRAM_PANELS: dict[str, tuple[str, bool, str]] = {
+    "kT": ("temperature kT [keV]", False, "Temperature"),
+    "abund": ("abundance [solar]", False, "Metal abundance"),
+    "flux_0p5_2p0_abs": ("F$_{0.5-2\\,keV}$ (absorbed) [erg cm$^{-2}$ s$^{-1}$]", True, "Flux 0.5-2 keV"),
+    "z": ("redshift z", False, "Redshift"),
+}
+
+
 def plot_histograms(
-    df: pd.DataFrame, path: str | os.PathLike[str], *, flux_col: str = "flux_0p5_2p0_abs"
+    df: pd.DataFrame, path: str | os.PathLike[str], *, columns: tuple[str, ...] = tuple(HISTOGRAM_PANELS)
 ) -> Path:
-    """Histograms of kT, abundance and flux of the fitted rows."""
+    """Histograms of the fitted rows' temperature, abundance, flux and redshift.
+
+    Only columns with values get a panel (a frozen or absent abundance draws none, instead of an empty
+    frame); axes carry the quantity and its unit, not the column name.
+    """
     import matplotlib.pyplot as plt
 
     from .query import science_rows
 
     rows = science_rows(df)
-    _figure()
-    plt.close()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, col, label, log in (
-        (axes[0], "kT", "kT [keV]", False),
-        (axes[1], "abund", "abundance [solar]", False),
-        (axes[2], flux_col, f"{flux_col} [erg cm$^{{-2}}$ s$^{{-1}}$]", True),
-    ):
+    panels = []
+    for col in columns:
+        if col not in rows.columns:
+            continue
+        label, log, title = HISTOGRAM_PANELS.get(col, (col, False, col))
         vals = rows[col].to_numpy(dtype=float)
+        frozen = rows.get(f"{col}_frozen")
+        if frozen is not None and col != "z":
+            vals = vals[~frozen.to_numpy(dtype=bool)]
         vals = vals[np.isfinite(vals) & ((vals > 0) if log else True)]
         if vals.size:
-            bins = np.geomspace(vals.min() / 1.1, vals.max() * 1.1, 12) if log else 12
-            ax.hist(vals, bins=bins, color="C0", edgecolor="k")
-        else:
-            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center")
+            panels.append((vals, label, log, title))
+    _figure()
+    plt.close()
+    fig, axes = plt.subplots(
+        1, max(len(panels), 1), figsize=(3.6 * max(len(panels), 1) + 0.6, 3.6), squeeze=False
+    )
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no fitted values yet", transform=axes[0, 0].transAxes, ha="center")
+        axes[0, 0].set_axis_off()
+    for ax, (vals, label, log, title) in zip(axes[0], panels):
+        bins: Any = (
+            np.geomspace(vals.min() / 1.1, vals.max() * 1.1, 12) if log else min(12, max(vals.size, 3))
+        )
+        ax.hist(vals, bins=bins, color="C0", edgecolor="k")
         if log:
             ax.set_xscale("log")
+            readable_log_axis(ax, "x")
         ax.set_xlabel(label)
-        ax.set_ylabel("N")
+        ax.set_ylabel("number of fits")
+        ax.set_title(f"{title} ({vals.size})", fontsize=10)
+        ax.yaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -324,9 +410,10 @@ def plot_exposure_snr(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("clean exposure [ks]")
-    ax.set_ylabel("S/N (net counts)")
-    ax.set_title("Exposure vs signal-to-noise")
+    ax.set_ylabel("signal-to-noise of the net counts")
+    ax.set_title("Exposure vs signal-to-noise, per camera")
     if len(good):
+        readable_log_axis(ax)
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no per-camera counts", transform=ax.transAxes, ha="center")

@@ -6,8 +6,11 @@ Layout (``results/report/``)::
     img/*.png             survey figures (and mosaics)
     obs/<obsid>.html      per-ObsID page: metadata, cameras, fit, light curves, image + regions, spectrum + fit
 
-Per-ObsID figures are linked from ``results/<obsid>/plots/`` (``<cam>_lightcurve.png``, ``<cam>_image.png``,
-``spectrum_fit.png``) by relative paths, so the report folder must stay inside ``results/``.
+    obs/<obsid>/*.png     copies of results/<obsid>/plots/ (light curves, image + regions, spectrum + fit)
+    data/catalogue.*      copies of the catalogue (Parquet, FITS)
+
+Every link is relative and every file it points to is inside the folder, so ``report/`` can be copied,
+zipped or mailed on its own.
 """
 
 from __future__ import annotations
@@ -152,6 +155,42 @@ def _catalogue(results_dir: Path) -> pd.DataFrame:
     return build(results_dir)
 
 
+def _copy_into(src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest`` atomically (the report keeps its own copies of figures and catalogue)."""
+    import shutil
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest
+
+
+def quality_notes(r: Any) -> list[str]:
+    """Short flags a reader should see next to a row: failed/partial, fit not converged, low S/N,
+    flare-dominated exposure, poor fit, masked point sources, and any ``quality_flags`` the catalogue has."""
+    notes = []
+    if getattr(r, "status", "done") != "done":
+        notes.append(str(r.status))
+    if getattr(r, "fit_model", "") and not bool(getattr(r, "converged", True)):
+        notes.append("fit not converged")
+    snr = getattr(r, "snr", math.nan)
+    if isinstance(snr, (float, np.floating)) and math.isfinite(snr) and snr < 5:
+        notes.append("S/N < 5")
+    flare = getattr(r, "flare_fraction", math.nan)
+    if isinstance(flare, (float, np.floating)) and math.isfinite(flare) and flare > 0.5:
+        notes.append(f"flares removed {flare:.0%}")
+    spd = getattr(r, "stat_per_dof", math.nan)
+    if isinstance(spd, (float, np.floating)) and math.isfinite(spd) and spd > 1.5:
+        notes.append("stat/dof > 1.5")
+    n_pts = getattr(r, "n_ptsrc", None)
+    if n_pts is not None and n_pts is not pd.NA and int(n_pts) > 0:
+        notes.append(f"{int(n_pts)} pt src masked")
+    extra = getattr(r, "quality_flags", "")
+    if isinstance(extra, str) and extra:
+        notes.append(extra)
+    return notes
+
+
 def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
     out = []
     rows = df[(df["camera"] == "epic")]
@@ -177,6 +216,8 @@ def _summary_rows(df: pd.DataFrame) -> list[list[str]]:
                 _pm(r, "flux_0p5_2p0_abs"),
                 _pm(r, "lum_0p1_2p4"),
                 _fmt(r.stat_per_dof),
+                _fmt(r.r_src_arcmin),
+                html.escape(", ".join(quality_notes(r))),
             ]
         )
     return out
@@ -196,6 +237,8 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
             f"{' &mdash; steps done: ' + html.escape(epic.steps_done) if epic.steps_done else ''}</p>"
         ),
     ]
+    flags = quality_notes(epic)
+    parts.append(f"<p>Flags: {html.escape(', '.join(flags)) if flags else 'none'}</p>")
     if epic.status != "done":
         parts.append(
             f'<p class="failed">Failed step: {html.escape(epic.failed_step or "-")}; '
@@ -280,7 +323,9 @@ def _obs_page(df: pd.DataFrame, obsid: str, results_dir: Path, out_dir: Path) ->
         ("Spectra and fit", [products.fit_plot]),
     ):
         present = [
-            (Path(os.path.relpath(p, out_dir / "obs")).as_posix(), p.name) for p in paths if p.exists()
+            (f"{obsid}/{_copy_into(p, out_dir / 'obs' / obsid / p.name).name}", p.name)
+            for p in paths
+            if p.exists()
         ]
         figs.append(f"<h2>{label}</h2>")
         if present:
@@ -371,6 +416,16 @@ def _joint_section(df: pd.DataFrame, results_dir: Path, out_dir: Path) -> str:
     return "\n".join(parts)
 
 
+def _catalogue_links(results_dir: Path, out_dir: Path) -> str:
+    """Copies of the catalogue inside the report (``data/``), linked relatively."""
+    links = []
+    for name in (io.CATALOGUE_PARQUET, io.CATALOGUE_FITS):
+        if (results_dir / name).exists():
+            _copy_into(results_dir / name, out_dir / "data" / name)
+            links.append(f'<a href="data/{name}">{name}</a>')
+    return " / ".join(links) if links else "the catalogue (not written yet: `xmm-survey catalog build`)"
+
+
 def build_report(
     results_dir: str | os.PathLike[str],
     *,
@@ -447,6 +502,8 @@ def build_report(
                 "F(0.5-2) [cgs]",
                 "L(0.1-2.4) [erg/s]",
                 "stat/dof",
+                "R src [arcmin]",
+                "flags",
             ],
             _summary_rows(df),
             left=3,
@@ -476,9 +533,7 @@ def build_report(
     body.append(_joint_section(df, results_dir, out_dir))
     n_sci = len(science_rows(df))
     body.append(
-        f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in '
-        f'<a href="{html.escape(os.path.relpath(results_dir / io.CATALOGUE_PARQUET, out_dir))}">'
-        "catalogue.parquet</a> / catalogue.fits.</p>"
+        f'<p class="note">{n_sci} fitted rows; per-camera rows and all columns are in {_catalogue_links(results_dir, out_dir)}.</p>'
     )
     for obsid in obs_epic["obsid"]:
         atomic_write_text(out_dir / "obs" / f"{obsid}.html", _obs_page(df, obsid, results_dir, out_dir))

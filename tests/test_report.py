@@ -176,3 +176,52 @@ def test_lt_uses_one_point_per_cluster(survey: Path) -> None:
     inputs = [joint.JointInput(o, "pn", Path("x")) for o in ("01000000101", "01000010101")]
     joint.record_joint(survey, "CLJ", fit=fit, inputs=inputs)
     assert plots.fit_lt(catalog.build(survey), n_boot=50).n == n_obs - 1
+
+
+def test_report_folder_is_self_contained(survey: Path, tmp_path: Path) -> None:
+    """The report folder copied elsewhere (the results gone) still has every image and link it names;
+    the catalogue table shows the aperture and the flags of each ObsID."""
+    index = report.build_report(survey)
+    moved = tmp_path / "mailed" / "report"
+    shutil.copytree(index.parent, moved)
+    shutil.rmtree(survey)
+    pages = [moved / "index.html", *sorted((moved / "obs").glob("*.html"))]
+    assert len(pages) == 9
+    n_links = 0
+    for page in pages:
+        for link in re.findall(r'(?:src|href)="([^"]+)"', page.read_text()):
+            assert not link.startswith(("http:", "https:", "/", "..")) or link == "../index.html", (
+                page,
+                link,
+            )
+            assert (page.parent / link).resolve().is_relative_to(moved.resolve()), (page, link)
+            assert (page.parent / link).exists(), (page, link)
+            n_links += 1
+    assert n_links > 8 * 7 and (moved / "data" / "catalogue.fits").exists()
+    text = (moved / "index.html").read_text()
+    assert "R src [arcmin]" in text and "flags" in text and "pt src masked" in text
+    assert "fit broke" in text  # the failed ObsID's reason
+
+
+def test_log_axes_carry_plain_numbers_on_short_ranges() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catalog.plots import readable_log_axis
+
+    fig, ax = plt.subplots()
+    ax.loglog([2.0, 9.0], [15.0, 40.0])
+    readable_log_axis(ax)
+    fig.canvas.draw()
+    xt = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    yt = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert "2" in xt and "5" in xt and all("times" not in t and "^" not in t for t in xt + yt), (xt, yt)
+    assert "20" in yt
+    fig2, ax2 = plt.subplots()
+    ax2.loglog([1e-3, 10.0], [1.0, 2.0])
+    readable_log_axis(ax2, "x")  # five decades: powers of ten stay
+    fig2.canvas.draw()
+    assert any("10^" in t.get_text() for t in ax2.get_xticklabels())
+    plt.close("all")

@@ -70,7 +70,7 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
         if np.isfinite(res.mean):
             ax.axhline(res.mean, color="tab:blue", ls=":", lw=1, label=f"quiescent {res.mean:.3g} ct/s")
         ax.set_ylim(0, 1.1 * ymax if np.isfinite(ymax) and ymax > 0 else 1.0)
-        ax.set_xlabel(f"time - {t0:.0f} [ks]")
+        ax.set_xlabel(f"time since {t0:.0f} s (mission time) [ks]")
         ax.set_ylabel("rate [ct/s]")
         ax.set_title(f"{title}  method={res.method}, flare fraction={res.flare_fraction:.1%} (green = kept)")
         ax.legend(loc="upper right", fontsize=8)
@@ -85,42 +85,87 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
 def plot_image_regions(
     image: np.ndarray, wcs: Any, extent: Any, regions: dict[str, Any], path: str | Path, *, title: str = ""
 ) -> Path:
-    """Smoothed log image with the source circle, background annulus and masked point sources."""
+    """Smoothed 0.5-2 keV count image with the source circle, background annulus and masked point sources.
+
+    Log colour scale with a colour bar in counts per image pixel (after a 1.5-pixel Gaussian smoothing);
+    a legend names the source region, the background annulus and the masks. Masked point sources are drawn
+    as white-edged red circles with a cross, so they stay visible on bright and faint parts of the image.
+    """
+    from matplotlib.colors import LogNorm
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Circle
     from scipy import ndimage
 
     plt = _figure()
-    fig = plt.figure(figsize=(6.5, 6))
+    fig = plt.figure(figsize=(7.2, 6))
     try:
         cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
         from .constants import SKY_PIXEL_ARCSEC
 
         per_arcmin = 60.0 / SKY_PIXEL_ARCSEC / extent.bin_phys
+        pix_arcsec = SKY_PIXEL_ARCSEC * extent.bin_phys
         # Crop the array (and its WCS) to the window around the regions: limits set on a WCSAxes
         # after imshow shrink the axes box instead of zooming.
         half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6
         ny, nx = image.shape
         x0, x1 = max(int(cx - half), 0), min(int(cx + half) + 1, nx)
         y0, y1 = max(int(cy - half), 0), min(int(cy + half) + 1, ny)
-        sm = ndimage.gaussian_filter(image, 1.5)[y0:y1, x0:x1]
+        sm = ndimage.gaussian_filter(np.asarray(image, dtype=float), 1.5)[y0:y1, x0:x1]
         ax = fig.add_subplot(111, projection=wcs[y0:y1, x0:x1])
         pos = sm[sm > 0]
-        vmin = np.percentile(pos, 5) if pos.size else 1e-3
-        ax.imshow(np.log10(np.maximum(sm, vmin)), origin="lower", cmap="magma", interpolation="nearest")
+        vmin = float(np.percentile(pos, 5)) if pos.size else 1e-3
+        vmax = float(max(pos.max(), vmin * 10)) if pos.size else 1.0
+        shown = ax.imshow(
+            np.maximum(sm, vmin),
+            origin="lower",
+            cmap="magma",
+            interpolation="nearest",
+            norm=LogNorm(vmin=vmin, vmax=vmax),
+        )
+        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
         cx, cy = cx - x0, cy - y0
-        ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.2))
+        ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5))
         for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
-            ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.0, ls="--"))
+            ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.2, ls="--"))
+        n_masked = 0
         for p in regions.get("point_sources", []):
             px, py = extent.to_pixel(p["x"], p["y"])
-            ax.add_patch(
-                Circle((px - x0, py - y0), p["r_arcsec"] / 60.0 * per_arcmin, fill=False, ec="red", lw=0.8)
-            )
-        ax.set_xlabel("RA")
-        ax.set_ylabel("Dec")
-        ax.set_title(title, fontsize=9)
+            px, py = px - x0, py - y0
+            if not (0 <= px < x1 - x0 and 0 <= py < y1 - y0):
+                continue
+            n_masked += 1
+            r_pix = max(p["r_arcsec"] / 60.0 * per_arcmin, 2.0)
+            ax.add_patch(Circle((px, py), r_pix, fill=False, ec="white", lw=2.4))
+            ax.add_patch(Circle((px, py), r_pix, fill=False, ec="red", lw=1.2))
+            ax.plot([px - r_pix, px + r_pix], [py - r_pix, py + r_pix], color="red", lw=0.8)
+            ax.plot([px - r_pix, px + r_pix], [py + r_pix, py - r_pix], color="red", lw=0.8)
+        handles = [
+            Line2D([], [], color="lime", lw=1.5, label=f"source, R = {regions['r_src_arcmin']:.2f}'"),
+            Line2D(
+                [],
+                [],
+                color="cyan",
+                lw=1.2,
+                ls="--",
+                label=f"background {regions['bkg_inner_arcmin']:.2f}'-{regions['bkg_outer_arcmin']:.2f}'",
+            ),
+            Line2D(
+                [],
+                [],
+                color="red",
+                marker="x",
+                lw=0,
+                markersize=8,
+                label=f"masked point sources ({n_masked} in view)",
+            ),
+        ]
+        ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
+        ax.set_xlabel("RA (J2000)")
+        ax.set_ylabel("Dec (J2000)")
+        ax.set_title(title, fontsize=10)
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png", bbox_inches="tight")
+            fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     finally:
         plt.close(fig)
     return Path(path)
