@@ -14,7 +14,7 @@ timings, the hash and the outputs with their sizes: exactly the files the step d
 ``outputs`` (paths of :class:`~xmmcore.products.ObsProducts`; nothing is found by scanning). A rerun skips a step whose record says ``done``
 with the same hash and whose outputs are all still there; it does not retry a step that failed
 deterministically (``InputDataError``, ``ToolError``) on the same inputs unless asked to
-(``xmm-survey retry --failed``). Only :class:`~xmmcore.errors.TransientError` is retried, with
+(``xmm-survey retry``). Only :class:`~xmmcore.errors.TransientError` is retried, with
 exponential backoff.
 """
 
