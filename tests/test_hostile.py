@@ -570,3 +570,162 @@ def test_too_few_counts_give_a_fit_error_not_a_done_fit_with_negative_dof(tmp_pa
         )
     msg = str(info.value)
     assert "pn_src.pha" in msg and "noticed bins for 3 free parameters" in msg and "too few" in msg
+
+
+# ----------------------------------------------------------------------------------------------
+# One survey: good ObsIDs beside one of each hostile kind (the CLI, as a user runs it)
+# ----------------------------------------------------------------------------------------------
+
+GOOD = ["0910000000", "0910000001", "0910000002"]
+FAILED = {  # ObsID -> words of the reason its step records give
+    "0910000003": ["filter", "InputDataError", "pn_evts.fits"],
+}
+SKIPPED = {  # printable folder name -> words of the reason status gives
+    "0912\\xff\\xfe": ["not a plain name"],
+    "logs": ["reserved"],
+    "config.resolved.yaml": ["reserved"],
+    "catalogue.parquet": ["reserved"],
+    "joint": ["reserved"],
+    "0910000008\\n": ["not a plain name"],
+    "$(touch pwned)": ["not a plain name"],
+    "0910000009": ["empty folder"],
+    "0910000004": ["meta.json", "JSON"],
+    "0910000005": ["meta.json", "'z'", "not a number"],
+    "0910000006": ["meta.json", "'ra'", "sexagesimal"],
+    "results": ["results folder"],
+}
+
+
+def _sums(root: Path, skip: Path) -> dict[str, str]:
+    from xmmcore.fsutil import sha256_file
+
+    return {
+        os.fsencode(p.relative_to(root)).hex(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and skip not in p.parents
+    }
+
+
+def _cli(*args: str, timeout: float = 300.0):
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(here).parent), here, env.get("PYTHONPATH", "")])
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "survey.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    return proc, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def hostile_survey(tmp_path_factory):
+    """3 good ObsIDs beside one of each hostile kind, run with the CLI (two more runs in the last test)."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = root / "data"
+    results = data / "results"  # --results inside --data
+    helpers.make_survey(data, 7, meta={GOOD[0]: {"z": 0.5, "name": "meta-name"}})
+    evt = data / "0910000003" / "pn_evts.fits"
+    evt.write_bytes(evt.read_bytes()[:4000])  # truncated
+    (data / "0910000004" / "meta.json").write_text('{"z": 0.1,}')  # typo
+    (data / "0910000005" / "meta.json").write_text('{"z": "0.1a"}')
+    (data / "0910000006" / "meta.json").write_text('{"ra": "12:30:00"}')
+    for name in (NON_UTF8, "logs", "config.resolved.yaml", "catalogue.parquet", "joint", "0910000008\n"):
+        helpers.write_events(data / name / "pn_evts.fits", n=300, seed=9)
+    helpers.write_events(data / "$(touch pwned)" / "pn_evts.fits", n=300, seed=9)
+    (data / "0910000009").mkdir()
+    before = _sums(data, results)
+    args = ["run", "--data", str(data), "--results", str(results), "--no-progress", "--workers", "1"]
+    args += ["--set", "pipeline.module=test_survey_helpers", "--set", "cluster.dashboard_address=127.0.0.1:0"]
+    first, wall = _cli(*args)
+    from survey.status import collect_status, format_status  # what `xmm-survey status [--json]` prints
+
+    found = collect_status(results)
+    return {
+        "root": root,
+        "data": data,
+        "results": results,
+        "args": args,
+        "before": before,
+        "first": first,
+        "wall": wall,
+        "status": json.loads(json.dumps(found.to_dict())),
+        "status_text": format_status(found),
+    }
+
+
+@pytest.mark.slow  # CLI subprocesses: Python + Dask start-up per run
+def test_hostile_survey_every_good_obsid_in_the_catalogue(hostile_survey):
+    import catalog
+
+    first, results = hostile_survey["first"], hostile_survey["results"]
+    out = first.stdout + first.stderr
+    assert "Traceback" not in out and "Logging error" not in out, out[-3000:]
+    assert first.returncode == 3, out[-3000:]  # InputDataError of 0910000003
+    assert hostile_survey["wall"] < 240
+    df = catalog.load(results / "catalogue.parquet")
+    epic = df[(df.kind == "obs") & (df.camera == "epic")].set_index("obsid")
+    assert set(GOOD) <= set(epic.index)
+    assert set(epic.index) == set(GOOD) | set(FAILED)
+    assert (epic.loc["0910000003", "status"]) == "failed"
+
+
+@pytest.mark.slow  # CLI subprocesses: Python + Dask start-up per run
+def test_hostile_survey_every_bad_one_in_status_with_its_reason(hostile_survey):
+    status = hostile_survey["status"]
+    assert isinstance(status, dict), status
+    assert set(status["obsids"]) == set(GOOD) | set(FAILED)
+    for obsid, words in FAILED.items():
+        text = json.dumps(status["obsids"][obsid])
+        assert all(w in text for w in words), (obsid, text)
+    assert set(status["skipped"]) == set(SKIPPED)
+    for name, words in SKIPPED.items():
+        assert all(w in status["skipped"][name] for w in words), (name, status["skipped"][name])
+    text = hostile_survey["status_text"]
+    assert "0912\\xff\\xfe" in text and "$(touch pwned)" in text
+    log = (hostile_survey["results"] / "logs" / "survey.log").read_text(encoding="utf-8")
+    assert "0912\\xff\\xfe" in log  # the log line of the undecodable name is there
+
+
+@pytest.mark.slow  # CLI subprocesses: Python + Dask start-up per run
+def test_hostile_survey_inputs_unchanged_and_nothing_ran(hostile_survey):
+    data, results = hostile_survey["data"], hostile_survey["results"]
+    assert _sums(data, results) == hostile_survey["before"]
+    assert not list(hostile_survey["root"].rglob("pwned"))
+    assert not (results / "results").exists()  # no phantom ObsID
+    assert not (results / ".lock").exists()
+
+
+@pytest.mark.slow  # CLI subprocesses: Python + Dask start-up per run
+def test_hostile_survey_rerun_keeps_finished_records_and_csv_wins(hostile_survey, tmp_path):
+    """Defects 4, 6, 9 on a rerun: a meta.json typo after a finished run rewrites nothing; the results
+    folder never becomes an ObsID; the targets CSV (BOM, # comments) wins over meta.json in the fit and
+    in the catalogue."""
+    import catalog
+
+    data, results, args = hostile_survey["data"], hostile_survey["results"], hostile_survey["args"]
+    rec = results / GOOD[2] / "steps" / "fit.json"
+    record_before = rec.read_bytes()
+    meta = data / GOOD[2] / "meta.json"
+    meta.write_text('{"z": 0.1,,}')
+    try:
+        second, _ = _cli(*args)
+        assert "Traceback" not in second.stdout + second.stderr
+        assert rec.read_bytes() == record_before
+        assert not (results / "results").exists()
+        csv = tmp_path / "targets.csv"
+        csv.write_bytes(
+            "\ufeffobsid,name,z\n# from the group's spreadsheet\n".encode()
+            + "".join(f"{o},A{i},{0.2 + i / 10}\n" for i, o in enumerate(GOOD[:2])).encode()
+        )
+        third, _ = _cli(*args, "--targets", str(csv))
+        assert "Traceback" not in third.stdout + third.stderr, third.stderr[-3000:]
+    finally:
+        meta.unlink()
+    fit = json.loads((results / GOOD[0] / "fits" / "fit.json").read_text())
+    assert fit["z"] == pytest.approx(0.2)  # the CSV's, not meta.json's 0.5
+    df = catalog.load(results / "catalogue.parquet")
+    row = df[(df.obsid == GOOD[0]) & (df.camera == "epic") & (df.kind == "obs")].iloc[0]
+    assert row["z_target"] == pytest.approx(0.2) and row["target"] == "A0"

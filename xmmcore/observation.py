@@ -777,7 +777,9 @@ def scan_data_dir(
             discover(data_dir, sub.name, backend=backend)
         except InputDataError as exc:
             text = str(exc)
-            skipped[name] = text.split(": ", 1)[1] if exc.path and text.startswith(exc.path) else text
+            # The folder's own path is the row's name; a file inside it (meta.json) stays named.
+            own = exc.path is not None and Path(exc.path) == sub and text.startswith(exc.path)
+            skipped[name] = text.split(": ", 1)[1] if own else text
             continue
         obsids.append(sub.name)
     return DataScan(obsids, skipped)
