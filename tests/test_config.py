@@ -247,3 +247,13 @@ def test_cli_stops_in_seconds_on_a_typo_with_nothing_written(tmp_path, monkeypat
     assert code == 2 and "sbatch is not on the PATH" in err and "Traceback" not in err
     assert time.perf_counter() - t0 < 10.0
     assert not results.exists()
+
+
+def test_init_writes_each_key_once(tmp_path):
+    """`xmm-survey init` output goes through the strict loader, which refuses a key given twice."""
+    path = write_example_config(tmp_path / "survey.yaml")
+    assert load_config(path).to_dict() == load_defaults()
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(path.read_text().replace("fit:\n", "fit:\n  auto_set: false\n", 1))
+    with pytest.raises(ConfigError, match="duplicate key 'auto_set'"):
+        load_config(twice)
