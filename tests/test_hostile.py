@@ -731,3 +731,13 @@ def test_hostile_survey_rerun_keeps_finished_records_and_csv_wins(hostile_survey
     df = catalog.load(results / "catalogue.parquet")
     row = df[(df.obsid == GOOD[0]) & (df.camera == "epic") & (df.kind == "obs")].iloc[0]
     assert row["z_target"] == pytest.approx(0.2) and row["target"] == "A0"
+
+
+def test_missing_sky_wcs_is_an_input_data_error_naming_the_keywords():
+    """Weak case: a list without a sky WCS raised a bare KeyError deep inside the regions step."""
+    from xmmcore.events import sky_wcs_keywords
+
+    header = {"TTYPE1": "TIME", "TTYPE2": "X", "TTYPE3": "Y", "TCRPX2": 25500.0}
+    with pytest.raises(InputDataError) as info:
+        sky_wcs_keywords(header)
+    assert "no sky WCS" in str(info.value) and "TCRPX" in str(info.value) and "REFXCRPX" in str(info.value)

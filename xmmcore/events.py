@@ -174,7 +174,8 @@ def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.
 def sky_wcs_keywords(header: Mapping[str, Any]) -> dict[str, float]:
     """X/Y sky-pixel WCS from ``REFXCRPX``... or the X/Y columns' ``TCRPXn``... keywords.
 
-    Raises ``InputDataError``-free ``KeyError`` if neither set is present.
+    Raises ``InputDataError`` naming the keywords looked for if neither set is present (a list
+    without a sky WCS cannot be placed on the sky: regions, images and catalogue positions need it).
     """
     try:
         return {
@@ -188,15 +189,21 @@ def sky_wcs_keywords(header: Mapping[str, Any]) -> dict[str, float]:
     except KeyError:
         pass
     cols = {str(header[k]).strip(): k[5:] for k in header if str(k).startswith("TTYPE")}
-    ix, iy = cols["X"], cols["Y"]
-    return {
-        "crpix1": float(header[f"TCRPX{ix}"]),
-        "crpix2": float(header[f"TCRPX{iy}"]),
-        "crval1": float(header[f"TCRVL{ix}"]),
-        "crval2": float(header[f"TCRVL{iy}"]),
-        "cdelt1": float(header[f"TCDLT{ix}"]),
-        "cdelt2": float(header[f"TCDLT{iy}"]),
-    }
+    try:
+        ix, iy = cols["X"], cols["Y"]
+        return {
+            "crpix1": float(header[f"TCRPX{ix}"]),
+            "crpix2": float(header[f"TCRPX{iy}"]),
+            "crval1": float(header[f"TCRVL{ix}"]),
+            "crval2": float(header[f"TCRVL{iy}"]),
+            "cdelt1": float(header[f"TCDLT{ix}"]),
+            "cdelt2": float(header[f"TCDLT{iy}"]),
+        }
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputDataError(
+            f"event list has no sky WCS for X/Y (missing or bad {exc}; looked for REFXCRPX/REFXCRVL/"
+            "REFXCDLT... and the X/Y columns' TCRPXn/TCRVLn/TCDLTn)"
+        ) from exc
 
 
 def _native(arr: np.ndarray) -> np.ndarray:
