@@ -204,9 +204,9 @@ def _registry_choices(dotted: str) -> tuple[str, ...] | None:
 
         return tuple(ENGINES)
     if dotted == "fit.stat":
-        from xmmcore.fitting.stats import STATISTICS
+        from xmmcore.fitting.stats import STATISTIC_CLASSES
 
-        return tuple(STATISTICS)
+        return tuple(STATISTIC_CLASSES)
     return None
 
 
