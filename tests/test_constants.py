@@ -75,3 +75,21 @@ def test_unexpected_errors_exit_1():
         "ToolError": 4,
         "TransientError": 5,
     }
+
+
+def test_config_choices_come_from_the_registries():
+    from survey.config import load_config
+    from xmmcore.backends import BACKENDS
+    from xmmcore.fitting.engines import ENGINES
+    from xmmcore.fitting.stats import STATISTIC_CLASSES
+
+    for key, names in (
+        ("backend.reduction", BACKENDS),
+        ("backend.fitting", ENGINES),
+        ("fit.stat", STATISTIC_CLASSES),
+    ):
+        for name in names:
+            assert load_config(None, {key: name}).get(key) == name
+        with pytest.raises(ConfigError) as info:
+            load_config(None, {key: "no-such-name"})
+        assert key in str(info.value) and all(n in str(info.value) for n in names)
