@@ -33,7 +33,11 @@ def test_every_user_of_a_constant_shares_the_one_definition():
     from xmmcore.fitting import optimize
 
     assert observation.CAMERAS is constants.CAMERAS and schema.CAMERA_ROWS is constants.CAMERAS
+    from xmmcore import sas_dss
+    from xmmcore.backends import sas
+
     assert images.PHYS_PIXEL_ARCSEC == simulate.SKY_PIXEL_ARCSEC == constants.SKY_PIXEL_ARCSEC == 0.05
+    assert sas.SKY_PIXEL_ARCSEC is sas_dss.SKY_PIXEL_ARCSEC is constants.SKY_PIXEL_ARCSEC
     assert schema.DEFAULT_FLUX_BANDS_KEV is constants.DEFAULT_FLUX_BANDS_KEV
     assert optimize.DEFAULT_FLUX_BANDS is constants.DEFAULT_FLUX_BANDS_KEV
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-__all__ = ["dss_header_and_tables", "flag_dsval", "region_rows"]
+from .constants import SKY_PIXEL_ARCSEC
 
-SKY_PIXEL_ARCSEC = 0.05
+__all__ = ["dss_header_and_tables", "flag_dsval", "region_rows"]
 
 
 def flag_dsval(mask: int) -> str:

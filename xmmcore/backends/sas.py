@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..constants import SKY_PIXEL_ARCSEC  # sky (X/Y) and detector (DETX/DETY) pixel
 from ..errors import ConfigError, InputDataError, ToolError, ToolNotFoundError
 from ..flares import flare_settings
 from ..fsutil import atomic_path
@@ -82,9 +83,6 @@ def _sas_flare_method(method: str) -> str:
     """ESAS ``espfilt`` is what SAS runs for both ``histogram`` and its alias ``espfilt``."""
     return "espfilt" if method in ("histogram", "espfilt") else method
 
-
-#: Size of one XMM sky (X/Y) and detector (DETX/DETY) pixel [arcsec].
-SKY_PIXEL_ARCSEC = 0.05
 
 CAMERAS_ALL = CAMERAS
 _INSTRUME = {"pn": "EPN", "mos1": "EMOS1", "mos2": "EMOS2"}
