@@ -20,6 +20,7 @@ import pandas as pd
 from xmmcore.errors import InputDataError
 from xmmcore.fsutil import atomic_path
 from xmmcore.observation import CAMERAS
+from xmmcore.plots import readable_log_axis
 
 __all__ = [
     "BcesFit",
@@ -205,27 +206,6 @@ def fit_lt(
     ex, ey = et / (t * LN10), eL / (L * LN10)
     fit = bces(x, y, ex, ey, method=method, n_boot=n_boot)
     return BcesFit(**{**fit.__dict__, "x_pivot": math.log10(t0_kev), "y_pivot": math.log10(l0)})
-
-
-def readable_log_axis(ax: Any, which: str = "both") -> None:
-    """Plain-number tick labels on log axes (``2, 3, 5`` rather than ``2x10^0``) when they span < 2 decades.
-
-    On a short range only the 1-2-5 ticks are labelled, so labels never overlap; longer ranges keep
-    matplotlib's powers of ten.
-    """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    for name in ("x", "y") if which == "both" else (which,):
-        axis = getattr(ax, f"{name}axis")
-        if axis.get_scale() != "log":
-            continue
-        lo, hi = sorted(getattr(ax, f"get_{name}lim")())
-        if lo <= 0 or hi / lo >= 100.0:
-            continue
-        subs = (1.0, 2.0, 5.0) if hi / lo > 4.0 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
-        axis.set_major_locator(LogLocator(base=10.0, subs=subs))
-        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-        axis.set_minor_formatter(NullFormatter())
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .fsutil import atomic_path
 
-__all__ = ["PLOT_LEVELS", "plot_image_regions", "plot_lightcurve", "wants_plot"]
+__all__ = ["PLOT_LEVELS", "plot_image_regions", "plot_lightcurve", "readable_log_axis", "wants_plot"]
 
 #: Values of the ``plots`` configuration key.
 PLOT_LEVELS = ("all", "summary", "none")
@@ -31,6 +31,27 @@ def wants_plot(cfg: Any, camera: str | None = None, cameras: Any = ()) -> bool:
         return True
     first = next(iter(cameras), camera)
     return camera == first
+
+
+def readable_log_axis(ax: Any, which: str = "both") -> None:
+    """Plain-number tick labels on log axes (``2, 3, 5`` rather than ``2x10^0``) when they span < 2 decades.
+
+    On a short range only the 1-2-5 ticks are labelled, so labels never overlap; longer ranges keep
+    matplotlib's powers of ten.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for name in ("x", "y") if which == "both" else (which,):
+        axis = getattr(ax, f"{name}axis")
+        if axis.get_scale() != "log":
+            continue
+        lo, hi = sorted(getattr(ax, f"get_{name}lim")())
+        if lo <= 0 or hi / lo >= 100.0:
+            continue
+        subs = (1.0, 2.0, 5.0) if hi / lo > 4.0 else (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+        axis.set_major_locator(LogLocator(base=10.0, subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def _figure():

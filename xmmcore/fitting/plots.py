@@ -80,12 +80,17 @@ def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylabel("counts s$^{-1}$ keV$^{-1}$")
+    ax.set_ylabel("normalised counts [s$^{-1}$ keV$^{-1}$]")
     ax.set_title(f"{result.model}  ({result.stat} = {result.statistic:.1f} / {result.dof} dof)", fontsize=9)
     ax.legend(fontsize=8)
     axr.axhline(0, color="k", lw=0.8)
-    axr.set_xlabel("Energy (keV)")
-    axr.set_ylabel("(data-model)/$\\sigma$")
+    axr.set_xlabel("energy [keV]")
+    axr.set_ylabel("(data - model) / $\\sigma$")
+    from ..plots import readable_log_axis
+
+    readable_log_axis(axr, "x")  # the shared x axis: plain 0.5, 1, 2, 5 keV ticks
+    ax.xaxis.set_major_formatter(axr.xaxis.get_major_formatter())
+    ax.tick_params(labelbottom=False)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
