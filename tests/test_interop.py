@@ -265,6 +265,7 @@ def test_region_images_carry_time_and_exposure(survey: dict[str, Any]) -> None:
             h = fits.getheader(rdir / name)
             assert h["OBS_ID"] == obsid and h["INSTRUME"] == "EPN" and h["TELESCOP"] == "XMM"
             assert h["DATE-OBS"] == events["DATE-OBS"] and h["MJDREF"] == 50814.0
+            assert h["DATEREF"].startswith("1998-01-01") and h["MJD-OBS"] > 50814.0
             assert h["TSTART"] < h["TSTOP"]
             assert 0.5 * (h["TSTOP"] - h["TSTART"]) < h["EXPOSURE"] <= h["TSTOP"] - h["TSTART"]
         img = fits.getheader(rdir / "pn_img_0.5-2keV.fits")

@@ -341,6 +341,19 @@ def observation_keywords(evl: EventList) -> dict[str, object]:
         out["MJDREF"] = float(h["MJDREF"])
     elif h.get("MJDREFI") is not None:
         out["MJDREF"] = float(h["MJDREFI"]) + float(h.get("MJDREFF", 0.0))
+    if "MJDREF" in out:
+        # written out, so that WCS readers need not derive them (astropy's 'datfix' warns when it must)
+        from astropy.time import Time
+
+        scale = str(out.get("TIMESYS", "TT")).lower()
+        scale = scale if scale in ("tt", "utc", "tai", "tdb") else "tt"
+        out["DATEREF"] = Time(float(str(out["MJDREF"])), format="mjd", scale=scale).isot
+        for key, mjd_key in (("DATE-OBS", "MJD-OBS"), ("DATE-END", "MJD-END")):
+            if key in out:
+                try:
+                    out[mjd_key] = float(Time(str(out[key]), scale=scale).mjd)
+                except ValueError:
+                    pass
     gti = np.asarray(evl.gti, dtype=float).reshape(-1, 2)
     if gti.size:
         out["TSTART"] = float(gti[0, 0])
