@@ -279,9 +279,11 @@ def plot_lt(
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("temperature kT [keV]")
-    lo, hi = (float(v) for v in lum_col.replace("lum_", "").replace("p", ".").split("_"))
-    ax.set_ylabel(f"L$_{{{lo:g}-{hi:g}\\,keV}}$ E(z)$^{{-1}}$ [10$^{{44}}$ erg s$^{{-1}}$]")
-    ax.set_title(f"Luminosity-temperature relation ({lo:g}-{hi:g} keV, rest frame)")
+    l500 = lum_col.startswith("L500_")
+    lo, hi = (float(v) for v in lum_col.replace("L500_", "").replace("lum_", "").replace("p", ".").split("_"))
+    where = "500," if l500 else ""
+    ax.set_ylabel(f"L$_{{{where}{lo:g}-{hi:g}\\,keV}}$ E(z)$^{{-1}}$ [10$^{{44}}$ erg s$^{{-1}}$]")
+    ax.set_title(f"Luminosity-temperature relation ({lo:g}-{hi:g} keV, rest frame, {'within R500' if l500 else 'aperture'})")
     if t.size:
         readable_log_axis(ax)
         ax.legend(fontsize=8, loc="upper left")
@@ -403,7 +405,9 @@ def plot_exposure_snr(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
 def survey_figures(df: pd.DataFrame, outdir: str | os.PathLike[str]) -> dict[str, Any]:
     """Make all survey figures in ``outdir``; returns name -> path (and ``"lt_fit"`` -> BcesFit or None)."""
     outdir = Path(outdir)
-    lt_path, lt_fit = plot_lt(df, outdir / "lt.png")
+    # L500 (rest frame, within R500); catalogues without it fall back to the aperture luminosity
+    has_l500 = "L500_0p1_2p4" in df.columns and bool((df["L500_0p1_2p4"] > 0).any())
+    lt_path, lt_fit = plot_lt(df, outdir / "lt.png", lum_col="L500_0p1_2p4" if has_l500 else "lum_0p1_2p4")
     return {
         "lt": lt_path,
         "lt_fit": lt_fit,

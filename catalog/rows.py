@@ -29,6 +29,7 @@ from xmmcore.products import ObsProducts
 
 from . import io
 from .schema import (
+    APERTURE_COLUMNS,
     CAMERA_ROWS,
     DEFAULT_FLUX_BANDS_KEV,
     PARAMETER_ALIASES,
@@ -206,6 +207,9 @@ def fit_to_row(
             cross[str(key)] = (v, *_errs(value, v))
         else:
             cross[str(key)] = (_num(value), math.nan, math.nan)
+    for key, value in (fit.get("aperture") or {}).items():
+        if key in APERTURE_COLUMNS or key == "r500_kpc":
+            row[key] = int(value) if key == "r500_iterations" else value
     row["fit_model"] = str(fit.get("model") or fit.get("expression") or "")
     row["fit_engine"] = str(fit.get("engine") or "")
     row["fit_stat"] = str(fit.get("stat") or fit.get("stat_name") or "")

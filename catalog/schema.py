@@ -125,7 +125,12 @@ def _base_columns() -> list[Column]:
         c("dec_deg", "float64", "deg", "target declination (ICRS)"),
         c("z_target", "float64", "", "target redshift from the metadata"),
         c("nh_gal", "float64", "10**22 cm**-2", "Galactic column density from the metadata"),
-        c("r500_kpc", "float64", "kpc", "R500 from the metadata"),
+        c(
+            "r500_kpc",
+            "float64",
+            "kpc",
+            "R500 of the aperture: given in the metadata or iterated from kT",
+        ),
         c("exposure_s", "float64", "s", "clean exposure after flare filtering (epic: longest camera)"),
         c("exposure_raw_s", "float64", "s", "exposure before flare filtering"),
         c("flare_fraction", "float64", "", "fraction of exposure removed by flare filtering"),
@@ -196,11 +201,89 @@ def _flux_columns(bands: Iterable[Sequence[float]]) -> list[Column]:
                 ),
             ]
         cols += [
-            Column(f"lum_{tag}", "float64", "erg s-1", f"rest-frame {lo}-{hi} keV luminosity (unabsorbed)"),
+            Column(
+                f"lum_{tag}",
+                "float64",
+                "erg s-1",
+                f"rest-frame {lo}-{hi} keV luminosity (unabsorbed) within r_src",
+            ),
             Column(f"lum_{tag}_err_lo", "float64", "erg s-1", "lower error of the luminosity"),
             Column(f"lum_{tag}_err_hi", "float64", "erg s-1", "upper error of the luminosity"),
         ]
     return cols
+
+
+def _aperture_columns() -> list[Column]:
+    """R500 aperture, L500 and quality-flag columns (fits/fit.json ``aperture``; xmmcore.aperture)."""
+    c = Column
+    cols = [
+        c(
+            "r500_source",
+            "str",
+            "",
+            "given (targets CSV / meta.json) | iterated (from kT) | none",
+        ),
+        c("r500_arcmin", "float64", "arcmin", "R500 on the sky"),
+        c("r500_iterations", "int64", "", "R500 iterations (0 when given)"),
+        c("r500_stop_reason", "str", "", "why the R500 iteration stopped"),
+        c("r_src_kpc", "float64", "kpc", "source region radius at the target redshift"),
+        c(
+            "bkg_cluster_fraction",
+            "float64",
+            "",
+            "cluster share of the background annulus (beta-model profile)",
+        ),
+        c(
+            "bkg_oversubtraction",
+            "float64",
+            "",
+            "fraction of the aperture's cluster counts removed as background",
+        ),
+        c(
+            "aperture_lost_fraction",
+            "float64",
+            "",
+            "fraction of the aperture's flux under masks and in chip gaps",
+        ),
+        c(
+            "l500_correction",
+            "float64",
+            "",
+            "L500 / aperture luminosity (beta model, masks, gaps, bkg)",
+        ),
+    ]
+    for tag, band in (("0p1_2p4", "0.1-2.4"), ("0p5_2p0", "0.5-2.0")):
+        cols += [
+            c(
+                f"L500_{tag}",
+                "float64",
+                "erg s-1",
+                f"rest-frame {band} keV luminosity within R500 (unabsorbed)",
+            ),
+            c(f"L500_{tag}_err_lo", "float64", "erg s-1", f"lower 1-sigma error of L500_{tag}"),
+            c(f"L500_{tag}_err_hi", "float64", "erg s-1", f"upper 1-sigma error of L500_{tag}"),
+        ]
+    cols += [
+        c("flag_unconstrained", "bool", "", "a free parameter's error exceeds 50% of its value"),
+        c("flag_at_limit", "bool", "", "a free parameter sits at a limit"),
+        c("flag_low_counts", "bool", "", "fewer than 500 source counts"),
+        c("flag_not_converged", "bool", "", "the fit did not converge"),
+        c(
+            "flag_errors_covariance",
+            "bool",
+            "",
+            "profile errors fell back to covariance",
+        ),
+        c("errors_fallback_reason", "str", "", "why the errors fell back to covariance"),
+        c("flag_bkg_contamination", "bool", "", "bkg_cluster_fraction > 10%"),
+        c("flag_aperture_lost", "bool", "", "aperture_lost_fraction > 10%"),
+        c("flag_r500_not_converged", "bool", "", "the R500 iteration did not converge"),
+        c("quality_flags", "str", "", "comma-separated names of the raised flags (empty = none)"),
+    ]
+    return cols
+
+
+APERTURE_COLUMNS = tuple(col.name for col in _aperture_columns())
 
 
 def _tail_columns() -> list[Column]:
@@ -231,7 +314,7 @@ def columns(flux_bands_kev: Iterable[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) 
         Energy bands [keV] of the flux and luminosity columns (``fit.flux_bands_kev`` of the config).
     """
     bands = [tuple(float(x) for x in b) for b in flux_bands_kev]
-    return _base_columns() + _flux_columns(bands) + _tail_columns()
+    return _base_columns() + _flux_columns(bands) + _aperture_columns() + _tail_columns()
 
 
 def column_map(flux_bands_kev: Iterable[Sequence[float]] = DEFAULT_FLUX_BANDS_KEV) -> dict[str, Column]:

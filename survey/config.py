@@ -266,6 +266,72 @@ def _merge(
             base[key] = _check_value(dotted, copy.deepcopy(value), default, where)
 
 
+def _overrides_set_fit_set(overrides: Iterable[str] | Mapping[str, Any] | None) -> bool:
+    if not overrides:
+        return False
+    keys = overrides.keys() if isinstance(overrides, Mapping) else (parse_override(o)[0] for o in overrides)
+    return any(str(k).strip() == "fit.set" for k in keys)
+
+
+def _check_fit_model(
+    data: dict[str, Any], reference: dict[str, Any], where: str, *, user_set: bool = False
+) -> None:
+    """``fit.model`` parses and ``fit.set`` follows it (science's part of the load-time checks).
+
+    ``fit.set`` left at its default keeps only the entries naming parameters the model has, so that
+    setting ``fit.model`` alone works; entries the user set must all name parameters of the model.
+    Mistakes are ``ConfigError`` (exit 2) here, before any reduction runs.
+    """
+    from xmmcore.fitting.models import parse_expression
+    from xmmcore.fitting.optimize import parse_setting
+
+    fit = data.get("fit")
+    if not isinstance(fit, dict) or not isinstance(fit.get("model"), str):
+        return
+    expr = fit["model"]
+    try:
+        model = parse_expression(expr)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: fit.model {expr!r}: {exc}") from exc
+    except (ValueError, KeyError, TypeError, ImportError) as exc:
+        raise ConfigError(f"{where}: fit.model {expr!r} is not a valid model expression: {exc}") from exc
+    names = ", ".join(p.full_name for p in model.parameters)
+    default_set = list(reference.get("fit", {}).get("set") or [])
+    entries = list(fit.get("set") or [])
+    left_at_default = not user_set and entries == default_set
+
+    def known(key: str) -> bool:
+        dataset, sep, bare = key.partition(":")
+        name = bare if sep and dataset.strip().isdigit() else key
+        if sep and name.strip().lower().startswith("constant"):
+            return True  # the per-dataset cross-normalisation the fit adds itself
+        try:
+            model.index(name)
+        except ConfigError:
+            return False
+        return True
+
+    kept = []
+    for entry in entries:
+        try:
+            key, _value, _frozen, link = parse_setting(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: fit.set entry {entry!r}: {exc}") from exc
+        ok = known(key) and (link is None or known(link))
+        if ok:
+            kept.append(entry)
+        elif not left_at_default:
+            raise ConfigError(
+                f"{where}: fit.set entry {entry!r} names a parameter that fit.model {expr!r} does not have "
+                f"(its parameters: {names})"
+            )
+    fit["set"] = kept
+    if fit.get("free_abundance") and not any(p.name.lower() == "abundanc" for p in model.parameters):
+        raise ConfigError(
+            f"{where}: fit.free_abundance is true but fit.model {expr!r} has no Abundanc parameter ({names})"
+        )
+
+
 def load_defaults() -> dict[str, Any]:
     """The defaults from ``survey/defaults.yaml`` as a plain dict."""
     data = yaml_load_strict(DEFAULTS_PATH.read_text(encoding="utf-8"), str(DEFAULTS_PATH))
@@ -339,8 +405,10 @@ class Config(Mapping[str, Any]):
     def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> Config:
         """A new Config with dotted overrides applied (same checks as :func:`load_config`)."""
         data = self.to_dict()
-        _apply_overrides(data, overrides, reference=load_defaults())
+        reference = load_defaults()
+        _apply_overrides(data, overrides, reference=reference)
         check_limits(data, where="overrides")
+        _check_fit_model(data, reference, "overrides", user_set=_overrides_set_fit_set(overrides))
         return Config(data, self.sources + ("overrides",), self.explicit | _override_keys(overrides))
 
     def to_yaml(self) -> str:
@@ -466,6 +534,7 @@ def load_config(
         sources.append("cli")
     where = " < ".join(sources[1:]) or "defaults"
     check_limits(data, where=where)
+    _check_fit_model(data, reference, " < ".join(sources), user_set=any(k == "fit.set" for k in explicit))
     if for_run:
         check_environment(data, where=where)
         check_obsid_selection(data, where=where)

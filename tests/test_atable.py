@@ -149,6 +149,10 @@ def test_bad_tables_name_the_file(tmp_path):
 def test_apec_without_table_says_build(monkeypatch, tmp_path):
     monkeypatch.delenv(atable.APEC_TABLE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # A fresh machine (empty cache) uses the table shipped as package data: no download at run time.
+    assert atable.find_apec_table() == atable.packaged_apec_path()
+    assert [p.name for p in models.get_component("apec").params] == ["kT", "Abundanc", "Redshift", "norm"]
+    monkeypatch.setattr(atable, "packaged_apec_path", lambda: tmp_path / "not-installed.fits")
     with pytest.raises(ConfigError, match="xmm-survey models build-apec"):
         models.get_component("apec")
     monkeypatch.setenv(atable.APEC_TABLE_ENV, str(tmp_path / "nope.fits"))

@@ -66,7 +66,7 @@ def test_injected_temperatures_are_recovered(survey_run):
     for obsid in good:
         truth = json.loads((data / obsid / "truth.json").read_text())["cluster"]
         fit = json.loads((results / obsid / "fits" / "fit.json").read_text())
-        kt = next(p for p in fit["parameters"] if p["name"] == "zbremss_1.kT")
+        kt = next(p for p in fit["parameters"] if p["name"] == "apec_1.kT")  # default model tbabs*apec
         sigma = kt["err_hi"] if kt["value"] < truth["kT"] else kt["err_lo"]
         assert sigma and sigma > 0, f"{obsid}: no kT error"
         pulls.append((kt["value"] - truth["kT"]) / sigma)

@@ -144,3 +144,66 @@ def test_radius_methods():
     # net SB per 0.25' annulus drops below 3 sigma near 2' for this beta model (rc = 0.33', 0.5 ct/px bkg)
     assert 1.25 < r_sb < 3.0
     assert R.sb_radius(img, ext, (26000.0, 26000.0), coverage=np.ones_like(img), nsigma=10.0) < r_sb
+
+
+def _king_image(extent, xc, yc, *, rc_phys, beta, amp, bkg, points=(), seed=1):
+    """Cluster (beta model) + King-PSF point sources (r0 4", as the simulator) + flat background, Poisson."""
+    rng = np.random.default_rng(seed)
+    xs, ys = extent.centres()
+    xx, yy = np.meshgrid(xs, ys)
+    mu = amp * (1 + ((xx - xc) ** 2 + (yy - yc) ** 2) / rc_phys**2) ** (0.5 - 3.0 * beta) + bkg
+    r0 = 80.0  # 4" in physical pixels
+    pix_area = extent.bin_phys**2
+    for px, py, n in points:
+        r2 = (xx - px) ** 2 + (yy - py) ** 2
+        mu = mu + n * 0.5 / (np.pi * r0**2) * (1 + r2 / r0**2) ** -1.5 * pix_area
+    return rng.poisson(mu).astype(float)
+
+
+@pytest.mark.parametrize(
+    ("rc_phys", "beta", "amp"),
+    [
+        (200.0, 0.62, 400.0),
+        (400.0, 0.67, 120.0),
+        (3000.0, 0.75, 30.0),
+    ],  # cool core, regular, flat core (deep)
+)
+def test_point_sources_do_not_carve_the_cluster(header, rc_phys, beta, amp):
+    ext = I.Extent(x0=14000.0, y0=14000.0, bin_phys=80.0, nx=300, ny=300)
+    xc, yc = 26000.0, 26000.0
+    agn = (26000.0 + 1500.0, 26000.0 + 600.0, 400.0)  # 1.35' from the centre
+    far = (19000.0, 31000.0, 150.0)
+    cov = np.ones((ext.ny, ext.nx))
+    for seed in range(3):
+        img = _king_image(
+            ext, xc, yc, rc_phys=rc_phys, beta=beta, amp=amp, bkg=0.3, points=[agn, far], seed=seed
+        )
+        model, core_r = R._extended_model(img, ext, cov, (xc, yc), 9.0)
+        assert model is not None
+        found = R.detect_point_sources(
+            img,
+            ext,
+            I.image_wcs(header, ext),
+            coverage=cov,
+            snr=5.0,
+            extended_model=model,
+            core_xy=(xc, yc),
+            core_radius_phys=core_r,
+            scale_masks=True,
+        )
+        # no false source within 2 core radii (at least 0.5') of the centre
+        false = [
+            p
+            for p in found
+            if np.hypot(p.x - xc, p.y - yc) < max(2 * rc_phys, 600.0)
+            and min(np.hypot(p.x - s[0], p.y - s[1]) for s in (agn, far)) > 120.0
+        ]
+        assert false == [], (seed, [(p.x, p.y, p.snr) for p in false])
+        # both injected sources found; the brighter one gets the larger mask, the masks scale (10-60")
+        d = {
+            k: min(found, key=lambda p, s=s: np.hypot(p.x - s[0], p.y - s[1]))
+            for k, s in (("agn", agn), ("far", far))
+        }
+        assert np.hypot(d["agn"].x - agn[0], d["agn"].y - agn[1]) < 120.0
+        assert np.hypot(d["far"].x - far[0], d["far"].y - far[1]) < 120.0
+        assert all(10.0 <= p.r_arcsec <= 60.0 for p in found)

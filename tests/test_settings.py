@@ -11,11 +11,13 @@ from xmmcore.settings import FitSettings, ScreenSettings, SpectraSettings
 
 def test_fit_settings_from_the_defaults():
     fs = FitSettings.from_config(load_config())
-    assert fs.model == "wabs*(zbremss+zgauss)" and fs.stat == "cstat" and fs.engine == "builtin"
+    assert fs.model == "tbabs*apec" and fs.stat == "cstat" and fs.engine == "builtin"
     assert fs.notice_kev == (0.5, 7.0) and fs.errors == "profile" and fs.auto_set and fs.joint_cameras
     assert fs.flux_bands_kev == ((0.5, 2.0), (0.1, 2.4), (2.0, 10.0))
     assert fs.cosmology == {"H0": 70.0, "Om0": 0.3} and fs.abund == "angr"
-    assert fs.set_params == ("zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0.0,frozen")
+    assert fs.set_params == ("apec_1.Abundanc=0.3,frozen",) and fs.free_abundance is False
+    free = FitSettings.from_config(load_config(None, ["fit.free_abundance=true"]))
+    assert free.parameter_settings(meta={})[-1] == "apec_1.Abundanc=free"
     assert fs.engine_options == {}
     with pytest.raises(AttributeError):
         fs.stat = "chi2"  # type: ignore[misc]  # frozen

@@ -79,7 +79,14 @@ def test_layout_is_discovered(survey):
         assert 2.0 <= obs.truth["cluster"]["kT"] <= 9.0
         assert 0.05 <= obs.truth["cluster"]["z"] <= 0.4
         assert 0.01 <= obs.truth["cluster"]["nH"] <= 0.1
-        assert obs.truth["cluster"]["parameters"]["zgauss_1.LineE"] == 6.7
+        c = obs.truth["cluster"]
+        assert c["model"] == "tbabs*apec" and 0.2 <= c["abundance"] <= 0.5
+        assert c["parameters"]["apec_1.Abundanc"] == c["abundance"]
+        assert c["parameters"]["apec_1.Redshift"] == c["z"] and c["parameters"]["tbabs_1.nH"] == c["nH"]
+        assert obs.meta["r500_kpc"] == pytest.approx(c["r500_kpc"])
+        assert c["beta_r_max_arcmin"] >= 3.0 * c["r500_arcmin"] and c["beta_r_max_arcmin"] >= 15.0
+        assert c["L500_0p1_2p4"] == pytest.approx(c["lum_0.1_2.4_kev_rest"] * c["fraction_within_r500"])
+        assert c["L500_0p5_2p0"] < c["L500_0p1_2p4"]
 
 
 def test_event_file_headers_and_columns(survey):
@@ -437,17 +444,15 @@ def test_injected_kt_recovered_by_builtin_fit(tmp_path):
             )
         )
     frozen = [
-        f"wabs_1.nH={c['nH']},frozen",
-        f"zbremss_1.Redshift={c['z']},frozen",
-        f"zgauss_1.Redshift={c['z']},frozen",
-        "zgauss_1.LineE=6.7,frozen",
-        "zgauss_1.Sigma=0,frozen",
+        f"tbabs_1.nH={c['nH']},frozen",
+        f"apec_1.Redshift={c['z']},frozen",
+        f"apec_1.Abundanc={c['abundance']},frozen",
     ]
     result = (
         get_engine("builtin")
         .fit_files(
             inputs,
-            "wabs*(zbremss+zgauss)",
+            "tbabs*apec",
             stat="cstat",
             notice_kev=(0.5, 7.0),
             set_params=frozen,
@@ -455,6 +460,6 @@ def test_injected_kt_recovered_by_builtin_fit(tmp_path):
         )
         .to_dict()
     )
-    kt = next(p for p in result["parameters"] if p["name"] == "zbremss_1.kT")
+    kt = next(p for p in result["parameters"] if p["name"] == "apec_1.kT")
     assert abs(kt["value"] - 5.0) < 2.0 * kt["sigma"], kt
     assert kt["sigma"] < 0.6

@@ -10,6 +10,7 @@ A camera that fails inside a step (bad event file, no counts) is recorded in the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FitError, InputDataError, ToolError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text
 from .observation import CAMERAS, Observation
 from .products import ObsProducts
 from .settings import FitSettings
@@ -209,33 +210,69 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     engine = engine_from_config(cfg)
     fits_dir = products.fits_dir
     fits_dir.mkdir(parents=True, exist_ok=True)
-    log.info(
-        "fit: engine=%s model=%s stat=%s datasets=%s",
-        engine.name,
-        fs.model,
-        fs.stat,
-        [i.name for i in inputs],
-    )
-    try:
-        result = engine.fit_files(
-            inputs,
+    kwargs = fs.fit_kwargs(redshift=obs.meta.get("z"))
+    for band in ((0.1, 2.4), (0.5, 2.0)):  # the L500 bands
+        if band not in kwargs["flux_bands_kev"]:
+            kwargs["flux_bands_kev"].append(band)
+
+    def run_fit(fit_inputs: list[Any]) -> Any:
+        log.info(
+            "fit: engine=%s model=%s stat=%s datasets=%s",
+            engine.name,
             fs.model,
-            set_params=settings,
-            **fs.fit_kwargs(redshift=obs.meta.get("z")),
-            cross_norm=len(inputs) > 1,
-            workdir=fits_dir,
-            log=log,
+            fs.stat,
+            [i.name for i in fit_inputs],
         )
-    except (ConfigError, InputDataError, ToolError):
-        raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator
-    except (ValueError, RuntimeError, FloatingPointError) as exc:
-        raise FitError(f"fit of {obs.obsid} failed: {exc}") from exc
-    result.write_json(products.fit_json)
+        try:
+            return engine.fit_files(
+                fit_inputs,
+                fs.model,
+                set_params=settings,
+                **kwargs,
+                cross_norm=len(fit_inputs) > 1,
+                workdir=fits_dir,
+                log=log,
+            )
+        except (ConfigError, InputDataError, ToolError):
+            raise  # our own errors subclass ValueError/RuntimeError: keep their class for the orchestrator
+        except (ValueError, RuntimeError, FloatingPointError) as exc:
+            raise FitError(f"fit of {obs.obsid} failed: {exc}") from exc
+
+    result = run_fit(inputs)
+    regions = _load_regions(outdir)
+    r500: dict[str, Any] = {"r500_iterations": [], "r500_stop_reason": "", "r500_converged": None}
+    if regions.get("r500_source") == "iterated":
+        result, inputs, regions, r500 = _iterate_r500(obs, outdir, cfg, log, run_fit, result, inputs, regions)
+    record = result.to_dict()
+    record["aperture"] = _aperture_record(record, regions, r500, cfg, obs)
+    atomic_write_json(products.fit_json, record)
+    extra_outputs = []
+    cex_inputs = [
+        dataclasses.replace(i, pha=products.spectra_dir / f"{i.name}_anncex_src.pha")
+        for i in inputs
+        if (products.spectra_dir / f"{i.name}_anncex_src.pha").exists()
+    ]
+    if cex_inputs:
+        # core-excised (0.15-1 R) temperature: the catalogue reads it as region "cex"
+        cex = run_fit(cex_inputs).to_dict()
+        cex["aperture"] = {
+            k: v
+            for k, v in _aperture_record(cex, regions, r500, cfg, obs).items()
+            if not k.lower().startswith("l500")
+        }
+        r_src = float(regions["r_src_arcmin"])
+        cex["aperture"]["core_excised_arcmin"] = [0.15 * r_src, r_src]
+        atomic_write_json(fits_dir / "fit_cex.json", cex)
+        extra_outputs.append(str(fits_dir / "fit_cex.json"))
     result.to_xcm(products.fit_xcm)
     atomic_write_text(products.fit_txt, result.summary_text())
-    outputs = [str(products.fit_json), str(products.fit_xcm), str(products.fit_txt)]
+    outputs = [str(products.fit_json), str(products.fit_xcm), str(products.fit_txt), *extra_outputs]
     summary: dict[str, Any] = {
         "fit_json": str(products.fit_json),
+        "r500_source": regions.get("r500_source"),
+        "r500_iterations": len(r500["r500_iterations"]),
+        "r500_stop_reason": r500["r500_stop_reason"],
+        "quality_flags": record["aperture"].get("quality_flags", ""),
         "engine": engine.name,
         "versions": engine.versions(),
         "cameras": [i.name for i in inputs],
@@ -253,6 +290,118 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         summary["plot_error"] = str(exc)
     summary["outputs"] = outputs
     return summary
+
+
+_R500_MAX_ITERATIONS = 6
+_R500_TOLERANCE = 0.05
+
+
+def _iterate_r500(
+    obs: Observation,
+    outdir: Path,
+    cfg: dict[str, Any],
+    log: logging.Logger,
+    run_fit: Callable[[list[Any]], Any],
+    result: Any,
+    inputs: list[Any],
+    regions: dict[str, Any],
+) -> tuple[Any, list[Any], dict[str, Any], dict[str, Any]]:
+    """R500 unknown: fitted kT -> R500 (Arnaud+05) -> re-extract (regions, spectra) -> refit, bounded.
+
+    Stops when R500 changes by less than 5% between iterations, when the fit gives no usable kT,
+    or after 6 iterations; the returned record lists every (aperture, kT, R500) and why it stopped.
+    """
+    import copy
+
+    from .aperture import fitted_kt, r500_kpc
+    from .regions import make_regions
+
+    z = float(obs.meta.get("z") or float("nan"))
+    cos = cfg.get("cosmology") or {}
+    history: list[dict[str, float]] = []
+    stop, converged = f"not converged after {_R500_MAX_ITERATIONS} iterations", False
+    r_cur = float(regions["r_src_arcmin"])
+    for _ in range(_R500_MAX_ITERATIONS):
+        kt = fitted_kt(result.to_dict())
+        kpa = float(regions.get("kpc_per_arcmin") or float("nan"))
+        if not (kt > 0 and z > 0 and kpa > 0):
+            stop = f"no usable kT ({kt}) or redshift ({z}) to compute R500"
+            break
+        r_kpc = r500_kpc(kt, z, h0=cos.get("H0", 70.0), om0=cos.get("Om0", 0.3))
+        r_new = r_kpc / kpa
+        history.append({"r_src_arcmin": r_cur, "kT": kt, "r500_kpc": r_kpc, "r500_arcmin": r_new})
+        if abs(r_new - r_cur) < _R500_TOLERANCE * r_new:
+            stop, converged = f"R500 changed by {abs(r_new - r_cur) / r_new:.1%} < 5%", True
+            break
+        log.info(
+            "fit: R500 iteration %d: kT %.2f keV -> R500 %.0f kpc = %.2f arcmin",
+            len(history),
+            kt,
+            r_kpc,
+            r_new,
+        )
+        cfg_i = copy.deepcopy(cfg)
+        cfg_i.setdefault("regions", {})["_r_src_arcmin_override"] = r_new
+        regions = make_regions(obs, outdir, cfg_i, log=log)
+        _spectra(obs, outdir, cfg_i, log)
+        inputs, _ = fit_inputs(outdir, [i.name for i in inputs])
+        result = run_fit(inputs)
+        r_cur = r_new
+    else:
+        kt = fitted_kt(result.to_dict())
+        if kt > 0:
+            r_kpc = r500_kpc(kt, z, h0=cos.get("H0", 70.0), om0=cos.get("Om0", 0.3))
+            history.append({"r_src_arcmin": r_cur, "kT": kt, "r500_kpc": r_kpc, "r500_arcmin": r_kpc / kpa})
+    log.info("fit: R500 iteration stopped after %d fits: %s", len(history), stop)
+    return (
+        result,
+        inputs,
+        regions,
+        {"r500_iterations": history, "r500_stop_reason": stop, "r500_converged": converged},
+    )
+
+
+def _aperture_record(
+    record: dict[str, Any],
+    regions: dict[str, Any],
+    r500: dict[str, Any],
+    cfg: dict[str, Any],
+    obs: Observation,
+) -> dict[str, Any]:
+    """R500, aperture, L500 and quality-flag values of the fit (``fit.json`` ``aperture``)."""
+    from .aperture import l500_block, net_counts_of, quality_flags
+
+    history = r500["r500_iterations"]
+    if regions.get("r500_source") == "iterated" and history:
+        r500_kpc_v, r500_arcmin = history[-1]["r500_kpc"], history[-1]["r500_arcmin"]
+    else:
+        r500_kpc_v = float(regions.get("r500_kpc", float("nan")))
+        r500_arcmin = float(regions.get("r500_arcmin", float("nan")))
+    out: dict[str, Any] = {
+        "r500_kpc": r500_kpc_v,
+        "r500_arcmin": r500_arcmin,
+        "r500_source": regions.get("r500_source", "none"),
+        "r500_iterations": len(history),
+        "r500_stop_reason": r500["r500_stop_reason"],
+        "r500_history": history,
+        "r_src_arcmin": regions.get("r_src_arcmin"),
+        "r_src_kpc": regions.get("r_src_kpc"),
+        "bkg_cluster_fraction": regions.get("bkg_cluster_fraction"),
+        "bkg_oversubtraction": regions.get("bkg_oversubtraction"),
+        "aperture_lost_fraction": regions.get("aperture_lost_fraction"),
+        "bkg_note": regions.get("bkg_note", ""),
+    }
+    out.update(l500_block(record.get("luminosities") or {}, regions, r500_arcmin=r500_arcmin))
+    out.update(
+        quality_flags(
+            record,
+            regions,
+            net_counts=net_counts_of(record.get("datasets") or []),
+            requested_errors=str(cfg["fit"].get("errors", "profile")),
+            r500_converged=r500["r500_converged"],
+        )
+    )
+    return out
 
 
 _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logger], dict[str, Any]]] = {

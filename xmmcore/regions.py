@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .images import (
     phys_wcs,
 )
 from .products import ObsProducts
+from .profile import fit_beta_profile, pixel_radii
 
 __all__ = [
     "PointSource",
@@ -299,6 +301,11 @@ def detect_point_sources(
     mask_radius_arcsec: float = 20.0,
     exclude_xy: tuple[float, float] | None = None,
     exclude_radius_phys: float = 0.0,
+    extended_model: np.ndarray | None = None,
+    compact_min: float = 0.5,
+    core_xy: tuple[float, float] | None = None,
+    core_radius_phys: float = 0.0,
+    scale_masks: bool = False,
 ) -> list[PointSource]:
     """Sliding-cell detection (as ``eboxdetect`` in local mode).
 
@@ -307,17 +314,31 @@ def detect_point_sources(
     Gaussian-equivalent significance of the Poisson probability of ``>= C`` counts given ``B``
     (candidates pre-selected with ``(C - B) / sqrt(B)``).  Detections are local maxima with ``snr`` above the threshold and
     at least ``min_counts`` counts.  Positions within ``exclude_radius_phys`` of ``exclude_xy``
-    (the cluster core, whose peak is not a point source) are skipped.
+    are skipped.
+
+    With ``extended_model`` (expected counts per pixel of the smooth extended emission, e.g. the
+    fitted beta model of the cluster) the extended emission is modelled out, as wavelet detection
+    separates scales: the expected counts of a cell are the model's plus the local background of the
+    residual image, so a cluster core's peak is not a source. A candidate must then also be compact
+    like the PSF: the fraction of its net counts within 10" of those within 25" at least
+    ``compact_min`` (a King PSF gives ~0.75, an extended clump much less). Within
+    ``core_radius_phys`` of ``core_xy`` (twice the cluster's core radius) a source must in addition
+    be twice as significant as ``snr``. ``scale_masks`` sets each mask radius to where the source's
+    PSF wings fall below 20% of the local surface brightness (10"-60") instead of ``mask_radius_arcsec``.
     """
     img = image * (coverage > 0)
     cov = (coverage > 0).astype(float)
+    ext = np.zeros_like(img) if extended_model is None else np.asarray(extended_model, float) * (coverage > 0)
+    resid = img - ext
     c_sum = ndimage.uniform_filter(img, cell, mode="constant") * cell**2
     c_cov = ndimage.uniform_filter(cov, cell, mode="constant") * cell**2
-    b_sum = ndimage.uniform_filter(img, bkg_box, mode="constant") * bkg_box**2 - c_sum
+    c_ext = ndimage.uniform_filter(ext, cell, mode="constant") * cell**2
+    c_res = c_sum - c_ext
+    b_sum = ndimage.uniform_filter(resid, bkg_box, mode="constant") * bkg_box**2 - c_res
     b_cov = ndimage.uniform_filter(cov, bkg_box, mode="constant") * bkg_box**2 - c_cov
     with np.errstate(invalid="ignore", divide="ignore"):
-        bkg_per_pix = np.where(b_cov > 0.25 * bkg_box**2, b_sum / b_cov, np.nan)
-        expect = bkg_per_pix * c_cov
+        bkg_per_pix = np.where(b_cov > 0.25 * bkg_box**2, np.maximum(b_sum, 0.0) / b_cov, np.nan)
+        expect = bkg_per_pix * c_cov + c_ext
         sig = (c_sum - expect) / np.sqrt(np.maximum(expect, 0.5))
     sig = np.nan_to_num(sig, nan=0.0)
     peak = (
@@ -352,8 +373,18 @@ def detect_point_sources(
         x, y = float(px), float(py)
         if exclude_xy is not None and np.hypot(x - exclude_xy[0], y - exclude_xy[1]) < exclude_radius_phys:
             continue
-        if any(np.hypot(x - p.x, y - p.y) < mask_radius_arcsec / PHYS_PIXEL_ARCSEC for p in out):
+        if any(np.hypot(x - p.x, y - p.y) < max(p.r_arcsec, 10.0) / PHYS_PIXEL_ARCSEC for p in out):
             continue
+        r_mask = float(mask_radius_arcsec)
+        if extended_model is not None:
+            net1, net2, local = _net_counts(img, ext, bkg_per_pix, extent, fi, fj, (10.0, 25.0))
+            if net2 <= 0 or net1 / net2 < compact_min:
+                continue  # not point-like: part of the extended emission
+            near_core = core_xy is not None and np.hypot(x - core_xy[0], y - core_xy[1]) < core_radius_phys
+            if near_core and sig[j, i] < 2.0 * snr:
+                continue
+            if scale_masks:
+                r_mask = _mask_radius_arcsec(net2 / _KING_FRACTION_25, local)
         sky = wcs.pixel_to_world(fi, fj)
         out.append(
             PointSource(
@@ -361,7 +392,7 @@ def detect_point_sources(
                 y=y,
                 ra=float(sky.ra.deg),
                 dec=float(sky.dec.deg),
-                r_arcsec=float(mask_radius_arcsec),
+                r_arcsec=r_mask,
                 snr=float(sig[j, i]),
             )
         )
@@ -370,6 +401,51 @@ def detect_point_sources(
 
 #: A DS9 region file larger than this is refused before it is read [bytes].
 MAX_REGION_BYTES = 1 << 20
+
+
+# EPIC PSF as a King profile (1 + (r/r0)^2)^-alpha: r0 ~ 5", alpha 1.5 (on-axis, 1.5 keV; the simulator's 4").
+_KING_R0_ARCSEC = 5.0
+_KING_ALPHA = 1.5
+_KING_FRACTION_25 = 1.0 - (1.0 + (25.0 / _KING_R0_ARCSEC) ** 2) ** (1.0 - _KING_ALPHA)
+
+
+def _net_counts(
+    img: np.ndarray,
+    ext: np.ndarray,
+    bkg_per_pix: np.ndarray,
+    extent: Extent,
+    fi: float,
+    fj: float,
+    radii_arcsec: tuple[float, float],
+) -> tuple[float, float, float]:
+    """Net counts (image - extended model - local background) within two radii of a candidate,
+    and the local surface brightness (model + background) [counts / arcsec^2]."""
+    pix_arcsec = extent.bin_phys * PHYS_PIXEL_ARCSEC
+    rmax = radii_arcsec[1] / pix_arcsec
+    j0, j1 = max(int(fj - rmax) - 1, 0), min(int(fj + rmax) + 2, img.shape[0])
+    i0, i1 = max(int(fi - rmax) - 1, 0), min(int(fi + rmax) + 2, img.shape[1])
+    jj, ii = np.mgrid[j0:j1, i0:i1]
+    r = np.hypot(ii - fi, jj - fj) * pix_arcsec
+    b = bkg_per_pix[int(round(fj)), int(round(fi))]
+    b = 0.0 if not np.isfinite(b) else float(b)
+    net = img[j0:j1, i0:i1] - ext[j0:j1, i0:i1] - b
+    n1 = float(net[r <= radii_arcsec[0]].sum())
+    n2 = float(net[r <= radii_arcsec[1]].sum())
+    ring = (r > radii_arcsec[1] * 0.8) & (r <= radii_arcsec[1])
+    local = float((ext[j0:j1, i0:i1][ring].mean() if ring.any() else 0.0) + b) / pix_arcsec**2
+    return n1, n2, local
+
+
+def _mask_radius_arcsec(total_counts: float, local_per_arcsec2: float) -> float:
+    """Radius [arcsec] where a King-PSF source of ``total_counts`` falls to 20% of the local brightness."""
+    if total_counts <= 0:
+        return 10.0
+    peak = total_counts * (_KING_ALPHA - 1.0) / (math.pi * _KING_R0_ARCSEC**2)
+    level = 0.2 * max(local_per_arcsec2, 1e-6)
+    if peak <= level:
+        return 10.0
+    r = _KING_R0_ARCSEC * math.sqrt((peak / level) ** (1.0 / _KING_ALPHA) - 1.0)
+    return float(np.clip(r, 10.0, 60.0))
 
 
 def read_ds9(path: str | Path, header) -> Selection:
@@ -494,6 +570,133 @@ def _centre_start(
     return float(h["RA_PNT"]), float(h["DEC_PNT"]), False
 
 
+def _finite(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def _kpc_per_arcmin(z: Any, cosmology: dict[str, float] | None) -> float | None:
+    zf = _finite(z)
+    if zf is None:
+        return None
+    from astropy.cosmology import FlatLambdaCDM
+
+    cos = FlatLambdaCDM(H0=(cosmology or {}).get("H0", 70.0), Om0=(cosmology or {}).get("Om0", 0.3))
+    return float(cos.kpc_proper_per_arcmin(zf).to_value(u.kpc / u.arcmin))
+
+
+def _detector_edge_arcmin(coverage: np.ndarray, extent: Extent, centre_xy: tuple[float, float]) -> float:
+    """Largest radius [arcmin] about the centre whose annulus (0.25' wide) is still >= 50% on the detector."""
+    px_arcmin = extent.bin_phys / _ARCMIN_PHYS
+    ci, cj = extent.to_pixel(np.asarray(centre_xy[0]), np.asarray(centre_xy[1]))
+    r = pixel_radii(coverage.shape, (float(ci), float(cj)), px_arcmin)
+    edges = np.arange(0.0, float(r.max()) + 0.25, 0.25)
+    idx = np.digitize(r.ravel(), edges) - 1
+    tot = np.bincount(idx, minlength=edges.size)
+    cov = np.bincount(idx, weights=(coverage.ravel() > 0).astype(float), minlength=edges.size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        frac = np.where(tot > 0, cov / tot, 0.0)
+    good = np.flatnonzero(frac >= 0.5)
+    if good.size == 0:
+        return float(edges[-1])
+    # the first annulus below 50% after the centre ends the detector
+    bad = np.flatnonzero((frac < 0.5) & (np.arange(frac.size) > good[0]))
+    last = (bad[0] - 1) if bad.size else good[-1]
+    return float(edges[min(last + 1, edges.size - 1)])
+
+
+def _extended_model(
+    image: np.ndarray, extent: Extent, coverage: np.ndarray, centre_xy: tuple[float, float], r_edge: float
+) -> tuple[np.ndarray | None, float]:
+    """Expected counts per pixel of the cluster (beta model fitted without masks) and 2 core radii [phys]."""
+    px_arcmin = extent.bin_phys / _ARCMIN_PHYS
+    ci, cj = extent.to_pixel(np.asarray(centre_xy[0]), np.asarray(centre_xy[1]))
+    r = pixel_radii(image.shape, (float(ci), float(cj)), px_arcmin)
+    try:
+        prof = fit_beta_profile(
+            image,
+            radii_arcmin=r,
+            weight=(coverage > 0).astype(float),
+            pixel_arcmin=px_arcmin,
+            r_max_arcmin=r_edge,
+        )
+    except ValueError:
+        return None, 0.0
+    model = prof.brightness(r) * px_arcmin**2 * (coverage > 0)
+    return model, 2.0 * prof.rc_arcmin * _ARCMIN_PHYS
+
+
+def _aperture_quantities(
+    image: np.ndarray,
+    extent: Extent,
+    coverage: np.ndarray,
+    centre_xy: tuple[float, float],
+    points: Sequence[PointSource],
+    *,
+    r_src: float,
+    b_in: float,
+    b_out: float,
+    r500_arcmin: float,
+    r_edge: float,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """Beta-model profile and what it implies for the apertures (see :mod:`xmmcore.profile`).
+
+    * ``bkg_cluster_fraction``: cluster share of the background annulus' surface brightness;
+      ``bkg_oversubtraction``: fraction of the source's cluster counts the background subtraction
+      removes (the annulus' cluster emission scaled to the source area);
+    * ``aperture_lost_fraction``: fraction of the beta model's flux in the source circle that falls
+      in point-source masks and chip gaps (``coverage`` of the stacked cameras);
+    * ``l500_over_aperture``: beta-model flux within R500 over the flux within the aperture.
+    """
+    px_arcmin = extent.bin_phys / _ARCMIN_PHYS
+    ci, cj = extent.to_pixel(np.asarray(centre_xy[0]), np.asarray(centre_xy[1]))
+    r = pixel_radii(image.shape, (float(ci), float(cj)), px_arcmin)
+    usable = (coverage > 0).astype(float)
+    xs, ys = extent.centres()
+    gx, gy = np.meshgrid(xs, ys)
+    masked = np.zeros(image.shape, dtype=bool)
+    for p in points:
+        masked |= np.hypot(gx - p.x, gy - p.y) <= p.r_arcsec / PHYS_PIXEL_ARCSEC
+    weight = usable * ~masked
+    out: dict[str, Any] = {
+        "profile": None,
+        "bkg_cluster_fraction": float("nan"),
+        "bkg_oversubtraction": float("nan"),
+        "aperture_lost_fraction": float("nan"),
+        "l500_over_aperture": float("nan"),
+        "profile_note": "",
+    }
+    try:
+        prof = fit_beta_profile(
+            image, radii_arcmin=r, weight=weight, pixel_arcmin=px_arcmin, r_max_arcmin=max(r_edge, b_out)
+        )
+    except ValueError as exc:
+        out["profile_note"] = f"no beta-model fit: {exc}"
+        log.warning("regions: %s", out["profile_note"])
+        return out
+    sb_bkg_cluster = prof.flux_between(b_in, b_out) / (math.pi * (b_out**2 - b_in**2))
+    src_cluster = prof.flux_within(r_src)
+    inside = r <= r_src
+    model = prof.brightness(r)
+    lost = 1.0 - float(np.sum((model * weight)[inside]) / np.sum(model[inside]))
+    out.update(
+        {
+            "profile": prof.to_dict(),
+            "bkg_cluster_fraction": float(sb_bkg_cluster / (sb_bkg_cluster + prof.bkg_per_arcmin2)),
+            "bkg_oversubtraction": float(sb_bkg_cluster * math.pi * r_src**2 / src_cluster),
+            "aperture_lost_fraction": lost,
+            "profile_note": prof.note,
+        }
+    )
+    if np.isfinite(r500_arcmin):
+        out["l500_over_aperture"] = prof.fraction_ratio(r500_arcmin, r_src)
+    return out
+
+
 def make_regions(
     obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logging.Logger | None = None
 ) -> dict[str, Any]:
@@ -540,8 +743,17 @@ def make_regions(
     csky = pw.pixel_to_world(cx - 1.0, cy - 1.0)
     rad = rcfg.get("radius", {})
     meta = getattr(obs, "meta", {}) or {}
+    method = rad.get("method", "r500")
+    r500_kpc = _finite(meta.get("r500_kpc"))
+    r500_source = "none"
+    if method == "r500":
+        r500_source = "given" if r500_kpc is not None and _finite(meta.get("z")) is not None else "iterated"
+        if r500_source == "iterated":
+            # R500 unknown: start from the fixed aperture; the fit step iterates kT -> R500 -> re-extract.
+            method = "fixed"
+    override = rcfg.get("_r_src_arcmin_override")
     r_src, r_note = auto_radius(
-        rad.get("method", "fixed"),
+        method,
         arcmin=rad.get("arcmin"),
         r_kpc=rad.get("r_kpc"),
         z=meta.get("z"),
@@ -555,11 +767,31 @@ def make_regions(
             "nsigma": rad.get("sb_nsigma", 3.0),
         },
     )
+    if r500_source == "iterated":
+        r_note = f"R500 unknown: initial {r_note}, to be iterated from the fitted kT"
+    if override is not None:
+        r_src, r_note = float(override), f"R500 iteration: {float(override):.3f} arcmin from the fitted kT"
+    kpc_per_arcmin = _kpc_per_arcmin(meta.get("z"), cfg.get("cosmology"))
+    r500_arcmin = (
+        r500_kpc / kpc_per_arcmin
+        if r500_source == "given" and r500_kpc is not None and kpc_per_arcmin
+        else float("nan")
+    )
     bcfg = rcfg.get("background", {})
     b_in, b_out = bkg_annulus(r_src, inner=bcfg.get("inner", 1.05), outer=bcfg.get("outer", 1.5))
+    r_edge = _detector_edge_arcmin(coverage, extent, (cx, cy))
+    bkg_note = f"{bcfg.get('inner', 1.05)}-{bcfg.get('outer', 1.5)} x the source radius"
+    if b_out > r_edge:
+        b_out = r_edge
+        b_in = min(b_in, max(r_edge - max(1.0, 0.25 * r_edge), 0.5 * r_edge))
+        bkg_note = (
+            f"largest annulus on the detector ({b_in:.2f}-{b_out:.2f} arcmin): "
+            f"{bcfg.get('outer', 1.5)} x the source radius is off the detector edge at {r_edge:.2f} arcmin"
+        )
     pcfg = rcfg.get("point_sources", {})
     points: list[PointSource] = []
     if pcfg.get("detect", True):
+        ext_model, core_r_phys = _extended_model(image, extent, coverage, (cx, cy), r_edge)
         points = detect_point_sources(
             image,
             extent,
@@ -567,9 +799,26 @@ def make_regions(
             coverage=coverage,
             snr=pcfg.get("snr", 5.0),
             mask_radius_arcsec=pcfg.get("mask_radius_arcsec", 20.0),
-            exclude_xy=(cx, cy),
-            exclude_radius_phys=0.15 * r_src * _ARCMIN_PHYS,
+            extended_model=ext_model,
+            core_xy=(cx, cy),
+            core_radius_phys=core_r_phys,
+            scale_masks=ext_model is not None,
+            exclude_xy=None if ext_model is not None else (cx, cy),
+            exclude_radius_phys=0.0 if ext_model is not None else 0.15 * r_src * _ARCMIN_PHYS,
         )
+    aperture = _aperture_quantities(
+        image,
+        extent,
+        coverage,
+        (cx, cy),
+        points,
+        r_src=r_src,
+        b_in=b_in,
+        b_out=b_out,
+        r500_arcmin=r500_arcmin,
+        r_edge=r_edge,
+        log=log,
+    )
     log.info(
         "regions: centre (%.5f, %.5f) [%s], R=%.2f arcmin (%s), bkg %.2f-%.2f arcmin, %d point sources",
         csky.ra.deg,
@@ -634,6 +883,19 @@ def make_regions(
                     comment=f"{obs.obsid} {cam} annulus {a}-{b} arcmin",
                 )
                 files[products.annulus_key(cam, k)] = str(p)
+    if rcfg.get("core_excised"):
+        # core-excised (0.15-1 R) temperature: a second spectrum per camera, fitted as fits/fit_cex.json
+        for cam in cams:
+            p = products.regions_dir / f"{cam}_anncex_src.reg"
+            write_ds9(
+                p,
+                centre_radec=(csky.ra.deg, csky.dec.deg),
+                r_in_arcmin=0.15 * r_src,
+                r_out_arcmin=r_src,
+                point_sources=src_pts,
+                comment=f"{obs.obsid} {cam} core-excised 0.15-1 x {r_src:.3f} arcmin",
+            )
+            files[f"{cam}_anncex_src"] = str(p)
     _write_ptsrc(products.ptsrc_region, points)
     result: dict[str, Any] = {
         "centre_ra": float(csky.ra.deg),
@@ -642,9 +904,17 @@ def make_regions(
         "centre_y": float(cy),
         "centre_method": centre_note,
         "r_src_arcmin": float(r_src),
+        "r_src_kpc": float(r_src * kpc_per_arcmin) if kpc_per_arcmin else float("nan"),
         "radius_note": r_note,
+        "r500_kpc": float(r500_kpc) if r500_source == "given" and r500_kpc is not None else float("nan"),
+        "r500_arcmin": float(r500_arcmin),
+        "r500_source": r500_source,
+        "kpc_per_arcmin": float(kpc_per_arcmin) if kpc_per_arcmin else float("nan"),
         "bkg_inner_arcmin": float(b_in),
         "bkg_outer_arcmin": float(b_out),
+        "bkg_note": bkg_note,
+        "detector_edge_arcmin": float(r_edge),
+        **aperture,
         "point_sources": [p.to_dict() for p in points],
         "n_point_sources": len(points),
         "annuli_arcmin": [float(r) for r in annuli] if annuli else None,

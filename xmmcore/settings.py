@@ -111,6 +111,8 @@ class FitSettings:
     notice_kev : (float, float)
     set_params : tuple of str
         ``fit.set`` (XSPEC-style), applied after the automatic settings.
+    free_abundance : bool
+        ``fit.free_abundance``: every ``Abundanc`` parameter of the model is fitted (after ``fit.set``).
     auto_set : bool
         Freeze every Redshift at the target z and absorption nH at the target nH.
     errors : {"profile", "covariance"} or None
@@ -127,10 +129,11 @@ class FitSettings:
 
     # The field defaults serve library calls without a configuration (a results folder without
     # config.resolved.yaml); they equal survey/defaults.yaml (tests/test_settings.py checks it).
-    model: str = "wabs*(zbremss+zgauss)"
+    model: str = "tbabs*apec"
     stat: str = "cstat"
     notice_kev: tuple[float, float] = (0.5, 7.0)
-    set_params: tuple[str, ...] = ("zgauss_1.LineE=6.7,frozen", "zgauss_1.Sigma=0.0,frozen")
+    set_params: tuple[str, ...] = ("apec_1.Abundanc=0.3,frozen",)
+    free_abundance: bool = False
     auto_set: bool = True
     errors: str | None = "profile"
     abund: str = "angr"
@@ -152,6 +155,7 @@ class FitSettings:
             stat=str(config_value(f, "stat", prefix=pre)),
             notice_kev=(float(lo), float(hi)),
             set_params=tuple(str(s) for s in (config_value(f, "set", prefix=pre) or ())),
+            free_abundance=bool(config_value(f, "free_abundance", prefix=pre)),
             auto_set=bool(config_value(f, "auto_set", prefix=pre)),
             errors=None if errors in (None, "none") else str(errors),
             abund=str(config_value(f, "abund", prefix=pre)),
@@ -175,7 +179,13 @@ class FitSettings:
         from .pipeline import auto_settings  # the fit step's z/nH rule (pipeline imports this module)
 
         auto = auto_settings(model or self.model, dict(meta or {})) if self.auto_set else []
-        return [*auto, *self.set_params]
+        free: list[str] = []
+        if self.free_abundance:
+            from .fitting.expression import parse_expression
+
+            pars = parse_expression(model or self.model).parameters
+            free = [f"{p.full_name}=free" for p in pars if p.name.lower() == "abundanc"]
+        return [*auto, *self.set_params, *free]
 
     def fit_kwargs(self, *, redshift: float | None = None) -> dict[str, Any]:
         """Keyword arguments shared by every engine's ``fit_files`` (without inputs, model, settings)."""

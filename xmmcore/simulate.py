@@ -11,15 +11,21 @@ One simulated ObsID is ``<out_dir>/<obsid>/``::
 
 What is in a field
 ------------------
-* **Cluster(s)**: a beta model ``S(r) ~ (1 + (r/rc)^2)^(0.5 - 3 beta)`` (truncated at 15 arcmin) around a centre
-  within 1 arcmin of the aim point, with the spectrum ``wabs*(zbremss+zgauss)`` evaluated by
-  :func:`xmmcore.fitting.models.parse_expression` (Fe XXV line at 6.7 keV rest frame, Sigma 0, equivalent width
-  set by the abundance). kT is drawn in the kT range; the luminosity follows an L-T relation,
-  ``L(0.1-2.4 keV) = 1.5e44 (kT/5)^3 E(z) erg/s`` with 0.12 dex scatter, and the redshift (within the z range)
-  is the one at which pn detects a drawn number of photons -- so hot clusters lie farther away, as in a
-  flux-limited survey. Fixing ``counts_pn`` sets the norm from the counts instead; fixing ``z`` keeps it.
+* **Cluster(s)**: a beta model ``S(r) ~ (1 + (r/rc)^2)^(0.5 - 3 beta)`` truncated at 3 R500 (at least 15 arcmin,
+  so a naive local background annulus is contaminated as in real data) around a centre within 1 arcmin of the
+  aim point. A third are cool cores (rc 25-70 kpc), a third flat cores (rc 250-420 kpc), the rest in between.
+  The spectrum is an absorbed APEC plasma, ``tbabs*apec`` (the AtomDB table shipped in ``xmmcore/data/apec``,
+  metal lines included) with abundance 0.2-0.5 solar (angr), evaluated by
+  :func:`xmmcore.fitting.models.parse_expression`. R500 follows the R-T relation of Arnaud et al. (2005),
+  ``E(z) R500 = 1104 kpc (kT/5 keV)^0.57`` (:data:`R500_RELATION`). kT is drawn in the kT range; the
+  luminosity within R500 follows an L-T relation, ``L500(0.1-2.4 keV) = 1.5e44 (kT/5)^3 E(z) erg/s`` with
+  0.12 dex scatter, and the redshift (within the z range) is the one at which pn detects a drawn number of
+  photons -- so hot clusters lie farther away, as in a flux-limited survey. Fixing ``counts_pn`` sets the norm
+  from the counts instead; fixing ``z`` keeps it. ``truth.json`` records L500 (0.1-2.4 and 0.5-2 keV, rest
+  frame, within R500) and the same within the fixed ``region_radius_arcmin`` circle.
   ``targets_per_field > 1`` adds serendipitous clusters 6-11 arcmin off axis.
-* **Point sources**: ``wabs*powerlaw`` (Gamma ~ 1.8), more than 5 arcmin from every cluster centre, with a
+* **Point sources**: ``wabs*powerlaw`` (Gamma ~ 1.8), more than 5 arcmin from every cluster centre, plus in
+  half of the fields one 1-2 arcmin from the target's centre (``near_centre``), with a
   King PSF ``(1 + (r/r0)^2)^-1.5``, ``r0 = 4 arcsec`` (FWHM 6 arcsec, HEW 14 arcsec, as the EPIC PSF).
 * **Sky background**: cosmic X-ray background ``wabs*powerlaw`` (Gamma 1.46, 10.9 photons/cm^2/s/keV/sr at
   1 keV) plus a soft Galactic foreground ``bremss`` (kT 0.2 keV), uniform on the sky, vignetted.
@@ -70,7 +76,10 @@ from .observation import CAMERAS, validate_obsid
 from .responses import camera_spec, effective_area, energy_grid, sigma_kev, vignetting
 
 __all__ = [
+    "CLUSTER_MODEL",
+    "R500_RELATION",
     "SKY_PIXEL_ARCSEC",
+    "beta_fraction",
     "SKY_REF_PIXEL",
     "event_file_name",
     "obsid_for",
@@ -89,7 +98,6 @@ _PSF_ALPHA = 1.5
 _PSF_TRUNC_ARCSEC = 300.0
 _SP_VIGNETTING_POWER = 0.5  # soft protons: v(theta, 1.5 keV) ** 0.5, flatter than photons
 _CXB_NORM_PER_ARCMIN2 = 10.9 / 1.1818e7  # photons/cm^2/s/keV at 1 keV per arcmin^2
-_LINE_E_KEV = 6.7
 _LT_NORM_ERG_S = 1.5e44
 _LT_SLOPE = 3.0
 _LT_SCATTER_DEX = 0.12
@@ -254,25 +262,17 @@ def _model(expr: str):
     return parse_expression(expr)
 
 
-def _cluster_values(p: Mapping[str, float], norm: float, line_norm: float) -> list[float]:
-    # wabs(nH) * (zbremss(kT, z, norm) + zgauss(LineE, Sigma, z, norm))
-    return [p["nh"], p["kT"], p["z"], norm, _LINE_E_KEV, p["line_sigma"], p["z"], line_norm]
+CLUSTER_MODEL = "tbabs*apec"
+_CLUSTER_PARAMS = ("tbabs_1.nH", "apec_1.kT", "apec_1.Abundanc", "apec_1.Redshift", "apec_1.norm")
+
+
+def _cluster_values(p: Mapping[str, float], norm: float) -> list[float]:
+    # tbabs(nH) * apec(kT, Abundanc, Redshift, norm): the AtomDB table, metal lines included
+    return [p["nh"], p["kT"], p["abundance"], p["z"], norm]
 
 
 def _cluster_photon_flux(p: Mapping[str, float], lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return _model("wabs*(zbremss+zgauss)").evaluate(lo, hi, _cluster_values(p, p["norm"], p["line_norm"]))
-
-
-def _line_norm_for_ew(p: Mapping[str, float], norm: float, ew_rest_kev: float) -> float:
-    """zgauss norm giving the rest-frame equivalent width ``ew_rest_kev`` against the zbremss continuum."""
-    z = p["z"]
-    e_obs = _LINE_E_KEV / (1.0 + z)
-    lo = np.array([e_obs - 0.05])
-    hi = np.array([e_obs + 0.05])
-    cont = _model("zbremss").evaluate(lo, hi, [p["kT"], z, norm])[0] / 0.1  # photons/cm^2/s/keV
-    glo, ghi = np.array([0.01]), np.array([20.0])
-    line_per_norm = _model("zgauss").evaluate(glo, ghi, [_LINE_E_KEV, p["line_sigma"], z, 1.0])[0]
-    return float(ew_rest_kev / (1.0 + z) * cont / line_per_norm)
+    return _model(CLUSTER_MODEL).evaluate(lo, hi, _cluster_values(p, p["norm"]))
 
 
 def _powerlaw_flux(nh: float, index: float, norm: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -355,10 +355,27 @@ def _pix_to_ra_dec(x: np.ndarray | float, y: np.ndarray | float, ra0: float, dec
     return np.degrees(ra) % 360.0, np.degrees(dec)
 
 
+R500_RELATION = (
+    "Arnaud, Pointecouteau & Pratt (2005, A&A 441, 893), R-T for T > 3.5 keV: "
+    "E(z) R500 = 1104 kpc (kT / 5 keV)^0.57 (h70), E(z) = sqrt(Om0 (1+z)^3 + 1 - Om0)"
+)
+
+
+def _ez(z: float, om0: float = 0.3) -> float:
+    """E(z) = H(z)/H0 for a flat LambdaCDM cosmology."""
+    return math.sqrt(om0 * (1 + z) ** 3 + 1 - om0)
+
+
 def _r500_kpc(kt: float, z: float, h0: float = 70.0, om0: float = 0.3) -> float:
-    """R500 from the M-T relation of Arnaud et al. (2005): h(z) R500 = 1104 kpc (kT / 5 keV)^0.57."""
-    ez = math.sqrt(om0 * (1 + z) ** 3 + 1 - om0)
-    return 1104.0 * (kt / 5.0) ** 0.57 / ez * (70.0 / h0)
+    """R500 [kpc] from the R-T relation of Arnaud et al. (2005): E(z) R500 = 1104 kpc (kT / 5 keV)^0.57."""
+    return 1104.0 * (kt / 5.0) ** 0.57 / _ez(z, om0) * (70.0 / h0)
+
+
+def beta_fraction(r: float, rc: float, beta: float, r_max: float) -> float:
+    """Fraction of a projected beta model truncated at ``r_max`` that falls within radius ``r``."""
+    a = 1.5 - 3.0 * beta
+    r = min(r, r_max)
+    return (1.0 - (1.0 + (r / rc) ** 2) ** a) / (1.0 - (1.0 + (r_max / rc) ** 2) ** a)
 
 
 @lru_cache(maxsize=1)
@@ -370,10 +387,22 @@ def _kpc_per_arcsec(z: float) -> float:
     return float(_cosmology().kpc_proper_per_arcmin(z).value / 60.0)
 
 
-def _ew_rest_kev(kt: float, abundance: float) -> float:
-    """Fe K equivalent width (rest frame, keV): ~0.36 keV for Z = 0.3 solar at 3-7 keV, weaker outside."""
-    shape = min(1.0, kt / 3.0) * min(1.0, math.sqrt(7.0 / kt))
-    return 1.2 * abundance * shape
+# Core types: (probability, rc range kpc, beta range). Cool cores are compact and bright, flat cores wide.
+_CORE_TYPES = {
+    "cool": (1.0 / 3.0, (25.0, 70.0), (0.60, 0.72)),
+    "regular": (1.0 / 3.0, (100.0, 220.0), (0.60, 0.75)),
+    "flat": (1.0 / 3.0, (250.0, 420.0), (0.65, 0.85)),
+}
+_RC_ARCSEC_RANGE = (4.0, 300.0)
+
+
+def _rc_arcsec(rc_kpc: float, z: float) -> float:
+    return float(np.clip(rc_kpc / _kpc_per_arcsec(z), *_RC_ARCSEC_RANGE))
+
+
+def _beta_r_max_arcsec(p: Mapping[str, float]) -> float:
+    """Truncation radius of the beta model: 3 R500 (at least 15 arcmin), so it reaches any local background."""
+    return max(_BETA_TRUNC_ARCMIN * 60.0, 3.0 * p["r500_kpc"] / _kpc_per_arcsec(p["z"]))
 
 
 def _draw_cluster(
@@ -386,27 +415,31 @@ def _draw_cluster(
     centre_xy: tuple[float, float],
     overrides: Mapping[str, float] | None,
 ) -> dict[str, float]:
-    p: dict[str, float] = {
+    kinds = list(_CORE_TYPES)
+    kind = kinds[int(rng.choice(len(kinds), p=[_CORE_TYPES[k][0] for k in kinds]))]
+    _, rc_range, beta_range = _CORE_TYPES[kind]
+    p: dict[str, Any] = {
         "kT": float(rng.uniform(*kt_range)),
         "z": float(rng.uniform(*z_range)),
         "abundance": float(rng.uniform(0.2, 0.5)),
-        "rc_kpc": float(rng.uniform(100.0, 250.0)),
-        "beta": float(rng.uniform(0.55, 0.75)),
+        "rc_kpc": float(rng.uniform(*rc_range)),
+        "beta": float(rng.uniform(*beta_range)),
         "counts_pn": float(math.exp(rng.uniform(math.log(counts_range[0]), math.log(counts_range[1])))),
         "nh": nh,
-        "line_sigma": 0.0,
+        "core": kind,
     }
     p["lt_scatter_dex"] = float(rng.normal(0.0, _LT_SCATTER_DEX))
     # With a given counts_pn the norm follows the counts; else from the L-T relation (z chosen to give ~counts_pn).
     p["norm_from_counts"] = 1.0 if "counts_pn" in (overrides or {}) else 0.0
     p["z_fixed"] = 1.0 if "z" in (overrides or {}) else 0.0
     p["z_min"], p["z_max"] = float(z_range[0]), float(z_range[1])
-    p.update({k: float(v) for k, v in (overrides or {}).items()})
+    p.update({k: (str(v) if k == "core" else float(v)) for k, v in (overrides or {}).items()})
     p["rc_kpc_drawn"] = p["rc_kpc"]
     p["rc_fixed"] = 1.0 if "rc_arcsec" in (overrides or {}) else 0.0
     if "rc_arcsec" not in (overrides or {}):
-        p["rc_arcsec"] = float(np.clip(p["rc_kpc"] / _kpc_per_arcsec(p["z"]), 15.0, 90.0))
+        p["rc_arcsec"] = _rc_arcsec(p["rc_kpc"], p["z"])
     p["rc_kpc"] = p["rc_arcsec"] * _kpc_per_arcsec(p["z"])
+    p["r500_kpc"] = _r500_kpc(p["kT"], p["z"])
     p["x"], p["y"] = centre_xy
     return p
 
@@ -511,6 +544,19 @@ def _draw_field(
             )
     for ps in pss:
         ps["counts_pn"] = min(ps["counts_pn"], 3000.0)
+    if point_sources > 0 and rng.random() < 0.5:
+        # An AGN seen through the cluster, 1-2 arcmin from the target's centre (as in real fields).
+        c0 = clusters[0]
+        r_ps, phi = rng.uniform(60.0, 120.0), rng.uniform(0.0, 2 * np.pi)
+        pss.append(
+            {
+                "x": float(c0["x"] + r_ps * math.cos(phi) / SKY_PIXEL_ARCSEC),
+                "y": float(c0["y"] + r_ps * math.sin(phi) / SKY_PIXEL_ARCSEC),
+                "index": float(rng.normal(1.8, 0.2)),
+                "counts_pn": float(math.exp(rng.uniform(math.log(150.0), math.log(1500.0)))),
+                "near_centre": 1.0,
+            }
+        )
 
     flares: list[dict[str, float]] = []
     if flare_fraction > 0:
@@ -655,7 +701,7 @@ class _CameraSim:
         return _cluster_photon_flux(p, self.lo, self.hi) * self.area * self.livetime
 
     def cluster_positions(self, rng: np.random.Generator, p: Mapping[str, float], n: int):
-        r = _sample_beta(rng, n, p["rc_arcsec"], p["beta"], _BETA_TRUNC_ARCMIN * 60.0)
+        r = _sample_beta(rng, n, p["rc_arcsec"], p["beta"], _beta_r_max_arcsec(p))
         ox, oy = _polar(rng, r)
         px, py = _polar(rng, _sample_king(rng, n))
         return (
@@ -1104,7 +1150,7 @@ def _target_meta(field: _Field) -> dict[str, Any]:
     }
 
 
-_CLUSTER_KEYS = {"kT", "z", "abundance", "rc_arcsec", "beta", "counts_pn", "line_sigma"}
+_CLUSTER_KEYS = {"kT", "z", "abundance", "rc_arcsec", "rc_kpc", "beta", "counts_pn", "core"}
 
 
 def _check_options(
@@ -1196,8 +1242,9 @@ def simulate_observation(
     band_kev : (float, float)
         PI band of the expected counts (``band[0] <= PI/1000 < band[1]``).
     cluster : mapping, optional
-        Fixed values for the target (``kT``, ``z``, ``abundance``, ``rc_arcsec``, ``beta``, ``counts_pn``,
-        ``line_sigma``) instead of drawn ones. ``counts_pn`` makes the norm follow the counts (no L-T).
+        Fixed values for the target (``kT``, ``z``, ``abundance``, ``rc_arcsec`` or ``rc_kpc``, ``beta``,
+        ``counts_pn``, ``core`` = cool | regular | flat) instead of drawn ones. ``counts_pn`` makes the norm
+        follow the counts (no L-T).
 
     Returns
     -------
@@ -1272,22 +1319,27 @@ def simulate_observation(
 
 
 def _lt_luminosity(kt: float, z: float, scatter_dex: float) -> float:
-    """L(0.1-2.4 keV, rest) [erg/s] = 1.5e44 (kT/5 keV)^3 E(z) 10^scatter (close to Pratt et al. 2009, h70)."""
-    ez = math.sqrt(0.3 * (1 + z) ** 3 + 0.7)
-    return _LT_NORM_ERG_S * (kt / 5.0) ** _LT_SLOPE * ez * 10.0**scatter_dex
+    """L500(0.1-2.4 keV, rest, within R500) [erg/s] = 1.5e44 (kT/5 keV)^3 E(z) 10^scatter
+    (close to Pratt et al. 2009, h70)."""
+    return _LT_NORM_ERG_S * (kt / 5.0) ** _LT_SLOPE * _ez(z) * 10.0**scatter_dex
 
 
 def _set_redshift(c: dict[str, Any], z: float) -> None:
     c["z"] = float(z)
     if not c["rc_fixed"]:
-        c["rc_arcsec"] = float(np.clip(c["rc_kpc_drawn"] / _kpc_per_arcsec(z), 15.0, 90.0))
+        c["rc_arcsec"] = _rc_arcsec(c["rc_kpc_drawn"], z)
     c["rc_kpc"] = c["rc_arcsec"] * _kpc_per_arcsec(z)
+    c["r500_kpc"] = _r500_kpc(c["kT"], z)
 
 
 def _unit_norms(c: dict[str, Any]) -> None:
-    """norm = 1 and the line norm giving the equivalent width at that norm."""
-    c["norm"], c["line_norm"] = 1.0, 0.0
-    c["line_norm"] = _line_norm_for_ew(c, 1.0, c["ew_rest_kev"])
+    c["norm"] = 1.0
+
+
+def _r500_fraction(c: Mapping[str, Any]) -> float:
+    """Fraction of the cluster's emission (projected, truncated beta model) within R500."""
+    r500_arcsec = c["r500_kpc"] / _kpc_per_arcsec(c["z"])
+    return beta_fraction(r500_arcsec, c["rc_arcsec"], c["beta"], _beta_r_max_arcsec(c))
 
 
 def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
@@ -1299,7 +1351,6 @@ def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
     ``counts_pn`` the norm is set from those counts instead.
     """
     for c in field.clusters:
-        c["ew_rest_kev"] = _ew_rest_kev(c["kT"], c["abundance"])
         _unit_norms(c)
         if not c["norm_from_counts"]:
             if not c["z_fixed"]:
@@ -1310,7 +1361,7 @@ def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
                 for z in zs:
                     _set_redshift(c, z)
                     _unit_norms(c)
-                    lum = _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+                    lum = _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"] * _r500_fraction(c)
                     norm = _lt_luminosity(c["kT"], z, c["lt_scatter_dex"]) / lum
                     counts.append(acc * norm * float(pn.cluster_lambda(c).sum()))
                 # counts fall with z: the z whose counts are closest to the target (log), interpolated
@@ -1318,14 +1369,12 @@ def _normalise_sources(field: _Field, pn: _CameraSim) -> None:
                 z_best = float(np.interp(math.log(c["counts_pn"]), logc, zs[::-1]))
                 _set_redshift(c, z_best)
                 _unit_norms(c)
-            scale = (
-                _lt_luminosity(c["kT"], c["z"], c["lt_scatter_dex"])
-                / _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"]
+            scale = _lt_luminosity(c["kT"], c["z"], c["lt_scatter_dex"]) / (
+                _cluster_fluxes(c)["lum_0.1_2.4_kev_rest"] * _r500_fraction(c)
             )
         else:
             scale = c["counts_pn"] / pn.expected_cluster_detected(c)
         c["norm"] *= scale
-        c["line_norm"] *= scale
         c["counts_pn"] = pn.expected_cluster_detected(c)
     for ps in field.point_sources:
         ps["norm"] = 1.0
@@ -1391,9 +1440,7 @@ _KEV_TO_ERG = 1.602176634e-9
 def _band_energy_flux(p: Mapping[str, float], band: tuple[float, float], *, unabsorbed: bool) -> float:
     edges = np.linspace(band[0], band[1], 2001)
     lo, hi = edges[:-1], edges[1:]
-    phot = _model("wabs*(zbremss+zgauss)").evaluate(
-        lo, hi, _cluster_values(p, p["norm"], p["line_norm"]), unabsorbed=unabsorbed
-    )
+    phot = _model(CLUSTER_MODEL).evaluate(lo, hi, _cluster_values(p, p["norm"]), unabsorbed=unabsorbed)
     return float(np.sum(phot * 0.5 * (lo + hi)) * _KEV_TO_ERG)
 
 
@@ -1402,52 +1449,58 @@ def _cluster_fluxes(p: Mapping[str, float]) -> dict[str, float]:
     z = p["z"]
     d_l = float(_cosmology().luminosity_distance(z).to("cm").value)
     rest = (0.1 / (1.0 + z), 2.4 / (1.0 + z))
+    rest_05_20 = (0.5 / (1.0 + z), 2.0 / (1.0 + z))
     return {
         "flux_0.5_2.0_kev": _band_energy_flux(p, (0.5, 2.0), unabsorbed=False),
         "flux_unabs_0.5_2.0_kev": _band_energy_flux(p, (0.5, 2.0), unabsorbed=True),
         "flux_unabs_2.0_10.0_kev": _band_energy_flux(p, (2.0, 10.0), unabsorbed=True),
         "lum_0.1_2.4_kev_rest": 4.0 * math.pi * d_l**2 * _band_energy_flux(p, rest, unabsorbed=True),
+        "lum_0.5_2.0_kev_rest": 4.0 * math.pi * d_l**2 * _band_energy_flux(p, rest_05_20, unabsorbed=True),
     }
 
 
 def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_files, seed, index) -> dict:
     def cl(c: Mapping[str, Any]) -> dict[str, Any]:
         ra, dec = _pix_to_ra_dec(c["x"], c["y"], field.ra_pnt, field.dec_pnt)
+        fluxes = _cluster_fluxes(c)
+        kpc_per_arcsec = _kpc_per_arcsec(c["z"])
+        r500_arcmin = c["r500_kpc"] / kpc_per_arcsec / 60.0
+        r_max = _beta_r_max_arcsec(c)
+        f500 = beta_fraction(r500_arcmin * 60.0, c["rc_arcsec"], c["beta"], r_max)
+        f_ap = beta_fraction(radius * 60.0, c["rc_arcsec"], c["beta"], r_max)
         return {
-            "model": "wabs*(zbremss+zgauss)",
+            "model": CLUSTER_MODEL,
             "nH": field.nh,
             "kT": c["kT"],
             "z": c["z"],
             "norm": c["norm"],
             "abundance": c["abundance"],
-            "line_energy_rest_kev": _LINE_E_KEV,
-            "line_sigma_kev": c["line_sigma"],
-            "line_norm": c["line_norm"],
-            "line_ew_rest_kev": c["ew_rest_kev"],
+            "core": c.get("core", "regular"),
             "rc_arcsec": c["rc_arcsec"],
             "rc_kpc": c["rc_kpc"],
             "beta": c["beta"],
+            "beta_r_max_arcmin": r_max / 60.0,
+            "r500_kpc": c["r500_kpc"],
+            "r500_arcmin": r500_arcmin,
+            "r500_relation": R500_RELATION,
+            "E_z": _ez(c["z"]),
+            "lt_relation": "L500(0.1-2.4 keV) = 1.5e44 erg/s (kT/5 keV)^3 E(z), 0.12 dex scatter",
             "ra": float(ra),
             "dec": float(dec),
             "x": c["x"],
             "y": c["y"],
             "counts_pn_detected": c["counts_pn"],
-            **_cluster_fluxes(c),
-            "parameters": dict(
-                zip(
-                    [
-                        "wabs_1.nH",
-                        "zbremss_1.kT",
-                        "zbremss_1.Redshift",
-                        "zbremss_1.norm",
-                        "zgauss_1.LineE",
-                        "zgauss_1.Sigma",
-                        "zgauss_1.Redshift",
-                        "zgauss_1.norm",
-                    ],
-                    _cluster_values(c, c["norm"], c["line_norm"]),
-                )
-            ),
+            **fluxes,
+            # rest frame, unabsorbed, projected within R500 (H0 70, Om0 0.3)
+            "L500_0p1_2p4": fluxes["lum_0.1_2.4_kev_rest"] * f500,
+            "L500_0p5_2p0": fluxes["lum_0.5_2.0_kev_rest"] * f500,
+            "fraction_within_r500": f500,
+            # the same within the fixed circle of expected_counts (radius_arcmin)
+            "aperture_radius_arcmin": radius,
+            "fraction_within_aperture": f_ap,
+            "Lap_0p1_2p4": fluxes["lum_0.1_2.4_kev_rest"] * f_ap,
+            "Lap_0p5_2p0": fluxes["lum_0.5_2.0_kev_rest"] * f_ap,
+            "parameters": dict(zip(_CLUSTER_PARAMS, _cluster_values(c, c["norm"]))),
         }
 
     pss = []
@@ -1464,6 +1517,7 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
                 "norm": ps["norm"],
                 "nH": field.nh,
                 "counts_pn_detected": ps["counts_pn"],
+                "near_centre": bool(ps.get("near_centre", 0.0)),
             }
         )
     flares = []

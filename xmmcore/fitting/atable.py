@@ -16,7 +16,8 @@ A table model file holds a grid of spectra (``SPECTRA``) over the interpolated p
 
 ``apec`` is registered as the APEC table (``xmm-survey models build-apec`` makes it) with XSPEC's
 apec parameters ``kT, Abundanc, Redshift, norm``; the table is looked up in
-``$XMM_SURVEY_APEC_TABLE``, then in the user cache (:func:`default_apec_cache_path`).
+``$XMM_SURVEY_APEC_TABLE``, then in the user cache (:func:`default_apec_cache_path`), then in the
+copy shipped as package data (:func:`packaged_apec_path`, so no download is ever needed at run time).
 The table is built from AtomDB emissivities with Anders & Grevesse (1989) abundances; with another
 abundance table selected (``abund``) it still uses angr and a warning says so.
 """
@@ -48,6 +49,7 @@ __all__ = [
     "apec_component",
     "default_apec_cache_path",
     "find_apec_table",
+    "packaged_apec_path",
     "read_table_model",
     "resolve_table_name",
     "table_component",
@@ -466,8 +468,14 @@ def default_apec_cache_path() -> Path:
     return Path(base) / "xmm-survey" / "apec_table.fits"
 
 
+def packaged_apec_path() -> Path:
+    """The APEC table shipped as package data (``xmmcore/data/apec/``, see the PROVENANCE.md beside it)."""
+    return Path(__file__).resolve().parent.parent / "data" / "apec" / "apec_atomdb_jaxspec003_atable.fits"
+
+
 def find_apec_table() -> Path | None:
-    """Return the APEC table file to use, or ``None``: ``$XMM_SURVEY_APEC_TABLE``, then the user cache.
+    """Return the APEC table file to use, or ``None``: ``$XMM_SURVEY_APEC_TABLE``, then the user cache
+    (``xmm-survey models build-apec``), then the copy shipped as package data.
 
     Raises
     ------
@@ -483,7 +491,10 @@ def find_apec_table() -> Path | None:
             )
         return p
     cached = default_apec_cache_path()
-    return cached if cached.is_file() else None
+    if cached.is_file():
+        return cached
+    packaged = packaged_apec_path()
+    return packaged if packaged.is_file() else None
 
 
 # XSPEC apec defaults and limits (model.dat), limited to the table's kT range.

@@ -1,0 +1,150 @@
+"""Injection-recovery of the default configuration on simulated ObsIDs (issue 13's closing numbers).
+
+    python benchmarks/injection_recovery.py --n-obsids 48 --seed 13 --out /tmp/ir [--workers 2] \
+        [--set fit.free_abundance=true] [--deep 6]
+
+Simulates ``n`` ObsIDs (``xmmcore.simulate``: tbabs*apec clusters, cool/regular/flat cores, point sources, some
+within 1-2' of the centres), runs the survey with the default configuration (plus ``--set`` overrides) and
+prints, from ``truth.json`` against the catalogue:
+
+* median kT bias and the 68% coverage of the kT intervals; the same for the abundance when it is free;
+* median L500 (0.1-2.4 keV) ratio fit / truth and the largest deviation;
+* false point sources within 2 core radii of the centres, and the completeness for injected sources
+  above S/N 8 (S/N of the injected source's expected pn+MOS counts in a 15" circle against the
+  expected background there).
+
+It takes minutes per ObsID on a busy 2-core machine: this is a script, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _truth(data: Path, obsid: str) -> dict:
+    return json.loads((data / obsid / "truth.json").read_text())
+
+
+def _ps_snr(truth: dict, ps: dict) -> float:
+    """S/N of an injected point source: its detected counts (pn scaled to pn+2 MOS) in 15" against the background."""
+    exp = truth["expected_counts"]
+    r_arcmin = float(exp["radius_arcmin"])
+    counts, bkg = 0.0, 0.0
+    for cam in ("pn", "mos1", "mos2"):
+        if cam not in exp:
+            continue
+        e = exp[cam]
+        per_area = (e["sky_background"] + e["particle_background"]) / (math.pi * r_arcmin**2)
+        bkg += per_area * math.pi * 0.25**2
+        counts += float(ps["counts_pn_detected"]) * (1.0 if cam == "pn" else 0.35) * 0.85
+    return counts / math.sqrt(counts + bkg) if counts > 0 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-obsids", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--deep", type=int, default=0, help="extra deep (150-200 ks) ObsIDs for the false-source count"
+    )
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args(argv)
+
+    from survey.api import run_survey
+    from survey.config import load_config
+    from xmmcore.simulate import simulate_survey
+
+    data, results = args.out / "data", args.out / "results"
+    if not data.exists():
+        simulate_survey(data, n_obsids=args.n_obsids, seed=args.seed)
+        if args.deep:
+            simulate_survey(data, n_obsids=args.deep, seed=args.seed + 500, exposure_ks=(150.0, 200.0))
+    cfg = load_config(
+        None,
+        [f"data_dir={data}", f"results_dir={results}", f"cluster.workers={args.workers}", *args.overrides],
+    )
+    report = run_survey(cfg, progress=False)
+    import catalog
+
+    df = catalog.load(results / "catalogue.parquet")
+    epic = df[(df["kind"] == "obs") & (df["camera"] == "epic")].set_index("obsid")
+    free_abund = any(o.replace(" ", "") == "fit.free_abundance=true" for o in args.overrides)
+    rows, false_src, n_inj, n_found = [], 0, 0, 0
+    for obsid in sorted(p.name for p in data.iterdir() if (p / "truth.json").exists()):
+        t = _truth(data, obsid)
+        c = t["cluster"]
+        deep = t["ontime_s"] > 100e3
+        reg_path = results / obsid / "regions" / "regions.json"
+        if reg_path.exists():
+            reg = json.loads(reg_path.read_text())
+            pts = reg.get("point_sources") or []
+            px = 0.05  # arcsec per physical pixel
+            for p in pts:
+                d_centre = math.hypot(p["x"] - c["x"], p["y"] - c["y"]) * px
+                near_true = any(
+                    math.hypot(p["x"] - s["x"], p["y"] - s["y"]) * px < 15.0 for s in t["point_sources"]
+                )
+                if d_centre < 2.0 * c["rc_arcsec"] and not near_true:
+                    false_src += 1
+            for s in t["point_sources"]:
+                if _ps_snr(t, s) >= 8.0:
+                    n_inj += 1
+                    n_found += any(math.hypot(p["x"] - s["x"], p["y"] - s["y"]) * px < 15.0 for p in pts)
+        if deep or obsid not in epic.index or epic.loc[obsid, "status"] != "done":
+            continue
+        r = epic.loc[obsid]
+        rows.append(
+            {
+                "obsid": obsid,
+                "core": c.get("core"),
+                "kT_true": c["kT"],
+                "kT": r["kT"],
+                "kT_lo": r["kT_err_lo"],
+                "kT_hi": r["kT_err_hi"],
+                "Z_true": c["abundance"],
+                "Z": r.get("abund", r.get("Z", math.nan)),
+                "Z_lo": r.get("abund_err_lo", r.get("Z_err_lo", math.nan)),
+                "Z_hi": r.get("abund_err_hi", r.get("Z_err_hi", math.nan)),
+                "L500_true": c["L500_0p1_2p4"],
+                "L500": r["L500_0p1_2p4"],
+                "flags": r["quality_flags"],
+            }
+        )
+    if not rows:
+        print("no fitted ObsIDs; failed:", report.failed)
+        return 1
+    kt = np.array([(r["kT"] - r["kT_true"]) / r["kT_true"] for r in rows])
+    cov = np.array([r["kT"] - r["kT_lo"] <= r["kT_true"] <= r["kT"] + r["kT_hi"] for r in rows])
+    lr = np.array([r["L500"] / r["L500_true"] for r in rows])
+    print(f"ObsIDs fitted: {len(rows)} (failed: {len(report.failed)})")
+    for core in ("cool", "regular", "flat"):
+        sel = np.array([r["core"] == core for r in rows])
+        if sel.any():
+            print(
+                f"  {core:8s} n={sel.sum():2d} median kT bias {np.median(kt[sel]):+.3f} "
+                f"coverage {cov[sel].mean():.2f} median L500 ratio {np.median(lr[sel]):.3f}"
+            )
+    print(f"median kT bias {np.median(kt):+.4f}; 68% coverage {cov.mean():.3f}")
+    print(
+        f"median L500 ratio {np.median(lr):.4f}; max |ratio-1| {np.max(np.abs(lr - 1)):.3f}; "
+        f"within 15%: {np.mean(np.abs(lr - 1) <= 0.15):.3f}"
+    )
+    if free_abund:
+        zc = np.array([r["Z"] - r["Z_lo"] <= r["Z_true"] <= r["Z"] + r["Z_hi"] for r in rows])
+        print(f"abundance within errors: {zc.mean():.3f}")
+    print(f"false point sources within 2 core radii: {false_src}")
+    print(f"completeness above S/N 8: {n_found}/{n_inj} = {n_found / max(n_inj, 1):.3f}")
+    (args.out / "injection_recovery.json").write_text(json.dumps(rows, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

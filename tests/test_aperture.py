@@ -1,0 +1,99 @@
+"""Beta-model profile fit, L500 from the aperture luminosity, quality flags, R500 relation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from xmmcore import aperture as A
+from xmmcore import profile as P
+from xmmcore import simulate as S
+
+
+@pytest.mark.parametrize(("rc", "beta"), [(0.2, 0.62), (0.6, 0.7), (2.0, 0.8)])  # cool, regular, flat core
+def test_beta_profile_recovers_core_radius_and_slope(rc, beta):
+    pix = 4.0 / 60.0
+    n = 300
+    r = P.pixel_radii((n, n), (n / 2, n / 2), pix)
+    s0_pix, bkg_pix = 30.0, 0.2  # counts per pixel
+    mu = s0_pix * (1 + (r / rc) ** 2) ** (0.5 - 3 * beta) + bkg_pix
+    img = np.random.default_rng(3).poisson(mu).astype(float)
+    weight = np.ones_like(img)
+    weight[:, 140:146] = 0.0  # a chip gap through the centre
+    prof = P.fit_beta_profile(img, radii_arcmin=r, weight=weight, pixel_arcmin=pix, r_max_arcmin=9.5)
+    assert prof.rc_arcmin == pytest.approx(rc, rel=0.2)
+    assert prof.beta == pytest.approx(beta, rel=0.1)
+    assert prof.bkg_per_arcmin2 == pytest.approx(bkg_pix / pix**2, rel=0.1)
+    # the closed-form fractions agree with the simulator's truncated-beta bookkeeping
+    assert prof.fraction_ratio(3.0, 1.0) == pytest.approx(
+        S.beta_fraction(3.0, prof.rc_arcmin, prof.beta, 1e6)
+        / S.beta_fraction(1.0, prof.rc_arcmin, prof.beta, 1e6)
+    )
+
+
+def test_r500_relation_is_the_simulators():
+    for kt, z in ((2.0, 0.05), (5.0, 0.2), (9.0, 0.4)):
+        assert A.r500_kpc(kt, z) == pytest.approx(S._r500_kpc(kt, z))
+    assert A.r500_kpc(5.0, 0.0) == pytest.approx(1104.0)
+    assert "E(z)" in S.R500_RELATION and "Arnaud" in S.R500_RELATION
+
+
+def test_l500_scales_the_aperture_luminosity():
+    prof = P.BetaProfile(0.3, 0.67, 100.0, 1.0, 12.0, 30, True)
+    regions = {
+        "profile": prof.to_dict(),
+        "r_src_arcmin": 2.0,
+        "aperture_lost_fraction": 0.1,
+        "bkg_oversubtraction": 0.05,
+    }
+    lums = {
+        "0.1-2.4": {"band_kev": [0.1, 2.4], "value": 1e44, "err_lo": 1e42, "err_hi": 2e42},
+        "0.5-2.0": {"band_kev": [0.5, 2.0], "value": 6e43, "err_lo": 1e42, "err_hi": 1e42},
+    }
+    out = A.l500_block(lums, regions, r500_arcmin=4.0)
+    ratio = prof.flux_within(4.0) / prof.flux_within(2.0)
+    assert out["l500_over_aperture"] == pytest.approx(ratio) and ratio > 1
+    assert out["L500_0p1_2p4"] == pytest.approx(1e44 * ratio / (0.9 * 0.95))
+    assert out["L500_0p1_2p4_err_hi"] == pytest.approx(2e42 * ratio / (0.9 * 0.95))
+    assert out["L500_0p5_2p0"] == pytest.approx(6e43 * ratio / (0.9 * 0.95))
+    assert math.isnan(A.l500_block(lums, {}, r500_arcmin=4.0)["L500_0p1_2p4"])
+
+
+def test_quality_flags():
+    fit = {
+        "converged": False,
+        "error_method": "covariance",
+        "parameters": [
+            {"name": "apec_1.kT", "value": 64.0, "err_lo": 40.0, "err_hi": 40.0, "min": 0.08, "max": 64.0},
+            {"name": "apec_1.norm", "value": 2e-3, "err_lo": 1e-4, "err_hi": 1e-4, "min": 0.0, "max": 1e24},
+            {"name": "apec_1.Abundanc", "value": 0.3, "frozen": True, "min": 0.0, "max": 5.0},
+            {
+                "name": "constant_1.factor",
+                "value": 1.0,
+                "err_lo": 9.0,
+                "err_hi": 9.0,
+                "min": 1e-3,
+                "max": 1e3,
+            },
+        ],
+    }
+    regions = {"bkg_cluster_fraction": 0.2, "aperture_lost_fraction": 0.02}
+    f = A.quality_flags(fit, regions, net_counts=300.0, requested_errors="profile", r500_converged=False)
+    assert f["flag_unconstrained"] and f["unconstrained_parameters"] == "apec_1.kT"
+    assert f["flag_at_limit"] and f["at_limit_parameters"] == "apec_1.kT"
+    assert f["flag_low_counts"] and f["flag_not_converged"] and f["flag_errors_covariance"]
+    assert f["flag_bkg_contamination"] and not f["flag_aperture_lost"] and f["flag_r500_not_converged"]
+    assert f["quality_flags"].split(",") == [
+        "unconstrained",
+        "at_limit",
+        "low_counts",
+        "not_converged",
+        "errors_covariance",
+        "bkg_contamination",
+        "r500_not_converged",
+    ]
+    good = dict(fit, converged=True, error_method="profile", parameters=fit["parameters"][1:3])
+    f = A.quality_flags(good, {}, net_counts=5e4, requested_errors="profile", r500_converged=None)
+    assert f["quality_flags"] == ""
