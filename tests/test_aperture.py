@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -97,3 +98,68 @@ def test_quality_flags():
     good = dict(fit, converged=True, error_method="profile", parameters=fit["parameters"][1:3])
     f = A.quality_flags(good, {}, net_counts=5e4, requested_errors="profile", r500_converged=None)
     assert f["quality_flags"] == ""
+
+
+class _FakeResult:
+    def __init__(self, kt):
+        self.kt = kt
+
+    def to_dict(self):
+        return {"parameters": [{"name": "apec_1.kT", "value": self.kt}]}
+
+
+def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
+    import logging
+
+    from xmmcore import pipeline, regions
+
+    z, kpa = 0.1, 110.0  # kpc per arcmin
+    radii = []
+
+    def fake_regions(obs, outdir, cfg, log=None):
+        r = cfg["regions"]["_r_src_arcmin_override"]
+        radii.append(r)
+        return {"r_src_arcmin": r, "kpc_per_arcmin": kpa, "r500_source": "iterated"}
+
+    monkeypatch.setattr(regions, "make_regions", fake_regions)
+    monkeypatch.setattr(pipeline, "_spectra", lambda *a, **k: {})
+    monkeypatch.setattr(
+        pipeline, "fit_inputs", lambda outdir, cams: ([SimpleNamespace(name=c) for c in cams], {})
+    )
+
+    # a cluster whose temperature rises slowly with the aperture (a cool core)
+    def run_fit(inputs):
+        return _FakeResult(4.0 + 0.1 * radii[-1])
+
+    class Obs:
+        meta = {"z": z}
+
+    start = {"r_src_arcmin": 3.0, "kpc_per_arcmin": kpa, "r500_source": "iterated"}
+    result, _, reg, rec = pipeline._iterate_r500(
+        Obs(),
+        tmp_path,
+        {"regions": {}, "cosmology": {}},
+        logging.getLogger("t"),
+        run_fit,
+        _FakeResult(4.3),
+        [SimpleNamespace(name="pn")],
+        start,
+    )
+    assert rec["r500_converged"] is True and "< 5%" in rec["r500_stop_reason"]
+    hist = rec["r500_iterations"]
+    assert 2 <= len(hist) <= 6
+    last = hist[-1]
+    assert last["r500_arcmin"] == pytest.approx(A.r500_kpc(last["kT"], z) / kpa)
+    assert abs(last["r500_arcmin"] - last["r_src_arcmin"]) < 0.05 * last["r500_arcmin"]
+    # a fit without a usable kT stops at once and says so
+    _, _, _, rec = pipeline._iterate_r500(
+        Obs(),
+        tmp_path,
+        {"regions": {}, "cosmology": {}},
+        logging.getLogger("t"),
+        run_fit,
+        _FakeResult(float("nan")),
+        [SimpleNamespace(name="pn")],
+        start,
+    )
+    assert rec["r500_converged"] is False and "no usable kT" in rec["r500_stop_reason"]
