@@ -283,7 +283,9 @@ def plot_lt(
     lo, hi = (float(v) for v in lum_col.replace("L500_", "").replace("lum_", "").replace("p", ".").split("_"))
     where = "500," if l500 else ""
     ax.set_ylabel(f"L$_{{{where}{lo:g}-{hi:g}\\,keV}}$ E(z)$^{{-1}}$ [10$^{{44}}$ erg s$^{{-1}}$]")
-    ax.set_title(f"Luminosity-temperature relation ({lo:g}-{hi:g} keV, rest frame, {'within R500' if l500 else 'aperture'})")
+    ax.set_title(
+        f"Luminosity-temperature relation ({lo:g}-{hi:g} keV, rest frame, {'within R500' if l500 else 'aperture'})"
+    )
     if t.size:
         readable_log_axis(ax)
         ax.legend(fontsize=8, loc="upper left")
