@@ -38,7 +38,7 @@ def grid_key(lo: np.ndarray, hi: np.ndarray) -> bytes:
     digest = hashlib.blake2b(np.ascontiguousarray(lo).tobytes(), digest_size=16)
     digest.update(np.ascontiguousarray(hi).tobytes())
     key = lo.size.to_bytes(8, "little") + digest.digest()
-    if len(_GRID_KEYS) > 256:
+    if len(_GRID_KEYS) > 64:  # each entry holds its two arrays alive: keep it small
         _GRID_KEYS.clear()
     _GRID_KEYS[(id(lo), id(hi))] = (lo, hi, key)
     return key
