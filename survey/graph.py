@@ -184,7 +184,10 @@ def run_graph(
     counts = {"done": 0, "failed": 0, "cached": 0, "blocked": 0}
     try:
         for fut in as_completed(list(futures)):
-            task = futures[fut]
+            # Forget each finished future at once: a future held to the end of the survey keeps its
+            # result and task state on the scheduler and a worker, which grew with every ObsID
+            # (the scheduler still keeps a result until the steps that need it have run).
+            task = futures.pop(fut)
             try:
                 outcome = fut.result()
             except Exception as exc:  # noqa: BLE001 - a lost task (KilledWorker) fails its ObsID only
@@ -201,6 +204,7 @@ def run_graph(
                     }
                 else:
                     outcome = _record_lost(task, exc)
+            fut.release()
             results[task.obsid][task.step] = outcome
             counts[outcome["status"]] = counts.get(outcome["status"], 0) + 1
             if outcome["status"] == "failed":
@@ -225,7 +229,7 @@ def run_graph(
     finally:
         if bar is not None:
             bar.close()
-        for fut in futures:
+        for fut in futures:  # those not finished (an error or an interrupt ended the loop)
             fut.release()
     return results
 

@@ -70,8 +70,9 @@ def step_logger(results_dir: str | os.PathLike[str], obsid: str, step: str) -> I
     """
     path = step_log_path(results_dir, obsid, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(f"xmm.{obsid}.{step}")
-    logger.setLevel(logging.DEBUG)
+    # A logger of its own, not registered with logging's manager: ``logging.getLogger(name)`` would keep
+    # one Logger per ObsID and step for the life of the worker process (memory growing with the survey).
+    logger = logging.Logger(f"xmm.{obsid}.{step}", logging.DEBUG)
     logger.propagate = False
     handler = _FileHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -1,0 +1,61 @@
+"""What made worker and driver memory grow with the number of ObsIDs: futures held to the end of the
+survey (their results and task state stayed on the scheduler and the workers) and one registered
+Logger per ObsID and step. Both are gone; benchmarks/bench_survey_scale.py measures the memory."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import test_survey_helpers as helpers
+
+from survey.api import run_one, run_survey
+from survey.config import load_config
+
+
+def _cfg(tmp_path):
+    return load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "data"),
+            "results_dir": str(tmp_path / "results"),
+            "pipeline.module": "test_survey_helpers",
+            "joint.enabled": False,
+        },
+    )
+
+
+def test_finished_step_futures_are_forgotten_while_the_survey_runs(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    ids = helpers.make_survey(tmp_path / "data", 4)
+    held = []
+    with distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
+
+        def on_outcome(_outcome):
+            held.append(len(client.futures))
+
+        report = run_survey(
+            _cfg(tmp_path), client=client, progress=False, catalogue=False, on_outcome=on_outcome
+        )
+        assert sorted(report.done) == ids
+        assert len(held) == 4 * len(ids)
+        # the client held all 16 step futures at the start; each finished one is released at once
+        # (the release reaches the client's loop asynchronously: at most the current one is still held)
+        assert all(h <= 4 * len(ids) - i for i, h in enumerate(held)), held
+        assert held[-1] <= 1, held
+
+
+def test_step_loggers_are_not_kept_per_obsid(tmp_path):
+    ids = helpers.make_survey(tmp_path / "data", 2)
+    cfg = _cfg(tmp_path)
+    for obsid in ids:
+        assert {o["status"] for o in run_one(cfg, obsid).values()} == {"done"}
+    registered = [n for n in logging.Logger.manager.loggerDict if n.startswith("xmm.09100000")]
+    assert registered == []
+    # the step logs were still written, one file per step
+    for obsid in ids:
+        for step in helpers.STEPS:
+            text = (tmp_path / "results" / obsid / "logs" / f"{step}.log").read_text()
+            assert f"step {step} of {obsid}: done in" in text
