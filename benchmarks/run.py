@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+#: ``results.md`` from this line on is kept when the table above it is rewritten.
+KEEP_MARKER = "<!-- kept: survey-scale -->"
 REPO = HERE.parent
 
 __all__ = ["BENCHMARKS", "collect", "format_table", "main"]
@@ -197,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.path.insert(0, str(REPO))
         from xmmcore.fsutil import atomic_write_text
 
-        atomic_write_text(args.out, table)
+        # sections measured by other, longer benchmarks (bench_survey_scale.py) stay below the table
+        try:
+            old = Path(args.out).read_text(encoding="utf-8")
+        except OSError:
+            old = ""
+        kept = old[old.index(KEEP_MARKER) :] if KEEP_MARKER in old else ""
+        atomic_write_text(args.out, table.rstrip("\n") + "\n\n" + kept if kept else table)
     return 0
 
 
