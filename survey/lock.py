@@ -41,7 +41,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # alive, owned by someone else
         return True
-    return True
+    try:  # a killed run not yet reaped by its parent is a zombie: it holds nothing any more
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -741,3 +741,23 @@ def test_missing_sky_wcs_is_an_input_data_error_naming_the_keywords():
     with pytest.raises(InputDataError) as info:
         sky_wcs_keywords(header)
     assert "no sky WCS" in str(info.value) and "TCRPX" in str(info.value) and "REFXCRPX" in str(info.value)
+
+
+def test_lock_of_a_killed_unreaped_run_is_stale(tmp_path):
+    """A driver killed with SIGKILL and not yet reaped (a zombie) does not keep the results folder."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from survey.lock import LOCK_NAME, results_lock
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.5)  # dead, not waited for: a zombie
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": proc.pid}))
+        with results_lock(tmp_path) as held:
+            assert json.loads(held.read_text())["pid"] == os.getpid()
+    finally:
+        proc.wait(timeout=10)
