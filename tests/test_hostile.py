@@ -465,9 +465,9 @@ def test_responses_regions_blanksky_and_tables_are_in_the_inputs_hash(tmp_path):
             "regions.user_src_region": str(src),
             "regions.background.method": "blanksky",
             "regions.background.blanksky_files": {"pn": str(blank)},
-            "fit.model": f"wabs*atable{{{table}}}",
         },
     ).to_dict()
+    cfg["fit"]["model"] = f"wabs*atable{{{table}}}"  # set after loading: the load check would read the table
     before = {step: _spectra_hash(obs, outdir, cfg, step) for step in ("regions", "spectra", "fit")}
     assert str(rmf) in before["spectra"][1] and str(arf) in before["spectra"][1]
     assert str(blank) in before["spectra"][1] and str(src) in before["regions"][1]
