@@ -45,7 +45,15 @@ SLOT_RESOURCE = "slots"
 #: Scheduler settings for chains of short tasks: queue ready first steps on the workers (no
 #: scheduler-side queuing), so a worker never idles for a scheduler round trip between two steps;
 #: work stealing still balances the queues when workers come and go.
-SCHEDULER_CONFIG = {"distributed.scheduler.worker-saturation": float("inf")}
+SCHEDULER_CONFIG = {
+    "distributed.scheduler.worker-saturation": float("inf"),
+    # The workers' statistical profiler keeps a call-tree snapshot per second (up to 1000 of them): on a
+    # survey its dicts were most of the worker memory that grew with every ObsID. Off for survey workers
+    # (the dashboard's profile page stays empty); a site can turn it on again in its dask config.
+    "distributed.worker.profile.enabled": False,
+}
+#: The same for SLURM worker jobs, which do not inherit the driver's dask config: one job-script line.
+WORKER_PROFILE_OFF = "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"
 
 
 @dataclass
@@ -195,6 +203,8 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
             kwargs[key] = value or sys.executable
         elif value not in (None, ""):
             kwargs[key] = value
+    prologue = kwargs.get("job_script_prologue", site.get("job_script_prologue"))
+    kwargs["job_script_prologue"] = [WORKER_PROFILE_OFF, *list(prologue or [])]
     if s.get("scheduler_host"):
         # the scheduler's own listen address (e.g. 127.0.0.1), independent of the workers' addresses
         kwargs["scheduler_options"]["host"] = s["scheduler_host"]

@@ -59,3 +59,24 @@ def test_step_loggers_are_not_kept_per_obsid(tmp_path):
         for step in helpers.STEPS:
             text = (tmp_path / "results" / obsid / "logs" / f"{step}.log").read_text()
             assert f"step {step} of {obsid}: done in" in text
+
+
+def test_survey_workers_run_without_the_statistical_profiler(tmp_path):
+    from survey.cluster import WORKER_PROFILE_OFF, slurm_cluster_kwargs, start_cluster
+
+    cfg = load_config(
+        None,
+        {
+            "results_dir": str(tmp_path),
+            "cluster.workers": 1,
+            "cluster.dashboard_address": "127.0.0.1:0",
+            "cluster.slurm.job_script_prologue": ["module load python"],
+        },
+    )
+    with start_cluster(cfg, results_dir=tmp_path) as handle:
+        import dask
+
+        flags = handle.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert list(flags.values()) == [False]
+    prologue = slurm_cluster_kwargs(cfg, tmp_path)["job_script_prologue"]
+    assert prologue == [WORKER_PROFILE_OFF, "module load python"]
