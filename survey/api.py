@@ -40,12 +40,12 @@ from .graph import (
     build_catalogue,
     catalogue_is_current,
     catalogue_paths,
-    joint_groups,
+    chain_end,
     make_tasks,
     plan_obsid,
     run_graph,
-    run_joint_fits,
 )
+from .joint import JointPlan, make_joint_tasks, plan_joint
 from .lock import check_unlocked, results_lock
 from .logs import close_survey_logger, collect_worker_logs, dask_logs_to_file, survey_logger
 from .steps import Pipeline, execute_step, software_versions, where_am_i
@@ -395,10 +395,12 @@ def run_survey(
                 log.warning("%s: camera %s left out: %s", obsid, cam, why)
         plans = _plans(cfg, pipe, chosen, retry_failed, observations)
         n_todo = sum(len(p.tasks) for p in plans)
+        joint_plans = _joint_plans(cfg, pipe, plans, observations, retry_failed)
+        n_joint = sum(jp.outcome is None for jp in joint_plans)
         log.info("%d steps to compute, %d reused from records", n_todo, sum(len(p.outcomes) for p in plans))
         outcomes: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
         dashboard = None
-        if n_todo:
+        if n_todo or n_joint:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(dask_logs_to_file(results_dir, quiet=quiet_dask))
                 if client is None:
@@ -426,18 +428,18 @@ def run_survey(
                     progress=progress,
                     log=log,
                     on_outcome=on_outcome,
+                    joint=joint_plans,
                 )
                 report = _report(
                     cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard
                 )
-                report.joint = _joint(cfg, run_client, results_dir, observations, report, log)
                 collect_worker_logs(run_client, results_dir)
         else:
             report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
-            report.joint = _joint(cfg, None, results_dir, observations, report, log)
+        report.joint = _joint_errors(joint_plans)
         report.skipped = skipped
         if catalogue:
-            if n_todo == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
+            if n_todo == 0 and n_joint == 0 and catalogue_is_current(results_dir, chosen, pipe.steps):
                 log.info("catalogue is up to date")
                 report.catalogue = catalogue_paths(results_dir)
             else:
@@ -452,23 +454,50 @@ def run_survey(
         lock.close()
 
 
-def _joint(
+def _joint_plans(
     cfg: Config,
-    client: Any,
-    results_dir: Path,
+    pipe: Pipeline,
+    plans: Sequence[ObsPlan],
     observations: Mapping[str, Any],
-    report: SurveyReport,
-    log: logging.Logger,
-) -> dict[str, str | None]:
-    """Joint fits of targets finished in several ObsIDs (skipped when disabled or unchanged)."""
-    if not cfg["joint"]["enabled"] or "fit" not in report.outcomes.get(
-        report.done[0] if report.done else "", {}
-    ):
-        return {}
-    groups = joint_groups({o: obs for o, (obs, _err) in observations.items()}, report.done)
-    if not groups:
-        return {}
-    return run_joint_fits(client, results_dir, groups, cfg, log=log)
+    retry_failed: bool,
+) -> list[JointPlan]:
+    """The joint step of every target seen in several ObsIDs; settled on the driver when nothing upstream runs."""
+    if not cfg["joint"]["enabled"] or "fit" not in pipe.steps:
+        return []
+    found = {o: obs for o, (obs, _err) in observations.items() if obs is not None}
+    by_obsid = {p.obsid: p for p in plans}
+    tasks = make_joint_tasks(
+        found,
+        [p.obsid for p in plans],
+        results_dir=str(Path(cfg["results_dir"]).resolve()),
+        cfg=cfg.to_dict(),
+        versions=software_versions(pipe.module),
+        config_hash=cfg.hash,
+        retry_failed=retry_failed,
+    )
+    out = []
+    for task in tasks:
+        jp = JointPlan(task)
+        chains = [by_obsid[o] for o in task.obsids]
+        if not any(p.tasks for p in chains):
+            jp.outcome = plan_joint(task, [chain_end(p) for p in chains])
+        out.append(jp)
+    return out
+
+
+def _joint_errors(joint_plans: Sequence[JointPlan]) -> dict[str, str | None]:
+    """Target -> ``None`` (fitted now or reused) or why its joint fit failed; skipped targets are left out."""
+    out: dict[str, str | None] = {}
+    for jp in joint_plans:
+        o = jp.outcome or {}
+        if o.get("status") in ("done", "cached"):
+            out[jp.task.target] = None
+        elif o.get("status") == "failed":
+            reason = str(o.get("reason") or "")
+            out[jp.task.target] = (
+                reason if reason.startswith("missing inputs") else f"{o.get('exception')}: {reason}"
+            )
+    return out
 
 
 def _report(

@@ -12,10 +12,7 @@ goes to the cluster. A no-op resume therefore starts no cluster.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,9 +23,18 @@ from typing import Any
 from xmmcore.fsutil import atomic_write_json
 
 from .cluster import SLOT_RESOURCE
+from .joint import JOINT_STEP, JointPlan, execute_joint
 from .steps import RECORD_SCHEMA, Pipeline, StepTask, check_step, execute_step, record_path
 
-__all__ = ["ObsPlan", "build_catalogue", "catalogue_is_current", "plan_obsid", "run_graph", "task_key"]
+__all__ = [
+    "ObsPlan",
+    "build_catalogue",
+    "catalogue_is_current",
+    "plan_obsid",
+    "run_graph",
+    "chain_end",
+    "task_key",
+]
 
 
 @dataclass
@@ -141,11 +147,14 @@ def run_graph(
     progress: bool = True,
     log: logging.Logger | None = None,
     on_outcome: Callable[[dict[str, Any]], None] | None = None,
+    joint: Sequence[JointPlan] = (),
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Submit the chains of ``plans`` to ``client`` and wait for all of them.
+    """Submit the chains of ``plans`` and the joint steps of ``joint`` to ``client`` and wait for all of them.
 
     Every outcome is logged (and passed to ``on_outcome``) as soon as its task finishes; the step
-    records themselves are written by the workers at the end of each step.
+    records themselves are written by the workers at the end of each step. A joint task depends on the
+    last task of each of its ObsIDs' chains (or on their outcome settled on the driver); its outcome is
+    stored in its :class:`~survey.joint.JointPlan` (not in the returned dict, which is per ObsID).
 
     Returns
     -------
@@ -158,6 +167,7 @@ def run_graph(
     token = secrets.token_hex(3)
     results: dict[str, dict[str, dict[str, Any]]] = {p.obsid: dict(p.outcomes) for p in plans}
     futures: dict[Any, StepTask] = {}
+    last: dict[str, Any] = {}
     resources = {SLOT_RESOURCE: 1} if use_resources else None
     for plan in plans:
         prev: Any = plan.upstream
@@ -175,7 +185,24 @@ def run_graph(
             )
             futures[fut] = task
             prev = fut
-    total = len(futures)
+        last[plan.obsid] = prev if plan.tasks else chain_end(plan)
+    joint_futures: dict[Any, JointPlan] = {}
+    for jp in joint:
+        if jp.outcome is not None:
+            continue
+        deps = [last.get(o) for o in jp.task.obsids]
+        fut = client.submit(
+            execute_joint,
+            jp.task,
+            *deps,
+            key=task_key(JOINT_STEP, jp.task.slug, token),
+            priority=100,  # after every ObsID step: finish the ObsIDs first
+            resources=resources,
+            retries=0,
+            pure=False,
+        )
+        joint_futures[fut] = jp
+    total = len(futures) + len(joint_futures)
     bar = None
     if progress and total:
         from tqdm.auto import tqdm
@@ -183,7 +210,26 @@ def run_graph(
         bar = tqdm(total=total, unit="step", desc="survey", dynamic_ncols=True)
     counts = {"done": 0, "failed": 0, "cached": 0, "blocked": 0}
     try:
-        for fut in as_completed(list(futures)):
+        for fut in as_completed(list(futures) + list(joint_futures)):
+            if fut in joint_futures:
+                jp = joint_futures.pop(fut)
+                try:
+                    jp.outcome = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a lost joint task fails that target only
+                    jp.outcome = {
+                        "obsid": jp.task.slug,
+                        "target": jp.task.target,
+                        "step": JOINT_STEP,
+                        "status": "failed",
+                        "reason": f"task lost: {exc}",
+                        "exception": type(exc).__name__,
+                        "wall_s": 0.0,
+                    }
+                fut.release()
+                _log_joint(log, jp)
+                if bar is not None:
+                    bar.update(1)
+                continue
             # Forget each finished future at once: a future held to the end of the survey keeps its
             # result and task state on the scheduler and a worker, which grew with every ObsID
             # (the scheduler still keeps a result until the steps that need it have run).
@@ -229,7 +275,9 @@ def run_graph(
     finally:
         if bar is not None:
             bar.close()
-        for fut in futures:  # those not finished (an error or an interrupt ended the loop)
+        for fut in list(futures) + list(
+            joint_futures
+        ):  # those not finished (an error or an interrupt ended the loop)
             fut.release()
     return results
 
@@ -239,6 +287,26 @@ def catalogue_paths(results_dir: str | Path) -> list[Path]:
     from catalog.io import CATALOGUE_FITS, CATALOGUE_PARQUET
 
     return [Path(results_dir) / CATALOGUE_PARQUET, Path(results_dir) / CATALOGUE_FITS]
+
+
+def chain_end(plan: ObsPlan) -> dict[str, Any] | None:
+    """For a chain with nothing left to run: the outcome of its last settled step (``None`` if it has none)."""
+    if plan.tasks or not plan.outcomes:
+        return None
+    return list(plan.outcomes.values())[-1]
+
+
+def _log_joint(log: logging.Logger, jp: JointPlan) -> None:
+    out = jp.outcome or {}
+    ids = ", ".join(out.get("obsids") or jp.task.obsids)
+    if out.get("status") == "failed":
+        log.warning(
+            "joint fit %s (%s) failed (%s): %s", jp.task.target, ids, out.get("exception"), out.get("reason")
+        )
+    else:
+        log.info(
+            "joint fit %s (%s): %s (%.2f s)", jp.task.target, ids, out.get("status"), out.get("wall_s", 0.0)
+        )
 
 
 def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: Sequence[str]) -> bool:
@@ -338,100 +406,3 @@ def make_tasks(
         )
         for step in pipeline.steps
     ]
-
-
-def joint_groups(observations: Mapping[str, Any], done: Sequence[str]) -> dict[str, list[str]]:
-    """Target name -> finished ObsIDs, for every target (``meta["name"]``) finished in >= 2 ObsIDs."""
-    groups: dict[str, list[str]] = {}
-    for obsid in done:
-        obs = observations.get(obsid)
-        name = (obs.meta.get("name") if obs is not None else None) or None
-        if name:
-            groups.setdefault(str(name), []).append(obsid)
-    return {name: sorted(ids) for name, ids in groups.items() if len(ids) >= 2}
-
-
-def _joint_task(results_dir: str, target: str, obsids: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    try:
-        from xmmcore.fitting.joint import run_joint
-
-        out = run_joint(results_dir, target=target, obsids=obsids, **options)
-    except Exception as exc:  # noqa: BLE001 - a failed joint fit is reported; the per-ObsID rows stand
-        return {"target": target, "error": f"{type(exc).__name__}: {exc}", "wall_s": time.perf_counter() - t0}
-    missing = out.get("missing") or []
-    return {
-        "target": target,
-        "error": ("missing inputs: " + "; ".join(map(str, missing))) if missing else None,
-        "wall_s": time.perf_counter() - t0,
-    }
-
-
-def run_joint_fits(
-    client: Any,
-    results_dir: str | Path,
-    groups: Mapping[str, Sequence[str]],
-    cfg: Mapping[str, Any],
-    *,
-    log: logging.Logger | None = None,
-) -> dict[str, str | None]:
-    """Joint fits of the targets seen in several ObsIDs (``xmmcore.fitting.joint.run_joint``), as Dask tasks.
-
-    A target whose ObsIDs' fit records (and the fit configuration) are unchanged since its last joint fit
-    is skipped. Returns target -> error (``None`` when fitted or up to date).
-    """
-    log = log or logging.getLogger("survey.run")
-    results_dir = Path(results_dir)
-    state_path = results_dir / "joint" / ".survey-state.json"
-    try:
-        state = json.loads(state_path.read_text())
-    except (OSError, ValueError):
-        state = {}
-    options = {
-        "engine": cfg["backend"]["fitting"],
-        "cameras": list(cfg["cameras"]),
-        "stat": cfg["fit"]["stat"],
-        "notice_kev": tuple(cfg["fit"]["notice_kev"]),
-        "stack": bool(cfg["joint"]["stack"]),
-        "auto_set": bool(cfg["fit"].get("auto_set", True)),
-    }
-    todo: dict[str, Any] = {}
-    keys: dict[str, Any] = {}
-    results: dict[str, Any] = {}
-    for target, obsids in groups.items():
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target).strip("_.") or "target"
-        hashes = [
-            (o, (json.loads(record_path(results_dir / o, "fit").read_text()) or {}).get("inputs_hash"))
-            if record_path(results_dir / o, "fit").exists()
-            else (o, None)
-            for o in obsids
-        ]
-        key = hashlib.sha256(
-            json.dumps([hashes, options, cfg["fit"]], sort_keys=True, default=str).encode()
-        ).hexdigest()
-        if state.get(slug) == key and (results_dir / "joint" / f"{slug}.json").exists():
-            results[target] = None
-            continue
-        todo[slug], keys[slug] = (target, list(obsids)), key
-    if not todo:
-        return results
-    futures = {
-        slug: client.submit(
-            _joint_task, str(results_dir), slug, obsids, options, key=f"joint-{slug}", pure=False
-        )
-        if client is not None
-        else None
-        for slug, (_target, obsids) in todo.items()
-    }
-    for slug, fut in futures.items():
-        target, obsids = todo[slug]
-        out = fut.result() if fut is not None else _joint_task(str(results_dir), slug, obsids, options)
-        results[target] = out["error"]
-        if out["error"] is None:
-            state[slug] = keys[slug]
-            log.info("joint fit %s (%s): done in %.1f s", target, ", ".join(obsids), out["wall_s"])
-        else:
-            state.pop(slug, None)
-            log.warning("joint fit %s (%s) failed: %s", target, ", ".join(obsids), out["error"])
-    atomic_write_json(state_path, state)
-    return results

@@ -58,6 +58,8 @@ class SurveyStatus:
     steps : list of str
     rows : dict
         ObsID -> step -> StepState.
+    joint : dict
+        Target -> StepState of its ``joint`` step (``results/joint/<target>/steps/joint.json``).
     """
 
     results_dir: Path
@@ -65,6 +67,7 @@ class SurveyStatus:
     rows: dict[str, dict[str, StepState]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    joint: dict[str, StepState] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Step -> state -> number of ObsIDs."""
@@ -121,6 +124,7 @@ class SurveyStatus:
             "wall_time_s": self.wall_time(),
             "skipped": dict(self.skipped),
             "notes": dict(self.notes),
+            "joint": {t: vars(st) for t, st in self.joint.items()},
         }
 
 
@@ -167,16 +171,8 @@ def collect_status(
                 row[step] = StepState(
                     "corrupt", reason=f"unreadable step record {path} (recomputed on the next run)"
                 )
-            elif rec is None:
-                row[step] = StepState("pending")
             else:
-                state = rec.get("status", "pending")
-                row[step] = StepState(
-                    state if state in ("done", "failed", "running") else "pending",
-                    reason=str(rec.get("reason") or ""),
-                    exception=rec.get("exception"),
-                    wall_s=rec.get("wall_s"),
-                )
+                row[step] = _state(rec)
         status.rows[obsid] = row
         try:
             note = json.loads((results_dir / obsid / INPUTS_ERROR_NAME).read_text(encoding="utf-8"))
@@ -184,7 +180,22 @@ def collect_status(
             note = None
         if isinstance(note, dict):
             status.notes[obsid] = f"inputs unreadable now (finished records kept): {note.get('reason', '')}"
+    jdir = results_dir / "joint"
+    for path in sorted(jdir.glob("*/steps/joint.json")) if jdir.is_dir() else []:
+        status.joint[path.parent.parent.name] = _state(read_record(path.parent.parent, "joint"))
     return status
+
+
+def _state(rec: dict[str, Any] | None) -> StepState:
+    if rec is None:
+        return StepState("pending")
+    state = rec.get("status", "pending")
+    return StepState(
+        state if state in ("done", "failed", "running") else "pending",
+        reason=str(rec.get("reason") or ""),
+        exception=rec.get("exception"),
+        wall_s=rec.get("wall_s"),
+    )
 
 
 def _read_skipped(results_dir: Path) -> dict[str, str]:
@@ -253,6 +264,16 @@ def format_status(status: SurveyStatus, *, width: int | None = 60) -> str:
     lines.append(f"{n} ObsIDs: " + ", ".join(f"{v} {k}" for k, v in sorted(by_state.items())))
     if status.skipped:
         lines.append(f"{len(status.skipped)} folders of the data directory skipped (reasons above)")
+    if status.joint:
+        tcol = max([len(t) for t in status.joint] + [6])
+        lines.append("")
+        lines.append("target".ljust(tcol) + "  " + "joint".ljust(col) + "    wall_s  reason")
+        for target, js in status.joint.items():
+            reason = f"{js.exception}: {js.reason}".replace("\n", " ") if js.state == "failed" else ""
+            if width is not None and len(reason) > width:
+                reason, cut = reason[: width - 3] + "...", True
+            wall = f"{float(js.wall_s):8.2f}" if js.wall_s is not None else " " * 8
+            lines.append(target.ljust(tcol) + "  " + js.state.ljust(col) + "  " + wall + "  " + reason)
     if cut:
         lines.append("reasons cut: `xmm-survey status --long` (or --json) shows them whole")
     return "\n".join(lines)

@@ -461,3 +461,95 @@ def test_kill_during_survey_catalogue_write_then_rerun(tmp_path, client):
     report = _run_inprocess(client, data, results)
     assert report.n_run == 0
     assert_catalogue_consistent(results, OBSIDS)
+
+
+# ----------------------------------------------------------------------------------------------
+# kill -9 of the driver after the joint step: the joint step resumes like the others
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_driver_after_joint_step_then_resume(tmp_path, client, capsys):
+    """Two ObsIDs of one target: the joint step is recorded like any step, shown by status, reused on resume."""
+    simulate = pytest.importorskip("xmmcore.simulate")
+    data, results = tmp_path / "data", tmp_path / "results"
+    ids = simulate.simulate_survey(
+        data,
+        n_obsids=2,
+        seed=11,
+        cameras=("pn",),
+        exposure_ks=6.0,
+        cluster_counts=(2500.0, 2500.0),
+        point_sources=0.0,
+    )
+    for obsid in ids:
+        meta = json.loads((data / obsid / "meta.json").read_text())
+        (data / obsid / "meta.json").write_text(json.dumps({**meta, "name": "JTEST"}))
+    sets = {"cameras": "[pn]", "fit.errors": "none", "cluster.dashboard_address": "127.0.0.1:0"}
+    argv = _cli() + ["run", "--data", str(data), "--results", str(results), "--workers", "2", "--no-progress"]
+    for k, v in sets.items():
+        argv += ["--set", f"{k}={v}"]
+    record = results / "joint" / "JTEST" / "steps" / "joint.json"
+
+    def joint_done() -> dict | None:
+        try:
+            rec = json.loads(record.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return rec if rec.get("status") == "done" else None
+
+    log = tmp_path / "run1.log"
+    proc = _start(argv, log)
+    children: list = []
+    try:
+        before = _wait_for(joint_done, 600, "the joint step done", proc, log)
+        alive = proc.poll() is None
+        children = _descendants(proc.pid)
+        if alive:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        _reap_session(proc, children, grace_s=5)
+    assert alive and proc.returncode == -signal.SIGKILL, "the driver was not killed after the joint step"
+    # an ordinary step record: inputs hash, config hash, status, outputs that exist
+    assert before["step"] == "joint" and before["obsids"] == sorted(ids)
+    assert len(before["inputs_hash"]) == 64 and len(before["config_hash"]) == 64
+    assert [o["path"] for o in before["outputs"]] == ["joint/JTEST.json"]
+    assert (results / "joint" / "JTEST.json").stat().st_size == before["outputs"][0]["size"]
+    assert (results / "joint" / "JTEST" / "logs" / "joint.log").read_text()
+    assert not (results / "joint" / ".survey-state.json").exists()
+    # xmm-survey status shows it
+    from survey.cli import main
+
+    capsys.readouterr()
+    assert main(["status", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("JTEST"))
+    assert line.split()[1] == "done", out
+    # the rerun reuses every step, the joint one included, and finishes the catalogue the kill prevented
+    from survey.api import run_survey
+    from survey.config import load_config
+
+    cfg = load_config(
+        overrides={
+            "data_dir": str(data),
+            "results_dir": str(results),
+            "cameras": ["pn"],
+            "fit.errors": "none",
+            "cluster.dashboard_address": "127.0.0.1:0",
+        }
+    )
+    report = run_survey(cfg, client=client, progress=False)
+    assert sorted(report.done) == sorted(ids) and report.n_run == 0 and report.n_cached == 8
+    assert report.joint == {"JTEST": None}
+    after = json.loads(record.read_text())
+    assert after["started"] == before["started"] and after["inputs_hash"] == before["inputs_hash"]
+    import catalog
+
+    df = catalog.load(results / "catalogue.parquet")
+    assert list(df[(df.kind == "joint") & (df.camera == "epic")].obsid) == ["JTEST"]
+    # a changed fit configuration reruns the joint step (new inputs hash) like the per-ObsID fits
+    changed = run_survey(cfg.with_overrides({"fit.notice_kev": [0.7, 7.0]}), client=client, progress=False)
+    assert changed.joint == {"JTEST": None}
+    rerun = json.loads(record.read_text())
+    assert rerun["inputs_hash"] != before["inputs_hash"] and rerun["started"] != before["started"]
