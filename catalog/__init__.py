@@ -4,7 +4,7 @@
 ``config.resolved.yaml``, joint records under ``results/joint/``); it fits nothing and never reads ``data/``
 (joint fits, stacks and mosaics are made in xmmcore: ``fitting/joint.py``, ``stack.py``, ``combine.py``).
 Modules: :mod:`~catalog.schema`, :mod:`~catalog.rows`, :mod:`~catalog.io`, :mod:`~catalog.query`,
-:mod:`~catalog.stats` (BCES), :mod:`~catalog.plots`, :mod:`~catalog.report`.
+:mod:`~catalog.plots` (with the BCES L-T fit), :mod:`~catalog.report`.
 
 >>> import catalog
 >>> df = catalog.build("results")            # one row per (obsid, camera, region, kind)
