@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+from helpers.ogip import check_ogip_pha
 from regions import PixCoord, Regions
-from test_spectra import check_ogip_pha
 
 from xmmcore import events as E
 from xmmcore import gti as G

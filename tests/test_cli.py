@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_survey_helpers as helpers
 import yaml
+from helpers import survey_steps as helpers
 
 from survey.cli import PLUGIN_COMMANDS, build_parser, main
 from survey.config import load_defaults
@@ -103,7 +103,9 @@ def test_run_status_retry_clean_end_to_end(tmp_path):
         tmp_path / "data", 3, meta={"0910000001": {"fail": {"step": "spectra", "kind": "ToolError"}}}
     )
     cfg = tmp_path / "survey.yaml"
-    cfg.write_text("pipeline:\n  module: test_survey_helpers\ncluster:\n  dashboard_address: '127.0.0.1:0'\n")
+    cfg.write_text(
+        "pipeline:\n  module: helpers.survey_steps\ncluster:\n  dashboard_address: '127.0.0.1:0'\n"
+    )
     run = _cli(
         "run",
         "--config",

@@ -28,9 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_bad_inputs import good_events
+from helpers.cluster_events import good_events
 
 psutil = pytest.importorskip("psutil")
 

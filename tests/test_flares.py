@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_events import T0, make_event_file
+from helpers.events import T0, make_event_file
 
 from xmmcore import events as E
 from xmmcore import flares as F

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_events import make_event_file
+from helpers.events import make_event_file
 
 from xmmcore import events as E
 from xmmcore import images as I

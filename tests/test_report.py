@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_catalog import make_obs
+from helpers.catalog import make_obs
 
 import catalog
 from catalog import io as cio

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-import test_survey_helpers as helpers
+from helpers import survey_steps as helpers
 
 from survey.api import run_survey
 from survey.cluster import slurm_cluster_kwargs
@@ -118,7 +118,7 @@ def test_survey_through_slurmcluster(tmp_path, slurm_env, monkeypatch):
         {
             "data_dir": str(tmp_path / "data"),
             "results_dir": str(tmp_path / "results"),
-            "pipeline.module": "test_survey_helpers",
+            "pipeline.module": "helpers.survey_steps",
             "cluster.kind": "slurm",
             "cluster.dashboard_address": "127.0.0.1:0",
             "cluster.slurm.interface": "lo",
@@ -160,7 +160,7 @@ def test_job_array_mode(tmp_path, slurm_env):
     config = tmp_path / "survey.yaml"
     config.write_text(
         f"data_dir: {tmp_path / 'data'}\nresults_dir: {tmp_path / 'results'}\n"
-        "pipeline:\n  module: test_survey_helpers\n"
+        "pipeline:\n  module: helpers.survey_steps\n"
     )
     env = dict(
         os.environ,

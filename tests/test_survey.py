@@ -1,4 +1,4 @@
-"""Survey orchestration on a local Dask cluster with cheap real steps (tests/test_survey_helpers.py).
+"""Survey orchestration on a local Dask cluster with cheap real steps (tests/helpers.survey_steps.py).
 
 Failure isolation, retries only for TransientError, checkpoints (skip / rerun exactly what changed),
 targets CSV + ObsID list inputs, status / retry / clean, a worker killed mid-survey.
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-import test_survey_helpers as helpers
+from helpers import survey_steps as helpers
 
 from survey.api import read_obsid_list, read_targets_csv, resolve_obsids, run_one, run_survey
 from survey.config import load_config
@@ -44,7 +44,7 @@ def _cfg(tmp_path: Path, **extra):
     overrides = {
         "data_dir": str(tmp_path / "data"),
         "results_dir": str(tmp_path / "results"),
-        "pipeline.module": "test_survey_helpers",
+        "pipeline.module": "helpers.survey_steps",
         "cluster.dashboard_address": "127.0.0.1:0",
         "retries.backoff_s": 0.05,
         "cluster.workers": 2,

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import test_survey_helpers as helpers
 from astropy.io import fits
+from helpers import survey_steps as helpers
 
 from survey.api import run_one
 from survey.config import load_config
@@ -64,7 +64,7 @@ def test_kill_driver_then_resume(tmp_path):
         "--no-progress",
         "--no-catalogue",
         "--set",
-        "pipeline.module=test_survey_helpers",
+        "pipeline.module=helpers.survey_steps",
         "--set",
         "cluster.dashboard_address=127.0.0.1:0",
     ]
@@ -113,7 +113,7 @@ def test_kill_driver_then_resume(tmp_path):
         {
             "data_dir": str(tmp_path / "data"),
             "results_dir": str(ref),
-            "pipeline.module": "test_survey_helpers",
+            "pipeline.module": "helpers.survey_steps",
         },
     )
     for obsid in ids:
