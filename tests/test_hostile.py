@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import test_survey_helpers as helpers
+from helpers import survey_steps as helpers
 
 from survey.config import load_config, parse_override
 from xmmcore.errors import ConfigError, InputDataError

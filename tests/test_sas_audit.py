@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from helpers.sas import REGIONS, SETTINGS, _cfg, _write_attitude, _write_events
 from sas_stub import install
-from test_sas_backend import REGIONS, SETTINGS, _cfg, _write_attitude, _write_events
 
 from xmmcore.backends.sas import (
     SasBackend,
