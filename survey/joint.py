@@ -288,6 +288,7 @@ def execute_joint(task: JointTask, *upstream: Mapping[str, Any] | None) -> dict[
         "target": task.target,
         "step": JOINT_STEP,
         "obsids": list(used),
+        "meta": task.meta,
         "inputs_hash": h,
         "inputs": inputs,
         "versions": task.versions,
