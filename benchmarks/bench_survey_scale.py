@@ -7,7 +7,7 @@ memory must stay flat: its median over the steps of ObsIDs 40-60 (in completion 
 ObsIDs 480-500, within 20 %.
 
 ObsIDs are small simulated event lists (``--events`` events, default 300) run through the cheap
-real steps of ``tests/test_survey_helpers.py`` (FITS in, screening, centroid, PI histogram, JSON
+real steps of ``tests/helpers/survey_steps.py`` (FITS in, screening, centroid, PI histogram, JSON
 fit): the orchestration, the step records, the logs and the catalogue are the survey's own, the
 science is not. An archive-scale projection (15,000 pointings) combines these figures with the
 per-ObsID cost of the real pipeline (``--science-cpu-s``) and the I/O of real PPS event lists
@@ -154,7 +154,7 @@ def run_benchmark(
     work_s: float,
     base: Path,
 ) -> dict[str, Any]:
-    import test_survey_helpers as helpers
+    from helpers import survey_steps as helpers
 
     from survey.api import run_survey
     from survey.config import load_config
@@ -172,7 +172,7 @@ def run_benchmark(
     over: dict[str, Any] = {
         "data_dir": str(data),
         "results_dir": str(results),
-        "pipeline.module": "test_survey_helpers",
+        "pipeline.module": "helpers.survey_steps",
         "joint.enabled": False,
         "cluster.dashboard_address": "127.0.0.1:0",
     }

@@ -640,7 +640,12 @@ def hostile_survey(tmp_path_factory):
     (data / "0910000009").mkdir()
     before = _sums(data, results)
     args = ["run", "--data", str(data), "--results", str(results), "--no-progress", "--workers", "1"]
-    args += ["--set", "pipeline.module=test_survey_helpers", "--set", "cluster.dashboard_address=127.0.0.1:0"]
+    args += [
+        "--set",
+        "pipeline.module=helpers.survey_steps",
+        "--set",
+        "cluster.dashboard_address=127.0.0.1:0",
+    ]
     first, wall = _cli(*args)
     from survey.status import collect_status, format_status  # what `xmm-survey status [--json]` prints
 

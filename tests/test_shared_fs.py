@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import test_survey_helpers as helpers
 from astropy.io import fits
+from helpers import survey_steps as helpers
 
 import xmmcore.fsutil as fsutil
 from survey.api import run_one
@@ -94,7 +94,7 @@ def one_run(tmp_path):
         {
             "data_dir": str(tmp_path / "data"),
             "results_dir": str(tmp_path / "results"),
-            "pipeline.module": "test_survey_helpers",
+            "pipeline.module": "helpers.survey_steps",
         },
     )
     for obsid in ids:

@@ -13,7 +13,7 @@ the scheduler on 127.0.0.1: nothing leaves the loopback range. The tests (marker
   finished steps are reused and the result is identical to the reference;
 * job-array mode (``run-one`` per array task) over the nodes: the same step results and catalogue.
 
-The steps are the cheap real ones of ``test_survey_helpers`` (tiny FITS event lists).
+The steps are the cheap real ones of ``helpers.survey_steps`` (tiny FITS event lists).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-import test_survey_helpers as helpers
+from helpers import survey_steps as helpers
 
 from survey.api import run_survey
 from survey.cluster import start_cluster
@@ -91,7 +91,7 @@ def _overrides(cluster3, data, results, **more):
     base = {
         "data_dir": str(data),
         "results_dir": str(results),
-        "pipeline.module": "test_survey_helpers",
+        "pipeline.module": "helpers.survey_steps",
         "joint.enabled": False,
         "retries.backoff_s": 0.1,
         "cluster.kind": "slurm",
@@ -317,7 +317,7 @@ def test_job_array_mode_matches_dask_mode(cluster3, data3, reference, tmp_path):
     listing.write_text("\n".join(ids) + "\n")
     config = tmp_path / "survey.yaml"
     config.write_text(
-        f"data_dir: {data}\nresults_dir: {results}\npipeline:\n  module: test_survey_helpers\n"
+        f"data_dir: {data}\nresults_dir: {results}\npipeline:\n  module: helpers.survey_steps\n"
         "joint:\n  enabled: false\nretries:\n  backoff_s: 0.1\n"
     )
     env = dict(
