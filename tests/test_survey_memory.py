@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-import test_survey_helpers as helpers
+from helpers import survey_steps as helpers
 
 from survey.api import run_one, run_survey
 from survey.config import load_config
@@ -19,7 +19,7 @@ def _cfg(tmp_path):
         {
             "data_dir": str(tmp_path / "data"),
             "results_dir": str(tmp_path / "results"),
-            "pipeline.module": "test_survey_helpers",
+            "pipeline.module": "helpers.survey_steps",
             "joint.enabled": False,
         },
     )
