@@ -116,7 +116,8 @@ def test_item1_prescreened_lists_without_corners_are_refused_for_esas(xmm_data, 
     out = tmp_path / "results" / OBSID
     reason = esas_precondition(obs, "mos1", out, _cfg(), SETTINGS)
     assert "no out-of-field-of-view (corner) events" in reason and "MIEVLI" in reason
-    summary = SasBackend(SETTINGS).filter_camera(
+    stub = SasSettings(**{**SETTINGS.__dict__, "sas_dir": str(install(tmp_path / "xmmsas"))})
+    summary = SasBackend(stub).filter_camera(
         obs, "mos1", out, _cfg(), log=__import__("logging").getLogger("t")
     )
     assert summary["skipped"] is True and summary["reason"] == reason

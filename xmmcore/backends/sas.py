@@ -1965,18 +1965,19 @@ class SasBackend:
         settings = self.settings(cfg)
         # Checked before any task runs: a mode or an input list the chain cannot use is one clear
         # reason, not a cascade of task failures.
-        reason = mode_skip_reason(obs, camera, settings) or esas_precondition(
-            obs, camera, outdir, cfg, settings
-        )
+        # A missing SAS is the user's to fix for every ObsID: reported before the data preconditions.
+        reason = mode_skip_reason(obs, camera, settings)
+        if reason is None:
+            tools = (
+                ["evselect"]
+                + (["espfilt"] if _sas_flare_method(cfg["flares"]["method"]) == "espfilt" else [])
+                + (["tabgtigen"] if cfg["flares"]["method"] == "fixed" else [])
+            )
+            self.check_installation(tools, cfg)
+            reason = esas_precondition(obs, camera, outdir, cfg, settings)
         if reason is not None:
             log.warning("filter %s skipped: %s", camera, reason)
             return {"camera": camera, "skipped": True, "reason": reason, "mode": mode}
-        tools = (
-            ["evselect"]
-            + (["espfilt"] if _sas_flare_method(cfg["flares"]["method"]) == "espfilt" else [])
-            + (["tabgtigen"] if cfg["flares"]["method"] == "fixed" else [])
-        )
-        self.check_installation(tools, cfg)
         cmds = build_filter_commands(obs, camera, outdir, cfg, settings)
         local_sum = write_local_sum_file(obs, outdir)
         if local_sum is not None:
