@@ -224,12 +224,18 @@ def test_missing_and_truncated_observations_are_recorded(tmp_path, client):
     ids = helpers.make_survey(tmp_path / "data", 3)
     evt = tmp_path / "data" / ids[1] / "pn_evts.fits"
     evt.write_bytes(evt.read_bytes()[:5000])  # truncated event list
+    # A listed ObsID without a folder is a mistake in the list: refused when the run starts (issue 15),
+    # naming it, before any work and before anything is written for it.
     cfg = _cfg(tmp_path, obsids=[ids[0], ids[1], ids[2], "0999999999"])
+    with pytest.raises(ConfigError, match="0999999999") as info:
+        run_survey(cfg, client=client, progress=False, catalogue=False)
+    assert "has no folder" in str(info.value)
+    assert not (tmp_path / "results" / "0999999999").exists()
+    # The truncated list fails alone, recorded with its file and cause.
+    cfg = _cfg(tmp_path, obsids=[ids[0], ids[1], ids[2]])
     report = run_survey(cfg, client=client, progress=False, catalogue=False)
     assert sorted(report.done) == [ids[0], ids[2]]
     assert "filter: InputDataError" in report.failed[ids[1]] and "pn_evts.fits" in report.failed[ids[1]]
-    missing = read_record(tmp_path / "results" / "0999999999", "filter")
-    assert missing["status"] == "failed" and "ObsID folder does not exist" in missing["reason"]
 
 
 def test_run_one_without_dask(tmp_path):
