@@ -247,6 +247,8 @@ class TableModel:
         self._grid = np.empty((int(np.prod(shape)), n_en))
         self._grid[flat] = spectra
         self._shape = shape
+        #: Interpolated axes weighted by Catmull-Rom cubics instead of XSPEC's linear weights (apec's kT).
+        self.cubic_axes: frozenset[int] = frozenset()
         self._add_grids = []
         for k in range(1, n_add + 1):
             col = f"ADDSP{k:03d}"
@@ -285,7 +287,7 @@ class TableModel:
         """
         n_int = len(self.interp_params)
         axes: list[tuple[tuple[int, float], ...]] = []
-        for p, v in zip(self.interp_params, values[:n_int]):
+        for k, (p, v) in enumerate(zip(self.interp_params, values[:n_int])):
             grid = p.values
             if grid.size == 1:
                 axes.append(((0, 1.0),))
@@ -297,6 +299,19 @@ class TableModel:
             else:
                 frac = (float(v) - grid[i]) / (grid[i + 1] - grid[i])
             frac = min(max(frac, 0.0), 1.0)
+            if k in self.cubic_axes and 1 <= i <= grid.size - 3:
+                # Catmull-Rom: C1 in the (log) parameter, through every node, so the statistic has no
+                # kinks at the grid nodes (linear weights make fits stick to nodes with a near-zero Hessian).
+                t = frac
+                axes.append(
+                    (
+                        (i - 1, -0.5 * t**3 + t**2 - 0.5 * t),
+                        (i, 1.5 * t**3 - 2.5 * t**2 + 1.0),
+                        (i + 1, -1.5 * t**3 + 2.0 * t**2 + 0.5 * t),
+                        (i + 2, 0.5 * t**3 - 0.5 * t**2),
+                    )
+                )
+                continue
             axes.append(((i, 1.0 - frac), (i + 1, frac)))
         corners = []
         weights = []
@@ -310,6 +325,8 @@ class TableModel:
         spec = w_arr @ self._grid[corners]
         for k, g in enumerate(self._add_grids):
             spec = spec + float(values[n_int + k]) * (w_arr @ g[corners])
+        if self.cubic_axes:
+            spec = np.maximum(spec, 0.0)  # a cubic may undershoot where a line switches on
         return spec
 
     def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray, values: Sequence[float]) -> np.ndarray:
@@ -551,7 +568,10 @@ def apec_component() -> TableComponent:
             "`xmm-survey models build-apec` (or set "
             f"{APEC_TABLE_ENV} to an APEC atable FITS file); expected {default_apec_cache_path()}"
         )
-    table = read_table_model(path)
+    table = copy.copy(read_table_model(path))  # the cached table keeps XSPEC's linear atable weights
+    # Smooth in kT: the AtomDB grid steps by ~6% in kT, about the statistical error of a typical cluster;
+    # linear weights pull best fits onto the nodes. The abundance axis stays linear (lines scale with Z).
+    table.cubic_axes = frozenset({0})
     return _ApecComponent(table, "apec", params=_apec_params(table))
 
 
