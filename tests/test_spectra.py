@@ -175,6 +175,9 @@ def test_python_backend_blanksky_background_on_simulated_obs(tmp_path):
         exposure_ks=40.0,
         point_sources=0.0,
         cluster_counts=(1.0, 1.0),
+        cluster={
+            "counts_pn": 1.0
+        },  # a blank field: the simulator's L-T draw would otherwise pick a bright cluster
     )
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "survey" / "defaults.yaml").read_text())
     cfg["cameras"] = ["mos1"]
