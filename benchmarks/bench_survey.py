@@ -26,16 +26,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from xmmcore.tools import run_tool  # noqa: E402 - after the sys.path line above
 
 __all__ = ["compare", "main", "measure", "run"]
 
@@ -159,39 +161,46 @@ def compare(
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         old_tree = root / "ref-tree"
-        subprocess.run(
+        run_tool(
             ["git", "-C", str(REPO), "worktree", "add", "--detach", str(old_tree), ref],
-            check=True,
-            capture_output=True,
+            cwd=str(root),
+            check_sas_errors=False,
         )
         try:
             ids = _simulate(root / "data", n)
-            procs = {}
-            for side, tree in (("ref", old_tree), ("ours", REPO)):
-                env = {**os.environ, "PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1"}
+
+            def side(name: str, tree: Path) -> dict[str, Any]:
                 argv = [
                     sys.executable,
                     "-c",
                     _RUNNER,
                     str(root / "data"),
-                    str(root / f"results-{side}"),
+                    str(root / f"results-{name}"),
                     json.dumps(overrides),
                     ",".join(ids),
                 ]
-                procs[side] = subprocess.Popen(
-                    argv, env=env, cwd=str(root), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-                )
-            res = {}
-            for side, p in procs.items():
-                stdout, stderr = p.communicate(timeout=timeout_s)
-                line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
-                if p.returncode != 0 or line is None:
-                    raise RuntimeError(f"{side} run failed (exit {p.returncode}): {stderr[-2000:]}")
-                res[side] = json.loads(line[len("RESULT ") :])
+                env = {"PYTHONPATH": str(tree), "OPENBLAS_NUM_THREADS": "1"}
+                run = run_tool(argv, cwd=str(root), env=env, timeout_s=timeout_s, check_sas_errors=False)
+                line = next((ln for ln in run.stdout.splitlines() if ln.startswith("RESULT ")), None)
+                if line is None:
+                    raise RuntimeError(f"{name} run printed no result: {run.stderr[-2000:]}")
+                return json.loads(line[len("RESULT ") :])
+
+            # Both sides at once, each in its own process: side by side on the same machine state.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                futs = {
+                    name: pool.submit(side, name, tree) for name, tree in (("ref", old_tree), ("ours", REPO))
+                }
+                res = {name: f.result() for name, f in futs.items()}
         finally:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)], capture_output=True
-            )
+            try:
+                run_tool(
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old_tree)],
+                    cwd=str(root),
+                    check_sas_errors=False,
+                )
+            except Exception as exc:  # noqa: BLE001 - a leftover worktree is reported, not fatal
+                print(f"git worktree remove: {exc}", file=sys.stderr)
     ref_cpu = [v["cpu_s"] for v in res["ref"].values()]
     our_cpu = [v["cpu_s"] for v in res["ours"].values()]
     return {

@@ -26,10 +26,10 @@ of ``benchmarks/results.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +37,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -131,16 +132,15 @@ def _slurm_cluster(nodes: int, state: Path) -> dict[str, str]:
         XMM_SLURMCTLD_PORT=os.environ.get("XMM_SLURMCTLD_PORT", "6957"),
         XMM_SLURMD_PORT=os.environ.get("XMM_SLURMD_PORT", "6960"),
     )
-    out = subprocess.run(
+    from xmmcore.tools import run_tool
+
+    run_tool(
         ["bash", str(REPO / "slurm" / "local-cluster.sh"), "start"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=180,
+        cwd=str(state.parent),
+        base_env=env,
+        timeout_s=180,
+        check_sas_errors=False,
     )
-    if out.returncode:
-        raise SystemExit(out.stdout + out.stderr)
     env["SLURM_CONF"] = str(state / "slurm.conf")
     return env
 
@@ -176,14 +176,16 @@ def run_benchmark(
         "joint.enabled": False,
         "cluster.dashboard_address": "127.0.0.1:0",
     }
-    env_backup = dict(os.environ)
+    # sbatch/scancel, run by dask-jobqueue in this process, find the test cluster through SLURM_CONF: set it
+    # for this run only (restored after, like the tests' monkeypatch); nothing in the pipeline edits os.environ.
+    env_patch = contextlib.ExitStack()
     state = None
     if cluster == "local":
         over.update({"cluster.kind": "local", "cluster.workers": workers})
     else:
         state = base / "slurm-state"
         env = _slurm_cluster(workers, state)
-        os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+        env_patch.enter_context(mock.patch.dict(os.environ, {"SLURM_CONF": env["SLURM_CONF"]}))
         over.update(
             {
                 "cluster.kind": "slurm",
@@ -210,16 +212,20 @@ def run_benchmark(
     finally:
         wall = time.perf_counter() - t0
         driver = sampler.stop()
-        os.environ.clear()
-        os.environ.update(env_backup)
+        env_patch.close()
         if state is not None:
-            subprocess.run(
-                ["bash", str(REPO / "slurm" / "local-cluster.sh"), "stop"],
-                env=dict(os.environ, XMM_SLURM_DIR=str(state), XMM_SLURM_NODES=str(workers)),
-                check=False,
-                capture_output=True,
-                timeout=120,
-            )
+            from xmmcore.tools import run_tool
+
+            try:  # the cluster's own stop: a failure here must not hide the run's result or error
+                run_tool(
+                    ["bash", str(REPO / "slurm" / "local-cluster.sh"), "stop"],
+                    cwd=str(state.parent),
+                    env={"XMM_SLURM_DIR": str(state), "XMM_SLURM_NODES": str(workers)},
+                    timeout_s=120,
+                    check_sas_errors=False,
+                )
+            except Exception as exc:  # noqa: BLE001
+                print(f"local-cluster.sh stop: {exc}", file=sys.stderr)
     load_after = _load()
     t1 = time.perf_counter()
     _paths, error, info = build_catalogue(results)
