@@ -375,8 +375,10 @@ def _aperture_record(
     if regions.get("r500_source") == "iterated" and history:
         r500_kpc_v, r500_arcmin = history[-1]["r500_kpc"], history[-1]["r500_arcmin"]
     else:
-        r500_kpc_v = float(regions.get("r500_kpc", float("nan")))
-        r500_arcmin = float(regions.get("r500_arcmin", float("nan")))
+        r500_kpc_v = float(regions.get("r500_kpc") if regions.get("r500_kpc") is not None else float("nan"))
+        r500_arcmin = float(
+            regions.get("r500_arcmin") if regions.get("r500_arcmin") is not None else float("nan")
+        )
     out: dict[str, Any] = {
         "r500_kpc": r500_kpc_v,
         "r500_arcmin": r500_arcmin,
