@@ -375,10 +375,10 @@ def _aperture_record(
     if regions.get("r500_source") == "iterated" and history:
         r500_kpc_v, r500_arcmin = history[-1]["r500_kpc"], history[-1]["r500_arcmin"]
     else:
-        r500_kpc_v = float(regions.get("r500_kpc") if regions.get("r500_kpc") is not None else float("nan"))
-        r500_arcmin = float(
-            regions.get("r500_arcmin") if regions.get("r500_arcmin") is not None else float("nan")
-        )
+        # Null when no R500 is known and none was iterated: NaN, never a TypeError.
+        kpc, arcmin = regions.get("r500_kpc"), regions.get("r500_arcmin")
+        r500_kpc_v = float("nan") if kpc is None else float(kpc)
+        r500_arcmin = float("nan") if arcmin is None else float(arcmin)
     out: dict[str, Any] = {
         "r500_kpc": r500_kpc_v,
         "r500_arcmin": r500_arcmin,
