@@ -163,8 +163,6 @@ def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.
     keep = np.zeros(time.shape, dtype=bool)
     for key, ccds in groups.items():
         in_gti = gtimod.mask_in_gti(time, tables[key])
-        if len(groups) == 1 and set(ccds) >= set(np.unique(ccdnr).tolist()):
-            return in_gti
         lut = np.zeros(lut_size, dtype=bool)
         lut[ccds] = True
         keep |= in_gti & lut[ccdnr]
@@ -538,14 +536,17 @@ def screen_with_gti(
     pi_min: float | None = None,
     pi_max: float | None = None,
     ccds: Sequence[int] | None = None,
+    keep: np.ndarray | None = None,
 ) -> tuple[EventList, int]:
     """``screen(evl, ...).with_gti(gti)`` with one copy of the columns.
 
+    ``keep`` is the :func:`screen_mask` of the same selections when the caller already has it.
     Returns the cleaned list and the number of events that passed the screening alone.
     """
-    keep = screen_mask(
-        evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min, pi_max=pi_max, ccds=ccds
-    )
+    if keep is None:
+        keep = screen_mask(
+            evl.columns, pattern_max=pattern_max, flag_mask=flag_mask, pi_min=pi_min, pi_max=pi_max, ccds=ccds
+        )
     base = evl
     if ccds is not None:
         gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}

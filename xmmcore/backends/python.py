@@ -109,7 +109,8 @@ class PythonBackend:
         evl = read_events(path, camera=camera, prefilter=wanted)
         if evl.resorted:
             log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
-        n_screened = int(screen_mask(evl.columns, **screen_kw).sum())
+        screened = screen_mask(evl.columns, **screen_kw)
+        n_screened = int(screened.sum())
         if n_screened == 0:
             raise InputDataError(f"no {camera} events pass the screening (PATTERN/FLAG/PI/CCD)", path)
         res = flare_gti(
@@ -128,7 +129,9 @@ class PythonBackend:
                 f"no good time left after flare filtering ({method}, threshold {res.threshold:.3g} ct/s)",
                 path,
             )
-        clean_t, _ = screen_with_gti(evl, res.gti, **screen_kw)  # screening and flare GTI in one copy
+        clean_t, _ = screen_with_gti(
+            evl, res.gti, **screen_kw, keep=screened
+        )  # screening and flare GTI in one copy
         sel = (
             f"PATTERN<={scr.pattern_max} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
             f"==0 && PI in [{scr.pi_min}:{scr.pi_max}] && CCDNR in {list(scr.ccds) if scr.ccds else 'all'} "
