@@ -25,6 +25,8 @@ if [[ ! -x "$PY" ]]; then
     echo "install-sherpa: $PY is not an executable Python" >&2
     exit 2
 fi
+# Absolute path (without resolving the venv's symlink): the build below runs from an empty directory.
+PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
 if "$PY" -c "import sherpa" >/dev/null 2>&1; then
     echo "install-sherpa: sherpa $("$PY" -c 'import sherpa; print(sherpa.__version__)' 2>/dev/null) already importable by $PY; nothing to do" >&2
     exit 0
