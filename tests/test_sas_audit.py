@@ -110,6 +110,25 @@ def test_the_whitelist_refuses_what_sas_does_not_know():
     assert unknown_params(("arfgen", "detmaptype=dataset", "extendedsource=yes")) == []
 
 
+def test_the_whitelist_knows_what_real_sas_runs_pass():
+    """The chain parameters DAXA and published reduction scripts give SAS 21: accepted, with their enums."""
+    assert (
+        unknown_params(
+            ("epchain", "odf=x", "odfaccess=odf", "exposure=1", "schedule=S", "ccds=1", "runbackground=N")
+            + ("keepintermediate=raw", "withoutoftime=Y", "runradmonfix=N")
+        )
+        == []
+    )
+    assert unknown_params(("emchain", "odf=x", "addtaglenoise=no", "makeflaregti=no")) == []
+    assert (
+        unknown_params(("odfingest", "odfdir=a", "outdir=b", "withodfdir=yes", "usecanonicalname=yes")) == []
+    )
+    assert unknown_params(("epchain", "odfaccess=some")) == [
+        "epchain: odfaccess='some' is not one of odf, all"
+    ]
+    assert unknown_params(("emchain", "addtaglenoise=maybe"))[0].startswith("emchain: addtaglenoise='maybe'")
+
+
 # ------------------------------------------------------------------------------------ audit items
 def test_item1_prescreened_lists_without_corners_are_refused_for_esas(xmm_data, tmp_path):
     obs = discover(xmm_data / "a907", OBSID)

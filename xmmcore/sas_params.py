@@ -82,14 +82,19 @@ TASK_PARAMS: dict[str, frozenset[str]] = {
     # cifbuild documentation (SAS 21)
     "cifbuild": _names("""calindexset withccfpath ccfpath analysisdate category fullpath withobservationdate
         observationdate ignorecalindex masterindex withmasterindex"""),
-    # odfingest documentation (SAS 21)
-    "odfingest": _names("odfdir outdir summaryonly usesummaryfile findinstrumentmodes withfileverification"),
-    # emchain / epchain documentation (SAS 21)
+    # odfingest documentation (SAS 21); withodfdir, usecanonicalname, writepath, usehousekeeping and oalcheck
+    # as real SAS runs pass them (DAXA's process/xmm/setup.py, published reduction scripts)
+    "odfingest": _names("""odfdir outdir summaryonly usesummaryfile findinstrumentmodes withfileverification withodfdir
+        usecanonicalname writepath usehousekeeping oalcheck"""),
+    # emchain / epchain documentation (SAS 21); addtaglenoise (emchain) and odfaccess, schedule, runbackground,
+    # keepintermediate, runradmonfix (epchain) as DAXA's process/xmm/assemble.py passes them to SAS 21
+    # (epchain withoutoftime=Y first, then the imaging run, as the epchain page advises)
     "emchain": _names("""odf exposures instruments ccds ingtiset filteratt filterhk badpixfindalgo randomize
         applyflaregti runccdloop startfromodf stopafterbadpixfind runevlistcomb makeflaregti
-        rejectbadevents withoutoftime"""),
+        rejectbadevents withoutoftime addtaglenoise"""),
     "epchain": _names("""odf exposure withoutoftime ccds runatthkgen runepframes runbadpixfind runbadpix runepevents
-        runevlistcomb runemevents runepflagtimes runepclean sortorder withinstexpids"""),
+        runevlistcomb runemevents runepflagtimes runepclean sortorder withinstexpids odfaccess schedule
+        runbackground keepintermediate runradmonfix"""),
     # XPROC0 of a907 images (atthkgen, eexpmap); emosaic documentation
     "atthkgen": _names("atthkset timestep withtimeranges timebegin timeend withpreqgti preqgtifile"),
     "eexpmap": _names("""imageset attitudeset eventset expimageset pimin pimax attrebin usedlimap usefastpixelization
@@ -107,6 +112,7 @@ ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("rmfgen", "detmaptype"): ("flat", "psf", "dataset"),
     ("cifbuild", "category"): ("XMMCCF",),
     ("specgroup", "units"): ("CHAN", "KEV", "ANG"),
+    ("epchain", "odfaccess"): ("odf", "all"),
     **{
         (task, name): _BOOL
         for task, names in {
@@ -121,6 +127,8 @@ ENUMS: dict[tuple[str, str], tuple[str, ...]] = {
             "pnspectra": "withsrcrem withregion keepinterfiles clobber",
             "specgroup": "withrmfset witharfset withbgdset withCounts withoversampling",
             "epchain": "withoutoftime",
+            "emchain": "addtaglenoise makeflaregti",
+            "odfingest": "withodfdir findinstrumentmodes usecanonicalname",
         }.items()
         for name in names.split()
     },
