@@ -160,6 +160,37 @@ def test_odf_summary_records(xmm_data):
     assert summary.cameras == ("pn", "mos1", "mos2")
 
 
+def test_a_raw_odf_with_only_its_sum_asc_is_an_odf(xmm_data, tmp_path):
+    """The archive's raw ODF: ``*SUM.ASC`` and constituents, no odfingest ``*SUM.SAS`` yet."""
+    from xmmcore.backends.sas import SasSettings, build_odf_commands, local_sum_file
+
+    src = next((xmm_data / "a907" / OBSID / "odf").glob("*SUM.SAS"))
+    odf = tmp_path / "data" / OBSID / "ODF"
+    odf.mkdir(parents=True)
+    head = [ln for ln in src.read_text().splitlines() if not ln.startswith("PATH ")]
+    asc = head[: head.index("FILES")]  # the observation record; the instrument records come from the names
+    (odf / f"0809_{OBSID}_SCX00000SUM.ASC").write_text("\n".join(asc) + "\n")
+    for name in ("M1U00210IME", "M2U00210IME", "M2S00110IME", "PNU00201IME", "SCX00000ATS"):
+        (odf / f"0809_{OBSID}_{name}.FIT").write_bytes(b"SIMPLE  =                    T raw ODF")
+    obs = discover(tmp_path / "data", OBSID)
+    assert obs.odf_only and obs.odf_dir == odf and not obs.odf_ingested
+    assert obs.sum_file.name.endswith("SUM.ASC") and obs.cameras == ("pn", "mos1", "mos2")
+    summary = read_odf_summary(obs.sum_file)
+    assert summary.obsid == OBSID and summary.exposures == {
+        "M1": ["U002"],
+        "M2": ["S001", "U002"],
+        "PN": ["U002"],
+    }
+    assert summary.modes == {}  # unknown until odfingest reads the housekeeping
+    with pytest.raises(InputDataError, match="ODF only: needs the SAS backend"):
+        discover(tmp_path / "data", OBSID, backend="python")
+    out = tmp_path / "results" / OBSID
+    cmds = build_odf_commands(obs, out, SasSettings(sas_dir="/opt/sas", ccf_path=None))
+    ingest = next(c for c in cmds if c.label == "odfingest")
+    assert f"odfdir={odf.resolve()}" in ingest.argv
+    assert local_sum_file(obs, out) is None  # nothing to rewrite: odfingest writes the *SUM.SAS
+
+
 @pytest.fixture(scope="module")
 def xsa_run(xsa_data, tmp_path_factory):
     from distributed import Client, LocalCluster

@@ -185,7 +185,7 @@ def _is_event_file(path: Path) -> bool:
 # ------------------------------------------------------------------------------------ ODF summary
 @dataclass(frozen=True)
 class OdfSummary:
-    """What an ODF summary file (``*SUM.SAS``) says.
+    """What an ODF summary file (odfingest's ``*SUM.SAS``, or the raw ODF's ``*SUM.ASC``) says.
 
     Attributes
     ----------
@@ -310,7 +310,45 @@ def read_odf_summary(sum_file: str | Path) -> OdfSummary:
             continue
         if current and re.match(r"MODE\s*=", line):
             modes.setdefault(current, []).append(line.split("=", 1)[1].split("/", 1)[0].strip())
+    if not exposures:
+        # A raw ODF as the archive delivers it: ``*SUM.ASC`` (odfingest has not run) names the instrument
+        # records only through its constituents, ``RRRR_OOOOOOOOOO_M1S00100AUX.FIT``; the exposures come
+        # from those names (the files list, or the folder), the modes stay unknown until odfingest.
+        exposures = _exposures_from_constituents(lines, sum_file.parent)
     return OdfSummary(sum_file, odf_path, obsid, modes, exposures, durations, start)
+
+
+_CONSTITUENT = re.compile(r"^\d{4}_\d{10}_(PN|M1|M2)([SU]\d{3})", re.IGNORECASE)
+
+
+def _exposures_from_constituents(lines: list[str], folder: Path) -> dict[str, list[str]]:
+    names = [ln.split("/", 1)[0].strip() for ln in lines]
+    try:
+        names += [p.name for p in folder.iterdir()]
+    except OSError:
+        pass
+    exposures: dict[str, list[str]] = {}
+    for name in sorted(set(names)):
+        m = _CONSTITUENT.match(name)
+        if m:
+            tag, exp = m.group(1).upper(), m.group(2).upper()
+            if exp not in exposures.setdefault(tag, []):
+                exposures[tag].append(exp)
+    return exposures
+
+
+def is_summary_file(name: str) -> bool:
+    """True for an ODF summary file: ``*SUM.SAS`` (odfingest's) or ``*SUM.ASC`` (the raw ODF's)."""
+    return name.upper().endswith(("SUM.SAS", "SUM.ASC"))
+
+
+def summary_file(odf_dir: Path) -> Path | None:
+    """The ODF summary of ``odf_dir``: odfingest's ``*SUM.SAS`` when there is one, else the raw ``*SUM.ASC``."""
+    try:
+        found = sorted(p for p in odf_dir.iterdir() if p.is_file() and is_summary_file(p.name))
+    except OSError:
+        return None
+    return next((p for p in found if p.name.upper().endswith("SUM.SAS")), found[0] if found else None)
 
 
 def _seconds_between(start: str, end: str) -> float:
@@ -389,7 +427,13 @@ class Observation:
         """The ODF summary file, if any."""
         if self.odf_dir is None:
             return None
-        return next(iter(sorted(self.odf_dir.glob("*SUM.SAS"))), None)
+        return summary_file(self.odf_dir)
+
+    @property
+    def odf_ingested(self) -> bool:
+        """True when the ODF summary is odfingest's ``*SUM.SAS`` (a raw ODF has only ``*SUM.ASC``)."""
+        sum_file = self.sum_file
+        return sum_file is not None and sum_file.name.upper().endswith("SUM.SAS")
 
     def with_meta(self, **meta: Any) -> Observation:
         """Return a copy with extra target metadata (e.g. from a CSV target list)."""
@@ -602,7 +646,7 @@ def _rank(path: Path, info: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _odf_dirs(root: Path) -> set[Path]:
-    return {p.parent for p in root.rglob("*") if p.is_file() and p.name.upper().endswith("SUM.SAS")}
+    return {p.parent for p in root.rglob("*") if p.is_file() and is_summary_file(p.name)}
 
 
 def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) -> Observation:
@@ -637,7 +681,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
         if low == "ccf.cif":
             ccf = path
             continue
-        if low.endswith("sum.sas"):
+        if is_summary_file(path.name):
             odf_dir = path.parent
             continue
         if path.parent in odf_dirs:
@@ -675,7 +719,8 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
             skipped[cam] = f"{cam} in {mode} mode (timing/burst): no imaging events ({best.name})"
             continue
         events[cam] = best
-    summary = read_odf_summary(sorted(odf_dir.glob("*SUM.SAS"))[0]) if odf_dir else None
+    sum_path = summary_file(odf_dir) if odf_dir else None
+    summary = read_odf_summary(sum_path) if sum_path else None
     odf_cameras: tuple[str, ...] = ()
     if summary is not None:
         odf_cameras = summary.cameras
@@ -692,7 +737,7 @@ def discover(data_dir: str | Path, obsid: str, *, backend: str | None = None) ->
         if summary is None:
             raise InputDataError(
                 "no EPIC event list found (looked for *pn*/*mos1*/*mos2*, PPS *PIEVLI*/*MIEVLI* "
-                "(.FTZ/.FIT/.FIT.gz) files) and no ODF (*SUM.SAS)",
+                "(.FTZ/.FIT/.FIT.gz) files) and no ODF (*SUM.SAS or *SUM.ASC)",
                 root,
             )
         if not odf_cameras:

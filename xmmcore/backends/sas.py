@@ -329,12 +329,10 @@ def camera_mode(obs: Observation, camera: str) -> dict[str, str | None]:
     if camera in obs.skipped_cameras and camera in obs.modes:
         # left out at discovery (a timing/burst list): the mode read from its header then
         return {"datamode": None, "submode": obs.modes[camera], "source": obs.skipped_cameras[camera]}
-    if obs.odf_dir is not None:
-        sums = sorted(obs.odf_dir.glob("*SUM.SAS"))
-        if sums:
-            main = read_odf_summary(sums[0]).main_mode(camera)
-            if main:
-                return {"datamode": None, "submode": main, "source": str(sums[0])}
+    if obs.sum_file is not None:
+        main = read_odf_summary(obs.sum_file).main_mode(camera)
+        if main:
+            return {"datamode": None, "submode": main, "source": str(obs.sum_file)}
     return {"datamode": None, "submode": None, "source": None}
 
 
@@ -525,8 +523,8 @@ def local_sum_file(obs: Observation, outdir: Path) -> tuple[Path, str] | None:
     names that copy.
     """
     sum_file = obs.sum_file
-    if sum_file is None or obs.odf_dir is None:
-        return None
+    if sum_file is None or obs.odf_dir is None or not obs.odf_ingested:
+        return None  # a raw ODF (*SUM.ASC only) has no PATH: odfingest writes the *SUM.SAS
     local = str(obs.odf_dir.resolve())
     summary = read_odf_summary(sum_file)
     if summary.odf_path is not None and summary.odf_path.rstrip("/") == local.rstrip("/"):
@@ -614,7 +612,7 @@ def build_odf_commands(
 ) -> list[Command]:
     """``cifbuild`` + ``odfingest`` (+ ``emchain``/``epchain`` when ``chain``) for an observation with an ODF."""
     if obs.odf_dir is None:
-        raise InputDataError("no ODF folder (*SUM.SAS) to run cifbuild/odfingest on", obs.root)
+        raise InputDataError("no ODF folder (*SUM.SAS or *SUM.ASC) to run cifbuild/odfingest on", obs.root)
     odf = str(obs.odf_dir.resolve())
     cif_dir = _sas_dir(outdir, "odf", "cifbuild")
     ccf = str(cif_dir / "ccf.cif")
