@@ -331,3 +331,36 @@ def test_mos_fast_mode_list_is_imaging_and_kept(tmp_path):
     assert obs.cameras == ("mos1",) and "timing/burst" in obs.skipped_cameras["pn"]
     assert mode_skip_reason(obs, "mos1", SasSettings(**{**SETTINGS.__dict__, "esas": False})) is None
     assert "timing/burst" in mode_skip_reason(obs, "pn", SETTINGS)
+
+
+def test_the_chain_list_is_the_longest_exposure_in_run_and_plan_script(xmm_data, tmp_path):
+    """Two MOS1 exposures in the ODF summary (a long U002, a 10-minute S003): the filter step's input
+    pattern names U002, so the run and the exported plan script (`pick` takes the first match by name,
+    which would be S003) read the same list."""
+    from xmmcore.backends.sas import script_lines
+
+    odf = tmp_path / "data" / OBSID / "ODF"
+    odf.mkdir(parents=True)
+    text = next((xmm_data / "a907" / OBSID / "odf").glob("*SUM.SAS")).read_text()
+    extra = (
+        "EXPOSURE\n003 / Exposure Identifier [also S003]\nY / Is this a scheduled exposure?\n"
+        "2004-05-09T20:20:00.000 / Actual Start Time\n2004-05-09T20:30:00.000 / Actual End Time\n"
+        "//\nCONFIGURATION EPIC MOS\nMODE = PrimeFullWindow / Instrument configuration\n"
+    )
+    i = text.index("INSTRUMENT\nM2")
+    (odf / f"0809_{OBSID}_SCX00000SUM.SAS").write_text(text[:i] + extra + text[i:])
+    obs = discover(tmp_path / "data", OBSID, backend="sas")
+    assert read_exposures(obs) == ["U002", "S003"]
+    settings = SasSettings(**{**SETTINGS.__dict__, "use_pps_events": False})
+    cmds = build_filter_commands(obs, "mos1", tmp_path / "out", _cfg(**{"flares.method": "fixed"}), settings)
+    lc = next(c for c in cmds if c.label == "evselect-lc")
+    table = next(a for a in lc.argv if a.startswith("table="))
+    assert "M1U002MIEVLI" in table and "S003" not in table
+    script = "\n".join(script_lines(cmds))
+    assert "M1U002MIEVLI" in script and "M1[SU]" not in script
+
+
+def read_exposures(obs):
+    from xmmcore.observation import read_odf_summary
+
+    return read_odf_summary(obs.sum_file).exposures["M1"]

@@ -704,12 +704,28 @@ def _input_events(obs: Observation, camera: str, outdir: Path, settings: SasSett
         if camera in obs.event_files:
             return str(obs.event_files[camera].resolve())
         raise InputDataError(f"no {camera} event list and no ODF to run the chains on", obs.root)
+    # S (scheduled) or U (unscheduled, e.g. U002 of a907 0201901401) exposures. When odfingest's summary
+    # gives the exposures' durations, the pattern names the one the observation rule picks (longest imaging
+    # exposure), so the run and an exported plan script (whose `pick` takes the first match) read the same
+    # list; otherwise the run picks among the matches by the rule (best_event_list).
+    exp = _chain_exposure(obs, camera) or "[SU]*"
     if camera == "pn":
-        return str(_sas_dir(outdir, "odf", "epchain") / "P*PN[SU]*PIEVLI*.FIT")
+        return str(_sas_dir(outdir, "odf", "epchain") / f"P*PN{exp}PIEVLI*.FIT")
+    return str(_sas_dir(outdir, "odf", "emchain") / f"P*{_PPS_TAG[camera]}{exp}MIEVLI*.FIT")
+
+
+def _chain_exposure(obs: Observation, camera: str) -> str | None:
+    """The exposure of ``camera`` the chain products are read from, when the ODF summary settles it."""
+    if obs.sum_file is None or not obs.odf_ingested:
+        return None
+    summary = read_odf_summary(obs.sum_file)
     tag = _PPS_TAG[camera]
-    # S (scheduled) or U (unscheduled, e.g. U002 of a907 0201901401) exposures; the run picks one by the
-    # observation rule (longest imaging exposure) when there are several.
-    return str(_sas_dir(outdir, "odf", "emchain") / f"P*{tag}[SU]*MIEVLI*.FIT")
+    ids = summary.exposures.get(tag, [])
+    if len(ids) == 1:
+        return ids[0]
+    if ids and all(tag + i in summary.durations_s for i in ids):
+        return summary.main_exposure(camera)
+    return None
 
 
 # ------------------------------------------------------------------------------------------- filter
