@@ -248,8 +248,12 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
             raise ConfigError(
                 "cluster.kind: slurm needs dask-jobqueue (pip install 'xmm-survey[slurm]')"
             ) from exc
+        from .config import check_slurm_listen
+
+        slurm_kwargs = slurm_cluster_kwargs(cfg, results_dir)
+        check_slurm_listen(slurm_kwargs, allow_network=bool(c.get("allow_network")))
         with dask.config.set(SCHEDULER_CONFIG):
-            cluster = SLURMCluster(**slurm_cluster_kwargs(cfg, results_dir))
+            cluster = SLURMCluster(**slurm_kwargs)
         s = c["slurm"]
         cluster.adapt(
             minimum_jobs=int(s["minimum_jobs"]),

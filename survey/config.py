@@ -538,6 +538,7 @@ def load_config(
     if for_run:
         check_environment(data, where=where)
         check_obsid_selection(data, where=where)
+        check_input_files(data, where=where)
     return Config(data, tuple(sources), frozenset(explicit))
 
 
@@ -605,6 +606,7 @@ _RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "cluster.slurm.minimum_jobs": (0, True, 100_000, True),
     "cluster.slurm.maximum_jobs": (1, True, 100_000, True),
     "retries.transient": (0, True, 20, True),
+    "pipeline.step_timeout_s": (0.0, True, None, False),
     "retries.backoff_s": (0.0, True, 3600.0, True),
 }
 # dotted key -> lowest allowed value of each end of an energy band [keV]
@@ -688,6 +690,209 @@ def _check_dashboard(value: Any, public: bool, where: str) -> None:
         )
 
 
+#: Options of ``dask worker`` that say where it listens (their values are checked for loopback).
+_WORKER_LISTEN_OPTIONS = ("--host", "--listen-address", "--contact-address", "--interface")
+_NETWORK_ADVICE = (
+    "Dask's scheduler and workers have no authentication (anyone who reaches the port runs code as "
+    "you), so they stay on loopback unless cluster.allow_network is true (a real multi-node cluster on "
+    "a trusted network)"
+)
+
+
+def _address_host(address: str) -> str:
+    """The host of ``tcp://host:port``, ``host:port``, ``[v6]:port`` or a bare host."""
+    text = address.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        return text[1:].split("]", 1)[0]
+    if text.count(":") == 1:
+        return text.rpartition(":")[0]
+    return text
+
+
+def loopback_interface(name: str) -> bool:
+    """True when the network interface ``name`` of this host has only loopback addresses (``lo``).
+
+    An interface this host does not have (the compute nodes' ``ib0``) cannot be checked: it counts as
+    not loopback.
+    """
+    import socket
+
+    try:
+        import psutil
+    except ImportError:  # distributed depends on psutil; without it only the usual names are known
+        return name in ("lo", "lo0")
+    addrs = psutil.net_if_addrs().get(name)
+    if not addrs:
+        return False
+    ips = [a.address.split("%", 1)[0] for a in addrs if a.family in (socket.AF_INET, socket.AF_INET6)]
+    return bool(ips) and all(_loopback(ip) for ip in ips)
+
+
+def worker_listen_values(args: Iterable[Any]) -> list[tuple[str, str]]:
+    """``(option, value)`` of each listen option of a ``dask worker`` argument list (``--host X``, ``--host=X``)."""
+    items = [str(a) for a in args]
+    out = []
+    for i, item in enumerate(items):
+        opt, eq, val = item.partition("=")
+        if opt in _WORKER_LISTEN_OPTIONS:
+            value = val if eq else (items[i + 1] if i + 1 < len(items) else "")
+            out.append((opt, value))
+    return out
+
+
+def _listen_problem(what: str, value: str, *, interface: bool = False) -> str | None:
+    if "$" in value:  # a shell variable expanded on the compute node (e.g. $XMM_NODE_ADDR): not known here
+        return None
+    ok = loopback_interface(value) if interface else _loopback(_address_host(value))
+    if ok:
+        return None
+    kind = "interface" if interface else "address"
+    host = value if interface else _address_host(value)
+    try:
+        everywhere = not interface and (not host or ipaddress.ip_address(host).is_unspecified)
+    except ValueError:
+        everywhere = False
+    return f"{what} = {value!r} is {'every interface' if everywhere else f'a non-loopback {kind}'}"
+
+
+def check_network(data: Mapping[str, Any], *, where: str = "configuration") -> None:
+    """Every address the configuration names for the cluster is on loopback, unless ``cluster.allow_network``.
+
+    Checked: ``cluster.address`` (the scheduler ``kind: address`` connects to), ``cluster.slurm.scheduler_host``,
+    ``cluster.slurm.interface`` (an interface of this host with only loopback addresses, e.g. ``lo``) and
+    the listen options (``--host``, ``--listen-address``, ``--contact-address``, ``--interface``) in
+    ``cluster.slurm.worker_extra_args``; a value holding a shell variable (``$XMM_NODE_ADDR``) expands on
+    the compute node and is not known here. 127.0.0.0/8 and ::1 are loopback (the multi-node SLURM of
+    ``slurm/local-cluster.sh`` puts its nodes on 127.0.0.11-13). The dashboard has its own key
+    (``cluster.dashboard_public``). What a SLURM cluster really listens on (the site's ``jobqueue.yaml``
+    included) is checked again when it starts (:func:`check_slurm_listen`).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, its value and ``cluster.allow_network``.
+    """
+    cluster = data.get("cluster") or {}
+    if cluster.get("allow_network"):
+        return
+    slurm = cluster.get("slurm") or {}
+    problems = []
+    if cluster.get("address"):
+        problems.append(_listen_problem("cluster.address", str(cluster["address"])))
+    if slurm.get("scheduler_host"):
+        problems.append(_listen_problem("cluster.slurm.scheduler_host", str(slurm["scheduler_host"])))
+    if slurm.get("interface"):
+        problems.append(_listen_problem("cluster.slurm.interface", str(slurm["interface"]), interface=True))
+    for opt, value in worker_listen_values(slurm.get("worker_extra_args") or []):
+        problems.append(
+            _listen_problem(f"cluster.slurm.worker_extra_args {opt}", value, interface=opt == "--interface")
+        )
+    found = [p for p in problems if p]
+    if found:
+        raise ConfigError(f"{where}: {'; '.join(found)}: {_NETWORK_ADVICE}")
+
+
+def check_slurm_listen(kwargs: Mapping[str, Any], *, allow_network: bool) -> None:
+    """What a ``SLURMCluster`` built from ``kwargs`` (+ the site's dask config) listens on is loopback.
+
+    The scheduler listens on ``scheduler_options`` host/interface, else the site's
+    ``jobqueue.slurm.scheduler-options``, else the workers' ``interface``; with none of them it
+    listens on every interface. A worker listens on its ``--host``/``--interface``... option, else on
+    ``interface``, else on every interface of its node.
+
+    Raises
+    ------
+    ConfigError
+        Naming what would listen where and ``cluster.allow_network``.
+    """
+    if allow_network:
+        return
+    import dask
+
+    sched = dict(dask.config.get("jobqueue.slurm.scheduler-options", default=None) or {})
+    sched.update(kwargs.get("scheduler_options") or {})
+    interface = kwargs.get("interface") or dask.config.get("jobqueue.slurm.interface", default=None)
+    problems = []
+    if sched.get("host"):
+        problems.append(_listen_problem("the scheduler's host", str(sched["host"])))
+    elif sched.get("interface") or interface:
+        problems.append(
+            _listen_problem(
+                "the scheduler's interface", str(sched.get("interface") or interface), interface=True
+            )
+        )
+    else:
+        problems.append(
+            "the scheduler would listen on every interface (set cluster.slurm.scheduler_host: 127.0.0.1 "
+            "or cluster.slurm.interface: lo)"
+        )
+    listen = worker_listen_values(kwargs.get("worker_extra_args") or [])
+    if listen:
+        for opt, value in listen:
+            problems.append(_listen_problem(f"worker {opt}", value, interface=opt == "--interface"))
+    elif interface:
+        problems.append(_listen_problem("the workers' interface", str(interface), interface=True))
+    else:
+        problems.append(
+            "the workers would listen on every interface of their node (set cluster.slurm.interface: lo, "
+            'or worker_extra_args: ["--host", "<loopback address>"])'
+        )
+    found = [p for p in problems if p]
+    if found:
+        raise ConfigError(f"cluster.kind = slurm: {'; '.join(found)}: {_NETWORK_ADVICE}")
+
+
+#: Largest file the configuration may name that is read whole (regions, responses, lists) [bytes];
+#: event lists (blank-sky) and table models have their own, larger limits where they are read.
+_CONFIG_FILE_KEYS = (
+    ("regions.user_src_region", 1 << 20),
+    ("regions.user_bkg_region", 1 << 20),
+    ("regions.background.region_file", 1 << 20),
+    ("targets_csv", 64 << 20),
+)
+
+
+def check_input_files(data: Mapping[str, Any], *, where: str = "configuration") -> None:
+    """Every file the configuration names is a regular file below its size limit (checked by ``stat``).
+
+    User and background regions, the targets CSV, ``spectra.responses`` (RMF/ARF), the blank-sky event
+    lists and the ``atable{}`` tables of ``fit.model``: a FIFO or a device would block a reader or feed it
+    without end, so it is refused here, naming the key, before any work starts. The readers check again
+    (the file may change before a step reads it).
+
+    Raises
+    ------
+    ConfigError
+        Naming the key, the file and what it is.
+    """
+    from xmmcore.errors import InputDataError
+    from xmmcore.fsutil import regular_file
+    from xmmcore.ogip import MAX_OGIP_BYTES
+
+    named: list[tuple[str, Any, int]] = []
+    for dotted, limit in _CONFIG_FILE_KEYS:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        named.append((dotted, node, limit))
+    responses = (data.get("spectra") or {}).get("responses")
+    if isinstance(responses, Mapping):
+        named += [(f"spectra.responses.{k}", v, MAX_OGIP_BYTES) for k, v in responses.items()]
+    blank = ((data.get("regions") or {}).get("background") or {}).get("blanksky_files") or {}
+    if isinstance(blank, Mapping):
+        named += [(f"regions.background.blanksky_files.{k}", v, 64 << 30) for k, v in blank.items()]
+    for dotted, value, limit in named:
+        if not value or not isinstance(value, str):
+            continue
+        try:
+            regular_file(value, max_bytes=limit, what=f"{dotted} file")
+        except InputDataError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
 def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> None:
     """Check the physical and operational ranges of a merged configuration (types are already checked).
 
@@ -764,6 +969,7 @@ def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> No
         )
     if "dashboard_address" in cluster:
         _check_dashboard(cluster["dashboard_address"], bool(cluster.get("dashboard_public")), where)
+    check_network(data, where=where)
     module = (data.get("pipeline") or {}).get("module")
     if module is not None and not (isinstance(module, str) and _MODULE_RE.fullmatch(module)):
         raise ConfigError(

@@ -32,6 +32,7 @@ import platform
 import re
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -382,6 +383,7 @@ def check_step(task: StepTask, upstream_hash: str) -> tuple[str, str, list[dict[
             and not task.retry_failed
             and record.get("exception") not in (None, "TransientError", "KilledWorker")
             and not record.get("storage_error")  # full or read-only disk: rerun once space returns
+            and not record.get("timed_out")  # abandoned after pipeline.step_timeout_s: tried again
         ):
             return "failed", h, inputs, record
     return "run", h, inputs, record or {}
@@ -490,8 +492,11 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
     dict
         ``obsid, step, status`` (``done`` | ``cached`` | ``failed`` | ``blocked``), ``inputs_hash``,
         ``wall_s``, ``reason``, ``exception``, ``attempts``, ``failed_step``.
+
+    With ``pipeline.step_timeout_s`` > 0, a step (its input checks and hashing included) that has not
+    finished after that many seconds is abandoned and recorded failed (``StepTimeoutError``,
+    ``timed_out``): a blocked read never holds the survey.
     """
-    steps = task.pipeline.steps
     if upstream is not None and upstream.get("status") not in ("done", "cached"):
         return _outcome(
             task,
@@ -500,6 +505,77 @@ def execute_step(task: StepTask, upstream: Mapping[str, Any] | None = None) -> d
             exception=upstream.get("exception"),
             failed_step=upstream.get("failed_step"),
         )
+    timeout_s = step_timeout_s(task.cfg)
+    if timeout_s > 0:
+        return _run_with_timeout(task, upstream, timeout_s)
+    return _execute(task, upstream)
+
+
+def step_timeout_s(cfg: Mapping[str, Any]) -> float:
+    """``pipeline.step_timeout_s`` [s]; 0 (or absent) = no limit."""
+    value = (cfg.get("pipeline") or {}).get("step_timeout_s") if isinstance(cfg, Mapping) else None
+    return float(value or 0.0)
+
+
+def _run_with_timeout(task: StepTask, upstream: Mapping[str, Any] | None, timeout_s: float) -> dict[str, Any]:
+    """Run :func:`_execute` in a daemon thread; after ``timeout_s`` abandon it and record the step failed.
+
+    A read that blocks (a stalled NFS server, a FIFO) cannot be interrupted in Python, and a process
+    in uninterruptible I/O cannot even be killed: the step is abandoned instead. Its thread stays
+    blocked in this process (a worker, or ``run-one``, which exits without waiting for it); the record
+    says ``timed_out`` and the next run computes the step again. Should the abandoned step finish
+    after all, its products are written atomically and its own record then replaces this one.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["outcome"] = _execute(task, upstream)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+
+    started = _now()
+    thread = threading.Thread(target=target, name=f"step-{task.obsid}-{task.step}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if not thread.is_alive():
+        if "error" in box:
+            raise box["error"]
+        return dict(box["outcome"])
+    reason = (
+        f"step {task.step} did not finish within pipeline.step_timeout_s = {timeout_s:g} s and was "
+        "abandoned (a read that blocks: a stalled network file system, a FIFO?); the next run tries it again"
+    )
+    with contextlib.suppress(OSError):
+        write_record(
+            task.outdir,
+            task.step,
+            {
+                "schema": RECORD_SCHEMA,
+                "obsid": task.obsid,
+                "step": task.step,
+                "status": "failed",
+                "inputs_hash": "",
+                "reason": reason,
+                "exception": "StepTimeoutError",
+                "error_class": "StepTimeoutError",
+                "timed_out": True,
+                "started": started,
+                "finished": _now(),
+                "wall_s": timeout_s,
+                "attempts": 1,
+                "outputs": [],
+                **where_am_i(),
+            },
+        )
+        invalidate_after(task.outdir, task.pipeline.steps, task.step)
+    with contextlib.suppress(Exception), step_logger(task.results_dir, task.obsid, task.step) as log:
+        log.error("%s", reason)
+    return _outcome(task, "failed", wall_s=timeout_s, reason=reason, exception="StepTimeoutError", attempts=1)
+
+
+def _execute(task: StepTask, upstream: Mapping[str, Any] | None) -> dict[str, Any]:
+    steps = task.pipeline.steps
     outdir = task.outdir
     if task.obs is None:
         missing_exc, message = task.error or ("InputDataError", "observation not found")

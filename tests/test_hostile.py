@@ -766,3 +766,222 @@ def test_lock_of_a_killed_unreaped_run_is_stale(tmp_path):
             assert json.loads(held.read_text())["pid"] == os.getpid()
     finally:
         proc.wait(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reads that block: FIFOs as inputs, and a per-step timeout for reads that hang (stalled NFS)
+# ----------------------------------------------------------------------------------------------
+
+
+def _release(fifo: Path) -> None:
+    """Let a reader blocked on ``fifo`` go: open its write end (non-blocking) and close it (EOF)."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_event_list_and_responses_that_are_fifos_are_refused_at_once(tmp_path):
+    """A FIFO named as an event list, an RMF/ARF or a configured file is refused by ``stat``, never opened."""
+    from xmmcore.events import read_events
+    from xmmcore.ogip import read_arf, read_pha, read_rmf
+
+    fifo = tmp_path / "pn_evts.fits"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    for reader in (read_events, read_rmf, read_arf, read_pha):
+        with pytest.raises(InputDataError) as info:
+            reader(fifo)
+        assert str(fifo) in str(info.value) and "FIFO" in str(info.value), (reader, info.value)
+    data = tmp_path / "data"
+    helpers.make_survey(data, 1)
+    for key in (
+        "regions.user_src_region",
+        "spectra.responses.pn_rmf",
+        "regions.background.blanksky_files.pn",
+        "targets_csv",
+    ):
+        with pytest.raises(ConfigError) as cinfo:
+            load_config(None, {"data_dir": str(data), key: str(fifo)}, for_run=True)
+        assert key in str(cinfo.value) and "FIFO" in str(cinfo.value) and str(fifo) in str(cinfo.value)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_configured_response_that_is_not_a_file_fails_the_spectra_step_naming_the_key(tmp_path):
+    """Before: a configured RMF that was a FIFO or a device was taken as "no RMF" and the camera dropped."""
+    from types import SimpleNamespace
+
+    from xmmcore.backends.python import _response_source
+
+    obs = SimpleNamespace(rmf_files={}, arf_files={})
+    with pytest.raises(InputDataError) as info:
+        _response_source({"pn_rmf": "/dev/zero"}, obs, "pn", "rmf")
+    assert "/dev/zero" in str(info.value) and "spectra.responses.pn_rmf" in str(info.value)
+    assert "device" in str(info.value)
+    assert _response_source({}, obs, "pn", "rmf") is None
+
+
+def test_step_blocked_in_a_read_is_abandoned_after_the_timeout_and_retried_next_run(tmp_path):
+    """A read that never returns (a FIFO nobody writes, as a stalled NFS mount looks) held the step forever."""
+    from survey.api import run_one
+    from survey.steps import read_record
+
+    data, res = tmp_path / "data", tmp_path / "res"
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    obsid = helpers.make_survey(
+        data, 1, meta={"0910000000": {"block_read": {"step": "regions", "path": str(fifo)}}}
+    )[0]
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(data),
+            "results_dir": str(res),
+            "pipeline.module": "helpers.survey_steps",
+            "pipeline.step_timeout_s": 3.0,
+        },
+    )
+    try:
+        t0 = time.perf_counter()
+        first = run_one(cfg, obsid)
+        wall = time.perf_counter() - t0
+    finally:
+        _release(fifo)
+    assert 3.0 <= wall < 15.0
+    assert first["filter"]["status"] == "done"
+    assert first["regions"]["status"] == "failed" and first["regions"]["exception"] == "StepTimeoutError"
+    assert "pipeline.step_timeout_s = 3 s" in first["regions"]["reason"]
+    assert first["spectra"]["status"] == "blocked"
+    rec = read_record(res / obsid, "regions")
+    assert rec["status"] in ("failed", "done")  # the released thread may have finished meanwhile
+    # The next run (the read answers now: the FIFO is a plain file again) computes the step.
+    fifo.unlink()
+    fifo.write_bytes(b"")
+    second = run_one(cfg, obsid)
+    assert second["regions"]["status"] in ("done", "cached") and second["fit"]["status"] == "done"
+
+
+@pytest.mark.slow  # a local Dask cluster
+def test_survey_with_one_obsid_blocked_in_a_read_finishes_the_others(tmp_path):
+    from survey.api import run_survey
+    from survey.status import collect_status
+
+    data, res = tmp_path / "data", tmp_path / "results"
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    ids = helpers.make_survey(
+        data, 3, meta={"0910000001": {"block_read": {"step": "spectra", "path": str(fifo)}}}
+    )
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(data),
+            "results_dir": str(res),
+            "pipeline.module": "helpers.survey_steps",
+            "pipeline.step_timeout_s": 10,  # the first step of a fresh worker also imports astropy
+            "cluster.workers": 1,
+            "cluster.dashboard_address": "127.0.0.1:0",
+            "joint.enabled": False,
+        },
+    )
+    try:
+        t0 = time.perf_counter()
+        report = run_survey(cfg, progress=False)
+        wall = time.perf_counter() - t0
+    finally:
+        _release(fifo)
+    assert wall < 120.0
+    assert sorted(report.done) == [ids[0], ids[2]]
+    assert "StepTimeoutError" in report.failed[ids[1]] and "step_timeout_s" in report.failed[ids[1]]
+    status = collect_status(res)
+    assert status.rows[ids[1]]["spectra"].state == "failed"
+    assert "abandoned" in status.rows[ids[1]]["spectra"].reason
+
+
+# ----------------------------------------------------------------------------------------------
+# Every cluster address on loopback unless cluster.allow_network
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("cluster.address='tcp://10.1.2.3:8786'", ["cluster.address", "10.1.2.3", "non-loopback"]),
+        ("cluster.slurm.scheduler_host=0.0.0.0", ["cluster.slurm.scheduler_host", "every interface"]),
+        ("cluster.slurm.scheduler_host=node01", ["scheduler_host", "node01"]),
+        ("cluster.slurm.interface=ib0", ["cluster.slurm.interface", "ib0", "non-loopback interface"]),
+        ("cluster.slurm.worker_extra_args=['--host', '192.168.0.7']", ["--host", "192.168.0.7"]),
+        ("cluster.slurm.worker_extra_args=['--listen-address=tcp://0.0.0.0:0']", ["--listen-address"]),
+    ],
+)
+def test_cluster_addresses_must_be_loopback(override, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    for word in [*words, "cluster.allow_network"]:
+        assert word in str(info.value), (word, str(info.value))
+    load_config(None, [override, "cluster.allow_network=true"])  # the documented key allows it
+
+
+def test_loopback_cluster_addresses_are_accepted():
+    cfg = load_config(
+        None,
+        [
+            "cluster.address='tcp://127.0.0.1:8786'",
+            "cluster.slurm.scheduler_host=127.0.0.1",
+            "cluster.slurm.interface=lo",
+            "cluster.slurm.worker_extra_args=['--host', '127.0.0.12', '--nworkers', '1']",
+        ],
+    )
+    assert cfg["cluster"]["slurm"]["interface"] == "lo"
+    # a shell variable expands on the compute node (slurm/local-cluster.sh: 127.0.0.11-13)
+    load_config(None, ["cluster.slurm.worker_extra_args=['--host', '$XMM_NODE_ADDR']"])
+
+
+def test_slurm_cluster_that_would_listen_everywhere_is_refused_before_it_starts(tmp_path):
+    """dask-jobqueue with neither interface nor scheduler host binds the scheduler and workers on every interface."""
+    from survey.cluster import slurm_cluster_kwargs
+    from survey.config import check_slurm_listen
+
+    cfg = load_config(None, {"results_dir": str(tmp_path)})
+    with pytest.raises(ConfigError) as info:
+        check_slurm_listen(slurm_cluster_kwargs(cfg, tmp_path), allow_network=False)
+    msg = str(info.value)
+    assert "scheduler would listen on every interface" in msg and "workers would listen" in msg
+    check_slurm_listen(slurm_cluster_kwargs(cfg, tmp_path), allow_network=True)
+    multinode = load_config(
+        None,
+        {
+            "results_dir": str(tmp_path),
+            "cluster.slurm.scheduler_host": "127.0.0.1",
+            "cluster.slurm.worker_extra_args": ["--host", "$XMM_NODE_ADDR"],
+        },
+    )
+    check_slurm_listen(slurm_cluster_kwargs(multinode, tmp_path), allow_network=False)
+    check_slurm_listen(
+        slurm_cluster_kwargs(load_config(None, {"cluster.slurm.interface": "lo"}), tmp_path),
+        allow_network=False,
+    )
+
+
+def test_missing_sky_wcs_names_the_file_and_each_missing_key(tmp_path):
+    """Weak case: the message named neither the event list nor which TCRVL/TCRPX keys were missing."""
+    from astropy.io import fits
+    from helpers.cluster_events import good_events
+
+    from xmmcore.events import read_events
+
+    path = good_events(tmp_path / "pn_evts.fits", n=200)
+    with fits.open(path, mode="update") as hdul:
+        hdr = hdul["EVENTS"].header
+        for key in [k for k in hdr if k.startswith(("TCRVL", "TCRPX", "REFX", "REFY"))]:
+            del hdr[key]
+        ix = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)].index("X") + 1
+        iy = [hdr[f"TTYPE{i}"] for i in range(1, hdr["TFIELDS"] + 1)].index("Y") + 1
+    evl = read_events(path)
+    with pytest.raises(InputDataError) as info:
+        evl.sky_wcs_keywords()
+    msg = str(info.value)
+    assert msg.startswith(str(path)) and "no sky WCS" in msg
+    for key in (f"TCRPX{ix}", f"TCRPX{iy}", f"TCRVL{ix}", f"TCRVL{iy}"):
+        assert key in msg, (key, msg)
+    assert f"X is column {ix}" in msg and "REFXCRPX" in msg

@@ -28,7 +28,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from . import gti as gtimod
 from .errors import InputDataError
-from .fsutil import atomic_write_fits
+from .fsutil import atomic_write_fits, regular_file
 
 __all__ = [
     "CAMERA_TO_INSTRUME",
@@ -54,6 +54,8 @@ XMMEA_DEFAULT = {"pn": 0xFA000C, "mos1": 0x766BA000, "mos2": 0x766BA000}
 #: CCD whose GTIs ``ONTIME``/``LIVETIME`` refer to (MOS: CCD 1 holds the aim point; pn: CCD 4).
 CENTRAL_CCD = {"pn": 4, "mos1": 1, "mos2": 1}
 REQUIRED_COLUMNS = ("TIME", "X", "Y", "PI", "PATTERN", "FLAG", "CCDNR")
+#: Largest event list read [bytes]: a sparse or runaway file is refused before it is opened.
+MAX_EVENT_BYTES = 64 << 30
 _XMMEA_RE = re.compile(r"FLAG\s*&\s*(0x[0-9a-fA-F]+)\s*\)\s*==\s*0")
 
 
@@ -140,7 +142,7 @@ class EventList:
 
     def sky_wcs_keywords(self) -> dict[str, float]:
         """Sky pixel WCS of the X/Y columns: ``crpix, crval, cdelt`` per axis [deg, phys px]."""
-        return sky_wcs_keywords(self.header)
+        return sky_wcs_keywords(self.header, path=self.path)
 
 
 def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.ndarray]) -> np.ndarray:
@@ -169,39 +171,50 @@ def _mask_ccd_gti(time: np.ndarray, ccdnr: np.ndarray, gti_ccd: Mapping[int, np.
     return keep
 
 
-def sky_wcs_keywords(header: Mapping[str, Any]) -> dict[str, float]:
+def sky_wcs_keywords(header: Mapping[str, Any], *, path: str | Path | None = None) -> dict[str, float]:
     """X/Y sky-pixel WCS from ``REFXCRPX``... or the X/Y columns' ``TCRPXn``... keywords.
 
-    Raises ``InputDataError`` naming the keywords looked for if neither set is present (a list
-    without a sky WCS cannot be placed on the sky: regions, images and catalogue positions need it).
+    Raises ``InputDataError`` naming the file (``path``) and the keywords that are missing or not
+    numbers if neither set is complete (a list without a sky WCS cannot be placed on the sky:
+    regions, images and catalogue positions need it).
     """
-    try:
-        return {
-            "crpix1": float(header["REFXCRPX"]),
-            "crpix2": float(header["REFYCRPX"]),
-            "crval1": float(header["REFXCRVL"]),
-            "crval2": float(header["REFYCRVL"]),
-            "cdelt1": float(header["REFXCDLT"]),
-            "cdelt2": float(header["REFYCDLT"]),
-        }
-    except KeyError:
-        pass
-    cols = {str(header[k]).strip(): k[5:] for k in header if str(k).startswith("TTYPE")}
-    try:
-        ix, iy = cols["X"], cols["Y"]
-        return {
-            "crpix1": float(header[f"TCRPX{ix}"]),
-            "crpix2": float(header[f"TCRPX{iy}"]),
-            "crval1": float(header[f"TCRVL{ix}"]),
-            "crval2": float(header[f"TCRVL{iy}"]),
-            "cdelt1": float(header[f"TCDLT{ix}"]),
-            "cdelt2": float(header[f"TCDLT{iy}"]),
-        }
-    except (KeyError, ValueError, TypeError) as exc:
+    ref = ("REFXCRPX", "REFYCRPX", "REFXCRVL", "REFYCRVL", "REFXCDLT", "REFYCDLT")
+    names = ("crpix1", "crpix2", "crval1", "crval2", "cdelt1", "cdelt2")
+
+    def _values(keys: Sequence[str]) -> tuple[dict[str, float] | None, list[str]]:
+        out, bad = {}, []
+        for name, key in zip(names, keys):
+            try:
+                out[name] = float(header[key])
+            except (KeyError, ValueError, TypeError):
+                bad.append(key)
+        return (out if not bad else None), bad
+
+    found, bad_ref = _values(ref)
+    if found is not None:
+        return found
+    cols = {str(header[k]).strip().upper(): str(k)[5:] for k in header if str(k).upper().startswith("TTYPE")}
+    if "X" not in cols or "Y" not in cols:
+        missing = " and ".join(c for c in ("X", "Y") if c not in cols)
         raise InputDataError(
-            f"event list has no sky WCS for X/Y (missing or bad {exc}; looked for REFXCRPX/REFXCRVL/"
-            "REFXCDLT... and the X/Y columns' TCRPXn/TCRVLn/TCDLTn)"
-        ) from exc
+            f"event list has no sky WCS: no {missing} column, and {', '.join(bad_ref)} missing", path
+        )
+    ix, iy = cols["X"], cols["Y"]
+    found, bad_col = _values(
+        (f"TCRPX{ix}", f"TCRPX{iy}", f"TCRVL{ix}", f"TCRVL{iy}", f"TCDLT{ix}", f"TCDLT{iy}")
+    )
+    if found is not None:
+        return found
+    not_numbers = [k for k in bad_col + bad_ref if k in header]
+    absent = [k for k in bad_col if k not in header]
+    detail = f"missing {', '.join(absent)} (X is column {ix}, Y is column {iy})" if absent else ""
+    if not_numbers:
+        detail += ("; " if detail else "") + f"not numbers: {', '.join(not_numbers)}"
+    raise InputDataError(
+        f"event list has no sky WCS for X/Y: {detail}; nor the REFXCRPX/REFXCRVL/REFXCDLT... set "
+        "(an event list needs TCRPXn/TCRVLn/TCDLTn on its X and Y columns to be placed on the sky)",
+        path,
+    )
 
 
 def _native(arr: np.ndarray) -> np.ndarray:
@@ -328,9 +341,7 @@ def read_events(
         instrument, no events, GTIs summing to 0 s, non-finite TIME, or (``time_order="require"``) TIME not
         monotonically non-decreasing.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputDataError("event file does not exist", path)
+    path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)

@@ -35,7 +35,7 @@ def regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "f
     try:
         st = p.stat()
     except FileNotFoundError as exc:
-        raise InputDataError(f"{what} not found", p) from exc
+        raise InputDataError(f"{what} not found (does not exist)", p) from exc
     except OSError as exc:
         raise InputDataError(f"cannot read {what} ({exc.strerror or exc})", p) from exc
     if not stat_mod.S_ISREG(st.st_mode):

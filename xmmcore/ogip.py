@@ -30,7 +30,11 @@ import scipy.sparse as sp
 from astropy.io import fits
 
 from .errors import InputDataError
-from .fsutil import atomic_write_fits
+from .fsutil import atomic_write_fits, regular_file
+
+#: Largest PHA/RMF/ARF read [bytes] (a pn RMF is ~50 MB): a FIFO, a device or a runaway file is refused
+#: by ``stat`` before anything opens it.
+MAX_OGIP_BYTES = 2 << 30
 
 __all__ = [
     "ARF",
@@ -213,6 +217,7 @@ def resolve_sibling(name: str | None, pha_path: str | Path | None) -> Path | Non
 def _open(path: Path) -> fits.HDUList:
     if not path.exists():
         raise InputDataError("file does not exist", path)
+    regular_file(path, max_bytes=MAX_OGIP_BYTES, what="OGIP file")
     try:
         hdul = fits.open(path, memmap=False)
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError on corrupt files
@@ -558,8 +563,7 @@ def read_rmf(path: str | Path) -> RMF:
     path = Path(path)
     if not path.exists():
         raise InputDataError("file does not exist", path)
-    if not path.is_file():
-        raise InputDataError("RMF is not a regular file", path)
+    regular_file(path, max_bytes=MAX_OGIP_BYTES, what="RMF")
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -4,7 +4,8 @@ The steps read and write real FITS/JSON files: ``filter`` screens PI with the co
 ``regions`` takes the centroid of the cleaned events, ``spectra`` bins PI into a spectrum inside
 the source circle, ``fit`` computes the mean energy and the count. Target metadata (``meta.json``
 beside the events) can ask a step to take time (``work_s``), fail (``fail``), raise a
-``TransientError`` a few times (``transient``) or kill its own worker process once (``kill_once``).
+``TransientError`` a few times (``transient``), kill its own worker process once (``kill_once``) or
+block in a read of a FIFO (``block_read``: ``{"step", "path"}``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def _behave(step: str, obs: Any, outdir: Path) -> None:
         counter.write_text(str(count + 1))
         if count < int(transient["times"]):
             raise TransientError(f"simulated NFS hiccup #{count + 1}")
+    block = meta.get("block_read") or {}
+    if block.get("step") == step:
+        # a read that never returns (a FIFO nobody writes: as a stalled NFS mount looks to the reader)
+        with open(block["path"], "rb") as fh:
+            fh.read()
     fail = meta.get("fail") or {}
     if fail.get("step") == step:
         cls = {"InputDataError": InputDataError, "ToolError": ToolError}[fail["kind"]]

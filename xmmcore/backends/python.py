@@ -406,10 +406,10 @@ class PythonBackend:
         self, obs: Any, camera: str, products: ObsProducts, sps: SpectraSettings, log: logging.Logger
     ) -> dict[str, Any]:
         rcfg: Any = {} if isinstance(sps.responses, str) else sps.responses
-        rmf_src = rcfg.get(f"{camera}_rmf") or getattr(obs, "rmf_files", {}).get(camera)
-        arf_src = rcfg.get(f"{camera}_arf") or getattr(obs, "arf_files", {}).get(camera)
+        rmf_src = _response_source(rcfg, obs, camera, "rmf")
+        arf_src = _response_source(rcfg, obs, camera, "arf")
         out: dict[str, Any] = {"note": RESPONSE_NOTE, "outputs": []}
-        if rmf_src and Path(rmf_src).is_file():
+        if rmf_src:
             dst = _copy_atomic(Path(rmf_src), products.rmf(camera))
             out.update(rmf=str(dst), rmf_name=dst.name, rmf_source=str(rmf_src))
             out["outputs"].append(str(dst))
@@ -426,7 +426,7 @@ class PythonBackend:
                 f"no {camera} RMF in the observation folder or config; the fit step will skip {camera}"
             )
             log.warning(out["no_response"])
-        if arf_src and Path(arf_src).is_file():
+        if arf_src:
             dst = _copy_atomic(Path(arf_src), products.arf(camera))
             out.update(arf=str(dst), arf_name=dst.name, arf_source=str(arf_src))
             out["outputs"].append(str(dst))
@@ -437,6 +437,25 @@ class PythonBackend:
         if fw is not None:
             result["fwhm_chan"] = fw
         return result
+
+
+def _response_source(rcfg: Any, obs: Any, camera: str, kind: str) -> Path | None:
+    """The RMF/ARF of ``camera``: ``spectra.responses.<cam>_<kind>`` or the one beside the events, if any.
+
+    Checked with ``stat`` before it is copied: a FIFO, a device or a file above the OGIP size limit is an
+    ``InputDataError`` naming the file and the key, never a copy that blocks or fills the disk.
+    """
+    from ..ogip import MAX_OGIP_BYTES
+
+    given = rcfg.get(f"{camera}_{kind}")
+    found = getattr(obs, f"{kind}_files", {}).get(camera)
+    src = given or found
+    if not src:
+        return None
+    what = f"{camera} {kind.upper()} (" + (
+        f"spectra.responses.{camera}_{kind})" if given else "observation folder)"
+    )
+    return regular_file(src, max_bytes=MAX_OGIP_BYTES, what=what)
 
 
 def _dss_inputs(camera: str, evl: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
