@@ -133,3 +133,24 @@ def test_missing_library_is_a_config_error(monkeypatch):
         xsmodels.xspec_component("tbabs")
     with pytest.raises(ConfigError, match=r"xmm-survey\[models\]"):
         models.get_component("mekal")
+
+
+def test_cross_section_of_band_pieces_is_cached_piece_by_piece():
+    """Flux bands side by side: each contiguous piece is read once and reused; values as read whole."""
+    tb = models.get_component("tbabs")
+    obs = np.geomspace(0.5, 2.0, 201)
+    rest = np.geomspace(0.1 / 1.2, 2.4 / 1.2, 201)
+    lo, hi = np.r_[obs[:-1], rest[:-1]], np.r_[obs[1:], rest[1:]]
+    whole = tb._read_cross_section(lo, hi, "angr")  # one library call per nH on the interleaved grid
+    xsmodels._SIGMA_CACHE.clear()
+    np.testing.assert_array_equal(tb.cross_section(lo, hi, "angr"), whole)
+    calls = []
+    read = tb._read_cross_section
+    tb._read_cross_section = lambda lo_, hi_, t: calls.append(lo_.size) or read(lo_, hi_, t)
+    try:
+        rest2 = np.geomspace(0.1 / 1.3, 2.4 / 1.3, 201)  # another redshift: only its rest-frame piece is new
+        got = tb.cross_section(np.r_[obs[:-1], rest2[:-1]], np.r_[obs[1:], rest2[1:]], "angr")
+    finally:
+        del tb._read_cross_section
+    assert calls == [200]
+    np.testing.assert_array_equal(got[:200], whole[:200])

@@ -9,7 +9,19 @@ import numpy as np
 
 from .fsutil import atomic_path
 
-__all__ = ["PLOT_LEVELS", "plot_image_regions", "plot_lightcurve", "readable_log_axis", "wants_plot"]
+__all__ = [
+    "PLOT_LEVELS",
+    "PNG_OPTIONS",
+    "plot_image_regions",
+    "plot_lightcurve",
+    "readable_log_axis",
+    "save_png",
+    "sky_ticks",
+    "wants_plot",
+]
+
+#: PIL options of every PNG written (fast zlib level: lossless, slightly larger files).
+PNG_OPTIONS = {"compress_level": 1}
 
 #: Values of the ``plots`` configuration key.
 PLOT_LEVELS = ("all", "summary", "none")
@@ -63,6 +75,20 @@ def _figure():
     return plt
 
 
+def save_png(fig: Any, path: str | Path, *, dpi: float) -> Path:
+    """Write ``fig`` atomically as PNG in ONE draw.
+
+    The figures place their axes with fixed margins instead of ``tight_layout`` or ``bbox_inches="tight"``:
+    each of those draws the whole figure once more (measuring text) before the drawing that is saved, and
+    the drawing (tick labels, text layout) is most of a figure's cost.  zlib level 1 instead of PIL's 6:
+    the same pixels, ~10% larger files, a third of the encoding time.
+    """
+    fig.set_layout_engine("none")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs=PNG_OPTIONS)
+    return Path(path)
+
+
 def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
     """High-energy light curve with kept (green) and removed (red) intervals and the threshold.
 
@@ -70,6 +96,7 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
     """
     plt = _figure()
     fig, ax = plt.subplots(figsize=(9, 3.5))
+    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.15, top=0.91)
     try:
         t0 = float(res.lc_time[0] - res.bin_s / 2) if res.lc_time.size else 0.0
         t = (res.lc_time - t0) / 1000.0
@@ -95,9 +122,7 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
         ax.set_ylabel("rate [ct/s]")
         ax.set_title(f"{title}  method={res.method}, flare fraction={res.flare_fraction:.1%} (green = kept)")
         ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
+        save_png(fig, path, dpi=100)
     finally:
         plt.close(fig)
     return Path(path)
@@ -118,7 +143,7 @@ def plot_image_regions(
     from scipy import ndimage
 
     plt = _figure()
-    fig = plt.figure(figsize=(7.2, 6))
+    fig = plt.figure()
     try:
         cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
         from .constants import SKY_PIXEL_ARCSEC
@@ -132,7 +157,7 @@ def plot_image_regions(
         x0, x1 = max(int(cx - half), 0), min(int(cx + half) + 1, nx)
         y0, y1 = max(int(cy - half), 0), min(int(cy + half) + 1, ny)
         sm = ndimage.gaussian_filter(np.asarray(image, dtype=float), 1.5)[y0:y1, x0:x1]
-        ax = fig.add_subplot(111, projection=wcs[y0:y1, x0:x1])
+        ax, cax = _image_axes(fig, sm.shape)
         pos = sm[sm > 0]
         vmin = float(np.percentile(pos, 5)) if pos.size else 1e-3
         vmax = float(max(pos.max(), vmin * 10)) if pos.size else 1.0
@@ -143,7 +168,7 @@ def plot_image_regions(
             interpolation="nearest",
             norm=LogNorm(vmin=vmin, vmax=vmax),
         )
-        bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        bar = fig.colorbar(shown, cax=cax)
         bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
         cx, cy = cx - x0, cy - y0
         ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5))
@@ -182,11 +207,82 @@ def plot_image_regions(
             ),
         ]
         ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
+        sky_ticks(ax, wcs[y0:y1, x0:x1], sm.shape)
         ax.set_xlabel("RA (J2000)")
         ax.set_ylabel("Dec (J2000)")
         ax.set_title(title, fontsize=10)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
+        save_png(fig, path, dpi=110)
     finally:
         plt.close(fig)
     return Path(path)
+
+
+def _image_axes(fig: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    """Image axes and colour-bar axes placed in inches, the figure sized to the image's aspect.
+
+    Fixed margins fit the sexagesimal tick labels, the axis labels, the title and the colour-bar label, so
+    the figure needs no tight bounding box (one draw less) and the image fills it whatever its shape.
+    """
+    ny, nx = shape[:2]
+    height = 4.6
+    width = height * nx / max(ny, 1)
+    left, bottom, top, pad, bar, right = 1.0, 0.62, 0.32, 0.12, 0.2, 0.78
+    fig_w, fig_h = left + width + pad + bar + right, bottom + height + top
+    fig.set_size_inches(fig_w, fig_h)
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+    cax = fig.add_axes(((left + width + pad) / fig_w, bottom / fig_h, bar / fig_w, height / fig_h))
+    return ax, cax
+
+
+#: Tick spacings tried for RA [s of time] and Dec [arcsec], finest first.
+_RA_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+_DEC_STEPS_ARCSEC = (1, 2, 5, 10, 15, 20, 30, 60, 120, 180, 300, 600, 900, 1800, 3600, 7200, 18000, 36000)
+
+
+def _edge_ticks(
+    pix: np.ndarray, value: np.ndarray, steps: tuple[int, ...], max_ticks: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Pixel positions of round ``value``s along an edge (``value`` monotonic in ``pix``) and the step."""
+    lo, hi = float(np.min(value)), float(np.max(value))
+    step = next((s for s in steps if (hi - lo) / s <= max_ticks), steps[-1])
+    ticks = np.arange(np.ceil(lo / step) * step, hi, step)
+    order = np.argsort(value)
+    return np.interp(ticks, value[order], pix[order]), ticks, step
+
+
+def sky_ticks(ax: Any, wcs: Any, shape: tuple[int, ...]) -> None:
+    """Sexagesimal RA ticks on the bottom edge and Dec ticks on the left edge of a pixel-coordinate image.
+
+    The labels are where the WCS puts those coordinates on the edges (as WCSAxes labels them), written as
+    plain text: astropy's WCSAxes costs most of a figure's drawing time, with its transforms, coordinate
+    range search and mathtext labels, for an image this small.
+    """
+    ny, nx = shape[:2]
+    xs = np.linspace(-0.5, nx - 0.5, 129)
+    ys = np.linspace(-0.5, ny - 0.5, 129)
+    ra, _ = wcs.wcs_pix2world(xs, np.full_like(xs, -0.5), 0)
+    _, dec = wcs.wcs_pix2world(np.full_like(ys, -0.5), ys, 0)
+    ra = ra[0] + (np.asarray(ra) - ra[0] + 180.0) % 360.0 - 180.0  # continuous across RA = 0
+    x_at, ra_s, ra_step = _edge_ticks(xs, ra * 240.0, _RA_STEPS_S, 5)
+    y_at, dec_as, dec_step = _edge_ticks(ys, np.asarray(dec) * 3600.0, _DEC_STEPS_ARCSEC, 6)
+
+    def ra_label(sec: float) -> str:
+        total = int(round(sec)) % 86400
+        h, m, s = total // 3600, total % 3600 // 60, total % 60
+        return f"{h:02d}h{m:02d}m" if ra_step % 60 == 0 else f"{h:02d}h{m:02d}m{s:02d}s"
+
+    def dec_label(arcsec: float) -> str:
+        total = int(round(abs(arcsec)))
+        sign = "\u2212" if arcsec < 0 else "+"
+        d, m, s = total // 3600, total % 3600 // 60, total % 60
+        if dec_step % 3600 == 0:
+            return f"{sign}{d:02d}\u00b0"
+        if dec_step % 60 == 0:
+            return f"{sign}{d:02d}\u00b0{m:02d}\u2032"
+        return f"{sign}{d:02d}\u00b0{m:02d}\u2032{s:02d}\u2033"
+
+    ax.set_xticks(x_at, [ra_label(v) for v in ra_s])
+    ax.set_yticks(y_at, [dec_label(v) for v in dec_as])
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(-0.5, ny - 0.5)
+    ax.tick_params(direction="in", top=True, right=True, colors="white", labelcolor="black")

@@ -493,14 +493,24 @@ class ExpAbsorberComponent(XspecComponent):
         return np.exp(-nh * sigma)
 
     def cross_section(self, lo: np.ndarray, hi: np.ndarray, abund: str | None = None) -> np.ndarray:
-        """sigma(E) per bin in units of 1/(1e22 cm^-2), cached per grid and abundance table."""
+        """sigma(E) per bin in units of 1/(1e22 cm^-2), cached per grid and abundance table.
+
+        A grid made of several contiguous pieces (the flux bands side by side) is cached piece by piece:
+        the library's value in a bin depends on that bin only, and the observed-frame bands are the same
+        for every source, so only the rest-frame bands of a new redshift are read from the library.
+        """
         from .expression import grid_key
 
         table = abund or models.get_abundance()
         key = (self.name, grid_key(lo, hi), table)
         sigma = _SIGMA_CACHE.get(key)
         if sigma is None:
-            sigma = self._read_cross_section(lo, hi, table)
+            breaks = np.flatnonzero(lo[1:] != hi[:-1]) + 1
+            if breaks.size:
+                pieces = zip(np.r_[0, breaks], np.r_[breaks, lo.size], strict=True)
+                sigma = np.concatenate([self.cross_section(lo[a:b], hi[a:b], table) for a, b in pieces])
+            else:
+                sigma = self._read_cross_section(lo, hi, table)
             sigma.flags.writeable = False
             if len(_SIGMA_CACHE) > 64:
                 _SIGMA_CACHE.clear()
