@@ -534,12 +534,55 @@ def load_config(
         sources.append("cli")
     where = " < ".join(sources[1:]) or "defaults"
     check_limits(data, where=where)
+    check_step_settings(data, where=where)
     _check_fit_model(data, reference, " < ".join(sources), user_set=any(k == "fit.set" for k in explicit))
     if for_run:
         check_environment(data, where=where)
         check_obsid_selection(data, where=where)
         check_input_files(data, where=where)
     return Config(data, tuple(sources), frozenset(explicit))
+
+
+def step_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every step's frozen settings object built from the resolved configuration ``data``.
+
+    The settings classes read their keys without fallback values (defaults live only in
+    ``survey/defaults.yaml``), so a key one of them needs that the configuration lacks is a
+    ``ConfigError`` naming it.  Keys: ``screen.<cam>``, ``flares.<cam>``, ``regions``, ``spectra``,
+    ``fit``, ``plots``, ``xspec``, ``sas``.
+    """
+    from xmmcore.backends.sas import SasSettings
+    from xmmcore.constants import CAMERAS
+    from xmmcore.flares import FlareSettings
+    from xmmcore.settings import (
+        FitSettings,
+        PlotSettings,
+        RegionSettings,
+        ScreenSettings,
+        SpectraSettings,
+        XspecSettings,
+    )
+
+    out: dict[str, Any] = {}
+    for cam in CAMERAS:
+        out[f"screen.{cam}"] = ScreenSettings.from_config(data, cam)
+        out[f"flares.{cam}"] = FlareSettings.from_config(data, cam)
+    out["regions"] = RegionSettings.from_config(data)
+    out["spectra"] = SpectraSettings.from_config(data)
+    out["fit"] = FitSettings.from_config(data)
+    out["plots"] = PlotSettings.from_config(data)
+    out["xspec"] = XspecSettings.from_config(data)
+    out["sas"] = SasSettings.from_config(data, environ={})
+    return out
+
+
+def check_step_settings(data: Mapping[str, Any], *, where: str = "configuration") -> None:
+    """Build every step's settings once at load time (:func:`step_settings`): a missing key or a value
+    a settings class refuses is a load error (exit 2) instead of a failure of every ObsID's step."""
+    try:
+        step_settings(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def write_resolved(cfg: Config, results_dir: str | os.PathLike[str] | None = None) -> Path:

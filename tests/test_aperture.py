@@ -111,13 +111,14 @@ class _FakeResult:
 def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
     import logging
 
+    from survey.config import load_config
     from xmmcore import pipeline, regions
 
     z, kpa = 0.1, 110.0  # kpc per arcmin
     radii = []
 
-    def fake_regions(obs, outdir, cfg, log=None):
-        r = cfg["regions"]["_r_src_arcmin_override"]
+    def fake_regions(obs, outdir, cfg, log=None, r_src_arcmin=None):
+        r = r_src_arcmin
         radii.append(r)
         return {"r_src_arcmin": r, "kpc_per_arcmin": kpa, "r500_source": "iterated"}
 
@@ -138,7 +139,7 @@ def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
     result, _, reg, rec = pipeline._iterate_r500(
         Obs(),
         tmp_path,
-        {"regions": {}, "cosmology": {}},
+        load_config().to_dict(),
         logging.getLogger("t"),
         run_fit,
         _FakeResult(4.3),
@@ -155,7 +156,7 @@ def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
     _, _, _, rec = pipeline._iterate_r500(
         Obs(),
         tmp_path,
-        {"regions": {}, "cosmology": {}},
+        load_config().to_dict(),
         logging.getLogger("t"),
         run_fit,
         _FakeResult(float("nan")),

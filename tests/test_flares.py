@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 from helpers.events import T0, make_event_file
 
+from survey.config import load_config
 from xmmcore import events as E
 from xmmcore import flares as F
 from xmmcore import gti as G
+
+#: The ``flares`` section of survey/defaults.yaml (flare_settings reads every key of it).
+FLARES = load_config().to_dict()["flares"]
 
 
 def _flare_events(
@@ -115,7 +119,7 @@ def test_histogram_keeps_quiescent_time_and_removes_flares(tmp_path, instrume, c
         evl, t, is_flare, quiet = _flared_light_curve(
             tmp_path, instrume=instrume, ccds=ccds, quiet_rate=quiet_rate, seed=seed
         )
-        s = F.flare_settings({"method": "histogram"}, evl.camera)
+        s = F.flare_settings({**FLARES, "method": "histogram"}, evl.camera)
         res = F.flare_gti(
             evl, method=s.method, band_kev=s.band_kev, nsigma=s.nsigma, bin_s=s.bin_s, min_gti_s=s.min_gti_s
         )
@@ -171,16 +175,18 @@ def test_min_gti_acts_on_flare_gtis_before_the_input_gtis(tmp_path):
 
 
 def test_flare_settings_method_defaults():
-    pn = F.flare_settings({"method": "histogram"}, "pn")
+    pn = F.flare_settings({**FLARES, "method": "histogram"}, "pn")
     assert pn.band_kev == (10.0, 12.0) and pn.nsigma == 2.0
-    assert F.flare_settings({"method": "histogram"}, "mos1").band_kev == (10.0, 15.0)
-    esp = F.flare_settings({"method": "espfilt"}, "mos2")
+    assert F.flare_settings({**FLARES, "method": "histogram"}, "mos1").band_kev == (10.0, 15.0)
+    esp = F.flare_settings({**FLARES, "method": "espfilt"}, "mos2")
     assert esp.band_kev == (2.5, 8.5) and esp.nsigma == 3.0
-    fixed = F.flare_settings({"method": "fixed", "fixed_rate": {}}, "mos1")
+    fixed = F.flare_settings({**FLARES, "method": "fixed", "fixed_rate": {}}, "mos1")
     assert fixed.rate == 0.35
-    assert F.flare_settings({"method": "histogram", "band_kev": [9, 13], "nsigma": 2.5}, "pn").band_kev == (
+    assert F.flare_settings(
+        {**FLARES, "method": "histogram", "band_kev": [9, 13], "nsigma": 2.5}, "pn"
+    ).band_kev == (
         9.0,
         13.0,
     )
     with pytest.raises(ValueError, match="histogram"):
-        F.flare_settings({"method": "espfilter"}, "pn")
+        F.flare_settings({**FLARES, "method": "espfilter"}, "pn")

@@ -132,3 +132,126 @@ def test_one_fit_settings_for_per_obsid_and_joint_fits(tmp_path):
     write_resolved(cfg)
     js = joint.joint_settings(tmp_path)
     assert js == FitSettings.from_config(cfg) and js.errors == "covariance" and js.stat == "chi2"
+
+
+# ------------------------------------------------ every step's settings: from defaults.yaml, no fallbacks
+#: Configuration the per-ObsID steps read: every leaf key below these must be read by a settings
+#: class (so a key missing from defaults.yaml fails loudly); ``flares.fixed_rate.<cam>`` may be
+#: absent (the SOC threshold of the camera applies, documented in defaults.yaml).
+STEP_KEYS = ("cameras", "plots", "backend.fitting", "sas", "xspec", "filter", "flares", "regions", "spectra")
+STEP_KEYS += ("fit", "cosmology")
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        path = prefix + key
+        if isinstance(value, dict) and value and key != "fixed_rate":
+            yield from _leaves(value, path + ".")
+        else:
+            yield path
+
+
+def _without(data, dotted):
+    import copy
+
+    out = copy.deepcopy(data)
+    node = out
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    del node[last]
+    return out
+
+
+def test_every_step_settings_object_is_built_from_the_defaults():
+    from survey.config import load_defaults, step_settings
+    from xmmcore.backends.sas import SasSettings
+    from xmmcore.flares import FlareSettings
+    from xmmcore.settings import PlotSettings, RegionSettings, XspecSettings
+
+    built = step_settings(load_config())
+    assert {type(v) for v in built.values()} == {
+        ScreenSettings,
+        FlareSettings,
+        RegionSettings,
+        SpectraSettings,
+        FitSettings,
+        PlotSettings,
+        XspecSettings,
+        SasSettings,
+    }
+    reg = built["regions"]
+    assert (reg.centre, reg.radius_method, reg.radius_arcmin, reg.sb_nsigma) == ("auto", "r500", 3.0, 3.0)
+    assert (reg.bkg_method, reg.bkg_inner, reg.bkg_outer, reg.blanksky_files) == ("annulus", 1.05, 1.5, {})
+    assert (reg.detect_point_sources, reg.ps_snr, reg.ps_mask_radius_arcsec) == (True, 5.0, 20.0)
+    assert reg.cameras == ("pn", "mos1", "mos2") and reg.plots.level == "all" and reg.annuli is None
+    assert built["flares.pn"] == FlareSettings("histogram", (10.0, 12.0), 2.0, 0.4, 100.0, 100.0)
+    assert built["flares.mos2"].band_kev == (10.0, 15.0)
+    assert built["xspec"] == XspecSettings(timeout_s=1800.0, chatter=0, esas_sky=False)
+    sas = built["sas"]
+    assert (sas.sas_dir, sas.ccf_path, sas.timeout_s, sas.use_pps_events, sas.esas) == (
+        None,
+        None,
+        7200.0,
+        True,
+        True,
+    )
+    # the field defaults that serve library calls equal survey/defaults.yaml
+    assert SasSettings(sas_dir=None, ccf_path=None) == sas
+    assert FitSettings() == built["fit"]
+    # every key of the step sections is read by some settings class: removing it is an error naming it
+    defaults = load_defaults()
+    keys = [k for k in _leaves(defaults) if k.startswith(STEP_KEYS)]
+    assert len(keys) > 40, keys
+    for key in keys:
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            step_settings(_without(defaults, key))
+
+
+def test_a_key_absent_from_defaults_yaml_is_a_load_error(monkeypatch):
+    import survey.config as C
+
+    full = C.load_defaults()
+    monkeypatch.setattr(C, "load_defaults", lambda: _without(full, "regions.point_sources.snr"))
+    with pytest.raises(ConfigError, match=r"regions\.point_sources\.snr"):
+        C.load_config()
+    monkeypatch.setattr(C, "load_defaults", lambda: _without(full, "flares.bin_s"))
+    with pytest.raises(ConfigError, match=r"flares\.bin_s"):
+        C.load_config()
+
+
+def test_region_flare_sas_xspec_plot_settings_follow_the_config():
+    from xmmcore.backends.sas import SasSettings
+    from xmmcore.flares import FlareSettings
+    from xmmcore.settings import PlotSettings, RegionSettings, XspecSettings
+
+    cfg = load_config(
+        None,
+        {
+            "regions.centre": [149.5, -11.0],
+            "regions.radius.method": "fixed",
+            "regions.background.method": "region",
+            "regions.background.region_file": "off.reg",
+            "regions.annuli": [0, 1, 2],
+            "flares.method": "espfilt",
+            "flares.bin_s": 50.0,
+            "sas.timeout_s": 60,
+            "xspec.chatter": 5,
+            "plots": "summary",
+            "cameras": ["mos1"],
+        },
+    )
+    reg = RegionSettings.from_config(cfg)
+    assert reg.centre == (149.5, -11.0) and reg.radius_method == "fixed" and reg.annuli == (0.0, 1.0, 2.0)
+    assert reg.background_region == "off.reg" and reg.config_files() == ["off.reg"]
+    assert reg.cameras == ("mos1",) and not reg.plots.wants("mos2", ["mos1", "mos2"])
+    fl = FlareSettings.from_config(cfg, "mos1")
+    assert (fl.method, fl.band_kev, fl.nsigma, fl.bin_s) == ("espfilt", (2.5, 8.5), 3.0, 50.0)
+    sas = SasSettings.from_config(cfg, environ={"SAS_DIR": "/opt/sas", "SAS_CCFPATH": "/ccf"})
+    assert (sas.sas_dir, sas.ccf_path, sas.timeout_s) == ("/opt/sas", "/ccf", 60.0)
+    assert XspecSettings.from_config(cfg).chatter == 5
+    assert PlotSettings.from_config(cfg) == PlotSettings("summary")
+    with pytest.raises(ConfigError, match="plots must be one of"):
+        PlotSettings("some")
+    with pytest.raises(ConfigError, match="regions.centre"):
+        load_config(None, {"regions.centre": [1.0, 2.0, 3.0]})

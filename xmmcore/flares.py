@@ -42,8 +42,10 @@ from astropy.stats import sigma_clipped_stats
 from scipy.optimize import curve_fit
 
 from . import gti as gtimod
+from .errors import ConfigError
 from .events import EventList, flag_mask_for, screen_mask
 from .fsutil import atomic_write_fits
+from .settings import config_value
 
 __all__ = [
     "FLARE_METHODS",
@@ -79,29 +81,40 @@ class FlareSettings:
     bin_s: float
     min_gti_s: float
 
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], camera: str) -> FlareSettings:
+        """The ``flares`` section of the resolved configuration for ``camera`` (see :func:`flare_settings`)."""
+        return flare_settings(config_value(cfg, "flares"), camera)
+
 
 def _cam_kind(camera: str) -> str:
     return "pn" if camera.lower().startswith("pn") else "mos"
 
 
 def flare_settings(flares_cfg: Mapping[str, Any], camera: str) -> FlareSettings:
-    """The ``flares`` configuration for ``camera`` with the method's defaults filled in.
+    """The ``flares`` configuration section for ``camera`` with the method's values for nulls filled in.
 
-    ``band_kev``/``nsigma`` left null take the method's defaults: ``histogram`` and ``fixed`` the
-    SOC bands (pn 10-12 keV, MOS 10-15 keV) and 2 sigma; ``espfilt`` its own 2.5-8.5 keV and
-    3 sigma.  ``fixed_rate`` defaults to the SOC thresholds (pn 0.4, MOS 0.35 ct/s).
+    Every key of ``flares`` in ``survey/defaults.yaml`` must be present (a missing one is a
+    ``ConfigError`` naming it).  ``band_kev``/``nsigma`` set to null take the method's values:
+    ``histogram`` and ``fixed`` the SOC bands (pn 10-12 keV, MOS 10-15 keV) and 2 sigma; ``espfilt``
+    its own 2.5-8.5 keV and 3 sigma.  A camera missing from ``fixed_rate`` takes the SOC threshold
+    (pn 0.4, MOS 0.35 ct/s) with ``method: fixed``.
     """
-    method = str(flares_cfg.get("method", "histogram"))
+
+    def get(key: str) -> Any:
+        return config_value(flares_cfg, key, prefix="flares.")
+
+    method = str(get("method"))
     if method not in FLARE_METHODS:
-        raise ValueError(f"flares.method must be one of {', '.join(FLARE_METHODS)}, got {method!r}")
+        raise ConfigError(f"flares.method must be one of {', '.join(FLARE_METHODS)}, got {method!r}")
     kind = _cam_kind(camera)
-    band = flares_cfg.get("band_kev")
+    band = get("band_kev")
     if band is None:
         band = _ESPFILT_BAND_KEV if method == "espfilt" else _SOC_BAND_KEV[kind]
-    nsigma = flares_cfg.get("nsigma")
+    nsigma = get("nsigma")
     if nsigma is None:
         nsigma = _ESPFILT_NSIGMA if method == "espfilt" else _HISTOGRAM_NSIGMA
-    rate = (flares_cfg.get("fixed_rate") or {}).get(camera)
+    rate = (get("fixed_rate") or {}).get(camera)
     if rate is None and method == "fixed":
         rate = _SOC_RATE[kind]
     return FlareSettings(
@@ -109,8 +122,8 @@ def flare_settings(flares_cfg: Mapping[str, Any], camera: str) -> FlareSettings:
         band_kev=(float(band[0]), float(band[1])),
         nsigma=float(nsigma),
         rate=None if rate is None else float(rate),
-        bin_s=float(flares_cfg.get("bin_s", 100.0)),
-        min_gti_s=float(flares_cfg.get("min_gti_s", 100.0)),
+        bin_s=float(get("bin_s")),
+        min_gti_s=float(get("min_gti_s")),
     )
 
 

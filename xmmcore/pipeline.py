@@ -23,7 +23,7 @@ from .errors import ConfigError, FitError, InputDataError, ToolError
 from .fsutil import atomic_write_json, atomic_write_text
 from .observation import CAMERAS, Observation
 from .products import ObsProducts
-from .settings import FitSettings
+from .settings import FitSettings, RegionSettings, SpectraSettings, config_value, cosmology_from_config
 
 __all__ = ["STEPS", "auto_settings", "fit_inputs", "run_step", "step_inputs"]
 
@@ -31,7 +31,7 @@ STEPS = ("filter", "regions", "spectra", "fit")
 
 
 def _cameras(obs: Observation, cfg: dict[str, Any]) -> list[str]:
-    wanted = list(cfg.get("cameras") or [])
+    wanted = list(config_value(cfg, "cameras") or [])
     cams = [c for c in obs.cameras if c in wanted]
     if not cams:
         raise InputDataError(
@@ -94,7 +94,7 @@ def _filter(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Lo
 def _regions(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
     from .regions import make_regions
 
-    return make_regions(obs, outdir, cfg, log=log)
+    return make_regions(obs, outdir, RegionSettings.from_config(cfg), log=log)
 
 
 def _load_regions(outdir: Path) -> dict[str, Any]:
@@ -311,13 +311,12 @@ def _iterate_r500(
     Stops when R500 changes by less than 5% between iterations, when the fit gives no usable kT,
     or after 6 iterations; the returned record lists every (aperture, kT, R500) and why it stopped.
     """
-    import copy
-
     from .aperture import fitted_kt, r500_kpc
     from .regions import make_regions
 
     z = float(obs.meta.get("z") or float("nan"))
-    cos = cfg.get("cosmology") or {}
+    cos = cosmology_from_config(cfg)
+    region_settings = RegionSettings.from_config(cfg)
     history: list[dict[str, float]] = []
     stop, converged = f"not converged after {_R500_MAX_ITERATIONS} iterations", False
     r_cur = float(regions["r_src_arcmin"])
@@ -327,7 +326,7 @@ def _iterate_r500(
         if not (kt > 0 and z > 0 and kpa > 0):
             stop = f"no usable kT ({kt}) or redshift ({z}) to compute R500"
             break
-        r_kpc = r500_kpc(kt, z, h0=cos.get("H0", 70.0), om0=cos.get("Om0", 0.3))
+        r_kpc = r500_kpc(kt, z, h0=cos["H0"], om0=cos["Om0"])
         r_new = r_kpc / kpa
         history.append({"r_src_arcmin": r_cur, "kT": kt, "r500_kpc": r_kpc, "r500_arcmin": r_new})
         if abs(r_new - r_cur) < _R500_TOLERANCE * r_new:
@@ -340,17 +339,15 @@ def _iterate_r500(
             r_kpc,
             r_new,
         )
-        cfg_i = copy.deepcopy(cfg)
-        cfg_i.setdefault("regions", {})["_r_src_arcmin_override"] = r_new
-        regions = make_regions(obs, outdir, cfg_i, log=log)
-        _spectra(obs, outdir, cfg_i, log)
+        regions = make_regions(obs, outdir, region_settings, log=log, r_src_arcmin=r_new)
+        _spectra(obs, outdir, cfg, log)
         inputs, _ = fit_inputs(outdir, [i.name for i in inputs])
         result = run_fit(inputs)
         r_cur = r_new
     else:
         kt = fitted_kt(result.to_dict())
         if kt > 0:
-            r_kpc = r500_kpc(kt, z, h0=cos.get("H0", 70.0), om0=cos.get("Om0", 0.3))
+            r_kpc = r500_kpc(kt, z, h0=cos["H0"], om0=cos["Om0"])
             history.append({"r_src_arcmin": r_cur, "kT": kt, "r500_kpc": r_kpc, "r500_arcmin": r_kpc / kpa})
     log.info("fit: R500 iteration stopped after %d fits: %s", len(history), stop)
     return (
@@ -399,7 +396,7 @@ def _aperture_record(
             record,
             regions,
             net_counts=net_counts_of(record.get("datasets") or []),
-            requested_errors=str(cfg["fit"].get("errors", "profile")),
+            requested_errors=str(config_value(cfg, "fit.errors")),
             r500_converged=r500["r500_converged"],
         )
     )
@@ -422,21 +419,19 @@ def _config_files(step: str, obs: Observation, cfg: dict[str, Any] | None) -> li
     if not cfg:
         return []
     out: list[Any] = []
-    regions = cfg.get("regions") or {}
-    background = regions.get("background") or {}
     if step == "regions":
-        out += [regions.get("user_src_region"), regions.get("user_bkg_region")]
-        if background.get("method") == "region":
-            out.append(background.get("region_file"))
+        out += RegionSettings.from_config(cfg).config_files()
     elif step == "spectra":
-        responses = (cfg.get("spectra") or {}).get("responses") or {}
+        regions = RegionSettings.from_config(cfg)
+        responses = SpectraSettings.from_config(cfg).responses
+        files = responses if isinstance(responses, Mapping) else {}
         for cam in obs.cameras:
-            out.append(responses.get(f"{cam}_rmf") or obs.rmf_files.get(cam))
-            out.append(responses.get(f"{cam}_arf") or obs.arf_files.get(cam))
-        if background.get("method") == "blanksky":
-            out += list((background.get("blanksky_files") or {}).values())
+            out.append(files.get(f"{cam}_rmf") or obs.rmf_files.get(cam))
+            out.append(files.get(f"{cam}_arf") or obs.arf_files.get(cam))
+        if regions.bkg_method == "blanksky":
+            out += list(regions.blanksky_files.values())
     elif step == "fit":
-        model = str((cfg.get("fit") or {}).get("model") or "")
+        model = str(config_value(cfg, "fit.model"))
         out += [m.strip() for m in _TABLE_RE.findall(model)]
         if re.search(r"\bv?apec\b", model):
             from .fitting.atable import find_apec_table

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .fsutil import atomic_path
+from .settings import PLOT_LEVELS, PlotSettings
 
 __all__ = [
     "PLOT_LEVELS",
@@ -23,26 +24,17 @@ __all__ = [
 #: PIL options of every PNG written (fast zlib level: lossless, slightly larger files).
 PNG_OPTIONS = {"compress_level": 1}
 
-#: Values of the ``plots`` configuration key.
-PLOT_LEVELS = ("all", "summary", "none")
-
 
 def wants_plot(cfg: Any, camera: str | None = None, cameras: Any = ()) -> bool:
-    """Whether the ``plots`` level of ``cfg`` asks for this figure.
+    """Whether the ``plots`` level of ``cfg`` (the resolved config or a :class:`PlotSettings`) asks for
+    this figure.
 
     ``all``: every figure; ``none``: no figure; ``summary``: the per-ObsID figures (``camera=None``, e.g. the
     spectrum fit) and the per-camera figures of the first camera of ``cameras`` only.  The level is not part
     of any step's inputs hash: it changes what is drawn, never a science product.
     """
-    level = str((cfg or {}).get("plots", "all"))
-    if level not in PLOT_LEVELS:
-        raise ValueError(f"plots must be one of {', '.join(PLOT_LEVELS)}, got {level!r}")
-    if level == "none":
-        return False
-    if level == "all" or camera is None:
-        return True
-    first = next(iter(cameras), camera)
-    return camera == first
+    settings = cfg if isinstance(cfg, PlotSettings) else PlotSettings.from_config(cfg)
+    return settings.wants(camera, cameras)
 
 
 def readable_log_axis(ax: Any, which: str = "both") -> None:

@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from .images import (
 )
 from .products import ObsProducts
 from .profile import fit_beta_profile, pixel_radii
+from .settings import RegionSettings
 
 __all__ = [
     "PointSource",
@@ -277,7 +278,8 @@ def auto_radius(
         return float(kpc) / scale, f"{method}: {kpc} kpc at z={z} ({scale:.1f} kpc/arcmin)"
     if method == "sb":
         r = sb_radius(**(sb or {}))
-        return r, f"sb: {sb.get('nsigma', 3.0) if sb else 3.0} sigma above background"
+        nsigma = (sb or {}).get("nsigma", (sb_radius.__kwdefaults__ or {}).get("nsigma"))
+        return r, f"sb: {nsigma} sigma above background"
     raise ConfigError(f"regions.radius.method must be fixed, physical, r500 or sb, got {method!r}")
 
 
@@ -578,13 +580,11 @@ def _finite(value: Any) -> float | None:
     return v if np.isfinite(v) and v > 0 else None
 
 
-def _kpc_per_arcmin(z: Any, cosmology: dict[str, float] | None) -> float | None:
+def _kpc_per_arcmin(z: Any, cosmology: Mapping[str, float] | None) -> float | None:
     zf = _finite(z)
     if zf is None:
         return None
-    from astropy.cosmology import FlatLambdaCDM
-
-    cos = FlatLambdaCDM(H0=(cosmology or {}).get("H0", 70.0), Om0=(cosmology or {}).get("Om0", 0.3))
+    cos = flat_lcdm(cosmology)
     return float(cos.kpc_proper_per_arcmin(zf).to_value(u.kpc / u.arcmin))
 
 
@@ -698,7 +698,12 @@ def _aperture_quantities(
 
 
 def make_regions(
-    obs: Any, outdir: str | Path, cfg: dict[str, Any], *, log: logging.Logger | None = None
+    obs: Any,
+    outdir: str | Path,
+    cfg: Mapping[str, Any] | RegionSettings,
+    *,
+    log: logging.Logger | None = None,
+    r_src_arcmin: float | None = None,
 ) -> dict[str, Any]:
     """Regions step: centre, radius, background, point sources; DS9 files, ``regions.json``, image plots.
 
@@ -708,13 +713,16 @@ def make_regions(
     detector (BACKSCAL) are computed by the spectra step.  User DS9 regions
     (``regions.user_src_region``/``user_bkg_region``) override the automatic ones.
 
+    ``cfg`` is the resolved configuration or the :class:`~xmmcore.settings.RegionSettings` built from it;
+    ``r_src_arcmin`` replaces the automatic source radius (the fit step's R500 iteration).
+
     Returns the ``regions`` dict of ``docs/CONTRACTS.md`` (also written to ``regions/regions.json``),
     plus ``outputs``: every file written (paths of :class:`~xmmcore.products.ObsProducts`).
     """
     log = log or logging.getLogger("xmmcore.regions")
     products = ObsProducts(outdir)
-    rcfg = cfg.get("regions", {})
-    cams = [c for c in cfg.get("cameras") or CAMERAS if products.clean_events(c).exists()]
+    rs = cfg if isinstance(cfg, RegionSettings) else RegionSettings.from_config(cfg)
+    cams = [c for c in rs.cameras or CAMERAS if products.clean_events(c).exists()]
     if not cams:
         raise InputDataError("no cleaned event list: run the filter step first", products.events_dir)
     evls = {c: read_events(products.clean_events(c), columns=("X", "Y", "PI", "CCDNR")) for c in cams}
@@ -729,9 +737,7 @@ def make_regions(
         image += img
         footprints[cam] = ccd_footprints(e)
         coverage = np.maximum(coverage, coverage_image(footprints[cam], extent))
-    ra0, dec0, fixed = _centre_start(
-        list(evls.values()), getattr(obs, "meta", {}) or {}, rcfg.get("centre", "auto")
-    )
+    ra0, dec0, fixed = _centre_start(list(evls.values()), getattr(obs, "meta", {}) or {}, rs.centre)
     sx, sy = pw.world_to_pixel(SkyCoord(ra0 * u.deg, dec0 * u.deg, frame="fk5"))
     start = (float(sx) + 1.0, float(sy) + 1.0)
     if fixed:
@@ -741,9 +747,8 @@ def make_regions(
         cx, cy = auto_centre(image, extent, start_xy=start, coverage=coverage)
         centre_note = "iterative centroid of the smoothed 0.5-2 keV image"
     csky = pw.pixel_to_world(cx - 1.0, cy - 1.0)
-    rad = rcfg.get("radius", {})
     meta = getattr(obs, "meta", {}) or {}
-    method = rad.get("method", "r500")
+    method = rs.radius_method
     r500_kpc = _finite(meta.get("r500_kpc"))
     r500_source = "none"
     if method == "r500":
@@ -751,54 +756,52 @@ def make_regions(
         if r500_source == "iterated":
             # R500 unknown: start from the fixed aperture; the fit step iterates kT -> R500 -> re-extract.
             method = "fixed"
-    override = rcfg.get("_r_src_arcmin_override")
+    override = r_src_arcmin
     r_src, r_note = auto_radius(
         method,
-        arcmin=rad.get("arcmin"),
-        r_kpc=rad.get("r_kpc"),
+        arcmin=rs.radius_arcmin,
+        r_kpc=rs.radius_r_kpc,
         z=meta.get("z"),
         r500_kpc=meta.get("r500_kpc"),
-        cosmology=cfg.get("cosmology"),
+        cosmology=dict(rs.cosmology),
         sb={
             "image": image,
             "extent": extent,
             "centre_xy": (cx, cy),
             "coverage": coverage,
-            "nsigma": rad.get("sb_nsigma", 3.0),
+            "nsigma": rs.sb_nsigma,
         },
     )
     if r500_source == "iterated":
         r_note = f"R500 unknown: initial {r_note}, to be iterated from the fitted kT"
     if override is not None:
         r_src, r_note = float(override), f"R500 iteration: {float(override):.3f} arcmin from the fitted kT"
-    kpc_per_arcmin = _kpc_per_arcmin(meta.get("z"), cfg.get("cosmology"))
+    kpc_per_arcmin = _kpc_per_arcmin(meta.get("z"), rs.cosmology)
     r500_arcmin = (
         r500_kpc / kpc_per_arcmin
         if r500_source == "given" and r500_kpc is not None and kpc_per_arcmin
         else float("nan")
     )
-    bcfg = rcfg.get("background", {})
-    b_in, b_out = bkg_annulus(r_src, inner=bcfg.get("inner", 1.05), outer=bcfg.get("outer", 1.5))
+    b_in, b_out = bkg_annulus(r_src, inner=rs.bkg_inner, outer=rs.bkg_outer)
     r_edge = _detector_edge_arcmin(coverage, extent, (cx, cy))
-    bkg_note = f"{bcfg.get('inner', 1.05)}-{bcfg.get('outer', 1.5)} x the source radius"
+    bkg_note = f"{rs.bkg_inner}-{rs.bkg_outer} x the source radius"
     if b_out > r_edge:
         b_out = r_edge
         b_in = min(b_in, max(r_edge - max(1.0, 0.25 * r_edge), 0.5 * r_edge))
         bkg_note = (
             f"largest annulus on the detector ({b_in:.2f}-{b_out:.2f} arcmin): "
-            f"{bcfg.get('outer', 1.5)} x the source radius is off the detector edge at {r_edge:.2f} arcmin"
+            f"{rs.bkg_outer} x the source radius is off the detector edge at {r_edge:.2f} arcmin"
         )
-    pcfg = rcfg.get("point_sources", {})
     points: list[PointSource] = []
-    if pcfg.get("detect", True):
+    if rs.detect_point_sources:
         ext_model, core_r_phys = _extended_model(image, extent, coverage, (cx, cy), r_edge)
         points = detect_point_sources(
             image,
             extent,
             wcs,
             coverage=coverage,
-            snr=pcfg.get("snr", 5.0),
-            mask_radius_arcsec=pcfg.get("mask_radius_arcsec", 20.0),
+            snr=rs.ps_snr,
+            mask_radius_arcsec=rs.ps_mask_radius_arcsec,
             extended_model=ext_model,
             core_xy=(cx, cy),
             core_radius_phys=core_r_phys,
@@ -833,11 +836,9 @@ def make_regions(
     files: dict[str, str] = {}
     src_pts = _sel_overlapping(points, cx, cy, r_src * _ARCMIN_PHYS)
     bkg_pts = _sel_overlapping(points, cx, cy, b_out * _ARCMIN_PHYS)
-    user_src, user_bkg = rcfg.get("user_src_region"), rcfg.get("user_bkg_region")
-    if bcfg.get("method", "annulus") == "region" and not user_bkg:
-        user_bkg = bcfg.get("region_file")
-        if not user_bkg:
-            raise ConfigError("regions.background.method: region needs regions.background.region_file")
+    user_src, user_bkg = rs.user_src_region, rs.background_region
+    if rs.bkg_method == "region" and not user_bkg:
+        raise ConfigError("regions.background.method: region needs regions.background.region_file")
     for cam in cams:
         src_path, bkg_path = products.src_region(cam), products.bkg_region(cam)
         if user_src:
@@ -866,11 +867,11 @@ def make_regions(
             )
         files[f"{cam}_src"] = str(src_path)
         files[f"{cam}_bkg"] = str(bkg_path)
-    annuli = rcfg.get("annuli")
+    annuli = rs.annuli
     if annuli:
         radii = [float(r) for r in annuli]
         if any(b <= a for a, b in itertools.pairwise(radii)):
-            raise ConfigError(f"regions.annuli must increase, got {annuli}")
+            raise ConfigError(f"regions.annuli must increase, got {list(annuli)}")
         for cam in cams:
             for k, (a, b) in enumerate(itertools.pairwise(radii)):
                 p = products.annulus_region(cam, k)
@@ -883,7 +884,7 @@ def make_regions(
                     comment=f"{obs.obsid} {cam} annulus {a}-{b} arcmin",
                 )
                 files[products.annulus_key(cam, k)] = str(p)
-    if rcfg.get("core_excised"):
+    if rs.core_excised:
         # core-excised (0.15-1 R) temperature: a second spectrum per camera, fitted as fits/fit_cex.json
         for cam in cams:
             p = products.regions_dir / f"{cam}_anncex_src.reg"
@@ -955,7 +956,7 @@ def make_regions(
         from .plots import plot_image_regions, wants_plot
 
         for cam in cams:
-            if not wants_plot(cfg, cam, cams):
+            if not wants_plot(rs.plots, cam, cams):
                 continue
             img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
             plot_image_regions(

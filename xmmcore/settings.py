@@ -6,11 +6,17 @@ live: ``from_config`` reads every key it needs with ``cfg[...]`` (a missing key 
 
 * :class:`ScreenSettings` — event screening of one camera (``filter.<cam>.*``);
 * :class:`SpectraSettings` — grouping and responses (``spectra.*``);
+* :class:`RegionSettings` — the regions step (``regions.*``, ``cameras``, ``cosmology``, ``plots``);
+* :class:`PlotSettings` — which per-ObsID figures are drawn (``plots``);
+* :class:`XspecSettings` — the XSPEC engine's own options (``xspec.*``);
 * :class:`FitSettings` — one spectral fit, per ObsID and joint alike (``fit.*``, ``backend.fitting``,
-  ``xspec.*``, ``cosmology``).
+  the engine's options, ``cosmology``).
 
-Flare settings are :class:`xmmcore.flares.FlareSettings` (``flare_settings(cfg["flares"], camera)``);
-SAS settings are :class:`xmmcore.backends.sas.SasSettings`.
+Flare settings are :class:`xmmcore.flares.FlareSettings` (``FlareSettings.from_config(cfg, camera)``);
+SAS settings are :class:`xmmcore.backends.sas.SasSettings` (``SasSettings.from_config(cfg)``).
+Every class is built by ``from_config`` from the resolved configuration; ``survey.config.load_config``
+builds all of them once, so a key missing from the configuration is a load error (exit 2), not a
+failure of a step.
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ from typing import Any
 from .constants import DEFAULT_COSMOLOGY, DEFAULT_FLUX_BANDS_KEV
 from .errors import ConfigError
 
-__all__ = ["FitSettings", "ScreenSettings", "SpectraSettings", "config_value"]
+__all__ = [
+    "FitSettings",
+    "PlotSettings",
+    "RegionSettings",
+    "ScreenSettings",
+    "SpectraSettings",
+    "XspecSettings",
+    "config_value",
+    "cosmology_from_config",
+    "engine_options_from_config",
+]
 
 
 def config_value(cfg: Mapping[str, Any], dotted: str, *, prefix: str = "") -> Any:
@@ -33,6 +49,155 @@ def config_value(cfg: Mapping[str, Any], dotted: str, *, prefix: str = "") -> An
             raise ConfigError(f"configuration key {prefix + dotted!r} is missing (see survey/defaults.yaml)")
         node = node[part]
     return node
+
+
+def cosmology_from_config(cfg: Mapping[str, Any]) -> dict[str, float]:
+    """``{"H0", "Om0"}`` of the ``cosmology`` section (both keys required)."""
+    c = config_value(cfg, "cosmology")
+    return {k: float(config_value(c, k, prefix="cosmology.")) for k in ("H0", "Om0")}
+
+
+#: Values of the ``plots`` configuration key.
+PLOT_LEVELS = ("all", "summary", "none")
+
+
+@dataclass(frozen=True)
+class PlotSettings:
+    """Which per-ObsID figures are drawn (``plots: all | summary | none``)."""
+
+    level: str
+
+    def __post_init__(self) -> None:
+        if self.level not in PLOT_LEVELS:
+            raise ConfigError(f"plots must be one of {', '.join(PLOT_LEVELS)}, got {self.level!r}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PlotSettings:
+        return cls(level=str(config_value(cfg, "plots")))
+
+    def wants(self, camera: str | None = None, cameras: Any = ()) -> bool:
+        """``all``: every figure; ``none``: none; ``summary``: the per-ObsID figures (``camera=None``)
+        and the per-camera figures of the first camera of ``cameras`` only."""
+        if self.level == "none":
+            return False
+        if self.level == "all" or camera is None:
+            return True
+        return camera == next(iter(cameras), camera)
+
+
+@dataclass(frozen=True)
+class RegionSettings:
+    """The regions step: centre, source radius, background, point sources, user and extra regions.
+
+    Attributes mirror ``regions.*`` of ``survey/defaults.yaml`` (``radius.method`` is
+    ``radius_method``, ``background.inner`` is ``bkg_inner``, ``point_sources.snr`` is ``ps_snr``...);
+    ``cameras``, ``cosmology`` and ``plots`` are the top-level keys the step also needs.
+    """
+
+    centre: str | tuple[float, float]
+    radius_method: str
+    radius_arcmin: float | None
+    radius_r_kpc: float | None
+    sb_nsigma: float
+    bkg_method: str
+    bkg_inner: float
+    bkg_outer: float
+    bkg_region_file: str | None
+    blanksky_files: Mapping[str, str]
+    detect_point_sources: bool
+    ps_snr: float
+    ps_mask_radius_arcsec: float
+    user_src_region: str | None
+    user_bkg_region: str | None
+    annuli: tuple[float, ...] | None
+    core_excised: bool
+    cameras: tuple[str, ...]
+    cosmology: Mapping[str, float]
+    plots: PlotSettings
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> RegionSettings:
+        r = config_value(cfg, "regions")
+
+        def get(key: str) -> Any:
+            return config_value(r, key, prefix="regions.")
+
+        centre = get("centre")
+        if isinstance(centre, (list, tuple)):
+            if len(centre) != 2:
+                raise ConfigError(f"regions.centre must be 'auto' or [ra_deg, dec_deg], got {centre!r}")
+            centre = (float(centre[0]), float(centre[1]))
+        elif centre != "auto":
+            raise ConfigError(f"regions.centre must be 'auto' or [ra_deg, dec_deg], got {centre!r}")
+        annuli = get("annuli")
+        arcmin, r_kpc = get("radius.arcmin"), get("radius.r_kpc")
+        return cls(
+            centre=centre,
+            radius_method=str(get("radius.method")),
+            radius_arcmin=None if arcmin is None else float(arcmin),
+            radius_r_kpc=None if r_kpc is None else float(r_kpc),
+            sb_nsigma=float(get("radius.sb_nsigma")),
+            bkg_method=str(get("background.method")),
+            bkg_inner=float(get("background.inner")),
+            bkg_outer=float(get("background.outer")),
+            bkg_region_file=_optional_str(get("background.region_file")),
+            blanksky_files={str(k): str(v) for k, v in (get("background.blanksky_files") or {}).items()},
+            detect_point_sources=bool(get("point_sources.detect")),
+            ps_snr=float(get("point_sources.snr")),
+            ps_mask_radius_arcsec=float(get("point_sources.mask_radius_arcsec")),
+            user_src_region=_optional_str(get("user_src_region")),
+            user_bkg_region=_optional_str(get("user_bkg_region")),
+            annuli=None if not annuli else tuple(float(a) for a in annuli),
+            core_excised=bool(get("core_excised")),
+            cameras=tuple(str(c) for c in (config_value(cfg, "cameras") or ())),
+            cosmology=cosmology_from_config(cfg),
+            plots=PlotSettings.from_config(cfg),
+        )
+
+    @property
+    def background_region(self) -> str | None:
+        """The user's off-source DS9 file: ``user_bkg_region``, else ``background.region_file`` when
+        ``background.method: region``."""
+        if self.user_bkg_region:
+            return self.user_bkg_region
+        return self.bkg_region_file if self.bkg_method == "region" else None
+
+    def config_files(self) -> list[str]:
+        """Files named by these settings that the regions step reads (part of its inputs hash)."""
+        out = [self.user_src_region, self.user_bkg_region]
+        if self.bkg_method == "region":
+            out.append(self.bkg_region_file)
+        return [f for f in out if f]
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value in (None, "") else str(value)
+
+
+@dataclass(frozen=True)
+class XspecSettings:
+    """Options of the XSPEC engine (``xspec.*``): per-fit timeout [s], chatter, ESAS sky background."""
+
+    timeout_s: float
+    chatter: int
+    esas_sky: bool
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> XspecSettings:
+        x = config_value(cfg, "xspec")
+        return cls(
+            timeout_s=float(config_value(x, "timeout_s", prefix="xspec.")),
+            chatter=int(config_value(x, "chatter", prefix="xspec.")),
+            esas_sky=bool(config_value(x, "esas_sky", prefix="xspec.")),
+        )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of ``XspecEngine(...)``."""
+        return {"timeout_s": self.timeout_s, "chatter": self.chatter, "esas_sky": self.esas_sky}
+
+
+#: Engine name -> the settings class of its own options (engines without options are absent).
+ENGINE_SETTINGS: dict[str, type[XspecSettings]] = {"xspec": XspecSettings}
 
 
 @dataclass(frozen=True)
@@ -124,7 +289,8 @@ class FitSettings:
     engine : str
         ``backend.fitting``.
     engine_options : mapping
-        The engine's own section (``xspec.*`` for ``xspec``; empty for ``builtin``).
+        The engine's own options (:class:`XspecSettings` for ``xspec``; empty for ``builtin``): what
+        ``engine_from_config`` builds the engine with.
     """
 
     # The field defaults serve library calls without a configuration (a results folder without
@@ -163,9 +329,9 @@ class FitSettings:
             flux_bands_kev=tuple(
                 (float(b[0]), float(b[1])) for b in config_value(f, "flux_bands_kev", prefix=pre)
             ),
-            cosmology={k: float(v) for k, v in dict(config_value(cfg, "cosmology")).items()},
+            cosmology=cosmology_from_config(cfg),
             engine=engine,
-            engine_options=dict(cfg.get(engine) or {}) if isinstance(cfg.get(engine), Mapping) else {},
+            engine_options=engine_options_from_config(cfg, engine),
         )
 
     def with_(self, **changes: Any) -> FitSettings:
@@ -198,3 +364,9 @@ class FitSettings:
             "cosmology": dict(self.cosmology),
             "flux_bands_kev": [tuple(b) for b in self.flux_bands_kev],
         }
+
+
+def engine_options_from_config(cfg: Mapping[str, Any], engine: str) -> dict[str, Any]:
+    """Keyword arguments of the engine ``engine`` from its own configuration section (empty if it has none)."""
+    settings = ENGINE_SETTINGS.get(engine)
+    return settings.from_config(cfg).options() if settings is not None else {}

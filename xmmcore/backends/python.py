@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import platform
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -26,12 +27,12 @@ from ..events import (
     write_events,
     write_gti,
 )
-from ..flares import flare_gti, flare_settings, write_light_curve
+from ..flares import FlareSettings, flare_gti, write_light_curve
 from ..fsutil import atomic_path, regular_file
 from ..images import PHYS_PIXEL_ARCSEC, ccd_footprints
 from ..products import ObsProducts
 from ..regions import read_ds9
-from ..settings import ScreenSettings, SpectraSettings
+from ..settings import RegionSettings, ScreenSettings, SpectraSettings, config_value
 
 __all__ = ["PythonBackend"]
 
@@ -93,7 +94,7 @@ class PythonBackend:
         if path is None:
             raise InputDataError(f"no {camera} event list for ObsID {obs.obsid}", obs.root)
         scr = ScreenSettings.from_config(cfg, camera)
-        fls = flare_settings(cfg["flares"], camera)
+        fls = FlareSettings.from_config(cfg, camera)
         method = fls.method
         band = fls.band_kev
         flag_mask = flag_mask_for(camera, scr.flag, _events_header(path))
@@ -148,7 +149,7 @@ class PythonBackend:
         try:
             from ..plots import plot_lightcurve, wants_plot
 
-            present = [c for c in cfg.get("cameras", ()) if c in obs.event_files]
+            present = [c for c in config_value(cfg, "cameras") or () if c in obs.event_files]
             if wants_plot(cfg, camera, present):
                 plot_lightcurve(res, plot_path, title=f"{obs.obsid} {camera}")
                 outputs.append(str(plot_path))
@@ -285,9 +286,13 @@ class PythonBackend:
         src = one(f"{camera}_src", "src", backfile)
         if sas_responses:
             resp.update(_sas_responses(obs, camera, products, cfg, log))
-        bcfg = cfg["regions"]["background"]
-        if bcfg["method"] == "blanksky":
-            out.update(self._blanksky(obs, camera, evl, files, src, bkg, bcfg, cfg, products, log))
+        regions_settings = RegionSettings.from_config(cfg)
+        if regions_settings.bkg_method == "blanksky":
+            out.update(
+                self._blanksky(
+                    obs, camera, evl, files, src, bkg, regions_settings.blanksky_files, cfg, products, log
+                )
+            )
             bkg = dict(
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
             )
@@ -342,7 +347,7 @@ class PythonBackend:
         files: dict[str, str],
         src: dict[str, Any],
         bkg: dict[str, Any],
-        bcfg: dict[str, Any],
+        blanksky_files: Mapping[str, str],
         cfg: dict[str, Any],
         products: ObsProducts,
         log: logging.Logger,
@@ -351,7 +356,7 @@ class PythonBackend:
         from ..background import blanksky_scale, double_subtracted_background
         from ..ogip import write_pha
 
-        tpl_path = (bcfg.get("blanksky_files") or {}).get(camera)
+        tpl_path = blanksky_files.get(camera)
         if not tpl_path:
             raise InputDataError(f"regions.background.method: blanksky needs blanksky_files.{camera}")
         scr = ScreenSettings.from_config(cfg, camera)
@@ -363,7 +368,7 @@ class PythonBackend:
             scale = blanksky_scale(
                 raw_obs,
                 raw_tpl,
-                band_kev=flare_settings(cfg["flares"], camera).band_kev,
+                band_kev=FlareSettings.from_config(cfg, camera).band_kev,
                 obs_gti=evl.gti,
             )
         except ValueError as exc:
@@ -463,13 +468,13 @@ def _dss_inputs(camera: str, evl: Any, cfg: dict[str, Any]) -> dict[str, Any] | 
     gtis = getattr(evl, "gti_ccd", None) or {}
     if not gtis:
         return None
-    fcfg = cfg["filter"][camera]
-    mask = flag_mask_for(camera, fcfg.get("flag", "xmmea"), evl.header) or 0
+    scr = ScreenSettings.from_config(cfg, camera)
+    mask = flag_mask_for(camera, scr.flag, evl.header) or 0
     return {
         "ccd_gtis": gtis,
         "flag_mask": mask,
-        "pattern_max": int(fcfg["pattern_max"]),
-        "pi_range": (float(fcfg["pi_min"]), float(fcfg["pi_max"])),
+        "pattern_max": int(cast(int, scr.pattern_max)),
+        "pi_range": (float(cast(float, scr.pi_min)), float(cast(float, scr.pi_max))),
     }
 
 

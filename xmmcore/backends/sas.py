@@ -44,12 +44,13 @@ from typing import Any
 
 from ..constants import SKY_PIXEL_ARCSEC  # sky (X/Y) and detector (DETX/DETY) pixel
 from ..errors import ConfigError, InputDataError, ToolError, ToolNotFoundError
-from ..flares import flare_settings
+from ..flares import FlareSettings
 from ..fsutil import atomic_path
 from ..observation import CAMERAS, Observation, best_event_list, is_timing_submode, read_odf_summary
 from ..products import ObsProducts
 from ..sas_output import parse_sasversion
 from ..sas_params import TASK_PARAMS, check_argv
+from ..settings import config_value
 from ..tools import ToolRun, run_tool
 
 __all__ = [
@@ -175,7 +176,11 @@ def _argv(task: str, **params: object) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class SasSettings:
-    """Where SAS lives and how to run it (from the ``sas:`` config section and the environment)."""
+    """Where SAS lives and how to run it (from the ``sas:`` config section and the environment).
+
+    Built by :meth:`from_config`; the field defaults serve library calls and tests that name only
+    the installation and equal ``survey/defaults.yaml`` (``tests/test_settings.py`` checks it).
+    """
 
     sas_dir: str | None
     ccf_path: str | None
@@ -184,19 +189,29 @@ class SasSettings:
     esas: bool = True
     headas: str | None = None
 
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SasSettings:
+        """The ``sas`` section of the resolved config; ``sas_dir``/``ccf_path`` null take ``$SAS_DIR``/
+        ``$SAS_CCFPATH`` of ``environ`` (default: this process's environment)."""
+        env = os.environ if environ is None else environ
+        sas = config_value(cfg, "sas")
+
+        def get(key: str) -> Any:
+            return config_value(sas, key, prefix="sas.")
+
+        return cls(
+            sas_dir=get("sas_dir") or env.get("SAS_DIR") or None,
+            ccf_path=get("ccf_path") or env.get("SAS_CCFPATH") or None,
+            timeout_s=float(get("timeout_s")),
+            use_pps_events=bool(get("use_pps_events")),
+            esas=bool(get("esas")),
+            headas=env.get("HEADAS") or None,
+        )
+
 
 def settings_from_config(cfg: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SasSettings:
-    """``SasSettings`` from the resolved config; ``null`` values fall back to ``$SAS_DIR``/``$SAS_CCFPATH``."""
-    env = os.environ if environ is None else environ
-    sas = dict(cfg.get("sas") or {})
-    return SasSettings(
-        sas_dir=sas.get("sas_dir") or env.get("SAS_DIR") or None,
-        ccf_path=sas.get("ccf_path") or env.get("SAS_CCFPATH") or None,
-        timeout_s=float(sas.get("timeout_s", 7200)),
-        use_pps_events=bool(sas.get("use_pps_events", True)),
-        esas=bool(sas.get("esas", True)),
-        headas=env.get("HEADAS") or None,
-    )
+    """``SasSettings.from_config(cfg, environ)``."""
+    return SasSettings.from_config(cfg, environ)
 
 
 def missing_sas_hint(tool: str) -> str:
@@ -436,9 +451,9 @@ def screen_expression(camera: str, fcfg: Mapping[str, Any]) -> str:
     parts = [
         f"(PATTERN<={int(fcfg['pattern_max'])})",
         f"(PI in [{int(fcfg['pi_min'])}:{int(fcfg['pi_max'])}])",
-        _flag_expression(camera, fcfg.get("flag", "xmmea")),
+        _flag_expression(camera, fcfg["flag"]),
     ]
-    if fcfg.get("ccds"):
+    if fcfg["ccds"]:
         parts.append("(" + "||".join(f"(CCDNR=={int(c)})" for c in fcfg["ccds"]) + ")")
     return "&&".join(parts)
 
@@ -745,7 +760,7 @@ def build_filter_commands(
         cmds = build_odf_commands(obs, outdir, settings, cameras=(camera,))
         ccf = str(_sas_dir(outdir, "odf", "cifbuild") / "ccf.cif")
     events = _input_events(obs, camera, outdir, settings)
-    fls = flare_settings(cfg["flares"], camera)
+    fls = FlareSettings.from_config(cfg, camera)
     fcfg = cfg["filter"][camera]
     lc_dir = _sas_dir(outdir, step, "evselect-lc")
     lc = lc_dir / f"{camera}_lc.fits"
@@ -917,7 +932,7 @@ def build_spectra_commands(
     )
     fcfg = cfg["filter"][camera]
     grouping = cfg["spectra"]["grouping"]
-    min_counts = int(cfg["spectra"].get("min_counts", 1))
+    min_counts = int(cfg["spectra"]["min_counts"])
     if settings.esas:
         return _esas_spectra(
             obs,
@@ -1630,7 +1645,7 @@ def plan_observation(
     outdir = Path(outdir)
     skipped: dict[str, str] = {}
     cmds: list[Command] = []
-    cams = [c for c in (cfg.get("cameras") or obs.cameras) if c in obs.cameras]
+    cams = [c for c in (cfg["cameras"] or obs.cameras) if c in obs.cameras]
     _ccf, odf_cmds = _ccf_for(obs, outdir, settings)
     seen: set[tuple[str, str]] = set()
 
@@ -1642,7 +1657,7 @@ def plan_observation(
 
     add(odf_cmds)
     for cam, why in obs.skipped_cameras.items():
-        if cam in (cfg.get("cameras") or CAMERAS_ALL):
+        if cam in (cfg["cameras"] or CAMERAS_ALL):
             skipped[cam] = why  # left out at discovery (timing/burst list)
     active = []
     for cam in cams:

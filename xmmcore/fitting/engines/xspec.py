@@ -257,12 +257,9 @@ class XspecEngine:
         ToolNotFoundError
             PyXspec is not importable (the message says how to install/initialise HEASoft).
         """
-        xcfg = cfg.get("xspec") or {}
-        engine = cls(
-            timeout_s=float(xcfg.get("timeout_s", 1800)),
-            chatter=int(xcfg.get("chatter", 0)),
-            esas_sky=bool(xcfg.get("esas_sky", False)),
-        )
+        from ...settings import XspecSettings
+
+        engine = cls(**XspecSettings.from_config(cfg).options())
         engine.check()
         return engine
 
