@@ -48,6 +48,7 @@ from .graph import (
 from .joint import JointPlan, make_joint_tasks, plan_joint
 from .lock import check_unlocked, results_lock
 from .logs import close_survey_logger, collect_worker_logs, dask_logs_to_file, survey_logger
+from .obsid_lock import obsid_lock
 from .steps import Pipeline, execute_step, software_versions, where_am_i
 
 __all__ = [
@@ -434,6 +435,11 @@ def run_survey(
                     cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard
                 )
                 collect_worker_logs(run_client, results_dir)
+                if cfg["cluster"]["profile"]:
+                    from .cluster import write_profile
+
+                    written = write_profile(run_client, results_dir)
+                    log.info("Dask profile: %s", written or "not written (no bokeh, or no worker left)")
         else:
             report = _report(cfg, results_dir, chosen, outcomes, pipe, time.perf_counter() - t0, dashboard)
         report.joint = _joint_errors(joint_plans)
@@ -563,7 +569,17 @@ def run_one(
     check_unlocked(results_dir)  # a whole-survey run writes here now
     lock = contextlib.ExitStack()
     (results_dir / obsid).mkdir(parents=True, exist_ok=True)
-    lock.enter_context(results_lock(results_dir / obsid, what=f"run-one of {obsid}"))
+    run_one_cfg = cfg["cluster"]["run_one"]
+    taken_over: list[str] = []
+    lock.enter_context(
+        obsid_lock(
+            results_dir / obsid,
+            what=f"run-one of {obsid}",
+            heartbeat_s=float(run_one_cfg["lock_heartbeat_s"]),
+            stale_after_s=float(run_one_cfg["lock_stale_s"]),
+            on_takeover=taken_over.append,
+        )
+    )
     try:
         # one log file per ObsID: array tasks on many hosts never append to one file (shared filesystems)
         log = survey_logger(results_dir, name=f"survey.{obsid}", filename=f"run-one/{obsid}.log")
@@ -580,6 +596,8 @@ def run_one(
             where["pid"],
             where["slurm_job_id"],
         )
+        for note in taken_over:
+            log.warning("%s", note)
         (plan,) = _plans(cfg, pipe, [obsid], retry_failed)
         outcomes = dict(plan.outcomes)
         upstream = plan.upstream

@@ -33,12 +33,15 @@ from xmmcore.errors import ConfigError
 
 __all__ = [
     "JOBQUEUE_KEYS",
+    "PROFILE_PATH",
     "SLOT_RESOURCE",
     "ClusterHandle",
+    "scheduler_config",
     "sigterm_as_interrupt",
     "site_jobqueue_settings",
     "slurm_cluster_kwargs",
     "start_cluster",
+    "write_profile",
 ]
 
 SLOT_RESOURCE = "slots"
@@ -49,11 +52,37 @@ SCHEDULER_CONFIG = {
     "distributed.scheduler.worker-saturation": float("inf"),
     # The workers' statistical profiler keeps a call-tree snapshot per second (up to 1000 of them): on a
     # survey its dicts were most of the worker memory that grew with every ObsID. Off for survey workers
-    # (the dashboard's profile page stays empty); a site can turn it on again in its dask config.
+    # (the dashboard's profile page stays empty) unless ``cluster.profile: true`` (scheduler_config()).
     "distributed.worker.profile.enabled": False,
 }
 #: The same for SLURM worker jobs, which do not inherit the driver's dask config: one job-script line.
 WORKER_PROFILE_OFF = "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"
+#: ``cluster.profile: true``: the profiler on, in the job script of SLURM workers.
+WORKER_PROFILE_ON = "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True"
+#: Where ``cluster.profile: true`` writes the survey's Dask profile (bokeh HTML), under ``results/``.
+PROFILE_PATH = Path("logs") / "dask-profile.html"
+
+
+def scheduler_config(cfg: Any) -> dict[str, Any]:
+    """:data:`SCHEDULER_CONFIG` with the workers' statistical profiler as ``cluster.profile`` says."""
+    return {**SCHEDULER_CONFIG, "distributed.worker.profile.enabled": bool(cfg["cluster"]["profile"])}
+
+
+def write_profile(client: Any, results_dir: str | Path) -> Path | None:
+    """Write the workers' profile of the run to ``results/logs/dask-profile.html`` (atomically); the path.
+
+    ``None`` (and nothing written) when the profile cannot be drawn (no bokeh, workers gone): the
+    profile is a diagnostic, never a reason for the survey to fail.
+    """
+    from xmmcore.fsutil import atomic_path
+
+    target = Path(results_dir) / PROFILE_PATH
+    try:
+        with atomic_path(target) as tmp:
+            client.profile(filename=str(tmp))
+    except Exception:  # noqa: BLE001 - a diagnostic: the survey result stands without it
+        return None
+    return target
 
 
 @dataclass
@@ -204,7 +233,8 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
         elif value not in (None, ""):
             kwargs[key] = value
     prologue = kwargs.get("job_script_prologue", site.get("job_script_prologue"))
-    kwargs["job_script_prologue"] = [WORKER_PROFILE_OFF, *list(prologue or [])]
+    profile_line = WORKER_PROFILE_ON if cfg["cluster"]["profile"] else WORKER_PROFILE_OFF
+    kwargs["job_script_prologue"] = [profile_line, *list(prologue or [])]
     if s.get("scheduler_host"):
         # the scheduler's own listen address (e.g. 127.0.0.1), independent of the workers' addresses
         kwargs["scheduler_options"]["host"] = s["scheduler_host"]
@@ -229,7 +259,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
         from distributed import LocalCluster
 
         threads = int(c["threads_per_worker"])
-        with dask.config.set(SCHEDULER_CONFIG):
+        with dask.config.set(scheduler_config(cfg)):
             cluster: Any = LocalCluster(
                 n_workers=int(c["workers"]),
                 threads_per_worker=threads,
@@ -252,7 +282,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
 
         slurm_kwargs = slurm_cluster_kwargs(cfg, results_dir)
         check_slurm_listen(slurm_kwargs, allow_network=bool(c.get("allow_network")))
-        with dask.config.set(SCHEDULER_CONFIG):
+        with dask.config.set(scheduler_config(cfg)):
             cluster = SLURMCluster(**slurm_kwargs)
         s = c["slurm"]
         cluster.adapt(

@@ -1013,11 +1013,25 @@ def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> No
     if "dashboard_address" in cluster:
         _check_dashboard(cluster["dashboard_address"], bool(cluster.get("dashboard_public")), where)
     check_network(data, where=where)
+    _check_run_one_lock(cluster.get("run_one") or {}, where)
     module = (data.get("pipeline") or {}).get("module")
     if module is not None and not (isinstance(module, str) and _MODULE_RE.fullmatch(module)):
         raise ConfigError(
             f"{where}: pipeline.module must be a dotted Python module name (xmmcore.pipeline), got "
             f"{module!r}; it is checked before it is imported"
+        )
+
+
+def _check_run_one_lock(section: Mapping[str, Any], where: str) -> None:
+    """``cluster.run_one``: a positive heartbeat, and a stale bound of at least three heartbeats."""
+    beat, stale = section.get("lock_heartbeat_s"), section.get("lock_stale_s")
+    for key, value in (("lock_heartbeat_s", beat), ("lock_stale_s", stale)):
+        if value is not None and not (_is_number(value) and value > 0):
+            raise ConfigError(f"{where}: cluster.run_one.{key} must be > 0 [s], got {value!r}")
+    if _is_number(beat) and _is_number(stale) and stale < 3 * beat:
+        raise ConfigError(
+            f"{where}: cluster.run_one.lock_stale_s ({stale}) must be at least 3 x "
+            f"cluster.run_one.lock_heartbeat_s ({beat}): a live holder would be taken over between two heartbeats"
         )
 
 

@@ -26,6 +26,7 @@ ALLOWED_RENAMES = {
     ("xmmcore/fitting/engines/xspec_runner.py", "os.replace"),
     ("xmmcore/fitting/xsmodels.py", "os.replace"),
     ("survey/lock.py", "os.replace"),
+    ("survey/obsid_lock.py", "os.replace"),
 }
 RENAMES = {"os.rename", "os.replace", "os.renames", "shutil.move", "shutil.copytree"}
 LOCKS = {"fcntl", "flock", "lockf"}

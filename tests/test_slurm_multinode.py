@@ -345,3 +345,111 @@ def test_job_array_mode_matches_dask_mode(cluster3, data3, reference, tmp_path):
         text = (results / "logs" / "run-one" / f"{obsid}.log").read_text()
         assert f"run-one {obsid} on node xmm-n" in text
     assert json.loads((results / ids[0] / "steps" / "fit.json").read_text())["slurm_job_id"]
+
+
+def _wait_gone(job: str, env, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and _run(["squeue", "-h", "-j", job], env).stdout.strip():
+        time.sleep(1)
+
+
+def test_job_array_node_lost_requeued_tasks_complete(cluster3, data3, reference, tmp_path):
+    """run-one per array task (``--requeue``); a node killed with a task mid-chain: SLURM requeues it on
+    another node, the requeued task takes over the lock its earlier run left, the catalogue equals the
+    fault-free Dask run's."""
+    _data, ids = data3
+    data = tmp_path / "data"
+    helpers.make_survey(data, N_OBS, meta={o: {"work_s": 1.5} for o in ids})  # the reference's events, slower
+    results = tmp_path / "results"
+    listing = tmp_path / "obsids.txt"
+    listing.write_text("\n".join(ids) + "\n")
+    config = tmp_path / "survey.yaml"
+    config.write_text(
+        f"data_dir: {data}\nresults_dir: {results}\npipeline:\n  module: helpers.survey_steps\n"
+        "joint:\n  enabled: false\nretries:\n  backoff_s: 0.1\n"
+    )
+    env = dict(
+        cluster3["env"],
+        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
+        XMM_SURVEY=f"{sys.executable} -m survey.cli",
+    )
+    out = _run(
+        ["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "--", "--requeue", "--mem=1G"],
+        env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    array_job = out.stdout.split()[2]
+    cat_job = out.stdout.split("catalogue job")[1].strip()
+    victim: dict[str, str] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not victim:
+            # a task running on xmm-n2 that holds its ObsID's lock and has finished a step (mid-chain)
+            for line in _run(["squeue", "-h", "-t", "RUNNING", "-o", "%i %K %N"], env).stdout.splitlines():
+                job, index, node = line.split()
+                if node != "xmm-n2" or not job.startswith(array_job):
+                    continue
+                obsid = ids[int(index) - 1]
+                lock = results / obsid / ".lock"
+                first = read_record(results / obsid, "filter") or {}
+                if lock.exists() and first.get("status") == "done":
+                    victim = {"job": job, "obsid": obsid, "lock": lock.read_text()}
+                    break
+            time.sleep(0.2)
+        assert victim, "no array task ever ran mid-chain on xmm-n2"
+        killed = _run(["bash", str(SLURM / "local-cluster.sh"), "kill-node", "xmm-n2"], env, timeout=60)
+        assert killed.returncode == 0, killed.stderr
+        _wait_gone(cat_job, env, 300)
+    finally:
+        _run(["bash", str(SLURM / "local-cluster.sh"), "revive-node", "xmm-n2"], env, timeout=120)
+    held = json.loads(victim["lock"])
+    assert held["node"] == "xmm-n2" and held["slurm_array_task_id"] == str(ids.index(victim["obsid"]) + 1)
+    text = (results / "logs" / "run-one" / f"{victim['obsid']}.log").read_text()
+    runs = [ln for ln in text.splitlines() if f"run-one {victim['obsid']} on node" in ln]
+    assert len(runs) == 2 and "on node xmm-n2" in runs[0] and "on node xmm-n2" not in runs[1], text
+    assert "took over the lock" in text and "(restart 0, this is restart 1: requeued)" in text, text
+    assert not (results / victim["obsid"] / ".lock").exists()
+    assert _results_of(results, ids) == _results_of(reference, ids)
+    _assert_same_catalogue(results, reference, ids)  # every ObsID exactly once, as without the fault
+
+
+def test_run_one_lock_judged_by_the_real_squeue(cluster3, tmp_path, monkeypatch):
+    """A lock left on "another host" by a SLURM job: live while squeue shows the job RUNNING, taken over
+    once it is CANCELLED, and when squeue no longer knows the job id."""
+    from survey.lock import ResultsLockedError
+    from survey.obsid_lock import holder_identity, obsid_lock, slurm_job_state
+
+    env = cluster3["env"]
+    monkeypatch.setenv("SLURM_CONF", cluster3["conf"])
+    sub = _run(
+        ["sbatch", "--parsable", "--mem=100M", "--no-requeue", "--wrap", "sleep 120"], env, cwd=tmp_path
+    )
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip().split(";")[0]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and slurm_job_state(job) != "RUNNING":
+            time.sleep(0.5)
+        holder = dict(
+            holder_identity("run-one of 0910000000", {"SLURM_JOB_ID": job}), host="node-b", node="b"
+        )
+        (tmp_path / ".lock").write_text(json.dumps(holder) + "\n")
+        t = time.time() - 3600
+        os.utime(tmp_path / ".lock", (t, t))  # an old heartbeat: squeue's RUNNING still decides
+        with (
+            pytest.raises(ResultsLockedError, match=f"SLURM job {job} is RUNNING"),
+            obsid_lock(tmp_path, what="run-one", heartbeat_s=30, stale_after_s=900),
+        ):
+            pass
+    finally:
+        _run(["scancel", job], env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and slurm_job_state(job) in ("RUNNING", "COMPLETING"):
+        time.sleep(0.5)
+    notes: list[str] = []
+    with obsid_lock(tmp_path, what="run-one", heartbeat_s=30, stale_after_s=900, on_takeover=notes.append):
+        pass
+    assert notes and f"SLURM job {job} of its holder is CANCELLED" in notes[0], notes
+    assert slurm_job_state("987654") == "GONE"  # never existed here: squeue "Invalid job id", no accounting

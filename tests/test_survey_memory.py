@@ -80,3 +80,37 @@ def test_survey_workers_run_without_the_statistical_profiler(tmp_path):
         assert list(flags.values()) == [False]
     prologue = slurm_cluster_kwargs(cfg, tmp_path)["job_script_prologue"]
     assert prologue == [WORKER_PROFILE_OFF, "module load python"]
+
+
+def test_cluster_profile_key_turns_the_profiler_on_and_writes_the_profile(tmp_path):
+    """``cluster.profile: true`` (default false): profiler on in local and SLURM workers, HTML profile written."""
+    from survey.cluster import PROFILE_PATH, WORKER_PROFILE_ON, slurm_cluster_kwargs, start_cluster
+
+    pytest.importorskip("bokeh")
+    ids = helpers.make_survey(
+        tmp_path / "data", 2, meta={f"{910000000 + i:010d}": {"work_s": 0.3} for i in range(2)}
+    )
+    cfg = load_config(
+        None,
+        {
+            "data_dir": str(tmp_path / "data"),
+            "results_dir": str(tmp_path / "results"),
+            "pipeline.module": "helpers.survey_steps",
+            "joint.enabled": False,
+            "cluster.workers": 1,
+            "cluster.dashboard_address": "127.0.0.1:0",
+            "cluster.profile": True,
+        },
+    )
+    assert load_config(None, {})["cluster"]["profile"] is False
+    assert slurm_cluster_kwargs(cfg, tmp_path)["job_script_prologue"][0] == WORKER_PROFILE_ON
+    with start_cluster(cfg, results_dir=tmp_path / "results") as handle:
+        import dask
+
+        flags = handle.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+        assert list(flags.values()) == [True]
+        report = run_survey(cfg, client=handle.client, progress=False, catalogue=False)
+    assert sorted(report.done) == ids
+    page = (tmp_path / "results" / PROFILE_PATH).read_text()
+    assert "<html" in page.lower() and "bokeh" in page.lower()
+    assert "Dask profile: " in (tmp_path / "results" / "logs" / "survey.log").read_text()
