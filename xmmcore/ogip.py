@@ -223,14 +223,35 @@ def _open(path: Path) -> fits.HDUList:
     except Exception as exc:  # astropy raises OSError/ValueError/TypeError on corrupt files
         raise InputDataError(f"not a readable FITS file ({exc})", path) from exc
     try:
-        # OGIP files are small: read every HDU now so that a truncated file fails here, by name,
-        # not later as a reshape error deep in astropy.
-        for hdu in hdul:
-            _ = hdu.data
+        # A truncated file fails here, by name, not later as a reshape error deep in astropy: every
+        # HDU's data must end inside the file (headers are read, data only when used: a spectrum
+        # carries a dozen data-subspace GTI tables that reading would parse for nothing).
+        size = path.stat().st_size
+        for i, hdu in enumerate(hdul):
+            end = hdul.fileinfo(i)["datLoc"] + _data_bytes(hdu.header)
+            if end > size:
+                raise OSError(f"the file is truncated: HDU {i} ({hdu.name}) ends at byte {end} of {size}")
     except Exception as exc:
         hdul.close()
         raise InputDataError(f"truncated or corrupt FITS data ({exc})", path) from exc
     return hdul
+
+
+def _data_bytes(header: fits.Header) -> int:
+    """Size of an HDU's data without padding (FITS standard 4.4.1: |BITPIX|/8 x GCOUNT x (PCOUNT + prod NAXISn))."""
+    naxis = int(header.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    n = 1
+    first = 2 if header.get("GROUPS") and int(header.get("NAXIS1", 0)) == 0 else 1  # random groups
+    for k in range(first, naxis + 1):
+        n *= int(header.get(f"NAXIS{k}", 0))
+    return (
+        abs(int(header.get("BITPIX", 8)))
+        // 8
+        * int(header.get("GCOUNT", 1))
+        * (int(header.get("PCOUNT", 0)) + n)
+    )
 
 
 def _find_hdu(hdul: fits.HDUList, path: Path, names: tuple[str, ...], hduclas: str | None = None) -> Any:

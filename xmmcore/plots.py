@@ -15,9 +15,11 @@ __all__ = [
     "PNG_OPTIONS",
     "plot_image_regions",
     "plot_lightcurve",
+    "place_labels",
     "readable_log_axis",
     "save_png",
     "sky_ticks",
+    "unicode_log_labels",
     "wants_plot",
 ]
 
@@ -58,6 +60,31 @@ def readable_log_axis(ax: Any, which: str = "both") -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+def unicode_log_labels(ax: Any, which: str = "y") -> None:
+    """Decade labels of a log axis as unicode text (``10\u207b\u00b3``) instead of mathtext.
+
+    Same ticks and values as matplotlib's ``10^{-3}`` labels; mathtext parses each new label with
+    pyparsing, which cost more than drawing the rest of a fit plot.  Minor ticks stay unlabelled.
+    """
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    sup = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+    def label(v: float, _pos: Any) -> str:
+        if v <= 0:
+            return ""
+        e = np.log10(v)
+        if abs(e - round(e)) > 1e-9:
+            return ""
+        return "10" + str(int(round(e))).translate(sup)
+
+    for name in ("x", "y") if which == "both" else (which,):
+        axis = getattr(ax, f"{name}axis")
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(FuncFormatter(label))
+            axis.set_minor_formatter(NullFormatter())
+
+
 def _figure():
     import matplotlib
 
@@ -65,6 +92,25 @@ def _figure():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def place_labels(ax: Any, *, x_in: float | None = None, y_in: float | None = None) -> None:
+    """Axis labels at fixed distances [inches] from the axes, and the title right above them.
+
+    Left automatic, matplotlib measures the bounding box of every tick label at draw time to place the
+    axis labels and the title (the title measures the whole axis); in a figure with fixed margins the
+    distances are known.  ``x_in``: the x label's top below the axes; ``y_in``: the y label's right
+    edge left of the axes.
+    """
+    from matplotlib.transforms import offset_copy
+
+    fig = ax.figure
+    if x_in is not None:
+        ax.xaxis.set_label_coords(0.5, 0.0, transform=offset_copy(ax.transAxes, fig, y=-x_in, units="inches"))
+    if y_in is not None:
+        ax.yaxis.set_label_coords(0.0, 0.5, transform=offset_copy(ax.transAxes, fig, x=-y_in, units="inches"))
+    ax.title.set_y(1.0)
+    ax._autotitlepos = False  # what set_title(y=...) sets: no search over the tick labels for a free place
 
 
 def save_png(fig: Any, path: str | Path, *, dpi: float) -> Path:
@@ -113,6 +159,7 @@ def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
         ax.set_xlabel(f"time since {t0:.0f} s (mission time) [ks]")
         ax.set_ylabel("rate [ct/s]")
         ax.set_title(f"{title}  method={res.method}, flare fraction={res.flare_fraction:.1%} (green = kept)")
+        place_labels(ax, x_in=0.27, y_in=0.45)
         ax.legend(loc="upper right", fontsize=8)
         save_png(fig, path, dpi=100)
     finally:
@@ -162,6 +209,8 @@ def plot_image_regions(
         )
         bar = fig.colorbar(shown, cax=cax)
         bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
+        unicode_log_labels(cax, "y")
+        readable_log_axis(cax, "y")
         cx, cy = cx - x0, cy - y0
         ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5))
         for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
@@ -203,6 +252,7 @@ def plot_image_regions(
         ax.set_xlabel("RA (J2000)")
         ax.set_ylabel("Dec (J2000)")
         ax.set_title(title, fontsize=10)
+        place_labels(ax, x_in=0.27, y_in=0.74)
         save_png(fig, path, dpi=110)
     finally:
         plt.close(fig)

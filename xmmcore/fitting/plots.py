@@ -72,17 +72,21 @@ def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path
         _error_bars(axr, centre, (net - model) / np.sqrt(var), lo, hi, 1.0, colour=colour)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylabel("normalised counts [s$^{-1}$ keV$^{-1}$]")
+    ax.set_ylabel("normalised counts [s\u207b\u00b9 keV\u207b\u00b9]")  # unicode: no mathtext parse
     ax.set_title(f"{result.model}  ({result.stat} = {result.statistic:.1f} / {result.dof} dof)", fontsize=9)
     ax.legend(fontsize=8)
     axr.axhline(0, color="k", lw=0.8)
     axr.set_xlabel("energy [keV]")
-    axr.set_ylabel("(data - model) / $\\sigma$")
-    from ..plots import PNG_OPTIONS, readable_log_axis
+    axr.set_ylabel("(data \u2212 model) / \u03c3")
+    from ..plots import PNG_OPTIONS, place_labels, readable_log_axis, unicode_log_labels
 
     readable_log_axis(axr, "x")  # the shared x axis: plain 0.5, 1, 2, 5 keV ticks
     ax.xaxis.set_major_formatter(axr.xaxis.get_major_formatter())
     ax.tick_params(labelbottom=False)
+    unicode_log_labels(ax, "y")
+    readable_log_axis(ax, "y")
+    place_labels(ax, y_in=0.5)
+    place_labels(axr, x_in=0.3, y_in=0.5)
     path = Path(path)
     fig.set_layout_engine("none")  # fixed margins (gridspec above): one draw, no tight_layout pass
     fmt = path.suffix.lstrip(".").lower() or "png"
