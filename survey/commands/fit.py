@@ -110,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``fit`` on the ``xmm-survey`` sub-command parser and return it."""
+    from xmmcore.fitting.engines import ENGINES
+    from xmmcore.fitting.stats import STATISTICS
+
     p = subparsers.add_parser(
         "fit",
         help="fit one or more spectra (joint fit) with an XSPEC model expression",
@@ -141,7 +144,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--stat",
         default="cstat",
-        choices=["cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model"],
+        choices=list(STATISTICS),
         help="fit statistic [cstat]",
     )
     p.add_argument("--abund", default="angr", help="abundance table (angr, wilm, aspl, ...) [angr]")
@@ -161,7 +164,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--H0", type=float, default=70.0, help="Hubble constant [70]")
     p.add_argument("--Om0", type=float, default=0.3, help="matter density [0.3]")
     p.add_argument("--flux-band", action="append", metavar="LO-HI", help="flux band in keV (repeatable)")
-    p.add_argument("--engine", default="builtin", choices=["builtin", "xspec"], help="fit engine [builtin]")
+    p.add_argument("--engine", default="builtin", choices=list(ENGINES), help="fit engine [builtin]")
     p.add_argument("--workdir", type=Path, default=None, help="working folder (xspec engine)")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--out-json", type=Path, default=None, help="also write the JSON result here")

@@ -3,8 +3,8 @@
 * :func:`collect_inputs` finds the spectra and responses of each ObsID x camera under ``results/<obsid>/spectra/``
   and names exactly which files are missing.
 * :func:`joint_fit` fits all spectra at once through the fit-engine API
-  (``xmmcore.fitting.engines.get_engine(name).fit_files``): physical parameters are shared (linked), each dataset
-  gets a free cross-normalisation constant (``cross_norm=True``); any engine works.
+  (``fit_files`` of the engine ``engines.engine_from_config(settings)`` builds): physical parameters are
+  shared (linked), each dataset gets a free cross-normalisation constant (``cross_norm=True``); any engine works.
 * :func:`run_joint` collects, fits jointly (optionally also the stacked spectra per camera, :mod:`xmmcore.stack`)
   and records the result in ``results/joint/<target>.json`` (:func:`record_joint`). The catalogue turns that
   record into ``kind="joint"`` / ``"stack"`` rows (``catalog.rows``); the survey runs it as the ``joint`` step
@@ -26,8 +26,8 @@ from ..constants import CAMERAS
 from ..errors import FitError, InputDataError, XmmSurveyError
 from ..fsutil import atomic_write_json
 from ..products import ObsProducts
-from ..settings import FitSettings
-from .engines import FitInput
+from ..settings import FitSettings, engine_options_from_config
+from .engines import FitEngine, FitInput, engine_from_config
 
 __all__ = [
     "JOINT_DIR",
@@ -138,7 +138,7 @@ def joint_fit(
     inputs: Sequence[FitInput],
     model: str,
     *,
-    engine: str = "builtin",
+    engine: FitEngine | str = "builtin",
     stat: str = "cstat",
     notice_kev: tuple[float, float] = (0.5, 7.0),
     set_params: Sequence[str] = (),
@@ -158,8 +158,9 @@ def joint_fit(
         Spectra (one per ObsID x camera); the first dataset's constant is the reference (frozen at 1).
     model : str
         XSPEC-style expression without the constant, e.g. ``"phabs*powerlaw"``.
-    engine : str
-        Fit engine name (``builtin``, ``xspec``, ...).
+    engine : FitEngine or str
+        The fit engine (``engine_from_config(settings)``), or its name (``builtin``, ``xspec``, ...) to
+        use it with its library defaults.
     stat, notice_kev, set_params, errors, redshift, cosmology, flux_bands_kev, abund, workdir, log
         Passed to ``fit_files``.
 
@@ -168,11 +169,9 @@ def joint_fit(
     dict
         ``FitResult.to_dict()`` plus ``"datasets"`` (the dataset names in order) and ``"obsids"``.
     """
-    from .engines import get_engine
-
     if not inputs:
         raise InputDataError("joint fit: no input spectra")
-    eng = get_engine(engine)
+    eng = engine_from_config(FitSettings(engine=engine)) if isinstance(engine, str) else engine
     try:
         result = eng.fit_files(
             list(inputs),
@@ -387,6 +386,10 @@ def run_joint(
     for key in ("errors", "cosmology", "abund"):
         if key in fit_options:
             changes[key] = fit_options.pop(key)
+    if changes.get("engine", fs.engine) != fs.engine:
+        # another engine than the survey's: its options from the survey's configuration, if any
+        cfg = _resolved_config(results_dir)
+        changes["engine_options"] = engine_options_from_config(cfg, changes["engine"]) if cfg else {}
     fs = fs.with_(**changes)
     model = fs.model
     inputs, incomplete = collect_inputs(results_dir, obsids, cameras=cameras)
@@ -401,7 +404,8 @@ def run_joint(
     par_settings = fs.parameter_settings(meta=meta)
     fit_options.setdefault("redshift", float(meta["z"]) if _finite(meta.get("z")) else None)
     fit_options = {**fs.fit_kwargs(redshift=fit_options.pop("redshift")), **fit_options}
-    fit = joint_fit(inputs, model, engine=fs.engine, set_params=par_settings, **fit_options)
+    fit_engine = engine_from_config(fs)
+    fit = joint_fit(inputs, model, engine=fit_engine, set_params=par_settings, **fit_options)
     stacked: dict[str, Any] | None = None
     if stack:
         try:
@@ -410,7 +414,7 @@ def run_joint(
                 target,
                 inputs,
                 model,
-                engine=fs.engine,
+                engine=fit_engine,
                 set_params=par_settings,
                 **fit_options,
             )

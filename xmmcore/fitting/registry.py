@@ -42,7 +42,6 @@ __all__ = [
     "get_abundance",
     "get_component",
     "known_components",
-    "on_abundance_change",
     "register_component",
     "register_resolver",
     "set_abundance",
@@ -157,7 +156,6 @@ def _norm() -> Parameter:
 
 ABUNDANCE_TABLES = ("angr", "aspl", "feld", "aneb", "grsa", "wilm", "lodd", "lpgp", "lpgs")
 _abundance = "angr"
-_abundance_observers: list[Callable[[str], None]] = []
 
 
 def canonical_abundance(table: str) -> str:
@@ -169,7 +167,7 @@ def canonical_abundance(table: str) -> str:
 
 
 def set_abundance(table: str) -> None:
-    """Set the default solar abundance table (XSPEC ``abund``) and tell the observers.
+    """Set the default solar abundance table (XSPEC ``abund``).
 
     Fits pass their table explicitly (``fit(..., abund=)``); this default applies to components
     evaluated without one.
@@ -182,18 +180,11 @@ def set_abundance(table: str) -> None:
     global _abundance
     name = canonical_abundance(table)
     _abundance = name
-    for fn in _abundance_observers:
-        fn(name)
 
 
 def get_abundance() -> str:
     """Return the default abundance table name (``angr`` unless :func:`set_abundance` changed it)."""
     return _abundance
-
-
-def on_abundance_change(fn: Callable[[str], None]) -> None:
-    """Register ``fn(table)`` to be called whenever :func:`set_abundance` runs."""
-    _abundance_observers.append(fn)
 
 
 _REGISTRY: dict[str, Callable[[], Component]] = {}

@@ -10,19 +10,11 @@ from typing import Any
 import numpy as np
 
 from ..fsutil import atomic_write_json, atomic_write_text
+from .stats import STATISTICS, xspec_stat
 
 __all__ = ["SCHEMA_VERSION", "FitResult"]
 
 SCHEMA_VERSION = 1
-
-_XSPEC_STAT = {
-    "cstat": ("cstat", None),
-    "wstat": ("cstat", None),
-    "chi2": ("chi", "standard"),
-    "chi2data": ("chi", "standard"),
-    "chi2gehrels": ("chi", "gehrels"),
-    "chi2model": ("chi", "model"),
-}
 
 
 @dataclass
@@ -136,7 +128,7 @@ class FitResult:
 
         Returns the text; writes it atomically when ``path`` is given.
         """
-        stat, weight = _XSPEC_STAT.get(self.stat, ("cstat", None))
+        stat, weight = xspec_stat(self.stat) if self.stat in STATISTICS else ("cstat", None)
         lines = ["query yes", f"abund {self.abund}", "xsect vern" if self.abund else "", f"statistic {stat}"]
         if weight:
             lines.append(f"weight {weight}")

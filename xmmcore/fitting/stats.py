@@ -13,13 +13,17 @@ The functions compute a statistic from arrays; the :class:`Statistic` objects (b
 with a background becomes ``wstat`` (as XSPEC), and the chi-square statistics subtract the scaled
 background and add its variance.
 
-Adding a statistic: a :class:`Statistic` subclass with ``name`` and ``calc_stat`` (and ``terms`` for
-a chi-square one), registered in :data:`STATISTIC_CLASSES`.
+Adding a statistic: a :class:`Statistic` subclass with ``name``, ``xspec`` (XSPEC's ``statMethod`` and
+``weight``) and ``calc_stat`` (a chi-square one subclasses :class:`Chi2`), decorated with
+:func:`register_statistic`. :data:`STATISTIC_CLASSES` is the one registry: :data:`STATISTICS` (a live
+view of its names), :func:`canonical_stat`, :func:`get_statistic`, the configuration's ``fit.stat``
+choices, the CLI's ``--stat``, the XSPEC engine and the ``.xcm`` export all read it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import KeysView
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import numpy as np
 
@@ -44,10 +48,15 @@ __all__ = [
     "cstat",
     "gehrels_sigma",
     "get_statistic",
+    "register_statistic",
     "wstat",
+    "xspec_stat",
 ]
 
-STATISTICS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
+#: The registry: canonical name -> :class:`Statistic` subclass (filled by :func:`register_statistic`).
+STATISTIC_CLASSES: dict[str, type[Statistic]] = {}
+#: Names of the registered statistics, in registration order (a live view of :data:`STATISTIC_CLASSES`).
+STATISTICS: KeysView[str] = STATISTIC_CLASSES.keys()
 _ALIASES = {
     "cash": "cstat",
     "c": "cstat",
@@ -178,13 +187,15 @@ class Statistic:
     Attributes
     ----------
     name : str
-        Canonical name (:data:`STATISTICS`).
+        Canonical name (a key of :data:`STATISTIC_CLASSES`).
     is_chi2 : bool
         Chi-square statistics have weighted residuals (:meth:`terms`), used for the covariance.
     """
 
     name: ClassVar[str] = ""
     is_chi2: ClassVar[bool] = False
+    #: XSPEC's ``Fit.statMethod`` and ``Fit.weight`` (None: XSPEC's own) for this statistic.
+    xspec: ClassVar[tuple[str, str | None]] = ("cstat", None)
 
     def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
         """The statistic actually applied to ``dataset`` (``cstat`` with a background is ``wstat``)."""
@@ -198,6 +209,18 @@ class Statistic:
         return f"{type(self).__name__}()"
 
 
+_S = TypeVar("_S", bound=type[Statistic])
+
+
+def register_statistic(cls: _S) -> _S:
+    """Class decorator: add ``cls`` to :data:`STATISTIC_CLASSES` under ``cls.name``."""
+    if not cls.name or cls.name in _ALIASES:
+        raise ValueError(f"{cls.__name__}: a statistic needs a name that is not an alias, got {cls.name!r}")
+    STATISTIC_CLASSES[cls.name] = cls
+    return cls
+
+
+@register_statistic
 class CStat(Statistic):
     """XSPEC's C-statistic; with a background spectrum it is W-stat (:class:`WStat`), as in XSPEC."""
 
@@ -210,6 +233,7 @@ class CStat(Statistic):
         return cstat(dataset.counts, model_counts)
 
 
+@register_statistic
 class WStat(Statistic):
     """XSPEC's W statistic: the Poisson background is profiled out bin by bin."""
 
@@ -227,6 +251,7 @@ class WStat(Statistic):
         return wstat(dataset.counts, bkg_counts, model_counts, t_src, t_bkg)
 
 
+@register_statistic
 class Chi2(Statistic):
     """Chi-square with the data variance (``stat_err`` of the PHA when it has one, else the counts, >= 1).
 
@@ -235,6 +260,7 @@ class Chi2(Statistic):
 
     name = "chi2"
     is_chi2 = True
+    xspec = ("chi", "standard")
 
     def variance(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> np.ndarray:
         """Variance of the source counts of the noticed groups."""
@@ -268,30 +294,30 @@ class Chi2(Statistic):
         return np.asarray((data - model_counts) / np.sqrt(var))
 
 
+@register_statistic
 class Chi2Data(Chi2):
     """``chi2data``: the same as ``chi2`` (data variance)."""
 
     name = "chi2data"
 
 
+@register_statistic
 class Chi2Gehrels(Chi2):
     """Chi-square with Gehrels (1986) variances for the source and the background counts."""
 
     name = "chi2gehrels"
+    xspec = ("chi", "gehrels")
 
     def background_variance(self, bkg_counts: np.ndarray) -> np.ndarray:
         return gehrels_sigma(bkg_counts) ** 2
 
 
+@register_statistic
 class Chi2Model(Chi2):
     """Chi-square with the model variance (at least 1e-10)."""
 
     name = "chi2model"
-
-
-STATISTIC_CLASSES: dict[str, type[Statistic]] = {
-    cls.name: cls for cls in (CStat, WStat, Chi2, Chi2Data, Chi2Gehrels, Chi2Model)
-}
+    xspec = ("chi", "model")
 
 
 def get_statistic(name: str | Statistic) -> Statistic:
@@ -299,3 +325,8 @@ def get_statistic(name: str | Statistic) -> Statistic:
     if isinstance(name, Statistic):
         return name
     return STATISTIC_CLASSES[canonical_stat(name)]()
+
+
+def xspec_stat(name: str) -> tuple[str, str | None]:
+    """XSPEC's ``(statMethod, weight)`` for the statistic ``name`` (``ConfigError`` if unknown)."""
+    return STATISTIC_CLASSES[canonical_stat(name)].xspec

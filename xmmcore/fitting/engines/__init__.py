@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from ...errors import ConfigError
 
 if TYPE_CHECKING:
+    from ...settings import FitSettings
     from ..results import FitResult
 
 __all__ = ["ENGINES", "FitEngine", "FitInput", "engine_from_config", "get_engine"]
@@ -77,8 +78,9 @@ class FitEngine(Protocol):
     name: str
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> FitEngine:
-        """The engine with its options taken from the resolved configuration (``cfg["xspec"]`` etc.)."""
+    def from_config(cls, cfg: Mapping[str, Any] | FitSettings) -> FitEngine:
+        """The engine with its options taken from the resolved configuration (``cfg["xspec"]`` etc.) or
+        from :attr:`FitSettings.engine_options <xmmcore.settings.FitSettings.engine_options>`."""
         ...
 
     def versions(self) -> dict[str, str]:
@@ -118,8 +120,9 @@ def engine_class(name: str) -> type[FitEngine]:
     return cls
 
 
-def engine_from_config(cfg: Mapping[str, Any]) -> FitEngine:
-    """The engine selected by ``backend.fitting``, built by its own ``from_config``.
+def engine_from_config(cfg: Mapping[str, Any] | FitSettings) -> FitEngine:
+    """The engine selected by ``backend.fitting`` (or :attr:`FitSettings.engine`), built by its own
+    ``from_config`` with its options (the resolved configuration's section, or ``engine_options``).
 
     Raises
     ------
@@ -128,4 +131,7 @@ def engine_from_config(cfg: Mapping[str, Any]) -> FitEngine:
     ToolNotFoundError
         The engine's software (HEASoft/PyXspec for ``xspec``) is not installed.
     """
-    return engine_class(cfg["backend"]["fitting"]).from_config(cfg)
+    from ...settings import FitSettings
+
+    name = cfg.engine if isinstance(cfg, FitSettings) else cfg["backend"]["fitting"]
+    return engine_class(name).from_config(cfg)

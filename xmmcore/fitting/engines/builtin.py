@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...settings import FitSettings
 from ..datasets import BackgroundMissingWarning, SpectrumDataset
 from ..optimize import fit
 from ..results import FitResult
@@ -51,7 +52,7 @@ class BuiltinEngine:
     name = "builtin"
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> BuiltinEngine:
+    def from_config(cls, cfg: Mapping[str, Any] | FitSettings) -> BuiltinEngine:
         """The engine (it has no options of its own: the fit options come with each call)."""
         return ENGINE
 

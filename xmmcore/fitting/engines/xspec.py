@@ -39,14 +39,15 @@ from typing import Any
 from ...constants import DEFAULT_COSMOLOGY
 from ...errors import ConfigError, ExternalToolError, FitError, ToolNotFoundError
 from ...fsutil import atomic_write_json
+from ...settings import FitSettings, XspecSettings
 from ...tools import run_tool
 from ..results import FitResult
+from ..stats import STATISTICS
 from . import FitInput
 from .xspec_runner import ESAS_SKY_COMPONENTS, EXIT_NO_XSPEC
 
 __all__ = ["ENGINE_CLASS", "XspecEngine", "build_job", "get_engine", "missing_xspec_hint", "xspec_available"]
 
-_STATS = ("cstat", "wstat", "chi2", "chi2data", "chi2gehrels", "chi2model")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 
 
@@ -155,8 +156,8 @@ def build_job(
     """
     from ...errors import InputDataError
 
-    if stat not in _STATS:
-        raise ConfigError(f"fit.stat must be one of {', '.join(_STATS)}, not {stat!r}")
+    if stat not in STATISTICS:
+        raise ConfigError(f"fit.stat must be one of {', '.join(STATISTICS)}, not {stat!r}")
     if errors not in ("profile", "covariance", None, "none"):
         raise ConfigError(f"fit.errors must be profile, covariance or none, not {errors!r}")
     if not inputs:
@@ -249,19 +250,21 @@ class XspecEngine:
         self._versions: dict[str, str] | None = None
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> XspecEngine:
-        """The engine with ``xspec.timeout_s``, ``xspec.chatter`` and ``xspec.esas_sky``; checks PyXspec.
+    def from_config(cls, cfg: Mapping[str, Any] | FitSettings) -> XspecEngine:
+        """The engine with ``xspec.timeout_s``, ``xspec.chatter`` and ``xspec.esas_sky`` (of the resolved
+        configuration, or ``FitSettings.engine_options``); checks PyXspec.
 
         Raises
         ------
         ToolNotFoundError
             PyXspec is not importable (the message says how to install/initialise HEASoft).
         """
-        from ...settings import XspecSettings
-
-        engine = cls(**XspecSettings.from_config(cfg).options())
-        engine.check()
-        return engine
+        if not xspec_available():  # before the options: the missing tool is what the user must fix
+            raise ToolNotFoundError(missing_xspec_hint())
+        options = (
+            cfg.engine_options if isinstance(cfg, FitSettings) else XspecSettings.from_config(cfg).options()
+        )
+        return cls(**options)
 
     def _env(self) -> dict[str, str]:
         path = os.environ.get("PYTHONPATH", "")

@@ -26,20 +26,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..stats import xspec_stat
+
 __all__ = ["ESAS_INSTRUMENT_COMPONENTS", "ESAS_SKY_COMPONENTS", "main", "run_job"]
 
 EXIT_FAILED = 2
 EXIT_NO_XSPEC = 3
 
 _ABSORBERS = ("wabs", "phabs", "tbabs", "tbgrain", "tbvarabs", "zwabs", "zphabs", "ztbabs")
-_STAT = {
-    "cstat": ("cstat", None),
-    "wstat": ("cstat", None),
-    "chi2": ("chi", "standard"),
-    "chi2data": ("chi", "standard"),
-    "chi2gehrels": ("chi", "gehrels"),
-    "chi2model": ("chi", "model"),
-}
 
 #: Sky components appended for the ESAS background option (folded through the ARF, like the source):
 #: local hot bubble, absorbed Galactic halo and CXB power law (index 1.46).
@@ -138,7 +132,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     # "no": at the iteration limit XSPEC stops instead of asking (or, with "yes", cycling on to the
     # engine's timeout); the limit is then reported as not converged.
     xs.Fit.query = "no"
-    stat, weight = _STAT[job["stat"]]
+    stat, weight = xspec_stat(job["stat"])
     xs.Fit.statMethod = stat
     if weight:
         xs.Fit.weight = weight
