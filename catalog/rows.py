@@ -435,6 +435,28 @@ def _meta_columns(meta: Mapping[str, Any], obsid: str) -> dict[str, Any]:
     }
 
 
+#: ``results/<obsid>/inputs_error.json`` (written by ``survey.steps`` when the inputs of a finished ObsID
+#: cannot be read any more; the catalogue reads results, never the survey's code).
+INPUTS_ERROR_NAME = "inputs_error.json"
+
+
+def _inputs_note(obs_dir: Path, steps: Mapping[str, Mapping[str, Any]]) -> str:
+    """'<file> unreadable since the <last done step>: <reason>' when the survey noted bad inputs, else ''."""
+    try:
+        note = json.loads((obs_dir / INPUTS_ERROR_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(note, dict):
+        return ""
+    reason = str(note.get("reason") or "inputs unreadable")
+    order = [*STEPS, *sorted(set(steps) - set(STEPS))]
+    done = [name for name in order if (steps.get(name) or {}).get("status") == "done"]
+    since = f" since the {done[-1]}" if done else ""
+    what = "meta.json" if "meta.json" in reason else "inputs"
+    when = f" (noted {note['time']})" if note.get("time") else ""
+    return f"{what} unreadable{since}: {reason}{when}"
+
+
 def rows_for_obsid(
     results_dir: str | os.PathLike[str],
     obsid: str,
@@ -461,6 +483,7 @@ def rows_for_obsid(
     reg_path = products.regions_json
     regions = _read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
     base.update(_region_columns(regions))
+    base["inputs_note"] = _inputs_note(obs_dir, steps)
 
     filt = (steps.get("filter") or {}).get("summary") or {}
     spec = (steps.get("spectra") or {}).get("summary") or {}
@@ -774,7 +797,7 @@ def build(
     *,
     obsids: Iterable[str] | None = None,
     flux_bands_kev: Sequence[Sequence[float]] | None = None,
-    strict: bool = True,
+    strict: bool = False,
 ) -> pd.DataFrame:
     """Build the catalogue DataFrame from a results folder.
 
@@ -788,10 +811,13 @@ def build(
         Flux bands with columns (default: ``fit.flux_bands_kev`` of ``config.resolved.yaml``, else the
         schema default).
     strict : bool
-        Raise ``InputDataError`` (naming the file) for the first unreadable record. With ``False``
-        (what the survey and ``xmm-survey catalog build`` do) every ObsID whose records are good gets
-        its rows and each other one a single ``status="failed"`` row with the reason; unreadable joint
-        records are left out. Either way ``df.attrs["skipped"]`` maps them to their reasons.
+        ``False`` (the default, as the survey and ``xmm-survey catalog build`` do): every ObsID whose
+        records are good gets its rows and each other one a single ``status="failed"`` row with the
+        reason; unreadable joint records are left out; ``df.attrs["skipped"]`` maps them to their
+        reasons. ``True``: raise ``InputDataError`` (naming the file) for the first unreadable record.
+        Either way an ObsID whose inputs went bad after its steps finished (a ``meta.json`` typo) keeps
+        its rows from the finished records, with the reason in ``inputs_note`` (and
+        ``df.attrs["inputs_notes"]``: ObsID -> note).
 
     Returns
     -------
@@ -837,4 +863,7 @@ def build(
     rows.extend(_joint_rows(results_dir, bands, obs_rows, cfg, None if strict else skipped))
     df = conform(pd.DataFrame(rows, columns=[c.name for c in cols]) if rows else pd.DataFrame(), cols)
     df.attrs["skipped"] = skipped
+    if "inputs_note" in df:
+        noted = df[(df["inputs_note"] != "") & (df["camera"] == "epic") & (df["kind"] == "obs")]
+        df.attrs["inputs_notes"] = dict(zip(noted["obsid"], noted["inputs_note"]))
     return df

@@ -293,6 +293,12 @@ def _tail_columns() -> list[Column]:
         c("failed_step", "str", "", "first step that failed"),
         c("failure_reason", "str", "", "why it failed (error message)"),
         c("error_class", "str", "", "exception class of the failure"),
+        c(
+            "inputs_note",
+            "str",
+            "",
+            "inputs unreadable since the steps finished (row from the records)",
+        ),
         c("steps_done", "str", "", "comma-separated steps recorded as done"),
         c("config_hash", "str", "", "hash of the resolved configuration"),
         c("inputs_hash", "str", "", "inputs hash of the fit step (or last step)"),

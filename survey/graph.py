@@ -24,7 +24,7 @@ from xmmcore.fsutil import atomic_write_json
 
 from .cluster import SLOT_RESOURCE
 from .joint import JOINT_STEP, JointPlan, execute_joint
-from .steps import RECORD_SCHEMA, Pipeline, StepTask, check_step, execute_step, record_path
+from .steps import INPUTS_ERROR_NAME, RECORD_SCHEMA, Pipeline, StepTask, check_step, execute_step, record_path
 
 __all__ = [
     "ObsPlan",
@@ -69,6 +69,9 @@ def plan_obsid(tasks: Sequence[StepTask]) -> ObsPlan:
     if tasks[0].obs is None:
         plan.tasks = list(tasks)
         return plan
+    # The inputs are readable (again): a note that they were not, left by an earlier run, is stale.
+    with contextlib.suppress(OSError):
+        (tasks[0].outdir / INPUTS_ERROR_NAME).unlink(missing_ok=True)
     upstream_hash = ""
     for i, task in enumerate(tasks):
         state, h, _inputs, record = check_step(task, upstream_hash)

@@ -168,7 +168,10 @@ def test_bad_files_raise_input_data_error(tmp_path: Path) -> None:
     (res / "0001" / "steps").mkdir(parents=True)
     (res / "0001" / "steps" / "fit.json").write_text("{broken")
     with pytest.raises(InputDataError, match="fit.json"):
-        catalog.build(res)
+        catalog.build(res, strict=True)
+    # the default, as the survey and `xmm-survey catalog build`: the ObsID is listed with the reason
+    df = catalog.build(res)
+    assert "fit.json" in df.attrs["skipped"]["0001"] and list(df["status"]) == ["failed"]
     with pytest.raises(InputDataError, match="does not exist"):
         catalog.build(tmp_path / "nope")
 

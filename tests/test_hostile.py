@@ -985,3 +985,38 @@ def test_missing_sky_wcs_names_the_file_and_each_missing_key(tmp_path):
     for key in (f"TCRPX{ix}", f"TCRPX{iy}", f"TCRVL{ix}", f"TCRVL{iy}"):
         assert key in msg, (key, msg)
     assert f"X is column {ix}" in msg and "REFXCRPX" in msg
+
+
+def test_meta_json_broken_after_the_fit_keeps_the_row_from_the_records_and_flags_it(tmp_path):
+    """Defect 4 (rest): the catalogue row of a finished ObsID whose meta.json broke since is kept from the
+    finished records and says why; the records are not rewritten."""
+    import catalog
+    from survey.api import run_one
+
+    data, res = tmp_path / "data", tmp_path / "results"
+    ids = helpers.make_survey(
+        data, 2, meta={"0910000000": {"z": 0.3, "name": "A1"}, "0910000001": {"z": 0.2}}
+    )
+    cfg = load_config(
+        None, {"data_dir": str(data), "results_dir": str(res), "pipeline.module": "helpers.survey_steps"}
+    )
+    for obsid in ids:
+        assert all(o["status"] == "done" for o in run_one(cfg, obsid).values())
+    records = {p: p.read_bytes() for p in sorted((res / ids[0] / "steps").glob("*.json"))}
+    (data / ids[0] / "meta.json").write_text('{"z": 0.3,,}')
+    again = run_one(cfg, ids[0])
+    assert again["filter"]["status"] == "failed" and "meta.json" in again["filter"]["reason"]
+    assert {p: p.read_bytes() for p in sorted((res / ids[0] / "steps").glob("*.json"))} == records
+    df = catalog.build(res)  # the default: non-strict, as the survey and the CLI
+    epic = df[(df.kind == "obs") & (df.camera == "epic")].set_index("obsid")
+    assert set(epic.index) == set(ids)
+    assert epic.loc[ids[0], "z_target"] == pytest.approx(0.3) and epic.loc[ids[0], "target"] == "A1"
+    note = epic.loc[ids[0], "inputs_note"]
+    assert note.startswith("meta.json unreadable since the fit: ") and "JSON" in note, note
+    assert epic.loc[ids[1], "inputs_note"] == ""
+    assert df.attrs["inputs_notes"] == {ids[0]: note} and df.attrs["skipped"] == {}
+    # the note goes once the inputs are readable again and the first step has run
+    (data / ids[0] / "meta.json").write_text('{"z": 0.3, "name": "A1"}')
+    run_one(cfg, ids[0])
+    rebuilt = catalog.build(res)
+    assert set(rebuilt.loc[rebuilt.obsid == ids[0], "inputs_note"]) == {""}
