@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from .settings import PLOT_LEVELS, PlotSettings
 __all__ = [
     "PLOT_LEVELS",
     "PNG_OPTIONS",
+    "plot_camera_images",
     "plot_image_regions",
     "plot_lightcurve",
     "place_labels",
@@ -176,41 +178,65 @@ def plot_image_regions(
     a legend names the source region, the background annulus and the masks. Masked point sources are drawn
     as white-edged red circles with a cross, so they stay visible on bright and faint parts of the image.
     """
-    from matplotlib.colors import LogNorm
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Circle
-    from scipy import ndimage
+    return plot_camera_images([(image, wcs, path, title)], extent, regions)[0]
 
-    plt = _figure()
-    fig = plt.figure()
+
+def plot_camera_images(
+    images: Sequence[tuple[np.ndarray, Any, str | Path, str]], extent: Any, regions: dict[str, Any]
+) -> list[Path]:
+    """:func:`plot_image_regions` for several cameras' ``(image, wcs, path, title)`` on one grid.
+
+    The cameras of an ObsID share the image grid, the WCS and the regions: the figure (axes, ticks,
+    circles, legend, colour bar) is built once and only the image, its colour range and the title change
+    from one camera to the next.  A camera with another WCS or image shape gets a figure of its own.
+    """
+    out: list[Path] = []
+    figure: _ImageFigure | None = None
     try:
-        cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
+        for image, wcs, path, title in images:
+            if figure is None or not figure.fits(image, wcs):
+                if figure is not None:
+                    figure.close()
+                figure = _ImageFigure(image.shape, wcs, extent, regions)
+            out.append(figure.save(image, path, title=title))
+    finally:
+        if figure is not None:
+            figure.close()
+    return out
+
+
+class _ImageFigure:
+    """The regions, axes, ticks and colour bar of an image plot, drawn again for each image."""
+
+    def __init__(self, shape: tuple[int, ...], wcs: Any, extent: Any, regions: dict[str, Any]) -> None:
+        from matplotlib.colors import LogNorm
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Circle
+
         from .constants import SKY_PIXEL_ARCSEC
 
+        self._plt = _figure()
+        self.fig = fig = self._plt.figure()
+        self.shape, self._wcs_key = tuple(shape), _wcs_key(wcs)
+        cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
         per_arcmin = 60.0 / SKY_PIXEL_ARCSEC / extent.bin_phys
         pix_arcsec = SKY_PIXEL_ARCSEC * extent.bin_phys
-        # Crop the array (and its WCS) to the window around the regions: limits set on a WCSAxes
-        # after imshow shrink the axes box instead of zooming.
+        # Crop the array (and its WCS) to the window around the regions.
         half = regions["bkg_outer_arcmin"] * per_arcmin * 1.6
-        ny, nx = image.shape
+        ny, nx = shape[:2]
         x0, x1 = max(int(cx - half), 0), min(int(cx + half) + 1, nx)
         y0, y1 = max(int(cy - half), 0), min(int(cy + half) + 1, ny)
-        sm = ndimage.gaussian_filter(np.asarray(image, dtype=float), 1.5)[y0:y1, x0:x1]
-        ax, cax = _image_axes(fig, sm.shape)
-        pos = sm[sm > 0]
-        vmin = float(np.percentile(pos, 5)) if pos.size else 1e-3
-        vmax = float(max(pos.max(), vmin * 10)) if pos.size else 1.0
-        shown = ax.imshow(
-            np.maximum(sm, vmin),
+        self.window = (slice(y0, y1), slice(x0, x1))
+        self.ax, self.cax = ax, cax = _image_axes(fig, (y1 - y0, x1 - x0))
+        self.shown = ax.imshow(
+            np.ones((y1 - y0, x1 - x0)),
             origin="lower",
             cmap="magma",
             interpolation="nearest",
-            norm=LogNorm(vmin=vmin, vmax=vmax),
+            norm=LogNorm(vmin=0.1, vmax=1.0),
         )
-        bar = fig.colorbar(shown, cax=cax)
-        bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
-        unicode_log_labels(cax, "y")
-        readable_log_axis(cax, "y")
+        self.bar = fig.colorbar(self.shown, cax=cax)
+        self.bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
         cx, cy = cx - x0, cy - y0
         ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5))
         for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
@@ -248,15 +274,37 @@ def plot_image_regions(
             ),
         ]
         ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
-        sky_ticks(ax, wcs[y0:y1, x0:x1], sm.shape)
+        sky_ticks(ax, wcs[y0:y1, x0:x1], (y1 - y0, x1 - x0))
         ax.set_xlabel("RA (J2000)")
         ax.set_ylabel("Dec (J2000)")
-        ax.set_title(title, fontsize=10)
         place_labels(ax, x_in=0.27, y_in=0.74)
-        save_png(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
-    return Path(path)
+
+    def fits(self, image: np.ndarray, wcs: Any) -> bool:
+        """Whether ``image`` on ``wcs`` can be drawn in this figure (same shape and WCS)."""
+        return tuple(image.shape) == self.shape and _wcs_key(wcs) == self._wcs_key
+
+    def save(self, image: np.ndarray, path: str | Path, *, title: str = "") -> Path:
+        from matplotlib.colors import LogNorm
+        from scipy import ndimage
+
+        sm = ndimage.gaussian_filter(np.asarray(image, dtype=float), 1.5)[self.window]
+        pos = sm[sm > 0]
+        vmin = float(np.percentile(pos, 5)) if pos.size else 1e-3
+        vmax = float(max(pos.max(), vmin * 10)) if pos.size else 1.0
+        self.shown.set_data(np.maximum(sm, vmin))
+        self.shown.set_norm(LogNorm(vmin=vmin, vmax=vmax))  # the colour bar follows (and resets its ticks)
+        unicode_log_labels(self.cax, "y")
+        readable_log_axis(self.cax, "y")
+        self.ax.set_title(title, fontsize=10)
+        self.ax._autotitlepos = False  # as place_labels: the title right above the axes
+        return save_png(self.fig, path, dpi=110)
+
+    def close(self) -> None:
+        self._plt.close(self.fig)
+
+
+def _wcs_key(wcs: Any) -> str:
+    return str(wcs.to_header_string(relax=True))
 
 
 def _image_axes(fig: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:

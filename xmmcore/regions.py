@@ -953,21 +953,15 @@ def make_regions(
     atomic_write_json(products.regions_json, result)
     outputs = [*files.values(), str(products.ptsrc_region), str(products.regions_json)]
     try:
-        from .plots import plot_image_regions, wants_plot
+        from .plots import plot_camera_images, wants_plot
 
-        for cam in cams:
-            if not wants_plot(rs.plots, cam, cams):
-                continue
+        drawn = [cam for cam in cams if wants_plot(rs.plots, cam, cams)]
+        images = []
+        for cam in drawn:
             img, wcs_c, _ = bin_image(evls[cam], band_kev=(0.5, 2.0), extent=extent)
-            plot_image_regions(
-                img,
-                wcs_c,
-                extent,
-                result,
-                products.image_plot(cam),
-                title=f"{obs.obsid} {cam} 0.5-2 keV",
-            )
-            outputs.append(str(products.image_plot(cam)))
+            images.append((img, wcs_c, products.image_plot(cam), f"{obs.obsid} {cam} 0.5-2 keV"))
+        plot_camera_images(images, extent, result)  # one figure redrawn per camera
+        outputs += [str(products.image_plot(cam)) for cam in drawn]
     except (ValueError, OSError) as exc:
         log.warning("image plot failed: %s", exc)
         result["plot_error"] = str(exc)
