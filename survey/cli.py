@@ -207,6 +207,36 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unlock(args: argparse.Namespace) -> int:
+    import socket
+
+    from xmmcore.observation import validate_obsid
+
+    from .lock import LOCK_NAME, break_lock
+
+    results = Path(args.results or _load(args)["results_dir"])
+    if args.obsid:
+        validate_obsid(args.obsid)  # a plain ObsID name, never a path
+    folder = results / args.obsid if args.obsid else results
+    holder = break_lock(folder)
+    if holder is None:
+        print(f"{folder}: not locked (no {LOCK_NAME})")
+        return 0
+    who = (
+        f"host {holder.get('host')} pid {holder.get('pid')} since {holder.get('started')} "
+        f"({holder.get('command', '')})"
+        if holder
+        else "an unreadable lock"
+    )
+    print(f"{folder}: removed the lock of {who}")
+    if holder.get("host") not in (None, socket.gethostname()):
+        print(
+            f"  that run was on another host ({holder.get('host')}): if it is still alive there, it and the next "
+            "run both write this folder; stop it first"
+        )
+    return 0
+
+
 def _plugin_names() -> list[str]:
     """The known plug-in commands first, then any other module found in ``survey/commands/``."""
     import pkgutil
@@ -351,6 +381,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", help="only forget this step and the later ones")
     _add_config_args(p, data=False)
     p.set_defaults(func=cmd_clean)
+
+    p = sub.add_parser(
+        "unlock",
+        help="remove the lock of a run that is gone (e.g. one of another host)",
+        description=(
+            "Remove results/.lock (or results/<obsid>/.lock with --obsid) left by a run that died. "
+            "A lock of another host cannot be checked from here: this names its holder (host, pid, "
+            "start time, command) and removes it. A lock whose holder runs on this host is refused (exit 2)."
+        ),
+    )
+    p.add_argument("--obsid", help="the run-one lock of this ObsID instead of the survey's")
+    _add_config_args(p, data=False)
+    p.set_defaults(func=cmd_unlock)
 
     _register_plugins(sub)
     return parser

@@ -4,7 +4,8 @@ The lock file holds the holder's host, pid, start time and command. A second run
 results folder finds it and stops with :class:`ResultsLockedError` (exit 2) naming the holder. A
 lock left by a run that died is *stale* when it names this host and a pid that is not alive: it is
 then taken over. A lock of another host cannot be checked from here; it is reported with the way to
-remove it. ``O_EXCL`` creation (not ``fcntl``) is used because results may live on NFS, where
+remove it: ``xmm-survey unlock --results DIR`` (:func:`break_lock`) names the holder (host, pid, time,
+command) and removes it; it refuses a lock whose holder runs on this host. ``O_EXCL`` creation (not ``fcntl``) is used because results may live on NFS, where
 byte-range locks are unreliable but exclusive create is atomic (NFSv3 and later).
 
 ``run-one`` (SLURM job arrays: many processes, one ObsID each) takes a lock per ObsID,
@@ -25,7 +26,7 @@ from typing import Any
 
 from xmmcore.errors import ConfigError
 
-__all__ = ["LOCK_NAME", "ResultsLockedError", "check_unlocked", "lock_holder", "results_lock"]
+__all__ = ["LOCK_NAME", "ResultsLockedError", "break_lock", "check_unlocked", "lock_holder", "results_lock"]
 
 LOCK_NAME = ".lock"
 
@@ -83,6 +84,46 @@ def _describe(holder: dict[str, Any]) -> str:
     )
 
 
+def _advice(holder: dict[str, Any], folder: Path, path: Path) -> str:
+    if holder and holder.get("host") not in (None, socket.gethostname()):
+        return (
+            f"wait for it to finish; a lock of another host cannot be checked from here: if that run is "
+            f"gone, `xmm-survey unlock --results {folder}` (or delete {path})"
+        )
+    return f"wait for it to finish, or if it is gone delete {path}"
+
+
+def break_lock(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Remove ``folder/.lock`` left by a run that is gone; return its holder (``None``: there was none).
+
+    A lock of another host cannot be judged from here (its pid means nothing on this host): the user
+    who calls this says that run is gone. A lock whose holder is alive on this host is never broken.
+
+    Raises
+    ------
+    ResultsLockedError
+        The holder runs on this host (its pid is alive), naming it.
+    """
+    folder = Path(folder)
+    path = folder / LOCK_NAME
+    holder = lock_holder(path)
+    if holder is None:
+        return None
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and _alive(pid):
+        raise ResultsLockedError(
+            f"{folder} is in use by a {holder.get('what', 'run')}: {_describe(holder)}, which is running "
+            f"on this host; stop it first (kill {pid}), its lock goes with it"
+        )
+    aside = path.with_name(f"{LOCK_NAME}.broken-{os.getpid()}")
+    try:
+        os.replace(path, aside)  # atomic: a run taking the lock at this moment keeps its own new one
+    except FileNotFoundError:
+        return holder or {}
+    aside.unlink(missing_ok=True)
+    return holder
+
+
 @contextlib.contextmanager
 def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterator[Path]:
     """Hold ``folder/.lock`` for the block; raise :class:`ResultsLockedError` if another run holds it.
@@ -119,7 +160,7 @@ def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterat
                 continue
             raise ResultsLockedError(
                 f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
-                f"wait for it to finish, or if it is gone delete {path}"
+                f"{_advice(holder, folder, path)}"
             ) from None
         except OSError as exc:
             raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
@@ -145,5 +186,5 @@ def check_unlocked(folder: str | os.PathLike[str]) -> None:
     if holder is not None and not _is_stale(holder, path):
         raise ResultsLockedError(
             f"{folder} is in use by a {holder.get('what', 'run')}: {_describe(holder)}; "
-            f"wait for it to finish, or if it is gone delete {path}"
+            f"{_advice(holder, Path(folder), path)}"
         )

@@ -1020,3 +1020,46 @@ def test_meta_json_broken_after_the_fit_keeps_the_row_from_the_records_and_flags
     run_one(cfg, ids[0])
     rebuilt = catalog.build(res)
     assert set(rebuilt.loc[rebuilt.obsid == ids[0], "inputs_note"]) == {""}
+
+
+def test_unlock_names_the_holder_and_removes_a_lock_of_another_host(tmp_path, capsys):
+    """A lock of another host cannot be judged stale by its pid: the run says how to remove it, and
+    ``xmm-survey unlock`` removes it naming host, pid and time; a live holder on this host is refused."""
+    import socket
+
+    from survey.cli import main
+    from survey.lock import LOCK_NAME, ResultsLockedError, results_lock
+
+    res = tmp_path / "results"
+    res.mkdir()
+    lock = res / LOCK_NAME
+    other = {"host": "node-17", "pid": 4242, "started": "2026-12-01T03:04:05Z", "command": "xmm-survey run"}
+    lock.write_text(json.dumps(other))
+    with pytest.raises(ResultsLockedError) as info, results_lock(res):
+        pass
+    msg = str(info.value)
+    assert "node-17" in msg and "pid 4242" in msg and "2026-12-01T03:04:05Z" in msg
+    assert f"xmm-survey unlock --results {res}" in msg and "cannot be checked" in msg
+    assert main(["unlock", "--results", str(res)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "removed the lock of host node-17 pid 4242 since 2026-12-01T03:04:05Z" in out
+        and "another host" in out
+    )
+    assert not lock.exists()
+    assert main(["unlock", "--results", str(res)]) == 0
+    assert "not locked" in capsys.readouterr().out
+    # a lock held by a live process of this host is never broken
+    with results_lock(res, what="survey run"):
+        assert main(["unlock", "--results", str(res)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {os.getpid()}" in err and "stop it first" in err and "Traceback" not in err
+        assert lock.exists()
+    # the run-one lock of an ObsID; and a dead local holder
+    (res / "0910000000").mkdir()
+    (res / "0910000000" / LOCK_NAME).write_text(
+        json.dumps({"host": socket.gethostname(), "pid": _dead_pid()})
+    )
+    assert main(["unlock", "--results", str(res), "--obsid", "0910000000"]) == 0
+    assert not (res / "0910000000" / LOCK_NAME).exists()
+    assert main(["unlock", "--results", str(res), "--obsid", "../etc"]) != 0
