@@ -451,7 +451,13 @@ def _jaxspec_row() -> dict[str, Any]:
     try:
         import jaxspec  # noqa: F401
     except ImportError:
-        return _tool_row(name, "jaxspec not installed in this venv (needs JAX): not measured")
+        return _tool_row(
+            name,
+            "jaxspec not installed, so not measured: the PyPI mirror has jaxspec 0.4.1, but `pip install "
+            "--dry-run jaxspec` into the project venv would replace astropy 8.0.2 -> 7.2.3, scipy 1.17.1 -> "
+            "1.15.3 and pandas 3.1.1 -> 2.3.3 (and add jax, flax, numpyro, numba), i.e. change the libraries "
+            "every science result here is computed and tested with (checked 2026-12-01)",
+        )
     return _tool_row(name, "jaxspec installed, comparison not written yet: not measured")
 
 

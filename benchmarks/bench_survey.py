@@ -144,6 +144,7 @@ def measure(
                         "cpu_per_obsid_s": cpu / max(len(new), 1),
                         "efficiency": cpu / (workers * wall),
                         "worker_rss_mb": _rss_mb(client),
+                        "load": _load(),
                     }
                 )
                 done = n
@@ -215,10 +216,38 @@ def compare(
     }
 
 
+#: The main of when issue 17 was filed: the step-time target is 3x less CPU per ObsID than this commit.
+REF_COMMIT = "a1642db"
+
+
+def _load() -> str:
+    return "load average " + "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def compare_row(ref: str = REF_COMMIT, *, n: int = 6) -> dict[str, Any]:
+    """Row: CPU per simulated ObsID of ``ref`` over this tree's, both run side by side (see the docstring)."""
+    before = _load()
+    c = compare(ref, n=n)
+    return {
+        "name": f"survey step CPU per ObsID, {ref} / this tree (same data and config, side by side)",
+        "value": round(c["ratio"], 3),
+        "unit": "x",
+        "target": ">= 3",
+        "ratio": round(c["ratio"], 3),
+        "ok": c["ratio"] >= 3.0 and c["ref_ok"] == c["ours_ok"] == n,
+        "note": (
+            f"{ref} {c['ref_cpu_per_obsid_s']:.2f} CPU-s vs {c['ours_cpu_per_obsid_s']:.2f} CPU-s per ObsID "
+            f"(median of {n}; default config, profile errors, default plots); {c['ref_ok']}/{n} and "
+            f"{c['ours_ok']}/{n} ObsIDs done; {before} before, {_load()} after"
+        ),
+    }
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    """Rows for ``benchmarks/run.py``."""
+    """Rows for ``benchmarks/run.py``: the side-by-side step-time ratio, then the 6/24/48 survey."""
+    rows = [compare_row(n=3 if quick else 6)]
+    before = _load()
     m = measure(batches=(6, 12) if quick else (6, 24, 48))
-    rows = []
     for b in m["batches"]:
         rows.append(
             {
@@ -230,7 +259,8 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 "ok": b["efficiency"] >= 0.85,
                 "note": (
                     f"{b['cpu_per_obsid_s']:.2f} step CPU-s per ObsID, wall {b['wall_s']:.1f} s on "
-                    f"{m['workers']} workers, worker RSS {', '.join(f'{r:.0f}' for r in b['worker_rss_mb'])} MB"
+                    f"{m['workers']} workers, worker RSS "
+                    f"{', '.join(f'{r:.0f}' for r in b['worker_rss_mb'])} MB; {b['load']}"
                 ),
             }
         )
@@ -244,7 +274,10 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
             "target": "<= 1.2",
             "ratio": round(growth, 3),
             "ok": growth <= 1.2,
-            "note": f"max worker RSS {max(first['worker_rss_mb']):.0f} -> {max(last['worker_rss_mb']):.0f} MB",
+            "note": (
+                f"max worker RSS {max(first['worker_rss_mb']):.0f} -> {max(last['worker_rss_mb']):.0f} MB; "
+                f"{before} at the start"
+            ),
         }
     )
     return rows

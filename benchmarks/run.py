@@ -155,7 +155,13 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def format_table(rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool) -> str:
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def format_table(
+    rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool, load_before: str = "", load_after: str = ""
+) -> str:
     """Markdown table of the rows with a header line saying where and when it ran."""
     lines = [
         "| benchmark | value | unit | target | ratio | meets target | notes |",
@@ -171,10 +177,21 @@ def format_table(rows: list[dict[str, Any]], *, elapsed_s: float, quick: bool) -
     cpu = os.cpu_count() or 0
     head = (
         f"Benchmarks ({'quick' if quick else 'full'} run, {when}; {platform.machine()}, {cpu} cores, "
-        f"Python {platform.python_version()}; total {elapsed_s:.0f} s). "
+        f"Python {platform.python_version()}; total {elapsed_s:.0f} s; load average (1/5/15 min) "
+        f"{load_before or _load()} at the start, {load_after or _load()} at the end). "
         f"Reproduce: `python benchmarks/run.py` (or `make bench`)."
     )
     return head + "\n\n" + "\n".join(lines) + "\n"
+
+
+def _kept_sections(old: str) -> str:
+    """What follows the table in ``results.md`` and is kept: from the keep marker or the first ``## `` heading.
+
+    Other benchmarks own those sections (injection-recovery, the 500-ObsID survey, ...): run.py rewrites
+    only the table above them.
+    """
+    starts = [i for i in (old.find(KEEP_MARKER), old.find("\n## ") + 1 if "\n## " in old else -1) if i >= 0]
+    return old[min(starts) :] if starts else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,8 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
+    load_before = _load()
     rows = collect(quick=args.quick, only=args.only)
-    table = format_table(rows, elapsed_s=time.perf_counter() - t0, quick=args.quick)
+    table = format_table(
+        rows,
+        elapsed_s=time.perf_counter() - t0,
+        quick=args.quick,
+        load_before=load_before,
+        load_after=_load(),
+    )
     print(table)
     if not args.no_write:
         if str(REPO) not in sys.path:
@@ -204,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             old = Path(args.out).read_text(encoding="utf-8")
         except OSError:
             old = ""
-        kept = old[old.index(KEEP_MARKER) :] if KEEP_MARKER in old else ""
+        kept = _kept_sections(old)
         atomic_write_text(args.out, table.rstrip("\n") + "\n\n" + kept if kept else table)
     return 0
 
