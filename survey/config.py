@@ -90,6 +90,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "regions.radius.method": ("fixed", "physical", "r500", "sb"),
     "regions.background.method": ("annulus", "region", "blanksky"),
     "spectra.grouping": ("min_counts", "optimal", "none"),
+    "spectra.arf_vignetting": ("auto", "correct", "none"),
     "fit.errors": ("profile", "covariance", "none"),
     "plots": ("all", "summary", "none"),
 }

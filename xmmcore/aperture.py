@@ -6,9 +6,11 @@
 * :func:`l500_block` -- ``L500_0p1_2p4`` / ``L500_0p5_2p0`` [erg/s, rest frame, within R500]: the fitted
   spectrum's luminosity (which describes the cluster counts inside the unmasked, on-chip part of the
   aperture, less the cluster emission the local background subtraction removed) divided by
-  ``(1 - aperture_lost_fraction) (1 - bkg_oversubtraction)`` and multiplied by the beta model's
-  R500-to-aperture flux ratio; all three numbers come from the beta model fitted to the
-  0.5-2 keV surface-brightness profile by the regions step. Errors scale with the luminosity's.
+  ``(1 - aperture_lost_fraction) (1 - bkg_oversubtraction)``, divided by the cluster-weighted
+  vignetting of the aperture when the ARF is an on-axis one (``spectra.arf_vignetting``), and
+  multiplied by the beta model's R500-to-aperture flux ratio; all these numbers come from the beta
+  model fitted (with the vignetting, a vignetted sky and a flat particle background) to the 0.5-2 keV
+  surface-brightness profile by the regions step. Errors scale with the luminosity's.
 * :func:`quality_flags` -- the flags of a fit row (see the function).
 """
 
@@ -54,29 +56,42 @@ def _nan(value: Any) -> float:
 
 
 def l500_block(
-    luminosities: Mapping[str, Any], regions: Mapping[str, Any], *, r500_arcmin: float
+    luminosities: Mapping[str, Any],
+    regions: Mapping[str, Any],
+    *,
+    r500_arcmin: float,
+    arf_on_axis: bool = False,
 ) -> dict[str, Any]:
     """L500 columns from the fit's aperture luminosities and the regions' beta-model profile.
 
+    ``arf_on_axis``: the spectra were fitted with an on-axis (or point-source) ARF, so the fitted
+    luminosity misses the aperture's cluster-weighted vignetting (``aperture_vignetting``), which is
+    then divided out.
+
     Returns ``{"L500_0p1_2p4", "..._err_lo", "..._err_hi", "L500_0p5_2p0", ..., "l500_correction",
-    "l500_over_aperture", "l500_method"}``; NaN where the profile or R500 is missing.
+    "l500_over_aperture", "l500_vignetting", "l500_method"}``; NaN where the profile or R500 is missing.
     """
     prof = regions.get("profile")
     r_src = _nan(regions.get("r_src_arcmin"))
     lost = _nan(regions.get("aperture_lost_fraction"))
     over = _nan(regions.get("bkg_oversubtraction"))
+    vig = _nan(regions.get("aperture_vignetting")) if arf_on_axis else 1.0
     ratio = math.nan
     if isinstance(prof, Mapping) and math.isfinite(r500_arcmin) and r_src > 0:
         ratio = BetaProfile(**prof).fraction_ratio(r500_arcmin, r_src)
     lost = 0.0 if not math.isfinite(lost) else lost
     over = 0.0 if not math.isfinite(over) else min(over, 0.9)
-    corr = ratio / ((1.0 - lost) * (1.0 - over)) if math.isfinite(ratio) else math.nan
+    vig = 1.0 if not (math.isfinite(vig) and vig > 0) else vig
+    corr = ratio / ((1.0 - lost) * (1.0 - over) * vig) if math.isfinite(ratio) else math.nan
     out: dict[str, Any] = {
         "l500_over_aperture": ratio,
+        "l500_vignetting": vig,
         "l500_correction": corr,
         "l500_method": (
             "fitted aperture luminosity / (1 - masked-and-gap fraction) / (1 - background over-subtraction) "
-            "x beta-model flux(R500) / flux(aperture); beta model fitted to the 0.5-2 keV profile"
+            + ("/ cluster-weighted vignetting (on-axis ARF) " if arf_on_axis else "")
+            + "x beta-model flux(R500) / flux(aperture); beta model with vignetted sky and flat particle "
+            "background fitted to the 0.5-2 keV profile"
         ),
     }
     for band, col in (((0.1, 2.4), "L500_0p1_2p4"), ((0.5, 2.0), "L500_0p5_2p0")):

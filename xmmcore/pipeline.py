@@ -390,7 +390,11 @@ def _aperture_record(
         "aperture_lost_fraction": regions.get("aperture_lost_fraction"),
         "bkg_note": regions.get("bkg_note", ""),
     }
-    out.update(l500_block(record.get("luminosities") or {}, regions, r500_arcmin=r500_arcmin))
+    out.update(
+        l500_block(
+            record.get("luminosities") or {}, regions, r500_arcmin=r500_arcmin, arf_on_axis=arf_on_axis(cfg)
+        )
+    )
     out.update(
         quality_flags(
             record,
@@ -401,6 +405,21 @@ def _aperture_record(
         )
     )
     return out
+
+
+def arf_on_axis(cfg: Mapping[str, Any]) -> bool:
+    """Whether the fitted spectra's ARFs lack the extended source's vignetting (``spectra.arf_vignetting``).
+
+    ``auto``: yes when the Python backend copied the ARFs (canned or borrowed responses are on-axis or
+    point-source ARFs); no for SAS arfgen ones (``backend.reduction: sas`` or ``spectra.responses: sas``,
+    made with ``extendedsource=yes`` and the detector map). ``correct``: yes; ``none``: no.
+    """
+    spectra = cfg.get("spectra") or {}
+    mode = str(spectra.get("arf_vignetting", "auto"))
+    if mode != "auto":
+        return mode == "correct"
+    reduction = str((cfg.get("backend") or {}).get("reduction", "python"))
+    return reduction == "python" and spectra.get("responses") != "sas"
 
 
 _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logger], dict[str, Any]]] = {

@@ -36,6 +36,7 @@ from .images import (
     bin_image,
     ccd_footprints,
     coverage_image,
+    exposure_image,
     extent_of,
     phys_wcs,
 )
@@ -608,10 +609,44 @@ def _detector_edge_arcmin(coverage: np.ndarray, extent: Extent, centre_xy: tuple
     return float(edges[min(last + 1, edges.size - 1)])
 
 
+#: Energy [keV] at which the 0.5-2 keV image's vignetting is evaluated (its mean photon energy for a cluster).
+_IMAGE_VIGNETTING_KEV = 1.2
+
+
+def vignetting_map(extent: Extent, header: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """Vignetting of each pixel of the 0.5-2 keV image (:func:`xmmcore.responses.vignetting`).
+
+    The optical axis is the pointing (``RA_PNT``/``DEC_PNT`` of the event list); ``None`` when the
+    header has no pointing (the profile then has one flat background term).
+    """
+    from .responses import vignetting
+
+    try:
+        ra, dec = float(header["RA_PNT"]), float(header["DEC_PNT"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        return None
+    px, py = phys_wcs(header).world_to_pixel(SkyCoord(ra * u.deg, dec * u.deg, frame="fk5"))
+    xs, ys = extent.centres()
+    gx, gy = np.meshgrid(xs, ys)
+    theta = np.hypot(gx - (float(px) + 1.0), gy - (float(py) + 1.0)) / _ARCMIN_PHYS
+    out = vignetting(theta, _IMAGE_VIGNETTING_KEV)
+    return out if out.shape == shape else None
+
+
 def _extended_model(
-    image: np.ndarray, extent: Extent, coverage: np.ndarray, centre_xy: tuple[float, float], r_edge: float
+    image: np.ndarray,
+    extent: Extent,
+    coverage: np.ndarray,
+    centre_xy: tuple[float, float],
+    r_edge: float,
+    vignetting: np.ndarray | None = None,
 ) -> tuple[np.ndarray | None, float]:
-    """Expected counts per pixel of the cluster (beta model fitted without masks) and 2 core radii [phys]."""
+    """Expected counts per pixel of the cluster (beta model fitted without masks) and 2 core radii [phys].
+
+    ``coverage``: relative exposure of each pixel (0 off the detector).
+    """
     px_arcmin = extent.bin_phys / _ARCMIN_PHYS
     ci, cj = extent.to_pixel(np.asarray(centre_xy[0]), np.asarray(centre_xy[1]))
     r = pixel_radii(image.shape, (float(ci), float(cj)), px_arcmin)
@@ -619,13 +654,15 @@ def _extended_model(
         prof = fit_beta_profile(
             image,
             radii_arcmin=r,
-            weight=(coverage > 0).astype(float),
+            weight=coverage,
             pixel_arcmin=px_arcmin,
             r_max_arcmin=r_edge,
+            vignetting=vignetting,
         )
     except ValueError:
         return None, 0.0
-    model = prof.brightness(r) * px_arcmin**2 * (coverage > 0)
+    vig = 1.0 if vignetting is None else vignetting
+    model = prof.brightness(r) * vig * px_arcmin**2 * coverage
     return model, 2.0 * prof.rc_arcmin * _ARCMIN_PHYS
 
 
@@ -633,6 +670,7 @@ def _aperture_quantities(
     image: np.ndarray,
     extent: Extent,
     coverage: np.ndarray,
+    rel_exposure: np.ndarray,
     centre_xy: tuple[float, float],
     points: Sequence[PointSource],
     *,
@@ -642,15 +680,20 @@ def _aperture_quantities(
     r500_arcmin: float,
     r_edge: float,
     log: logging.Logger,
+    vignetting: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Beta-model profile and what it implies for the apertures (see :mod:`xmmcore.profile`).
 
-    * ``bkg_cluster_fraction``: cluster share of the background annulus' surface brightness;
+    * ``bkg_cluster_fraction``: cluster share of the background annulus' counts;
       ``bkg_oversubtraction``: fraction of the source's cluster counts the background subtraction
-      removes (the annulus' cluster emission scaled to the source area);
+      removes (the annulus' cluster counts per usable area times the source's usable area);
     * ``aperture_lost_fraction``: fraction of the beta model's flux in the source circle that falls
       in point-source masks and chip gaps (``coverage`` of the stacked cameras);
+    * ``aperture_vignetting``: cluster-weighted mean vignetting of the usable source circle (what an
+      on-axis ARF misses; arfgen's extended-source ARFs include it);
     * ``l500_over_aperture``: beta-model flux within R500 over the flux within the aperture.
+
+    All counts are in the 0.5-2 keV image; the cluster model is seen through ``vignetting``.
     """
     px_arcmin = extent.bin_phys / _ARCMIN_PHYS
     ci, cj = extent.to_pixel(np.asarray(centre_xy[0]), np.asarray(centre_xy[1]))
@@ -662,39 +705,87 @@ def _aperture_quantities(
     for p in points:
         masked |= np.hypot(gx - p.x, gy - p.y) <= p.r_arcsec / PHYS_PIXEL_ARCSEC
     weight = usable * ~masked
+    fit_weight = rel_exposure * ~masked
     out: dict[str, Any] = {
         "profile": None,
         "bkg_cluster_fraction": float("nan"),
         "bkg_oversubtraction": float("nan"),
         "aperture_lost_fraction": float("nan"),
+        "aperture_vignetting": float("nan"),
         "l500_over_aperture": float("nan"),
         "profile_note": "",
     }
     try:
         prof = fit_beta_profile(
-            image, radii_arcmin=r, weight=weight, pixel_arcmin=px_arcmin, r_max_arcmin=max(r_edge, b_out)
+            image,
+            radii_arcmin=r,
+            weight=fit_weight,
+            pixel_arcmin=px_arcmin,
+            r_max_arcmin=max(r_edge, b_out),
+            vignetting=vignetting,
         )
     except ValueError as exc:
         out["profile_note"] = f"no beta-model fit: {exc}"
         log.warning("regions: %s", out["profile_note"])
         return out
-    sb_bkg_cluster = prof.flux_between(b_in, b_out) / (math.pi * (b_out**2 - b_in**2))
-    src_cluster = prof.flux_within(r_src)
-    inside = r <= r_src
-    model = prof.brightness(r)
+    vig = np.ones_like(r) if vignetting is None else vignetting
+    inside, ann = r <= r_src, (r >= b_in) & (r <= b_out)
+    # The model is integrated over sub-pixels near the centre, where a compact core spans few pixels.
+    model = _subpixel_brightness(prof, r, px_arcmin)
+    seen = model * vig * weight  # cluster counts per pixel in the data (vignetted, unmasked)
+    bkg_seen = (prof.bkg_per_arcmin2 * vig + prof.bkg_flat_per_arcmin2) * weight
+    src_seen = float(np.sum(seen[inside]))
+    w_src, w_ann = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
+    ann_cluster = float(np.sum(seen[ann]))
+    ann_total = ann_cluster + float(np.sum(bkg_seen[ann]))
     lost = 1.0 - float(np.sum((model * weight)[inside]) / np.sum(model[inside]))
     out.update(
         {
             "profile": prof.to_dict(),
-            "bkg_cluster_fraction": float(sb_bkg_cluster / (sb_bkg_cluster + prof.bkg_per_arcmin2)),
-            "bkg_oversubtraction": float(sb_bkg_cluster * math.pi * r_src**2 / src_cluster),
+            "bkg_cluster_fraction": ann_cluster / ann_total if ann_total > 0 else float("nan"),
+            "bkg_oversubtraction": (ann_cluster / w_ann * w_src / src_seen)
+            if w_ann > 0 and src_seen > 0
+            else float("nan"),
             "aperture_lost_fraction": lost,
+            "aperture_vignetting": src_seen / float(np.sum((model * weight)[inside]))
+            if src_seen > 0
+            else float("nan"),
             "profile_note": prof.note,
         }
     )
     if np.isfinite(r500_arcmin):
         out["l500_over_aperture"] = prof.fraction_ratio(r500_arcmin, r_src)
     return out
+
+
+def _subpixel_brightness(prof: Any, r: np.ndarray, px_arcmin: float, n_sub: int = 5) -> np.ndarray:
+    """Beta-model brightness per pixel averaged over ``n_sub`` x ``n_sub`` sub-pixels within 5 pixels of the centre."""
+    out = prof.brightness(r)
+    near = r < 5.0 * px_arcmin
+    if not near.any():
+        return out
+    # offsets along and across the radius: for a radially symmetric model this is the pixel average
+    # up to the pixel's orientation
+    offs = (np.arange(n_sub) + 0.5) / n_sub - 0.5
+    dx, dy = np.meshgrid(offs, offs)
+    ii, jj = np.nonzero(near)
+    acc = np.zeros(ii.size)
+    for ox, oy in zip(dx.ravel(), dy.ravel(), strict=True):
+        acc += prof.brightness(np.hypot(r[ii, jj] + ox * px_arcmin, oy * px_arcmin))
+    out[ii, jj] = acc / dx.size
+    return out
+
+
+def _camera_weight(evl: EventList, extent: Extent, footprints: CcdFootprints) -> np.ndarray:
+    """Good time x on-axis effective area at 1.2 keV of one camera per pixel (its CCD footprints).
+
+    The summed pn + MOS image sees ~3x fewer counts where only the MOS cover the sky (pn chip gaps,
+    the edges of the pn field): the profile fit weights each pixel by this sum over cameras.
+    """
+    from .responses import effective_area
+
+    area = float(effective_area(evl.camera, _IMAGE_VIGNETTING_KEV))
+    return exposure_image(evl, extent, footprints=footprints) * area
 
 
 def make_regions(
@@ -732,11 +823,15 @@ def make_regions(
     image = np.zeros((extent.ny, extent.nx))
     coverage = np.zeros_like(image)
     footprints = {}
+    rel_exposure = np.zeros_like(image)
     for cam, e in evls.items():
         img, wcs, _ = bin_image(e, band_kev=(0.5, 2.0), extent=extent)
         image += img
         footprints[cam] = ccd_footprints(e)
         coverage = np.maximum(coverage, coverage_image(footprints[cam], extent))
+        rel_exposure += _camera_weight(e, extent, footprints[cam])
+    if rel_exposure.max() > 0:
+        rel_exposure /= rel_exposure.max()
     ra0, dec0, fixed = _centre_start(list(evls.values()), getattr(obs, "meta", {}) or {}, rs.centre)
     sx, sy = pw.world_to_pixel(SkyCoord(ra0 * u.deg, dec0 * u.deg, frame="fk5"))
     start = (float(sx) + 1.0, float(sy) + 1.0)
@@ -792,9 +887,10 @@ def make_regions(
             f"largest annulus on the detector ({b_in:.2f}-{b_out:.2f} arcmin): "
             f"{rs.bkg_outer} x the source radius is off the detector edge at {r_edge:.2f} arcmin"
         )
+    vig_map = vignetting_map(extent, ref.header, image.shape)
     points: list[PointSource] = []
     if rs.detect_point_sources:
-        ext_model, core_r_phys = _extended_model(image, extent, coverage, (cx, cy), r_edge)
+        ext_model, core_r_phys = _extended_model(image, extent, rel_exposure, (cx, cy), r_edge, vig_map)
         points = detect_point_sources(
             image,
             extent,
@@ -813,6 +909,7 @@ def make_regions(
         image,
         extent,
         coverage,
+        rel_exposure,
         (cx, cy),
         points,
         r_src=r_src,
@@ -821,6 +918,7 @@ def make_regions(
         r500_arcmin=r500_arcmin,
         r_edge=r_edge,
         log=log,
+        vignetting=vig_map,
     )
     log.info(
         "regions: centre (%.5f, %.5f) [%s], R=%.2f arcmin (%s), bkg %.2f-%.2f arcmin, %d point sources",
