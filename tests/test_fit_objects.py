@@ -174,3 +174,28 @@ def test_flux_table_one_grid_equals_band_by_band() -> None:
         dl = luminosity_distance_cm(0.1)
         lum = 4 * np.pi * dl * dl * band_flux(model, best, (lo / 1.1, hi / 1.1), unabsorbed=True)
         assert lums[f"{lo:.1f}-{hi:.1f}"]["value"] == pytest.approx(lum, rel=1e-12)
+
+
+@pytest.mark.realdata
+def test_profile_bound_that_fails_falls_back_to_covariance(pn: SpectrumDataset, monkeypatch) -> None:
+    """A MINOS bound that cannot be found (here: a call limit of 5) keeps the covariance error of that
+    side, and the record says which parameter fell back and why (before: None + 'unconstrained')."""
+    from xmmcore.aperture import quality_flags
+
+    f = Fit([pn], "wabs*wabs*powerlaw", stat="chi2gehrels", set_params=["1=0.0119,frozen"])
+    f.optimize()
+    minos = type(f.minuit).minos
+    monkeypatch.setattr(type(f.minuit), "minos", lambda self, *a, **k: minos(self, ncall=5))
+    f.errors("profile")
+    res = f.result()
+    assert res.error_method == "profile+covariance"
+    assert res.error_fallbacks and all("covariance error used" in v for v in res.error_fallbacks.values())
+    assert any("call limit" in v for v in res.error_fallbacks.values())
+    for p in res.parameters:
+        if not p["frozen"]:
+            assert np.isfinite(p["err_lo"]) and np.isfinite(p["err_hi"]) and p["err_hi"] > 0
+    rec = res.to_dict()
+    assert rec["error_fallbacks"] == res.error_fallbacks
+    flags = quality_flags(rec, {}, net_counts=1e4, requested_errors="profile", r500_converged=None)
+    assert flags["flag_errors_covariance"] and "errors_covariance" in flags["quality_flags"]
+    assert next(iter(res.error_fallbacks)) in flags["errors_fallback_reason"]

@@ -127,7 +127,8 @@ def quality_flags(
     ``flag_unconstrained`` (a free parameter's mean error > 50% of its value; cross-normalisations
     excluded), ``flag_at_limit`` (a free parameter within 0.1% of its value from a soft limit), ``flag_low_counts``
     (net counts < 500), ``flag_not_converged``, ``flag_errors_covariance`` (profile errors were asked
-    for but covariance errors were given; ``errors_fallback_reason`` says why),
+    for but covariance errors were given for some or all parameters; ``errors_fallback_reason`` says
+    which and why, from the fit record's ``error_fallbacks``),
     ``flag_bkg_contamination`` (cluster share of the background annulus > 10%), ``flag_aperture_lost``
     (> 10% of the aperture's flux in masks and gaps), ``flag_r500_not_converged``; ``quality_flags``
     lists the names of the raised flags, comma-separated.
@@ -145,7 +146,10 @@ def quality_flags(
         if (math.isfinite(lo) and v - lo <= tol) or (math.isfinite(hi) and hi - v <= tol):
             at_limit.append(p["name"])
     method = str(fit.get("error_method") or "")
-    covariance_fallback = requested_errors == "profile" and method not in ("profile", "")
+    fallbacks = fit.get("error_fallbacks") or {}
+    covariance_fallback = requested_errors == "profile" and (method not in ("profile", "") or bool(fallbacks))
+    if covariance_fallback and not error_fallback_reason and fallbacks:
+        error_fallback_reason = "; ".join(f"{k}: {v}" for k, v in fallbacks.items())
     flags = {
         "flag_unconstrained": bool(unconstrained),
         "unconstrained_parameters": ",".join(unconstrained),

@@ -447,6 +447,8 @@ class Fit:
         self.err_lo = np.full(len(self.free), np.nan)
         self.err_hi = np.full(len(self.free), np.nan)
         self.error_method = "none"
+        #: parameter name -> why its profile (MINOS) bound was replaced by the covariance error
+        self.error_fallbacks: dict[str, str] = {}
         self.delta = 1.0
 
     # ------------------------------------------------------------------ phases
@@ -526,19 +528,59 @@ class Fit:
     def confidence(self, level: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Profile-likelihood (MINOS) intervals at ``level``; the covariance errors where MINOS fails.
 
+        A bound MINOS cannot find (call limit, a new minimum, no crossing) is replaced by the
+        covariance error of that side and recorded in :attr:`error_fallbacks` with the reason
+        (``error_method`` is then ``"profile+covariance"``); a bound at a parameter limit is 0.
         A better minimum found while profiling becomes the best fit.
         """
         lo, hi = self.covariance_errors(level)
         err_lo, err_hi = lo.copy(), hi.copy()
         minuit = self.minuit
+        names = [self.problem.slots[i].name for i in self.free]
+        self.error_fallbacks = {}
         try:
             minuit.values = self.best_x
             minuit.errordef = self.delta
             minuit.minos()
             for k, name in enumerate(minuit.parameters):
                 me = minuit.merrors[name]
-                err_lo[k] = abs(me.lower) if me.lower_valid else (0.0 if me.at_lower_limit else np.nan)
-                err_hi[k] = abs(me.upper) if me.upper_valid else (0.0 if me.at_upper_limit else np.nan)
+                reasons = []
+                for side, valid, at_limit, at_fcn, new_min, value in (
+                    (
+                        "lower",
+                        me.lower_valid,
+                        me.at_lower_limit,
+                        me.at_lower_max_fcn,
+                        me.lower_new_min,
+                        me.lower,
+                    ),
+                    (
+                        "upper",
+                        me.upper_valid,
+                        me.at_upper_limit,
+                        me.at_upper_max_fcn,
+                        me.upper_new_min,
+                        me.upper,
+                    ),
+                ):
+                    target = err_lo if side == "lower" else err_hi
+                    if valid:
+                        target[k] = abs(value)
+                    elif at_limit:
+                        target[k] = 0.0
+                    else:
+                        why = (
+                            "call limit reached"
+                            if at_fcn
+                            else "new minimum"
+                            if new_min
+                            else "no crossing found"
+                        )
+                        reasons.append(f"{side} bound: {why}")
+                        target[k] = lo[k] if side == "lower" else hi[k]
+                if reasons:
+                    label = names[k] if k < len(names) else str(name)
+                    self.error_fallbacks[label] = "MINOS " + ", ".join(reasons) + "; covariance error used"
             minuit.errordef = 1.0
             if minuit.fmin is not None and minuit.fval < self.best_stat - 1e-3:
                 self.log.warning(
@@ -547,9 +589,12 @@ class Fit:
                 self.best_x, self.best_stat = np.array(minuit.values), float(minuit.fval)
         except RuntimeError as exc:
             self.log.warning("profile errors failed (%s); keeping covariance errors", exc)
+            self.error_fallbacks = {n: f"MINOS failed: {exc}; covariance error used" for n in names}
             return self.err_lo, self.err_hi
         self.err_lo, self.err_hi = err_lo, err_hi
-        self.error_method = "profile"
+        self.error_method = "profile+covariance" if self.error_fallbacks else "profile"
+        if self.error_fallbacks:
+            self.log.warning("profile errors fell back to covariance: %s", self.error_fallbacks)
         return err_lo, err_hi
 
     def errors(self, method: str | None = "profile", level: float = 1.0) -> None:
@@ -660,6 +705,7 @@ class Fit:
             datasets=[_dataset_info(ds, problem.effective_stat(d)) for d, ds in enumerate(self.datasets)],
             abund=self.abund,
             error_method=self.error_method,
+            error_fallbacks=dict(self.error_fallbacks),
             error_delta=self.delta,
             redshift=redshift,
             goodness_pvalue=goodness_pvalue,

@@ -59,6 +59,8 @@ class FitResult:
     datasets: list[dict[str, Any]] = field(default_factory=list)
     abund: str = "angr"
     error_method: str = "covariance"
+    #: parameter -> why its profile interval was replaced by the covariance error
+    error_fallbacks: dict[str, str] = field(default_factory=dict)
     error_delta: float = 1.0
     redshift: float | None = None
     goodness_pvalue: float | None = None
@@ -111,6 +113,7 @@ class FitResult:
             "n_datasets": len(self.datasets),
             "abund": self.abund,
             "error_method": self.error_method,
+            "error_fallbacks": self.error_fallbacks,
             "error_delta": self.error_delta,
             "redshift": self.redshift,
             "goodness_pvalue": self.goodness_pvalue,
