@@ -414,12 +414,11 @@ def arf_on_axis(cfg: Mapping[str, Any]) -> bool:
     point-source ARFs); no for SAS arfgen ones (``backend.reduction: sas`` or ``spectra.responses: sas``,
     made with ``extendedsource=yes`` and the detector map). ``correct``: yes; ``none``: no.
     """
-    spectra = cfg.get("spectra") or {}
-    mode = str(spectra.get("arf_vignetting", "auto"))
-    if mode != "auto":
-        return mode == "correct"
+    ss = SpectraSettings.from_config(cfg)
+    if ss.arf_vignetting != "auto":
+        return ss.arf_vignetting == "correct"
     reduction = str((cfg.get("backend") or {}).get("reduction", "python"))
-    return reduction == "python" and spectra.get("responses") != "sas"
+    return reduction == "python" and ss.responses != "sas"
 
 
 _STEP_FUNCS: dict[str, Callable[[Observation, Path, dict[str, Any], logging.Logger], dict[str, Any]]] = {

@@ -244,6 +244,8 @@ class SpectraSettings:
     min_counts: int
     #: camera_rmf/camera_arf -> file, or ``"sas"``: SAS rmfgen/arfgen on the Python spectra (DSS keywords)
     responses: Mapping[str, str] | str = field(default_factory=dict)
+    #: auto | correct | none: whether L500 divides out the aperture's vignetting (on-axis ARFs)
+    arf_vignetting: str = "auto"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SpectraSettings:
@@ -252,6 +254,7 @@ class SpectraSettings:
             grouping=str(config_value(s, "grouping", prefix="spectra.")),
             min_counts=int(config_value(s, "min_counts", prefix="spectra.")),
             responses=_responses(config_value(s, "responses", prefix="spectra.")),
+            arf_vignetting=str(config_value(s, "arf_vignetting", prefix="spectra.")),
         )
 
 

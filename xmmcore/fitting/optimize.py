@@ -589,7 +589,7 @@ class Fit:
                 self.best_x, self.best_stat = np.array(minuit.values), float(minuit.fval)
         except RuntimeError as exc:
             self.log.warning("profile errors failed (%s); keeping covariance errors", exc)
-            self.error_fallbacks = {n: f"MINOS failed: {exc}; covariance error used" for n in names}
+            self.error_fallbacks = dict.fromkeys(names, f"MINOS failed: {exc}; covariance error used")
             return self.err_lo, self.err_hi
         self.err_lo, self.err_hi = err_lo, err_hi
         self.error_method = "profile+covariance" if self.error_fallbacks else "profile"
