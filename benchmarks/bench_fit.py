@@ -17,7 +17,6 @@ Install Sherpa with ``.ci/install-sherpa.sh .venv/bin/python``. Target ratio bui
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import time
@@ -267,13 +266,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the fit times and the ratio."""
-    parser = argparse.ArgumentParser(description="Fit time of the built-in engine vs Sherpa.")
-    parser.add_argument("--quick", action="store_true", help="best of 2 instead of 5")
-    args = parser.parse_args(argv)
-    for row in run(quick=args.quick):
-        value = "—" if row["value"] is None else f"{row['value']:.3f} {row['unit']}"
-        print(f"{row['name']}: {value}  ({row['note']})")
-    return 0
+    from rows import quick_main
+
+    return quick_main(run, "Fit time of the built-in engine vs Sherpa.", "best of 2 instead of 5", argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ Target: built-in / baseline <= 1.5 for phabs*apec (issue 17), same best fit, int
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import time
@@ -463,13 +462,11 @@ def _jaxspec_row() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the rows."""
-    parser = argparse.ArgumentParser(description="Thermal fit time: built-in vs a careful numpy/scipy fit.")
-    parser.add_argument("--quick", action="store_true", help="one repeat instead of three")
-    args = parser.parse_args(argv)
-    for row in run(quick=args.quick):
-        value = "—" if row["value"] is None else f"{row['value']:.3f} {row['unit']}"
-        print(f"{row['name']}: {value}  ({row['note']})")
-    return 0
+    from rows import quick_main
+
+    return quick_main(
+        run, "Thermal fit time: built-in vs a careful numpy/scipy fit.", "one repeat instead of three", argv
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import pandas as pd
 
 from xmmcore.errors import InputDataError
 from xmmcore.fsutil import atomic_path
+from xmmcore.products import SurveyLayout
 
 from .schema import KEY, SCHEMA_VERSION, Column, attach_attrs, columns_from_attrs, conform
 
@@ -33,8 +34,8 @@ __all__ = [
     "write_parquet",
 ]
 
-CATALOGUE_PARQUET = "catalogue.parquet"
-CATALOGUE_FITS = "catalogue.fits"
+CATALOGUE_PARQUET = SurveyLayout.CATALOGUE_PARQUET
+CATALOGUE_FITS = SurveyLayout.CATALOGUE_FITS
 _META_KEY = b"xmm_survey"
 _FITS_FORMATS = {"float64": "D", "int64": "K", "bool": "L"}
 FITS_INT_NULL = np.iinfo(np.int64).min  # TNULLn of the integer columns: a missing value, not a number
@@ -261,13 +262,13 @@ def write_catalogue(
     dict
         Format -> written path.
     """
-    results_dir = Path(results_dir)
-    existing = results_dir / CATALOGUE_PARQUET
+    layout = SurveyLayout(results_dir)
+    existing = layout.catalogue_parquet
     if append and existing.exists():
         df = merge_rows(read_parquet(existing), df)
     out: dict[str, Path] = {}
     if "parquet" in formats:
         out["parquet"] = write_parquet(df, existing)
     if "fits" in formats:
-        out["fits"] = write_fits(df, results_dir / CATALOGUE_FITS)
+        out["fits"] = write_fits(df, layout.catalogue_fits)
     return out

@@ -28,9 +28,9 @@ import pandas as pd
 
 from xmmcore.fsutil import atomic_path, atomic_write_text
 from xmmcore.observation import CAMERAS
-from xmmcore.products import ObsProducts
+from xmmcore.products import ObsProducts, SurveyLayout
 
-from . import build, io, load
+from . import build, load
 from .query import failures, science_rows
 
 __all__ = ["build_report", "mosaic_figure"]
@@ -106,7 +106,7 @@ def _mosaic_png(rec: dict[str, Any], results_dir: Path, out_dir: Path) -> str | 
     name = str(rec.get("name") or "mosaic")
     path = Path(str(rec["mosaic_fits"]))
     if not path.exists():  # results folder moved since: the mosaic sits beside the record
-        path = results_dir / "joint" / path.name
+        path = SurveyLayout(results_dir).joint_dir / path.name
     m = read_mosaic(path)
     png = mosaic_figure(
         m,
@@ -150,8 +150,8 @@ def mosaic_figure(m: Any, path: str | os.PathLike[str], *, title: str = "") -> P
 
 
 def _catalogue(results_dir: Path) -> pd.DataFrame:
-    if (results_dir / io.CATALOGUE_PARQUET).exists():
-        return load(results_dir / io.CATALOGUE_PARQUET)
+    if SurveyLayout(results_dir).catalogue_parquet.exists():
+        return load(SurveyLayout(results_dir).catalogue_parquet)
     return build(results_dir)
 
 
@@ -398,10 +398,7 @@ def _joint_section(df: pd.DataFrame, results_dir: Path, out_dir: Path) -> str:
                     ],
                 )
             )
-    jdir = results_dir / "joint"
-    for path in sorted(jdir.glob("*.json")) if jdir.is_dir() else []:
-        if path.name.startswith("."):
-            continue
+    for path in SurveyLayout(results_dir).joint_records():
         rec = json.loads(path.read_text(encoding="utf-8"))
         if rec.get("missing"):
             parts.append(
@@ -423,10 +420,10 @@ def _joint_section(df: pd.DataFrame, results_dir: Path, out_dir: Path) -> str:
 def _catalogue_links(results_dir: Path, out_dir: Path) -> str:
     """Copies of the catalogue inside the report (``data/``), linked relatively."""
     links = []
-    for name in (io.CATALOGUE_PARQUET, io.CATALOGUE_FITS):
-        if (results_dir / name).exists():
-            _copy_into(results_dir / name, out_dir / "data" / name)
-            links.append(f'<a href="data/{name}">{name}</a>')
+    for path in SurveyLayout(results_dir).catalogue_files:
+        if path.exists():
+            _copy_into(path, out_dir / "data" / path.name)
+            links.append(f'<a href="data/{path.name}">{path.name}</a>')
     return " / ".join(links) if links else "the catalogue (not written yet: `xmm-survey catalog build`)"
 
 
@@ -450,7 +447,7 @@ def build_report(
     from .plots import survey_figures
 
     results_dir = Path(results_dir)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir / "report"
+    out_dir = Path(out_dir) if out_dir is not None else SurveyLayout(results_dir).report_dir
     if df is None:
         df = _catalogue(results_dir)
     figs = survey_figures(df, out_dir / "img")
@@ -545,4 +542,6 @@ def build_report(
     )
     for obsid in obs_epic["obsid"]:
         atomic_write_text(out_dir / "obs" / f"{obsid}.html", _obs_page(df, obsid, results_dir, out_dir))
-    return atomic_write_text(out_dir / "index.html", _page("XMM-Newton survey report", "\n".join(body)))
+    return atomic_write_text(
+        SurveyLayout(results_dir).report_index(out_dir), _page("XMM-Newton survey report", "\n".join(body))
+    )

@@ -25,7 +25,7 @@ import pandas as pd
 from xmmcore.combine import weighted_mean
 from xmmcore.errors import InputDataError
 from xmmcore.pipeline import STEPS
-from xmmcore.products import ObsProducts
+from xmmcore.products import ObsProducts, SurveyLayout
 
 from . import io
 from .schema import (
@@ -52,7 +52,7 @@ __all__ = [
     "rows_for_obsid",
 ]
 
-JOINT_DIR = "joint"
+JOINT_DIR = SurveyLayout.JOINT
 
 
 def load(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -77,18 +77,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def read_config(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``results/config.resolved.yaml`` as a dict (empty if it is absent)."""
-    path = Path(results_dir) / "config.resolved.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InputDataError(f"invalid YAML ({exc})", path) from exc
-    if not isinstance(cfg, dict):
-        raise InputDataError("expected a mapping at the top level", path)
-    return cfg
+    return SurveyLayout(results_dir).read_resolved_config()
 
 
 def _num(value: Any) -> float:
@@ -754,12 +743,7 @@ def _joint_rows(
 ) -> list[dict[str, Any]]:
     """Rows of ``results/joint/*.json``; an unreadable file raises, or with ``skipped`` is left out and named."""
     rows: list[dict[str, Any]] = []
-    jdir = results_dir / JOINT_DIR
-    if not jdir.is_dir():
-        return rows
-    for path in sorted(jdir.glob("*.json")):
-        if path.name.startswith("."):  # hidden files are never records
-            continue
+    for path in SurveyLayout(results_dir).joint_records():  # hidden files are never records
         try:
             rows.extend(
                 joint_record_rows(

@@ -150,17 +150,18 @@ def _base_columns() -> list[Column]:
         c("n_ptsrc", "int64", "", "number of masked point sources"),
     ]
     for name, (unit, desc) in PARAMETERS.items():
+        cols += _with_errors(name, unit, desc, f"1-sigma error of {name} (positive)")
         cols += [
-            c(name, "float64", unit, desc),
-            c(f"{name}_err_lo", "float64", unit, f"lower 1-sigma error of {name} (positive)"),
-            c(f"{name}_err_hi", "float64", unit, f"upper 1-sigma error of {name} (positive)"),
             c(f"{name}_frozen", "bool", "", f"{name} was frozen in the fit"),
             c(f"{name}_linked", "bool", "", f"{name} was linked across datasets"),
         ]
+    cols += _with_errors(
+        "cross_norm",
+        "",
+        "cross-normalisation constant of this camera/dataset",
+        "1-sigma error of cross_norm (positive)",
+    )
     cols += [
-        c("cross_norm", "float64", "", "cross-normalisation constant of this camera/dataset"),
-        c("cross_norm_err_lo", "float64", "", "lower 1-sigma error of cross_norm (positive)"),
-        c("cross_norm_err_hi", "float64", "", "upper 1-sigma error of cross_norm (positive)"),
         c("fit_model", "str", "", "model expression (XSPEC syntax)"),
         c("fit_engine", "str", "", "fit engine: builtin | xspec | ..."),
         c("fit_stat", "str", "", "fit statistic: cstat | wstat | chi2 | ..."),
@@ -182,6 +183,15 @@ def _base_columns() -> list[Column]:
     return cols
 
 
+def _with_errors(name: str, unit: str, description: str, error_of: str) -> list[Column]:
+    """A float column and its ``_err_lo``/``_err_hi`` columns ("lower/upper " + ``error_of``)."""
+    return [
+        Column(name, "float64", unit, description),
+        Column(f"{name}_err_lo", "float64", unit, f"lower {error_of}"),
+        Column(f"{name}_err_hi", "float64", unit, f"upper {error_of}"),
+    ]
+
+
 def _flux_columns(bands: Iterable[Sequence[float]]) -> list[Column]:
     cols: list[Column] = []
     for band in bands:
@@ -189,27 +199,10 @@ def _flux_columns(bands: Iterable[Sequence[float]]) -> list[Column]:
         lo, hi = band
         for which in ("abs", "unabs"):
             label = "absorbed" if which == "abs" else "unabsorbed"
-            cols += [
-                Column(
-                    f"flux_{tag}_{which}", "float64", "erg cm-2 s-1", f"{label} flux {lo}-{hi} keV (observed)"
-                ),
-                Column(
-                    f"flux_{tag}_{which}_err_lo", "float64", "erg cm-2 s-1", f"lower error of {label} flux"
-                ),
-                Column(
-                    f"flux_{tag}_{which}_err_hi", "float64", "erg cm-2 s-1", f"upper error of {label} flux"
-                ),
-            ]
-        cols += [
-            Column(
-                f"lum_{tag}",
-                "float64",
-                "erg s-1",
-                f"rest-frame {lo}-{hi} keV luminosity (unabsorbed) within r_src",
-            ),
-            Column(f"lum_{tag}_err_lo", "float64", "erg s-1", "lower error of the luminosity"),
-            Column(f"lum_{tag}_err_hi", "float64", "erg s-1", "upper error of the luminosity"),
-        ]
+            desc = f"{label} flux {lo}-{hi} keV (observed)"
+            cols += _with_errors(f"flux_{tag}_{which}", "erg cm-2 s-1", desc, f"error of {label} flux")
+        desc = f"rest-frame {lo}-{hi} keV luminosity (unabsorbed) within r_src"
+        cols += _with_errors(f"lum_{tag}", "erg s-1", desc, "error of the luminosity")
     return cols
 
 
@@ -253,16 +246,8 @@ def _aperture_columns() -> list[Column]:
         ),
     ]
     for tag, band in (("0p1_2p4", "0.1-2.4"), ("0p5_2p0", "0.5-2.0")):
-        cols += [
-            c(
-                f"L500_{tag}",
-                "float64",
-                "erg s-1",
-                f"rest-frame {band} keV luminosity within R500 (unabsorbed)",
-            ),
-            c(f"L500_{tag}_err_lo", "float64", "erg s-1", f"lower 1-sigma error of L500_{tag}"),
-            c(f"L500_{tag}_err_hi", "float64", "erg s-1", f"upper 1-sigma error of L500_{tag}"),
-        ]
+        desc = f"rest-frame {band} keV luminosity within R500 (unabsorbed)"
+        cols += _with_errors(f"L500_{tag}", "erg s-1", desc, f"1-sigma error of L500_{tag}")
     cols += [
         c("flag_unconstrained", "bool", "", "a free parameter's error exceeds 50% of its value"),
         c("flag_at_limit", "bool", "", "a free parameter sits at a limit"),

@@ -33,6 +33,7 @@ from xmmcore.observation import (
     scan_data_dir,
     validate_obsid,
 )
+from xmmcore.products import SurveyLayout
 
 from .config import Config, check_environment, check_obsid_selection, write_resolved
 from .graph import (
@@ -140,7 +141,7 @@ class SurveyReport:
             lines.append("catalogue: " + ", ".join(str(p) for p in self.catalogue))
         elif self.catalogue_error:
             lines.append(self.catalogue_error)
-        plots = self.results_dir / "plots"
+        plots = SurveyLayout(self.results_dir).plots_dir
         if plots.is_dir():
             lines.append(f"plots: {plots}")
         lines.append(f"status: xmm-survey status --results {self.results_dir}")
@@ -387,7 +388,7 @@ def run_survey(
             cfg["data_dir"],
         )
         skipped = skipped_folders(cfg, chosen)
-        atomic_write_json(results_dir / "skipped.json", skipped)
+        atomic_write_json(SurveyLayout(results_dir).skipped, skipped)
         for folder, why in skipped.items():
             log.info("skipped folder %s: %s", folder, why)
         observations = load_observations(cfg, chosen)

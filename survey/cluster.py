@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from xmmcore.errors import ConfigError
+from xmmcore.products import SurveyLayout
 
 __all__ = [
     "JOBQUEUE_KEYS",
@@ -60,7 +61,7 @@ WORKER_PROFILE_OFF = "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False"
 #: ``cluster.profile: true``: the profiler on, in the job script of SLURM workers.
 WORKER_PROFILE_ON = "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True"
 #: Where ``cluster.profile: true`` writes the survey's Dask profile (bokeh HTML), under ``results/``.
-PROFILE_PATH = Path("logs") / "dask-profile.html"
+PROFILE_PATH = SurveyLayout(".").dask_profile
 
 
 def scheduler_config(cfg: Any) -> dict[str, Any]:
@@ -76,7 +77,7 @@ def write_profile(client: Any, results_dir: str | Path) -> Path | None:
     """
     from xmmcore.fsutil import atomic_path
 
-    target = Path(results_dir) / PROFILE_PATH
+    target = SurveyLayout(results_dir).dask_profile
     try:
         with atomic_path(target) as tmp:
             client.profile(filename=str(tmp))
@@ -212,7 +213,7 @@ def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
             f"cluster.slurm.processes ({processes}) must not exceed cluster.slurm.cores ({cores})"
         )
     slots = max(1, cores // processes)
-    log_dir = s.get("log_directory") or str(Path(results_dir) / "logs" / "slurm")
+    log_dir = s.get("log_directory") or str(SurveyLayout(results_dir).slurm_log_dir)
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
         "log_directory": log_dir,

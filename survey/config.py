@@ -32,6 +32,7 @@ import yaml
 
 from xmmcore.errors import ConfigError
 from xmmcore.fsutil import atomic_write_text
+from xmmcore.products import SurveyLayout
 
 __all__ = [
     "DEFAULTS_PATH",
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
-RESOLVED_NAME = "config.resolved.yaml"
+RESOLVED_NAME = SurveyLayout.RESOLVED_CONFIG
 
 _NoneType = type(None)
 # Keys whose type cannot be inferred from the default value alone (default null, or several forms).

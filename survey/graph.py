@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.fsutil import atomic_write_json
+from xmmcore.products import SurveyLayout
 
 from .cluster import SLOT_RESOURCE
 from .joint import JOINT_STEP, JointPlan, execute_joint
@@ -326,7 +327,7 @@ def catalogue_is_current(results_dir: str | Path, obsids: Sequence[str], steps: 
                     return False
             except FileNotFoundError:
                 continue
-    return all(p.stat().st_mtime_ns <= cat_mtime for p in (results_dir / "joint").glob("*.json"))
+    return all(p.stat().st_mtime_ns <= cat_mtime for p in SurveyLayout(results_dir).joint_dir.glob("*.json"))
 
 
 def build_catalogue(
@@ -368,9 +369,9 @@ def build_catalogue(
     try:  # survey figures (kT/Z/flux histograms, L-T, sky, exposure vs S/N); a plot never loses the catalogue
         from catalog.plots import survey_figures
 
-        figures = survey_figures(df, results_dir / "plots")
+        figures = survey_figures(df, SurveyLayout(results_dir).plots_dir)
         info["figures"] = {k: str(v) for k, v in figures.items() if k != "lt_fit"}
-        log.info("survey figures -> %s", results_dir / "plots")
+        log.info("survey figures -> %s", SurveyLayout(results_dir).plots_dir)
     except Exception as exc:  # noqa: BLE001
         log.warning("survey figures not made: %s: %s", type(exc).__name__, exc)
     log.info("catalogue: %d rows -> %s (%.2f s)", info["n_rows"], ", ".join(map(str, paths)), info["wall_s"])

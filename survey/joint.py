@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from xmmcore.products import SurveyLayout
+
 from .logs import step_logger
 from .steps import RECORD_SCHEMA, read_record, write_record
 
@@ -62,7 +64,7 @@ def joint_slug(target: str) -> str:
 
 def joint_outdir(results_dir: str | os.PathLike[str], slug: str) -> Path:
     """``results/joint/<slug>/`` (holds ``steps/joint.json`` and ``logs/joint.log``)."""
-    return Path(results_dir) / "joint" / slug
+    return SurveyLayout(results_dir).joint_outdir(slug)
 
 
 def joint_groups(
@@ -324,7 +326,7 @@ def execute_joint(task: JointTask, *upstream: Mapping[str, Any] | None) -> dict[
     rec["attempts"] = 1
     if status == "done":
         products = [Path(out["path"])]
-        stack_dir = root / "joint" / f"{task.slug}_stack"
+        stack_dir = SurveyLayout(root).joint_stack_dir(task.slug)
         if out.get("stack") and stack_dir.is_dir():
             products += sorted(p for p in stack_dir.iterdir() if p.is_file())
         rec["outputs"] = [

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.errors import ConfigError
+from xmmcore.products import SurveyLayout
 
 __all__ = ["LOCK_NAME", "ResultsLockedError", "break_lock", "check_unlocked", "lock_holder", "results_lock"]
 
-LOCK_NAME = ".lock"
+LOCK_NAME = SurveyLayout.LOCK
 
 
 class ResultsLockedError(ConfigError):

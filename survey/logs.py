@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from xmmcore.products import ObsProducts
+from xmmcore.products import ObsProducts, SurveyLayout
 
 __all__ = [
     "LOG_FORMAT",
@@ -88,7 +88,7 @@ def survey_logger(
     results_dir: str | os.PathLike[str], *, name: str = "survey", filename: str = "survey.log"
 ) -> logging.Logger:
     """The driver's logger, appending to ``results/logs/<filename>`` (default ``survey.log``)."""
-    path = Path(results_dir) / "logs" / filename
+    path = SurveyLayout(results_dir).driver_log(filename)
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger(f"{name}.run")
     logger.setLevel(logging.INFO)
@@ -126,7 +126,7 @@ def collect_worker_logs(client: Any, results_dir: str | os.PathLike[str]) -> lis
         nodes = client.run(_node_name)
     except Exception:  # noqa: BLE001 - without node names the worker addresses still tell them apart
         nodes = {}
-    folder = Path(results_dir) / "logs" / "workers"
+    folder = SurveyLayout(results_dir).workers_log_dir
     for worker, lines in logs.items():
         node = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(nodes.get(worker, "node"))).strip("_")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(worker)).strip("_")
@@ -155,7 +155,7 @@ def dask_logs_to_file(results_dir: str | os.PathLike[str], *, quiet: bool = True
     the scheduler's and nannies' messages about a lost worker (with their tracebacks) go to the file
     instead of between the progress bar and the summary. Everything is restored afterwards.
     """
-    path = Path(results_dir) / "logs" / "dask.log"
+    path = SurveyLayout(results_dir).dask_log
     path.parent.mkdir(parents=True, exist_ok=True)
     logger = logging.getLogger("distributed")
     handler = _FileHandler(path)

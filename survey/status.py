@@ -16,7 +16,7 @@ from typing import Any
 
 from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.observation import validate_obsid
-from xmmcore.products import ObsProducts
+from xmmcore.products import ObsProducts, SurveyLayout
 
 from .steps import INPUTS_ERROR_NAME, read_record, record_path
 
@@ -180,7 +180,7 @@ def collect_status(
             note = None
         if isinstance(note, dict):
             status.notes[obsid] = f"inputs unreadable now (finished records kept): {note.get('reason', '')}"
-    jdir = results_dir / "joint"
+    jdir = SurveyLayout(results_dir).joint_dir
     for path in sorted(jdir.glob("*/steps/joint.json")) if jdir.is_dir() else []:
         status.joint[path.parent.parent.name] = _state(read_record(path.parent.parent, "joint"))
     return status
@@ -200,7 +200,7 @@ def _state(rec: dict[str, Any] | None) -> StepState:
 
 def _read_skipped(results_dir: Path) -> dict[str, str]:
     """Folders of the data directory that the last run did not process (``results/skipped.json``)."""
-    path = results_dir / "skipped.json"
+    path = SurveyLayout(results_dir).skipped
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):

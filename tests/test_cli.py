@@ -288,3 +288,16 @@ def test_joint_needs_two_obsids_of_one_target(tmp_path, capsys):
     assert check_joint_obsids(results, "A2029", ["0900000001", "0900000002"]) == []
     notes = check_joint_obsids(results, "A2029", ["0900000001", "0900000003"], force=True)
     assert len(notes) == 1 and "redshifts differ" in notes[0]
+
+
+def test_simulate_options_are_the_simulators_defaults():
+    import inspect
+
+    from survey.commands.simulate import SIMULATOR_OPTIONS
+    from xmmcore.simulate import simulate_survey
+
+    params = inspect.signature(simulate_survey).parameters
+    assert {name: default for name, _, default, *_ in SIMULATOR_OPTIONS} == {
+        name: params[name].default for name, *_ in SIMULATOR_OPTIONS
+    }
+    assert len(SIMULATOR_OPTIONS) == 8

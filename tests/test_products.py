@@ -136,3 +136,63 @@ def test_step_records_list_exactly_the_declared_outputs(one_obsid_run):
     } <= recorded
     assert json.loads(products.fit_json.read_text())["parameters"]
     assert Path(read_record(outdir, "fit")["summary"]["fit_json"]) == products.fit_json
+
+
+def test_survey_layout_names_every_results_level_path(tmp_path):
+    from catalog import io as catalog_io
+    from survey.cluster import PROFILE_PATH
+    from survey.config import RESOLVED_NAME
+    from survey.lock import LOCK_NAME
+    from xmmcore.errors import InputDataError
+    from xmmcore.observation import RESERVED_NAMES
+    from xmmcore.products import SurveyLayout
+
+    s = SurveyLayout(tmp_path)
+    rel = {
+        k: s.rel(getattr(s, k))
+        for k in ("catalogue_parquet", "catalogue_fits", "resolved_config", "skipped", "lock", "plots_dir")
+    }
+    assert rel == {
+        "catalogue_parquet": "catalogue.parquet",
+        "catalogue_fits": "catalogue.fits",
+        "resolved_config": "config.resolved.yaml",
+        "skipped": "skipped.json",
+        "lock": ".lock",
+        "plots_dir": "plots",
+    }
+    assert s.rel(s.report_index()) == "report/index.html"
+    assert s.report_index(tmp_path / "web") == tmp_path / "web" / "index.html"
+    assert [s.rel(p) for p in (s.driver_log(), s.workers_log_dir, s.dask_log, s.slurm_log_dir)] == [
+        "logs/survey.log",
+        "logs/workers",
+        "logs/dask.log",
+        "logs/slurm",
+    ]
+    assert s.rel(s.dask_profile) == PROFILE_PATH.as_posix() == "logs/dask-profile.html"
+    assert [s.rel(p) for p in (s.joint_record("A"), s.joint_outdir("A"), s.joint_stack_dir("A"))] == [
+        "joint/A.json",
+        "joint/A",
+        "joint/A_stack",
+    ]
+    assert s.rel(s.mosaic("a907")) == "joint/a907_mosaic.fits"
+    assert s.obs("0123456789") == ObsProducts(tmp_path / "0123456789")
+    # the names other modules export are the layout's
+    assert (catalog_io.CATALOGUE_PARQUET, catalog_io.CATALOGUE_FITS) == (
+        "catalogue.parquet",
+        "catalogue.fits",
+    )
+    assert s.resolved_config.name == RESOLVED_NAME and s.lock.name == LOCK_NAME
+    assert RESERVED_NAMES == SurveyLayout.RESERVED and {"joint", "logs", "plots", "report"} <= RESERVED_NAMES
+    # joint records: *.json only, hidden files left out
+    assert s.joint_records() == []
+    s.joint_dir.mkdir()
+    for name in ("b.json", "a.json", ".hidden.json", "notes.txt"):
+        (s.joint_dir / name).write_text("{}")
+    assert [p.name for p in s.joint_records()] == ["a.json", "b.json"]
+    # the resolved configuration: {} when absent, an error naming the file when it is not a mapping
+    assert s.read_resolved_config() == {}
+    s.resolved_config.write_text("fit:\n  stat: wstat\n")
+    assert s.read_resolved_config() == {"fit": {"stat": "wstat"}}
+    s.resolved_config.write_text("- a\n- b\n")
+    with pytest.raises(InputDataError, match="config.resolved.yaml"):
+        s.read_resolved_config()

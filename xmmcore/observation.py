@@ -40,6 +40,7 @@ from typing import Any
 
 from .constants import CAMERAS
 from .errors import InputDataError
+from .products import SurveyLayout
 
 __all__ = [
     "CAMERAS",
@@ -80,20 +81,7 @@ _TIMING_WORDS = ("timing", "burst", "fastuncompressed", "fastcompressed")
 
 #: Names of the results root's own files and folders: an ObsID may not take one of them (compared
 #: without case, for case-insensitive file systems).
-RESERVED_NAMES = frozenset(
-    {
-        "logs",
-        "plots",
-        "joint",
-        "report",
-        "catalogue",
-        "catalogue.parquet",
-        "catalogue.fits",
-        "config.resolved.yaml",
-        "skipped.json",
-        "steps",
-    }
-)
+RESERVED_NAMES = SurveyLayout.RESERVED
 
 
 def printable_name(name: object) -> str:
@@ -807,7 +795,7 @@ def scan_data_dir(
         if sub.name.startswith("."):
             skipped[name] = "hidden folder"
             continue
-        if any(_same_dir(sub, e) for e in excluded) or (sub / "config.resolved.yaml").exists():
+        if any(_same_dir(sub, e) for e in excluded) or (sub / SurveyLayout.RESOLVED_CONFIG).exists():
             skipped[name] = "a results folder (results_dir inside data_dir), not an ObsID"
             continue
         try:

@@ -1,8 +1,14 @@
-"""The one layout of the per-ObsID products under ``results/<obsid>/``.
+"""The one layout of the results folder: :class:`SurveyLayout` (``results/``) and :class:`ObsProducts`
+(``results/<obsid>/``).
 
-Every path a step writes or reads is named here and nowhere else: the backends, the pipeline's
-``step_inputs``/``fit_inputs``, the catalogue row builder and the report all ask an
+Every path a step, the survey driver, the catalogue or the report writes or reads is named here and
+nowhere else: the backends, the pipeline's ``step_inputs``/``fit_inputs``, the joint step, status,
+logs, the lock, the catalogue row builder and the report all ask a :class:`SurveyLayout` or an
 :class:`ObsProducts` for them.
+
+>>> s = SurveyLayout("results")
+>>> s.rel(s.catalogue_parquet), s.rel(s.joint_outdir("A2029")), s.rel(s.lock)
+('catalogue.parquet', 'joint/A2029', '.lock')
 
 >>> p = ObsProducts("results/0900100001")
 >>> p.clean_events("pn").relative_to(p.outdir).as_posix()
@@ -16,8 +22,166 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ObsProducts"]
+__all__ = ["ObsProducts", "SurveyLayout"]
+
+
+@dataclass(frozen=True)
+class SurveyLayout:
+    """Paths of the survey-level products under ``results/`` (``results_dir``).
+
+    ``catalogue.parquet``/``catalogue.fits`` (the catalogue), ``config.resolved.yaml``,
+    ``skipped.json`` (data folders not processed), ``.lock`` (one writer), ``plots/`` (survey
+    figures), ``report/index.html``, ``logs/`` (driver, workers, Dask, SLURM, the Dask profile) and
+    ``joint/`` (joint-fit records ``<target>.json``, the joint step's ``<slug>/`` folders, stacked
+    spectra ``<target>_stack/``, mosaics ``<name>_mosaic.fits``); ``<obsid>/`` is :meth:`obs`.
+    """
+
+    results_dir: Path
+
+    CATALOGUE_PARQUET = "catalogue.parquet"
+    CATALOGUE_FITS = "catalogue.fits"
+    RESOLVED_CONFIG = "config.resolved.yaml"
+    SKIPPED = "skipped.json"
+    LOCK = ".lock"
+    PLOTS = "plots"
+    REPORT = "report"
+    LOGS = "logs"
+    JOINT = "joint"
+    #: Names of the root's own files and folders: an ObsID may not take one of them.
+    RESERVED = frozenset(
+        {
+            LOGS,
+            PLOTS,
+            JOINT,
+            REPORT,
+            "catalogue",
+            CATALOGUE_PARQUET,
+            CATALOGUE_FITS,
+            RESOLVED_CONFIG,
+            SKIPPED,
+            "steps",
+        }
+    )
+
+    def __init__(self, results_dir: str | os.PathLike[str]) -> None:
+        object.__setattr__(self, "results_dir", Path(results_dir))
+
+    def obs(self, obsid: str) -> ObsProducts:
+        """The products of one ObsID (``results/<obsid>/``)."""
+        return ObsProducts(self.results_dir / obsid)
+
+    # ------------------------------------------------------------------ root files
+    @property
+    def catalogue_parquet(self) -> Path:
+        return self.results_dir / self.CATALOGUE_PARQUET
+
+    @property
+    def catalogue_fits(self) -> Path:
+        return self.results_dir / self.CATALOGUE_FITS
+
+    @property
+    def catalogue_files(self) -> tuple[Path, Path]:
+        return self.catalogue_parquet, self.catalogue_fits
+
+    @property
+    def resolved_config(self) -> Path:
+        return self.results_dir / self.RESOLVED_CONFIG
+
+    def read_resolved_config(self) -> dict[str, Any]:
+        """``config.resolved.yaml`` as a dict (empty when absent); invalid YAML or a top level that is not
+        a mapping is an ``InputDataError`` naming the file."""
+        path = self.resolved_config
+        if not path.exists():
+            return {}
+        import yaml
+
+        from .errors import InputDataError
+
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise InputDataError(f"invalid YAML ({exc})", path) from exc
+        if not isinstance(cfg, dict):
+            raise InputDataError("expected a mapping at the top level", path)
+        return cfg
+
+    @property
+    def skipped(self) -> Path:
+        return self.results_dir / self.SKIPPED
+
+    @property
+    def lock(self) -> Path:
+        return self.results_dir / self.LOCK
+
+    # ------------------------------------------------------------------ figures, report
+    @property
+    def plots_dir(self) -> Path:
+        return self.results_dir / self.PLOTS
+
+    @property
+    def report_dir(self) -> Path:
+        return self.results_dir / self.REPORT
+
+    def report_index(self, out_dir: str | os.PathLike[str] | None = None) -> Path:
+        """``index.html`` of the report (in ``out_dir``, default ``results/report/``)."""
+        return (Path(out_dir) if out_dir is not None else self.report_dir) / "index.html"
+
+    # ------------------------------------------------------------------ logs
+    @property
+    def logs_dir(self) -> Path:
+        return self.results_dir / self.LOGS
+
+    def driver_log(self, filename: str = "survey.log") -> Path:
+        return self.logs_dir / filename
+
+    @property
+    def workers_log_dir(self) -> Path:
+        return self.logs_dir / "workers"
+
+    @property
+    def dask_log(self) -> Path:
+        return self.logs_dir / "dask.log"
+
+    @property
+    def slurm_log_dir(self) -> Path:
+        return self.logs_dir / "slurm"
+
+    @property
+    def dask_profile(self) -> Path:
+        return self.logs_dir / "dask-profile.html"
+
+    # ------------------------------------------------------------------ joint fits, stacks, mosaics
+    @property
+    def joint_dir(self) -> Path:
+        return self.results_dir / self.JOINT
+
+    def joint_record(self, name: str) -> Path:
+        """The joint-fit (or mosaic) record ``joint/<name>.json`` the catalogue and report read."""
+        return self.joint_dir / f"{name}.json"
+
+    def joint_records(self) -> list[Path]:
+        """Every record ``joint/*.json`` (sorted; hidden files left out)."""
+        if not self.joint_dir.is_dir():
+            return []
+        return sorted(p for p in self.joint_dir.glob("*.json") if not p.name.startswith("."))
+
+    def joint_outdir(self, slug: str) -> Path:
+        """The joint step's folder of one target, ``joint/<slug>/`` (``steps/joint.json``, ``logs/``)."""
+        return self.joint_dir / slug
+
+    def joint_stack_dir(self, target: str) -> Path:
+        """Stacked spectra of a target, ``joint/<target>_stack/``."""
+        return self.joint_dir / f"{target}_stack"
+
+    def mosaic(self, name: str) -> Path:
+        """Mosaic image of a multi-ObsID data folder, ``joint/<name>_mosaic.fits``."""
+        return self.joint_dir / f"{name}_mosaic.fits"
+
+    def rel(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to ``results/`` (POSIX separators)."""
+        return Path(path).relative_to(self.results_dir).as_posix()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 from .constants import CAMERAS
 from .errors import InputDataError
 from .fsutil import atomic_write_fits, atomic_write_json
+from .products import SurveyLayout
 
 __all__ = [
     "Mosaic",
@@ -540,7 +541,7 @@ def mosaic_observations(
     }
     if events:
         m = mosaic(events, exposure_maps=expmaps)
-        fits_path = write_mosaic(m, Path(results_dir) / "joint" / f"{name}_mosaic.fits")
+        fits_path = write_mosaic(m, SurveyLayout(results_dir).mosaic(name))
         rec["mosaic_fits"] = str(fits_path)
         flat = [i["path"] for i in m.inputs if i["exposure"].startswith("flat")]
         notes.append(
@@ -549,5 +550,5 @@ def mosaic_observations(
             f"exposure (no vignetting) for {len(flat)}: "
             + ", ".join(Path(p).parent.parent.name + "/" + Path(p).name for p in flat)
         )
-    rec["path"] = atomic_write_json(Path(results_dir) / "joint" / f"{name}.json", rec)
+    rec["path"] = atomic_write_json(SurveyLayout(results_dir).joint_record(name), rec)
     return rec

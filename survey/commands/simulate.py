@@ -13,7 +13,38 @@ from pathlib import Path
 
 from xmmcore.errors import XmmSurveyError, exit_code_for
 
-__all__ = ["add_parser"]
+__all__ = ["SIMULATOR_OPTIONS", "add_parser"]
+
+#: Options passed to :func:`xmmcore.simulate.simulate_survey`: (keyword, type or "range", default,
+#: metavar, help). The defaults are the simulator's own (``tests/test_cli.py`` checks they agree).
+SIMULATOR_OPTIONS: tuple[tuple[str, object, object, str, str], ...] = (
+    (
+        "exposure_ks",
+        "range",
+        (20.0, 35.0),
+        "KS|MIN,MAX",
+        "on-time per ObsID in ks, or the range it is drawn from",
+    ),
+    (
+        "targets_per_field",
+        int,
+        1,
+        "N",
+        "clusters per field: the target near the aim point + N-1 serendipitous ones",
+    ),
+    ("point_sources", float, 8.0, "MEAN", "mean number of point sources per field"),
+    ("flare_fraction", float, 0.15, "F", "fraction of the on-time in soft-proton flares, 0 = none"),
+    (
+        "cluster_counts",
+        "range",
+        (6000.0, 30000.0),
+        "MIN,MAX",
+        "detected pn photons of the target, drawn log-uniform",
+    ),
+    ("kt_range", "range", (2.0, 9.0), "MIN,MAX", "cluster temperature range in keV"),
+    ("z_range", "range", (0.05, 0.4), "MIN,MAX", "redshift range"),
+    ("nh_range", "range", (0.01, 0.1), "MIN,MAX", "Galactic nH range in 1e22 cm^-2, log-uniform"),
+)
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -49,15 +80,8 @@ def _run(args: argparse.Namespace) -> int:
             n_obsids=args.n_obsids,
             seed=args.seed,
             cameras=cameras,
-            exposure_ks=args.exposure_ks,
-            targets_per_field=args.targets_per_field,
-            point_sources=args.point_sources,
-            flare_fraction=args.flare_fraction,
-            cluster_counts=args.cluster_counts,
-            kt_range=args.kt_range,
-            z_range=args.z_range,
-            nh_range=args.nh_range,
             progress=progress,
+            **{name: getattr(args, name) for name, *_ in SIMULATOR_OPTIONS},
         )
     except XmmSurveyError as exc:
         print(f"xmm-survey: error: {exc}", file=sys.stderr)
@@ -87,62 +111,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--n-obsids", type=int, default=12, metavar="N", help="number of ObsIDs (default 12)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
     p.add_argument("--cameras", default="pn,mos1,mos2", help="comma-separated cameras (default pn,mos1,mos2)")
-    p.add_argument(
-        "--exposure-ks",
-        type=_range,
-        default=(20.0, 35.0),
-        metavar="KS|MIN,MAX",
-        help="on-time per ObsID in ks, or the range it is drawn from (default 20,35)",
-    )
-    p.add_argument(
-        "--targets-per-field",
-        type=int,
-        default=1,
-        metavar="N",
-        help="clusters per field: the target near the aim point + N-1 serendipitous ones (default 1)",
-    )
-    p.add_argument(
-        "--point-sources",
-        type=float,
-        default=8.0,
-        metavar="MEAN",
-        help="mean number of point sources per field (default 8)",
-    )
-    p.add_argument(
-        "--flare-fraction",
-        type=float,
-        default=0.15,
-        metavar="F",
-        help="fraction of the on-time in soft-proton flares, 0 = none (default 0.15)",
-    )
-    p.add_argument(
-        "--cluster-counts",
-        type=_range,
-        default=(6000.0, 30000.0),
-        metavar="MIN,MAX",
-        help="detected pn photons of the target, drawn log-uniform (default 6000,30000)",
-    )
-    p.add_argument(
-        "--kt-range",
-        type=_range,
-        default=(2.0, 9.0),
-        metavar="MIN,MAX",
-        help="cluster temperature range in keV (default 2,9)",
-    )
-    p.add_argument(
-        "--z-range",
-        type=_range,
-        default=(0.05, 0.4),
-        metavar="MIN,MAX",
-        help="redshift range (default 0.05,0.4)",
-    )
-    p.add_argument(
-        "--nh-range",
-        type=_range,
-        default=(0.01, 0.1),
-        metavar="MIN,MAX",
-        help="Galactic nH range in 1e22 cm^-2, log-uniform (default 0.01,0.1)",
-    )
+    for name, kind, default, metavar, what in SIMULATOR_OPTIONS:
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else f"{default:g}"
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=_range if kind == "range" else kind,
+            default=default,
+            metavar=metavar,
+            help=f"{what} (default {shown})",
+        )
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     p.set_defaults(func=_run)
     return p

@@ -501,7 +501,7 @@ def _sas_responses(
         arf=arf,
         settings=settings,
     )
-    records = run_commands(cmds, settings=settings, log=log, log_dir=products.outdir / "logs")
+    records = run_commands(cmds, settings=settings, log=log, log_dir=products.logs_dir)
     return {
         "rmf": str(rmf),
         "arf": str(arf),

@@ -980,82 +980,22 @@ def build_spectra_commands(
                 description=f"{camera} {kind} spectrum",
             )
         )
-    for kind in ("src", "bkg"):
-        cmds.append(
-            _cmd(
-                step,
-                f"backscale-{kind}",
-                _argv("backscale", spectrumset=str(out[kind]), badpixlocation=clean),
-                outdir,
-                settings,
-                odf=odf,
-                ccf=ccf,
-                outputs=[out[kind]],
-                description=f"BACKSCAL of the {kind} spectrum (area minus bad pixels/chip gaps)",
-            )
-        )
     rmf = _sas_dir(outdir, step, "rmfgen") / f"{camera}.rmf"
-    cmds.append(
-        _cmd(
-            step,
-            "rmfgen",
-            _argv("rmfgen", spectrumset=str(out["src"]), rmfset=str(rmf)),
-            outdir,
-            settings,
-            odf=odf,
-            ccf=ccf,
-            outputs=[rmf],
-            description="redistribution matrix",
-        )
-    )
-    detmap = _sas_dir(outdir, step, "evselect-detmap") / f"{camera}_detmap.ds"
-    cmds.append(
-        _cmd(
-            step,
-            "evselect-detmap",
-            _argv(
-                "evselect",
-                table=clean,
-                withimageset=True,
-                imageset=str(detmap),
-                xcolumn="DETX",
-                ycolumn="DETY",
-                imagebinning="binSize",
-                ximagebinsize=120,
-                yimagebinsize=120,
-                expression=f"{sel}&&{region_expression(regions, 'src')}",
-            ),
-            outdir,
-            settings,
-            odf=odf,
-            ccf=ccf,
-            outputs=[detmap],
-            description="detector map of the source region (weights the ARF of an extended source)",
-        )
-    )
     arf = _sas_dir(outdir, step, "arfgen") / f"{camera}.arf"
-    cmds.append(
-        _cmd(
-            step,
-            "arfgen",
-            _argv(
-                "arfgen",
-                spectrumset=str(out["src"]),
-                arfset=str(arf),
-                withrmfset=True,
-                rmfset=str(rmf),
-                badpixlocation=clean,
-                extendedsource=True,
-                detmaptype="dataset",
-                detmaparray=str(detmap),
-            ),
-            outdir,
-            settings,
-            odf=odf,
-            ccf=ccf,
-            outputs=[arf],
-            description="ARF for an extended source",
-        )
+    cmds += _response_chain(
+        step,
+        camera,
+        outdir,
+        settings,
+        odf=odf,
+        ccf=ccf,
+        src=out["src"],
+        bkg=out["bkg"],
+        clean=clean,
+        rmf=rmf,
+        arf=arf,
+        detmap_expression=f"{sel}&&{region_expression(regions, 'src')}",
+        backscale_note="(area minus bad pixels/chip gaps)",
     )
     cmds += _specgroup(
         step, camera, outdir, settings, odf, ccf, out["src"], out["bkg"], rmf, arf, grouping, min_counts
@@ -1083,17 +1023,53 @@ def build_response_commands(
     step = f"responses_{camera}"
     ccf, _ = _ccf_for(obs, outdir, settings)
     odf = _odf_for(obs, outdir, settings, camera)
+    return _response_chain(
+        step,
+        camera,
+        outdir,
+        settings,
+        odf=odf,
+        ccf=ccf,
+        src=src,
+        bkg=bkg,
+        clean=str(clean),
+        rmf=rmf,
+        arf=arf,
+        detmap_expression=None,
+        backscale_note="from its DSS region",
+    )
+
+
+def _response_chain(
+    step: str,
+    camera: str,
+    outdir: Path,
+    settings: SasSettings,
+    *,
+    odf: str | None,
+    ccf: str | None,
+    src: Path,
+    bkg: Path,
+    clean: str,
+    rmf: Path,
+    arf: Path,
+    detmap_expression: str | None,
+    backscale_note: str,
+) -> list[Command]:
+    """``backscale`` of both spectra (in place), ``rmfgen``, a DETX/DETY detector map (of the events that
+    ``detmap_expression`` selects; all of them when ``None``) and ``arfgen extendedsource=yes
+    detmaptype=dataset``: the responses of an extended source, for the SAS and the Python spectra alike."""
+    kw: dict[str, Any] = {"odf": odf, "ccf": ccf}
     cmds = [
         _cmd(
             step,
             f"backscale-{kind}",
-            _argv("backscale", spectrumset=str(path), badpixlocation=str(clean)),
+            _argv("backscale", spectrumset=str(path), badpixlocation=clean),
             outdir,
             settings,
-            odf=odf,
-            ccf=ccf,
             outputs=[path],
-            description=f"BACKSCAL of the {kind} spectrum from its DSS region",
+            description=f"BACKSCAL of the {kind} spectrum {backscale_note}",
+            **kw,
         )
         for kind, path in (("src", src), ("bkg", bkg))
     ]
@@ -1104,10 +1080,9 @@ def build_response_commands(
             _argv("rmfgen", spectrumset=str(src), rmfset=str(rmf)),
             outdir,
             settings,
-            odf=odf,
-            ccf=ccf,
             outputs=[rmf],
             description="redistribution matrix",
+            **kw,
         )
     )
     detmap = _sas_dir(outdir, step, "evselect-detmap") / f"{camera}_detmap.ds"
@@ -1117,7 +1092,7 @@ def build_response_commands(
             "evselect-detmap",
             _argv(
                 "evselect",
-                table=str(clean),
+                table=clean,
                 withimageset=True,
                 imageset=str(detmap),
                 xcolumn="DETX",
@@ -1125,13 +1100,17 @@ def build_response_commands(
                 imagebinning="binSize",
                 ximagebinsize=120,
                 yimagebinsize=120,
+                expression=detmap_expression,
             ),
             outdir,
             settings,
-            odf=odf,
-            ccf=ccf,
             outputs=[detmap],
-            description="detector map (weights the ARF of an extended source)",
+            description=(
+                "detector map of the source region (weights the ARF of an extended source)"
+                if detmap_expression
+                else "detector map (weights the ARF of an extended source)"
+            ),
+            **kw,
         )
     )
     cmds.append(
@@ -1144,17 +1123,16 @@ def build_response_commands(
                 arfset=str(arf),
                 withrmfset=True,
                 rmfset=str(rmf),
-                badpixlocation=str(clean),
+                badpixlocation=clean,
                 extendedsource=True,
                 detmaptype="dataset",
                 detmaparray=str(detmap),
             ),
             outdir,
             settings,
-            odf=odf,
-            ccf=ccf,
             outputs=[arf],
             description="ARF for an extended source",
+            **kw,
         )
     )
     return cmds

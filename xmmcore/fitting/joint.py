@@ -25,7 +25,7 @@ import numpy as np
 from ..constants import CAMERAS
 from ..errors import FitError, InputDataError, XmmSurveyError
 from ..fsutil import atomic_write_json
-from ..products import ObsProducts
+from ..products import ObsProducts, SurveyLayout
 from ..settings import FitSettings, engine_options_from_config
 from .engines import FitEngine, FitInput, engine_from_config
 
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Folder under ``results/`` holding the joint records (``<target>.json``) and stacked spectra.
-JOINT_DIR = "joint"
+JOINT_DIR = SurveyLayout.JOINT
 _CAMERAS = CAMERAS
 
 
@@ -203,7 +203,7 @@ def joint_path(results_dir: str | os.PathLike[str], name: str) -> Path:
     """``results/joint/<name>.json`` (``name`` checked like an ObsID: no path separators)."""
     from ..observation import validate_obsid
 
-    return Path(results_dir) / JOINT_DIR / f"{validate_obsid(name)}.json"
+    return SurveyLayout(results_dir).joint_record(validate_obsid(name))
 
 
 def record_joint(
@@ -265,16 +265,7 @@ def _finite(value: Any) -> bool:
 
 
 def _resolved_config(results_dir: Path) -> dict[str, Any]:
-    path = results_dir / "config.resolved.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InputDataError(f"invalid YAML ({exc})", path) from exc
-    return cfg if isinstance(cfg, dict) else {}
+    return SurveyLayout(results_dir).read_resolved_config()
 
 
 def joint_settings(results_dir: str | os.PathLike[str]) -> FitSettings:
@@ -460,7 +451,7 @@ def _fit_stacks(
             arfs=[i.arf for i in items if i.arf is not None],
             bkgs=bkgs if len(bkgs) == len(items) else None,
         )
-        paths = write_stack(st, results_dir / JOINT_DIR / f"{target}_stack", stem=cam)
+        paths = write_stack(st, SurveyLayout(results_dir).joint_stack_dir(target), stem=cam)
         stacked.append(JointInput("stack", cam, paths["pha"], paths["rmf"], paths["arf"], paths.get("bkg")))
     if not stacked:
         return None
