@@ -417,7 +417,7 @@ def arf_on_axis(cfg: Mapping[str, Any]) -> bool:
     ss = SpectraSettings.from_config(cfg)
     if ss.arf_vignetting != "auto":
         return ss.arf_vignetting == "correct"
-    reduction = str((cfg.get("backend") or {}).get("reduction", "python"))
+    reduction = str(config_value(cfg, "backend.reduction"))
     return reduction == "python" and ss.responses != "sas"
 
 
