@@ -75,7 +75,7 @@ def plan_obsid(tasks: Sequence[StepTask]) -> ObsPlan:
         (tasks[0].outdir / INPUTS_ERROR_NAME).unlink(missing_ok=True)
     upstream_hash = ""
     for i, task in enumerate(tasks):
-        state, h, _inputs, record = check_step(task, upstream_hash)
+        state, h, _inputs, record = check_step(task, upstream_hash, plan=True)
         if state == "cached":
             plan.outcomes[task.step] = {
                 "obsid": task.obsid,

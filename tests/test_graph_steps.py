@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -68,9 +69,12 @@ def test_inputs_hash_follows_config_files_and_upstream(tmp_path: Path) -> None:
     out = tmp_path / "results" / obs.obsid
     files = list(obs.event_files.values())
     h, inputs = steps.compute_inputs_hash("filter", obs, out, CFG, files)
-    assert len(h) == 64 and inputs == [
+    signature = [{k: e[k] for k in ("path", "size", "mtime_ns")} for e in inputs]
+    assert len(h) == 64 and signature == [
         {"path": "pn_evts.fits", "size": 6, "mtime_ns": files[0].stat().st_mtime_ns}
     ]
+    # a file the user provides is also hashed by content
+    assert inputs[0]["sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
     assert steps.compute_inputs_hash("filter", obs, out, CFG, files)[0] == h  # deterministic
     # orchestration keys never enter a step's hash; its own sections and the metadata do
     assert steps.compute_inputs_hash("filter", obs, out, {**CFG, "cluster": {"workers": 8}}, files)[0] == h

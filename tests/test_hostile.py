@@ -1063,3 +1063,74 @@ def test_unlock_names_the_holder_and_removes_a_lock_of_another_host(tmp_path, ca
     assert main(["unlock", "--results", str(res), "--obsid", "0910000000"]) == 0
     assert not (res / "0910000000" / LOCK_NAME).exists()
     assert main(["unlock", "--results", str(res), "--obsid", "../etc"]) != 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs hashed by content: an edit within the same second, same size, is seen
+# ----------------------------------------------------------------------------------------------
+
+
+def test_an_input_edited_in_place_with_the_same_size_and_mtime_reruns_the_step(tmp_path):
+    """Weak case: the inputs hash was size + mtime; an edit keeping both (same second, or mtime set back,
+    as ``cp -p``/``rsync -t`` do) kept the hash and the old result was reused."""
+    from survey.api import run_one
+    from survey.steps import read_record
+
+    data, res = tmp_path / "data", tmp_path / "res"
+    obsid = helpers.make_survey(data, 1)[0]
+    cfg = load_config(
+        None, {"data_dir": str(data), "results_dir": str(res), "pipeline.module": "helpers.survey_steps"}
+    )
+    evt = data / obsid / "pn_evts.fits"
+    time.sleep(2.1)  # hashed > 2 s after its last change (ctime included): the digest may be reused
+    assert run_one(cfg, obsid)["filter"]["status"] == "done"
+    rec = read_record(res / obsid, "filter")
+    (entry,) = rec["inputs"]
+    assert entry["path"] == "pn_evts.fits" and len(entry["sha256"]) == 64
+    assert {"ino", "ctime_ns", "hashed_ns"} <= set(entry)
+    # resume: nothing changed, the digest comes from the record (the file is not read again)
+    import survey.steps
+
+    reads = []
+    real = survey.steps.file_digest
+    survey.steps._DIGEST_CACHE.clear()
+    try:
+        survey.steps.file_digest = lambda p, *a: reads.append(p) or real(p, *a)
+        assert run_one(cfg, obsid)["filter"]["status"] == "cached" and reads == []
+        # the same bytes count, one byte changed, the mtime put back: the content hash sees it
+        raw = bytearray(evt.read_bytes())
+        st = evt.stat()
+        raw[-100] ^= 0xFF
+        with open(evt, "r+b") as fh:
+            fh.write(raw)
+        os.utime(evt, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert evt.stat().st_size == st.st_size and evt.stat().st_mtime_ns == st.st_mtime_ns
+        second = run_one(cfg, obsid)
+        assert reads, "the edited file was not hashed again"
+    finally:
+        survey.steps.file_digest = real
+    assert second["filter"]["status"] in ("done", "failed")  # recomputed (the flipped byte may break it)
+    assert read_record(res / obsid, "filter")["inputs"][0]["sha256"] != entry["sha256"]
+
+
+def test_a_digest_is_not_reused_for_a_file_changed_just_before_it_was_hashed(tmp_path):
+    """The racy case: a file modified within the timestamp granularity of its hashing could change again
+    keeping size, mtime and ctime; its digest is then recomputed, never taken from the record."""
+    from survey.steps import _file_entry
+
+    path = tmp_path / "t.fits"
+    path.write_bytes(b"a" * 100)
+    fresh = _file_entry(path, [tmp_path], content=True)
+    assert fresh["hashed_ns"] - max(fresh["mtime_ns"], fresh["ctime_ns"]) < 2_000_000_000
+    forged = dict(fresh, sha256="0" * 64)  # what a stale cache entry would say
+    import survey.steps
+
+    survey.steps._DIGEST_CACHE.clear()
+    assert _file_entry(path, [tmp_path], content=True, previous=forged)["sha256"] == fresh["sha256"]
+    old = dict(forged, hashed_ns=fresh["hashed_ns"] + 10**10)  # hashed long after its last change
+    assert _file_entry(path, [tmp_path], content=True, previous=old)["sha256"] == "0" * 64  # reused
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    t0 = time.perf_counter()
+    assert _file_entry(fifo, [tmp_path], content=True)["kind"] == "not a regular file"
+    assert time.perf_counter() - t0 < 1.0  # never opened
