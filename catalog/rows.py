@@ -470,6 +470,11 @@ def rows_for_obsid(
     base.update(_meta_columns(_meta_for(obsid, obs_dir, steps, cfg), obsid))
     base.update(_provenance(steps))
     reg_path = products.regions_json
+    if products.fit_json.exists():
+        # an R500 iteration fitted the regions of its own folder (fit.json aperture.r500_products_dir)
+        iterated = (_read_json(products.fit_json).get("aperture") or {}).get("r500_products_dir")
+        if iterated and ObsProducts(products.outdir / str(iterated)).regions_json.exists():
+            reg_path = ObsProducts(products.outdir / str(iterated)).regions_json
     regions = _read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
     base.update(_region_columns(regions))
     base["inputs_note"] = _inputs_note(obs_dir, steps)

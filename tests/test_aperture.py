@@ -150,13 +150,25 @@ def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
     z, kpa = 0.1, 110.0  # kpc per arcmin
     radii = []
 
+    dirs = []
+
     def fake_regions(obs, outdir, cfg, log=None, r_src_arcmin=None):
         r = r_src_arcmin
         radii.append(r)
-        return {"r_src_arcmin": r, "kpc_per_arcmin": kpa, "r500_source": "iterated"}
+        dirs.append(outdir)
+        return {
+            "r_src_arcmin": r,
+            "kpc_per_arcmin": kpa,
+            "r500_source": "iterated",
+            "outputs": [str(outdir / "regions" / "regions.json")],
+        }
 
     monkeypatch.setattr(regions, "make_regions", fake_regions)
-    monkeypatch.setattr(pipeline, "_spectra", lambda *a, **k: {})
+    monkeypatch.setattr(
+        pipeline,
+        "_spectra",
+        lambda obs, outdir, *a, **k: {"outputs": [str(outdir / "spectra" / "pn_src.pha")]},
+    )
     monkeypatch.setattr(
         pipeline, "fit_inputs", lambda outdir, cams: ([SimpleNamespace(name=c) for c in cams], {})
     )
@@ -185,6 +197,15 @@ def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
     last = hist[-1]
     assert last["r500_arcmin"] == pytest.approx(A.r500_kpc(last["kT"], z) / kpa)
     assert abs(last["r500_arcmin"] - last["r_src_arcmin"]) < 0.05 * last["r500_arcmin"]
+    # re-extraction goes to results/<obsid>/r500/, never over the regions and spectra steps' products
+    # (they stay done on resume); the fit step declares those files
+    assert dirs and all(d == tmp_path / "r500" for d in dirs)
+    assert (tmp_path / "r500" / "events").is_symlink()
+    assert rec["products_dir"] == str(tmp_path / "r500")
+    assert rec["outputs"] == [
+        str(tmp_path / "r500" / "regions" / "regions.json"),
+        str(tmp_path / "r500" / "spectra" / "pn_src.pha"),
+    ]
     # a fit without a usable kT stops at once and says so
     _, _, _, rec = pipeline._iterate_r500(
         Obs(),

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -241,16 +242,19 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     result = run_fit(inputs)
     regions = _load_regions(outdir)
     r500: dict[str, Any] = {"r500_iterations": [], "r500_stop_reason": "", "r500_converged": None}
+    spectra_dir = products.spectra_dir
     if regions.get("r500_source") == "iterated":
         result, inputs, regions, r500 = _iterate_r500(obs, outdir, cfg, log, run_fit, result, inputs, regions)
+        if r500.get("products_dir"):
+            spectra_dir = ObsProducts(r500["products_dir"]).spectra_dir
     record = result.to_dict()
     record["aperture"] = _aperture_record(record, regions, r500, cfg, obs)
     atomic_write_json(products.fit_json, record)
     extra_outputs = []
     cex_inputs = [
-        dataclasses.replace(i, pha=products.spectra_dir / f"{i.name}_anncex_src.pha")
+        dataclasses.replace(i, pha=spectra_dir / f"{i.name}_anncex_src.pha")
         for i in inputs
-        if (products.spectra_dir / f"{i.name}_anncex_src.pha").exists()
+        if (spectra_dir / f"{i.name}_anncex_src.pha").exists()
     ]
     if cex_inputs:
         # core-excised (0.15-1 R) temperature: the catalogue reads it as region "cex"
@@ -267,6 +271,8 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
     result.to_xcm(products.fit_xcm)
     atomic_write_text(products.fit_txt, result.summary_text())
     outputs = [str(products.fit_json), str(products.fit_xcm), str(products.fit_txt), *extra_outputs]
+    # the R500 iteration's regions and spectra (in its own folder) are this step's products
+    outputs += [p for p in r500.get("outputs", []) if p not in outputs]
     summary: dict[str, Any] = {
         "fit_json": str(products.fit_json),
         "r500_source": regions.get("r500_source"),
@@ -310,6 +316,9 @@ def _iterate_r500(
 
     Stops when R500 changes by less than 5% between iterations, when the fit gives no usable kT,
     or after 6 iterations; the returned record lists every (aperture, kT, R500) and why it stopped.
+    The re-extracted regions and spectra go to ``outdir/r500/`` (its ``events`` a link to the cleaned
+    lists), never over the regions and spectra steps' products: those steps stay done on resume, and
+    the fit step declares the iteration's files as its own outputs (record ``outputs``, ``products_dir``).
     """
     from .aperture import fitted_kt, r500_kpc
     from .regions import make_regions
@@ -320,6 +329,8 @@ def _iterate_r500(
     history: list[dict[str, float]] = []
     stop, converged = f"not converged after {_R500_MAX_ITERATIONS} iterations", False
     r_cur = float(regions["r_src_arcmin"])
+    iter_dir = Path(outdir) / "r500"
+    outputs: list[str] = []
     for _ in range(_R500_MAX_ITERATIONS):
         kt = fitted_kt(result.to_dict())
         kpa = float(regions.get("kpc_per_arcmin") or float("nan"))
@@ -339,9 +350,11 @@ def _iterate_r500(
             r_kpc,
             r_new,
         )
-        regions = make_regions(obs, outdir, region_settings, log=log, r_src_arcmin=r_new)
-        _spectra(obs, outdir, cfg, log)
-        inputs, _ = fit_inputs(outdir, [i.name for i in inputs])
+        _link_events(outdir, iter_dir)
+        regions = make_regions(obs, iter_dir, region_settings, log=log, r_src_arcmin=r_new)
+        spectra = _spectra(obs, iter_dir, cfg, log)
+        outputs = [str(p) for p in [*regions.get("outputs", []), *spectra.get("outputs", [])]]
+        inputs, _ = fit_inputs(iter_dir, [i.name for i in inputs])
         result = run_fit(inputs)
         r_cur = r_new
     else:
@@ -354,8 +367,23 @@ def _iterate_r500(
         result,
         inputs,
         regions,
-        {"r500_iterations": history, "r500_stop_reason": stop, "r500_converged": converged},
+        {
+            "r500_iterations": history,
+            "r500_stop_reason": stop,
+            "r500_converged": converged,
+            "products_dir": str(iter_dir) if outputs else None,
+            "outputs": outputs,
+        },
     )
+
+
+def _link_events(outdir: Path, iter_dir: Path) -> None:
+    """``iter_dir/events`` -> ``outdir/events`` (relative link; the cleaned lists are read, never written)."""
+    iter_dir.mkdir(parents=True, exist_ok=True)
+    link = iter_dir / "events"
+    if link.is_symlink() or link.exists():
+        return
+    os.symlink(os.path.relpath(ObsProducts(outdir).events_dir, iter_dir), link, target_is_directory=True)
 
 
 def _aperture_record(
@@ -383,6 +411,8 @@ def _aperture_record(
         "r500_iterations": len(history),
         "r500_stop_reason": r500["r500_stop_reason"],
         "r500_history": history,
+        # relative to the ObsID's results folder
+        "r500_products_dir": Path(r500["products_dir"]).name if r500.get("products_dir") else None,
         "r_src_arcmin": regions.get("r_src_arcmin"),
         "r_src_kpc": regions.get("r_src_kpc"),
         "bkg_cluster_fraction": regions.get("bkg_cluster_fraction"),
