@@ -11,7 +11,12 @@ the scheduler on 127.0.0.1: nothing leaves the loopback range. The tests (marker
 * a worker job reaching its SLURM walltime mid-survey: its steps are rerun by the next job;
 * the driver ended (SIGTERM, as ``scancel`` does) while worker jobs are queued, then restarted: the
   finished steps are reused and the result is identical to the reference;
-* job-array mode (``run-one`` per array task) over the nodes: the same step results and catalogue.
+* job-array mode (``run-one`` per array task) over the nodes: the same step results and catalogue;
+* job-array mode with a node killed while one of its tasks is mid-chain: SLURM requeues the task
+  (``--requeue``) on another node, the requeued task takes over the ObsID lock its earlier run left
+  (same job id, higher restart count), and the catalogue equals the fault-free one;
+* the run-one lock judged by the real ``squeue``: live while the holder's job runs, taken over once
+  SLURM shows it CANCELLED, and a job id SLURM does not know is GONE.
 
 The steps are the cheap real ones of ``helpers.survey_steps`` (tiny FITS event lists).
 """
