@@ -18,7 +18,7 @@ Usage::
 
     nice -n 10 python benchmarks/bench_survey_scale.py --cluster slurm --workers 3 --n-obsids 500
     nice -n 10 python benchmarks/bench_survey_scale.py --cluster local --workers 2 --n-obsids 500
-    python benchmarks/bench_survey_scale.py --table    # print the markdown of the saved runs
+    python benchmarks/bench_survey_scale.py --table real_slurm real_local slurm local   # the markdown
 
 Each run saves ``benchmarks/survey_scale_real_<cluster>.json`` (``survey_scale_<cluster>*.json``: the
 earlier cheap-step runs); ``--table`` turns them into the section
@@ -65,11 +65,13 @@ class _Sampler(threading.Thread):
     def __init__(self, every: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.every, self.samples, self._halt = every, [], threading.Event()
+        self.loads: list[float] = []  # the 1-minute load average at each sample
         self.t0 = time.perf_counter()
 
     def run(self) -> None:
         while not self._halt.is_set():
             self.samples.append((round(time.perf_counter() - self.t0, 1), round(_rss_mb(), 1)))
+            self.loads.append(os.getloadavg()[0])
             self._halt.wait(self.every)
 
     def stop(self) -> list[tuple[float, float]]:
@@ -332,6 +334,11 @@ def run_benchmark(
         "worker_rss_series": flat["series"][:: max(1, len(flat["series"]) // 100)],
         "load_before": [round(x, 1) for x in load_before],
         "load_after": [round(x, 1) for x in load_after],
+        "load_during": {
+            "min": round(min(sampler.loads), 1),
+            "median": round(statistics.median(sampler.loads), 1),
+            "max": round(max(sampler.loads), 1),
+        },
         "results_dir": str(results),
     }
     return out
@@ -428,12 +435,18 @@ def _over_time(r: dict[str, Any], bins: int = 5) -> str:
     return f"worker {' / '.join(cells)}; driver {' / '.join(f'{m:.0f}' for m in pick)}"
 
 
+def _loads(r: dict[str, Any]) -> str:
+    during = r.get("load_during")
+    mid = f" / {during['median']:.1f} ({during['min']:.0f}-{during['max']:.0f})" if during else ""
+    return f"{r['load_before'][0]:.1f}{mid} / {r['load_after'][0]:.1f}"
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     """The markdown section of benchmarks/results.md for the saved runs."""
     lines = [
         "| run | ObsIDs | workers (nodes) | wall [s] | step CPU [s] | CPU efficiency | step-wall efficiency "
         "| catalogue build [s] | driver RSS start/peak/end [MB] | worker RSS ObsID ~50 -> ~500 [MB] "
-        "| worst ratio | RSS over the run, 5 bins of ObsIDs [MB] | load avg before/after |",
+        "| worst ratio | RSS over the run, 5 bins of ObsIDs [MB] | load avg before / during: median (range) / after |",
         "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|---|",
     ]
     for r in runs:
@@ -444,7 +457,7 @@ def table(runs: list[dict[str, Any]]) -> str:
             f"| {r['wall_s']:.0f} | {r['sum_step_cpu_s']:.0f} | {r['cpu_efficiency']:.3f} "
             f"| {r['wall_efficiency']:.3f} | {r['catalogue_s']:.1f} | {d['start']:.0f}/{d['peak']:.0f}/{d['end']:.0f} "
             f"| {w} | {r['worker_rss_worst_ratio']:.3f} | {_over_time(r)} "
-            f"| {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} |"
+            f"| {_loads(r)} |"
         )
     read, written = pps_io_mb()
     lines += ["", "Archive-scale projection (15,000 pointings):", ""]
@@ -486,10 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plots", choices=("none", "summary", "all"), default="none", help="real pipeline only")
     ap.add_argument("--label", default="", help="a note for the table (e.g. what changed)")
     ap.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "xmm-survey-bench-scale")
-    ap.add_argument("--table", action="store_true", help="print the markdown of the saved runs and stop")
+    ap.add_argument(
+        "--table",
+        nargs="*",
+        metavar="RUN",
+        help="print the markdown of the saved runs (survey_scale_<RUN>.json, in this order; default all) and stop",
+    )
     args = ap.parse_args(argv)
-    if args.table:
-        runs = [json.loads(p.read_text()) for p in sorted(HERE.glob("survey_scale_*.json"))]
+    if args.table is not None:
+        files = [HERE / f"survey_scale_{r}.json" for r in args.table] or sorted(
+            HERE.glob("survey_scale_*.json")
+        )
+        runs = [json.loads(p.read_text()) for p in files]
         print(table(runs))
         return 0
     args.base.mkdir(parents=True, exist_ok=True)
