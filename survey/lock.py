@@ -15,6 +15,7 @@ byte-range locks are unreliable but exclusive create is atomic (NFSv3 and later)
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -27,7 +28,15 @@ from typing import Any
 from xmmcore.errors import ConfigError
 from xmmcore.products import SurveyLayout
 
-__all__ = ["LOCK_NAME", "ResultsLockedError", "break_lock", "check_unlocked", "lock_holder", "results_lock"]
+__all__ = [
+    "LOCK_NAME",
+    "ResultsLockedError",
+    "break_lock",
+    "check_unlocked",
+    "lock_holder",
+    "results_lock",
+    "write_lock",
+]
 
 LOCK_NAME = SurveyLayout.LOCK
 
@@ -63,6 +72,26 @@ def lock_holder(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def write_lock(fd: int, path: Path, holder: dict[str, Any]) -> None:
+    """Write the holder into the just created lock ``fd``; on failure (a full disk) remove the lock.
+
+    An empty lock left behind would block every run for a minute (a torn lock is taken to be in
+    use until then); the ``OSError`` is raised again naming the lock file.
+    """
+    try:
+        data = (json.dumps(holder) + "\n").encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "No space left on device (short write)", str(path))
+    except OSError as exc:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+    os.close(fd)
 
 
 def _is_stale(holder: dict[str, Any], path: Path) -> bool:
@@ -165,10 +194,7 @@ def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterat
             ) from None
         except OSError as exc:
             raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
-        try:
-            os.write(fd, (json.dumps(me) + "\n").encode())
-        finally:
-            os.close(fd)
+        write_lock(fd, path, me)
         break
     else:
         raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")

@@ -26,7 +26,6 @@ server on NFS) with this host's clock, so the bound must exceed the clock skew b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
@@ -39,7 +38,7 @@ from typing import Any
 
 from xmmcore.errors import ConfigError, ExternalToolError, ToolNotFoundError
 
-from .lock import LOCK_NAME, ResultsLockedError, _alive, lock_holder
+from .lock import LOCK_NAME, ResultsLockedError, _alive, lock_holder, write_lock
 
 __all__ = [
     "LIVE_JOB_STATES",
@@ -252,10 +251,7 @@ def obsid_lock(
             ) from None
         except OSError as exc:
             raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
-        try:
-            os.write(fd, (json.dumps(me) + "\n").encode())
-        finally:
-            os.close(fd)
+        write_lock(fd, path, me)
         break
     else:
         raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.errors import ConfigError, TransientError
-from xmmcore.fsutil import _jsonable, atomic_path, atomic_write_json
+from xmmcore.fsutil import _jsonable, atomic_path, atomic_write_json, is_disk_full_message
 from xmmcore.observation import Observation
 from xmmcore.products import ObsProducts
 
@@ -544,6 +544,8 @@ def storage_error(exc: BaseException) -> str:
             where = f" writing {cur.filename}" if cur.filename else ""
             what = "read-only file system" if cur.errno == errno.EROFS else "disk full or over quota"
             return what + where
+        if isinstance(cur, OSError) and cur.errno is None and is_disk_full_message(str(cur)):
+            return "disk full or over quota"  # a writer that dropped the errno (astropy)
         cur = cur.__cause__ or cur.__context__
     return ""
 

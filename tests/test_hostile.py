@@ -1134,3 +1134,94 @@ def test_a_digest_is_not_reused_for_a_file_changed_just_before_it_was_hashed(tmp
     t0 = time.perf_counter()
     assert _file_entry(fifo, [tmp_path], content=True)["kind"] == "not a regular file"
     assert time.perf_counter() - t0 < 1.0  # never opened
+
+
+# ----------------------------------------------------------------------------------------------
+# A really full disk: results on a small tmpfs (root only; skipped elsewhere)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 4 MiB tmpfs mounted at ``tmp_path/small`` (needs root and mount rights; skipped otherwise)."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def _fill(mnt: Path, leave: int) -> Path:
+    """Fill ``mnt`` with a ballast file until ``leave`` bytes are free."""
+    ballast = mnt / "ballast"
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    with open(ballast, "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+    return ballast
+
+
+def test_real_full_disk_fails_the_step_clearly_and_a_rerun_after_space_returns_computes_it(
+    tmp_path, small_fs
+):
+    from survey.api import run_one
+    from survey.steps import read_record
+
+    data, res = tmp_path / "data", small_fs / "results"
+    ids = helpers.make_survey(data, 2, n_events=30_000)
+    cfg = load_config(
+        None, {"data_dir": str(data), "results_dir": str(res), "pipeline.module": "helpers.survey_steps"}
+    )
+    assert all(o["status"] == "done" for o in run_one(cfg, ids[0]).values())
+    clean = res / ids[0] / "events" / "pn_clean.fits"
+    assert clean.stat().st_size > 200_000  # the product that will not fit below
+    finished = {p: p.read_bytes() for p in sorted((res / ids[0]).rglob("*")) if p.is_file()}
+    ballast = _fill(small_fs, 100_000)
+    full = run_one(cfg, ids[1])
+    failed = [o for o in full.values() if o["status"] == "failed"]
+    assert failed, full
+    assert "disk full" in failed[0]["reason"] and str(res) in failed[0]["reason"], failed[0]
+    rec = read_record(res / ids[1], failed[0]["step"])
+    if rec is not None:  # the record fitted in what was left: it says why
+        assert rec["status"] == "failed" and rec.get("storage_error") is True
+    assert not list((res / ids[1]).rglob(".*.tmp")), "a temporary file was left behind"
+    assert {p: p.read_bytes() for p in sorted((res / ids[0]).rglob("*")) if p.is_file()} == finished
+    ballast.unlink()  # space returns: the same command computes what failed, no --retry-failed
+    again = run_one(cfg, ids[1])
+    assert all(o["status"] in ("done", "cached") for o in again.values()), again
+    assert read_record(res / ids[1], "fit")["status"] == "done"
+
+
+def test_real_full_disk_under_the_driver_exits_with_a_clear_message(tmp_path, small_fs, capsys):
+    """Results folder on a full file system: the run stops with a clear message, no traceback, no torn lock."""
+    from survey.cli import main
+    from survey.lock import LOCK_NAME
+
+    data, res = tmp_path / "data", small_fs / "results"
+    helpers.make_survey(data, 1)
+    res.mkdir()
+    ballast = _fill(small_fs, 0)
+    code = main(["run", "--data", str(data), "--results", str(res), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 5 and "Traceback" not in err, err
+    assert "disk full" in err and str(res / LOCK_NAME) in err and "rerun the same command" in err, err
+    assert not (res / LOCK_NAME).exists(), "a torn lock would block the next run for a minute"
+    ballast.unlink()
+    code = main(
+        ["run", "--data", str(data), "--results", str(res), "--no-progress", "--workers", "1"]
+        + ["--set", "pipeline.module=helpers.survey_steps", "--set", "cluster.dashboard_address=127.0.0.1:0"]
+    )
+    assert code == 0, capsys.readouterr().err[-2000:]

@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write_fits",
     "atomic_write_json",
     "atomic_write_text",
+    "is_disk_full_message",
     "regular_file",
     "sha256_file",
 ]
@@ -90,10 +91,31 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def atomic_write_fits(hdul: Any, target: str | os.PathLike[str]) -> Path:
-    """Write an ``astropy.io.fits.HDUList`` atomically, with checksums."""
-    with atomic_path(target) as tmp:
-        hdul.writeto(tmp, checksum=True)
+    """Write an ``astropy.io.fits.HDUList`` atomically, with checksums.
+
+    astropy reports a full disk as a plain ``OSError`` ("Not enough space on disk ...", no errno, no
+    file name); it is raised again as ``ENOSPC`` naming ``target``, so that callers see a disk-full error.
+    """
+    import errno
+
+    try:
+        with atomic_path(target) as tmp:
+            hdul.writeto(tmp, checksum=True)
+    except OSError as exc:
+        if exc.errno is None and is_disk_full_message(str(exc)):
+            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(target)) from exc
+        raise
     return Path(target)
+
+
+#: How writers that drop the errno (astropy) word a full disk.
+_DISK_FULL_WORDS = ("not enough space on disk", "no space left on device", "disk quota exceeded")
+
+
+def is_disk_full_message(text: str) -> bool:
+    """True when an error message without an errno says the disk is full (astropy's wording included)."""
+    low = text.lower()
+    return any(word in low for word in _DISK_FULL_WORDS)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
