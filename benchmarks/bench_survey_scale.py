@@ -417,7 +417,8 @@ def science_cpu_s(run: dict[str, Any], read_mb: float) -> float:
 
 def _label(r: dict[str, Any]) -> str:
     what = f"real pipeline, plots {r['plots']}" if r.get("pipeline") == "real" else "cheap steps"
-    return f"{r['cluster']} ({what}){', ' + r['label'] if r.get('label') else ''}"
+    stopped = ", stopped at the deadline" if r.get("partial") else ""
+    return f"{r['cluster']} ({what}{stopped}){', ' + r['label'] if r.get('label') else ''}"
 
 
 def _over_time(r: dict[str, Any], bins: int = 5) -> str:
@@ -438,6 +439,10 @@ def _over_time(r: dict[str, Any], bins: int = 5) -> str:
     return f"worker {' / '.join(cells)}; driver {' / '.join(f'{m:.0f}' for m in pick)}"
 
 
+def _driver(d: dict[str, Any]) -> str:
+    return f"{d['start']:.0f}/{d['peak']:.0f}/{d['end']:.0f}" if d else "n/a (stopped run)"
+
+
 def _loads(r: dict[str, Any]) -> str:
     during = r.get("load_during")
     mid = f" / {during['median']:.1f} ({during['min']:.0f}-{during['max']:.0f})" if during else ""
@@ -453,12 +458,12 @@ def table(runs: list[dict[str, Any]]) -> str:
         "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|---|---|",
     ]
     for r in runs:
-        d = r["driver_rss_mb"]
+        d = r["driver_rss_mb"] or {}
         w = "; ".join(f"{a:.0f} -> {b:.0f}" for a, b, _ in r["worker_rss"].values())
         lines.append(
-            f"| {_label(r)} | {r['done']}/{r['n_obsids']} | {r['workers']} ({', '.join(r['nodes'])}) "
+            f"| {_label(r)} | {r['done']}/{r.get('n_planned', r['n_obsids'])} | {r['workers']} ({', '.join(r['nodes'])}) "
             f"| {r['wall_s']:.0f} | {r['sum_step_cpu_s']:.0f} | {r['cpu_efficiency']:.3f} "
-            f"| {r['wall_efficiency']:.3f} | {r['catalogue_s']:.1f} | {d['start']:.0f}/{d['peak']:.0f}/{d['end']:.0f} "
+            f"| {r['wall_efficiency']:.3f} | {r['catalogue_s']:.1f} | {_driver(d)} "
             f"| {w} | {r['worker_rss_worst_ratio']:.3f} | {_over_time(r)} "
             f"| {_loads(r)} |"
         )
@@ -492,6 +497,81 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def summarize_partial(
+    results: Path, *, cluster: str, workers: int, n_planned: int, load_log: Path | None = None
+) -> dict[str, Any]:
+    """The figures of a run stopped before its end, from the step records it wrote (no driver samples).
+
+    Wall = first step start to last fit end; only ObsIDs whose fit step is done count; the memory ratio
+    compares ranks 40-60 with the last 20 done; ``load_log`` lines ``HH:MM:SS load1 load5 load15``
+    inside that window give the load.
+    """
+    from survey.graph import build_catalogue
+
+    ids = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name.isdigit())
+    records = [r for r in _records(results, ids) if r.get("status") == "done" and r.get("finished")]
+    done = sorted({r["_obsid"] for r in records if r["step"] == "fit"})
+    records = [r for r in records if r["_obsid"] in done]
+    t0 = min(_utc(r["started"]) for r in records)
+    t1 = max(_utc(r["finished"]) for r in records)
+    wall = (t1 - t0).total_seconds()
+    cpu = sum(float(r.get("cpu_s") or 0.0) for r in records)
+    step_wall = sum(float(r.get("wall_s") or 0.0) for r in records)
+    flat = flatness(records, hi=(max(1, len(done) - 20), len(done)))
+    c0 = time.perf_counter()
+    _paths, error, info = build_catalogue(results)
+    cat_s = time.perf_counter() - c0
+    loads = []
+    if load_log is not None:
+        lo, hi = t0.strftime("%H:%M:%S"), t1.strftime("%H:%M:%S")
+        loads = [float(x.split()[1]) for x in load_log.read_text().splitlines() if lo <= x.split()[0] <= hi]
+    out: dict[str, Any] = {
+        "when": t1.strftime("%Y-%m-%d %H:%M UTC"),
+        "cluster": cluster,
+        "pipeline": "real",
+        "plots": "none",
+        "simulation": {k: list(v) if isinstance(v, tuple) else v for k, v in REAL_SIM.items()},
+        "partial": f"stopped after {len(done)} of {n_planned} ObsIDs (figures from the step records)",
+        "cpu_s_per_obsid": round(cpu / max(1, len(done)), 3),
+        "n_obsids": len(done),
+        "n_planned": n_planned,
+        "workers": workers,
+        "nodes": sorted({str(r.get("node")) for r in records}),
+        "done": len(done),
+        "failed": 0,
+        "wall_s": round(wall, 1),
+        "sum_step_cpu_s": round(cpu, 1),
+        "sum_step_wall_s": round(step_wall, 1),
+        "cpu_efficiency": round(cpu / (workers * wall), 3),
+        "wall_efficiency": round(step_wall / (workers * wall), 3),
+        "catalogue_s": round(cat_s, 2),
+        "catalogue_rows": info.get("n_rows"),
+        "catalogue_error": error,
+        "driver_rss_mb": None,
+        "worker_rss": {str(k): v for k, v in flat["per_worker"].items()},
+        "worker_rss_worst_ratio": flat["worst_ratio"],
+        "worker_rss_series": flat["series"][:: max(1, len(flat["series"]) // 100)],
+        "load_before": [loads[0] if loads else float("nan")],
+        "load_after": [loads[-1] if loads else float("nan")],
+        "results_dir": str(results),
+    }
+    if loads:
+        out["load_during"] = {
+            "min": min(loads),
+            "median": round(statistics.median(loads), 1),
+            "max": max(loads),
+        }
+    from survey.config import read_resolved
+
+    data = Path(read_resolved(results)["data_dir"])
+    out["input_mb_per_obsid"] = round(_input_bytes(data, done) / max(1, len(done)) / 1e6, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cluster", choices=("local", "slurm"), default="local")
@@ -509,7 +589,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUN",
         help="print the markdown of the saved runs (survey_scale_<RUN>.json, in this order; default all) and stop",
     )
+    ap.add_argument(
+        "--summarize", type=Path, help="figures of a stopped run from its results folder, then stop"
+    )
+    ap.add_argument(
+        "--load-log", type=Path, help="with --summarize: 'HH:MM:SS load1 ...' lines sampled during it"
+    )
     args = ap.parse_args(argv)
+    if args.summarize is not None:
+        res = summarize_partial(
+            args.summarize,
+            cluster=args.cluster,
+            workers=args.workers,
+            n_planned=args.n_obsids,
+            load_log=args.load_log,
+        )
+        (HERE / f"survey_scale_real_{args.cluster}.json").write_text(json.dumps(res, indent=1) + "\n")
+        print(json.dumps({k: v for k, v in res.items() if not k.endswith("_series")}, indent=1))
+        return 0
     if args.table is not None:
         files = [HERE / f"survey_scale_{r}.json" for r in args.table] or sorted(
             HERE.glob("survey_scale_*.json")
