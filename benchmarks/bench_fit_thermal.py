@@ -8,8 +8,9 @@ predicts the observed counts. Errors: profile-likelihood intervals (delta-stat 1
 
 The baseline is what a careful user writes by hand for these files and this model: the response folded
 with ARF x exposure into one sparse matrix over the noticed channels, the frozen absorption computed once
-(one call of the same XSPEC library function), the table read with astropy and interpolated like
-XSPEC (log in kT, linear in Abundanc, cumulative-sum rebinning onto the response grid at 1 + z),
+(one call of the same XSPEC library function), the table read with astropy and interpolated as the package's apec
+does (Catmull-Rom weights in log kT away from the grid ends, linear in Abundanc, cumulative-sum rebinning
+onto the response grid at 1 + z),
 vectorised cstat, ``scipy.optimize.minimize`` (L-BFGS-B) from the two best points of a 16-value kT
 scan, keeping the better (the table's kT nodes make local minima: from kT = 1 it stops in one for
 tbabs*apec, which the built-in engine leaves by a restart), the covariance from a
@@ -133,9 +134,18 @@ class CarefulBaseline:
         fa = (ab - self.ab_grid[j]) / (self.ab_grid[j + 1] - self.ab_grid[j])
         fk, fa = min(max(fk, 0.0), 1.0), min(max(fa, 0.0), 1.0)
         t = self.table
-        spec = (1 - fk) * ((1 - fa) * t[i, j] + fa * t[i, j + 1]) + fk * (
-            (1 - fa) * t[i + 1, j] + fa * t[i + 1, j + 1]
-        )
+        if 1 <= i <= self.kt_grid.size - 3:
+            # the package's apec model: Catmull-Rom weights in log kT (C1 through the nodes)
+            kt_w = (
+                (i - 1, -0.5 * fk**3 + fk**2 - 0.5 * fk),
+                (i, 1.5 * fk**3 - 2.5 * fk**2 + 1.0),
+                (i + 1, -1.5 * fk**3 + 2.0 * fk**2 + 0.5 * fk),
+                (i + 2, 0.5 * fk**3 - 0.5 * fk**2),
+            )
+        else:
+            kt_w = ((i, 1.0 - fk), (i + 1, fk))
+        spec = sum(w * ((1 - fa) * t[k, j] + fa * t[k, j + 1]) for k, w in kt_w)
+        spec = np.maximum(spec, 0.0)
         cum = np.concatenate(([0.0], np.cumsum(spec)))
         photons = (np.interp(self.e_hi, self.t_edges, cum) - np.interp(self.e_lo, self.t_edges, cum)) / (
             1 + Z

@@ -498,6 +498,9 @@ def _draw_field(
     lengths = rng.uniform(5.0, 60.0, n_gaps)
     starts, stops, t = [], [], tstart
     for c, ln in zip(cuts, lengths):
+        # two cuts closer than a drop-out (short exposures): the next one waits for the last to end,
+        # so no GTI starts after it stops (fields without such a pair are unchanged)
+        c = max(float(c), t - tstart + 1.0)
         starts.append(t)
         stops.append(tstart + c)
         t = tstart + c + ln
