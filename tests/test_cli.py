@@ -301,3 +301,36 @@ def test_simulate_options_are_the_simulators_defaults():
         name: params[name].default for name, *_ in SIMULATOR_OPTIONS
     }
     assert len(SIMULATOR_OPTIONS) == 8
+
+
+def test_fit_command_builds_the_engine_as_a_survey_does(xmm_data, tmp_path, capsys):
+    """`xmm-survey fit` on the A2443 pn fakeit gives the built-in engine's own fit of the same files."""
+    import json
+
+    from survey.cli import main
+    from survey.config import load_config
+    from xmmcore.fitting.engines import FitInput, engine_from_config
+
+    d = xmm_data / "a2443_fakeit"
+    pha, rmf, arf = d / "pnS004-A2443_reg2.fak", d / "pnS004-A2443_reg2.rmf", d / "pnS004-A2443_reg2.arf"
+    argv = ["fit", str(pha), "--rmf", str(rmf), "--arf", str(arf), "--model", "phabs*powerlaw"]
+    argv += ["--set", "phabs_1.nH=0.1,frozen", "--errors", "none", "--notice", "2-8", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    engine = engine_from_config(load_config(None, {"backend.fitting": "builtin"}))
+    direct = engine.fit_files(
+        [FitInput(pha=pha, rmf=rmf, arf=arf, name=pha.stem)],
+        "phabs*powerlaw",
+        stat="cstat",
+        notice_kev=(2.0, 8.0),
+        set_params=["phabs_1.nH=0.1,frozen"],
+        errors=None,
+        flux_bands_kev=[(0.5, 2.0), (2.0, 10.0)],
+        log=__import__("logging").getLogger("t"),
+    )
+    assert out["engine"] == "builtin" and out["converged"] is True and out["dof"] == direct.dof
+    assert out["statistic"] == pytest.approx(direct.statistic, rel=1e-9)
+    got = {p["name"]: p["value"] for p in out["parameters"]}
+    for p in direct.to_dict()["parameters"]:
+        assert got[p["name"]] == pytest.approx(p["value"], rel=1e-7), p["name"]
+    assert 1.5 < got["powerlaw_1.PhoIndex"] < 2.5

@@ -48,7 +48,8 @@ def _per_pha(option: list[str] | None, n: int, flag: str) -> list[Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run the fit described by parsed ``args``; print a summary (or JSON) on stdout."""
-    from xmmcore.fitting.engines import FitInput, get_engine
+    from survey.config import load_config
+    from xmmcore.fitting.engines import FitInput, engine_from_config
 
     n = len(args.pha)
     rmfs = _per_pha(args.rmf, n, "--rmf")
@@ -65,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         for k, (p, r, a, b) in enumerate(zip(args.pha, rmfs, arfs, bkgs))
     ]
     log = logging.getLogger("xmm-survey.fit")
-    engine = get_engine(args.engine)
+    # the engine as a survey builds it: its options from survey/defaults.yaml (the `xspec:` section)
+    engine = engine_from_config(load_config(None, {"backend.fitting": args.engine}))
     kwargs: dict[str, Any] = {}
     if args.no_background:
         if engine.name != "builtin":
