@@ -25,7 +25,15 @@ from xmmcore.products import SurveyLayout
 
 from .cluster import SLOT_RESOURCE
 from .joint import JOINT_STEP, JointPlan, execute_joint
-from .steps import INPUTS_ERROR_NAME, RECORD_SCHEMA, Pipeline, StepTask, check_step, execute_step, record_path
+from .steps import (
+    INPUTS_ERROR_NAME,
+    Pipeline,
+    StepTask,
+    check_step,
+    execute_step,
+    failed_record,
+    record_path,
+)
 
 __all__ = [
     "ObsPlan",
@@ -118,17 +126,7 @@ def _record_lost(task: StepTask, exc: BaseException) -> dict[str, Any]:
     with contextlib.suppress(OSError):  # a full disk must not cost the driver: the outcome still says why
         atomic_write_json(
             record_path(task.outdir, task.step),
-            {
-                "schema": RECORD_SCHEMA,
-                "obsid": task.obsid,
-                "step": task.step,
-                "status": "failed",
-                "inputs_hash": "",
-                "reason": reason,
-                "exception": name,
-                "error_class": name,
-                "outputs": [],
-            },
+            failed_record(task, reason, name, outputs=[]),
         )
     return {
         "obsid": task.obsid,

@@ -61,6 +61,7 @@ __all__ = [
     "compute_inputs_hash",
     "declared_outputs",
     "execute_step",
+    "failed_record",
     "file_digest",
     "invalidate_after",
     "is_done",
@@ -89,6 +90,21 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
 _ORCHESTRATION_KEYS = {"data_dir", "results_dir", "obsids", "targets_csv", "cluster", "retries", "pipeline"}
 
 StepFunc = Callable[..., dict[str, Any]]
+
+
+def failed_record(task: StepTask, reason: str, exception: str, **extra: Any) -> dict[str, Any]:
+    """The record of a step that failed before or outside its function (inputs unreadable, timed out, lost)."""
+    return {
+        "schema": RECORD_SCHEMA,
+        "obsid": task.obsid,
+        "step": task.step,
+        "status": "failed",
+        "inputs_hash": "",
+        "reason": reason,
+        "exception": exception,
+        "error_class": exception,
+        **extra,
+    }
 
 
 def _now() -> str:
@@ -665,23 +681,18 @@ def _run_with_timeout(task: StepTask, upstream: Mapping[str, Any] | None, timeou
         write_record(
             task.outdir,
             task.step,
-            {
-                "schema": RECORD_SCHEMA,
-                "obsid": task.obsid,
-                "step": task.step,
-                "status": "failed",
-                "inputs_hash": "",
-                "reason": reason,
-                "exception": "StepTimeoutError",
-                "error_class": "StepTimeoutError",
-                "timed_out": True,
-                "started": started,
-                "finished": _now(),
-                "wall_s": timeout_s,
-                "attempts": 1,
-                "outputs": [],
+            failed_record(
+                task,
+                reason,
+                "StepTimeoutError",
+                timed_out=True,
+                started=started,
+                finished=_now(),
+                wall_s=timeout_s,
+                attempts=1,
+                outputs=[],
                 **where_am_i(),
-            },
+            ),
         )
         invalidate_after(task.outdir, task.pipeline.steps, task.step)
     with contextlib.suppress(Exception), step_logger(task.results_dir, task.obsid, task.step) as log:
@@ -707,23 +718,18 @@ def _execute(task: StepTask, upstream: Mapping[str, Any] | None) -> dict[str, An
         write_record(
             outdir,
             task.step,
-            {
-                "schema": RECORD_SCHEMA,
-                "obsid": task.obsid,
-                "step": task.step,
-                "status": "failed",
-                "inputs_hash": "",
-                "reason": message,
-                "exception": missing_exc,
-                "error_class": missing_exc,
-                "started": now,
-                "finished": now,
-                "wall_s": 0.0,
-                "attempts": 0,
-                "outputs": [],
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            },
+            failed_record(
+                task,
+                message,
+                missing_exc,
+                started=now,
+                finished=now,
+                wall_s=0.0,
+                attempts=0,
+                outputs=[],
+                host=socket.gethostname(),
+                pid=os.getpid(),
+            ),
         )
         invalidate_after(outdir, steps, task.step)
         return _outcome(task, "failed", reason=message, exception=missing_exc)
