@@ -240,22 +240,27 @@ def plan_joint(task: JointTask, upstream: Sequence[Mapping[str, Any] | None]) ->
     if len(used) < 2:
         return _outcome(task, "skipped", used, reason=f"fewer than 2 ObsIDs of {task.target} finished")
     state, h, _inputs, record = check_joint(task, used)
+    return _settled(task, used, state, h, record, reused=True)
+
+
+def _settled(
+    task: JointTask, used: list[str], state: str, h: str, record: Mapping[str, Any], **extra: Any
+) -> dict[str, Any] | None:
+    """The outcome of a joint step whose record settles it (``cached`` or a deterministic ``failed``)."""
+    if state not in ("cached", "failed"):
+        return None
     if state == "cached":
-        return _outcome(
-            task, "cached", used, inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)), reused=True
-        )
-    if state == "failed":
-        return _outcome(
-            task,
-            "failed",
-            used,
-            inputs_hash=h,
-            reason=str(record.get("reason", "")),
-            exception=record.get("exception"),
-            attempts=int(record.get("attempts", 0)),
-            reused=True,
-        )
-    return None
+        return _outcome(task, "cached", used, inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)), **extra)
+    return _outcome(
+        task,
+        "failed",
+        used,
+        inputs_hash=h,
+        reason=str(record.get("reason", "")),
+        exception=record.get("exception"),
+        attempts=int(record.get("attempts", 0)),
+        **extra,
+    )
 
 
 def execute_joint(task: JointTask, *upstream: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -270,18 +275,9 @@ def execute_joint(task: JointTask, *upstream: Mapping[str, Any] | None) -> dict[
     if len(used) < 2:
         return _outcome(task, "skipped", used, reason=f"fewer than 2 ObsIDs of {task.target} finished")
     state, h, inputs, record = check_joint(task, used)
-    if state == "cached":
-        return _outcome(task, "cached", used, inputs_hash=h, wall_s=float(record.get("wall_s", 0.0)))
-    if state == "failed":
-        return _outcome(
-            task,
-            "failed",
-            used,
-            inputs_hash=h,
-            reason=str(record.get("reason", "")),
-            exception=record.get("exception"),
-            attempts=int(record.get("attempts", 0)),
-        )
+    settled = _settled(task, used, state, h, record)
+    if settled is not None:
+        return settled
     from .config import config_hash
 
     base = {
