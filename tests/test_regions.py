@@ -207,3 +207,29 @@ def test_point_sources_do_not_carve_the_cluster(header, rc_phys, beta, amp):
         assert np.hypot(d["agn"].x - agn[0], d["agn"].y - agn[1]) < 120.0
         assert np.hypot(d["far"].x - far[0], d["far"].y - far[1]) < 120.0
         assert all(10.0 <= p.r_arcsec <= 60.0 for p in found)
+
+
+def test_auto_centre_of_a_flat_core_is_not_captured_by_a_point_source():
+    # A 4' core with a 1400-count point source 1.5' from its centre (simulated 0901302501: the
+    # centroid locked on the source, 1.55' off, and L500 came out 1.76x the truth).
+    ext = I.Extent(x0=12000.0, y0=12000.0, bin_phys=80.0, nx=350, ny=350)
+    xc, yc = 26013.0, 25987.0
+    ps = (xc + 1500.0, yc + 1000.0, 1400.0)
+    img = _beta_image(ext, xc, yc, rc=4800.0, amp=1.5, bkg=0.4, seed=3, points=[ps])
+    cov = np.ones_like(img)
+    x, y = R.auto_centre(img, ext, start_xy=(xc, yc), coverage=cov)
+    assert np.hypot(x - xc, y - yc) < 400.0  # 20": the noise of a 4' core's centroid
+    peaks = R.compact_sources(img, ext, coverage=cov)
+    assert np.hypot(peaks[0][0] - ps[0], peaks[0][1] - ps[1]) < 120.0
+    x0, y0 = R.auto_centre(img, ext, start_xy=(xc, yc), coverage=cov, mask_compact=False)
+    assert np.hypot(x0 - ps[0], y0 - ps[1]) < 200.0  # what the plain centroid does
+
+
+def test_auto_centre_keeps_a_compact_cool_core():
+    ext = I.Extent(x0=20000.0, y0=20000.0, bin_phys=80.0, nx=150, ny=150)
+    xc, yc = 26013.0, 25987.0
+    img = _beta_image(ext, xc, yc, rc=120.0, amp=400.0, bkg=0.2, seed=4)
+    cov = np.ones_like(img)
+    assert R.compact_sources(img, ext, coverage=cov)  # the 6" core looks point-like
+    x, y = R.auto_centre(img, ext, start_xy=(25700.0, 26300.0), coverage=cov)
+    assert np.hypot(x - xc, y - yc) < 80.0

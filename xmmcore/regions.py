@@ -48,6 +48,7 @@ __all__ = [
     "PointSource",
     "Selection",
     "auto_centre",
+    "compact_sources",
     "auto_radius",
     "bkg_annulus",
     "detect_point_sources",
@@ -152,6 +153,47 @@ def region_area(sel: Selection, *, footprints: CcdFootprints | None = None, step
     return float(total) * step_phys**2
 
 
+def compact_sources(
+    image: np.ndarray,
+    extent: Extent,
+    *,
+    coverage: np.ndarray | None = None,
+    snr: float = 6.0,
+    min_contrast: float = 8.0,
+) -> list[tuple[float, float, float]]:
+    """Compact (PSF-like) peaks of a counts image: ``[(x, y, net_counts)]`` [physical px], brightest first.
+
+    The counts within 8" of each pixel are compared with the level of the 16-40" ring around it: a
+    peak is kept when its excess is ``snr`` sigma above the ring's level and its surface brightness
+    is ``min_contrast`` times the ring's (the EPIC PSF gives ~80, a cluster with a 4' core ~1, a
+    cool core of a few arcsec can pass too: :func:`auto_centre` allows for that).
+    """
+    pix_arcsec = extent.bin_phys * PHYS_PIXEL_ARCSEC
+    half = int(math.ceil(40.0 / pix_arcsec))
+    jj, ii = np.mgrid[-half : half + 1, -half : half + 1]
+    rk = np.hypot(ii, jj) * pix_arcsec
+    k_in = (rk <= 8.0).astype(float)
+    k_ring = ((rk > 16.0) & (rk <= 40.0)).astype(float)
+    img = image.astype(float)
+    on = np.ones_like(img) if coverage is None else (coverage > 0).astype(float)
+    c_in = ndimage.convolve(img, k_in, mode="constant")
+    c_ring = ndimage.convolve(img, k_ring, mode="constant")
+    n_ring = ndimage.convolve(on, k_ring, mode="constant")
+    n_in = ndimage.convolve(on, k_in, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        # a pixel whose ring is mostly off the detector gets no level (no candidate)
+        level = np.where(n_ring > 0.5 * k_ring.sum(), c_ring / np.maximum(n_ring, 1.0), np.inf)
+        expected = level * n_in
+        excess = np.where(np.isfinite(expected), c_in - expected, -np.inf)
+        signif = np.where(np.isfinite(expected), excess / np.sqrt(expected + 1.0), 0.0)
+        contrast = np.where(level > 0, (c_in / np.maximum(n_in, 1.0)) / level, np.inf)
+    cand = (signif >= snr) & (contrast >= min_contrast) & (on > 0)
+    peaks = cand & (excess == ndimage.maximum_filter(np.where(cand, excess, -np.inf), size=5))
+    xs, ys = extent.centres()
+    out = [(float(xs[i]), float(ys[j]), float(excess[j, i])) for j, i in zip(*np.nonzero(peaks), strict=True)]
+    return sorted(out, key=lambda t: -t[2])
+
+
 def auto_centre(
     image: np.ndarray,
     extent: Extent,
@@ -161,8 +203,15 @@ def auto_centre(
     smooth_phys: float = 320.0,
     radii_arcmin: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
     n_iter: int = 10,
+    mask_compact: bool = True,
 ) -> tuple[float, float]:
     """Iterative centroid of a Gaussian-smoothed image, shrinking the aperture.
+
+    With ``mask_compact`` the centroid is first taken with the compact sources
+    (:func:`compact_sources`) masked, so that a bright point source 1-2' from a flat core (rc 3-4')
+    does not capture it (it did on simulated fields: centre 1.6' off, L500 1.4-1.8x); then, if a
+    compact peak lies within 0.25' of that centre (a cool core, a central galaxy), the centroid is
+    refined on the unmasked image at the two smallest apertures.
 
     Parameters
     ----------
@@ -184,6 +233,30 @@ def auto_centre(
     -------
     (x, y) : physical pixels.
     """
+    if not mask_compact:
+        return _centroid(image, extent, start_xy, coverage, smooth_phys, radii_arcmin, n_iter)
+    peaks = compact_sources(image, extent, coverage=coverage)
+    xc, yc = extent.centres()
+    xx, yy = np.meshgrid(xc, yc)
+    keep = np.ones(image.shape) if coverage is None else (coverage > 0).astype(float)
+    for px_, py_, _ in peaks:
+        keep[np.hypot(xx - px_, yy - py_) <= 30.0 / PHYS_PIXEL_ARCSEC] = 0.0
+    x, y = _centroid(image * keep, extent, start_xy, keep, smooth_phys, radii_arcmin, n_iter)
+    near = [p for p in peaks if math.hypot(p[0] - x, p[1] - y) <= 0.25 * _ARCMIN_PHYS]
+    if near:
+        x, y = _centroid(image, extent, (x, y), coverage, smooth_phys, tuple(radii_arcmin)[-2:], n_iter)
+    return x, y
+
+
+def _centroid(
+    image: np.ndarray,
+    extent: Extent,
+    start_xy: tuple[float, float],
+    coverage: np.ndarray | None,
+    smooth_phys: float,
+    radii_arcmin: Sequence[float],
+    n_iter: int,
+) -> tuple[float, float]:
     sig = smooth_phys / extent.bin_phys
     sm = ndimage.gaussian_filter(image.astype(float), sig)
     if coverage is not None:
