@@ -7,6 +7,9 @@ Methods, named for what they do:
     within +/- 3 sigma of the mode, on histogram bins aligned to the count quantum so that a
     faint light curve of a few counts per bin does not alias) and keep the light-curve bins with
     rate <= mean + ``nsigma`` * sigma.  This is what ESAS ``espfilt`` does (its ``method=histogram``).
+    A second scale of 5 bins (threshold ``mean + (nsigma + 1) sigma / sqrt(5)``) also flags the
+    bins of a flare that fell below the one-bin threshold by Poisson chance (faint light curves):
+    bins above the quiescent mean whose 5-bin rate is above that threshold.
 ``espfilt``
     An alias of ``histogram`` that takes ``espfilt``'s own defaults when ``band_kev``/``nsigma``
     are not set: 2.5-8.5 keV (``elow``/``ehigh``) and 3 sigma (``allowsigma``).  The SAS backend
@@ -344,6 +347,33 @@ def quiescent_level(
     return mean, sigma, threshold, median, why
 
 
+#: Light-curve bins of the second, longer detection scale of the ``histogram`` method.
+FLARE_LONG_SCALE_BINS = 5
+
+
+def _flare_on_long_scale(
+    counts: np.ndarray, good: np.ndarray, *, bin_s: float, mean: float, sigma: float, nsigma: float
+) -> np.ndarray:
+    """Bins whose running ``FLARE_LONG_SCALE_BINS``-bin rate exceeds ``mean + (nsigma + 1) sigma / sqrt(n)``.
+
+    A flare of a few times the quiescent rate seen in bins of a few counts (a faint MOS, ~6
+    counts per 100 s) has bins that fall below the one-bin threshold by Poisson chance: kept,
+    they left 10-25% of the flare counts in (simulated 48 ObsIDs: minimum 0.77 of the flare counts
+    removed). On five bins the noise is sqrt(5) smaller and such bins stand out among their
+    neighbours. The caller flags only those of them whose own rate is above the quiescent mean, so a
+    quiescent bin next to a flare (its window holds flare bins) is flagged half as often.
+    """
+    n = FLARE_LONG_SCALE_BINS
+    kernel = np.ones(n)
+    c_sum = np.convolve(counts.astype(float), kernel, mode="same")
+    g_sum = np.convolve(good.astype(float), kernel, mode="same")
+    enough = g_sum >= 0.5 * n * bin_s
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rate = np.where(enough, c_sum / np.maximum(g_sum, 1e-9), 0.0)
+    limit = mean + (nsigma + 1.0) * sigma / math.sqrt(n)
+    return enough & (good > 0) & (rate > limit)
+
+
 def flare_gti(
     evl: EventList,
     *,
@@ -429,6 +459,9 @@ def flare_gti(
         part = (~full) & (good > 0)
         allowed = threshold * good[part]
         keep[part] = counts[part] <= allowed + 3.0 * np.sqrt(allowed) + 1.0
+    if method in ("histogram", "espfilt") and np.isfinite(threshold) and sigma > 0:
+        long_flag = _flare_on_long_scale(counts, good, bin_s=bin_s, mean=mean, sigma=sigma, nsigma=nsigma)
+        keep &= ~(long_flag & (np.nan_to_num(lc_rate, nan=0.0) > mean))
     if method == "none":
         keep[:] = True
     flare_free = gtimod.from_bins(edges, keep)
