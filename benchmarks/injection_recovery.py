@@ -9,6 +9,8 @@ prints, from ``truth.json`` against the catalogue:
 
 * median kT bias and the 68% coverage of the kT intervals; the same for the abundance when it is free;
 * median L500 (0.1-2.4 keV) ratio fit / truth and the largest deviation;
+* per camera, the share of the flare counts the flare GTIs removed (``xmmcore.simulate.flare_shape``
+  integrated over the removed good time) and the share of the quiescent time kept;
 * false point sources within 2 core radii of the centres, and the completeness for injected sources
   above S/N 8 (S/N of the injected source's expected pn+MOS counts in a 15" circle against the
   expected background there).
@@ -46,6 +48,37 @@ def _ps_snr(truth: dict, ps: dict) -> float:
     return counts / math.sqrt(counts + bkg) if counts > 0 else 0.0
 
 
+def _in_gti(t: np.ndarray, gti: np.ndarray) -> np.ndarray:
+    out = np.zeros(t.shape, dtype=bool)
+    for start, stop in np.asarray(gti, dtype=float).reshape(-1, 2):
+        out |= (t >= start) & (t < stop)
+    return out
+
+
+def _flare_metrics(truth: dict, gti_file: Path) -> tuple[float, float]:
+    """(share of the flare COUNTS removed, share of the quiescent time kept) of one camera's flare GTIs.
+
+    The simulator draws flare events in proportion to ``xmmcore.simulate.flare_shape`` inside the
+    input GTIs (truth.json), so its integral over the removed good time, over the one over all input
+    good time, is the share of flare counts removed; quiescent = input good time outside every flare.
+    NaN for the first when the ObsID has no flare.
+    """
+    from astropy.io import fits
+
+    from xmmcore.simulate import flare_shape
+
+    grid = np.arange(truth["tstart"], truth["tstop"], 1.0) + 0.5
+    inp = _in_gti(grid, np.asarray(truth["gti"]))
+    with fits.open(gti_file) as h:
+        d = h[1].data
+        kept = _in_gti(grid, np.column_stack([d["START"], d["STOP"]])) & inp
+    rate = flare_shape(truth["flares"], grid)
+    total = float((rate * inp).sum())
+    removed = float((rate * (inp & ~kept)).sum()) / total if total > 0 else math.nan
+    quiet = inp & (rate <= 0)
+    return removed, float(kept[quiet].sum() / max(quiet.sum(), 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-obsids", type=int, default=48)
@@ -78,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     epic = df[(df["kind"] == "obs") & (df["camera"] == "epic")].set_index("obsid")
     free_abund = any(o.replace(" ", "") == "fit.free_abundance=true" for o in args.overrides)
     rows, false_src, n_inj, n_found = [], 0, 0, 0
+    flares: dict[str, list[tuple[str, bool, float, float]]] = {}
     for obsid in sorted(p.name for p in data.iterdir() if (p / "truth.json").exists()):
         t = _truth(data, obsid)
         c = t["cluster"]
@@ -98,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
                 if _ps_snr(t, s) >= 8.0:
                     n_inj += 1
                     n_found += any(math.hypot(p["x"] - s["x"], p["y"] - s["y"]) * px < 15.0 for p in pts)
+        for cam in ("pn", "mos1", "mos2"):
+            gti_file = results / obsid / "events" / f"{cam}_gti.fits"
+            if gti_file.exists():
+                flares.setdefault(cam, []).append((obsid, deep, *_flare_metrics(t, gti_file)))
         if deep or obsid not in epic.index or epic.loc[obsid, "status"] != "done":
             continue
         r = epic.loc[obsid]
@@ -140,9 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     if free_abund:
         zc = np.array([r["Z"] - r["Z_lo"] <= r["Z_true"] <= r["Z"] + r["Z_hi"] for r in rows])
         print(f"abundance within errors: {zc.mean():.3f}")
+    for cam, vals in flares.items():
+        rem = np.array([v[2] for v in vals if np.isfinite(v[2])])
+        kept = np.array([v[3] for v in vals])
+        worst = min((v for v in vals if np.isfinite(v[2])), key=lambda v: v[2], default=None)
+        print(
+            f"flares {cam:4s} ({len(vals)} lists): flare counts removed median {np.median(rem):.3f} "
+            f"min {rem.min():.3f} ({worst[0] if worst else '-'}), >= 0.9: {np.mean(rem >= 0.9):.3f}; "
+            f"quiescent time kept median {np.median(kept):.3f} min {kept.min():.3f}"
+        )
     print(f"false point sources within 2 core radii: {false_src}")
     print(f"completeness above S/N 8: {n_found}/{n_inj} = {n_found / max(n_inj, 1):.3f}")
     (args.out / "injection_recovery.json").write_text(json.dumps(rows, indent=1, default=str))
+    (args.out / "flares.json").write_text(json.dumps(flares, indent=1))
     return 0
 
 

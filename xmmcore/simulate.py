@@ -82,6 +82,7 @@ __all__ = [
     "beta_fraction",
     "SKY_REF_PIXEL",
     "event_file_name",
+    "flare_shape",
     "obsid_for",
     "simulate_events",
     "simulate_observation",
@@ -596,8 +597,19 @@ def _draw_field(
 
 def _flare_profile(field: _Field, t: np.ndarray) -> np.ndarray:
     """Flare shape (0..1 per flare x peak_factor summed) at times ``t``: flat top, 10% linear ramps."""
+    return flare_shape(field.flares, t)
+
+
+def flare_shape(flares: Sequence[Mapping[str, float]], t: np.ndarray) -> np.ndarray:
+    """Soft-proton rate of the ``flares`` of a ``truth.json`` at times ``t`` [s], in units of the quiescent rate.
+
+    Each flare is flat-topped at ``peak_factor`` with linear ramps of 10% of its length; the events of
+    a camera are drawn in proportion to this (inside the input GTIs), so integrating it over the
+    removed and the input good time gives the share of flare *counts* a filter removed.
+    """
+    t = np.asarray(t, dtype=float)
     out = np.zeros_like(t)
-    for fl in field.flares:
+    for fl in flares:
         d = fl["tstop"] - fl["tstart"]
         ramp = max(0.1 * d, 1.0)
         up = np.clip((t - fl["tstart"]) / ramp, 0.0, 1.0)
@@ -1576,6 +1588,8 @@ def _truth(field: _Field, target, sims, cameras, expected, radius, band, event_f
             "particle_rate_10_12_kev": {cam: sims[cam].sp_emitted_10_12() for cam in cameras},
         },
         "flares": flares,
+        "flare_shape": "peak_factor x the quiescent 10-12 keV particle rate, flat top, 10% linear ramps, "
+        "inside the input GTIs (xmmcore.simulate.flare_shape)",
         "flare_fraction": float(sum(f["tstop"] - f["tstart"] for f in field.flares) / field.ontime),
         "expected_counts": {
             "band_kev": list(band),
