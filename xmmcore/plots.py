@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -132,41 +133,72 @@ def save_png(fig: Any, path: str | Path, *, dpi: float) -> Path:
 def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
     """High-energy light curve with kept (green) and removed (red) intervals and the threshold.
 
-    ``res`` is a :class:`xmmcore.flares.FlareResult`.
+    ``res`` is a :class:`xmmcore.flares.FlareResult`.  The figure (axes, tick marks, labels) is built once
+    per process and redrawn with each light curve: creating the axes and their ticks cost as much as
+    drawing them, and every light curve has the same layout.
     """
-    plt = _figure()
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    fig.subplots_adjust(left=0.075, right=0.985, bottom=0.15, top=0.91)
-    try:
+    with _LC_LOCK:
+        global _LC_FIGURE
+        if _LC_FIGURE is None:
+            _LC_FIGURE = _LightCurveFigure()
+        return _LC_FIGURE.save(res, path, title=title)
+
+
+class _LightCurveFigure:
+    """The axes and artists of :func:`plot_lightcurve`, given new data for each light curve."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        _figure()  # the Agg backend, as for every figure here
+        # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
+        self.fig = fig = Figure(figsize=(9, 3.5))
+        FigureCanvasAgg(fig)
+        self.ax = ax = fig.add_subplot()
+        fig.subplots_adjust(left=0.075, right=0.985, bottom=0.15, top=0.91)
+        (self.curve,) = ax.plot([], [], drawstyle="steps-mid", color="k", lw=0.8)
+        self.spans: list[Any] = []
+        self.threshold = ax.axhline(0.0, color="tab:red", ls="--", lw=1)
+        self.mean = ax.axhline(0.0, color="tab:blue", ls=":", lw=1)
+        ax.set_ylabel("rate [ct/s]")
+        place_labels(ax, x_in=0.27, y_in=0.45)
+
+    def save(self, res: Any, path: str | Path, *, title: str = "") -> Path:
+        ax = self.ax
         t0 = float(res.lc_time[0] - res.bin_s / 2) if res.lc_time.size else 0.0
         t = (res.lc_time - t0) / 1000.0
-        ax.step(
-            t,
-            res.lc_rate,
-            where="mid",
-            color="k",
-            lw=0.8,
-            label=f"{res.band_kev[0]:g}-{res.band_kev[1]:g} keV",
-        )
+        self.curve.set_data(t, res.lc_rate)
+        self.curve.set_label(f"{res.band_kev[0]:g}-{res.band_kev[1]:g} keV")
         ymax = np.nanmax(res.lc_rate) if np.isfinite(res.lc_rate).any() else 1.0
-        for a, b in res.gti:
+        for span in self.spans:
+            span.remove()
+        # The view of a new axes while the spans are added (their data limits go through transData).
+        ax.set_xlim(0.0, 1.0, auto=True)
+        ax.set_ylim(0.0, 1.0, auto=None)
+        self.spans = [
             ax.axvspan((a - t0) / 1000.0, (b - t0) / 1000.0, color="tab:green", alpha=0.15, lw=0)
-        if np.isfinite(res.threshold):
-            ax.axhline(
-                res.threshold, color="tab:red", ls="--", lw=1, label=f"threshold {res.threshold:.3g} ct/s"
-            )
-        if np.isfinite(res.mean):
-            ax.axhline(res.mean, color="tab:blue", ls=":", lw=1, label=f"quiescent {res.mean:.3g} ct/s")
+            for a, b in res.gti
+        ]
+        for line, value, label in (
+            (self.threshold, res.threshold, f"threshold {res.threshold:.3g} ct/s"),
+            (self.mean, res.mean, f"quiescent {res.mean:.3g} ct/s"),
+        ):
+            shown = bool(np.isfinite(value))
+            line.set_ydata([value, value] if shown else [0.0, 0.0])
+            line.set_visible(shown)
+            line.set_label(label if shown else "_hidden")
+        ax.relim()
+        ax.autoscale_view(scalex=True, scaley=False)
         ax.set_ylim(0, 1.1 * ymax if np.isfinite(ymax) and ymax > 0 else 1.0)
         ax.set_xlabel(f"time since {t0:.0f} s (mission time) [ks]")
-        ax.set_ylabel("rate [ct/s]")
         ax.set_title(f"{title}  method={res.method}, flare fraction={res.flare_fraction:.1%} (green = kept)")
-        place_labels(ax, x_in=0.27, y_in=0.45)
         ax.legend(loc="upper right", fontsize=8)
-        save_png(fig, path, dpi=100)
-    finally:
-        plt.close(fig)
-    return Path(path)
+        return save_png(self.fig, path, dpi=100)
+
+
+_LC_LOCK = threading.Lock()
+_LC_FIGURE: _LightCurveFigure | None = None
 
 
 def plot_image_regions(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,76 +28,115 @@ def plot_fit(result: FitResult, datasets: Sequence[Any] | None, path: str | Path
     path : str or Path
         Output image.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     problem = result._problem
     values = result._values
     if problem is None:
         problem, values = _rebuild(result, datasets)
-    fig, (ax, axr) = plt.subplots(
-        2,
-        1,
-        sharex=True,
-        figsize=(7.5, 6.0),
-        gridspec_kw={
-            "height_ratios": [3, 1],
-            "left": 0.115,
-            "right": 0.98,
-            "bottom": 0.085,
-            "top": 0.955,
-            "hspace": 0.06,
-        },
-    )
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for d, ds in enumerate(problem.datasets):
-        colour = colours[d % len(colours)]
-        lo = ds.group_lo_kev[ds.mask]
-        hi = ds.group_hi_kev[ds.mask]
-        width = np.maximum(hi - lo, 1e-6)
-        centre = 0.5 * (lo + hi)
-        counts = ds.counts
-        model = problem.predicted(values, d)
-        net = counts.astype(float)
-        var = np.maximum(counts, 1.0)
-        if ds.has_background:
-            net = counts - ds.bkg_scale * ds.bkg_counts
-            var = var + ds.bkg_scale**2 * np.maximum(ds.bkg_counts, 1.0)
-        norm = ds.exposure * width
-        _error_bars(ax, centre, net / norm, lo, hi, np.sqrt(var) / norm, colour=colour, label=ds.name)
-        ax.step(
-            np.r_[lo, hi[-1:]], np.r_[model / norm, (model / norm)[-1:]], where="post", color=colour, lw=1.0
-        )
-        _error_bars(axr, centre, (net - model) / np.sqrt(var), lo, hi, 1.0, colour=colour)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylabel("normalised counts [s\u207b\u00b9 keV\u207b\u00b9]")  # unicode: no mathtext parse
-    ax.set_title(f"{result.model}  ({result.stat} = {result.statistic:.1f} / {result.dof} dof)", fontsize=9)
-    ax.legend(fontsize=8)
-    axr.axhline(0, color="k", lw=0.8)
-    axr.set_xlabel("energy [keV]")
-    axr.set_ylabel("(data \u2212 model) / \u03c3")
-    from ..plots import PNG_OPTIONS, place_labels, readable_log_axis, unicode_log_labels
+    with _FIG_LOCK:
+        global _FIGURE
+        if _FIGURE is None:
+            _FIGURE = _FitFigure()
+        return _FIGURE.save(result, problem, values, Path(path))
 
-    readable_log_axis(axr, "x")  # the shared x axis: plain 0.5, 1, 2, 5 keV ticks
-    ax.xaxis.set_major_formatter(axr.xaxis.get_major_formatter())
-    ax.tick_params(labelbottom=False)
-    unicode_log_labels(ax, "y")
-    readable_log_axis(ax, "y")
-    place_labels(ax, y_in=0.5)
-    place_labels(axr, x_in=0.3, y_in=0.5)
-    path = Path(path)
-    fig.set_layout_engine("none")  # fixed margins (gridspec above): one draw, no tight_layout pass
-    fmt = path.suffix.lstrip(".").lower() or "png"
-    extra: dict[str, Any] = {"pil_kwargs": PNG_OPTIONS} if fmt == "png" else {}
-    try:
+
+class _FitFigure:
+    """The two axes of :func:`plot_fit`, kept for the process and given each fit's artists anew.
+
+    Creating a figure's axes and their (log-axis minor) ticks cost about half of drawing a fit plot; every
+    fit plot has the same layout, so only the lines, legend, title and tick locators are replaced.
+    """
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from ..plots import _figure, place_labels
+
+        _figure()  # the Agg backend, as for every figure here
+        # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
+        self.fig = fig = Figure(figsize=(7.5, 6.0))
+        FigureCanvasAgg(fig)
+        self.ax, self.axr = fig.subplots(
+            2,
+            1,
+            sharex=True,
+            gridspec_kw={
+                "height_ratios": [3, 1],
+                "left": 0.115,
+                "right": 0.98,
+                "bottom": 0.085,
+                "top": 0.955,
+                "hspace": 0.06,
+            },
+        )
+        self.ax.set_ylabel("normalised counts [s\u207b\u00b9 keV\u207b\u00b9]")  # unicode: no mathtext parse
+        self.axr.set_xlabel("energy [keV]")
+        self.axr.set_ylabel("(data \u2212 model) / \u03c3")
+        place_labels(self.ax, y_in=0.5)
+        place_labels(self.axr, x_in=0.3, y_in=0.5)
+        fig.set_layout_engine("none")  # fixed margins (gridspec above): one draw, no tight_layout pass
+
+    def save(self, result: FitResult, problem: Any, values: Any, path: Path) -> Path:
+        from ..plots import PNG_OPTIONS, readable_log_axis, unicode_log_labels
+
+        ax, axr = self.ax, self.axr
+        for artist in [*ax.lines, *axr.lines]:
+            artist.remove()
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
+        # Fresh scales (default locators and formatters) and data limits, as on a new figure.
+        for a in (ax, axr):
+            a.relim()
+            a.set_autoscale_on(True)
+        axr.set_yscale("linear")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        import matplotlib as mpl
+
+        colours = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+        for d, ds in enumerate(problem.datasets):
+            colour = colours[d % len(colours)]
+            lo = ds.group_lo_kev[ds.mask]
+            hi = ds.group_hi_kev[ds.mask]
+            width = np.maximum(hi - lo, 1e-6)
+            centre = 0.5 * (lo + hi)
+            counts = ds.counts
+            model = problem.predicted(values, d)
+            net = counts.astype(float)
+            var = np.maximum(counts, 1.0)
+            if ds.has_background:
+                net = counts - ds.bkg_scale * ds.bkg_counts
+                var = var + ds.bkg_scale**2 * np.maximum(ds.bkg_counts, 1.0)
+            norm = ds.exposure * width
+            _error_bars(ax, centre, net / norm, lo, hi, np.sqrt(var) / norm, colour=colour, label=ds.name)
+            ax.step(
+                np.r_[lo, hi[-1:]],
+                np.r_[model / norm, (model / norm)[-1:]],
+                where="post",
+                color=colour,
+                lw=1.0,
+            )
+            _error_bars(axr, centre, (net - model) / np.sqrt(var), lo, hi, 1.0, colour=colour)
+        axr.axhline(0, color="k", lw=0.8)
+        ax.set_title(
+            f"{result.model}  ({result.stat} = {result.statistic:.1f} / {result.dof} dof)", fontsize=9
+        )
+        ax.legend(fontsize=8)
+        readable_log_axis(axr, "x")  # the shared x axis: plain 0.5, 1, 2, 5 keV ticks
+        ax.xaxis.set_major_formatter(axr.xaxis.get_major_formatter())
+        ax.tick_params(labelbottom=False)
+        unicode_log_labels(ax, "y")
+        readable_log_axis(ax, "y")
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        extra: dict[str, Any] = {"pil_kwargs": PNG_OPTIONS} if fmt == "png" else {}
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=120, format=fmt, **extra)
-    finally:
-        plt.close(fig)
-    return path
+            self.fig.savefig(tmp, dpi=120, format=fmt, **extra)
+        return path
+
+
+_FIG_LOCK = threading.Lock()
+_FIGURE: _FitFigure | None = None
 
 
 def _error_bars(
