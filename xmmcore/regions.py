@@ -23,7 +23,7 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.wcs import WCS
 from regions import CirclePixelRegion, PixCoord, PixelRegion, Regions, SkyRegion
-from scipy import ndimage
+from scipy import ndimage, signal
 
 from .constants import CAMERAS, flat_lcdm
 from .errors import ConfigError, InputDataError
@@ -153,6 +153,23 @@ def region_area(sel: Selection, *, footprints: CcdFootprints | None = None, step
     return float(total) * step_phys**2
 
 
+def _window_sums(values: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``ndimage.convolve(values, kernel, mode="constant")`` for a symmetric 0/1 ``kernel`` of odd size.
+
+    Counts images and coverage masks hold integers, so their window sums are integers: for a kernel of
+    many pixels (the 16-40" ring: ~300) they are computed by FFT (3x faster on a 500 x 500 image) and
+    rounded, which equals the direct sums exactly.  Other values and small kernels are summed directly.
+    """
+    if (
+        np.count_nonzero(kernel) > 64
+        and values.size
+        and np.all(values == np.rint(values))
+        and float(np.abs(values).sum()) < 2**50
+    ):
+        return np.rint(signal.fftconvolve(values, kernel, mode="same"))
+    return ndimage.convolve(values, kernel, mode="constant")
+
+
 def compact_sources(
     image: np.ndarray,
     extent: Extent,
@@ -176,10 +193,8 @@ def compact_sources(
     k_ring = ((rk > 16.0) & (rk <= 40.0)).astype(float)
     img = image.astype(float)
     on = np.ones_like(img) if coverage is None else (coverage > 0).astype(float)
-    c_in = ndimage.convolve(img, k_in, mode="constant")
-    c_ring = ndimage.convolve(img, k_ring, mode="constant")
-    n_ring = ndimage.convolve(on, k_ring, mode="constant")
-    n_in = ndimage.convolve(on, k_in, mode="constant")
+    c_in, c_ring = _window_sums(img, k_in), _window_sums(img, k_ring)
+    n_ring, n_in = _window_sums(on, k_ring), _window_sums(on, k_in)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         # a pixel whose ring is mostly off the detector gets no level (no candidate)
         level = np.where(n_ring > 0.5 * k_ring.sum(), c_ring / np.maximum(n_ring, 1.0), np.inf)
