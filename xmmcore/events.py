@@ -15,8 +15,11 @@ SAS values are used (``XMMEA_EM = (FLAG & 0x766ba000) == 0`` as in the a907 head
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +34,7 @@ from .errors import InputDataError
 from .fsutil import atomic_write_fits, regular_file
 
 __all__ = [
+    "read_clean_events",
     "CAMERA_TO_INSTRUME",
     "CENTRAL_CCD",
     "INSTRUME_TO_CAMERA",
@@ -353,6 +357,49 @@ def read_events(
         raise InputDataError(
             f"cannot read event list ({type(exc).__name__}: {exc}); truncated or not FITS?", path
         ) from exc
+
+
+#: Bytes of column data :func:`read_clean_events` keeps in memory (about the cleaned lists of one pointing).
+CLEAN_CACHE_BYTES = 96 * 2**20
+_clean_cache: OrderedDict[tuple[Any, ...], EventList] = OrderedDict()
+_clean_cache_lock = threading.Lock()
+
+
+def _nbytes(evl: EventList) -> int:
+    return sum(int(a.nbytes) for a in evl.columns.values())
+
+
+def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventList:
+    """:func:`read_events` (every column) of a cleaned event list, read once per file version in a process.
+
+    The regions step, the spectra step and the fit step's R500 re-extractions read the same cleaned
+    lists one after the other; the most recent lists (at most :data:`CLEAN_CACHE_BYTES` of columns) are
+    kept, keyed by the file's inode, size and modification time, so a rewritten file is read again.
+    The columns of a kept list are read-only; each caller gets its own header and column mapping.
+    """
+    path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
+    st = os.stat(path)
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _clean_cache_lock:
+        evl = _clean_cache.get(key)
+        if evl is not None:
+            _clean_cache.move_to_end(key)
+    if evl is None:
+        evl = read_events(path)
+        for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
+            arr.setflags(write=False)
+        size = _nbytes(evl)
+        with _clean_cache_lock:
+            if size <= CLEAN_CACHE_BYTES:
+                _clean_cache[key] = evl
+                while sum(_nbytes(e) for e in _clean_cache.values()) > CLEAN_CACHE_BYTES:
+                    _clean_cache.popitem(last=False)
+    if camera is not None and camera != evl.camera:
+        raise InputDataError(
+            f"expected a {camera} event list but INSTRUME={evl.header.get('INSTRUME')!r} ({evl.camera})",
+            path,
+        )
+    return replace(evl, header=evl.header.copy(), columns=dict(evl.columns), gti_ccd=dict(evl.gti_ccd))
 
 
 def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:

@@ -27,7 +27,7 @@ from scipy import ndimage, signal
 
 from .constants import CAMERAS, flat_lcdm
 from .errors import ConfigError, InputDataError
-from .events import EventList, read_events
+from .events import EventList, read_clean_events
 from .fsutil import atomic_write_json, atomic_write_text, regular_file
 from .images import (
     PHYS_PIXEL_ARCSEC,
@@ -904,7 +904,7 @@ def make_regions(
     cams = [c for c in rs.cameras or CAMERAS if products.clean_events(c).exists()]
     if not cams:
         raise InputDataError("no cleaned event list: run the filter step first", products.events_dir)
-    evls = {c: read_events(products.clean_events(c), columns=("X", "Y", "PI", "CCDNR")) for c in cams}
+    evls = {c: read_clean_events(products.clean_events(c)) for c in cams}
     ref = evls[cams[0]]
     pw = phys_wcs(ref.header)
     extent = extent_of(list(evls.values()), bin_phys=80.0)

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import InputDataError
 from ..events import (
     flag_mask_for,
+    read_clean_events,
     read_events,
     screen,
     screen_mask,
@@ -205,7 +206,7 @@ class PythonBackend:
 
         log = log or logging.getLogger("xmmcore.python")
         products = ObsProducts(outdir)
-        evl = read_events(products.clean_events(camera), camera=camera)
+        evl = read_clean_events(products.clean_events(camera), camera=camera)
         fp = ccd_footprints(evl)
         files = regions.get("files", {})
         sps = SpectraSettings.from_config(cfg)
