@@ -218,37 +218,74 @@ def plot_camera_images(
 ) -> list[Path]:
     """:func:`plot_image_regions` for several cameras' ``(image, wcs, path, title)`` on one grid.
 
-    The cameras of an ObsID share the image grid, the WCS and the regions: the figure (axes, ticks,
-    circles, legend, colour bar) is built once and only the image, its colour range and the title change
-    from one camera to the next.  A camera with another WCS or image shape gets a figure of its own.
+    The cameras of an ObsID share the image grid, the WCS and the regions: the regions (circles, legend,
+    sky ticks) are drawn once and only the image, its colour range and the title change from one camera
+    to the next.  The figure itself (its axes, colour bar and their ticks) is kept for the process and
+    laid out again for each ObsID's image size: building it cost as much as drawing it.
     """
     out: list[Path] = []
-    figure: _ImageFigure | None = None
-    try:
+    with _IMAGE_LOCK:
+        global _IMAGE_FIGURE
+        if _IMAGE_FIGURE is None:
+            _IMAGE_FIGURE = _ImageFigure()
+        figure = _IMAGE_FIGURE
+        figure.reset()
         for image, wcs, path, title in images:
-            if figure is None or not figure.fits(image, wcs):
-                if figure is not None:
-                    figure.close()
-                figure = _ImageFigure(image.shape, wcs, extent, regions)
+            if not figure.fits(image, wcs):
+                figure.setup(image.shape, wcs, extent, regions)
             out.append(figure.save(image, path, title=title))
-    finally:
-        if figure is not None:
-            figure.close()
     return out
 
 
 class _ImageFigure:
-    """The regions, axes, ticks and colour bar of an image plot, drawn again for each image."""
+    """The axes, colour bar and region overlays of an image plot, drawn again for each image."""
 
-    def __init__(self, shape: tuple[int, ...], wcs: Any, extent: Any, regions: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.colors import LogNorm
+        from matplotlib.figure import Figure
+
+        _figure()  # the Agg backend, as for every figure here
+        # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
+        self.fig = fig = Figure()
+        FigureCanvasAgg(fig)
+        ax: Any = fig.add_axes((0.1, 0.1, 0.7, 0.8))
+        self.ax = ax
+        self.cax = fig.add_axes((0.85, 0.1, 0.05, 0.8))
+        self.shown = ax.imshow(
+            np.ones((2, 2)),
+            origin="lower",
+            cmap="magma",
+            interpolation="nearest",
+            norm=LogNorm(vmin=0.1, vmax=1.0),
+        )
+        self.bar = fig.colorbar(self.shown, cax=self.cax)
+        ax.set_xlabel("RA (J2000)")
+        ax.set_ylabel("Dec (J2000)")
+        place_labels(ax, x_in=0.27, y_in=0.74)
+        self.overlays: list[Any] = []
+        self.shape: tuple[int, ...] | None = None
+        self._wcs_key = ""
+
+    def reset(self) -> None:
+        """Forget the layout: the next image is set up again (another ObsID's regions)."""
+        self.shape, self._wcs_key = None, ""
+
+    def setup(self, shape: tuple[int, ...], wcs: Any, extent: Any, regions: dict[str, Any]) -> None:
+        """Lay the figure out for images of ``shape`` on ``wcs`` and draw ``regions`` over them."""
         from matplotlib.colors import LogNorm
         from matplotlib.lines import Line2D
         from matplotlib.patches import Circle
 
         from .constants import SKY_PIXEL_ARCSEC
 
-        self._plt = _figure()
-        self.fig = fig = self._plt.figure()
+        fig, ax = self.fig, self.ax
+        for artist in self.overlays:
+            artist.remove()
+        self.overlays = []
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.remove()
         self.shape, self._wcs_key = tuple(shape), _wcs_key(wcs)
         cx, cy = extent.to_pixel(regions["centre_x"], regions["centre_y"])
         per_arcmin = 60.0 / SKY_PIXEL_ARCSEC / extent.bin_phys
@@ -259,20 +296,20 @@ class _ImageFigure:
         x0, x1 = max(int(cx - half), 0), min(int(cx + half) + 1, nx)
         y0, y1 = max(int(cy - half), 0), min(int(cy + half) + 1, ny)
         self.window = (slice(y0, y1), slice(x0, x1))
-        self.ax, self.cax = ax, cax = _image_axes(fig, (y1 - y0, x1 - x0))
-        self.shown = ax.imshow(
-            np.ones((y1 - y0, x1 - x0)),
-            origin="lower",
-            cmap="magma",
-            interpolation="nearest",
-            norm=LogNorm(vmin=0.1, vmax=1.0),
-        )
-        self.bar = fig.colorbar(self.shown, cax=cax)
+        _image_axes(fig, ax, self.cax, (y1 - y0, x1 - x0))
+        self.shown.set_data(np.ones((y1 - y0, x1 - x0)))
+        self.shown.set_extent((-0.5, x1 - x0 - 0.5, -0.5, y1 - y0 - 0.5))
+        self.shown.set_norm(LogNorm(vmin=0.1, vmax=1.0))
         self.bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
         cx, cy = cx - x0, cy - y0
-        ax.add_patch(Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5))
+        add = self.overlays.append
+        add(
+            ax.add_patch(
+                Circle((cx, cy), regions["r_src_arcmin"] * per_arcmin, fill=False, ec="lime", lw=1.5)
+            )
+        )
         for r in (regions["bkg_inner_arcmin"], regions["bkg_outer_arcmin"]):
-            ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.2, ls="--"))
+            add(ax.add_patch(Circle((cx, cy), r * per_arcmin, fill=False, ec="cyan", lw=1.2, ls="--")))
         n_masked = 0
         for p in regions.get("point_sources", []):
             px, py = extent.to_pixel(p["x"], p["y"])
@@ -281,10 +318,10 @@ class _ImageFigure:
                 continue
             n_masked += 1
             r_pix = max(p["r_arcsec"] / 60.0 * per_arcmin, 2.0)
-            ax.add_patch(Circle((px, py), r_pix, fill=False, ec="white", lw=2.4))
-            ax.add_patch(Circle((px, py), r_pix, fill=False, ec="red", lw=1.2))
-            ax.plot([px - r_pix, px + r_pix], [py - r_pix, py + r_pix], color="red", lw=0.8)
-            ax.plot([px - r_pix, px + r_pix], [py + r_pix, py - r_pix], color="red", lw=0.8)
+            add(ax.add_patch(Circle((px, py), r_pix, fill=False, ec="white", lw=2.4)))
+            add(ax.add_patch(Circle((px, py), r_pix, fill=False, ec="red", lw=1.2)))
+            self.overlays += ax.plot([px - r_pix, px + r_pix], [py - r_pix, py + r_pix], color="red", lw=0.8)
+            self.overlays += ax.plot([px - r_pix, px + r_pix], [py + r_pix, py - r_pix], color="red", lw=0.8)
         handles = [
             Line2D([], [], color="lime", lw=1.5, label=f"source, R = {regions['r_src_arcmin']:.2f}'"),
             Line2D(
@@ -307,12 +344,9 @@ class _ImageFigure:
         ]
         ax.legend(handles=handles, loc="upper left", fontsize=8, framealpha=0.85)
         sky_ticks(ax, wcs[y0:y1, x0:x1], (y1 - y0, x1 - x0))
-        ax.set_xlabel("RA (J2000)")
-        ax.set_ylabel("Dec (J2000)")
-        place_labels(ax, x_in=0.27, y_in=0.74)
 
     def fits(self, image: np.ndarray, wcs: Any) -> bool:
-        """Whether ``image`` on ``wcs`` can be drawn in this figure (same shape and WCS)."""
+        """Whether ``image`` on ``wcs`` can be drawn with the current layout (same shape and WCS)."""
         return tuple(image.shape) == self.shape and _wcs_key(wcs) == self._wcs_key
 
     def save(self, image: np.ndarray, path: str | Path, *, title: str = "") -> Path:
@@ -331,15 +365,16 @@ class _ImageFigure:
         self.ax._autotitlepos = False  # as place_labels: the title right above the axes
         return save_png(self.fig, path, dpi=110)
 
-    def close(self) -> None:
-        self._plt.close(self.fig)
+
+_IMAGE_LOCK = threading.Lock()
+_IMAGE_FIGURE: _ImageFigure | None = None
 
 
 def _wcs_key(wcs: Any) -> str:
     return str(wcs.to_header_string(relax=True))
 
 
-def _image_axes(fig: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+def _image_axes(fig: Any, ax: Any, cax: Any, shape: tuple[int, ...]) -> None:
     """Image axes and colour-bar axes placed in inches, the figure sized to the image's aspect.
 
     Fixed margins fit the sexagesimal tick labels, the axis labels, the title and the colour-bar label, so
@@ -351,9 +386,8 @@ def _image_axes(fig: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
     left, bottom, top, pad, bar, right = 1.0, 0.62, 0.32, 0.12, 0.2, 0.78
     fig_w, fig_h = left + width + pad + bar + right, bottom + height + top
     fig.set_size_inches(fig_w, fig_h)
-    ax = fig.add_axes((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
-    cax = fig.add_axes(((left + width + pad) / fig_w, bottom / fig_h, bar / fig_w, height / fig_h))
-    return ax, cax
+    ax.set_position((left / fig_w, bottom / fig_h, width / fig_w, height / fig_h))
+    cax.set_position(((left + width + pad) / fig_w, bottom / fig_h, bar / fig_w, height / fig_h))
 
 
 #: Tick spacings tried for RA [s of time] and Dec [arcsec], finest first.
