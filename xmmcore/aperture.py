@@ -91,7 +91,7 @@ def l500_block(
             "fitted aperture luminosity / (1 - masked-and-gap fraction) / (1 - background over-subtraction) "
             + ("/ cluster-weighted vignetting (on-axis ARF) " if arf_on_axis else "")
             + "x beta-model flux(R500) / flux(aperture); beta model with vignetted sky and flat particle "
-            "background fitted to the 0.5-2 keV profile"
+            "background (its level from the out-of-FOV corners when measured) fitted to the 0.5-2 keV profile"
         ),
     }
     for band, col in (((0.1, 2.4), "L500_0p1_2p4"), ((0.5, 2.0), "L500_0p5_2p0")):

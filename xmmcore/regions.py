@@ -26,6 +26,7 @@ from regions import CirclePixelRegion, PixCoord, PixelRegion, Regions, SkyRegion
 from scipy import ndimage, signal
 
 from .constants import CAMERAS, flat_lcdm
+from .corners import level_from_header
 from .errors import ConfigError, InputDataError
 from .events import EventList, read_clean_events
 from .fsutil import atomic_write_json, atomic_write_text, regular_file
@@ -769,8 +770,12 @@ def _aperture_quantities(
     r_edge: float,
     log: logging.Logger,
     vignetting: np.ndarray | None = None,
+    particles: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Beta-model profile and what it implies for the apertures (see :mod:`xmmcore.profile`).
+
+    ``particles``: expected particle counts per pixel from the cameras' out-of-field corners
+    (:mod:`xmmcore.corners`), the profile's particle term (``None``: a free flat level).
 
     * ``bkg_cluster_fraction``: cluster share of the background annulus' counts;
       ``bkg_oversubtraction``: fraction of the source's cluster counts the background subtraction
@@ -811,6 +816,7 @@ def _aperture_quantities(
             pixel_arcmin=px_arcmin,
             r_max_arcmin=max(r_edge, b_out),
             vignetting=vignetting,
+            particle=None if particles is None else particles * ~masked,
         )
     except ValueError as exc:
         out["profile_note"] = f"no beta-model fit: {exc}"
@@ -912,12 +918,19 @@ def make_regions(
     coverage = np.zeros_like(image)
     footprints = {}
     rel_exposure = np.zeros_like(image)
+    particles: np.ndarray | None = np.zeros_like(image)
     for cam, e in evls.items():
         img, wcs, _ = bin_image(e, band_kev=(0.5, 2.0), extent=extent)
         image += img
         footprints[cam] = ccd_footprints(e)
-        coverage = np.maximum(coverage, coverage_image(footprints[cam], extent))
+        cam_cov = coverage_image(footprints[cam], extent)
+        coverage = np.maximum(coverage, cam_cov)
         rel_exposure += _camera_weight(e, extent, footprints[cam])
+        corner = level_from_header(e.header)
+        if corner is None or particles is None:
+            particles = None  # one camera without a corner level: the profile fits a free flat level
+        else:
+            particles += corner[0] / corner[1] * (extent.bin_phys / _ARCMIN_PHYS) ** 2 * cam_cov
     if rel_exposure.max() > 0:
         rel_exposure /= rel_exposure.max()
     ra0, dec0, fixed = _centre_start(list(evls.values()), getattr(obs, "meta", {}) or {}, rs.centre)
@@ -1007,6 +1020,7 @@ def make_regions(
         r_edge=r_edge,
         log=log,
         vignetting=vig_map,
+        particles=particles,
     )
     log.info(
         "regions: centre (%.5f, %.5f) [%s], R=%.2f arcmin (%s), bkg %.2f-%.2f arcmin, %d point sources",

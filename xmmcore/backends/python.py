@@ -17,6 +17,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from ..corners import HEADER_KEYS as CORNER_KEYS
+from ..corners import corner_rows, particle_level
 from ..errors import InputDataError
 from ..events import (
     flag_mask_for,
@@ -103,9 +105,14 @@ class PythonBackend:
         screen_kw = scr.screen_kwargs(flag_mask)
 
         def wanted(cols: Any) -> np.ndarray:
-            # Streaming pre-selection: rows that pass the screening or feed the flare light curve.
-            return screen_mask(cols, **screen_kw) | screen_mask(
-                cols, pattern_max=0, flag_mask=lc_mask, pi_min=band[0] * 1000.0, pi_max=band[1] * 1000.0
+            # Streaming pre-selection: rows that pass the screening, feed the flare light curve or
+            # lie in the out-of-field corners (the particle level of the regions step's profile).
+            return (
+                screen_mask(cols, **screen_kw)
+                | screen_mask(
+                    cols, pattern_max=0, flag_mask=lc_mask, pi_min=band[0] * 1000.0, pi_max=band[1] * 1000.0
+                )
+                | corner_rows(cols, pattern_max=scr.pattern_max, flag_mask=flag_mask)
             )
 
         evl = read_events(path, camera=camera, prefilter=wanted)
@@ -131,9 +138,14 @@ class PythonBackend:
                 f"no good time left after flare filtering ({method}, threshold {res.threshold:.3g} ct/s)",
                 path,
             )
+        corner = corner_rows(evl.columns, pattern_max=scr.pattern_max, flag_mask=flag_mask)
+        qpb = particle_level(evl.columns, res.gti, corner=corner, in_fov=screened & ~corner)
         clean_t, _ = screen_with_gti(
             evl, res.gti, **screen_kw, keep=screened
         )  # screening and flare GTI in one copy
+        if qpb is not None:
+            clean_t.header[CORNER_KEYS["counts"]] = (qpb["counts"], "0.5-2 keV out-of-FOV counts in the GTIs")
+            clean_t.header[CORNER_KEYS["area"]] = (qpb["area_arcmin2"], "[arcmin2] out-of-FOV CCD area")
         sel = (
             f"PATTERN<={scr.pattern_max} && (FLAG & {hex(flag_mask) if flag_mask is not None else 'none'})"
             f"==0 && PI in [{scr.pi_min}:{scr.pi_max}] && CCDNR in {list(scr.ccds) if scr.ccds else 'all'} "
@@ -174,6 +186,7 @@ class PythonBackend:
                 "exposure_s": exp_clean,
                 "livetime_s": exp_clean * clean_t.deadtime_factor(),
                 "time_resorted": evl.resorted,
+                "corner_particle": qpb,
                 "outputs": outputs,  # the plot only when drawn (a missing plot never looks unfinished)
             }
         )
