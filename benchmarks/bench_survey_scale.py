@@ -130,13 +130,8 @@ def flatness(records: list[dict[str, Any]], lo: tuple[int, int] = (40, 60), hi: 
 
 
 def _slurm_cluster(nodes: int, state: Path) -> dict[str, str]:
-    env = dict(
-        os.environ,
-        XMM_SLURM_DIR=str(state),
-        XMM_SLURM_NODES=str(nodes),
-        XMM_SLURMCTLD_PORT=os.environ.get("XMM_SLURMCTLD_PORT", "6957"),
-        XMM_SLURMD_PORT=os.environ.get("XMM_SLURMD_PORT", "6960"),
-    )
+    # ports: XMM_SLURMCTLD_PORT / XMM_SLURMD_PORT from the environment, else free ones (local-cluster.sh)
+    env = dict(os.environ, XMM_SLURM_DIR=str(state), XMM_SLURM_NODES=str(nodes))
     from xmmcore.tools import run_tool
 
     run_tool(

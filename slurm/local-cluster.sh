@@ -27,6 +27,12 @@
 # launches jobs). Nothing outside the state directory is touched: the configuration, munge key and
 # socket, spool, logs and pid files live in $XMM_SLURM_DIR (default /tmp/xmm-survey-slurm-<uid>,
 # mode 700). Clients find this cluster through SLURM_CONF=$XMM_SLURM_DIR/slurm.conf.
+# Ports: XMM_SLURMCTLD_PORT (slurmctld) and XMM_SLURMD_PORT (slurmd; node i of several: +i) when set
+# (refused if one is in use); unset, `start` takes 6817/6818 if free, else a free block at random in
+# 20000-40000, and keeps it in $XMM_SLURM_DIR/ports for the next start. Two clusters may run at once
+# (two test runs): the choice and the daemons' bind are done under flock on $XMM_SLURM_PORTS_LOCK
+# (default /tmp/xmm-survey-slurm-ports.lock, the one file outside the state dir), so a second start
+# waits for the first with a message instead of taking the same ports.
 set -euo pipefail
 
 STATE="${XMM_SLURM_DIR:-/tmp/xmm-survey-slurm-$(id -u)}"
@@ -34,7 +40,10 @@ CONF="$STATE/slurm.conf"
 MUNGE="$STATE/munge"
 PARTITION="${XMM_SLURM_PARTITION:-debug}"
 NODES="${XMM_SLURM_NODES:-1}"
-SLURMD_PORT="${XMM_SLURMD_PORT:-6818}"
+# ports: XMM_SLURMCTLD_PORT / XMM_SLURMD_PORT when given; otherwise chosen free at start (see pick_ports)
+CTLD_PORT="${XMM_SLURMCTLD_PORT:-}"
+SLURMD_PORT="${XMM_SLURMD_PORT:-}"
+PORTS_LOCK="${XMM_SLURM_PORTS_LOCK:-/tmp/xmm-survey-slurm-ports.lock}"
 
 die() { echo "local-cluster.sh: $*" >&2; exit 1; }
 
@@ -85,7 +94,7 @@ AuthInfo=socket=$MUNGE/munge.socket.2
 StateSaveLocation=$STATE/state
 SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmctldLogFile=$STATE/slurmctld.log
-SlurmctldPort=${XMM_SLURMCTLD_PORT:-6817}
+SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -129,6 +138,47 @@ EOF
     mv "$STATE/nodes.txt.tmp" "$STATE/nodes.txt"
 }
 
+own_daemon_alive() {  # 0 if slurmctld or a slurmd of this state dir runs
+    local name
+    alive "$STATE/slurmctld.pid" && return 0
+    for name in $(node_names); do alive "$(pidfile_of "$name")" && return 0; done
+    return 1
+}
+
+port_used() {  # port_used PORT -> 0 if something listens on it (any address)
+    ss -Htln "sport = :$1" 2>/dev/null | grep -q .
+}
+
+block_free() {  # block_free CTLD SLURMD: the controller port and every slurmd port of this cluster are free
+    local p
+    port_used "$1" && return 1
+    if [[ "$NODES" == 1 ]]; then ! port_used "$2"; return; fi
+    for p in $(seq $(($2 + 1)) $(($2 + NODES))); do port_used "$p" && return 1; done
+    return 0
+}
+
+pick_ports() {  # sets CTLD_PORT and SLURMD_PORT: given, kept from this state dir's last start, or free ones
+    local base tries
+    if [[ -n "$CTLD_PORT" || -n "$SLURMD_PORT" ]]; then  # given: used as they are, refused if taken
+        CTLD_PORT="${CTLD_PORT:-6817}"
+        SLURMD_PORT="${SLURMD_PORT:-6818}"
+        block_free "$CTLD_PORT" "$SLURMD_PORT" ||
+            die "XMM_SLURMCTLD_PORT=$CTLD_PORT / XMM_SLURMD_PORT=$SLURMD_PORT (+1..$NODES): a port is in use (another cluster?); unset both to get free ones"
+        return 0
+    fi
+    if [[ -s "$STATE/ports" ]]; then
+        read -r CTLD_PORT SLURMD_PORT <"$STATE/ports"
+        block_free "$CTLD_PORT" "$SLURMD_PORT" && return 0
+    fi
+    CTLD_PORT=6817 SLURMD_PORT=6818
+    for tries in $(seq 1 200); do
+        block_free "$CTLD_PORT" "$SLURMD_PORT" && { echo "$CTLD_PORT $SLURMD_PORT" >"$STATE/ports"; return 0; }
+        base=$((20000 + RANDOM % 20000))
+        CTLD_PORT=$base SLURMD_PORT=$((base + 1))
+    done
+    die "no free block of $((NODES + 2)) ports found in 20000-40000"
+}
+
 print_env() {
     echo "export SLURM_CONF=$CONF"
 }
@@ -163,21 +213,36 @@ start() {
     chmod 700 "$STATE"
     mkdir -p "$STATE/state" "$STATE/spool" "$MUNGE"
     chmod 755 "$MUNGE"
+    local name
+    if own_daemon_alive && [[ -s "$STATE/ports" ]]; then  # (partly) running: keep its ports
+        read -r CTLD_PORT SLURMD_PORT <"$STATE/ports"
+    else
+        # Two clusters started at once (two test runs) must not pick the same free ports: the choice and
+        # the daemons' bind happen under one lock; a second start waits for the first (a few seconds).
+        exec 9>>"$PORTS_LOCK"
+        if ! flock -n 9; then
+            echo "local-cluster.sh: another local cluster is starting ($PORTS_LOCK); waiting for it to bind its ports" >&2
+            flock -w 120 9 || die "waited 120 s for $PORTS_LOCK (held by another local-cluster.sh start)"
+        fi
+        pick_ports
+        echo "$CTLD_PORT $SLURMD_PORT" >"$STATE/ports"
+    fi
     if ! alive "$MUNGE/munged.pid"; then
         [[ -s "$MUNGE/munge.key" ]] || mungekey --create --keyfile "$MUNGE/munge.key" --force >/dev/null
         chmod 600 "$MUNGE/munge.key"
         munged --socket "$MUNGE/munge.socket.2" --key-file "$MUNGE/munge.key" \
-            --pid-file "$MUNGE/munged.pid" --log-file "$MUNGE/munged.log" --seed-file "$MUNGE/seed" -f
+            --pid-file "$MUNGE/munged.pid" --log-file "$MUNGE/munged.log" --seed-file "$MUNGE/seed" -f 9>&-
     fi
     write_conf
     export SLURM_CONF="$CONF"
-    alive "$STATE/slurmctld.pid" || slurmctld -f "$CONF"
-    local name
+    # the daemons must not inherit the lock's descriptor (they would hold the lock for their lifetime)
+    alive "$STATE/slurmctld.pid" || slurmctld -f "$CONF" 9>&-
     for name in $(node_names); do
         [[ "$NODES" == 1 ]] || mkdir -p "$STATE/spool/$name"
-        alive "$(pidfile_of "$name")" || slurmd -f "$CONF" -N "$name"
+        alive "$(pidfile_of "$name")" || slurmd -f "$CONF" -N "$name" 9>&-
     done
     if wait_up 60; then
+        exec 9>&-
         print_env
         return 0
     fi

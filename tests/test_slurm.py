@@ -196,3 +196,77 @@ def test_job_array_mode(tmp_path, slurm_env):
     assert len(array_logs) == 3
     if __import__("importlib").util.find_spec("catalog") is not None:
         assert (res / "catalogue.parquet").exists(), list(tmp_path.glob("xmm-survey-catalogue-*.out"))
+
+
+def _start(state: Path, nodes: int, **env_more: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("XMM_SLURMCTLD_PORT", "XMM_SLURMD_PORT")}
+    env.update(XMM_SLURM_DIR=str(state), XMM_SLURM_NODES=str(nodes), **env_more)
+    return subprocess.Popen(
+        ["bash", str(SLURM / "local-cluster.sh"), "start"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _stop(*states: Path) -> None:
+    """Stop single-node clusters, all at once (a stop waits ~5 s for slurmctld to exit)."""
+    stops = [
+        subprocess.Popen(
+            ["bash", str(SLURM / "local-cluster.sh"), "stop"],
+            env=dict(os.environ, XMM_SLURM_DIR=str(state), XMM_SLURM_NODES="1"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for state in states
+    ]
+    for stop in stops:
+        stop.wait(timeout=120)
+
+
+@pytest.mark.slurm
+def test_two_clusters_started_at_once_take_different_ports(tmp_path):
+    """Two test runs' clusters at the same time: the second start waits for the first's ports, then picks free ones."""
+    states = [tmp_path / "a", tmp_path / "b"]
+    procs = [_start(states[0], 1), _start(states[1], 1)]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+        for p, (out, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, out + err
+        assert any("another local cluster is starting" in err for _out, err in outs)
+        ports = [tuple(int(x) for x in (s / "ports").read_text().split()) for s in states]
+        used = [set(p) for p in ports]
+        assert not used[0] & used[1], ports
+        for state, (ctld, slurmd) in zip(states, ports, strict=True):
+            conf = (state / "slurm.conf").read_text()
+            assert f"SlurmctldPort={ctld}\n" in conf and f"SlurmdPort={slurmd}\n" in conf
+            sinfo = subprocess.run(
+                ["sinfo", "-h", "-N", "-o", "%N %T"],
+                env=dict(os.environ, SLURM_CONF=str(state / "slurm.conf")),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            )
+            assert all(line.split()[1].startswith("idle") for line in sinfo.stdout.splitlines()), sinfo.stdout
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        _stop(*states)
+
+
+@pytest.mark.slurm
+def test_given_port_in_use_is_refused_by_name(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        proc = _start(tmp_path / "c", 1, XMM_SLURMCTLD_PORT=str(port))
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert f"XMM_SLURMCTLD_PORT={port}" in err and "in use" in err
+    assert not (tmp_path / "c" / "munge" / "munged.pid").exists()  # refused before any daemon started

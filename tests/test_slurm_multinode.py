@@ -61,15 +61,10 @@ def _run(cmd, env, **kw):
 
 @pytest.fixture(scope="module")
 def cluster3(tmp_path_factory):
-    """Three SLURM nodes (own ports, so a single-node test cluster may run beside it)."""
+    """Three SLURM nodes on free ports chosen by local-cluster.sh (so another test run's may run beside it)."""
     state = tmp_path_factory.mktemp("slurm3")
-    env = dict(
-        os.environ,
-        XMM_SLURM_DIR=str(state),
-        XMM_SLURM_NODES="3",
-        XMM_SLURMCTLD_PORT="6917",
-        XMM_SLURMD_PORT="6930",
-    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XMM_SLURMCTLD_PORT", "XMM_SLURMD_PORT")}
+    env.update(XMM_SLURM_DIR=str(state), XMM_SLURM_NODES="3")
     out = _run(["bash", str(SLURM / "local-cluster.sh"), "start"], env, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     conf = str(state / "slurm.conf")
