@@ -15,14 +15,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
+import logging
 import os
 import sys
 import tempfile
 import time
 import tracemalloc
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 for p in (REPO, REPO / "benchmarks"):
@@ -36,6 +41,120 @@ def _rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc_stats(libc: ctypes.CDLL) -> dict[str, float]:
+    """glibc's view of the main heap and mmap'd chunks [MB]: in use (uordblks + hblkhd) vs free but kept."""
+    libc.mallinfo2.restype = _MallInfo2
+    m = libc.mallinfo2()
+    return {
+        "malloc_used_mb": round((m.uordblks + m.hblkhd) / 1e6, 1),
+        "malloc_free_mb": round(m.fordblks / 1e6, 1),
+    }
+
+
+def _object_counts() -> Counter[str]:
+    return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+
+
+def _worker_stats(dask_worker: Any = None) -> dict[str, Any]:
+    """A Dask worker's memory: RSS, glibc in use / free, live objects by type, its bookkeeping lengths."""
+    import threading
+
+    gc.collect()
+    out: dict[str, Any] = {"rss_mb": round(_rss_mb(), 1), "threads": threading.active_count()}
+    out.update(_malloc_stats(ctypes.CDLL("libc.so.6")))
+    out["types"] = dict(_object_counts())
+    out["loggers"] = len(logging.Logger.manager.loggerDict)
+    if dask_worker is not None:
+        st = dask_worker.state
+        out["dask"] = {
+            "tasks": len(st.tasks),
+            "data": len(dask_worker.data),
+            "state_log": len(st.log),
+            "stimulus_log": len(st.stimulus_log),
+            "worker_log": len(dask_worker.log),
+            "transfer_in_log": len(dask_worker.transfer_incoming_log),
+            "transfer_out_log": len(dask_worker.transfer_outgoing_log),
+        }
+    return out
+
+
+def _trim_rss() -> tuple[float, float]:
+    before = _rss_mb()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return round(before, 1), round(_rss_mb(), 1)
+
+
+def _dask_probe(args: argparse.Namespace, base_over: dict[str, Any], ids: list[str]) -> int:
+    """The survey on a LocalCluster of ``--dask`` workers in batches of ``--batch`` ObsIDs; after each batch,
+    every worker's memory (``_worker_stats``); at the end the RSS before and after ``malloc_trim(0)``."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from survey.api import run_survey
+    from survey.cluster import SLOT_RESOURCE, scheduler_config
+    from survey.config import load_config
+
+    cfg0 = load_config(None, base_over)
+    with dask.config.set(scheduler_config(cfg0)):
+        cluster = LocalCluster(
+            n_workers=args.dask,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            resources={SLOT_RESOURCE: 1},
+        )
+    client = Client(cluster)
+    first: dict[str, Any] | None = None
+    last: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    for start in range(0, len(ids), args.batch):
+        batch = ids[start : start + args.batch]
+        over = {
+            **base_over,
+            "obsids": batch,
+            "cluster.kind": "address",
+            "cluster.address": cluster.scheduler_address,
+        }
+        run_survey(load_config(None, over), progress=False, catalogue=False, quiet_dask=True)
+        last = client.run(_worker_stats)
+        first = first or last
+        for addr, st in sorted(last.items()):
+            row = {k: v for k, v in st.items() if k != "types"}
+            row.update(n=start + len(batch), worker=addr, objects=sum(st["types"].values()))
+            row["t_s"] = round(time.perf_counter() - t0, 1)
+            print(json.dumps(row), flush=True)
+    for addr in sorted(last):
+        grown = sorted(
+            ((n - first[addr]["types"].get(k, 0), k) for k, n in last[addr]["types"].items()), reverse=True
+        )[: args.top]
+        print(f"\n{addr}: object types that grew most from the first batch to the last:")
+        for d, k in grown:
+            print(f"{d:+8d} {k}")
+    print("RSS before / after malloc_trim(0):", json.dumps(client.run(_trim_rss)))
+    client.close()
+    cluster.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-obsids", type=int, default=150)
@@ -45,6 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=1, help="traceback depth of tracemalloc")
     ap.add_argument("--from", dest="start", type=int, default=20, help="ObsID of the first snapshot")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument(
+        "--thread",
+        action="store_true",
+        help="run each ObsID in one long-lived worker thread, as a Dask worker does (not the main thread)",
+    )
+    ap.add_argument("--dask", type=int, default=0, help="run on a LocalCluster of this many workers instead")
+    ap.add_argument(
+        "--batch", type=int, default=20, help="--dask: ObsIDs per survey run between measurements"
+    )
+    ap.add_argument("--malloc", action="store_true", help="glibc mallinfo2 after each ObsID (in use vs free)")
+    ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each ObsID (RSS after it too)")
+    ap.add_argument(
+        "--objects",
+        action="store_true",
+        help="count live objects by type after each ObsID (cheap; no tracemalloc)",
+    )
     ap.add_argument("--out", type=Path, help="JSON of the per-ObsID RSS (and traced heap)")
     args = ap.parse_args(argv)
 
@@ -58,23 +193,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     ids = sorted(p.name for p in data.iterdir() if p.is_dir())[: args.n_obsids]
     results = Path(tempfile.mkdtemp(prefix="results-rss-loop-", dir=args.base))
-    cfg = load_config(
-        None,
-        {
-            "data_dir": str(data),
-            "results_dir": str(results),
-            "obsids": ids,
-            "joint.enabled": False,
-            "plots": args.plots,
-            "cameras": list(REAL_SIM["cameras"]),
-        },
-    )
+    base_over: dict[str, Any] = {
+        "data_dir": str(data),
+        "results_dir": str(results),
+        "obsids": ids,
+        "joint.enabled": False,
+        "plots": args.plots,
+        "cameras": list(REAL_SIM["cameras"]),
+    }
+    if args.dask:
+        return _dask_probe(args, base_over, ids)
+    cfg = load_config(None, base_over)
     if args.tracemalloc:
         tracemalloc.start(args.frames)
-    series, first = [], None
+    series, first, counts0 = [], None, None
     t0 = time.perf_counter()
+    pool = ThreadPoolExecutor(1) if args.thread else None
     for i, obsid in enumerate(ids, 1):
-        outcome = run_one(cfg, obsid)
+        outcome = pool.submit(run_one, cfg, obsid).result() if pool else run_one(cfg, obsid)
         bad = {s: o.get("reason") for s, o in outcome.items() if o.get("status") not in ("done", "cached")}
         if bad:
             print(f"{obsid}: {bad}", file=sys.stderr)
@@ -89,8 +225,27 @@ def main(argv: list[str] | None = None) -> int:
             row["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / 1e6, 2)
             if i == args.start:
                 first = tracemalloc.take_snapshot()
+        if args.malloc or args.trim:
+            libc = ctypes.CDLL("libc.so.6")
+            row.update(_malloc_stats(libc))
+            if args.trim:
+                libc.malloc_trim(0)
+                row["rss_trimmed_mb"] = round(_rss_mb(), 1)
+        if args.objects:
+            counts = _object_counts()
+            row["objects"] = sum(counts.values())
+            row["loggers"] = len(logging.Logger.manager.loggerDict)
+            if i == args.start:
+                counts0 = counts
         series.append(row)
         print(json.dumps(row), flush=True)
+    if args.malloc and not args.trim:
+        print("RSS before / after one malloc_trim(0) at the end [MB]:", _trim_rss())
+    if counts0 is not None:
+        grown = sorted(((counts[k] - counts0.get(k, 0), k) for k in counts), reverse=True)[: args.top]
+        print(f"\nobject types that grew most between ObsID {args.start} and {len(ids)}:")
+        for d, k in grown:
+            print(f"{d:+8d} {k}  ({counts[k]} live)")
     if first is not None:
         last = tracemalloc.take_snapshot()
         filters = [tracemalloc.Filter(False, tracemalloc.__file__)]

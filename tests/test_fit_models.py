@@ -141,3 +141,33 @@ def test_auto_settings_freeze_redshifts_and_absorber_nh_from_metadata():
     assert got == ["wabs_1.nH=0.05,frozen", "zbremss_1.Redshift=0.16,frozen", "zgauss_1.Redshift=0.16,frozen"]
     # missing or non-finite metadata (a NaN catalogue cell) sets nothing
     assert auto_settings("wabs*(zbremss+zgauss)", {"z": float("nan")}) == []
+
+
+def test_luminosities_of_new_redshifts_add_no_energies_to_the_tbabs_cache():
+    """The library's tbabs (tbnew.c) keeps the cross sections of every energy it is called at, in a
+    cache that never shrinks: flux_table's rest-frame bands (new energies for every redshift) must
+    not reach it, or a worker grows ~0.6 MB per ObsID (issue 18: RSS 1.31 from ObsID 50 to 500)."""
+    pytest.importorskip("xspectrampoline")
+    import ctypes
+
+    from xmmcore.fitting import xsmodels
+    from xmmcore.fitting.fluxes import flux_table
+
+    model = parse_expression("tbabs*zbremss")
+    best = model.values.copy()
+    cached = ctypes.c_int.in_dll(xsmodels.load_library().lib_xs_functions, "cachesize")
+    fluxes, lums = flux_table(model, best, [[0.5, 2.0], [2.0, 10.0]], redshift=0.05)
+    before = cached.value
+    for z in (0.0713, 0.1234, 0.2871, 0.4409):
+        fluxes_z, lums_z = flux_table(model, best, [[0.5, 2.0], [2.0, 10.0]], redshift=z)
+        assert lums_z["0.5-2.0"]["value"] > 0 and lums_z["0.5-2.0"]["redshift"] == z
+    assert cached.value == before  # no energy added by the four new redshifts
+    # and the rest-frame luminosity is still the unabsorbed model in the rest-frame band
+    z1 = 1.05
+    from xmmcore.fitting.fluxes import band_flux, luminosity_distance_cm
+
+    dl = luminosity_distance_cm(0.05)
+    want = band_flux(model, best, (0.5 / z1, 2.0 / z1), unabsorbed=True) * 4 * np.pi * dl * dl
+    assert lums["0.5-2.0"]["value"] == pytest.approx(want, rel=1e-12)
+    assert fluxes["0.5-2.0"]["absorbed"] < fluxes["0.5-2.0"]["unabsorbed"]
+    assert fluxes["0.5-2.0"]["absorbed"] == pytest.approx(band_flux(model, best, (0.5, 2.0)), rel=1e-12)
