@@ -244,6 +244,12 @@ def _aperture_columns() -> list[Column]:
             "",
             "L500 / aperture luminosity (beta model, masks, gaps, bkg)",
         ),
+        c(
+            "l500_profile_rel_err",
+            "float64",
+            "",
+            "relative 1-sigma error of l500_correction from the SB profile",
+        ),
     ]
     for tag, band in (("0p1_2p4", "0.1-2.4"), ("0p5_2p0", "0.5-2.0")):
         desc = f"rest-frame {band} keV luminosity within R500 (unabsorbed)"
@@ -263,6 +269,7 @@ def _aperture_columns() -> list[Column]:
         c("flag_bkg_contamination", "bool", "", "bkg_cluster_fraction > 10%"),
         c("flag_aperture_lost", "bool", "", "aperture_lost_fraction > 10%"),
         c("flag_r500_not_converged", "bool", "", "the R500 iteration did not converge"),
+        c("flag_profile_unconstrained", "bool", "", "l500_profile_rel_err > 15% or no profile covariance"),
         c("quality_flags", "str", "", "comma-separated names of the raised flags (empty = none)"),
     ]
     return cols

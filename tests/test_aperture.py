@@ -218,3 +218,53 @@ def test_r500_iteration_converges_and_records_why(monkeypatch, tmp_path):
         start,
     )
     assert rec["r500_converged"] is False and "no usable kT" in rec["r500_stop_reason"]
+
+
+def test_profile_uncertainty_reaches_the_l500_errors():
+    """A flat core filling the field: with a free flat particle level the beta model's wing and the
+    background trade off, and the L500 errors must say so; the corner-measured level narrows them."""
+    from xmmcore.responses import vignetting
+
+    pix = 8.0 / 60.0
+    n = 230
+    r = P.pixel_radii((n, n), (n / 2, n / 2), pix)
+    vig = vignetting(r, 1.2)
+    rc, beta, s0, sky, part = 3.4, 0.75, 4.0, 0.25, 0.05  # counts per pixel on axis
+    mu = vig * (s0 * (1 + (r / rc) ** 2) ** (0.5 - 3 * beta) + sky) + part
+    img = np.random.default_rng(5).poisson(mu).astype(float)
+    weight = (r < 14.0).astype(float)
+    kw = {"radii_arcmin": r, "weight": weight, "pixel_arcmin": pix, "r_max_arcmin": 14.0, "vignetting": vig}
+    free = P.fit_beta_profile(img, **kw)
+    measured = P.fit_beta_profile(img, **kw, particle=np.full(img.shape, part) * weight)
+    assert measured.particle_scale == pytest.approx(1.0, abs=0.2)
+    lums = {"0.1-2.4": {"band_kev": [0.1, 2.4], "value": 1e44, "err_lo": 1e42, "err_hi": 1e42}}
+    rel = {}
+    for name, prof in (("free", free), ("measured", measured)):
+        draws = [
+            {
+                "rc_arcmin": d.rc_arcmin,
+                "beta": d.beta,
+                "aperture_lost_fraction": 0.0,
+                "bkg_oversubtraction": 0.0,
+            }
+            for d in prof.draws(40)
+        ]
+        assert len(draws) == 40
+        regions = {"profile": prof.to_dict(), "r_src_arcmin": 6.0, "profile_draws": draws}
+        out = A.l500_block(lums, regions, r500_arcmin=10.0)
+        rel[name] = out["l500_profile_rel_err"]
+        assert 0.0 < rel[name] < 1.0
+        # the spectral 1% and the profile's share in quadrature
+        expect = math.hypot(1e42, 1e44 * rel[name]) * out["l500_correction"]
+        assert out["L500_0p1_2p4_err_hi"] == pytest.approx(expect)
+    assert rel["free"] > 1.5 * rel["measured"], rel
+    # no covariance (the fit's curvature not positive definite): unbounded, and flagged
+    out = A.l500_block(
+        lums, {"profile": free.to_dict(), "r_src_arcmin": 6.0, "profile_draws": []}, r500_arcmin=10.0
+    )
+    assert math.isinf(out["l500_profile_rel_err"])
+    fit = {"converged": True, "parameters": []}
+    flags = A.quality_flags(
+        fit, {}, net_counts=5e4, requested_errors="none", r500_converged=None, l500_profile_rel_err=math.inf
+    )
+    assert flags["flag_profile_unconstrained"] and flags["quality_flags"] == "profile_unconstrained"

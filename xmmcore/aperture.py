@@ -10,7 +10,9 @@
   vignetting of the aperture when the ARF is an on-axis one (``spectra.arf_vignetting``), and
   multiplied by the beta model's R500-to-aperture flux ratio; all these numbers come from the beta
   model fitted (with the vignetting, a vignetted sky and a flat particle background) to the 0.5-2 keV
-  surface-brightness profile by the regions step. Errors scale with the luminosity's.
+  surface-brightness profile by the regions step. Errors: the spectral luminosity's, with the
+  profile's (the scatter of the correction over draws of the beta model from its covariance, which
+  the background terms' freedom widens) added in quadrature.
 * :func:`quality_flags` -- the flags of a fit row (see the function).
 """
 
@@ -20,7 +22,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .profile import BetaProfile
+import numpy as np
+
+from .profile import BetaProfile, beta_cumulative
 
 __all__ = [
     "BKG_CONTAMINATION_LIMIT",
@@ -35,6 +39,7 @@ BKG_CONTAMINATION_LIMIT = 0.10  # cluster share of the background annulus above 
 LOST_FRACTION_LIMIT = 0.10  # fraction of the aperture's flux in masks and gaps above which a row is flagged
 LOW_NET_COUNTS = 500.0  # net source counts (all cameras) below which a row is flagged
 UNCONSTRAINED_REL_ERROR = 0.5
+PROFILE_REL_ERROR_LIMIT = 0.15  # profile share of L500's relative error above which a row is flagged
 
 
 def e_of_z(z: float, om0: float = 0.3) -> float:
@@ -83,10 +88,14 @@ def l500_block(
     over = 0.0 if not math.isfinite(over) else min(over, 0.9)
     vig = 1.0 if not (math.isfinite(vig) and vig > 0) else vig
     corr = ratio / ((1.0 - lost) * (1.0 - over) * vig) if math.isfinite(ratio) else math.nan
+    rel = _profile_rel_error(
+        regions, r500_arcmin=r500_arcmin, r_src=r_src, corr=corr, arf_on_axis=arf_on_axis
+    )
     out: dict[str, Any] = {
         "l500_over_aperture": ratio,
         "l500_vignetting": vig,
         "l500_correction": corr,
+        "l500_profile_rel_err": rel,
         "l500_method": (
             "fitted aperture luminosity / (1 - masked-and-gap fraction) / (1 - background over-subtraction) "
             + ("/ cluster-weighted vignetting (on-axis ARF) " if arf_on_axis else "")
@@ -99,8 +108,46 @@ def l500_block(
         v = _nan(entry.get("value")) if entry else math.nan
         lo = _nan(entry.get("err_lo")) if entry else math.nan
         hi = _nan(entry.get("err_hi")) if entry else math.nan
-        out[col], out[f"{col}_err_lo"], out[f"{col}_err_hi"] = v * corr, lo * corr, hi * corr
+        # the profile's share (draws of the beta model) added in quadrature to the spectral errors
+        prof_err = abs(v) * rel if math.isfinite(rel) else 0.0
+        out[col] = v * corr
+        out[f"{col}_err_lo"] = math.hypot(lo, prof_err) * corr
+        out[f"{col}_err_hi"] = math.hypot(hi, prof_err) * corr
     return out
+
+
+def _profile_rel_error(
+    regions: Mapping[str, Any], *, r500_arcmin: float, r_src: float, corr: float, arf_on_axis: bool
+) -> float:
+    """Relative 1-sigma scatter of the L500 correction over the regions step's profile draws.
+
+    Each draw of (S0, rc, beta) from the beta-model fit's covariance (``profile_draws``) gives its
+    own R500-to-aperture ratio, masked-and-gap fraction, background over-subtraction and
+    vignetting; half the 16-84% range of the resulting corrections over the best one.  NaN when
+    there is no profile or R500; ``inf`` when the fit has no covariance (shape unconstrained).
+    """
+    draws = regions.get("profile_draws")
+    if not (math.isfinite(corr) and math.isfinite(r500_arcmin) and r_src > 0) or draws is None:
+        return math.nan
+    if not draws:
+        return math.inf
+    vals = []
+    for d in draws:
+        try:
+            rc, beta = float(d["rc_arcmin"]), float(d["beta"])
+            ratio = float(beta_cumulative(r500_arcmin, rc, beta) / beta_cumulative(r_src, rc, beta))
+            lost = min(max(_nan(d.get("aperture_lost_fraction")), 0.0), 0.9)
+            over = min(max(_nan(d.get("bkg_oversubtraction")), 0.0), 0.9)
+            vig = _nan(d.get("aperture_vignetting")) if arf_on_axis else 1.0
+        except (KeyError, TypeError, ValueError):
+            continue
+        c = ratio / ((1.0 - lost) * (1.0 - over) * vig) if vig > 0 else math.nan
+        if math.isfinite(c):
+            vals.append(c)
+    if len(vals) < 5:
+        return math.inf
+    lo, hi = np.percentile(vals, [16.0, 84.0])
+    return float(0.5 * (hi - lo) / corr)
 
 
 def _band_entry(luminosities: Mapping[str, Any], band: tuple[float, float]) -> Mapping[str, Any] | None:
@@ -121,6 +168,7 @@ def quality_flags(
     requested_errors: str,
     r500_converged: bool | None,
     error_fallback_reason: str | None = None,
+    l500_profile_rel_err: float = math.nan,
 ) -> dict[str, Any]:
     """Quality flags of one fit row.
 
@@ -130,7 +178,9 @@ def quality_flags(
     for but covariance errors were given for some or all parameters; ``errors_fallback_reason`` says
     which and why, from the fit record's ``error_fallbacks``),
     ``flag_bkg_contamination`` (cluster share of the background annulus > 10%), ``flag_aperture_lost``
-    (> 10% of the aperture's flux in masks and gaps), ``flag_r500_not_converged``; ``quality_flags``
+    (> 10% of the aperture's flux in masks and gaps), ``flag_r500_not_converged``,
+    ``flag_profile_unconstrained`` (the surface-brightness profile leaves L500's correction uncertain by
+    > 15%, or its fit has no covariance: background and cluster wing degenerate); ``quality_flags``
     lists the names of the raised flags, comma-separated.
     """
     unconstrained, at_limit = [], []
@@ -164,6 +214,7 @@ def quality_flags(
         "flag_bkg_contamination": _nan(regions.get("bkg_cluster_fraction")) > BKG_CONTAMINATION_LIMIT,
         "flag_aperture_lost": _nan(regions.get("aperture_lost_fraction")) > LOST_FRACTION_LIMIT,
         "flag_r500_not_converged": r500_converged is False,
+        "flag_profile_unconstrained": bool(l500_profile_rel_err > PROFILE_REL_ERROR_LIMIT),
     }
     flags["quality_flags"] = ",".join(k[5:] for k, v in flags.items() if k.startswith("flag_") and v is True)
     return flags

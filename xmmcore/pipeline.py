@@ -432,6 +432,7 @@ def _aperture_record(
             net_counts=net_counts_of(record.get("datasets") or []),
             requested_errors=str(config_value(cfg, "fit.errors")),
             r500_converged=r500["r500_converged"],
+            l500_profile_rel_err=float(out.get("l500_profile_rel_err", float("nan"))),
         )
     )
     return out

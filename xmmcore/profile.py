@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,28 @@ class BetaProfile:
     note: str = ""
     bkg_flat_per_arcmin2: float = 0.0
     particle_scale: float = float("nan")
+    #: covariance of (ln S0, ln rc, beta) from the C statistic's curvature at the best fit (the
+    #: backgrounds profiled), ``None`` when the curvature is not positive definite (unconstrained)
+    covariance: list[list[float]] | None = None
+
+    def draws(self, n: int, *, seed: int = 0) -> list[BetaProfile]:
+        """``n`` profiles with (S0, rc, beta) drawn from :attr:`covariance` (beta kept in 0.35-2.5); [] without it."""
+        if self.covariance is None:
+            return []
+        rng = np.random.default_rng(seed)
+        mean = np.array([math.log(self.s0_per_arcmin2), math.log(self.rc_arcmin), self.beta])
+        out = []
+        for x in rng.multivariate_normal(mean, np.asarray(self.covariance), size=n):
+            out.append(
+                replace(
+                    self,
+                    s0_per_arcmin2=float(math.exp(x[0])),
+                    rc_arcmin=float(math.exp(x[1])),
+                    beta=float(np.clip(x[2], 0.35, 2.5)),
+                    covariance=None,
+                )
+            )
+        return out
 
     def brightness(self, r_arcmin: np.ndarray | float) -> np.ndarray:
         """Cluster surface brightness [counts / arcmin^2] at ``r_arcmin`` (without the background)."""
@@ -217,6 +239,7 @@ def fit_beta_profile(
             best = res
     log_s0, log_rc, beta, log_b = best.x[:4]
     rc = float(math.exp(log_rc))
+    covariance = _shape_covariance(cstat, best.x)
     note = ""
     if rc > r_max_arcmin:
         note = f"core radius {rc:.2f}' beyond the profile's {r_max_arcmin:.2f}': shape poorly constrained"
@@ -237,6 +260,7 @@ def fit_beta_profile(
             else 0.0
         ),
         particle_scale=float(math.exp(best.x[4])) if measured_particles else float("nan"),
+        covariance=covariance,
     )
 
 
@@ -322,3 +346,37 @@ def nelder_mead(
         order()
     fval = float("nan") if any(f != f for f in fsim) else fsim[0]  # np.min(fsim), as scipy returns it
     return OptimizeResult(x=np.array(sim[0]), fun=fval, nit=iterations, success=iterations < maxiter)
+
+
+def _shape_covariance(cstat: Any, x: np.ndarray, step: float = 2e-3) -> list[list[float]] | None:
+    """Covariance of the first three parameters (ln S0, ln rc, beta): ``2 H^-1`` of the C statistic.
+
+    The Hessian is taken over every parameter (central differences), so the backgrounds' freedom
+    (the degeneracy of a flat level with a cluster's wing) widens the shape's errors; ``None`` when
+    it is not positive definite or the best fit sits at the beta bound.
+    """
+    if not 0.35 + 5 * step < x[2] < 2.5 - 5 * step:
+        return None
+    k = x.size
+    h = np.full(k, step)
+    f0 = cstat(x)
+    hess = np.zeros((k, k))
+    for i in range(k):
+        for j in range(i, k):
+            ei, ej = np.eye(k)[i] * h[i], np.eye(k)[j] * h[j]
+            if i == j:
+                v = (cstat(x + ei) - 2.0 * f0 + cstat(x - ei)) / h[i] ** 2
+            else:
+                v = (cstat(x + ei + ej) - cstat(x + ei - ej) - cstat(x - ei + ej) + cstat(x - ei - ej)) / (
+                    4.0 * h[i] * h[j]
+                )
+            hess[i, j] = hess[j, i] = v
+    try:
+        np.linalg.cholesky(hess)
+        cov = 2.0 * np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return None
+    sub = cov[:3, :3]
+    if not np.all(np.isfinite(sub)) or np.any(np.diag(sub) <= 0):
+        return None
+    return [[float(v) for v in row] for row in sub]

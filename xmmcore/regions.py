@@ -698,6 +698,9 @@ def _detector_edge_arcmin(coverage: np.ndarray, extent: Extent, centre_xy: tuple
     return float(edges[min(last + 1, edges.size - 1)])
 
 
+#: Draws of the beta model from its covariance that carry its uncertainty into L500.
+PROFILE_DRAWS = 40
+
 #: Energy [keV] at which the 0.5-2 keV image's vignetting is evaluated (its mean photon energy for a cluster).
 _IMAGE_VIGNETTING_KEV = 1.2
 
@@ -824,29 +827,33 @@ def _aperture_quantities(
         return out
     vig = np.ones_like(r) if vignetting is None else vignetting
     inside, ann = r <= r_src, (r >= b_in) & (r <= b_out)
-    # The model is integrated over sub-pixels near the centre, where a compact core spans few pixels.
-    model = _subpixel_brightness(prof, r, px_arcmin)
-    seen = model * vig * weight  # cluster counts per pixel in the data (vignetted, unmasked)
-    bkg_seen = (prof.bkg_per_arcmin2 * vig + prof.bkg_flat_per_arcmin2) * weight
-    src_seen = float(np.sum(seen[inside]))
-    w_src, w_ann = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
-    ann_cluster = float(np.sum(seen[ann]))
-    ann_total = ann_cluster + float(np.sum(bkg_seen[ann]))
-    lost = 1.0 - float(np.sum((model * weight)[inside]) / np.sum(model[inside]))
-    out.update(
-        {
-            "profile": prof.to_dict(),
-            "bkg_cluster_fraction": ann_cluster / ann_total if ann_total > 0 else float("nan"),
+
+    def fractions(pr: Any) -> dict[str, float]:
+        # The model is integrated over sub-pixels near the centre, where a compact core spans few pixels.
+        model = _subpixel_brightness(pr, r, px_arcmin)
+        seen = model * vig * weight  # cluster counts per pixel in the data (vignetted, unmasked)
+        bkg_seen = (pr.bkg_per_arcmin2 * vig + pr.bkg_flat_per_arcmin2) * weight
+        src_seen = float(np.sum(seen[inside]))
+        w_src, w_ann = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
+        ann_cluster = float(np.sum(seen[ann]))
+        ann_total = ann_cluster + float(np.sum(bkg_seen[ann]))
+        unmasked = float(np.sum((model * weight)[inside]))
+        nan = float("nan")
+        return {
+            "bkg_cluster_fraction": ann_cluster / ann_total if ann_total > 0 else nan,
             "bkg_oversubtraction": (ann_cluster / w_ann * w_src / src_seen)
             if w_ann > 0 and src_seen > 0
-            else float("nan"),
-            "aperture_lost_fraction": lost,
-            "aperture_vignetting": src_seen / float(np.sum((model * weight)[inside]))
-            if src_seen > 0
-            else float("nan"),
-            "profile_note": prof.note,
+            else nan,
+            "aperture_lost_fraction": 1.0 - unmasked / float(np.sum(model[inside])),
+            "aperture_vignetting": src_seen / unmasked if src_seen > 0 else nan,
         }
-    )
+
+    out.update({"profile": prof.to_dict(), **fractions(prof), "profile_note": prof.note})
+    # The profile's uncertainty for L500 (aperture.l500_block): the same fractions for draws of
+    # (S0, rc, beta) from the fit's covariance, which the backgrounds' freedom widens.
+    out["profile_draws"] = [
+        {"rc_arcmin": d.rc_arcmin, "beta": d.beta, **fractions(d)} for d in prof.draws(PROFILE_DRAWS)
+    ]
     if np.isfinite(r500_arcmin):
         out["l500_over_aperture"] = prof.fraction_ratio(r500_arcmin, r_src)
     return out
