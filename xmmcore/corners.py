@@ -47,11 +47,15 @@ def corner_rows(
     return out
 
 
-def _hull_area(x: np.ndarray, y: np.ndarray) -> float:
+def _hull_area(x: np.ndarray, y: np.ndarray, cell: float = 40.0) -> float:
+    """Area [physical px^2] of the convex hull of the points, on a grid of ``cell`` (2") for speed."""
     if x.size < 10:
         return 0.0
+    pts = np.unique(np.column_stack([np.floor(x / cell), np.floor(y / cell)]), axis=0)
+    # the hull of the cells' corners: the same outline to within one cell
+    corners = np.concatenate([pts + d for d in ((0, 0), (1, 0), (0, 1), (1, 1))]) * cell
     try:
-        return float(ConvexHull(np.column_stack([x, y]).astype(float)).volume)
+        return float(ConvexHull(corners).volume)
     except QhullError:
         return 0.0
 
