@@ -92,6 +92,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "regions.background.method": ("annulus", "region", "blanksky"),
     "spectra.grouping": ("min_counts", "optimal", "none"),
     "spectra.arf_vignetting": ("auto", "correct", "none"),
+    "spectra.local_background": ("matched", "plain"),
     "fit.errors": ("profile", "covariance", "none"),
     "plots": ("all", "summary", "none"),
 }

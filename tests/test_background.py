@@ -84,3 +84,69 @@ def test_double_subtraction_adds_the_local_residual() -> None:
     # variance 0.25*8 + (30 + 0.25*20) / 25 = 2 + 1.4
     assert pha.stat_err[chan] == pytest.approx(np.sqrt(3.4))
     assert not pha.poisserr and pha.backscal == 1.0 and pha.exposure == 1000.0
+
+
+def test_pgstat_profiles_the_gaussian_background_per_bin() -> None:
+    from scipy.optimize import minimize_scalar
+
+    from xmmcore.fitting.stats import pgstat
+
+    d = np.array([0.0, 3.0, 12.0, 40.0, 7.0])
+    b = np.array([1.5, 2.0, -1.0, 30.0, 6.5])
+    v = np.array([2.0, 0.5, 4.0, 60.0, 0.0])
+    m = np.array([0.7, 2.0, 9.0, 15.0, 1.0])
+
+    def direct(i: int) -> float:
+        def neg2lnl(f: float) -> float:
+            mu = m[i] + f
+            poisson = 2.0 * (mu - d[i] + (d[i] * np.log(d[i] / mu) if d[i] > 0 else 0.0))
+            return poisson + ((b[i] - f) ** 2 / v[i] if v[i] > 0 else 0.0)
+
+        if v[i] == 0:  # a background without error is known
+            return neg2lnl(max(b[i], 0.0))
+        return float(
+            minimize_scalar(neg2lnl, bounds=(0.0, 200.0), method="bounded", options={"xatol": 1e-10}).fun
+        )
+
+    expected = sum(direct(i) for i in range(d.size))
+    assert pgstat(d, b, v, m) == pytest.approx(expected, rel=1e-7)
+
+
+def test_a_non_poisson_background_switches_cstat_and_wstat_to_pgstat() -> None:
+    from xmmcore.fitting import stats
+
+    class _Ds:
+        has_background = True
+        bkg_poisson = False
+
+    assert isinstance(stats.get_statistic("cstat").for_dataset(_Ds()), stats.PGStat)  # type: ignore[arg-type]
+    assert isinstance(stats.get_statistic("wstat").for_dataset(_Ds()), stats.PGStat)  # type: ignore[arg-type]
+    _Ds.bkg_poisson = True
+    assert isinstance(stats.get_statistic("cstat").for_dataset(_Ds()), stats.WStat)  # type: ignore[arg-type]
+
+
+def test_vignetting_matched_background_rescales_only_the_sky_part() -> None:
+    from xmmcore.background import OofSpectrum, vignetting_matched_background
+    from xmmcore.ogip import PHA
+
+    n = 800  # MOS grid, 15 eV channels
+    rng = np.random.default_rng(3)
+    ann = PHA(channel=np.arange(n), counts=rng.poisson(50.0, n).astype(float), exposure=1e4, backscal=4e8)
+    src = PHA(channel=np.arange(n), counts=np.zeros(n), exposure=1e4, backscal=2e8)
+    oof = OofSpectrum(counts=rng.poisson(20.0, n), area_phys2=2e8, exposure_s=1e4)
+    e = np.array([0.1, 5.0, 15.0])
+    # equal vignetting: the plain area scaling, r = 0.5
+    flat, rec = vignetting_matched_background(
+        ann, src, oof=oof, vig_src=np.ones(3), vig_ann=np.ones(3), energies_kev=e, camera="mos1"
+    )
+    assert np.allclose(flat.counts, 0.5 * ann.counts) and rec["bkg_area_ratio"] == pytest.approx(0.5)
+    assert not flat.poisserr and flat.backscal == src.backscal and flat.exposure == src.exposure
+    assert np.allclose(flat.stat_err, 0.5 * np.sqrt(ann.counts))
+    # the annulus sees the sky through half the source region's vignetting: sky part x 2, particles x 1
+    matched, rec = vignetting_matched_background(
+        ann, src, oof=oof, vig_src=np.ones(3), vig_ann=np.full(3, 0.5), energies_kev=e, camera="mos1"
+    )
+    particles = 2.0 * oof.counts  # the annulus has twice the out-of-FOV area
+    assert np.allclose(matched.counts, 0.5 * particles + 1.0 * (ann.counts - particles))
+    assert np.allclose(matched.stat_err**2, ann.counts + 0.25 * 4.0 * oof.counts)
+    assert rec["bkg_sky_rescale_1kev"] == pytest.approx(2.0)

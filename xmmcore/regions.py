@@ -54,6 +54,7 @@ __all__ = [
     "bkg_annulus",
     "detect_point_sources",
     "make_regions",
+    "optical_axis_xy",
     "read_ds9",
     "region_area",
     "sb_radius",
@@ -705,6 +706,18 @@ PROFILE_DRAWS = 40
 _IMAGE_VIGNETTING_KEV = 1.2
 
 
+def optical_axis_xy(header: Any) -> tuple[float, float] | None:
+    """The optical axis (the pointing ``RA_PNT``/``DEC_PNT``) in physical X, Y; ``None`` without a pointing."""
+    try:
+        ra, dec = float(header["RA_PNT"]), float(header["DEC_PNT"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(ra) and math.isfinite(dec)):
+        return None
+    px, py = phys_wcs(header).world_to_pixel(SkyCoord(ra * u.deg, dec * u.deg, frame="fk5"))
+    return float(px) + 1.0, float(py) + 1.0
+
+
 def vignetting_map(extent: Extent, header: Any, shape: tuple[int, int]) -> np.ndarray | None:
     """Vignetting of each pixel of the 0.5-2 keV image (:func:`xmmcore.responses.vignetting`).
 
@@ -713,16 +726,12 @@ def vignetting_map(extent: Extent, header: Any, shape: tuple[int, int]) -> np.nd
     """
     from .responses import vignetting
 
-    try:
-        ra, dec = float(header["RA_PNT"]), float(header["DEC_PNT"])
-    except (KeyError, TypeError, ValueError):
+    axis = optical_axis_xy(header)
+    if axis is None:
         return None
-    if not (math.isfinite(ra) and math.isfinite(dec)):
-        return None
-    px, py = phys_wcs(header).world_to_pixel(SkyCoord(ra * u.deg, dec * u.deg, frame="fk5"))
     xs, ys = extent.centres()
     gx, gy = np.meshgrid(xs, ys)
-    theta = np.hypot(gx - (float(px) + 1.0), gy - (float(py) + 1.0)) / _ARCMIN_PHYS
+    theta = np.hypot(gx - axis[0], gy - axis[1]) / _ARCMIN_PHYS
     out = vignetting(theta, _IMAGE_VIGNETTING_KEV)
     return out if out.shape == shape else None
 

@@ -246,6 +246,8 @@ class SpectraSettings:
     responses: Mapping[str, str] | str = field(default_factory=dict)
     #: auto | correct | none: whether L500 divides out the aperture's vignetting (on-axis ARFs)
     arf_vignetting: str = "auto"
+    #: matched | plain: the local background's sky part rescaled by the vignetting ratio, or area-scaled only
+    local_background: str = "matched"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> SpectraSettings:
@@ -255,6 +257,7 @@ class SpectraSettings:
             min_counts=int(config_value(s, "min_counts", prefix="spectra.")),
             responses=_responses(config_value(s, "responses", prefix="spectra.")),
             arf_vignetting=str(config_value(s, "arf_vignetting", prefix="spectra.")),
+            local_background=str(config_value(s, "local_background", prefix="spectra.")),
         )
 
 

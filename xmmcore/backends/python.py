@@ -310,6 +310,16 @@ class PythonBackend:
             bkg = dict(
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
             )
+        elif sps.local_background == "matched":
+            matched = self._matched_background(obs, camera, evl, fp, files, products, cfg, log)
+            out.update(matched)
+            if "bkg_model_counts" in matched:
+                bkg = dict(
+                    bkg,
+                    counts=matched["bkg_model_counts"],
+                    backscal=src["backscal"],
+                    exposure_s=src["exposure_s"],
+                )
         scale = src["backscal"] * src["exposure_s"] / (bkg["backscal"] * bkg["exposure_s"])
         net = src["counts"] - scale * bkg["counts"]
         out.update(
@@ -352,6 +362,94 @@ class PythonBackend:
         if src["counts"] == 0:
             raise InputDataError(f"no {camera} events in the source region", files[f"{camera}_src"])
         return out
+
+    def _matched_background(
+        self,
+        obs: Any,
+        camera: str,
+        evl: Any,
+        footprints: Any,
+        files: dict[str, str],
+        products: ObsProducts,
+        cfg: dict[str, Any],
+        log: logging.Logger,
+    ) -> dict[str, Any]:
+        """Replace the local background PHA by the vignetting-matched one (:mod:`xmmcore.background`).
+
+        Falls back to the plain area-scaled annulus (said in the record and the log) when the list has no
+        pointing or the unscreened list no out-of-FOV events to measure the particle background with.
+        """
+        from ..background import (
+            _VIGNETTING_GRID_KEV,
+            OUT_OF_FOV,
+            oof_spectrum,
+            region_vignetting,
+            vignetting_matched_background,
+        )
+        from ..ogip import read_pha, write_pha
+        from ..regions import optical_axis_xy
+
+        def plain(why: str) -> dict[str, Any]:
+            log.warning(
+                "%s: vignetting-matched background not possible (%s): plain area-scaled annulus", camera, why
+            )
+            return {
+                "background_method": "local",
+                "bkg_vignetting_method": "plain",
+                "bkg_vignetting_note": why,
+            }
+
+        axis = optical_axis_xy(evl.header)
+        if axis is None:
+            return plain("no RA_PNT/DEC_PNT pointing in the event list")
+        raw_path = obs.event_files.get(camera)
+        if raw_path is None:
+            return plain("no unscreened event list")
+        raw = read_events(
+            raw_path, camera=camera, columns=("TIME", "X", "Y", "PI", "PATTERN", "FLAG", "CCDNR")
+        )
+        scr = ScreenSettings.from_config(cfg, camera)
+        in_fov = (evl["FLAG"].astype(np.int64) & OUT_OF_FOV) == 0
+        oof = oof_spectrum(
+            raw,
+            pattern_max=scr.pattern_max,
+            pi_min=scr.pi_min,
+            pi_max=scr.pi_max,
+            gti=evl.gti,
+        )
+        if oof.total < 100 or oof.area_phys2 <= 0:
+            return plain(f"{oof.total} out-of-FOV events in the unscreened list (need >= 100)")
+        fov = ccd_footprints(evl.select(in_fov))
+        src_sel = read_ds9(files[f"{camera}_src"], evl.header)
+        ann_sel = read_ds9(files[f"{camera}_bkg"], evl.header)
+        e = _VIGNETTING_GRID_KEV
+        vig_src = region_vignetting(src_sel, footprints, axis, e, fov_footprints=fov)
+        vig_ann = region_vignetting(ann_sel, footprints, axis, e, fov_footprints=fov)
+        ann_path = products.bkg_spectrum(camera)
+        pha, record = vignetting_matched_background(
+            read_pha(ann_path),
+            read_pha(products.src_spectrum(camera)),
+            oof=oof,
+            vig_src=vig_src,
+            vig_ann=vig_ann,
+            energies_kev=e,
+            camera=camera,
+        )
+        write_pha(pha, ann_path)
+        log.info(
+            "%s: vignetting-matched background: sky x %.3f (1 keV) / %.3f (6 keV) of the area scaling, "
+            "particle share of the annulus %.2f (%d out-of-FOV events)",
+            camera,
+            record["bkg_sky_rescale_1kev"],
+            record["bkg_sky_rescale_6kev"],
+            record["bkg_particle_fraction_0p5_7"],
+            oof.total,
+        )
+        return {
+            "background_method": "local_vignetting_matched",
+            "bkg_model_counts": float(pha.counts.sum()),
+            **record,
+        }
 
     def _blanksky(
         self,

@@ -187,8 +187,13 @@ class SpectrumDataset:
         self.group_counts = self._gmat @ self.pha.counts
         stat_err = self.pha.stat_err
         self.group_stat_err = None if stat_err is None else np.sqrt(self._gmat @ (np.asarray(stat_err) ** 2))
+        self.group_bkg_var: np.ndarray | None = None
         if self.bkg is not None and self.use_background:
             self.group_bkg_counts = self._gmat @ self.bkg.counts
+            if not self.bkg.poisserr:
+                if self.bkg.stat_err is None:
+                    raise InputDataError("background has POISSERR = F but no STAT_ERR column", self.bkg.path)
+                self.group_bkg_var = self._gmat @ (np.asarray(self.bkg.stat_err, dtype=float) ** 2)
         else:
             self.group_bkg_counts = None
         self._noticed = np.ones(n_groups, dtype=bool)
@@ -295,6 +300,16 @@ class SpectrumDataset:
     def counts(self) -> np.ndarray:
         """Source counts per noticed group."""
         return self.group_counts[self._noticed]
+
+    @property
+    def bkg_poisson(self) -> bool:
+        """False when the background spectrum has ``POISSERR = F`` (a modelled or rescaled one, with STAT_ERR)."""
+        return self.group_bkg_var is None
+
+    @property
+    def bkg_variance(self) -> np.ndarray | None:
+        """Variance (STAT_ERR^2 summed per group) of a non-Poisson background's noticed groups, else None."""
+        return None if self.group_bkg_var is None else self.group_bkg_var[self._noticed]
 
     @property
     def bkg_counts(self) -> np.ndarray | None:

@@ -4,6 +4,10 @@
   C = 2 sum (m - d + d ln(d/m)), so that C follows chi2 for many counts.
 * ``wstat``: the W statistic of XSPEC (Cash with the background profiled out,
   Wachter, Leach & Kellogg 1979), for a source spectrum with a Poisson background spectrum.
+* ``pgstat``: Poisson source counts with a Gaussian background (a background spectrum with
+  ``POISSERR = F`` and ``STAT_ERR``, e.g. the vignetting-matched or double-subtracted ones), the
+  background profiled out bin by bin, as XSPEC's pgstat; ``cstat`` and ``wstat`` become ``pgstat`` on such a
+  background, as in XSPEC.
 * ``chi2``: sum (d - m)^2 / sigma^2 with the variance from the data (``chi2`` / ``chi2data``;
   counts, at least 1), Gehrels (1986) (``chi2gehrels``: sigma = 1 + sqrt(d + 0.75)) or the model
   (``chi2model``: sigma^2 = m).
@@ -40,6 +44,7 @@ __all__ = [
     "Chi2Data",
     "Chi2Gehrels",
     "Chi2Model",
+    "PGStat",
     "Statistic",
     "WStat",
     "canonical_stat",
@@ -47,6 +52,7 @@ __all__ = [
     "chi2_variance",
     "cstat",
     "gehrels_sigma",
+    "pgstat",
     "get_statistic",
     "register_statistic",
     "wstat",
@@ -145,6 +151,39 @@ def wstat(
     return float(2.0 * out.sum())
 
 
+def pgstat(data: np.ndarray, bkg: np.ndarray, bkg_var: np.ndarray, model: np.ndarray) -> float:
+    """XSPEC's PG statistic: Poisson data ``d``, Gaussian background ``b +- sigma`` (counts in the source region).
+
+    Parameters
+    ----------
+    data : ndarray
+        Source counts per bin.
+    bkg, bkg_var : ndarray
+        Background estimate and its variance per bin, already scaled to the source region and exposure.
+    model : ndarray
+        Predicted source counts per bin (source model only).
+
+    The background expectation ``f >= 0`` of each bin maximises
+    ``Poisson(d | m + f) x Gauss(b | f, sigma)``: the positive root of
+    ``f^2 + f (m + sigma^2 - b) + sigma^2 (m - d) - b m = 0``. The statistic is
+    ``2 sum [m + f - d + d ln(d / (m + f))] + sum (b - f)^2 / sigma^2`` (zero for a perfect fit).
+    """
+    d = np.asarray(data, dtype=float)
+    b = np.asarray(bkg, dtype=float)
+    v = np.maximum(np.asarray(bkg_var, dtype=float), 0.0)
+    m = np.maximum(np.asarray(model, dtype=float), _TINY)
+    disc = np.sqrt((m + b - v) ** 2 + 4.0 * v * d)
+    f = 0.5 * (-(m + v - b) + disc)
+    f = np.where(v > 0, f, b)  # a bin whose background has no error: the background is known
+    f = np.maximum(f, 0.0)
+    mu = np.maximum(m + f, _TINY)
+    terms = mu - d
+    pos = d > 0
+    terms[pos] += d[pos] * np.log(d[pos] / mu[pos])
+    gauss = np.where(v > 0, (b - f) ** 2 / np.where(v > 0, v, 1.0), 0.0)
+    return float(2.0 * terms.sum() + gauss.sum())
+
+
 def gehrels_sigma(counts: np.ndarray) -> np.ndarray:
     """Gehrels (1986) approximate upper 1-sigma error: 1 + sqrt(N + 0.75)."""
     return 1.0 + np.sqrt(np.asarray(counts, dtype=float) + 0.75)
@@ -227,7 +266,9 @@ class CStat(Statistic):
     name = "cstat"
 
     def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
-        return WStat() if dataset.has_background else self
+        if not dataset.has_background:
+            return self
+        return WStat() if getattr(dataset, "bkg_poisson", True) else PGStat()
 
     def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
         return cstat(dataset.counts, model_counts)
@@ -240,7 +281,9 @@ class WStat(Statistic):
     name = "wstat"
 
     def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
-        return self if dataset.has_background else CStat()
+        if not dataset.has_background:
+            return CStat()
+        return self if getattr(dataset, "bkg_poisson", True) else PGStat()
 
     def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
         bkg_counts = dataset.bkg_counts
@@ -249,6 +292,27 @@ class WStat(Statistic):
         t_src = dataset.exposure * float(np.mean(dataset.pha.areascal))
         t_bkg = t_src / dataset.bkg_scale
         return wstat(dataset.counts, bkg_counts, model_counts, t_src, t_bkg)
+
+
+@register_statistic
+class PGStat(Statistic):
+    """XSPEC's PG statistic: Poisson data, Gaussian background (``POISSERR = F`` with ``STAT_ERR``)."""
+
+    name = "pgstat"
+    xspec = ("pgstat", None)
+
+    def for_dataset(self, dataset: SpectrumDataset) -> Statistic:
+        return self if dataset.has_background else CStat()
+
+    def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
+        bkg_counts = dataset.bkg_counts
+        if bkg_counts is None:  # for_dataset() only keeps pgstat when there is a background
+            raise RuntimeError(f"{dataset.name}: pgstat needs a background spectrum")
+        scale = dataset.bkg_scale
+        var = dataset.bkg_variance
+        if var is None:  # a Poisson background: its counts are its variance
+            var = np.asarray(bkg_counts, dtype=float)
+        return pgstat(dataset.counts, scale * bkg_counts, scale * scale * var, model_counts)
 
 
 @register_statistic
@@ -281,7 +345,10 @@ class Chi2(Statistic):
         if b is not None:  # same as dataset.has_background
             scale = dataset.bkg_scale
             data = data - scale * b
-            var = var + scale * scale * self.background_variance(b)
+            bvar = dataset.bkg_variance
+            var = var + scale * scale * (
+                self.background_variance(b) if bvar is None else np.maximum(bvar, 1e-10)
+            )
         return data, var
 
     def calc_stat(self, dataset: SpectrumDataset, model_counts: np.ndarray) -> float:
