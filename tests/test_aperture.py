@@ -268,3 +268,21 @@ def test_profile_uncertainty_reaches_the_l500_errors():
         fit, {}, net_counts=5e4, requested_errors="none", r500_converged=None, l500_profile_rel_err=math.inf
     )
     assert flags["flag_profile_unconstrained"] and flags["quality_flags"] == "profile_unconstrained"
+
+
+def test_l500_follows_the_background_the_spectra_have():
+    # the vignetting-matched background scales the annulus's cluster counts by <v>_src/<v>_ann too
+    prof = P.BetaProfile(0.3, 0.67, 100.0, 1.0, 12.0, 30, True)
+    regions = {
+        "profile": prof.to_dict(),
+        "r_src_arcmin": 2.0,
+        "aperture_lost_fraction": 0.0,
+        "bkg_oversubtraction": 0.06,
+        "bkg_oversubtraction_matched": 0.08,
+    }
+    lums = {"0.1-2.4": {"band_kev": [0.1, 2.4], "value": 1e44, "err_lo": 1e42, "err_hi": 1e42}}
+    plain = A.l500_block(lums, regions, r500_arcmin=2.0)
+    matched = A.l500_block(lums, regions, r500_arcmin=2.0, matched_background=True)
+    assert plain["L500_0p1_2p4"] == pytest.approx(1e44 / 0.94)
+    assert matched["L500_0p1_2p4"] == pytest.approx(1e44 / 0.92)
+    assert matched["bkg_oversubtraction_used"] == 0.08

@@ -66,8 +66,13 @@ def l500_block(
     *,
     r500_arcmin: float,
     arf_on_axis: bool = False,
+    matched_background: bool = False,
 ) -> dict[str, Any]:
     """L500 columns from the fit's aperture luminosities and the regions' beta-model profile.
+
+    ``matched_background``: the spectra's background is the vignetting-matched one
+    (``spectra.local_background: matched``), whose over-subtraction of cluster counts is
+    ``bkg_oversubtraction_matched``.
 
     ``arf_on_axis``: the spectra were fitted with an on-axis (or point-source) ARF, so the fitted
     luminosity misses the aperture's cluster-weighted vignetting (``aperture_vignetting``), which is
@@ -79,7 +84,8 @@ def l500_block(
     prof = regions.get("profile")
     r_src = _nan(regions.get("r_src_arcmin"))
     lost = _nan(regions.get("aperture_lost_fraction"))
-    over = _nan(regions.get("bkg_oversubtraction"))
+    over_key = "bkg_oversubtraction_matched" if matched_background else "bkg_oversubtraction"
+    over = _nan(regions.get(over_key))
     vig = _nan(regions.get("aperture_vignetting")) if arf_on_axis else 1.0
     ratio = math.nan
     if isinstance(prof, Mapping) and math.isfinite(r500_arcmin) and r_src > 0:
@@ -89,12 +95,13 @@ def l500_block(
     vig = 1.0 if not (math.isfinite(vig) and vig > 0) else vig
     corr = ratio / ((1.0 - lost) * (1.0 - over) * vig) if math.isfinite(ratio) else math.nan
     rel = _profile_rel_error(
-        regions, r500_arcmin=r500_arcmin, r_src=r_src, corr=corr, arf_on_axis=arf_on_axis
+        regions, r500_arcmin=r500_arcmin, r_src=r_src, corr=corr, arf_on_axis=arf_on_axis, over_key=over_key
     )
     out: dict[str, Any] = {
         "l500_over_aperture": ratio,
         "l500_vignetting": vig,
         "l500_correction": corr,
+        "bkg_oversubtraction_used": over,
         "l500_profile_rel_err": rel,
         "l500_method": (
             "fitted aperture luminosity / (1 - masked-and-gap fraction) / (1 - background over-subtraction) "
@@ -117,7 +124,13 @@ def l500_block(
 
 
 def _profile_rel_error(
-    regions: Mapping[str, Any], *, r500_arcmin: float, r_src: float, corr: float, arf_on_axis: bool
+    regions: Mapping[str, Any],
+    *,
+    r500_arcmin: float,
+    r_src: float,
+    corr: float,
+    arf_on_axis: bool,
+    over_key: str = "bkg_oversubtraction",
 ) -> float:
     """Relative 1-sigma scatter of the L500 correction over the regions step's profile draws.
 
@@ -137,7 +150,7 @@ def _profile_rel_error(
             rc, beta = float(d["rc_arcmin"]), float(d["beta"])
             ratio = float(beta_cumulative(r500_arcmin, rc, beta) / beta_cumulative(r_src, rc, beta))
             lost = min(max(_nan(d.get("aperture_lost_fraction")), 0.0), 0.9)
-            over = min(max(_nan(d.get("bkg_oversubtraction")), 0.0), 0.9)
+            over = min(max(_nan(d.get(over_key)), 0.0), 0.9)
             vig = _nan(d.get("aperture_vignetting")) if arf_on_axis else 1.0
         except (KeyError, TypeError, ValueError):
             continue

@@ -422,9 +422,15 @@ def _aperture_record(
     }
     out.update(
         l500_block(
-            record.get("luminosities") or {}, regions, r500_arcmin=r500_arcmin, arf_on_axis=arf_on_axis(cfg)
+            record.get("luminosities") or {},
+            regions,
+            r500_arcmin=r500_arcmin,
+            arf_on_axis=arf_on_axis(cfg),
+            matched_background=matched_background(cfg),
         )
     )
+    # the over-subtraction of the background the spectra really have (area-scaled or vignetting-matched)
+    out["bkg_oversubtraction"] = out.pop("bkg_oversubtraction_used")
     out.update(
         quality_flags(
             record,
@@ -436,6 +442,16 @@ def _aperture_record(
         )
     )
     return out
+
+
+def matched_background(cfg: Mapping[str, Any]) -> bool:
+    """Whether the spectra's local background is the vignetting-matched one (Python backend, not blank-sky)."""
+    ss = SpectraSettings.from_config(cfg)
+    return (
+        str(config_value(cfg, "backend.reduction")) == "python"
+        and ss.local_background == "matched"
+        and RegionSettings.from_config(cfg).bkg_method != "blanksky"
+    )
 
 
 def arf_on_axis(cfg: Mapping[str, Any]) -> bool:

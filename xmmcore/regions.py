@@ -792,6 +792,8 @@ def _aperture_quantities(
     * ``bkg_cluster_fraction``: cluster share of the background annulus' counts;
       ``bkg_oversubtraction``: fraction of the source's cluster counts the background subtraction
       removes (the annulus' cluster counts per usable area times the source's usable area);
+      ``bkg_oversubtraction_matched``: the same for the vignetting-matched background, which scales
+      the annulus's sky part (with its cluster counts) by ``<v>_src / <v>_ann`` as well;
     * ``aperture_lost_fraction``: fraction of the beta model's flux in the source circle that falls
       in point-source masks and chip gaps (``coverage`` of the stacked cameras);
     * ``aperture_vignetting``: cluster-weighted mean vignetting of the usable source circle (what an
@@ -837,6 +839,13 @@ def _aperture_quantities(
     vig = np.ones_like(r) if vignetting is None else vignetting
     inside, ann = r <= r_src, (r >= b_in) & (r <= b_out)
 
+    w_in, w_an = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
+    v_ratio = (
+        float(np.sum((vig * weight)[inside])) / w_in / (float(np.sum((vig * weight)[ann])) / w_an)
+        if w_in > 0 and w_an > 0 and float(np.sum((vig * weight)[ann])) > 0
+        else float("nan")
+    )
+
     def fractions(pr: Any) -> dict[str, float]:
         # The model is integrated over sub-pixels near the centre, where a compact core spans few pixels.
         model = _subpixel_brightness(pr, r, px_arcmin)
@@ -851,6 +860,11 @@ def _aperture_quantities(
         return {
             "bkg_cluster_fraction": ann_cluster / ann_total if ann_total > 0 else nan,
             "bkg_oversubtraction": (ann_cluster / w_ann * w_src / src_seen)
+            if w_ann > 0 and src_seen > 0
+            else nan,
+            # the vignetting-matched background (spectra.local_background: matched) scales the
+            # annulus's sky part, where its cluster counts are, by <v>_src / <v>_ann on top of the areas
+            "bkg_oversubtraction_matched": (ann_cluster / w_ann * w_src / src_seen) * v_ratio
             if w_ann > 0 and src_seen > 0
             else nan,
             "aperture_lost_fraction": 1.0 - unmasked / float(np.sum(model[inside])),
