@@ -508,7 +508,9 @@ def summarize_partial(
     from survey.graph import build_catalogue
 
     ids = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name.isdigit())
-    records = [r for r in _records(results, ids) if r.get("status") == "done" and r.get("finished")]
+    every = _records(results, ids)
+    failed = sorted({r["_obsid"] for r in every if r.get("status") == "failed"})
+    records = [r for r in every if r.get("status") == "done" and r.get("finished")]
     done = sorted({r["_obsid"] for r in records if r["step"] == "fit"})
     records = [r for r in records if r["_obsid"] in done]
     t0 = min(_utc(r["started"]) for r in records)
@@ -537,7 +539,7 @@ def summarize_partial(
         "workers": workers,
         "nodes": sorted({str(r.get("node")) for r in records}),
         "done": len(done),
-        "failed": 0,
+        "failed": len(failed),
         "wall_s": round(wall, 1),
         "sum_step_cpu_s": round(cpu, 1),
         "sum_step_wall_s": round(step_wall, 1),
@@ -599,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
             n_planned=args.n_obsids,
             load_log=args.load_log,
         )
-        (HERE / f"survey_scale_real_{args.cluster}.json").write_text(json.dumps(res, indent=1) + "\n")
+        res["label"] = args.label
+        name = f"survey_scale_real_{args.cluster}{'_' + args.label.replace(' ', '-') if args.label else ''}"
+        (HERE / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
         print(json.dumps({k: v for k, v in res.items() if not k.endswith("_series")}, indent=1))
         return 0
     if args.table is not None:

@@ -4,12 +4,18 @@ Runs ``survey.api.run_one`` (the job-array path: the same ``execute_step`` recor
 Dask worker runs) over N small simulated ObsIDs of ``bench_survey_scale.REAL_SIM`` in a plain loop and writes,
 per ObsID, the process RSS and (``--tracemalloc``) the Python heap traced by ``tracemalloc``; with
 ``--tracemalloc`` it also prints the allocation sites that grew most between ObsID ``--from`` and the last one.
-A growth of RSS that the traced heap does not show is native memory (allocator fragmentation, C caches).
+``--malloc`` adds glibc's own count (``mallinfo2``: bytes in use vs free but kept), ``--objects`` the live
+Python objects by type. A growth of "in use" that neither the traced heap nor the objects show is native
+memory held by a C library; a growth of "free" only is allocator fragmentation (``--trim`` measures it).
+
+This found issue 18's growth: ``--malloc`` showed ~0.5 MB per ObsID in use, all of it in the fit step, not
+traced by tracemalloc: the XSPEC library's tbabs cross-section cache (see ``xmmcore.fitting.fluxes``).
 
 Usage::
 
-    nice -n 10 python benchmarks/rss_loop.py --n-obsids 150 --plots summary --tracemalloc
-    nice -n 10 python benchmarks/rss_loop.py --n-obsids 150 --plots summary --out rss.json
+    nice -n 10 python benchmarks/rss_loop.py --n-obsids 60 --plots none --malloc --out rss.json
+    nice -n 10 python benchmarks/rss_loop.py --n-obsids 60 --plots none --objects --from 10
+    nice -n 10 python benchmarks/rss_loop.py --n-obsids 45 --plots summary --tracemalloc --from 10
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,86 +78,10 @@ def _object_counts() -> Counter[str]:
     return Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
 
 
-def _worker_stats(dask_worker: Any = None) -> dict[str, Any]:
-    """A Dask worker's memory: RSS, glibc in use / free, live objects by type, its bookkeeping lengths."""
-    import threading
-
-    gc.collect()
-    out: dict[str, Any] = {"rss_mb": round(_rss_mb(), 1), "threads": threading.active_count()}
-    out.update(_malloc_stats(ctypes.CDLL("libc.so.6")))
-    out["types"] = dict(_object_counts())
-    out["loggers"] = len(logging.Logger.manager.loggerDict)
-    if dask_worker is not None:
-        st = dask_worker.state
-        out["dask"] = {
-            "tasks": len(st.tasks),
-            "data": len(dask_worker.data),
-            "state_log": len(st.log),
-            "stimulus_log": len(st.stimulus_log),
-            "worker_log": len(dask_worker.log),
-            "transfer_in_log": len(dask_worker.transfer_incoming_log),
-            "transfer_out_log": len(dask_worker.transfer_outgoing_log),
-        }
-    return out
-
-
 def _trim_rss() -> tuple[float, float]:
     before = _rss_mb()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     return round(before, 1), round(_rss_mb(), 1)
-
-
-def _dask_probe(args: argparse.Namespace, base_over: dict[str, Any], ids: list[str]) -> int:
-    """The survey on a LocalCluster of ``--dask`` workers in batches of ``--batch`` ObsIDs; after each batch,
-    every worker's memory (``_worker_stats``); at the end the RSS before and after ``malloc_trim(0)``."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    from survey.api import run_survey
-    from survey.cluster import SLOT_RESOURCE, scheduler_config
-    from survey.config import load_config
-
-    cfg0 = load_config(None, base_over)
-    with dask.config.set(scheduler_config(cfg0)):
-        cluster = LocalCluster(
-            n_workers=args.dask,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            resources={SLOT_RESOURCE: 1},
-        )
-    client = Client(cluster)
-    first: dict[str, Any] | None = None
-    last: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    for start in range(0, len(ids), args.batch):
-        batch = ids[start : start + args.batch]
-        over = {
-            **base_over,
-            "obsids": batch,
-            "cluster.kind": "address",
-            "cluster.address": cluster.scheduler_address,
-        }
-        run_survey(load_config(None, over), progress=False, catalogue=False, quiet_dask=True)
-        last = client.run(_worker_stats)
-        first = first or last
-        for addr, st in sorted(last.items()):
-            row = {k: v for k, v in st.items() if k != "types"}
-            row.update(n=start + len(batch), worker=addr, objects=sum(st["types"].values()))
-            row["t_s"] = round(time.perf_counter() - t0, 1)
-            print(json.dumps(row), flush=True)
-    for addr in sorted(last):
-        grown = sorted(
-            ((n - first[addr]["types"].get(k, 0), k) for k, n in last[addr]["types"].items()), reverse=True
-        )[: args.top]
-        print(f"\n{addr}: object types that grew most from the first batch to the last:")
-        for d, k in grown:
-            print(f"{d:+8d} {k}")
-    print("RSS before / after malloc_trim(0):", json.dumps(client.run(_trim_rss)))
-    client.close()
-    cluster.close()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,19 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-obsids", type=int, default=150)
     ap.add_argument("--plots", choices=("none", "summary", "all"), default="summary")
     ap.add_argument("--base", type=Path, default=Path(tempfile.gettempdir()) / "xmm-scale-bench")
-    ap.add_argument("--tracemalloc", action="store_true", help="trace the Python heap (slower, ~2x)")
+    ap.add_argument("--tracemalloc", action="store_true", help="trace the Python heap (several times slower)")
     ap.add_argument("--frames", type=int, default=1, help="traceback depth of tracemalloc")
     ap.add_argument("--from", dest="start", type=int, default=20, help="ObsID of the first snapshot")
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument(
-        "--thread",
-        action="store_true",
-        help="run each ObsID in one long-lived worker thread, as a Dask worker does (not the main thread)",
-    )
-    ap.add_argument("--dask", type=int, default=0, help="run on a LocalCluster of this many workers instead")
-    ap.add_argument(
-        "--batch", type=int, default=20, help="--dask: ObsIDs per survey run between measurements"
-    )
     ap.add_argument("--malloc", action="store_true", help="glibc mallinfo2 after each ObsID (in use vs free)")
     ap.add_argument("--trim", action="store_true", help="malloc_trim(0) after each ObsID (RSS after it too)")
     ap.add_argument(
@@ -201,16 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         "plots": args.plots,
         "cameras": list(REAL_SIM["cameras"]),
     }
-    if args.dask:
-        return _dask_probe(args, base_over, ids)
     cfg = load_config(None, base_over)
     if args.tracemalloc:
         tracemalloc.start(args.frames)
     series, first, counts0 = [], None, None
     t0 = time.perf_counter()
-    pool = ThreadPoolExecutor(1) if args.thread else None
     for i, obsid in enumerate(ids, 1):
-        outcome = pool.submit(run_one, cfg, obsid).result() if pool else run_one(cfg, obsid)
+        outcome = run_one(cfg, obsid)
         bad = {s: o.get("reason") for s, o in outcome.items() if o.get("status") not in ("done", "cached")}
         if bad:
             print(f"{obsid}: {bad}", file=sys.stderr)
