@@ -77,6 +77,8 @@ class BetaProfile:
         mean = np.array([math.log(self.s0_per_arcmin2), math.log(self.rc_arcmin), self.beta])
         out = []
         for x in rng.multivariate_normal(mean, np.asarray(self.covariance), size=n):
+            if max(x[0], x[1]) > 700.0:  # exp() would overflow: not a usable profile
+                continue
             out.append(
                 replace(
                     self,
@@ -216,8 +218,11 @@ def fit_beta_profile(
     def cstat(p: Sequence[float]) -> float:
         if not 0.35 <= p[2] <= 2.5:
             return 1e30
-        m = np.maximum(model(p), 1e-30)
-        prior = ((math.exp(float(p[4])) - 1.0) / particle_rel_error) ** 2 if measured_particles else 0.0
+        try:
+            m = np.maximum(model(p), 1e-30)
+            prior = ((math.exp(float(p[4])) - 1.0) / particle_rel_error) ** 2 if measured_particles else 0.0
+        except OverflowError:  # a simplex step to exp(>709): as bad as a bound (simulated 0901302801)
+            return 1e30
         return 2.0 * float(m.sum() - counts @ np.log(m)) + prior
 
     best = None
