@@ -9,6 +9,10 @@ STAMP := $(VENV)/.xmm-survey-installed
 DEMO ?= demo
 N_OBSIDS ?= 12
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, one test file per unit (a module fixture is built once), longest files first
+# (tests/conftest.py XDIST_FIRST): on 2 cores one worker computes while the other waits on SLURM,
+# subprocesses and Dask start-up. `make test PYTEST_XDIST=` runs the suite in one process.
+PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install demo test bench lint clean-demo
 
@@ -31,7 +35,7 @@ demo: install
 
 # pytest exit 5 means no test ran: that is a failure, never a pass.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 bench: install

@@ -54,5 +54,6 @@ def test_plot_levels_draw_what_they_say_and_fits_agree(tmp_path):
         # A rerun reuses every step: no declared plot is missing.
         again = run_one(cfg, obsid)
         assert all(o["status"] == "cached" for o in again.values()), again
-    # The level changes what is drawn, never a science product ("all", the default, is drawn by the e2e tests).
+    # The level changes what is drawn, never a science product ("all", the default, is drawn by test_interop
+    # and test_a907; test_end_to_end draws "summary").
     assert kts["none"] == pytest.approx(kts["summary"], rel=1e-12)
