@@ -39,18 +39,7 @@ def _tool(name: str, hint: str) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def survey(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("interop")
-    data, results = root / "data", root / "results"
-    obsids = simulate_survey(
-        data,
-        n_obsids=2,
-        seed=11,
-        exposure_ks=(10.0, 12.0),
-        cluster_counts=(3000.0, 5000.0),
-        point_sources=6.0,
-    )
+def _run(data: Path, results: Path, obsids: list[str], **overrides: Any) -> dict[str, Any]:
     cfg = load_config(
         None,
         {
@@ -59,11 +48,35 @@ def survey(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "cluster.workers": 1,
             "fit.errors": "covariance",
             "cluster.dashboard_address": "127.0.0.1:0",
+            **overrides,
         },
     )
     report = run_survey(cfg, progress=False)
     assert not report.failed, report.failed
     return {"data": data, "results": results, "obsids": obsids, "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def survey(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default configuration: the vignetting-matched local background (POISSERR=F, STAT_ERR)."""
+    root = tmp_path_factory.mktemp("interop")
+    data = root / "data"
+    obsids = simulate_survey(
+        data,
+        n_obsids=2,
+        seed=11,
+        exposure_ks=(10.0, 12.0),
+        cluster_counts=(3000.0, 5000.0),
+        point_sources=6.0,
+    )
+    return _run(data, root / "results", obsids)
+
+
+@pytest.fixture(scope="module")
+def survey_plain(survey: dict[str, Any]) -> dict[str, Any]:
+    """The same data with the plain area-scaled annulus (Poisson background counts: W-stat applies)."""
+    results = survey["results"].parent / "results_plain"
+    return _run(survey["data"], results, survey["obsids"], **{"spectra.local_background": "plain"})
 
 
 def _fits_products(results: Path) -> list[Path]:
@@ -160,45 +173,59 @@ class _SherpaModel:
 
 
 @pytest.mark.sherpa
-def test_sherpa_filters_groups_and_fits_every_source_spectrum(survey: dict[str, Any]) -> None:
-    """Sherpa loads each source PHA (background, RMF, ARF through the header), notices 0.5-7 keV, groups with
-    group_counts(20) and fits; at the pipeline's best fit its statistic equals the pipeline's."""
-    ui = pytest.importorskip("sherpa.astro.ui", reason="sherpa not installed (.ci/install-sherpa.sh)")
+def _sherpa_load(
+    ui: Any, survey: dict[str, Any], obsid: str, *, use_errors: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load an ObsID's source PHAs (background, RMF, ARF through the header) into Sherpa as the pipeline fitted
+    them: notice 0.5-7 keV, the model at the pipeline's best fit times each camera's cross-normalisation.
+    ``use_errors``: Sherpa reads STAT_ERR columns (it ignores them unless told)."""
+    fit = json.loads((survey["results"] / obsid / "fits" / "fit.json").read_text())
+    fitted: dict[str, dict[str, Any]] = {}
+    cross: dict[str, dict[str, Any]] = {}
+    for p in fit["parameters"]:
+        if p.get("dataset") and p["name"].startswith("constant"):
+            cross[p["dataset"]] = p
+        else:
+            fitted.setdefault(p["name"], p)
+    ui.clean()
+    model = _SherpaModel.make(survey["cfg"]["fit"]["model"], fitted)
+    datasets = fit["datasets"]
+    assert [d["name"] for d in datasets] == ["pn", "mos1", "mos2"]
+    for i, d in enumerate(datasets, start=1):
+        pha = survey["results"] / obsid / "spectra" / f"{d['name']}_src.pha"
+        ui.load_pha(i, str(pha), use_errors=use_errors)
+        data = ui.get_data(i)
+        assert data.grouped and data.grouping[0] == 1
+        assert data.background_ids == [1]
+        assert Path(ui.get_rmf(i).name).name == f"{d['name']}.rmf"
+        assert Path(ui.get_arf(i).name).name == f"{d['name']}.arf"
+        ui.notice_id(i, 0.5, 7.0)
+        assert data.get_dep(filter=True).size == d["n_bins"], d["name"]
+        const = ui.scale1d(f"xnorm_{d['name']}")
+        const.c0 = cross[d["name"]]["value"]
+        const.c0.frozen = bool(cross[d["name"]]["frozen"])
+        ui.set_source(i, const * model)
+    return fit, fitted
+
+
+def _sherpa_ui() -> Any:
+    return pytest.importorskip("sherpa.astro.ui", reason="sherpa not installed (.ci/install-sherpa.sh)")
+
+
+def test_sherpa_filters_groups_and_fits_every_source_spectrum(survey_plain: dict[str, Any]) -> None:
+    """Sherpa loads each source PHA (plain annulus background, RMF, ARF through the header), notices 0.5-7 keV,
+    groups with group_counts(20) and fits; at the pipeline's best fit its W-stat equals the pipeline's."""
+    ui = _sherpa_ui()
     logger = logging.getLogger("sherpa")
     level = logger.level
     logger.setLevel(logging.ERROR)
-    expression = survey["cfg"]["fit"]["model"]
     try:
-        for obsid in survey["obsids"]:
-            fit = json.loads((survey["results"] / obsid / "fits" / "fit.json").read_text())
-            fitted: dict[str, dict[str, Any]] = {}
-            cross: dict[str, dict[str, Any]] = {}
-            for p in fit["parameters"]:
-                if p.get("dataset") and p["name"].startswith("constant"):
-                    cross[p["dataset"]] = p
-                else:
-                    fitted.setdefault(p["name"], p)
-            ui.clean()
-            model = _SherpaModel.make(expression, fitted)
-            datasets = fit["datasets"]
-            assert [d["name"] for d in datasets] == ["pn", "mos1", "mos2"]
-            for i, d in enumerate(datasets, start=1):
-                pha = survey["results"] / obsid / "spectra" / f"{d['name']}_src.pha"
-                ui.load_pha(i, str(pha))
-                data = ui.get_data(i)
-                assert data.grouped and data.grouping[0] == 1
-                assert data.background_ids == [1]
-                assert Path(ui.get_rmf(i).name).name == f"{d['name']}.rmf"
-                assert Path(ui.get_arf(i).name).name == f"{d['name']}.arf"
-                ui.notice_id(i, 0.5, 7.0)
-                assert data.get_dep(filter=True).size == d["n_bins"], d["name"]
-                const = ui.scale1d(f"xnorm_{d['name']}")
-                const.c0 = cross[d["name"]]["value"]
-                const.c0.frozen = bool(cross[d["name"]]["frozen"])
-                ui.set_source(i, const * model)
+        for obsid in survey_plain["obsids"]:
+            fit, fitted = _sherpa_load(ui, survey_plain, obsid)
+            assert fit["stat"] == "cstat"
             ui.set_stat("wstat")  # cstat with a background is W-stat (XSPEC and the pipeline)
             assert ui.calc_stat() == pytest.approx(fit["statistic"], rel=1e-8)
-            for i, d in enumerate(datasets, start=1):
+            for i, d in enumerate(fit["datasets"], start=1):
                 ui.group_counts(i, 20)
                 counts = ui.get_data(i).get_dep(filter=True)
                 assert counts.size >= 10 and np.all(counts[:-1] >= 20), d["name"]
@@ -211,6 +238,40 @@ def test_sherpa_filters_groups_and_fits_every_source_spectrum(survey: dict[str, 
             kt_name = next(n for n in fitted if n.endswith(".kT"))  # the default model's kT (apec_1.kT)
             kt = dict(zip(res.parnames, res.parvals))["ours." + kt_name.replace(".", "_")]
             assert kt == pytest.approx(fitted[kt_name]["value"], abs=0.05 * fitted[kt_name]["sigma"])
+    finally:
+        logger.setLevel(level)
+        ui.clean()
+
+
+def test_sherpa_fits_the_vignetting_matched_background_with_its_errors(survey: dict[str, Any]) -> None:
+    """The default (vignetting-matched) background is not Poisson: Sherpa reads its STAT_ERR (POISSERR=F,
+    ``use_errors=True``) and,
+    background subtracted with chi2gehrels (Sherpa has no pgstat), finds the pipeline's pgstat kT within its
+    1-sigma error."""
+    ui = _sherpa_ui()
+    logger = logging.getLogger("sherpa")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        for obsid in survey["obsids"]:
+            fit, fitted = _sherpa_load(ui, survey, obsid, use_errors=True)
+            for i, d in enumerate(fit["datasets"], start=1):
+                pha = survey["results"] / obsid / "spectra" / f"{d['name']}_bkg.pha"
+                with fits.open(pha) as hdul:
+                    assert hdul[1].header["POISSERR"] is False, pha
+                    stat_err = np.asarray(hdul[1].data["STAT_ERR"], dtype=float)
+                bkg = ui.get_bkg(i)
+                assert bkg.staterror is not None and np.allclose(bkg.staterror, stat_err), d["name"]
+                assert np.all(stat_err >= 0) and stat_err.sum() > 0, d["name"]
+                ui.subtract(i)
+            ui.set_stat("chi2gehrels")
+            assert np.isfinite(ui.calc_stat())
+            ui.fit()
+            res = ui.get_fit_results()
+            assert res.succeeded
+            kt_name = next(n for n in fitted if n.endswith(".kT"))
+            kt = dict(zip(res.parnames, res.parvals))["ours." + kt_name.replace(".", "_")]
+            assert kt == pytest.approx(fitted[kt_name]["value"], abs=fitted[kt_name]["sigma"]), obsid
     finally:
         logger.setLevel(level)
         ui.clean()
