@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,35 @@ def test_prefilter_streaming_read_matches_full_read(tmp_path):
         assert np.array_equal(part[k], full[k][keep])
     with pytest.raises(InputDataError, match="pre-selection"):
         E.read_events(p, prefilter=lambda c: np.zeros(c["PI"].size, bool))
+
+
+def test_clean_event_cache_keeps_the_lists_of_the_two_latest_folders_only(tmp_path: Path) -> None:
+    """read_clean_events shares a list between the steps of one ObsID; the lists of ObsIDs a worker has moved on
+    from are dropped (not kept until the byte bound), so worker memory stays flat over a survey."""
+    from astropy.io import fits as _fits
+
+    from xmmcore import events as ev
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    cols = {
+        "TIME": np.sort(rng.uniform(0.0, 1000.0, n)),
+        "X": rng.integers(20000, 30000, n).astype(np.int32),
+        "Y": rng.integers(20000, 30000, n).astype(np.int32),
+        "PI": rng.integers(200, 12000, n).astype(np.int16),
+        "PATTERN": np.zeros(n, np.uint8),
+        "FLAG": np.zeros(n, np.int32),
+        "CCDNR": np.full(n, 4, np.uint8),
+    }
+    header = _fits.Header({"INSTRUME": "EPN", "TELESCOP": "XMM"})
+    evl = ev.EventList("pn", header, cols, {4: np.array([[0.0, 1000.0]])}, np.array([[0.0, 1000.0]]))
+    paths = [ev.write_events(evl, tmp_path / f"090000000{i}" / "events" / "pn_clean.fits") for i in range(3)]
+    ev._clean_cache.clear()
+    first = ev.read_clean_events(paths[0], camera="pn")
+    assert ev.read_clean_events(paths[0])["TIME"] is first["TIME"]  # shared within an ObsID
+    ev.read_clean_events(paths[1])
+    ev.read_clean_events(paths[2])
+    folders = {Path(k[0]).parent.parent.name for k in ev._clean_cache}
+    assert folders == {"0900000001", "0900000002"}
+    assert len(first) == n and not first["TIME"].flags.writeable
+    ev._clean_cache.clear()

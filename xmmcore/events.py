@@ -361,6 +361,10 @@ def read_events(
 
 #: Bytes of column data :func:`read_clean_events` keeps in memory (about the cleaned lists of one pointing).
 CLEAN_CACHE_BYTES = 96 * 2**20
+#: Folders (one per ObsID) whose lists :func:`read_clean_events` keeps: a worker interleaves the steps of at
+#: most a couple of ObsIDs, and lists of finished ObsIDs would only hold memory until the byte bound evicts them
+#: (worker RSS then grows over the first tens of ObsIDs of a survey instead of staying flat).
+CLEAN_CACHE_FOLDERS = 2
 _clean_cache: OrderedDict[tuple[Any, ...], EventList] = OrderedDict()
 _clean_cache_lock = threading.Lock()
 
@@ -394,6 +398,15 @@ def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventLi
                 _clean_cache[key] = evl
                 while sum(_nbytes(e) for e in _clean_cache.values()) > CLEAN_CACHE_BYTES:
                     _clean_cache.popitem(last=False)
+                recent: list[str] = []  # folders, most recently used first
+                for k in reversed(_clean_cache):
+                    folder = os.path.dirname(k[0])
+                    if folder not in recent:
+                        recent.append(folder)
+                for k in [
+                    k for k in _clean_cache if os.path.dirname(k[0]) not in recent[:CLEAN_CACHE_FOLDERS]
+                ]:
+                    del _clean_cache[k]
     if camera is not None and camera != evl.camera:
         raise InputDataError(
             f"expected a {camera} event list but INSTRUME={evl.header.get('INSTRUME')!r} ({evl.camera})",
