@@ -235,10 +235,13 @@ def test_node_killed_mid_survey_loses_nothing(cluster3, data3, reference, tmp_pa
 
 
 def test_worker_job_reaching_its_walltime(cluster3, reference, tmp_path, monkeypatch):
-    """One worker job with a 1-minute limit and ~80 s of steps: SLURM ends it, the next job finishes."""
+    """One worker job with a 1-minute limit and ~112 s of steps: SLURM ends it, the next job finishes.
+
+    slurmctld checks time limits every 30 s (its fixed background period) and then waits KillWait (5 s), so a
+    1-minute job ends 60-95 s after it starts: with 80 s of steps the single job sometimes finished them all."""
     monkeypatch.setenv("SLURM_CONF", cluster3["conf"])
     ids = helpers.make_survey(
-        tmp_path / "data", 8, meta={f"{910000000 + i:010d}": {"work_s": 2.5} for i in range(8)}
+        tmp_path / "data", 8, meta={f"{910000000 + i:010d}": {"work_s": 3.5} for i in range(8)}
     )
     results = tmp_path / "results"
     over = _overrides(
