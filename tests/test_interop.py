@@ -7,6 +7,7 @@ absent, and fails under ``CI=true`` (``.ci/run`` installs them all from Debian, 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,18 +210,30 @@ def _sherpa_load(
     return fit, fitted
 
 
-def _sherpa_ui() -> Any:
-    return pytest.importorskip("sherpa.astro.ui", reason="sherpa not installed (.ci/install-sherpa.sh)")
+@contextlib.contextmanager
+def _sherpa() -> Iterator[Any]:
+    """``sherpa.astro.ui`` with its logger quietened, cleaned (and the logger restored) at the end."""
+    ui = pytest.importorskip("sherpa.astro.ui", reason="sherpa not installed (.ci/install-sherpa.sh)")
+    logger = logging.getLogger("sherpa")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield ui
+    finally:
+        logger.setLevel(level)
+        ui.clean()
+
+
+def _sherpa_kt(res: Any, fitted: dict[str, dict[str, Any]]) -> tuple[float, dict[str, Any]]:
+    """Sherpa's fitted kT and the pipeline's kT parameter (the default model's apec_1.kT)."""
+    kt_name = next(n for n in fitted if n.endswith(".kT"))
+    return dict(zip(res.parnames, res.parvals))["ours." + kt_name.replace(".", "_")], fitted[kt_name]
 
 
 def test_sherpa_filters_groups_and_fits_every_source_spectrum(survey_plain: dict[str, Any]) -> None:
     """Sherpa loads each source PHA (plain annulus background, RMF, ARF through the header), notices 0.5-7 keV,
     groups with group_counts(20) and fits; at the pipeline's best fit its W-stat equals the pipeline's."""
-    ui = _sherpa_ui()
-    logger = logging.getLogger("sherpa")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    with _sherpa() as ui:
         for obsid in survey_plain["obsids"]:
             fit, fitted = _sherpa_load(ui, survey_plain, obsid)
             assert fit["stat"] == "cstat"
@@ -235,24 +249,15 @@ def test_sherpa_filters_groups_and_fits_every_source_spectrum(survey_plain: dict
             # Sherpa's own grouping of the noticed range is the pipeline's: same optimum, same dof
             assert res.dof == fit["dof"]
             assert res.statval == pytest.approx(fit["statistic"], abs=0.05)
-            kt_name = next(n for n in fitted if n.endswith(".kT"))  # the default model's kT (apec_1.kT)
-            kt = dict(zip(res.parnames, res.parvals))["ours." + kt_name.replace(".", "_")]
-            assert kt == pytest.approx(fitted[kt_name]["value"], abs=0.05 * fitted[kt_name]["sigma"])
-    finally:
-        logger.setLevel(level)
-        ui.clean()
+            kt, ours = _sherpa_kt(res, fitted)
+            assert kt == pytest.approx(ours["value"], abs=0.05 * ours["sigma"])
 
 
 def test_sherpa_fits_the_vignetting_matched_background_with_its_errors(survey: dict[str, Any]) -> None:
     """The default (vignetting-matched) background is not Poisson: Sherpa reads its STAT_ERR (POISSERR=F,
-    ``use_errors=True``) and,
-    background subtracted with chi2gehrels (Sherpa has no pgstat), finds the pipeline's pgstat kT within its
-    1-sigma error."""
-    ui = _sherpa_ui()
-    logger = logging.getLogger("sherpa")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    ``use_errors=True``) and, background subtracted with chi2gehrels (Sherpa has no pgstat), finds the
+    pipeline's pgstat kT within its 1-sigma error."""
+    with _sherpa() as ui:
         for obsid in survey["obsids"]:
             fit, fitted = _sherpa_load(ui, survey, obsid, use_errors=True)
             for i, d in enumerate(fit["datasets"], start=1):
@@ -269,12 +274,8 @@ def test_sherpa_fits_the_vignetting_matched_background_with_its_errors(survey: d
             ui.fit()
             res = ui.get_fit_results()
             assert res.succeeded
-            kt_name = next(n for n in fitted if n.endswith(".kT"))
-            kt = dict(zip(res.parnames, res.parvals))["ours." + kt_name.replace(".", "_")]
-            assert kt == pytest.approx(fitted[kt_name]["value"], abs=fitted[kt_name]["sigma"]), obsid
-    finally:
-        logger.setLevel(level)
-        ui.clean()
+            kt, ours = _sherpa_kt(res, fitted)
+            assert kt == pytest.approx(ours["value"], abs=ours["sigma"]), obsid
 
 
 @pytest.mark.ds9
