@@ -15,6 +15,22 @@ from xmmcore import gti as G
 FLARES = load_config().to_dict()["flares"]
 
 
+def _merged_flare_list(path, tq, tf, instrume, span, ccds, seed):
+    """Quiescent times ``tq`` and flare times ``tf`` [s from T0] as one time-ordered 11 keV event list (all
+    PATTERN 0, FLAG 0): the list, its times and which events are flare events."""
+    t = np.concatenate([tq, tf])
+    is_flare = np.concatenate([np.zeros(tq.size, bool), np.ones(tf.size, bool)])
+    order = np.argsort(t)
+    t, is_flare = t[order] + T0, is_flare[order]
+    p = make_event_file(
+        path, instrume=instrume, times=t, span_s=span, ccds=ccds, pi=np.full(t.size, 11000), seed=seed
+    )
+    evl = E.read_events(p)
+    evl.columns["PATTERN"][:] = 0
+    evl.columns["FLAG"][:] = 0
+    return evl, t, is_flare
+
+
 def _flare_events(
     tmp_path, *, quiet_rate=2.0, flare_rate=20.0, span=20000.0, flare=(8000.0, 10000.0), seed=3
 ):
@@ -84,22 +100,9 @@ def _flared_light_curve(tmp_path, *, instrume, ccds, quiet_rate, seed, span=4000
         [rng.normal(c, w, rng.poisson(a * quiet_rate * w * np.sqrt(2 * np.pi))) for c, w, a in _FLARES]
     )
     tf = tf[(tf > 0) & (tf < span)]
-    t = np.concatenate([tq, tf])
-    is_flare = np.concatenate([np.zeros(tq.size, bool), np.ones(tf.size, bool)])
-    order = np.argsort(t)
-    t, is_flare = t[order] + T0, is_flare[order]
-    p = make_event_file(
-        tmp_path / f"{instrume}_{seed}.fits",
-        instrume=instrume,
-        times=t,
-        span_s=span,
-        ccds=ccds,
-        pi=np.full(t.size, 11000),
-        seed=seed,
+    evl, t, is_flare = _merged_flare_list(
+        tmp_path / f"{instrume}_{seed}.fits", tq, tf, instrume, span, ccds, seed
     )
-    evl = E.read_events(p)
-    evl.columns["PATTERN"][:] = 0
-    evl.columns["FLAG"][:] = 0
     quiet = G.complement(
         [[T0 + c - 3 * w, T0 + c + 3 * w] for c, w, _ in _FLARES], tstart=T0, tstop=T0 + span
     )
@@ -204,23 +207,9 @@ def _weak_flat_top_flares(tmp_path, *, seed, quiet_rate=0.06, excess=1.5, span=3
         n = rng.poisson(excess * quiet_rate * (dur - ramp))  # expected counts of the trapezoid
         u = rng.uniform(0.0, dur - ramp, n)  # a trapezoid = uniform top + two triangles, drawn as a sum
         tf.append(start + u + rng.uniform(0.0, ramp, n))
-    tf_all = np.concatenate(tf)
-    t = np.concatenate([tq, tf_all])
-    is_flare = np.concatenate([np.zeros(tq.size, bool), np.ones(tf_all.size, bool)])
-    order = np.argsort(t)
-    t, is_flare = t[order] + T0, is_flare[order]
-    p = make_event_file(
-        tmp_path / f"weak_{seed}.fits",
-        instrume="EMOS1",
-        times=t,
-        span_s=span,
-        ccds=(1, 2, 3, 4, 5),
-        pi=np.full(t.size, 11000),
-        seed=seed,
+    evl, t, is_flare = _merged_flare_list(
+        tmp_path / f"weak_{seed}.fits", tq, np.concatenate(tf), "EMOS1", span, (1, 2, 3, 4, 5), seed
     )
-    evl = E.read_events(p)
-    evl.columns["PATTERN"][:] = 0
-    evl.columns["FLAG"][:] = 0
     quiet = G.complement([[T0 + s, T0 + s + d] for s, d in flares], tstart=T0, tstop=T0 + span)
     return evl, t, is_flare, quiet
 
