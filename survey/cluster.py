@@ -190,6 +190,13 @@ def _stop_local_workers(cluster: Any, timeout_s: float = WORKER_EXIT_TIMEOUT_S) 
             pass
 
 
+def _quiet_worker_shutdown(client: Any) -> None:
+    """Register :class:`survey.workerplugin.QuietShutdownPlugin` on the workers of a cluster we started."""
+    from .workerplugin import QuietShutdownPlugin
+
+    client.register_plugin(QuietShutdownPlugin(), name=QuietShutdownPlugin.name)
+
+
 def slurm_cluster_kwargs(cfg: Any, results_dir: str | Path) -> dict[str, Any]:
     """Keyword arguments for ``dask_jobqueue.SLURMCluster`` from ``cluster.slurm.*``.
 
@@ -271,6 +278,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
                 resources={SLOT_RESOURCE: threads},
             )
         client = Client(cluster)
+        _quiet_worker_shutdown(client)
         handle = ClusterHandle(client, cluster, kind, _dashboard(client), True)
     elif kind == "slurm":
         try:
@@ -291,6 +299,7 @@ def start_cluster(cfg: Any, *, results_dir: str | Path | None = None, log: Any =
             maximum_jobs=max(int(s["maximum_jobs"]), int(s["minimum_jobs"])),
         )
         client = Client(cluster)
+        _quiet_worker_shutdown(client)
         handle = ClusterHandle(client, cluster, kind, _dashboard(client), True)
     elif kind == "address":
         if not c.get("address"):
