@@ -51,7 +51,17 @@ def _hull_area(x: np.ndarray, y: np.ndarray, cell: float = 40.0) -> float:
     """Area [physical px^2] of the convex hull of the points, on a grid of ``cell`` (2") for speed."""
     if x.size < 10:
         return 0.0
-    pts = np.unique(np.column_stack([np.floor(x / cell), np.floor(y / cell)]), axis=0)
+    ix = np.floor(x / cell).astype(np.int64)
+    iy = np.floor(y / cell).astype(np.int64)
+    # Only the lowest and highest occupied cell of each grid column can be on the hull of the cells'
+    # corners (the others lie on the segment between them), so the hull is that of far fewer points.
+    order = np.lexsort((iy, ix))
+    ix, iy = ix[order], iy[order]
+    first = np.flatnonzero(np.r_[True, ix[1:] != ix[:-1]])
+    last = np.r_[first[1:] - 1, ix.size - 1]
+    pts = np.column_stack(
+        [np.concatenate([ix[first], ix[last]]), np.concatenate([iy[first], iy[last]])]
+    ).astype(float)
     # the hull of the cells' corners: the same outline to within one cell
     corners = np.concatenate([pts + d for d in ((0, 0), (1, 0), (0, 1), (1, 1))]) * cell
     try:
@@ -71,10 +81,18 @@ def particle_level(
     x, y, ccd = cols["X"], cols["Y"], cols["CCDNR"]
     on_sky = (x > -1e7) & (y > -1e7)
     area_px = 0.0
-    for c in np.unique(ccd[corner & on_sky]):
-        mine = (ccd == c) & on_sky
-        whole = _hull_area(x[mine & (corner | in_fov)], y[mine & (corner | in_fov)])
-        inside = _hull_area(x[mine & in_fov], y[mine & in_fov])
+    # one sort by CCD, then each CCD's events are a slice (not a full-list mask per CCD)
+    keep = np.flatnonzero(on_sky & (corner | in_fov))
+    keep = keep[np.argsort(ccd[keep], kind="stable")]
+    ccd_k, x_k, y_k, fov_k, corner_k = ccd[keep], x[keep], y[keep], in_fov[keep], corner[keep]
+    ccds, starts = np.unique(ccd_k, return_index=True)
+    stops = np.r_[starts[1:], ccd_k.size]
+    for start, stop in zip(starts, stops, strict=True):
+        if not corner_k[start:stop].any():
+            continue
+        xs, ys, fov = x_k[start:stop], y_k[start:stop], fov_k[start:stop]
+        whole = _hull_area(xs, ys)
+        inside = _hull_area(xs[fov], ys[fov])
         area_px += max(whole - inside, 0.0)
     area = area_px * (SKY_PIXEL_ARCSEC / 60.0) ** 2
     if area < _MIN_AREA_ARCMIN2:
