@@ -846,16 +846,22 @@ def _aperture_quantities(
         else float("nan")
     )
 
+    # Every sum below is over the source circle or the annulus: the model is evaluated on those pixels
+    # only (in raster order, so each sum adds the same values in the same order as on the whole image).
+    used = inside | ann
+    r_used, vig_used, weight_used = r[used], vig[used], weight[used]
+    in_used, ann_used = inside[used], ann[used]
+    w_src, w_ann = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
+
     def fractions(pr: Any) -> dict[str, float]:
         # The model is integrated over sub-pixels near the centre, where a compact core spans few pixels.
-        model = _subpixel_brightness(pr, r, px_arcmin)
-        seen = model * vig * weight  # cluster counts per pixel in the data (vignetted, unmasked)
-        bkg_seen = (pr.bkg_per_arcmin2 * vig + pr.bkg_flat_per_arcmin2) * weight
-        src_seen = float(np.sum(seen[inside]))
-        w_src, w_ann = float(np.sum(weight[inside])), float(np.sum(weight[ann]))
-        ann_cluster = float(np.sum(seen[ann]))
-        ann_total = ann_cluster + float(np.sum(bkg_seen[ann]))
-        unmasked = float(np.sum((model * weight)[inside]))
+        model = _subpixel_brightness(pr, r_used, px_arcmin)
+        seen = model * vig_used * weight_used  # cluster counts per pixel in the data (vignetted, unmasked)
+        bkg_seen = (pr.bkg_per_arcmin2 * vig_used + pr.bkg_flat_per_arcmin2) * weight_used
+        src_seen = float(np.sum(seen[in_used]))
+        ann_cluster = float(np.sum(seen[ann_used]))
+        ann_total = ann_cluster + float(np.sum(bkg_seen[ann_used]))
+        unmasked = float(np.sum((model * weight_used)[in_used]))
         nan = float("nan")
         return {
             "bkg_cluster_fraction": ann_cluster / ann_total if ann_total > 0 else nan,
@@ -867,7 +873,7 @@ def _aperture_quantities(
             "bkg_oversubtraction_matched": (ann_cluster / w_ann * w_src / src_seen) * v_ratio
             if w_ann > 0 and src_seen > 0
             else nan,
-            "aperture_lost_fraction": 1.0 - unmasked / float(np.sum(model[inside])),
+            "aperture_lost_fraction": 1.0 - unmasked / float(np.sum(model[in_used])),
             "aperture_vignetting": src_seen / unmasked if src_seen > 0 else nan,
         }
 
@@ -883,7 +889,10 @@ def _aperture_quantities(
 
 
 def _subpixel_brightness(prof: Any, r: np.ndarray, px_arcmin: float, n_sub: int = 5) -> np.ndarray:
-    """Beta-model brightness per pixel averaged over ``n_sub`` x ``n_sub`` sub-pixels within 5 pixels of the centre."""
+    """Beta-model brightness per pixel averaged over ``n_sub`` x ``n_sub`` sub-pixels within 5 pixels of the centre.
+
+    ``r``: the pixels' distances from the centre [arcmin] (an image, or the pixels of one as a 1-D array).
+    """
     out = prof.brightness(r)
     near = r < 5.0 * px_arcmin
     if not near.any():
@@ -892,11 +901,11 @@ def _subpixel_brightness(prof: Any, r: np.ndarray, px_arcmin: float, n_sub: int 
     # up to the pixel's orientation
     offs = (np.arange(n_sub) + 0.5) / n_sub - 0.5
     dx, dy = np.meshgrid(offs, offs)
-    ii, jj = np.nonzero(near)
-    acc = np.zeros(ii.size)
+    r_near = r[near]
+    acc = np.zeros(r_near.size)
     for ox, oy in zip(dx.ravel(), dy.ravel(), strict=True):
-        acc += prof.brightness(np.hypot(r[ii, jj] + ox * px_arcmin, oy * px_arcmin))
-    out[ii, jj] = acc / dx.size
+        acc += prof.brightness(np.hypot(r_near + ox * px_arcmin, oy * px_arcmin))
+    out[near] = acc / dx.size
     return out
 
 
