@@ -173,3 +173,40 @@ def test_rmf_cache_by_content(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(InputDataError, match="not a regular file"):
         ogip.read_rmf(fifo)  # never blocks on a FIFO
+
+
+def _without_checksum_times(raw: bytes) -> bytes:
+    """The file bytes without CHECKSUM values and their comments (astropy writes the time into them)."""
+    import re
+
+    return re.sub(rb"(CHECKSUM= '[^']*'|updated \S+)", b"", raw)
+
+
+def test_unverified_write_is_byte_identical(tmp_path: Path) -> None:
+    """write_pha/write_events skip astropy's output verification: the same bytes as with it."""
+    from xmmcore.fsutil import atomic_write_fits
+    from xmmcore.sas_dss import dss_header_and_tables
+
+    pha = ogip.PHA(
+        channel=np.arange(4096),
+        counts=np.arange(4096) % 7,
+        exposure=1234.5,
+        backscal=2.5e6,
+        header={"OBS_ID": "0900500101", "DSVAL9": "x", "LIVETIME": 1200.0},
+    )
+    keys, tables = dss_header_and_tables(
+        ccd_gtis={1: np.array([[0.0, 10.0]]), 4: np.array([[1.0, 5.0], [6.0, 9.0]])},
+        flag_mask=0xFB0825,
+        pattern_max=4,
+        pi_range=(200.0, 15000.0),
+        rows=[("CIRCLE", 100.0, 200.0, 50.0), ("!CIRCLE", 110.0, 210.0, 5.0)],
+    )
+    pha.header.update(keys)
+    fast = ogip.write_pha(pha, tmp_path / "fast.pha", extra_hdus=tables, verify_extra=False)
+    with fits.open(fast) as hdul:
+        assert len(hdul) == 5 and all(h.verify_checksum() == 1 for h in hdul)
+        again = fits.HDUList([h.copy() for h in hdul])
+    # the same HDUs written with the verification pass
+    slow = atomic_write_fits(again, tmp_path / "slow.pha", verify=True)
+    assert _without_checksum_times(fast.read_bytes()) == _without_checksum_times(slow.read_bytes())
+    assert ogip.read_pha(fast).counts.sum() == pha.counts.sum()

@@ -658,7 +658,7 @@ def write_gti(
         for key in ("TELESCOP", "INSTRUME", "OBS_ID", "MJDREF", "TIMESYS", "TIMEREF"):
             if key in header:
                 hdu.header[key] = header[key]
-    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
+    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path, verify=False)
 
 
 _KEEP_EVENT_KEYS = re.compile(
@@ -712,7 +712,7 @@ def write_events(
     for key in ("TELESCOP", "INSTRUME", "OBS_ID", "OBJECT", "FILTER", "DATE-OBS"):
         if key in evl.header:
             hdus[0].header[key] = evl.header[key]
-    return atomic_write_fits(fits.HDUList(hdus), path)
+    return atomic_write_fits(fits.HDUList(hdus), path, verify=False)
 
 
 def _fits_format(arr: np.ndarray) -> str:

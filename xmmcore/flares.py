@@ -530,4 +530,4 @@ def write_light_curve(res: FlareResult, path: str | Path, *, header: dict[str, A
         ],
         name="GTI",
     )
-    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), rate, gti]), path)
+    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), rate, gti]), path, verify=False)

@@ -90,8 +90,14 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(target, json.dumps(_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
-def atomic_write_fits(hdul: Any, target: str | os.PathLike[str]) -> Path:
+def atomic_write_fits(hdul: Any, target: str | os.PathLike[str], *, verify: bool = True) -> Path:
     """Write an ``astropy.io.fits.HDUList`` atomically, with checksums.
+
+    ``verify=False`` skips astropy's output verification of every card, for HDUs built here whose every
+    keyword was set through the header API: astropy validates a card (keyword, printable ASCII value
+    and comment, no NaN) when it is created, so the pass finds nothing, and the bytes written are the
+    same (tests/test_ogip.py); it is ~40% of writing a spectrum with its GTI tables.  Headers read
+    from a file (cards parsed lazily) need the default.
 
     astropy reports a full disk as a plain ``OSError`` ("Not enough space on disk ...", no errno, no
     file name); it is raised again as ``ENOSPC`` naming ``target``, so that callers see a disk-full error.
@@ -100,7 +106,7 @@ def atomic_write_fits(hdul: Any, target: str | os.PathLike[str]) -> Path:
 
     try:
         with atomic_path(target) as tmp:
-            hdul.writeto(tmp, checksum=True)
+            hdul.writeto(tmp, checksum=True, output_verify="exception" if verify else "ignore")
     except OSError as exc:
         if exc.errno is None and is_disk_full_message(str(exc)):
             raise OSError(errno.ENOSPC, f"No space left on device ({exc})", str(target)) from exc

@@ -447,7 +447,7 @@ def _apply_extra(hdr: fits.Header, extra: dict[str, Any], skip: set[str]) -> Non
             hdr[key] = value
 
 
-def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = ()) -> Path:
+def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = (), verify_extra: bool = True) -> Path:
     """Write ``pha`` as an OGIP type I spectrum, atomically.
 
     Parameters
@@ -459,6 +459,9 @@ def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = ()) -> Path:
         Output file.
     extra_hdus : sequence of astropy HDUs
         Appended after the SPECTRUM extension (e.g. GTI, region).
+    verify_extra : bool
+        Run astropy's output verification for them (``False`` for HDUs built with the header API,
+        whose cards were validated when created, as :func:`xmmcore.sas_dss.dss_header_and_tables`').
 
     Returns
     -------
@@ -552,7 +555,9 @@ def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = ()) -> Path:
         if key in hdr:
             primary.header[key] = hdr[key]
     hdul = fits.HDUList([primary, hdu, *extra_hdus])
-    return atomic_write_fits(hdul, path)
+    # every card of the SPECTRUM HDU is set through the header API (validated when created): no output
+    # verification pass unless extra HDUs of unknown origin come along
+    return atomic_write_fits(hdul, path, verify=bool(extra_hdus) and verify_extra)
 
 
 # --------------------------------------------------------------------------------------------- RMF
@@ -783,7 +788,7 @@ def write_rmf(rmf: RMF, path: str | Path) -> Path:
     eh["HDUVERS1"] = "1.2.0"
     eh["HDUVERS2"] = "1.2.0"
     eh["RMFVERSN"] = "1992a"
-    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), mhdu, ehdu]), path)
+    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), mhdu, ehdu]), path, verify=False)
 
 
 # --------------------------------------------------------------------------------------------- ARF
@@ -840,4 +845,4 @@ def write_arf(arf: ARF, path: str | Path) -> Path:
     h["HDUVERS1"] = "1.1.0"
     h["ARFVERSN"] = "1992a"
     _apply_extra(h, extra, skip={"HDUCLASS", "HDUCLAS1", "HDUCLAS2", "HDUVERS", "HDUVERS1"})
-    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path)
+    return atomic_write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), path, verify=False)

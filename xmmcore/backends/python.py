@@ -283,7 +283,7 @@ class PythonBackend:
 
                 keys, extra = dss_header_and_tables(rows=region_rows(regions, kind), **dss)
                 pha.header.update(keys)
-            path = write_pha(pha, products.spectrum(key), extra_hdus=extra)
+            path = write_pha(pha, products.spectrum(key), extra_hdus=extra, verify_extra=False)
             return {
                 "path": str(path),
                 "counts": int(pha.counts.sum()),
