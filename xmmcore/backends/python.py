@@ -241,9 +241,10 @@ class PythonBackend:
         grouping, min_counts = sps.grouping, sps.min_counts
         dss = _dss_inputs(camera, evl, cfg)
         out: dict[str, Any] = {"camera": camera, "responses": resp, "grouping": grouping}
+        selections: dict[str, Any] = {}  # region files read once, for the background models too
 
         def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
-            sel = read_ds9(files[key], evl.header)
+            sel = selections[key] = read_ds9(files[key], evl.header)
             geom = region_geometry(sel, fp, evl)
             if geom.area_phys2 <= 0:
                 raise InputDataError(f"{key} region lies off the {camera} detector", files[key])
@@ -311,7 +312,16 @@ class PythonBackend:
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
             )
         elif sps.local_background == "matched":
-            matched = self._matched_background(obs, camera, evl, fp, files, products, cfg, log)
+            matched = self._matched_background(
+                obs,
+                camera,
+                evl,
+                fp,
+                (selections[f"{camera}_src"], selections[f"{camera}_bkg"]),
+                products,
+                cfg,
+                log,
+            )
             out.update(matched)
             if "bkg_model_counts" in matched:
                 bkg = dict(
@@ -369,12 +379,14 @@ class PythonBackend:
         camera: str,
         evl: Any,
         footprints: Any,
-        files: dict[str, str],
+        src_ann: tuple[Any, Any],
         products: ObsProducts,
         cfg: dict[str, Any],
         log: logging.Logger,
     ) -> dict[str, Any]:
         """Replace the local background PHA by the vignetting-matched one (:mod:`xmmcore.background`).
+
+        ``src_ann``: the source and background (annulus) region Selections the spectra were made with.
 
         Falls back to the plain area-scaled annulus (said in the record and the log) when the list has no
         pointing or the unscreened list no out-of-FOV events to measure the particle background with.
@@ -420,8 +432,7 @@ class PythonBackend:
         if oof.total < 100 or oof.area_phys2 <= 0:
             return plain(f"{oof.total} out-of-FOV events in the unscreened list (need >= 100)")
         fov = ccd_footprints(evl.select(in_fov))
-        src_sel = read_ds9(files[f"{camera}_src"], evl.header)
-        ann_sel = read_ds9(files[f"{camera}_bkg"], evl.header)
+        src_sel, ann_sel = src_ann
         e = _VIGNETTING_GRID_KEV
         vig_src = region_vignetting(src_sel, footprints, axis, e, fov_footprints=fov)
         vig_ann = region_vignetting(ann_sel, footprints, axis, e, fov_footprints=fov)
