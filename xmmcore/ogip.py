@@ -228,7 +228,8 @@ def _open(path: Path) -> fits.HDUList:
         # carries a dozen data-subspace GTI tables that reading would parse for nothing).
         size = path.stat().st_size
         for i, hdu in enumerate(hdul):
-            end = hdul.fileinfo(i)["datLoc"] + _data_bytes(hdu.header)
+            # the HDU's own fileinfo: HDUList.fileinfo(i) also checks every HDU for resizing (quadratic)
+            end = hdu.fileinfo()["datLoc"] + _data_bytes(hdu.header)
             if end > size:
                 raise OSError(f"the file is truncated: HDU {i} ({hdu.name}) ends at byte {end} of {size}")
     except Exception as exc:
