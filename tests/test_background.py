@@ -141,12 +141,65 @@ def test_vignetting_matched_background_rescales_only_the_sky_part() -> None:
     )
     assert np.allclose(flat.counts, 0.5 * ann.counts) and rec["bkg_area_ratio"] == pytest.approx(0.5)
     assert not flat.poisserr and flat.backscal == src.backscal and flat.exposure == src.exposure
-    assert np.allclose(flat.stat_err, 0.5 * np.sqrt(ann.counts))
+    # STAT_ERR from the expected counts (Poisson mean 50 per channel), not from each channel's own count
+    hard = np.arange(n) >= 34  # above 0.5 keV, where the ln E kernel spans many channels
+    assert np.allclose(flat.stat_err[hard] ** 2, 0.25 * 50.0, rtol=0.08)
+    assert abs(np.corrcoef(flat.stat_err[hard], ann.counts[hard])[0, 1]) < 0.2
     # the annulus sees the sky through half the source region's vignetting: sky part x 2, particles x 1
     matched, rec = vignetting_matched_background(
         ann, src, oof=oof, vig_src=np.ones(3), vig_ann=np.full(3, 0.5), energies_kev=e, camera="mos1"
     )
     particles = 2.0 * oof.counts  # the annulus has twice the out-of-FOV area
     assert np.allclose(matched.counts, 0.5 * particles + 1.0 * (ann.counts - particles))
-    assert np.allclose(matched.stat_err**2, ann.counts + 0.25 * 4.0 * oof.counts)
+    # variance w^2 <O> + (r - w)^2 var(P): 1 x 50 + 0.25 x 4 x 20 expected per channel
+    assert np.allclose(matched.stat_err[hard] ** 2, 50.0 + 0.25 * 4.0 * 20.0, rtol=0.08)
+    assert "smoothed" in rec["bkg_stat_err"]
     assert rec["bkg_sky_rescale_1kev"] == pytest.approx(2.0)
+
+
+def test_matched_background_errors_do_not_bias_pgstat() -> None:
+    """A background whose STAT_ERR follows its own counts biases pgstat (the 48-ObsID kT hot offset).
+
+    Flat spectra on the MOS grid above 0.5 keV: annulus sky 3 + particles 4 counts per channel, corners
+    4 (same area), source 1 count per channel on top of the true background; the source level fitted
+    with pgstat over 60 draws must be 1. With STAT_ERR^2 = the observed annulus counts it came out 1.57.
+    """
+    from scipy.optimize import minimize_scalar
+
+    from xmmcore.background import OofSpectrum, vignetting_matched_background
+    from xmmcore.fitting.stats import pgstat
+    from xmmcore.ogip import PHA
+
+    n, lo = 800, 34
+    on = np.arange(n) >= lo
+    e = np.array([0.1, 15.0])
+    for vig_ann, seed in ((1.0, 5), (0.5, 6)):
+        rng = np.random.default_rng(seed)
+        w = 1.0 / vig_ann
+        fitted, fitted_observed_var = [], []
+        for _ in range(60):
+            ann = PHA(
+                channel=np.arange(n), counts=rng.poisson(7.0 * on).astype(float), exposure=1e4, backscal=2e8
+            )
+            src = PHA(channel=np.arange(n), counts=np.zeros(n), exposure=1e4, backscal=2e8)
+            oof = OofSpectrum(counts=rng.poisson(4.0 * on), area_phys2=2e8, exposure_s=1e4)
+            bkg, _ = vignetting_matched_background(
+                ann,
+                src,
+                oof=oof,
+                vig_src=np.ones(2),
+                vig_ann=np.full(2, vig_ann),
+                energies_kev=e,
+                camera="mos1",
+            )
+            d = rng.poisson(1.0 + 4.0 + w * 3.0, n - lo).astype(float)
+            b = bkg.counts[lo:]
+            for var, out in ((bkg.stat_err[lo:] ** 2, fitted), (w**2 * ann.counts[lo:], fitted_observed_var)):
+                res = minimize_scalar(
+                    lambda s, d=d, b=b, var=var: pgstat(d, b, var, np.full(n - lo, s)),
+                    bounds=(0.01, 5.0),
+                    method="bounded",
+                )
+                out.append(res.x)
+        assert np.mean(fitted) == pytest.approx(1.0, abs=0.08), vig_ann
+        assert np.mean(fitted_observed_var) > 1.3, vig_ann  # the bias the expected counts remove
