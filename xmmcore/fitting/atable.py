@@ -434,14 +434,36 @@ class TableComponent(Component):
                 f"{name}: {len(pars)} parameters given, table {table.path} has {table.n_params}"
             )
         self.params = [copy.copy(p) for p in pars]
+        self._unit_cache: dict[bytes, tuple[tuple[float, ...], np.ndarray]] = {}
         if table.additive:
             self.params.append(Parameter("norm", 1.0, "", 0.0, 1e24, 0.0, 1e24, delta=0.01))
 
     def evaluate(self, energ_lo: np.ndarray, energ_hi: np.ndarray, values: Sequence[float]) -> np.ndarray:
         vals = [float(v) for v in values]
         if self.kind == "add":
-            return vals[-1] * self.table.evaluate(energ_lo, energ_hi, vals[:-1])
+            return vals[-1] * self._unit_spectrum(energ_lo, energ_hi, vals[:-1])
         return self.table.evaluate(energ_lo, energ_hi, vals)
+
+    def _unit_spectrum(self, energ_lo: np.ndarray, energ_hi: np.ndarray, vals: list[float]) -> np.ndarray:
+        """The norm-1 spectrum, kept per grid for the last values of the other parameters.
+
+        The norm only multiplies it, and a fit moves the norm alone in many steps (its gradient, the
+        profile of the other parameters' intervals): those steps reuse the interpolation and rebinning.
+        """
+        from .expression import grid_key
+
+        lo, hi = np.asarray(energ_lo, dtype=float), np.asarray(energ_hi, dtype=float)
+        grid = grid_key(lo, hi)
+        key = tuple(vals)
+        hit = self._unit_cache.get(grid)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        spec = self.table.evaluate(lo, hi, vals)
+        spec.flags.writeable = False
+        if len(self._unit_cache) >= 8:  # a few grids per fit (cameras, flux bands)
+            self._unit_cache.clear()
+        self._unit_cache[grid] = (key, spec)
+        return spec
 
 
 def table_component(path: str | os.PathLike[str], *, kind: str = "add") -> TableComponent:
