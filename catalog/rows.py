@@ -26,6 +26,7 @@ from xmmcore.combine import weighted_mean
 from xmmcore.errors import InputDataError
 from xmmcore.pipeline import STEPS
 from xmmcore.products import ObsProducts, SurveyLayout
+from xmmcore.provenance import code_version
 
 from . import io
 from .schema import (
@@ -379,6 +380,7 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     for r in ordered:
         versions.update(r.get("versions") or {})
     row["software_versions"] = json.dumps(versions, sort_keys=True)
+    row["code_version"] = _code_versions(ordered)
     filt_summary = (steps.get("filter") or {}).get("summary") or {}
     row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend") or "")
     row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
@@ -392,6 +394,16 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     walls = [w for w in walls if not math.isnan(w)]
     row["wall_s"] = float(sum(walls)) if walls else math.nan
     return row
+
+
+def _code_versions(ordered: Sequence[Mapping[str, Any]]) -> str:
+    """The code that made the steps: one :func:`~xmmcore.provenance.code_version` text, or ``step: text; ...``
+    when steps were made by different code (``pipeline.reuse_across_code``); ``""`` for records without one."""
+    texts = [(str(r.get("step") or ""), code_version(r.get("code"))) for r in ordered]
+    distinct = list(dict.fromkeys(t for _, t in texts))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else ""
+    return "; ".join(f"{step}: {text or 'unknown'}" for step, text in texts)
 
 
 def _region_columns(regions: Mapping[str, Any]) -> dict[str, Any]:

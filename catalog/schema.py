@@ -48,7 +48,7 @@ __all__ = [
     "empty_row",
 ]
 
-SCHEMA_VERSION = "2.0"  # 2.0: Z -> abund, FITS units, nullable integers
+SCHEMA_VERSION = "2.1"  # 2.0: Z -> abund, FITS units, nullable integers; 2.1: code_version
 KEY = ("obsid", "camera", "region", "kind")
 KINDS = ("obs", "joint", "combined", "stack")
 CAMERA_ROWS = CAMERAS  # per-camera rows, in this order
@@ -296,6 +296,12 @@ def _tail_columns() -> list[Column]:
         c("inputs_hash", "str", "", "inputs hash of the fit step (or last step)"),
         c("backend", "str", "", "reduction backend"),
         c("software_versions", "str", "", "JSON of software and calibration versions"),
+        c(
+            "code_version",
+            "str",
+            "",
+            "git commit (+dirty) and sha256 of the code that made the steps",
+        ),
         c("started_utc", "str", "", "first step start time (ISO 8601 UTC)"),
         c("finished_utc", "str", "", "last step end time (ISO 8601 UTC)"),
         c("wall_s", "float64", "s", "summed wall-clock time of the steps"),

@@ -34,6 +34,7 @@ from xmmcore.observation import (
     validate_obsid,
 )
 from xmmcore.products import SurveyLayout
+from xmmcore.provenance import code_identity, code_version
 
 from .config import Config, check_environment, check_obsid_selection, write_resolved
 from .graph import (
@@ -286,6 +287,8 @@ def _plans(
 ) -> list[ObsPlan]:
     observations = observations if observations is not None else load_observations(cfg, obsids)
     versions = software_versions(pipeline.module)
+    code = code_identity(pipeline.module)
+    reuse_across_code = bool(cfg["pipeline"]["reuse_across_code"])
     plain = cfg.to_dict()
     results_dir = str(Path(cfg["results_dir"]).resolve())
     plans = []
@@ -303,6 +306,8 @@ def _plans(
             retry_failed=retry_failed,
             versions=versions,
             config_hash=cfg.hash,
+            code=code,
+            reuse_across_code=reuse_across_code,
         )
         plans.append(plan_obsid(tasks))
     return plans
@@ -381,10 +386,12 @@ def run_survey(
         else:
             chosen = resolve_obsids(cfg)
         log.info(
-            "survey start: %d ObsIDs, steps %s, config hash %s, data %s",
+            "survey start: %d ObsIDs, steps %s, config hash %s, code %s%s, data %s",
             len(chosen),
             list(pipe.steps),
             cfg.hash[:12],
+            code_version(code_identity(pipe.module)) or "unknown",
+            " (records of other code reused)" if cfg["pipeline"]["reuse_across_code"] else "",
             cfg["data_dir"],
         )
         skipped = skipped_folders(cfg, chosen)
@@ -481,6 +488,8 @@ def _joint_plans(
         versions=software_versions(pipe.module),
         config_hash=cfg.hash,
         retry_failed=retry_failed,
+        code=code_identity(pipe.module),
+        reuse_across_code=bool(cfg["pipeline"]["reuse_across_code"]),
     )
     out = []
     for task in tasks:

@@ -76,6 +76,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"obsids={json.dumps(args.obsids)}")
     if getattr(args, "targets", None):
         out.append(f"targets_csv={json.dumps(str(Path(args.targets).resolve()))}")
+    if getattr(args, "reuse_across_code", False):
+        out.append("pipeline.reuse_across_code=true")
     return out
 
 
@@ -319,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="also rerun steps that failed before")
     p.add_argument("--catalogue-only", action="store_true", help="only (re)build the catalogue from results/")
     p.add_argument("--no-catalogue", action="store_true", help="do not build the catalogue at the end")
+    p.add_argument(
+        "--reuse-across-code",
+        action="store_true",
+        help="reuse finished steps made by other code too (pipeline.reuse_across_code=true)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -333,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, metavar="N", help="1-based line (ignoring comments) of --obsid-list")
     p.add_argument("--targets", metavar="CSV", help="targets CSV: obsid,name,ra,dec,z,nh,r500_kpc")
     p.add_argument("--retry-failed", action="store_true", help="rerun the steps that failed before")
+    p.add_argument(
+        "--reuse-across-code",
+        action="store_true",
+        help="reuse finished steps made by other code too (pipeline.reuse_across_code=true)",
+    )
     p.set_defaults(func=cmd_run_one)
 
     p = sub.add_parser(

@@ -389,6 +389,8 @@ def make_tasks(
     retry_failed: bool,
     versions: dict[str, str],
     config_hash: str = "",
+    code: dict[str, Any] | None = None,
+    reuse_across_code: bool = False,
 ) -> list[StepTask]:
     """One StepTask per pipeline step for ``obsid``."""
     return [
@@ -405,6 +407,8 @@ def make_tasks(
             error=error,
             versions=versions,
             config_hash=config_hash,
+            code=dict(code or {}),
+            reuse_across_code=reuse_across_code,
         )
         for step in pipeline.steps
     ]

@@ -7,14 +7,15 @@ of each of its ObsIDs; it fits (``xmmcore.fitting.joint.run_joint``) the ObsIDs 
 It is checkpointed like every other step, with the same record layout (``survey.steps``):
 
 * record ``results/joint/<target>/steps/joint.json`` (status ``running`` / ``done`` / ``failed``, reason,
-  exception, inputs hash, config hash, versions, timings, outputs), log ``results/joint/<target>/logs/joint.log``;
+  exception, inputs hash, config hash, versions, code identity, timings, outputs), log
+  ``results/joint/<target>/logs/joint.log``;
 * products ``results/joint/<target>.json`` (+ ``<target>_stack/`` with ``joint.stack``), listed in the record's
   ``outputs`` with paths relative to ``results/``;
 * inputs hash: the ``joint`` configuration sections, the target metadata, the ObsIDs fitted, the signatures of
   their spectra and responses (``results/<obsid>/spectra/``) and the software versions. A rerun reuses a ``done``
-  record with the same hash whose outputs are intact, reports a deterministic failure on the same inputs without
-  rerunning it (unless ``retry --failed``), and reruns anything else (e.g. a record left ``running`` by a killed
-  driver).
+  record with the same hash, made by the same code (``code``, as the step records) and whose outputs are
+  intact, reports a deterministic failure on the same inputs without rerunning it (unless ``retry --failed``),
+  and reruns anything else (e.g. a record left ``running`` by a killed driver).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from xmmcore.products import SurveyLayout
+from xmmcore.provenance import code_matches
 
 from .logs import step_logger
 from .steps import RECORD_SCHEMA, read_record, write_record
@@ -93,6 +95,8 @@ class JointTask:
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
     retry_failed: bool = False
+    code: dict[str, Any] = field(default_factory=dict)
+    reuse_across_code: bool = False
 
     @property
     def outdir(self) -> Path:
@@ -116,6 +120,8 @@ def make_joint_tasks(
     versions: Mapping[str, str],
     config_hash: str,
     retry_failed: bool = False,
+    code: Mapping[str, Any] | None = None,
+    reuse_across_code: bool = False,
 ) -> list[JointTask]:
     """One :class:`JointTask` per target seen in several of ``obsids``."""
     tasks = []
@@ -132,6 +138,8 @@ def make_joint_tasks(
                 versions=dict(versions),
                 config_hash=config_hash,
                 retry_failed=retry_failed,
+                code=dict(code or {}),
+                reuse_across_code=reuse_across_code,
             )
         )
     return tasks
@@ -204,7 +212,10 @@ def check_joint(
     """``("cached" | "failed" | "run", inputs_hash, inputs, record)``, as :func:`survey.steps.check_step`."""
     h, inputs = joint_inputs_hash(task, obsids)
     record = read_record(task.outdir, JOINT_STEP)
-    if record is not None and record.get("inputs_hash") == h:
+    same_code = record is not None and code_matches(
+        record, task.code, reuse_across_code=task.reuse_across_code
+    )
+    if record is not None and record.get("inputs_hash") == h and same_code:
         if record.get("status") == "done" and _outputs_present(Path(task.results_dir), record):
             return "cached", h, inputs, record
         if (
@@ -290,6 +301,7 @@ def execute_joint(task: JointTask, *upstream: Mapping[str, Any] | None) -> dict[
         "inputs_hash": h,
         "inputs": inputs,
         "versions": task.versions,
+        "code": task.code,
         "config": {k: task.cfg.get(k) for k in JOINT_SECTIONS},
         "config_hash": task.config_hash or config_hash(task.cfg),
         "host": socket.gethostname(),

@@ -10,6 +10,12 @@ The inputs hash of a step covers
 * the inputs hash of the step before it (so a change upstream reruns everything downstream),
 * the versions of the software that computes it.
 
+Besides the hash, a record is reused only when it was made by the same code: its ``code`` (the sha256 of
+the files of ``xmmcore`` and of the ``pipeline.module``'s package, plus the git commit and dirty flag,
+:func:`xmmcore.provenance.code_identity`) must match this process's, unless
+``pipeline.reuse_across_code`` is true. So a development tree whose code changed recomputes its steps
+(and reruns steps that failed deterministically before), and opting out works either way.
+
 After each step (successful or not) a record ``results/<obsid>/steps/<step>.json`` is written
 atomically, holding the status (``done`` / ``failed``), the reason and exception class of a failure,
 timings, the hash and the outputs with their sizes: exactly the files the step declared in its summary's
@@ -47,6 +53,7 @@ from xmmcore.errors import ConfigError, TransientError
 from xmmcore.fsutil import _jsonable, atomic_path, atomic_write_json, is_disk_full_message
 from xmmcore.observation import Observation
 from xmmcore.products import ObsProducts
+from xmmcore.provenance import code_matches
 
 from .config import config_hash
 from .logs import step_logger
@@ -453,6 +460,13 @@ class StepTask:
         Rerun a step whose previous failure was recorded with the same inputs hash.
     error : tuple or None
         (exception class name, message) of a discovery failure.
+    versions : dict
+        :func:`software_versions` (in the inputs hash and the record).
+    code : dict
+        :func:`xmmcore.provenance.code_identity` of the code that runs the step (in the record; a record
+        of other code is not reused).
+    reuse_across_code : bool
+        ``pipeline.reuse_across_code``: reuse records made by other code too.
     """
 
     obsid: str
@@ -467,6 +481,8 @@ class StepTask:
     error: tuple[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     config_hash: str = ""
+    code: dict[str, Any] = field(default_factory=dict)
+    reuse_across_code: bool = False
 
     @property
     def outdir(self) -> Path:
@@ -504,7 +520,10 @@ def check_step(
         versions=task.versions,
         cache=cache,
     )
-    if record is not None and record.get("inputs_hash") == h:
+    same_code = record is not None and code_matches(
+        record, task.code, reuse_across_code=task.reuse_across_code
+    )
+    if record is not None and record.get("inputs_hash") == h and same_code:
         if record.get("status") == "done" and _outputs_present(task.outdir, record):
             return "cached", h, inputs, record
         if (
@@ -758,6 +777,7 @@ def _execute(task: StepTask, upstream: Mapping[str, Any] | None) -> dict[str, An
         "inputs_hash": h,
         "inputs": inputs,
         "versions": task.versions,
+        "code": task.code,
         "config": step_config(task.step, task.cfg) if task.step in STEP_SECTIONS else None,
         "config_hash": task.config_hash or config_hash(task.cfg),
         "meta": _jsonable(dict(task.obs.meta)),
