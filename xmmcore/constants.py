@@ -13,6 +13,7 @@ without a configuration. Step names are :data:`xmmcore.pipeline.STEPS`; exit cod
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,9 +35,15 @@ DEFAULT_FLUX_BANDS_KEV: tuple[tuple[float, float], ...] = ((0.5, 2.0), (0.1, 2.4
 def flat_lcdm(cosmology: Any = None) -> Any:
     """An astropy ``FlatLambdaCDM`` from ``None`` (the default), ``{"H0", "Om0"}`` (missing keys default)
     or an astropy cosmology (returned as is)."""
-    from astropy.cosmology import FlatLambdaCDM
-
     if cosmology is None or isinstance(cosmology, Mapping):
         values = {**DEFAULT_COSMOLOGY, **(cosmology or {})}
-        return FlatLambdaCDM(H0=float(values["H0"]), Om0=float(values["Om0"]))
+        return _flat_lcdm(float(values["H0"]), float(values["Om0"]))
     return cosmology
+
+
+@functools.lru_cache(maxsize=8)
+def _flat_lcdm(h0: float, om0: float) -> Any:
+    """One (immutable) astropy cosmology per (H0, Om0): building one costs ~20 ms, 3 times per ObsID."""
+    from astropy.cosmology import FlatLambdaCDM
+
+    return FlatLambdaCDM(H0=h0, Om0=om0)
