@@ -87,10 +87,21 @@ def step_logger(results_dir: str | os.PathLike[str], obsid: str, step: str) -> I
 def survey_logger(
     results_dir: str | os.PathLike[str], *, name: str = "survey", filename: str = "survey.log"
 ) -> logging.Logger:
-    """The driver's logger, appending to ``results/logs/<filename>`` (default ``survey.log``)."""
+    """The driver's logger, appending to ``results/logs/<filename>`` (default ``survey.log``).
+
+    ``name="survey"`` is the registered ``survey.run`` logger (one per process, which other modules log
+    to). Any other name (``run_one``'s ``survey.<obsid>``) gets a logger of its own that is not
+    registered with logging's manager (``logging.getLogger`` would keep a Logger and a PlaceHolder per
+    ObsID for the life of the process); it propagates to the root logger as a registered one would.
+    Close it with :func:`close_survey_logger`.
+    """
     path = SurveyLayout(results_dir).driver_log(filename)
     path.parent.mkdir(parents=True, exist_ok=True)
-    logger = logging.getLogger(f"{name}.run")
+    if name == "survey":
+        logger = logging.getLogger(f"{name}.run")
+    else:
+        logger = logging.Logger(f"{name}.run")
+        logger.parent = logging.getLogger()
     logger.setLevel(logging.INFO)
     target = str(path.resolve())
     if not any(isinstance(h, logging.FileHandler) and h.baseFilename == target for h in logger.handlers):

@@ -4,6 +4,7 @@ Logger per ObsID and step. Both are gone; benchmarks/bench_survey_scale.py measu
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import pytest
@@ -114,3 +115,37 @@ def test_cluster_profile_key_turns_the_profiler_on_and_writes_the_profile(tmp_pa
     page = (tmp_path / "results" / PROFILE_PATH).read_text()
     assert "<html" in page.lower() and "bokeh" in page.lower()
     assert "Dask profile: " in (tmp_path / "results" / "logs" / "survey.log").read_text()
+
+
+def _one_step(obs, outdir, cfg, *, log):
+    log.info("step of %s", obs.obsid)
+    return {}
+
+
+def _counts() -> dict[str, int]:
+    gc.collect()
+    return {
+        "loggers": len(logging.Logger.manager.loggerDict),
+        "handler refs": len(logging._handlerList),  # type: ignore[attr-defined]
+        "named handlers": len(logging._handlers),  # type: ignore[attr-defined]
+        "root handlers": len(logging.getLogger().handlers),
+        "survey.run handlers": len(logging.getLogger("survey.run").handlers),
+    }
+
+
+def test_fifty_run_one_calls_leave_logging_flat(tmp_path):
+    """run_one in one long process (a job-array runner, a notebook) leaves no logging objects behind: it
+    left a registered ``survey.<obsid>.run`` Logger and a ``survey.<obsid>`` PlaceHolder per ObsID."""
+    ids = helpers.make_survey(tmp_path / "data", 52, n_events=20)
+    cfg = _cfg(tmp_path)
+    for obsid in ids[:2]:  # warm-up: module-level loggers made on first use
+        assert run_one(cfg, obsid, pipeline={"only": _one_step})["only"]["status"] == "done"
+    before = _counts()
+    for obsid in ids[2:]:
+        assert run_one(cfg, obsid, pipeline={"only": _one_step})["only"]["status"] == "done"
+    assert _counts() == before
+    # the per-ObsID logs are still written, one file per ObsID
+    for obsid in (ids[2], ids[-1]):
+        text = (tmp_path / "results" / "logs" / "run-one" / f"{obsid}.log").read_text()
+        assert f"run-one {obsid} on node" in text and f"{obsid} only done" in text
+        assert f"step of {obsid}" in (tmp_path / "results" / obsid / "logs" / "only.log").read_text()
