@@ -286,3 +286,61 @@ def test_l500_follows_the_background_the_spectra_have():
     assert plain["L500_0p1_2p4"] == pytest.approx(1e44 / 0.94)
     assert matched["L500_0p1_2p4"] == pytest.approx(1e44 / 0.92)
     assert matched["bkg_oversubtraction_used"] == 0.08
+
+
+def _small_profile_image():
+    pix = 8.0 / 60.0
+    n = 120
+    r = P.pixel_radii((n, n), (n / 2, n / 2), pix)
+    mu = 20.0 * (1 + (r / 0.5) ** 2) ** (0.5 - 3 * 0.7) + 0.2 + 0.05
+    img = np.random.default_rng(11).poisson(mu).astype(float)
+    weight = (r < 7.5).astype(float)
+    kw = {"radii_arcmin": r, "weight": weight, "pixel_arcmin": pix, "r_max_arcmin": 7.5}
+    return img, kw, np.full(img.shape, 0.05) * weight
+
+
+def test_profile_fit_scores_a_simplex_step_that_overflows_as_a_bound(monkeypatch):
+    """Regression of d326160: a Nelder-Mead vertex at exp(>709) raised OverflowError out of the regions
+    step (math.exp since eef18cc; np.exp gave inf); it now scores 1e30, as a bound does."""
+    img, kw, particle = _small_profile_image()
+    real = P.nelder_mead
+    scores = []
+
+    def probing(fun, x0, **options):
+        # vertices a simplex can reach: ln S0, ln rc (exp(-2 ln rc)), ln B_sky, ln particle scale
+        for k, value in ((0, 800.0), (1, -400.0), (3, 800.0), (4, 800.0)):
+            x = list(x0)
+            x[k] = value
+            scores.append(fun(x))
+        return real(fun, x0, **options)
+
+    monkeypatch.setattr(P, "nelder_mead", probing)
+    prof = P.fit_beta_profile(img, **kw, particle=particle)
+    assert len(scores) >= 4 and set(scores) == {1e30}
+    # and the fit, which never takes a vertex scored 1e30, still finds the profile
+    assert prof.converged and prof.beta == pytest.approx(0.7, rel=0.2)
+    assert prof.rc_arcmin == pytest.approx(0.5, rel=0.3)
+
+
+def test_profile_draws_that_would_overflow_are_skipped():
+    """Regression of d326160: a draw of ln S0 or ln rc beyond exp's range raised OverflowError."""
+    prof = P.BetaProfile(
+        0.3,
+        0.67,
+        100.0,
+        1.0,
+        12.0,
+        30,
+        True,
+        covariance=[[1e6, 0.0, 0.0], [0.0, 1e-2, 0.0], [0.0, 0.0, 1e-3]],
+    )
+    rng = np.random.default_rng(0)
+    mean = [math.log(100.0), math.log(0.3), 0.67]
+    n_over = int(np.sum(rng.multivariate_normal(mean, prof.covariance, size=200)[:, 0] > 700.0))
+    assert n_over > 10  # the same draws as draws(200, seed=0): many would overflow
+    draws = prof.draws(200, seed=0)
+    assert len(draws) == 200 - n_over
+    # kept: every draw of ln S0 up to 700 (a very negative one underflows to S0 = 0, which is no error)
+    assert all(0.0 <= d.s0_per_arcmin2 <= math.exp(700.0) for d in draws)
+    assert max(d.s0_per_arcmin2 for d in draws) > math.exp(100.0)
+    assert all(d.rc_arcmin > 0 and 0.35 <= d.beta <= 2.5 for d in draws)
