@@ -541,13 +541,14 @@ class PythonBackend:
             dst = _copy_atomic(Path(rmf_src), products.rmf(camera))
             out.update(rmf=str(dst), rmf_name=dst.name, rmf_source=str(rmf_src))
             out["outputs"].append(str(dst))
-            try:
-                from ..ogip import read_rmf
-                from ..spectra import fwhm_from_rmf
+            if sps.grouping == "optimal":  # the resolution is what optimal grouping needs, nothing else
+                try:
+                    from ..ogip import read_rmf
+                    from ..spectra import fwhm_from_rmf
 
-                out["fwhm_chan"] = fwhm_from_rmf(read_rmf(dst))
-            except (ImportError, ValueError, OSError, InputDataError) as exc:
-                log.info("could not measure the RMF resolution (%s); using the default FWHM(E)", exc)
+                    out["fwhm_chan"] = fwhm_from_rmf(read_rmf(dst))
+                except (ImportError, ValueError, OSError, InputDataError) as exc:
+                    log.info("could not measure the RMF resolution (%s); using the default FWHM(E)", exc)
         else:
             out["rmf"] = None
             out["no_response"] = (
