@@ -53,6 +53,7 @@ SIM = {"exposure_ks": (20.0, 30.0), "cluster_counts": (6000.0, 15000.0)}
 # Run by each side of the comparison in its own process, with PYTHONPATH set to that side's tree.
 _RUNNER = r"""
 import json, sys, time
+from pathlib import Path
 from survey.api import run_one
 from survey.config import load_config
 data, results, overrides, obsids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4].split(",")
@@ -61,8 +62,16 @@ out = {}
 for obsid in obsids:
     c0, w0 = time.process_time(), time.perf_counter()
     res = run_one(cfg, obsid)
+    steps = {}
+    for step in res:  # the step records' CPU seconds, where that side's records have them
+        try:
+            cpu = json.loads((Path(results) / obsid / "steps" / f"{step}.json").read_text()).get("cpu_s")
+        except (OSError, ValueError):
+            cpu = None
+        if cpu is not None:
+            steps[step] = cpu
     out[obsid] = {"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
-                  "ok": all(r.get("status") == "done" for r in res.values())}
+                  "ok": all(r.get("status") == "done" for r in res.values()), "step_cpu_s": steps}
 print("RESULT " + json.dumps(out))
 """
 
@@ -217,6 +226,15 @@ def compare(
                 print(f"git worktree remove: {exc}", file=sys.stderr)
     ref_cpu = [v["cpu_s"] for v in res["ref"].values()]
     our_cpu = [v["cpu_s"] for v in res["ours"].values()]
+
+    def per_step(side: dict[str, Any]) -> dict[str, float]:
+        """Median over the ObsIDs of each step's CPU seconds (step records; a1642db's have none)."""
+        names = {s for v in side.values() for s in v.get("step_cpu_s", {})}
+        return {
+            s: statistics.median(v["step_cpu_s"][s] for v in side.values() if s in v.get("step_cpu_s", {}))
+            for s in sorted(names)
+        }
+
     return {
         "ref": ref,
         "n": n,
@@ -224,6 +242,8 @@ def compare(
         "ref_cpu_per_obsid_s": statistics.median(ref_cpu),
         "ours_cpu_per_obsid_s": statistics.median(our_cpu),
         "ratio": statistics.median(ref_cpu) / statistics.median(our_cpu),
+        "ref_step_cpu_s": per_step(res["ref"]),
+        "ours_step_cpu_s": per_step(res["ours"]),
         "ref_ok": sum(v["ok"] for v in res["ref"].values()),
         "ours_ok": sum(v["ok"] for v in res["ours"].values()),
     }
