@@ -503,9 +503,13 @@ def summarize_partial(
 
     Wall = first step start to last fit end; only ObsIDs whose fit step is done count; the memory ratio
     compares ranks 40-60 with the last 20 done; ``load_log`` lines ``HH:MM:SS load1 load5 load15``
-    inside that window give the load.
+    inside that window give the load. The plots setting and the data folder are the run's
+    (``results/config.resolved.yaml``).
     """
+    from survey.config import read_resolved
     from survey.graph import build_catalogue
+
+    cfg = read_resolved(results)
 
     ids = sorted(p.name for p in results.iterdir() if p.is_dir() and p.name.isdigit())
     every = _records(results, ids)
@@ -530,7 +534,7 @@ def summarize_partial(
         "when": t1.strftime("%Y-%m-%d %H:%M UTC"),
         "cluster": cluster,
         "pipeline": "real",
-        "plots": "none",
+        "plots": str(cfg["plots"]),
         "simulation": {k: list(v) if isinstance(v, tuple) else v for k, v in REAL_SIM.items()},
         "partial": f"stopped after {len(done)} of {n_planned} ObsIDs (figures from the step records)",
         "cpu_s_per_obsid": round(cpu / max(1, len(done)), 3),
@@ -562,9 +566,7 @@ def summarize_partial(
             "median": round(statistics.median(loads), 1),
             "max": max(loads),
         }
-    from survey.config import read_resolved
-
-    data = Path(read_resolved(results)["data_dir"])
+    data = Path(cfg["data_dir"])
     out["input_mb_per_obsid"] = round(_input_bytes(data, done) / max(1, len(done)) / 1e6, 3)
     return out
 
