@@ -248,11 +248,18 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         if r500.get("products_dir"):
             spectra_dir = ObsProducts(r500["products_dir"]).spectra_dir
     record = result.to_dict()
-    record["aperture"] = _aperture_record(record, regions, r500, cfg, obs)
+    record["aperture"] = _aperture_record(record, regions, r500, cfg, obs, [i.arf for i in inputs if i.arf])
     atomic_write_json(products.fit_json, record)
     extra_outputs = []
     cex_inputs = [
-        dataclasses.replace(i, pha=spectra_dir / f"{i.name}_anncex_src.pha")
+        dataclasses.replace(
+            i,
+            pha=spectra_dir / f"{i.name}_anncex_src.pha",
+            # its own region-weighted ARF when the spectra step wrote one
+            arf=(spectra_dir / f"{i.name}_anncex_src.arf")
+            if (spectra_dir / f"{i.name}_anncex_src.arf").exists()
+            else i.arf,
+        )
         for i in inputs
         if (spectra_dir / f"{i.name}_anncex_src.pha").exists()
     ]
@@ -261,7 +268,9 @@ def _fit(obs: Observation, outdir: Path, cfg: dict[str, Any], log: logging.Logge
         cex = run_fit(cex_inputs).to_dict()
         cex["aperture"] = {
             k: v
-            for k, v in _aperture_record(cex, regions, r500, cfg, obs).items()
+            for k, v in _aperture_record(
+                cex, regions, r500, cfg, obs, [i.arf for i in cex_inputs if i.arf]
+            ).items()
             if not k.lower().startswith("l500")
         }
         r_src = float(regions["r_src_arcmin"])
@@ -392,9 +401,15 @@ def _aperture_record(
     r500: dict[str, Any],
     cfg: dict[str, Any],
     obs: Observation,
+    arf_files: list[Path],
 ) -> dict[str, Any]:
-    """R500, aperture, L500 and quality-flag values of the fit (``fit.json`` ``aperture``)."""
+    """R500, aperture, L500 and quality-flag values of the fit (``fit.json`` ``aperture``).
+
+    ``arf_files``: the fitted ARFs; when all carry the region's vignetting (``VIGNWGT``, the Python
+    backend's weighted ARFs) the L500 has no scalar vignetting to divide out.
+    """
     from .aperture import l500_block, net_counts_of, quality_flags
+    from .arfweight import arf_is_weighted
 
     history = r500["r500_iterations"]
     if regions.get("r500_source") == "iterated" and history:
@@ -425,7 +440,7 @@ def _aperture_record(
             record.get("luminosities") or {},
             regions,
             r500_arcmin=r500_arcmin,
-            arf_on_axis=arf_on_axis(cfg),
+            arf_on_axis=arf_on_axis(cfg) and not all(arf_is_weighted(a) for a in arf_files),
             matched_background=matched_background(cfg),
         )
     )

@@ -34,7 +34,7 @@ from ..flares import FlareSettings, flare_gti, write_light_curve
 from ..fsutil import atomic_path, regular_file
 from ..images import PHYS_PIXEL_ARCSEC, ccd_footprints
 from ..products import ObsProducts
-from ..regions import read_ds9
+from ..regions import optical_axis_xy, read_ds9
 from ..settings import RegionSettings, ScreenSettings, SpectraSettings, config_value
 
 __all__ = ["PythonBackend"]
@@ -241,6 +241,14 @@ class PythonBackend:
         grouping, min_counts = sps.grouping, sps.min_counts
         dss = _dss_inputs(camera, evl, cfg)
         out: dict[str, Any] = {"camera": camera, "responses": resp, "grouping": grouping}
+        # the copied ARFs are on-axis ones unless spectra.arf_vignetting is none: weight them per region
+        weight_arfs = bool(resp.get("arf")) and not sas_responses and sps.arf_vignetting != "none"
+
+        def ancrfile(key: str) -> str | None:
+            if weight_arfs and key != f"{camera}_src" and optical_axis_xy(evl.header) is not None:
+                return f"{key}.arf"
+            return resp.get("arf_name")
+
         selections: dict[str, Any] = {}  # region files read once, for the background models too
 
         def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
@@ -256,7 +264,7 @@ class PythonBackend:
                 exposure=geom.livetime_s,
                 backscal=geom.area_phys2,
                 respfile=resp.get("rmf_name") if kind == "src" else None,
-                ancrfile=resp.get("arf_name") if kind == "src" else None,
+                ancrfile=ancrfile(key) if kind == "src" else None,
                 backfile=backfile,
                 header={
                     "ONTIME": (geom.ontime_s, "[s] region-area-weighted GTI sum"),
@@ -359,6 +367,10 @@ class PythonBackend:
         if annuli:
             out["annuli"] = [one(k, "src", backfile) for k in annuli]
             out["outputs"] += [a["path"] for a in out["annuli"]]
+        if weight_arfs:
+            out.update(
+                self._weight_arfs(camera, evl, fp, regions, products, resp, src, bkg, annuli, out, log)
+            )
         log.info(
             "%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
             camera,
@@ -372,6 +384,92 @@ class PythonBackend:
         if src["counts"] == 0:
             raise InputDataError(f"no {camera} events in the source region", files[f"{camera}_src"])
         return out
+
+    def _weight_arfs(
+        self,
+        camera: str,
+        evl: Any,
+        footprints: Any,
+        regions: dict[str, Any],
+        products: ObsProducts,
+        resp: dict[str, Any],
+        src: dict[str, Any],
+        bkg: dict[str, Any],
+        annuli: list[str],
+        out: dict[str, Any],
+        log: logging.Logger,
+    ) -> dict[str, Any]:
+        """The copied (on-axis) ARF weighted by the source region's vignetting per energy (:mod:`xmmcore.arfweight`).
+
+        The source region's ARF replaces ``<cam>.arf``; each radial or core-excised annulus gets its own,
+        ``<key>.arf`` (its ANCRFILE). Without a pointing the copied ARF stays and the record says so (the
+        L500 step then divides out the scalar vignetting, as for any ARF without ``VIGNWGT``).
+        """
+        from ..arfweight import WEIGHT_BAND_KEV, region_source_vignetting, weighted_arf
+        from ..background import _VIGNETTING_GRID_KEV, OUT_OF_FOV
+        from ..ogip import read_arf, read_pha, write_arf
+        from ..spectra import channel_grid
+
+        axis = optical_axis_xy(evl.header)
+        if axis is None:
+            note = "no RA_PNT/DEC_PNT pointing: the copied ARF is used as it is (on-axis)"
+            log.warning("%s: %s", camera, note)
+            return {"arf_method": "copied", "arf_note": note}
+        on_axis = read_arf(resp["arf_source"])
+        fov = ccd_footprints(evl.select((evl["FLAG"].astype(np.int64) & OUT_OF_FOV) == 0))
+        # expected background events of the source region in the weighting band (its background PHA, scaled)
+        bpha = read_pha(bkg["path"])
+        _, width = channel_grid(camera)
+        e_chan = (np.arange(bpha.counts.size) + 0.5) * width / 1000.0
+        in_band = (e_chan >= WEIGHT_BAND_KEV[0]) & (e_chan < WEIGHT_BAND_KEV[1])
+        scale = src["backscal"] * src["exposure_s"] / (bkg["backscal"] * bkg["exposure_s"])
+        n_bkg = scale * float(np.asarray(bpha.counts)[in_band].sum())
+        # the background holds a share of the cluster's own counts (annulus emission, bkg_oversubtraction):
+        # n_bkg = B + over (N - B) for N events of which B background, so B = (n_bkg - over N) / (1 - over)
+        over = regions.get("bkg_oversubtraction_matched", regions.get("bkg_oversubtraction"))
+        over = (
+            min(max(float(over), 0.0), 0.9) if isinstance(over, (int, float)) and np.isfinite(over) else 0.0
+        )
+        files = regions.get("files", {})
+        src_sel = read_ds9(files[f"{camera}_src"], evl.header)
+        band_ev = (evl["PI"] >= WEIGHT_BAND_KEV[0] * 1000.0) & (evl["PI"] < WEIGHT_BAND_KEV[1] * 1000.0)
+        n_src = float(np.count_nonzero(band_ev & src_sel.contains(evl["X"], evl["Y"])))
+        n_bkg_src = max((n_bkg - over * n_src) / (1.0 - over), 0.0)
+        record: dict[str, Any] = {}
+        targets: list[tuple[str, Path, dict[str, Any], Path | None]] = [
+            (f"{camera}_src", products.arf(camera), src, None)
+        ]
+        for k, ann in zip(annuli, out.get("annuli", [])):
+            targets.append((k, products.spectra_dir / f"{k}.arf", ann, Path(ann["path"])))
+        for key, arf_path, spec, pha_path in targets:
+            sel = read_ds9(files[key], evl.header)
+            n_b = n_bkg_src * spec["backscal"] * spec["exposure_s"] / (src["backscal"] * src["exposure_s"])
+            wgt = region_source_vignetting(
+                evl["X"],
+                evl["Y"],
+                evl["PI"],
+                sel,
+                footprints,
+                axis,
+                _VIGNETTING_GRID_KEV,
+                n_background=n_b,
+                fov_footprints=fov,
+            )
+            write_arf(weighted_arf(on_axis, wgt), arf_path)
+            if pha_path is None:
+                record.update(wgt.record())
+            else:  # its ANCRFILE names this file (spectra_camera)
+                spec["arf"] = str(arf_path)
+                spec.update({k2: v for k2, v in wgt.record().items() if k2.startswith("arf_vign")})
+                out["outputs"].append(str(arf_path))
+        log.info(
+            "%s: ARF weighted by the source region's vignetting: %.3f at 1 keV, %.3f at 6 keV (%s)",
+            camera,
+            record["arf_vignetting_1kev"],
+            record["arf_vignetting_6kev"],
+            record["arf_method"],
+        )
+        return record
 
     def _matched_background(
         self,
@@ -399,7 +497,6 @@ class PythonBackend:
             vignetting_matched_background,
         )
         from ..ogip import read_pha, write_pha
-        from ..regions import optical_axis_xy
 
         def plain(why: str) -> dict[str, Any]:
             log.warning(
