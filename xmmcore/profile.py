@@ -118,6 +118,9 @@ def pixel_radii(shape: tuple[int, int], centre_ij: tuple[float, float], pixel_ar
     return np.hypot(ii - centre_ij[0], jj - centre_ij[1]) * pixel_arcmin
 
 
+# A simplex vertex at a tiny core radius makes (r/rc)^2 overflow to inf, whose power is 0: the right limit,
+# not an error, so the fit does not print numpy's "overflow encountered in multiply" for every such ObsID.
+@np.errstate(over="ignore")
 def fit_beta_profile(
     image: np.ndarray,
     *,
