@@ -21,7 +21,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ from xmmcore.products import SurveyLayout
 __all__ = [
     "LOCK_NAME",
     "ResultsLockedError",
+    "acquire_lock",
     "break_lock",
     "check_unlocked",
     "lock_holder",
+    "release_lock",
     "results_lock",
     "write_lock",
 ]
@@ -154,6 +156,53 @@ def break_lock(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     return holder
 
 
+def acquire_lock(
+    path: Path,
+    me: dict[str, Any],
+    *,
+    judge: Callable[[dict[str, Any]], tuple[bool, str]],
+    aside_suffix: str,
+    on_takeover: Callable[[dict[str, Any], str], None] | None = None,
+) -> None:
+    """Create the lock ``path`` exclusively, holding ``me``; take over a stale one.
+
+    ``judge(holder)`` says of the lock found there ``(True, why it is stale)`` or ``(False, the error
+    message)``. A stale lock is moved aside first (``.lock.stale-<aside_suffix>``, then removed): of two
+    processes taking it over at once only one renames it, and it alone calls ``on_takeover(holder, why)``.
+    Shared by :func:`results_lock` and :func:`survey.obsid_lock.obsid_lock`.
+    """
+    folder = path.parent
+    for _attempt in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(path)
+            if holder is None:
+                continue  # released meanwhile
+            stale, text = judge(holder)
+            if not stale:
+                raise ResultsLockedError(text) from None
+            aside = path.with_name(f"{LOCK_NAME}.stale-{aside_suffix}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside)
+                aside.unlink()
+                if on_takeover is not None:
+                    on_takeover(holder, text)
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
+        write_lock(fd, path, me)
+        return
+    raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")
+
+
+def release_lock(path: Path, me: Mapping[str, Any]) -> None:
+    """Remove the lock ``path`` if ``me`` still holds it (never one another process has taken over)."""
+    if lock_holder(path) == me:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 @contextlib.contextmanager
 def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterator[Path]:
     """Hold ``folder/.lock`` for the block; raise :class:`ResultsLockedError` if another run holds it.
@@ -174,36 +223,20 @@ def results_lock(folder: str | os.PathLike[str], *, what: str = "run") -> Iterat
         "command": " ".join(sys.argv[:6])[:300],
         "what": what,
     }
-    for _attempt in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = lock_holder(path)
-            if holder is None:
-                continue  # released meanwhile
-            if _is_stale(holder, path):
-                # Move the stale lock aside first: two runs taking it over at once cannot both win.
-                aside = path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(path, aside)
-                    aside.unlink()
-                continue
-            raise ResultsLockedError(
-                f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
-                f"{_advice(holder, folder, path)}"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
-        write_lock(fd, path, me)
-        break
-    else:
-        raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")
+
+    def judge(holder: dict[str, Any]) -> tuple[bool, str]:
+        if _is_stale(holder, path):
+            return True, "its process is gone"
+        return False, (
+            f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
+            f"{_advice(holder, folder, path)}"
+        )
+
+    acquire_lock(path, me, judge=judge, aside_suffix=str(os.getpid()))
     try:
         yield path
     finally:
-        if lock_holder(path) == me:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        release_lock(path, me)
 
 
 def check_unlocked(folder: str | os.PathLike[str]) -> None:

@@ -36,9 +36,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from xmmcore.errors import ConfigError, ExternalToolError, ToolNotFoundError
+from xmmcore.errors import ExternalToolError, ToolNotFoundError
 
-from .lock import LOCK_NAME, ResultsLockedError, _alive, lock_holder, write_lock
+from .lock import LOCK_NAME, _alive, acquire_lock, lock_holder, release_lock
 
 __all__ = [
     "LIVE_JOB_STATES",
@@ -228,33 +228,21 @@ def obsid_lock(
     folder = Path(folder)
     path = folder / LOCK_NAME
     me = holder_identity(what, environ)
-    for _attempt in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = lock_holder(path)
-            if holder is None:
-                continue  # released meanwhile
-            stale, live = stale_reason(holder, path, me, stale_after_s=stale_after_s, job_state=job_state)
-            if stale is not None:
-                # Move it aside first: of two processes taking it over at once only one renames it.
-                aside = path.with_name(f"{LOCK_NAME}.stale-{me['node']}-{os.getpid()}")
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(path, aside)
-                    aside.unlink()
-                    if on_takeover is not None:
-                        on_takeover(f"took over the lock {path} of {_describe(holder)}: {stale}")
-                continue
-            raise ResultsLockedError(
-                f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
-                f"it is taken to be alive because {live}; wait for it to finish, or if it is gone delete {path}"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"cannot create the lock {path}: {exc.strerror or exc}") from exc
-        write_lock(fd, path, me)
-        break
-    else:
-        raise ResultsLockedError(f"{folder}: could not take the lock {path} (held and released repeatedly)")
+
+    def judge(holder: dict[str, Any]) -> tuple[bool, str]:
+        stale, live = stale_reason(holder, path, me, stale_after_s=stale_after_s, job_state=job_state)
+        if stale is not None:
+            return True, stale
+        return False, (
+            f"{folder} is in use by another {holder.get('what', 'run')}: {_describe(holder)}; "
+            f"it is taken to be alive because {live}; wait for it to finish, or if it is gone delete {path}"
+        )
+
+    def took_over(holder: dict[str, Any], stale: str) -> None:
+        if on_takeover is not None:
+            on_takeover(f"took over the lock {path} of {_describe(holder)}: {stale}")
+
+    acquire_lock(path, me, judge=judge, aside_suffix=f"{me['node']}-{os.getpid()}", on_takeover=took_over)
     beat = _Heartbeat(path, me, heartbeat_s)
     beat.start()
     try:
@@ -262,6 +250,4 @@ def obsid_lock(
     finally:
         beat.halt.set()
         beat.join(timeout=5)
-        if lock_holder(path) == me:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        release_lock(path, me)

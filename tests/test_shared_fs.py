@@ -25,8 +25,7 @@ ALLOWED_RENAMES = {
     ("xmmcore/fsutil.py", "os.replace"),
     ("xmmcore/fitting/engines/xspec_runner.py", "os.replace"),
     ("xmmcore/fitting/xsmodels.py", "os.replace"),
-    ("survey/lock.py", "os.replace"),
-    ("survey/obsid_lock.py", "os.replace"),
+    ("survey/lock.py", "os.replace"),  # acquire_lock: also the run-one lock of survey/obsid_lock.py
 }
 RENAMES = {"os.rename", "os.replace", "os.renames", "shutil.move", "shutil.copytree"}
 LOCKS = {"fcntl", "flock", "lockf"}
