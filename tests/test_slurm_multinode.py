@@ -313,9 +313,11 @@ def test_driver_restarted_while_jobs_queued(cluster3, data3, reference, tmp_path
     _assert_same_catalogue(results, reference, ids)
 
 
-def test_job_array_mode_matches_dask_mode(cluster3, data3, reference, tmp_path):
-    data, ids = data3
-    results = tmp_path / "results"
+def _submit_array(cluster3, data: Path, results: Path, ids, tmp_path: Path, *, requeue: str):
+    """``slurm/submit-array.sh`` of the cheap steps on ``data`` (ObsID list and config in ``tmp_path``).
+
+    Returns ``(env, submit-array's CompletedProcess)``; ``requeue`` is ``--requeue`` or ``--no-requeue``.
+    """
     listing = tmp_path / "obsids.txt"
     listing.write_text("\n".join(ids) + "\n")
     config = tmp_path / "survey.yaml"
@@ -329,11 +331,18 @@ def test_job_array_mode_matches_dask_mode(cluster3, data3, reference, tmp_path):
         XMM_SURVEY=f"{sys.executable} -m survey.cli",
     )
     out = _run(
-        ["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "--", "--no-requeue", "--mem=1G"],
+        ["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "--", requeue, "--mem=1G"],
         env,
         cwd=tmp_path,
         timeout=60,
     )
+    return env, out
+
+
+def test_job_array_mode_matches_dask_mode(cluster3, data3, reference, tmp_path):
+    data, ids = data3
+    results = tmp_path / "results"
+    env, out = _submit_array(cluster3, data, results, ids, tmp_path, requeue="--no-requeue")
     assert out.returncode == 0, out.stderr
     cat_job = out.stdout.split("catalogue job")[1].strip()
     squeue = shutil.which("squeue")
@@ -364,24 +373,7 @@ def test_job_array_node_lost_requeued_tasks_complete(cluster3, data3, reference,
     data = tmp_path / "data"
     helpers.make_survey(data, N_OBS, meta={o: {"work_s": 1.5} for o in ids})  # the reference's events, slower
     results = tmp_path / "results"
-    listing = tmp_path / "obsids.txt"
-    listing.write_text("\n".join(ids) + "\n")
-    config = tmp_path / "survey.yaml"
-    config.write_text(
-        f"data_dir: {data}\nresults_dir: {results}\npipeline:\n  module: helpers.survey_steps\n"
-        "joint:\n  enabled: false\nretries:\n  backoff_s: 0.1\n"
-    )
-    env = dict(
-        cluster3["env"],
-        PYTHONPATH=os.pathsep.join([str(REPO), str(TESTS)]),
-        XMM_SURVEY=f"{sys.executable} -m survey.cli",
-    )
-    out = _run(
-        ["bash", str(SLURM / "submit-array.sh"), str(config), str(listing), "--", "--requeue", "--mem=1G"],
-        env,
-        cwd=tmp_path,
-        timeout=60,
-    )
+    env, out = _submit_array(cluster3, data, results, ids, tmp_path, requeue="--requeue")
     assert out.returncode == 0, out.stderr
     array_job = out.stdout.split()[2]
     cat_job = out.stdout.split("catalogue job")[1].strip()
