@@ -68,14 +68,21 @@ def test_r500_relation_is_the_simulators():
     assert "E(z)" in S.R500_RELATION and "Arnaud" in S.R500_RELATION
 
 
-def test_l500_scales_the_aperture_luminosity():
+def _l500_regions(lost: float, oversubtraction: float, **extra: float):
+    """A beta profile (rc 0.3', beta 0.67) and the regions summary of a 2' aperture that l500_block reads."""
     prof = P.BetaProfile(0.3, 0.67, 100.0, 1.0, 12.0, 30, True)
     regions = {
         "profile": prof.to_dict(),
         "r_src_arcmin": 2.0,
-        "aperture_lost_fraction": 0.1,
-        "bkg_oversubtraction": 0.05,
+        "aperture_lost_fraction": lost,
+        "bkg_oversubtraction": oversubtraction,
+        **extra,
     }
+    return prof, regions
+
+
+def test_l500_scales_the_aperture_luminosity():
+    prof, regions = _l500_regions(0.1, 0.05)
     lums = {
         "0.1-2.4": {"band_kev": [0.1, 2.4], "value": 1e44, "err_lo": 1e42, "err_hi": 2e42},
         "0.5-2.0": {"band_kev": [0.5, 2.0], "value": 6e43, "err_lo": 1e42, "err_hi": 1e42},
@@ -272,14 +279,7 @@ def test_profile_uncertainty_reaches_the_l500_errors():
 
 def test_l500_follows_the_background_the_spectra_have():
     # the vignetting-matched background scales the annulus's cluster counts by <v>_src/<v>_ann too
-    prof = P.BetaProfile(0.3, 0.67, 100.0, 1.0, 12.0, 30, True)
-    regions = {
-        "profile": prof.to_dict(),
-        "r_src_arcmin": 2.0,
-        "aperture_lost_fraction": 0.0,
-        "bkg_oversubtraction": 0.06,
-        "bkg_oversubtraction_matched": 0.08,
-    }
+    _prof, regions = _l500_regions(0.0, 0.06, bkg_oversubtraction_matched=0.08)
     lums = {"0.1-2.4": {"band_kev": [0.1, 2.4], "value": 1e44, "err_lo": 1e42, "err_hi": 1e42}}
     plain = A.l500_block(lums, regions, r500_arcmin=2.0)
     matched = A.l500_block(lums, regions, r500_arcmin=2.0, matched_background=True)
