@@ -1298,80 +1298,49 @@ def _esas_spectra(
         "elow": 0,  # elow = ehigh = 0: spectra only, no images
         "ehigh": 0,
     }
+    # pn and MOS differ in their tasks, the pn out-of-time events and quadrants, and the MOS CCD flags
+    fovt = d / f"{prefix}-fovt.pi"
     if camera == "pn":
-        cmds.append(
-            _cmd(
-                step,
-                "pnspectra",
-                _argv(
-                    "pnspectra",
-                    eventfile=evt_link,
-                    ootevtfile=f"{prefix}-allevcoot.fits",
-                    **common,
-                    quads="T T T T",
-                ),
-                outdir,
-                settings,
-                odf=odf,
-                ccf=ccf,
-                cwd=d,
-                outputs=[
-                    d / f"{prefix}-fovt.pi",
-                    d / f"{prefix}-fovtoot.pi",
-                    d / f"{prefix}.rmf",
-                    d / f"{prefix}.arf",
-                ],
-                description="pn source spectrum, RMF and ARF (ESAS)",
-            )
-        )
-        cmds.append(
-            _cmd(
-                step,
-                "pnback",
-                _argv(
-                    "pnback",
-                    inspecfile=f"{prefix}-fovt.pi",
-                    inspecoot=f"{prefix}-fovtoot.pi",
-                    elow=0,
-                    ehigh=0,
-                    quads="T T T T",
-                ),
-                outdir,
-                settings,
-                odf=odf,
-                ccf=ccf,
-                cwd=d,
-                outputs=[d / f"{prefix}-bkg.pi"],
-                description="pn quiescent particle background spectrum (ESAS)",
-            )
-        )
+        quads = "T T T T"
+        spectra_task = "pnspectra"
+        spectra_args = {
+            "eventfile": evt_link,
+            "ootevtfile": f"{prefix}-allevcoot.fits",
+            **common,
+            "quads": quads,
+        }
+        spectra_outputs = [fovt, d / f"{prefix}-fovtoot.pi", d / f"{prefix}.rmf", d / f"{prefix}.arf"]
+        back_task = "pnback"
+        back_args = {
+            "inspecfile": fovt.name,
+            "inspecoot": f"{prefix}-fovtoot.pi",
+            "elow": 0,
+            "ehigh": 0,
+            "quads": quads,
+        }
     else:
+        ccds = mos_ccds(obs, camera)
+        spectra_task = "mosspectra"
+        spectra_args = {"eventfile": evt_link, **common, "ccds": ccds}
+        spectra_outputs = [fovt, d / f"{prefix}.rmf", d / f"{prefix}.arf"]
+        back_task = "mosback"
+        back_args = {"inspecfile": fovt.name, "elow": 0, "ehigh": 0, "ccds": ccds}
+    for task, args, outputs, description in (
+        (spectra_task, spectra_args, spectra_outputs, "source spectrum, RMF and ARF"),
+        (back_task, back_args, [d / f"{prefix}-bkg.pi"], "quiescent particle background spectrum"),
+    ):
         cmds.append(
             _cmd(
                 step,
-                "mosspectra",
-                _argv("mosspectra", eventfile=evt_link, **common, ccds=mos_ccds(obs, camera)),
+                task,
+                _argv(task, **args),
                 outdir,
                 settings,
                 odf=odf,
                 ccf=ccf,
                 cwd=d,
-                outputs=[d / f"{prefix}-fovt.pi", d / f"{prefix}.rmf", d / f"{prefix}.arf"],
-                description=f"{camera} source spectrum, RMF and ARF (ESAS)",
-            )
-        )
-        cmds.append(
-            _cmd(
-                step,
-                "mosback",
-                _argv("mosback", inspecfile=f"{prefix}-fovt.pi", elow=0, ehigh=0, ccds=mos_ccds(obs, camera)),
-                outdir,
-                settings,
-                odf=odf,
-                ccf=ccf,
-                cwd=d,
-                outputs=[d / f"{prefix}-bkg.pi"],
-                description=f"{camera} quiescent particle background spectrum (ESAS)",
+                outputs=outputs,
+                description=f"{camera} {description} (ESAS)",
             )
         )
     cmds += _specgroup(
