@@ -24,6 +24,7 @@ import pandas as pd
 
 from xmmcore.combine import weighted_mean
 from xmmcore.errors import InputDataError
+from xmmcore.fsutil import read_json
 from xmmcore.pipeline import STEPS
 from xmmcore.products import ObsProducts, SurveyLayout
 from xmmcore.provenance import code_version
@@ -63,17 +64,6 @@ def load(path: str | os.PathLike[str]) -> pd.DataFrame:
     (``df.attrs["units"]["kT"] == "keV"``).
     """
     return io.read_catalogue(path)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InputDataError(f"invalid JSON ({exc})", path) from exc
-    if not isinstance(data, dict):
-        raise InputDataError("expected a JSON object", path)
-    return data
 
 
 def read_config(results_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -350,7 +340,7 @@ def _meta_for(
 def _load_steps(obs_dir: Path) -> dict[str, dict[str, Any]]:
     steps: dict[str, dict[str, Any]] = {}
     for path in sorted(ObsProducts(obs_dir).steps_dir.glob("*.json")):
-        rec = _read_json(path)
+        rec = read_json(path)
         steps[str(rec.get("step") or path.stem)] = rec
     return steps
 
@@ -484,10 +474,10 @@ def rows_for_obsid(
     reg_path = products.regions_json
     if products.fit_json.exists():
         # an R500 iteration fitted the regions of its own folder (fit.json aperture.r500_products_dir)
-        iterated = (_read_json(products.fit_json).get("aperture") or {}).get("r500_products_dir")
+        iterated = (read_json(products.fit_json).get("aperture") or {}).get("r500_products_dir")
         if iterated and ObsProducts(products.outdir / str(iterated)).regions_json.exists():
             reg_path = ObsProducts(products.outdir / str(iterated)).regions_json
-    regions = _read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
+    regions = read_json(reg_path) if reg_path.exists() else (steps.get("regions", {}).get("summary") or {})
     base.update(_region_columns(regions))
     base["inputs_note"] = _inputs_note(obs_dir, steps)
 
@@ -503,7 +493,7 @@ def rows_for_obsid(
         fit_row: dict[str, Any] = {}
         cross: dict[str, tuple[float, float, float]] = {}
         if fit_path is not None:
-            fit_row, cross = fit_to_row(_read_json(fit_path), flux_bands_kev=flux_bands_kev)
+            fit_row, cross = fit_to_row(read_json(fit_path), flux_bands_kev=flux_bands_kev)
         epic = dict(base, **fit_row, camera="epic", region=region)
         if epic["fit_engine"] == "" and fit_path is None and epic["status"] == "done":
             epic["status"] = "partial"
@@ -764,7 +754,7 @@ def _joint_rows(
         try:
             rows.extend(
                 joint_record_rows(
-                    results_dir, _read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg
+                    results_dir, read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg
                 )
             )
         except _UNREADABLE as exc:

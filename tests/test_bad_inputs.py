@@ -943,3 +943,22 @@ def test_survey_rerun_with_bad_obsid_alters_nothing(small_survey):
     products = {k for k in before if "/steps/" not in k}
     assert {k: after.get(k) for k in products} == {k: before[k] for k in products}
     assert not no_temp_files(results)
+
+
+@pytest.mark.parametrize("text", ["{torn", "\xff\xfe not utf-8", "[1, 2]"])
+def test_an_unreadable_regions_json_is_an_input_error_naming_the_file(tmp_path, text):
+    """The spectra and fit steps read the regions step's regions.json: a torn, undecodable or non-object
+    file was a bare JSONDecodeError/UnicodeDecodeError without the file's name (and the SAS plan's too)."""
+    from xmmcore import pipeline
+    from xmmcore.backends import sas
+    from xmmcore.errors import InputDataError
+    from xmmcore.products import ObsProducts
+
+    path = ObsProducts(tmp_path).regions_json
+    path.parent.mkdir(parents=True)
+    path.write_bytes(text.encode("latin-1"))
+    for read in (lambda: pipeline._load_regions(tmp_path), lambda: sas._json(path)):
+        with pytest.raises(InputDataError) as info:
+            read()
+        assert str(path) in str(info.value)
+        assert "invalid JSON" in str(info.value) or "expected a JSON object" in str(info.value)

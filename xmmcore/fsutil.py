@@ -55,6 +55,21 @@ def regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "f
     return p
 
 
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON object from ``path``; a file that is not one raises :class:`~xmmcore.errors.InputDataError`
+    naming the file and the cause (a missing or unreadable file raises its ``OSError``, which names it)."""
+    from .errors import InputDataError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"invalid JSON ({exc})", path) from exc
+    if not isinstance(data, dict):
+        raise InputDataError("expected a JSON object", path)
+    return data
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` only if no exception was raised.

@@ -11,7 +11,6 @@ A camera that fails inside a step (bad event file, no counts) is recorded in the
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FitError, InputDataError, ToolError
-from .fsutil import atomic_write_json, atomic_write_text
+from .fsutil import atomic_write_json, atomic_write_text, read_json
 from .observation import CAMERAS, Observation
 from .products import ObsProducts
 from .settings import FitSettings, RegionSettings, SpectraSettings, config_value, cosmology_from_config
@@ -102,7 +101,7 @@ def _load_regions(outdir: Path) -> dict[str, Any]:
     path = ObsProducts(outdir).regions_json
     if not path.exists():
         raise InputDataError("regions step has not produced regions.json", path)
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _clean_cameras(obs: Observation, outdir: Path, cfg: dict[str, Any]) -> list[str]:

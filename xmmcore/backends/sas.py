@@ -1636,9 +1636,9 @@ def plan_observation(
 
 
 def _json(path: Path) -> dict[str, Any]:
-    import json
+    from ..fsutil import read_json
 
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def _provisional_regions(obs: Observation, camera: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
