@@ -469,7 +469,10 @@ def matched_background(cfg: Mapping[str, Any]) -> bool:
 
 
 def arf_on_axis(cfg: Mapping[str, Any]) -> bool:
-    """Whether the fitted spectra's ARFs lack the extended source's vignetting (``spectra.arf_vignetting``).
+    """Whether the ARFs the spectra step started from lack the extended source's vignetting (``spectra.arf_vignetting``).
+
+    The Python backend weights such ARFs by the region's vignetting (``VIGNWGT = T``, :mod:`xmmcore.arfweight`);
+    the L500 divides out the scalar aperture vignetting only where a fitted ARF still lacks it.
 
     ``auto``: yes when the Python backend copied the ARFs (canned or borrowed responses are on-axis or
     point-source ARFs); no for SAS arfgen ones (``backend.reduction: sas`` or ``spectra.responses: sas``,
