@@ -74,7 +74,7 @@ def region_source_vignetting(
     events of the region in :data:`WEIGHT_BAND_KEV`. When the background leaves less than 5% of the weight
     (no source to speak of), the area mean (a uniform source) is returned, ``method`` saying so.
     """
-    from .background import _on_footprints
+    from .background import region_grid_theta
     from .images import PHYS_PIXEL_ARCSEC
     from .responses import vignetting
 
@@ -82,17 +82,13 @@ def region_source_vignetting(
     band = (pi >= WEIGHT_BAND_KEV[0] * 1000.0) & (pi < WEIGHT_BAND_KEV[1] * 1000.0)
     inside = band & sel.contains(x, y)
     theta_ev = np.hypot(x[inside] - axis_xy[0], y[inside] - axis_xy[1]) * PHYS_PIXEL_ARCSEC / 60.0
-    # the region's live area on a grid (as the background's region_vignetting), seen sky only
-    xmin, xmax, ymin, ymax = sel.bbox()
-    xs = np.arange(np.floor(xmin / step_phys) * step_phys + 0.5 * step_phys, xmax + step_phys, step_phys)
-    ys = np.arange(np.floor(ymin / step_phys) * step_phys + 0.5 * step_phys, ymax + step_phys, step_phys)
-    xx, yy = np.meshgrid(xs, ys)
-    keep = sel.contains(xx, yy) & _on_footprints(footprints, xs, ys)
-    if fov_footprints is not None:
-        keep &= _on_footprints(fov_footprints, xs, ys)
-    if not keep.any():
+    # the region's live area on the background's grid (region_vignetting's), seen sky only
+    theta_grid, sky = region_grid_theta(
+        sel, footprints, axis_xy, fov_footprints=fov_footprints, step_phys=step_phys
+    )
+    theta_a = theta_grid[sky]
+    if theta_a.size == 0:
         raise ValueError("the region has no area on the detector")
-    theta_a = np.hypot(xx[keep] - axis_xy[0], yy[keep] - axis_xy[1]) * PHYS_PIXEL_ARCSEC / 60.0
     inv_ev = 1.0 / vignetting(theta_ev, _BAND_VIGNETTING_KEV)
     inv_a = 1.0 / vignetting(theta_a, _BAND_VIGNETTING_KEV)
     n_b = max(float(n_background), 0.0)

@@ -210,6 +210,34 @@ def _on_footprints(footprints: CcdFootprints, xs: np.ndarray, ys: np.ndarray) ->
     return live
 
 
+def region_grid_theta(
+    sel: Selection,
+    footprints: CcdFootprints,
+    axis_xy: tuple[float, float],
+    *,
+    fov_footprints: CcdFootprints | None = None,
+    step_phys: float = 120.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Off-axis angle [arcmin] of each point of a ``step_phys`` grid on the region's live area, and whether it sees sky.
+
+    The points are those of the grid inside ``sel`` and on ``footprints`` (the area BACKSCAL counts), in
+    raster order; the second array is False where a point lies outside ``fov_footprints`` (an out-of-FOV
+    corner). Raises ``ValueError`` when the region has no area on the detector.
+    """
+    from .images import PHYS_PIXEL_ARCSEC
+
+    xmin, xmax, ymin, ymax = sel.bbox()
+    xs = np.arange(np.floor(xmin / step_phys) * step_phys + 0.5 * step_phys, xmax + step_phys, step_phys)
+    ys = np.arange(np.floor(ymin / step_phys) * step_phys + 0.5 * step_phys, ymax + step_phys, step_phys)
+    xx, yy = np.meshgrid(xs, ys)
+    keep = sel.contains(xx, yy) & _on_footprints(footprints, xs, ys)
+    if not keep.any():
+        raise ValueError("the region has no area on the detector")
+    sky = np.ones_like(keep) if fov_footprints is None else _on_footprints(fov_footprints, xs, ys)
+    theta = np.hypot(xx[keep] - axis_xy[0], yy[keep] - axis_xy[1]) * PHYS_PIXEL_ARCSEC / 60.0
+    return theta, sky[keep]
+
+
 def region_vignetting(
     sel: Selection,
     footprints: CcdFootprints,
@@ -223,23 +251,16 @@ def region_vignetting(
 
     ``axis_xy`` is the optical axis in physical pixels (the pointing); the vignetting is
     :func:`xmmcore.responses.vignetting` at the off-axis angle of each point of a ``step_phys`` grid on
-    ``footprints`` (the area BACKSCAL counts). Points outside ``fov_footprints`` (the in-FOV part of the
-    CCDs, when the area includes out-of-FOV corners, as pn lists screened with ``#XMMEA_EP`` do) see no sky
-    and count as 0.
+    ``footprints`` (the area BACKSCAL counts; :func:`region_grid_theta`). Points outside ``fov_footprints``
+    (the in-FOV part of the CCDs, when the area includes out-of-FOV corners, as pn lists screened with
+    ``#XMMEA_EP`` do) see no sky and count as 0.
     """
-    from .images import PHYS_PIXEL_ARCSEC
     from .responses import vignetting
 
-    xmin, xmax, ymin, ymax = sel.bbox()
-    xs = np.arange(np.floor(xmin / step_phys) * step_phys + 0.5 * step_phys, xmax + step_phys, step_phys)
-    ys = np.arange(np.floor(ymin / step_phys) * step_phys + 0.5 * step_phys, ymax + step_phys, step_phys)
-    xx, yy = np.meshgrid(xs, ys)
-    keep = sel.contains(xx, yy) & _on_footprints(footprints, xs, ys)
-    if not keep.any():
-        raise ValueError("the region has no area on the detector")
-    sky = np.ones_like(keep) if fov_footprints is None else _on_footprints(fov_footprints, xs, ys)
-    x, y, seen = xx[keep], yy[keep], sky[keep].astype(float)
-    theta = np.hypot(x - axis_xy[0], y - axis_xy[1]) * PHYS_PIXEL_ARCSEC / 60.0
+    theta, sky = region_grid_theta(
+        sel, footprints, axis_xy, fov_footprints=fov_footprints, step_phys=step_phys
+    )
+    seen = sky.astype(float)
     e = np.asarray(energies_kev, dtype=float)
     return np.array([float(np.mean(seen * vignetting(theta, ek))) for ek in e.ravel()]).reshape(e.shape)
 

@@ -369,7 +369,9 @@ class PythonBackend:
             out["outputs"] += [a["path"] for a in out["annuli"]]
         if weight_arfs:
             out.update(
-                self._weight_arfs(camera, evl, fp, regions, products, resp, src, bkg, annuli, out, log)
+                self._weight_arfs(
+                    camera, evl, fp, regions, selections, products, resp, src, bkg, annuli, out, log
+                )
             )
         log.info(
             "%s: src %d counts (BACKSCAL %.4g, EXPOSURE %.0f s), bkg %d counts (BACKSCAL %.4g), net %.1f",
@@ -391,6 +393,7 @@ class PythonBackend:
         evl: Any,
         footprints: Any,
         regions: dict[str, Any],
+        selections: dict[str, Any],
         products: ObsProducts,
         resp: dict[str, Any],
         src: dict[str, Any],
@@ -404,6 +407,7 @@ class PythonBackend:
         The source region's ARF replaces ``<cam>.arf``; each radial or core-excised annulus gets its own,
         ``<key>.arf`` (its ANCRFILE). Without a pointing the copied ARF stays and the record says so (the
         L500 step then divides out the scalar vignetting, as for any ARF without ``VIGNWGT``).
+        ``selections``: the region Selections the spectra were extracted with, by product key.
         """
         from ..arfweight import WEIGHT_BAND_KEV, region_source_vignetting, weighted_arf
         from ..background import _VIGNETTING_GRID_KEV, OUT_OF_FOV
@@ -430,8 +434,7 @@ class PythonBackend:
         over = (
             min(max(float(over), 0.0), 0.9) if isinstance(over, (int, float)) and np.isfinite(over) else 0.0
         )
-        files = regions.get("files", {})
-        src_sel = read_ds9(files[f"{camera}_src"], evl.header)
+        src_sel = selections[f"{camera}_src"]
         band_ev = (evl["PI"] >= WEIGHT_BAND_KEV[0] * 1000.0) & (evl["PI"] < WEIGHT_BAND_KEV[1] * 1000.0)
         n_src = float(np.count_nonzero(band_ev & src_sel.contains(evl["X"], evl["Y"])))
         n_bkg_src = max((n_bkg - over * n_src) / (1.0 - over), 0.0)
@@ -442,7 +445,7 @@ class PythonBackend:
         for k, ann in zip(annuli, out.get("annuli", [])):
             targets.append((k, products.spectra_dir / f"{k}.arf", ann, Path(ann["path"])))
         for key, arf_path, spec, pha_path in targets:
-            sel = read_ds9(files[key], evl.header)
+            sel = selections[key]
             n_b = n_bkg_src * spec["backscal"] * spec["exposure_s"] / (src["backscal"] * src["exposure_s"])
             wgt = region_source_vignetting(
                 evl["X"],
