@@ -1,7 +1,8 @@
 """Survey status from the step records: table ObsID x step, counts, wall time per step; clean.
 
-States: ``done``, ``failed`` (with the reason), ``corrupt`` (an unreadable record: the next run
-recomputes the step), ``running`` (a record opened by a worker that has not
+States: ``done``, ``stale`` (done, but by other code than this installation's: the next run recomputes
+it unless ``pipeline.reuse_across_code`` is set), ``failed`` (with the reason), ``corrupt`` (an
+unreadable record: the next run recomputes the step), ``running`` (a record opened by a worker that has not
 finished: running now, or lost with its worker), ``pending`` (no record yet).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 from xmmcore.errors import ConfigError, InputDataError
 from xmmcore.observation import validate_obsid
 from xmmcore.products import ObsProducts, SurveyLayout
+from xmmcore.provenance import code_identity, code_matches, code_version
 
 from .steps import INPUTS_ERROR_NAME, read_record, record_path
 
@@ -68,12 +70,14 @@ class SurveyStatus:
     skipped: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     joint: dict[str, StepState] = field(default_factory=dict)
+    #: Short identity of the code the states were judged against (``stale`` = done by other code).
+    code_version: str = ""
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Step -> state -> number of ObsIDs."""
         out: dict[str, dict[str, int]] = {}
         for step in self.steps:
-            c = {"done": 0, "failed": 0, "running": 0, "pending": 0}  # + "corrupt" when there is one
+            c = {"done": 0, "failed": 0, "running": 0, "pending": 0}  # + "corrupt", "stale" when there are
             for row in self.rows.values():
                 c[row[step].state] = c.get(row[step].state, 0) + 1
             out[step] = c
@@ -96,11 +100,11 @@ class SurveyStatus:
         return out
 
     def obsid_state(self, obsid: str) -> str:
-        """``done`` | ``failed`` | ``running`` | ``pending`` for a whole ObsID."""
+        """``done`` | ``failed`` | ``corrupt`` | ``running`` | ``stale`` | ``pending`` for a whole ObsID."""
         states = [s.state for s in self.rows[obsid].values()]
         if all(s == "done" for s in states):
             return "done"
-        for state in ("failed", "corrupt", "running"):
+        for state in ("failed", "corrupt", "running", "stale"):
             if state in states:
                 return state
         return "pending"
@@ -125,6 +129,7 @@ class SurveyStatus:
             "skipped": dict(self.skipped),
             "notes": dict(self.notes),
             "joint": {t: vars(st) for t, st in self.joint.items()},
+            "code_version": self.code_version,
         }
 
 
@@ -161,7 +166,13 @@ def collect_status(
             and _is_obsid(p.name)
             and (ObsProducts(p).steps_dir.is_dir() or ObsProducts(p).logs_dir.is_dir())
         )
-    status = SurveyStatus(results_dir=results_dir, steps=step_names, skipped=_read_skipped(results_dir))
+    code, reuse = _judging_code(results_dir)
+    status = SurveyStatus(
+        results_dir=results_dir,
+        steps=step_names,
+        skipped=_read_skipped(results_dir),
+        code_version=code_version(code) if not reuse else "",
+    )
     for obsid in obsids:
         row = {}
         for step in step_names:
@@ -172,7 +183,7 @@ def collect_status(
                     "corrupt", reason=f"unreadable step record {path} (recomputed on the next run)"
                 )
             else:
-                row[step] = _state(rec)
+                row[step] = _state(rec, None if reuse else code)
         status.rows[obsid] = row
         try:
             note = json.loads((results_dir / obsid / INPUTS_ERROR_NAME).read_text(encoding="utf-8"))
@@ -182,16 +193,40 @@ def collect_status(
             status.notes[obsid] = f"inputs unreadable now (finished records kept): {note.get('reason', '')}"
     jdir = SurveyLayout(results_dir).joint_dir
     for path in sorted(jdir.glob("*/steps/joint.json")) if jdir.is_dir() else []:
-        status.joint[path.parent.parent.name] = _state(read_record(path.parent.parent, "joint"))
+        status.joint[path.parent.parent.name] = _state(
+            read_record(path.parent.parent, "joint"), None if reuse else code
+        )
     return status
 
 
-def _state(rec: dict[str, Any] | None) -> StepState:
+def _judging_code(results_dir: Path) -> tuple[dict[str, Any], bool]:
+    """This installation's code identity for the survey's ``pipeline.module``, and ``reuse_across_code``.
+
+    From the survey's resolved config when it reads (else the default pipeline), as a run would judge
+    its records: a done record of other code is recomputed unless ``reuse_across_code``.
+    """
+    module: str | None = None
+    reuse = False
+    try:
+        from .config import read_resolved
+
+        pipeline = read_resolved(results_dir).get("pipeline") or {}
+        module = pipeline.get("module") or None
+        reuse = bool(pipeline.get("reuse_across_code"))
+    except (ConfigError, ImportError, AttributeError):
+        pass
+    return code_identity(module), reuse
+
+
+def _state(rec: dict[str, Any] | None, code: dict[str, Any] | None = None) -> StepState:
+    """The record's state; a done record not made by ``code`` (when given) is ``stale``."""
     if rec is None:
         return StepState("pending")
     state = rec.get("status", "pending")
+    if state == "done" and code is not None and not code_matches(rec, code):
+        state = "stale"
     return StepState(
-        state if state in ("done", "failed", "running") else "pending",
+        state if state in ("done", "stale", "failed", "running") else "pending",
         reason=str(rec.get("reason") or ""),
         exception=rec.get("exception"),
         wall_s=rec.get("wall_s"),
@@ -206,6 +241,10 @@ def _read_skipped(results_dir: Path) -> dict[str, str]:
     except (OSError, ValueError):
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+#: State columns of the per-step counts table.
+_COLUMNS = ("done", "stale", "failed", "corrupt", "running", "pending")
 
 
 def format_status(status: SurveyStatus, *, width: int | None = 60) -> str:
@@ -240,19 +279,14 @@ def format_status(status: SurveyStatus, *, width: int | None = 60) -> str:
     lines.append("")
     counts, walls = status.counts(), status.wall_time()
     lines.append(
-        "step".ljust(col)
-        + "  "
-        + "  ".join(k.rjust(7) for k in ("done", "failed", "corrupt", "running", "pending"))
-        + "   total_s    mean_s     max_s"
+        "step".ljust(col) + "  " + "  ".join(k.rjust(7) for k in _COLUMNS) + "   total_s    mean_s     max_s"
     )
     for step in steps:
         c, w = counts[step], walls[step]
         lines.append(
             step.ljust(col)
             + "  "
-            + "  ".join(
-                str(c.get(k, 0)).rjust(7) for k in ("done", "failed", "corrupt", "running", "pending")
-            )
+            + "  ".join(str(c.get(k, 0)).rjust(7) for k in _COLUMNS)
             + f"  {w['total']:8.2f}  {w['mean']:8.3f}  {w['max']:8.3f}"
         )
     n = len(status.rows)
@@ -274,6 +308,11 @@ def format_status(status: SurveyStatus, *, width: int | None = 60) -> str:
                 reason, cut = reason[: width - 3] + "...", True
             wall = f"{float(js.wall_s):8.2f}" if js.wall_s is not None else " " * 8
             lines.append(target.ljust(tcol) + "  " + js.state.ljust(col) + "  " + wall + "  " + reason)
+    if any(c.get("stale") for c in counts.values()) or any(j.state == "stale" for j in status.joint.values()):
+        lines.append(
+            f"stale: done by other code than this installation's ({status.code_version}); the next run "
+            "recomputes those steps (`--reuse-across-code` keeps them)"
+        )
     if cut:
         lines.append("reasons cut: `xmm-survey status --long` (or --json) shows them whole")
     return "\n".join(lines)

@@ -279,3 +279,21 @@ def test_connect_to_running_scheduler_by_address(tmp_path, client):
     with pytest.raises(ConfigError, match="cluster.address"):
         helpers.make_survey(tmp_path / "x" / "data", 1)
         run_survey(_cfg(tmp_path / "x", **{"cluster.kind": "address"}), progress=False, catalogue=False)
+
+
+def test_status_calls_done_records_of_other_code_stale(tmp_path):
+    """A done record made by other code is what the next run recomputes: status says ``stale``, not done."""
+    from survey.steps import write_record
+    from xmmcore.provenance import code_identity
+
+    ours = code_identity()
+    for obsid, sha in (("0100000001", ours["sha256"]), ("0100000002", "0" * 64)):
+        write_record(tmp_path / obsid, "filter", {"status": "done", "wall_s": 1.0, "code": {"sha256": sha}})
+    status = collect_status(tmp_path, steps=["filter"])
+    assert status.rows["0100000001"]["filter"].state == "done"
+    assert status.rows["0100000002"]["filter"].state == "stale"
+    assert status.obsid_state("0100000002") == "stale"
+    assert status.counts()["filter"] == {"done": 1, "failed": 0, "running": 0, "pending": 0, "stale": 1}
+    text = format_status(status)
+    assert "stale: done by other code" in text and ours["sha256"][:16] in text
+    assert status.to_dict()["code_version"] == status.code_version != ""
