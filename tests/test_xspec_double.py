@@ -108,3 +108,15 @@ def test_model_strings_of_the_engine_parse(xs, tmp_path):
     except TypeError:
         pytest.skip("build_job signature changed")
     xs.Model(job["model"])  # parses under XSPEC 12 rules
+
+
+def test_the_session_xcm_is_renamed_into_place_whole(xs, tmp_path):
+    """Xset.save writes a temporary name beside the target, which is then renamed: no half-written session."""
+    xcm = tmp_path / "xspec_session.xcm"
+    xcm.write_text("model old\n")
+    run_job(_job(tmp_path, xcm_path=str(xcm)))
+    saved = [c[1] for c in xs.CALLS if c[0] == "save"]
+    assert len(saved) == 1 and Path(saved[0]).parent == tmp_path and saved[0] != str(xcm)
+    assert saved[0].endswith(".xcm")  # XSPEC appends .xcm to a name without it
+    assert xcm.read_text() == "model constant*wabs*(apec)\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".xcm") == ["xspec_session.xcm"]

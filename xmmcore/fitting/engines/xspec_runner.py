@@ -286,10 +286,18 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             }
         )
     if job.get("xcm_path"):
+        # Saved under a temporary name beside the target, then renamed: a fit killed while XSPEC writes
+        # never leaves a half-written session, and an older one stays until the new one is whole.
         xcm = Path(job["xcm_path"])
-        if xcm.exists():
-            xcm.unlink()  # Xset.save refuses to overwrite
-        xs.Xset.save(str(xcm), info="a")
+        tmp = xcm.with_name(f".{xcm.stem}.{os.getpid()}.tmp.xcm")  # ends .xcm: XSPEC appends none
+        if tmp.exists():
+            tmp.unlink()  # Xset.save refuses to overwrite
+        try:
+            xs.Xset.save(str(tmp), info="a")
+            os.replace(tmp, xcm)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
     version = xs.Xset.version
     return {
         "model": expr,
