@@ -659,6 +659,9 @@ def combine_rows(
     for col in ("ra_deg", "dec_deg", "z_target", "nh_gal", "r500_kpc"):
         row[col] = float(rows[col].iloc[0])
     row["exposure_s"] = float(rows["exposure_s"].sum())
+    for col in ("code_version", "config_hash", "backend"):  # provenance of the ObsIDs combined
+        if col in rows:
+            row[col] = "; ".join(dict.fromkeys(str(v) for v in rows[col] if not _blank(v)))
     first = True
     for p in params:
         if p not in PARAMETERS:
@@ -750,18 +753,46 @@ def _joint_rows(
 ) -> list[dict[str, Any]]:
     """Rows of ``results/joint/*.json``; an unreadable file raises, or with ``skipped`` is left out and named."""
     rows: list[dict[str, Any]] = []
-    for path in SurveyLayout(results_dir).joint_records():  # hidden files are never records
+    layout = SurveyLayout(results_dir)
+    for path in layout.joint_records():  # hidden files are never records
         try:
-            rows.extend(
-                joint_record_rows(
-                    results_dir, read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg
-                )
+            these = joint_record_rows(
+                results_dir, read_json(path), flux_bands_kev=bands, obs_rows=obs_rows, cfg=cfg
             )
+            prov = _joint_provenance(ObsProducts(layout.joint_outdir(path.stem)).step_record("joint"))
+            for row in these:
+                if row.get("kind") != "combined":  # a combined row keeps its ObsIDs' provenance
+                    row.update({k: v for k, v in prov.items() if _blank(row.get(k))})
+            rows.extend(these)
         except _UNREADABLE as exc:
             if skipped is None:
                 raise
             skipped[f"{JOINT_DIR}/{path.name}"] = f"{type(exc).__name__}: {exc}"
     return rows
+
+
+def _joint_provenance(step_record: Path) -> dict[str, Any]:
+    """Provenance columns of a joint fit from its step record (``joint/<slug>/steps/joint.json``);
+    ``{}`` when it has none (a joint record written outside a survey run)."""
+    try:
+        rec = read_json(step_record)
+    except (OSError, InputDataError):
+        return {}
+    out: dict[str, Any] = {
+        "software_versions": json.dumps(rec.get("versions") or {}, sort_keys=True),
+        "code_version": code_version(rec.get("code")),
+        "config_hash": str(rec.get("config_hash") or ""),
+        "inputs_hash": str(rec.get("inputs_hash") or ""),
+        "started_utc": str(rec.get("started") or ""),
+        "finished_utc": str(rec.get("finished") or ""),
+        "wall_s": _num(rec.get("wall_s")),
+        "steps_done": "joint" if rec.get("status") == "done" else "",
+    }
+    return {k: v for k, v in out.items() if not _blank(v)}
+
+
+def _blank(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 #: What an unreadable or malformed record raises while its rows are built.

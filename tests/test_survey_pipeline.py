@@ -83,6 +83,15 @@ def _check_runs(cfg, client, data, res, good, bad, second):
     assert sorted(epic[epic["kind"] == "obs"]["obsid"]) == sorted([good, bad, second])
     joint = epic[epic["kind"] == "joint"]
     assert list(joint["obsid"]) == ["A2029"] and joint["kT"].iloc[0] > 0
+    # joint rows carry the provenance of their step record, as ObsID rows carry theirs
+    jrec = read_record(res / "joint" / "A2029", "joint")
+    obs_code = epic.set_index("obsid").loc[good, "code_version"]
+    assert obs_code and joint["code_version"].iloc[0] == obs_code
+    assert joint["config_hash"].iloc[0] == jrec["config_hash"] != ""
+    assert joint["started_utc"].iloc[0] == jrec["started"] and joint["wall_s"].iloc[0] > 0
+    assert json.loads(joint["software_versions"].iloc[0]) == jrec["versions"]
+    combined = epic[epic["kind"] == "combined"]
+    assert list(combined["code_version"]) == [obs_code]
     row = epic.set_index("obsid").loc[good]
     assert row["status"] == "done" and row["kT"] == pytest.approx(
         next(
