@@ -34,6 +34,7 @@ from .schema import (
     APERTURE_COLUMNS,
     CAMERA_ROWS,
     DEFAULT_FLUX_BANDS_KEV,
+    LEVEL_COLUMNS,
     PARAMETER_ALIASES,
     PARAMETERS,
     band_tag,
@@ -181,6 +182,11 @@ def fit_to_row(
         row[f"{key}_linked"] = bool(par.get("linked", False))
         if row[f"{key}_frozen"]:
             row[f"{key}_err_lo"] = row[f"{key}_err_hi"] = math.nan
+        for label, interval in (par.get("intervals") or {}).items():
+            if label in LEVEL_COLUMNS and isinstance(interval, Mapping) and not row[f"{key}_frozen"]:
+                suffix = LEVEL_COLUMNS[label][0]
+                row[f"{key}_err_lo{suffix}"] = abs(_num(interval.get("err_lo")))
+                row[f"{key}_err_hi{suffix}"] = abs(_num(interval.get("err_hi")))
     for key, value in (fit.get("cross_norm") or fit.get("cross_norms") or {}).items():
         if isinstance(value, Mapping):
             v = _num(value)

@@ -48,7 +48,9 @@ __all__ = [
     "empty_row",
 ]
 
-SCHEMA_VERSION = "2.1"  # 2.0: Z -> abund, FITS units, nullable integers; 2.1: code_version
+SCHEMA_VERSION = (
+    "2.2"  # 2.0: Z -> abund, FITS units, nullable integers; 2.1: code_version; 2.2: 90% intervals
+)
 KEY = ("obsid", "camera", "region", "kind")
 KINDS = ("obs", "joint", "combined", "stack")
 CAMERA_ROWS = CAMERAS  # per-camera rows, in this order
@@ -83,6 +85,12 @@ class Column:
         """The value that stands for "not available" in this column."""
         return _MISSING[self.dtype]
 
+
+#: Further interval levels with columns: record label (``FitResult`` parameter ``intervals``) -> column
+#: suffix and the delta-stat (``fit.error_levels``; the ``_err_lo``/``_err_hi`` columns are the 1-sigma ones).
+LEVEL_COLUMNS: dict[str, tuple[str, str]] = {"90": ("90", "90% (delta-stat 2.706)")}
+#: Parameters without further-level columns (normalisations: their 90% intervals are not computed).
+_NO_LEVEL_COLUMNS = ("norm",)
 
 # Generic parameter columns: catalogue name -> (unit, description, fit-parameter names that map to it).
 # The fit-parameter name is the part after the component ("zbremss_1.kT" -> "kT"), compared case-insensitively.
@@ -151,6 +159,12 @@ def _base_columns() -> list[Column]:
     ]
     for name, (unit, desc) in PARAMETERS.items():
         cols += _with_errors(name, unit, desc, f"1-sigma error of {name} (positive)")
+        if name not in _NO_LEVEL_COLUMNS:
+            for suffix, what in LEVEL_COLUMNS.values():
+                cols += [
+                    c(f"{name}_err_lo{suffix}", "float64", unit, f"lower {what} error of {name} (positive)"),
+                    c(f"{name}_err_hi{suffix}", "float64", unit, f"upper {what} error of {name} (positive)"),
+                ]
         cols += [
             c(f"{name}_frozen", "bool", "", f"{name} was frozen in the fit"),
             c(f"{name}_linked", "bool", "", f"{name} was linked across datasets"),

@@ -965,6 +965,8 @@ def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> No
         if node is not None:
             _check_band(dotted, node, low, where)
     fit = data.get("fit") or {}
+    if "error_levels" in fit:
+        _check_error_levels(fit["error_levels"], where)
     for i, band in enumerate(fit.get("flux_bands_kev") or []):
         _check_band(f"fit.flux_bands_kev[{i}]", band, 0.0, where)
     for cam, section in (data.get("filter") or {}).items():
@@ -1022,6 +1024,28 @@ def check_limits(data: Mapping[str, Any], *, where: str = "configuration") -> No
         raise ConfigError(
             f"{where}: pipeline.module must be a dotted Python module name (xmmcore.pipeline), got "
             f"{module!r}; it is checked before it is imported"
+        )
+
+
+#: Confidence levels ``fit.error_levels`` may add after the first (each has catalogue columns).
+EXTRA_ERROR_LEVELS = (0.9,)
+
+
+def _check_error_levels(levels: Any, where: str) -> None:
+    """``fit.error_levels``: 0.683 (the ``*_err_lo``/``*_err_hi`` columns, delta-stat 1) first, then distinct
+    levels among :data:`EXTRA_ERROR_LEVELS` (their ``*_err_lo90``/``*_err_hi90`` columns)."""
+    ok = isinstance(levels, list) and levels and all(_is_number(v) for v in levels)
+    if not ok or abs(float(levels[0]) - 0.683) > 1e-9:
+        raise ConfigError(
+            f"{where}: fit.error_levels must be a list starting with 0.683 (the 1-sigma intervals, delta-stat 1), "
+            f"optionally followed by {', '.join(map(str, EXTRA_ERROR_LEVELS))}; got {levels!r}"
+        )
+    extra = [float(v) for v in levels[1:]]
+    bad = [v for v in extra if not any(abs(v - e) < 1e-9 for e in EXTRA_ERROR_LEVELS)]
+    if bad or len(set(extra)) != len(extra):
+        raise ConfigError(
+            f"{where}: fit.error_levels: after 0.683 only distinct levels among "
+            f"{', '.join(map(str, EXTRA_ERROR_LEVELS))} have catalogue columns; got {levels!r}"
         )
 
 

@@ -288,6 +288,9 @@ class FitSettings:
         Freeze every Redshift at the target z and absorption nH at the target nH.
     errors : {"profile", "covariance"} or None
         ``fit.errors: none`` is ``None``.
+    error_levels : tuple of float
+        ``fit.error_levels``: the confidence level of ``err_lo``/``err_hi`` (0.683 = delta-stat 1), then
+        the further levels (0.9) computed for the free shape parameters (``intervals`` of each).
     abund : str
     joint_cameras : bool
     flux_bands_kev : tuple of (float, float)
@@ -308,6 +311,7 @@ class FitSettings:
     free_abundance: bool = False
     auto_set: bool = True
     errors: str | None = "profile"
+    error_levels: tuple[float, ...] = (0.683, 0.9)
     abund: str = "angr"
     joint_cameras: bool = True
     flux_bands_kev: tuple[tuple[float, float], ...] = DEFAULT_FLUX_BANDS_KEV
@@ -330,6 +334,7 @@ class FitSettings:
             free_abundance=bool(config_value(f, "free_abundance", prefix=pre)),
             auto_set=bool(config_value(f, "auto_set", prefix=pre)),
             errors=None if errors in (None, "none") else str(errors),
+            error_levels=tuple(float(v) for v in config_value(f, "error_levels", prefix=pre)),
             abund=str(config_value(f, "abund", prefix=pre)),
             joint_cameras=bool(config_value(f, "joint_cameras", prefix=pre)),
             flux_bands_kev=tuple(
@@ -366,6 +371,7 @@ class FitSettings:
             "notice_kev": self.notice_kev,
             "abund": self.abund,
             "errors": self.errors,
+            "extra_error_levels": tuple(self.error_levels[1:]),
             "redshift": redshift,
             "cosmology": dict(self.cosmology),
             "flux_bands_kev": [tuple(b) for b in self.flux_bands_kev],

@@ -143,6 +143,7 @@ def joint_fit(
     notice_kev: tuple[float, float] = (0.5, 7.0),
     set_params: Sequence[str] = (),
     errors: str | None = FitSettings.errors,
+    extra_error_levels: Sequence[float] = (),
     redshift: float | None = None,
     cosmology: Any = None,
     flux_bands_kev: Sequence[Sequence[float]] = (),
@@ -161,7 +162,7 @@ def joint_fit(
     engine : FitEngine or str
         The fit engine (``engine_from_config(settings)``), or its name (``builtin``, ``xspec``, ...) to
         use it with its library defaults.
-    stat, notice_kev, set_params, errors, redshift, cosmology, flux_bands_kev, abund, workdir, log
+    stat, notice_kev, set_params, errors, extra_error_levels, redshift, cosmology, flux_bands_kev, abund, workdir, log
         Passed to ``fit_files``.
 
     Returns
@@ -181,6 +182,7 @@ def joint_fit(
             set_params=tuple(set_params),
             abund=abund,
             errors=errors,
+            extra_error_levels=tuple(extra_error_levels),
             redshift=redshift,
             cosmology=cosmology,
             flux_bands_kev=tuple(tuple(b) for b in flux_bands_kev),

@@ -34,7 +34,7 @@ from .parameters import Parameter
 from .registry import canonical_abundance
 from .results import FitResult
 
-__all__ = ["Fit", "FitProblem", "fit", "parse_setting"]
+__all__ = ["Fit", "FitProblem", "fit", "level_label", "parse_setting"]
 
 log = logging.getLogger(__name__)
 
@@ -375,6 +375,11 @@ def _delta_for(level: float) -> float:
     return float(chi2.ppf(level, 1))
 
 
+def level_label(level: float) -> str:
+    """Key of a confidence level's intervals in records and catalogue names: 0.9 -> ``"90"``, 0.95 -> ``"95"``."""
+    return f"{100.0 * float(level):.4g}".replace(".", "p")
+
+
 class Fit:
     """One fit in phases, as Sherpa's ``Fit(data, model, stat, method, estmethod)`` and gammapy's ``Fit``.
 
@@ -450,6 +455,10 @@ class Fit:
         #: parameter name -> why its profile (MINOS) bound was replaced by the covariance error
         self.error_fallbacks: dict[str, str] = {}
         self.delta = 1.0
+        #: level label ("90") -> parameter name -> ``{level, delta, err_lo, err_hi, method[, note]}``:
+        #: the intervals of :meth:`level_intervals` beyond the main one (free shape parameters only)
+        self.intervals: dict[str, dict[str, dict[str, Any]]] = {}
+        self.extra_levels: list[float] = []
 
     # ------------------------------------------------------------------ phases
     def optimize(self) -> float:
@@ -597,6 +606,103 @@ class Fit:
             self.log.warning("profile errors fell back to covariance: %s", self.error_fallbacks)
         return err_lo, err_hi
 
+    def shape_parameters(self) -> list[int]:
+        """Positions (in :attr:`free`) of the free parameters that are not normalisations.
+
+        Normalisations (``norm``) and cross-normalisation constants (``constant``/``factor``) are left
+        out: their further intervals would cost a profile each and nobody quotes them at 90 %.
+        """
+        out = []
+        for k, i in enumerate(self.free):
+            comp, _, short = self.problem.slots[i].name.rpartition(".")
+            if short.lower() in ("norm", "factor") or comp.lower().startswith("constant"):
+                continue
+            out.append(k)
+        return out
+
+    def level_intervals(self, levels: Sequence[float], method: str | None = "profile") -> None:
+        """Intervals at further confidence ``levels`` (0.9 -> delta-stat 2.706, XSPEC's ``error``) for the
+        free shape parameters (:meth:`shape_parameters`), kept in :attr:`intervals` under ``"90"``.
+
+        ``method`` is the main error phase's: ``"profile"`` runs one MINOS per shape parameter at the
+        level's delta-stat (a side MINOS cannot find is the covariance error of that side, with the
+        reason in ``note``; a side at a parameter limit is 0); ``"covariance"`` scales the covariance
+        sigma by sqrt(delta); ``None`` computes nothing. A better minimum found while profiling
+        becomes the best fit, as in :meth:`confidence`.
+        """
+        self._need_optimum()
+        self.intervals, self.extra_levels = {}, []
+        name = "none" if method is None else str(method).lower()
+        shape = self.shape_parameters()
+        if name in ("none", "no", "false") or not shape or not levels:
+            return
+        if self.cov is None:
+            self.covariance()
+        labels = [self.problem.slots[self.free[k]].name for k in shape]
+        for level in levels:
+            if not 0.0 < float(level) < 1.0:
+                raise ConfigError(f"error levels must be confidence levels in (0, 1), not {level!r}")
+            delta = _delta_for(float(level))
+            cov_err = self.sigma * math.sqrt(delta)
+            table: dict[str, dict[str, Any]] = {}
+            for k, label in zip(shape, labels):
+                table[label] = {
+                    "level": float(level),
+                    "delta": delta,
+                    "err_lo": float(cov_err[k]),
+                    "err_hi": float(cov_err[k]),
+                    "method": "covariance",
+                }
+            if name == "profile":
+                self._profile_level(delta, shape, table, labels)
+            self.intervals[level_label(float(level))] = table
+            self.extra_levels.append(float(level))
+
+    def _profile_level(
+        self, delta: float, shape: list[int], table: dict[str, dict[str, Any]], labels: list[str]
+    ) -> None:
+        minuit = self.minuit
+        names = [minuit.parameters[k] for k in shape]
+        try:
+            minuit.values = self.best_x
+            minuit.errordef = delta
+            minuit.minos(*names)
+        except RuntimeError as exc:
+            self.log.warning("profile errors at delta-stat %.3f failed (%s); covariance used", delta, exc)
+            for label in labels:
+                table[label]["note"] = f"MINOS failed: {exc}; covariance error used"
+            return
+        finally:
+            minuit.errordef = 1.0
+        for name, label in zip(names, labels):
+            me = minuit.merrors[name]
+            entry, reasons = table[label], []
+            for side, valid, at_limit, at_fcn, new_min, value in (
+                ("lower", me.lower_valid, me.at_lower_limit, me.at_lower_max_fcn, me.lower_new_min, me.lower),
+                ("upper", me.upper_valid, me.at_upper_limit, me.at_upper_max_fcn, me.upper_new_min, me.upper),
+            ):
+                key = "err_lo" if side == "lower" else "err_hi"
+                if valid:
+                    entry[key] = float(abs(value))
+                elif at_limit:
+                    entry[key] = 0.0
+                else:
+                    why = (
+                        "call limit reached" if at_fcn else "new minimum" if new_min else "no crossing found"
+                    )
+                    reasons.append(f"{side} bound: {why}")
+            entry["method"] = "profile+covariance" if reasons else "profile"
+            if reasons:
+                entry["note"] = "MINOS " + ", ".join(reasons) + "; covariance error used"
+        if minuit.fmin is not None and minuit.fval < self.best_stat - 1e-3:
+            self.log.warning(
+                "profiling at delta-stat %.3f found a better fit (%.4f < %.4f): using it",
+                delta,
+                minuit.fval,
+                self.best_stat,
+            )
+            self.best_x, self.best_stat = np.array(minuit.values), float(minuit.fval)
+
     def errors(self, method: str | None = "profile", level: float = 1.0) -> None:
         """Run the error phase ``method``: ``"profile"``, ``"covariance"`` or ``None``/``"none"``.
 
@@ -690,6 +796,13 @@ class Fit:
             }
             if slot.dataset is not None:
                 entry["dataset"] = slot.dataset
+            further = {
+                label: dict(table[slot.name])
+                for label, table in self.intervals.items()
+                if fk is not None and slot.name in table
+            }
+            if further:
+                entry["intervals"] = further
             params.append(entry)
         cov = self.cov
         result = FitResult(
@@ -707,6 +820,7 @@ class Fit:
             error_method=self.error_method,
             error_fallbacks=dict(self.error_fallbacks),
             error_delta=self.delta,
+            extra_error_levels=list(self.extra_levels),
             redshift=redshift,
             goodness_pvalue=goodness_pvalue,
             fit_time_s=time.perf_counter() - self.t0,
@@ -727,15 +841,17 @@ class Fit:
         *,
         errors: str | None = "profile",
         error_level: float = 1.0,
+        extra_error_levels: Sequence[float] = (),
         redshift: float | None = None,
         cosmology: Any = None,
         flux_bands: Sequence[Sequence[float]] = DEFAULT_FLUX_BANDS,
         flux_samples: int = 200,
         goodness_sims: int = 0,
     ) -> FitResult:
-        """optimize -> errors -> fluxes -> goodness -> result (the options are those of :func:`fit`)."""
+        """optimize -> errors -> further levels -> fluxes -> goodness -> result (options as in :func:`fit`)."""
         self.optimize()
         self.errors(errors, error_level)
+        self.level_intervals(extra_error_levels, errors)
         fluxes, lums, z = self.fluxes(
             flux_bands, samples=flux_samples, redshift=redshift, cosmology=cosmology
         )
@@ -766,6 +882,7 @@ def fit(
     cross_norm: bool = True,
     errors: str | None = "profile",
     error_level: float = 1.0,
+    extra_error_levels: Sequence[float] = (),
     abund: str = "angr",
     redshift: float | None = None,
     cosmology: Any = None,
@@ -796,6 +913,10 @@ def fit(
         Profile-likelihood (MINOS) intervals, covariance errors, or none.
     error_level : float
         Delta-stat of the intervals (1.0 = 68 %, 2.706 = 90 %) or a confidence level < 1.
+    extra_error_levels : sequence of float
+        Further confidence levels (< 1; ``fit.error_levels`` after the first) whose intervals of the
+        free shape parameters (not normalisations) are computed the same way (``errors``) and kept in
+        each parameter's ``intervals`` (``{"90": {level, delta, err_lo, err_hi, method}}``).
     abund : str
         Abundance table of the components that use one (:data:`~xmmcore.fitting.registry.ABUNDANCE_TABLES`);
         passed to the model, no global state changes.
@@ -839,6 +960,7 @@ def fit(
     ).run(
         errors=errors,
         error_level=error_level,
+        extra_error_levels=extra_error_levels,
         redshift=redshift,
         cosmology=cosmology,
         flux_bands=flux_bands,

@@ -34,8 +34,10 @@ class FitResult:
     dof : int
         Degrees of freedom (bins - free parameters).
     parameters : list of dict
-        ``{name, number, value, err_lo, err_hi, sigma, unit, frozen, linked[, dataset]}``; errors are
-        positive distances from the value at ``error_delta``; ``sigma`` is the covariance 1-sigma error.
+        ``{name, number, value, err_lo, err_hi, sigma, unit, frozen, linked[, dataset][, intervals]}``;
+        errors are positive distances from the value at ``error_delta``; ``sigma`` is the covariance
+        1-sigma error; ``intervals`` (free shape parameters) holds the further levels of
+        ``extra_error_levels`` by label: ``{"90": {level, delta, err_lo, err_hi, method[, note]}}``.
     fluxes : dict
         Band key (``"0.5-2.0"``) -> ``{absorbed, absorbed_err_lo, absorbed_err_hi, unabsorbed, ...}``
         in erg cm^-2 s^-1.
@@ -62,6 +64,8 @@ class FitResult:
     #: parameter -> why its profile interval was replaced by the covariance error
     error_fallbacks: dict[str, str] = field(default_factory=dict)
     error_delta: float = 1.0
+    #: confidence levels of the further intervals in each shape parameter's ``intervals`` (``[0.9]``)
+    extra_error_levels: list[float] = field(default_factory=list)
     redshift: float | None = None
     goodness_pvalue: float | None = None
     fit_time_s: float = math.nan
@@ -115,6 +119,7 @@ class FitResult:
             "error_method": self.error_method,
             "error_fallbacks": self.error_fallbacks,
             "error_delta": self.error_delta,
+            "extra_error_levels": list(self.extra_error_levels),
             "redshift": self.redshift,
             "goodness_pvalue": self.goodness_pvalue,
             "fit_time_s": self.fit_time_s,

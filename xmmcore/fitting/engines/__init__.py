@@ -105,6 +105,7 @@ class FitEngine(Protocol):
         log: logging.Logger | None = None,
         links: Sequence[tuple[str, str]] = (),
         error_level: float = 1.0,
+        extra_error_levels: Sequence[float] = (),
     ) -> FitResult:
         """Fit the spectra of ``inputs`` with the model expression ``model``."""
         ...

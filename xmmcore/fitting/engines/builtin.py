@@ -95,6 +95,7 @@ class BuiltinEngine:
         use_background: bool = True,
         links: Sequence[tuple[str, str]] = (),
         error_level: float = 1.0,
+        extra_error_levels: Sequence[float] = (),
     ) -> FitResult:
         """Fit the spectra in ``inputs`` (see :func:`xmmcore.fitting.fit` for the options).
 
@@ -110,6 +111,7 @@ class BuiltinEngine:
             cross_norm=cross_norm,
             errors=errors,
             error_level=error_level,
+            extra_error_levels=extra_error_levels,
             abund=abund,
             redshift=redshift,
             cosmology=cosmology,

@@ -41,6 +41,7 @@ from ...errors import ConfigError, ExternalToolError, FitError, ToolNotFoundErro
 from ...fsutil import atomic_write_json
 from ...settings import FitSettings, XspecSettings
 from ...tools import run_tool
+from ..optimize import level_label
 from ..results import FitResult
 from ..stats import STATISTICS
 from . import FitInput
@@ -137,6 +138,7 @@ def build_job(
     xsect: str = "vern",
     errors: str | None = "profile",
     error_level: float = 1.0,
+    extra_error_levels: Sequence[float] = (),
     redshift: float | None = None,
     cosmology: Any = None,
     flux_bands_kev: Sequence[Sequence[float]] = (),
@@ -195,6 +197,10 @@ def build_job(
         "xsect": xsect,
         "errors": "profile" if errors == "profile" else ("covariance" if errors == "covariance" else None),
         "error_delta": float(delta),
+        # further levels of the shape parameters: [label, level, delta-stat] (``error`` run again at each)
+        "extra_error_levels": [
+            [level_label(float(cl)), float(cl), _delta_for_cl(float(cl))] for cl in extra_error_levels
+        ],
         "redshift": None if redshift is None else float(redshift),
         "cosmology": _cosmology_dict(cosmology),
         "flux_bands_kev": bands,
@@ -315,6 +321,7 @@ class XspecEngine:
         log: logging.Logger | None = None,
         links: Sequence[tuple[str, str]] = (),
         error_level: float = 1.0,
+        extra_error_levels: Sequence[float] = (),
         xsect: str = "vern",
         esas_sky: bool | Mapping[str, float] | None = None,
     ) -> FitResult:
@@ -350,6 +357,7 @@ class XspecEngine:
                 xsect=xsect,
                 errors=errors,
                 error_level=error_level,
+                extra_error_levels=extra_error_levels,
                 redshift=redshift,
                 cosmology=cosmology,
                 flux_bands_kev=flux_bands_kev,
@@ -453,6 +461,7 @@ class XspecEngine:
             abund=record.get("abund", "angr"),
             error_method=record.get("error_method", "profile"),
             error_delta=float(record.get("error_delta", 1.0)),
+            extra_error_levels=[float(v) for v in record.get("extra_error_levels") or []],
             redshift=record.get("redshift"),
             fit_time_s=elapsed,
             versions=versions,

@@ -262,6 +262,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 entry["error_flags"] = error_flags[number]
             params.append(entry)
 
+    extra_levels = _extra_intervals(xs, groups, npar, params, job)
     fluxes, lums, redshift = _fluxes(xs, model, groups, table, job)
     ds_info = []
     for s, ds in zip(spectra, datasets):
@@ -314,9 +315,51 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "abund": job.get("abund", "angr"),
         "error_method": "profile" if job.get("errors") == "profile" else "covariance",
         "error_delta": delta if job.get("errors") == "profile" else 1.0,
+        "extra_error_levels": extra_levels,
         "redshift": redshift,
         "versions": {"engine": "xspec", "pyxspec": str(version[0]), "xspec": str(version[1])},
     }
+
+
+def _is_shape(name: str) -> bool:
+    """A parameter that is not a normalisation or cross-normalisation constant (as the built-in engine's)."""
+    comp, _, short = name.rpartition(".")
+    return short.lower() not in ("norm", "factor") and not comp.lower().startswith("constant")
+
+
+def _extra_intervals(
+    xs: Any, groups: list[Any], npar: int, params: list[dict[str, Any]], job: dict[str, Any]
+) -> list[float]:
+    """``error`` at each further delta-stat of the job for the free shape parameters, into ``intervals``.
+
+    Run after the main intervals were read into ``params`` (``error`` overwrites ``par.error``).
+    """
+    levels = job.get("extra_error_levels") or []
+    if not levels or job.get("errors") not in ("profile", "covariance"):
+        return []
+    for label, level, delta in levels:
+        for entry in params:
+            if entry["frozen"] or entry.get("link_to") or not _is_shape(entry["name"]):
+                continue
+            number = int(entry["number"])
+            g, idx = (number - 1) // npar + 1, (number - 1) % npar + 1
+            sigma = float(entry.get("sigma") or 0.0) * float(delta) ** 0.5
+            out = {"level": level, "delta": delta, "err_lo": sigma, "err_hi": sigma, "method": "covariance"}
+            if job.get("errors") == "profile":
+                try:
+                    xs.Fit.error(f"stopat 20 0.01 maximum 1e6 {delta} {number}")
+                    par = groups[g - 1](idx)
+                    lo_b, hi_b, flags = par.error[0], par.error[1], par.error[2]
+                    if lo_b or hi_b:
+                        out["err_lo"] = max(entry["value"] - float(lo_b), 0.0)
+                        out["err_hi"] = max(float(hi_b) - entry["value"], 0.0)
+                        out["method"] = "profile"
+                    if "T" in flags:
+                        out["note"] = f"error flags {flags}"
+                except Exception as exc:  # noqa: BLE001 - one parameter must not lose the fit
+                    out["note"] = f"error failed: {exc}; covariance error used"
+            entry.setdefault("intervals", {})[label] = out
+    return [float(level) for _, level, _ in levels]
 
 
 def _links_to_same(link: str, idx: int) -> bool:
