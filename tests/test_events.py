@@ -186,3 +186,46 @@ def test_clean_event_cache_keeps_the_lists_of_the_two_latest_folders_only(tmp_pa
     assert folders == {"0900000001", "0900000002"}
     assert len(first) == n and not first["TIME"].flags.writeable
     ev._clean_cache.clear()
+
+
+def _assert_same_list(a: E.EventList, b: E.EventList) -> None:
+    assert (a.camera, a.path, a.resorted, a.n_rows_file) == (b.camera, b.path, b.resorted, b.n_rows_file)
+    assert list(a.columns) == list(b.columns)
+    for k in a.columns:
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+    assert list(a.gti_ccd) == list(b.gti_ccd)
+    for c in a.gti_ccd:
+        assert np.array_equal(a.gti_ccd[c], b.gti_ccd[c]), c
+    assert np.array_equal(a.gti, b.gti)
+    assert [(c.keyword, c.value, c.comment) for c in a.header.cards] == [
+        (c.keyword, c.value, c.comment) for c in b.header.cards
+    ]
+
+
+def test_write_events_remember_keeps_the_list_as_read_back(tmp_path: Path) -> None:
+    """The filter step's cleaned lists go into read_clean_events' cache as written: what the regions and
+    spectra steps get from the cache equals reading the file (columns, dtypes, GTIs, header cards)."""
+    from xmmcore import events as ev
+
+    raw = E.read_events(make_event_file(tmp_path / "pn.fits", instrume="EPN", n=3000, ccds=(4, 7, 1)))
+    clean = raw.with_gti(np.array([[G.as_gti(raw.gti)[0, 0] + 100.0, G.as_gti(raw.gti)[0, 0] + 700.0]]))
+    clean.header["QPBCORN"] = (123.0, "corner counts")
+    ev._clean_cache.clear()
+    out = E.write_events(
+        clean, tmp_path / "0900000001" / "events" / "pn_clean.fits", history=["x"], remember=True
+    )
+    assert len(ev._clean_cache) == 1
+    kept = E.read_clean_events(out, camera="pn")
+    ev._clean_cache.clear()
+    _assert_same_list(kept, E.read_events(out))
+    assert not kept["TIME"].flags.writeable
+    # a column whose dtype the file changes (float X written as J) is not kept: the reader reads the file
+    floaty = E.EventList(
+        clean.camera,
+        clean.header,
+        {**clean.columns, "X": clean["X"].astype(np.float64)},
+        clean.gti_ccd,
+        clean.gti,
+    )
+    E.write_events(floaty, tmp_path / "0900000002" / "events" / "pn_clean.fits", remember=True)
+    assert len(ev._clean_cache) == 0

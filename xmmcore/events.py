@@ -373,6 +373,32 @@ def _nbytes(evl: EventList) -> int:
     return sum(int(a.nbytes) for a in evl.columns.values())
 
 
+def _clean_cache_key(path: Path) -> tuple[Any, ...]:
+    st = os.stat(path)
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _clean_cache_put(key: tuple[Any, ...], evl: EventList) -> None:
+    """Keep ``evl`` (its arrays made read-only) under ``key``, within the byte and folder bounds."""
+    for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
+        arr.setflags(write=False)
+    size = _nbytes(evl)
+    with _clean_cache_lock:
+        if size > CLEAN_CACHE_BYTES:
+            return
+        _clean_cache[key] = evl
+        _clean_cache.move_to_end(key)
+        while sum(_nbytes(e) for e in _clean_cache.values()) > CLEAN_CACHE_BYTES:
+            _clean_cache.popitem(last=False)
+        recent: list[str] = []  # folders, most recently used first
+        for k in reversed(_clean_cache):
+            folder = os.path.dirname(k[0])
+            if folder not in recent:
+                recent.append(folder)
+        for k in [k for k in _clean_cache if os.path.dirname(k[0]) not in recent[:CLEAN_CACHE_FOLDERS]]:
+            del _clean_cache[k]
+
+
 def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventList:
     """:func:`read_events` (every column) of a cleaned event list, read once per file version in a process.
 
@@ -382,31 +408,14 @@ def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventLi
     The columns of a kept list are read-only; each caller gets its own header and column mapping.
     """
     path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
-    st = os.stat(path)
-    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    key = _clean_cache_key(path)
     with _clean_cache_lock:
         evl = _clean_cache.get(key)
         if evl is not None:
             _clean_cache.move_to_end(key)
     if evl is None:
         evl = read_events(path)
-        for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
-            arr.setflags(write=False)
-        size = _nbytes(evl)
-        with _clean_cache_lock:
-            if size <= CLEAN_CACHE_BYTES:
-                _clean_cache[key] = evl
-                while sum(_nbytes(e) for e in _clean_cache.values()) > CLEAN_CACHE_BYTES:
-                    _clean_cache.popitem(last=False)
-                recent: list[str] = []  # folders, most recently used first
-                for k in reversed(_clean_cache):
-                    folder = os.path.dirname(k[0])
-                    if folder not in recent:
-                        recent.append(folder)
-                for k in [
-                    k for k in _clean_cache if os.path.dirname(k[0]) not in recent[:CLEAN_CACHE_FOLDERS]
-                ]:
-                    del _clean_cache[k]
+        _clean_cache_put(key, evl)
     if camera is not None and camera != evl.camera:
         raise InputDataError(
             f"expected a {camera} event list but INSTRUME={evl.header.get('INSTRUME')!r} ({evl.camera})",
@@ -669,7 +678,12 @@ _KEEP_EVENT_KEYS = re.compile(
 
 
 def write_events(
-    evl: EventList, path: str | Path, *, gti: np.ndarray | None = None, history: Sequence[str] = ()
+    evl: EventList,
+    path: str | Path,
+    *,
+    gti: np.ndarray | None = None,
+    history: Sequence[str] = (),
+    remember: bool = False,
 ) -> Path:
     """Write an event list with per-CCD ``STDGTInn`` tables and a combined ``GTI`` table (atomic).
 
@@ -681,13 +695,17 @@ def write_events(
         Extra time filter [s]; per-CCD GTIs are intersected with it and events outside dropped.
     history : sequence of str
         HISTORY lines (e.g. the selection expression).
+    remember : bool
+        Also keep the written list in :func:`read_clean_events`' cache, as reading the file back would
+        give it (the header is read back from the file, the columns are the ones written), so the next
+        steps of the ObsID in this process do not read it again (the filter step's cleaned lists).
     """
     if gti is not None:
         evl = evl.with_gti(gti)
     cols = []
-    src_fmt = {"TIME": "D", "X": "J", "Y": "J", "PI": "I", "PATTERN": "B", "FLAG": "J", "CCDNR": "B"}
+    formats: dict[str, str] = {}
     for name, arr in evl.columns.items():
-        fmt = src_fmt.get(name) or _fits_format(arr)
+        fmt = formats[name] = _EVENT_FORMATS.get(name) or _fits_format(arr)
         cols.append(fits.Column(name=name, format=fmt, array=arr))
     ev = fits.BinTableHDU.from_columns(cols, name="EVENTS")
     for key in evl.header:
@@ -712,7 +730,66 @@ def write_events(
     for key in ("TELESCOP", "INSTRUME", "OBS_ID", "OBJECT", "FILTER", "DATE-OBS"):
         if key in evl.header:
             hdus[0].header[key] = evl.header[key]
-    return atomic_write_fits(fits.HDUList(hdus), path, verify=False)
+    out = atomic_write_fits(fits.HDUList(hdus), path, verify=False)
+    if remember:
+        _remember_written(evl, out, formats)
+    return out
+
+
+#: FITS formats of the standard EPIC columns as written (others follow their dtype, :func:`_fits_format`).
+_EVENT_FORMATS = {"TIME": "D", "X": "J", "Y": "J", "PI": "I", "PATTERN": "B", "FLAG": "J", "CCDNR": "B"}
+#: Native dtype astropy reads each written format back as.
+_FORMAT_DTYPES = {
+    "D": np.float64,
+    "E": np.float32,
+    "K": np.int64,
+    "J": np.int32,
+    "I": np.int16,
+    "B": np.uint8,
+}
+
+
+def _remember_written(evl: EventList, path: Path, formats: Mapping[str, str]) -> None:
+    """Put the list just written to ``path`` into the clean-list cache as :func:`read_events` would read it.
+
+    Only when reading it back could give nothing else: every column already has the dtype its format is
+    read back as, TIME is finite and ordered, every CCD has its own ``STDGTInn`` table; otherwise (or on
+    any doubt) nothing is kept and the next reader reads the file.
+    """
+    names = [n.upper() for n in evl.columns]
+    if len(set(names)) != len(names) or any(c not in names for c in REQUIRED_COLUMNS):
+        return
+    cols: dict[str, np.ndarray] = {}
+    for name, arr in evl.columns.items():
+        dtype = _FORMAT_DTYPES.get(formats[name])
+        if dtype is None or np.asarray(arr).dtype != np.dtype(dtype):
+            return
+        cols[name.upper()] = np.array(arr, dtype=dtype)
+    time = cols["TIME"]
+    if time.size == 0 or not np.all(np.isfinite(time)) or (time.size > 1 and np.any(np.diff(time) < 0)):
+        return
+    if not evl.gti_ccd or any(not 0 <= int(c) < 100 for c in evl.gti_ccd):
+        return
+    try:
+        gti_ccd = {int(c): gtimod.normalise(gtimod.as_gti(evl.gti_ccd[c])) for c in sorted(evl.gti_ccd)}
+        if all(g.shape[0] == 0 for g in gti_ccd.values()):
+            return
+        header = fits.getheader(path, "EVENTS")
+        camera = _camera_of(header, path)
+        key = _clean_cache_key(path)
+    except (OSError, ValueError, KeyError, InputDataError):
+        return
+    written = EventList(
+        camera=camera,
+        header=header,
+        columns=cols,
+        gti_ccd=gti_ccd,
+        gti=gtimod.union(*gti_ccd.values()),
+        path=path,
+        resorted=False,
+        n_rows_file=int(time.size),
+    )
+    _clean_cache_put(key, written)
 
 
 def _fits_format(arr: np.ndarray) -> str:

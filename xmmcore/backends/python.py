@@ -55,6 +55,22 @@ def _events_header(path: Path) -> Any:
         return None
 
 
+class _FovFootprints:
+    """The CCD footprints of a cleaned list's in-FOV events (FLAG without OUT_OF_FOV), built on first use."""
+
+    def __init__(self, evl: Any) -> None:
+        self._evl = evl
+        self._footprints: Any = None
+
+    def get(self) -> Any:
+        if self._footprints is None:
+            from ..background import OUT_OF_FOV
+
+            evl = self._evl
+            self._footprints = ccd_footprints(evl.select((evl["FLAG"].astype(np.int64) & OUT_OF_FOV) == 0))
+        return self._footprints
+
+
 def _copy_atomic(src: Path, dst: Path) -> Path:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
@@ -152,7 +168,7 @@ class PythonBackend:
             f"&& GTI({products.gti(camera).name})"
         )
         clean_path = write_events(
-            clean_t, products.clean_events(camera), history=[f"xmm-survey python: {sel}"]
+            clean_t, products.clean_events(camera), history=[f"xmm-survey python: {sel}"], remember=True
         )
         gti_path = write_gti(res.gti, products.gti(camera), header=evl.header)
         lc_path = write_light_curve(res, products.light_curve(camera), header=evl.header)
@@ -221,6 +237,7 @@ class PythonBackend:
         products = ObsProducts(outdir)
         evl = read_clean_events(products.clean_events(camera), camera=camera)
         fp = ccd_footprints(evl)
+        fov_fp = _FovFootprints(evl)  # the in-FOV footprints, built once for the ARF weights and background
         files = regions.get("files", {})
         sps = SpectraSettings.from_config(cfg)
         sas_responses = sps.responses == "sas"
@@ -325,6 +342,7 @@ class PythonBackend:
                 camera,
                 evl,
                 fp,
+                fov_fp,
                 (selections[f"{camera}_src"], selections[f"{camera}_bkg"]),
                 products,
                 cfg,
@@ -370,7 +388,7 @@ class PythonBackend:
         if weight_arfs:
             out.update(
                 self._weight_arfs(
-                    camera, evl, fp, regions, selections, products, resp, src, bkg, annuli, out, log
+                    camera, evl, fp, fov_fp, regions, selections, products, resp, src, bkg, annuli, out, log
                 )
             )
         log.info(
@@ -392,6 +410,7 @@ class PythonBackend:
         camera: str,
         evl: Any,
         footprints: Any,
+        fov_footprints: _FovFootprints,
         regions: dict[str, Any],
         selections: dict[str, Any],
         products: ObsProducts,
@@ -410,7 +429,7 @@ class PythonBackend:
         ``selections``: the region Selections the spectra were extracted with, by product key.
         """
         from ..arfweight import WEIGHT_BAND_KEV, region_source_vignetting, weighted_arf
-        from ..background import _VIGNETTING_GRID_KEV, OUT_OF_FOV
+        from ..background import _VIGNETTING_GRID_KEV
         from ..ogip import read_arf, read_pha, write_arf
         from ..spectra import channel_grid
 
@@ -420,7 +439,7 @@ class PythonBackend:
             log.warning("%s: %s", camera, note)
             return {"arf_method": "copied", "arf_note": note}
         on_axis = read_arf(resp["arf_source"])
-        fov = ccd_footprints(evl.select((evl["FLAG"].astype(np.int64) & OUT_OF_FOV) == 0))
+        fov = fov_footprints.get()
         # expected background events of the source region in the weighting band (its background PHA, scaled)
         bpha = read_pha(bkg["path"])
         _, width = channel_grid(camera)
@@ -480,6 +499,7 @@ class PythonBackend:
         camera: str,
         evl: Any,
         footprints: Any,
+        fov_footprints: _FovFootprints,
         src_ann: tuple[Any, Any],
         products: ObsProducts,
         cfg: dict[str, Any],
@@ -494,7 +514,6 @@ class PythonBackend:
         """
         from ..background import (
             _VIGNETTING_GRID_KEV,
-            OUT_OF_FOV,
             oof_spectrum,
             region_vignetting,
             vignetting_matched_background,
@@ -521,7 +540,6 @@ class PythonBackend:
             raw_path, camera=camera, columns=("TIME", "X", "Y", "PI", "PATTERN", "FLAG", "CCDNR")
         )
         scr = ScreenSettings.from_config(cfg, camera)
-        in_fov = (evl["FLAG"].astype(np.int64) & OUT_OF_FOV) == 0
         oof = oof_spectrum(
             raw,
             pattern_max=scr.pattern_max,
@@ -531,7 +549,7 @@ class PythonBackend:
         )
         if oof.total < 100 or oof.area_phys2 <= 0:
             return plain(f"{oof.total} out-of-FOV events in the unscreened list (need >= 100)")
-        fov = ccd_footprints(evl.select(in_fov))
+        fov = fov_footprints.get()
         src_sel, ann_sel = src_ann
         e = _VIGNETTING_GRID_KEV
         vig_src = region_vignetting(src_sel, footprints, axis, e, fov_footprints=fov)
