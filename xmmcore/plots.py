@@ -24,6 +24,7 @@ __all__ = [
     "sky_ticks",
     "unicode_log_labels",
     "wants_plot",
+    "write_png",
 ]
 
 #: PIL options of every PNG written (fast zlib level: lossless, slightly larger files).
@@ -128,6 +129,19 @@ def save_png(fig: Any, path: str | Path, *, dpi: float) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs=PNG_OPTIONS)
     return Path(path)
+
+
+def write_png(rgba: np.ndarray, path: str | Path) -> Path:
+    """Write an opaque H x W x 4 (or x 3) uint8 pixel array atomically as an RGB PNG (same options)."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(tmp, format="png", **PNG_OPTIONS)
+    return Path(path)
+
+
+#: Resolution of the image-with-regions figures [dots per inch].
+_IMAGE_DPI = 110
 
 
 def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
@@ -248,7 +262,7 @@ class _ImageFigure:
         _figure()  # the Agg backend, as for every figure here
         # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
         self.fig = fig = Figure()
-        FigureCanvasAgg(fig)
+        self.canvas = FigureCanvasAgg(fig)
         ax: Any = fig.add_axes((0.1, 0.1, 0.7, 0.8))
         self.ax = ax
         self.cax = fig.add_axes((0.85, 0.1, 0.05, 0.8))
@@ -263,23 +277,26 @@ class _ImageFigure:
         ax.set_xlabel("RA (J2000)")
         ax.set_ylabel("Dec (J2000)")
         place_labels(ax, x_in=0.27, y_in=0.74)
+        fig.set_dpi(_IMAGE_DPI)
+        fig.set_layout_engine("none")
         self.overlays: list[Any] = []
         self.shape: tuple[int, ...] | None = None
         self._wcs_key = ""
+        self._layer: _StaticLayer | None = None
 
     def reset(self) -> None:
         """Forget the layout: the next image is set up again (another ObsID's regions)."""
-        self.shape, self._wcs_key = None, ""
+        self.shape, self._wcs_key, self._layer = None, "", None
 
     def setup(self, shape: tuple[int, ...], wcs: Any, extent: Any, regions: dict[str, Any]) -> None:
         """Lay the figure out for images of ``shape`` on ``wcs`` and draw ``regions`` over them."""
-        from matplotlib.colors import LogNorm
         from matplotlib.lines import Line2D
         from matplotlib.patches import Circle
 
         from .constants import SKY_PIXEL_ARCSEC
 
         fig, ax = self.fig, self.ax
+        self._layer = None  # drawn again at the first image of this layout
         for artist in self.overlays:
             artist.remove()
         self.overlays = []
@@ -299,7 +316,6 @@ class _ImageFigure:
         _image_axes(fig, ax, self.cax, (y1 - y0, x1 - x0))
         self.shown.set_data(np.ones((y1 - y0, x1 - x0)))
         self.shown.set_extent((-0.5, x1 - x0 - 0.5, -0.5, y1 - y0 - 0.5))
-        self.shown.set_norm(LogNorm(vmin=0.1, vmax=1.0))
         self.bar.set_label(f'counts per {pix_arcsec:.0f}" pixel (smoothed)')
         cx, cy = cx - x0, cy - y0
         add = self.overlays.append
@@ -350,20 +366,114 @@ class _ImageFigure:
         return tuple(image.shape) == self.shape and _wcs_key(wcs) == self._wcs_key
 
     def save(self, image: np.ndarray, path: str | Path, *, title: str = "") -> Path:
-        from matplotlib.colors import LogNorm
-        from scipy import ndimage
+        """Draw ``image`` under the layout's static layer, with its colour-bar ticks and title, as PNG.
 
-        sm = ndimage.gaussian_filter(np.asarray(image, dtype=float), 1.5)[self.window]
+        Only what changes from one camera to the next is drawn: the image pixels (colour-mapped in numpy at
+        the data resolution, then repeated onto the screen pixels, as ``interpolation="nearest"`` does), the
+        colour bar's tick labels and the title.  Everything else (frame, sky ticks and labels, regions,
+        legend, the colour bar's gradient, which on a log axis is the same for every colour range) is the
+        static layer drawn once per layout and composited over the image.
+        """
+        from matplotlib.colors import LogNorm
+
+        sm = _smoothed_window(image, self.window)
         pos = sm[sm > 0]
         vmin = float(np.percentile(pos, 5)) if pos.size else 1e-3
         vmax = float(max(pos.max(), vmin * 10)) if pos.size else 1.0
-        self.shown.set_data(np.maximum(sm, vmin))
-        self.shown.set_norm(LogNorm(vmin=vmin, vmax=vmax))  # the colour bar follows (and resets its ticks)
+        shown = np.maximum(sm, vmin)
+        norm = LogNorm(vmin=vmin, vmax=vmax)
+        self.shown.set_data(shown)
+        if self._layer is None:
+            self.shown.set_norm(norm)  # the colour bar follows (solids, log scale, limits, ticks)
+        else:
+            # The colour bar's gradient is in the static layer (on a log axis it is the same for every
+            # range): only its axis is set as a new norm sets it (log scale with default ticks, limits),
+            # without building the gradient's mesh again.
+            self.cax.set_yscale("log")
+            self.cax.set_ylim(vmin, vmax)
         unicode_log_labels(self.cax, "y")
         readable_log_axis(self.cax, "y")
         self.ax.set_title(title, fontsize=10)
         self.ax._autotitlepos = False  # as place_labels: the title right above the axes
-        return save_png(self.fig, path, dpi=110)
+        if self._layer is None:
+            self._layer = _StaticLayer(self.fig, self.ax, hidden=(self.shown, self.cax.yaxis, self.ax.title))
+        colours = self.shown.cmap(norm(shown), bytes=True)[..., :3]
+        buffer = self._layer.composite(colours)
+        renderer = self.canvas.get_renderer()
+        self.cax.yaxis.draw(renderer)
+        self.ax.title.draw(renderer)
+        return write_png(buffer, path)
+
+
+class _StaticLayer:
+    """What an image figure draws over its image, rendered once on a transparent canvas.
+
+    ``composite(colours)`` fills the figure's Agg buffer with white, the image's colours on the axes'
+    screen pixels (nearest data pixel of each screen pixel's centre) and this layer over them (the "over"
+    operator of Agg's non-premultiplied RGBA: differences from drawing it all at once are rounding, at
+    most a few 1/255 levels on anti-aliased edges).  The hidden artists (the image and what changes with
+    it) are drawn afterwards by the caller onto the same buffer.
+    """
+
+    def __init__(self, fig: Any, ax: Any, hidden: Sequence[Any]) -> None:
+        face = fig.patch.get_alpha()
+        fig.patch.set_alpha(0.0)
+        ax.patch.set_visible(False)  # under the image, which covers the axes
+        for artist in hidden:
+            artist.set_visible(False)
+        try:
+            fig.canvas.draw()
+        finally:
+            fig.patch.set_alpha(face)
+            ax.patch.set_visible(True)
+            for artist in hidden:
+                artist.set_visible(True)
+        rgba = np.asarray(fig.canvas.buffer_rgba())
+        height, width = rgba.shape[:2]
+        ny, nx = ax.images[0].get_array().shape[:2]
+        box = ax.get_window_extent()
+        # Screen pixel centres inside the axes and the data pixel under each (origin="lower": row 0 at the
+        # bottom; the buffer's row 0 is the top of the figure).
+        cols = np.arange(width) + 0.5
+        rows = height - (np.arange(height) + 0.5)
+        in_x = (cols >= box.x0) & (cols < box.x1)
+        in_y = (rows >= box.y0) & (rows < box.y1)
+        ci, ri = np.flatnonzero(in_x), np.flatnonzero(in_y)
+        self.rect = (slice(ri[0], ri[-1] + 1), slice(ci[0], ci[-1] + 1))
+        self.ix = np.minimum(((cols[in_x] - box.x0) / box.width * nx).astype(int), nx - 1)
+        self.iy = np.minimum(((rows[in_y] - box.y0) / box.height * ny).astype(int), ny - 1)
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        # Off the image the layer lies over white: that part is the same for every image.
+        self.white = np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        self.over = rgba[self.rect][..., :3] * alpha[self.rect]
+        self.under = 1.0 - alpha[self.rect]
+        self.fig = fig
+
+    def composite(self, colours: np.ndarray) -> np.ndarray:
+        """The figure's Agg buffer (H x W x 4, writable) holding ``colours`` (ny x nx x 3) under the layer."""
+        out = np.asarray(self.fig.canvas.buffer_rgba())
+        out[..., :3] = self.white
+        out[..., 3] = 255
+        image = colours[self.iy[:, None], self.ix[None, :]]
+        out[self.rect][..., :3] = np.rint(self.over + image * self.under)
+        return out
+
+
+def _smoothed_window(image: np.ndarray, window: tuple[slice, slice], sigma: float = 1.5) -> np.ndarray:
+    """``gaussian_filter(image, sigma)[window]``, filtering only the window and the kernel's reach around it.
+
+    Each smoothed pixel reads the pixels within the kernel radius (``truncate=4`` sigma, scipy's default),
+    and the image's own edges keep their reflection: the same numbers as smoothing the whole image.
+    """
+    from scipy import ndimage
+
+    reach = int(4.0 * sigma + 0.5) + 1
+    ny, nx = image.shape[:2]
+    (ys, xs) = window
+    y0, y1 = max(ys.start - reach, 0), min(ys.stop + reach, ny)
+    x0, x1 = max(xs.start - reach, 0), min(xs.stop + reach, nx)
+    block = ndimage.gaussian_filter(np.asarray(image[y0:y1, x0:x1], dtype=float), sigma, truncate=4.0)
+    return block[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
 
 
 _IMAGE_LOCK = threading.Lock()
