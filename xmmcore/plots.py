@@ -179,6 +179,8 @@ class _LightCurveFigure:
         place_labels(ax, x_in=0.27, y_in=0.45)
 
     def save(self, res: Any, path: str | Path, *, title: str = "") -> Path:
+        from matplotlib.collections import PolyCollection
+
         ax = self.ax
         t0 = float(res.lc_time[0] - res.bin_s / 2) if res.lc_time.size else 0.0
         t = (res.lc_time - t0) / 1000.0
@@ -187,13 +189,18 @@ class _LightCurveFigure:
         ymax = np.nanmax(res.lc_rate) if np.isfinite(res.lc_rate).any() else 1.0
         for span in self.spans:
             span.remove()
-        # The view of a new axes while the spans are added (their data limits go through transData).
+        # The kept intervals as ONE collection of full-height rectangles (what axvspan draws, one patch
+        # each: adding a patch updates the data limits through its transforms, the costliest part).
         ax.set_xlim(0.0, 1.0, auto=True)
         ax.set_ylim(0.0, 1.0, auto=None)
-        self.spans = [
-            ax.axvspan((a - t0) / 1000.0, (b - t0) / 1000.0, color="tab:green", alpha=0.15, lw=0)
-            for a, b in res.gti
-        ]
+        edges = (np.asarray(res.gti, dtype=float).reshape(-1, 2) - t0) / 1000.0
+        self.spans = []
+        if edges.size:
+            verts = [((a, 0.0), (a, 1.0), (b, 1.0), (b, 0.0)) for a, b in edges]
+            kept = PolyCollection(
+                verts, transform=ax.get_xaxis_transform(), facecolor="tab:green", alpha=0.15, lw=0
+            )
+            self.spans = [ax.add_collection(kept, autolim=False)]
         for line, value, label in (
             (self.threshold, res.threshold, f"threshold {res.threshold:.3g} ct/s"),
             (self.mean, res.mean, f"quiescent {res.mean:.3g} ct/s"),
@@ -203,6 +210,8 @@ class _LightCurveFigure:
             line.set_visible(shown)
             line.set_label(label if shown else "_hidden")
         ax.relim()
+        if edges.size:  # the intervals count in the x range, as axvspan's patches did
+            ax.update_datalim([(edges.min(), 0.0), (edges.max(), 0.0)], updatey=False)
         ax.autoscale_view(scalex=True, scaley=False)
         ax.set_ylim(0, 1.1 * ymax if np.isfinite(ymax) and ymax > 0 else 1.0)
         ax.set_xlabel(f"time since {t0:.0f} s (mission time) [ks]")
