@@ -229,3 +229,32 @@ def test_write_events_remember_keeps_the_list_as_read_back(tmp_path: Path) -> No
     )
     E.write_events(floaty, tmp_path / "0900000002" / "events" / "pn_clean.fits", remember=True)
     assert len(ev._clean_cache) == 0
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_unscreened_list_kept_by_the_filter_read_equals_reading_it(tmp_path: Path, shuffled: bool) -> None:
+    """The spectra step's unscreened list (out-of-FOV background) comes from the filter step's read when the
+    file is unchanged: equal to read_events(columns=REQUIRED_COLUMNS), also for a list not ordered in TIME."""
+    from xmmcore import events as ev
+
+    times = np.sort(np.random.default_rng(5).uniform(T0, T0 + 1000.0, 2000))
+    if shuffled:
+        times = times[np.random.default_rng(6).permutation(times.size)]
+    for obsid in ("0900000001", "0900000002"):
+        (tmp_path / obsid).mkdir()
+    p = make_event_file(tmp_path / "0900000001" / "pn.fits", instrume="EPN", times=times, ccds=(4, 5))
+    ev._unscreened_cache.clear()
+    part = E.read_events(p, prefilter=lambda c: c["PATTERN"] <= 4, keep_unscreened=True)
+    assert len(part) < 2000 and len(ev._unscreened_cache) == 1
+    kept = E.read_unscreened_events(p, camera="pn")
+    _assert_same_list(kept, E.read_events(p, camera="pn", columns=E.REQUIRED_COLUMNS))
+    assert kept.resorted is shuffled and not kept["X"].flags.writeable
+    with pytest.raises(InputDataError, match="expected a mos1"):
+        E.read_unscreened_events(p, camera="mos1")
+    # another ObsID's list replaces it (a worker holds its current ObsID's lists only); a changed file is read
+    q = make_event_file(tmp_path / "0900000002" / "pn.fits", instrume="EPN")
+    E.read_events(q, prefilter=lambda c: c["PATTERN"] <= 4, keep_unscreened=True)
+    assert [Path(k[0]).parent.name for k in ev._unscreened_cache] == ["0900000002"]
+    make_event_file(q, instrume="EPN", n=50, seed=9)
+    assert len(E.read_unscreened_events(q)) == 50
+    ev._unscreened_cache.clear()

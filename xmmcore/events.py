@@ -44,6 +44,7 @@ __all__ = [
     "flag_mask_for",
     "iter_event_chunks",
     "read_events",
+    "read_unscreened_events",
     "screen",
     "screen_mask",
     "screen_with_gti",
@@ -312,6 +313,7 @@ def read_events(
     time_order: str = "sort",
     prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
     chunk_rows: int = 2_000_000,
+    keep_unscreened: bool = False,
 ) -> EventList:
     """Read an EPIC calibrated event list.
 
@@ -333,6 +335,10 @@ def read_events(
         Rows are read ``chunk_rows`` at a time and only those passing are kept.
     chunk_rows : int
         Rows per chunk for ``prefilter``.
+    keep_unscreened : bool
+        With ``prefilter``, when the list is read in one chunk (every row is in memory anyway), also keep
+        the whole list's :data:`REQUIRED_COLUMNS` for :func:`read_unscreened_events` (the filter step's
+        unscreened list, which the spectra step reads again for the out-of-FOV background).
 
     Returns
     -------
@@ -350,7 +356,9 @@ def read_events(
         with warnings.catch_warnings():
             warnings.simplefilter("error", AstropyUserWarning)
             with fits.open(path, memmap=True, lazy_load_hdus=False) as hdul:
-                return _read_open(hdul, path, columns, camera, time_order, prefilter, chunk_rows)
+                return _read_open(
+                    hdul, path, columns, camera, time_order, prefilter, chunk_rows, keep_unscreened
+                )
     except InputDataError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError, EOFError, AstropyUserWarning) as exc:
@@ -424,6 +432,82 @@ def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventLi
     return replace(evl, header=evl.header.copy(), columns=dict(evl.columns), gti_ccd=dict(evl.gti_ccd))
 
 
+#: The unscreened list of one ObsID folder kept by :func:`read_events` (``keep_unscreened``), by file version;
+#: a list of another folder replaces them, so a worker holds the raw lists of its current ObsID only.
+_unscreened_cache: dict[tuple[Any, ...], EventList] = {}
+
+
+def _keep_unscreened(
+    hdul: fits.HDUList,
+    header: fits.Header,
+    camera: str,
+    whole: Mapping[str, np.ndarray],
+    gti_ccd: Mapping[int, np.ndarray],
+    ccd_kept: np.ndarray,
+    path: Path,
+    nrows: int,
+) -> None:
+    """Keep ``read_events(path, columns=REQUIRED_COLUMNS)`` built from the rows already in memory."""
+    cols = {c: whole[c] for c in REQUIRED_COLUMNS}
+    time = cols["TIME"]
+    if not np.all(np.isfinite(time)):
+        return  # the reader says why
+    resorted = False
+    if time.size > 1 and np.any(np.diff(time) < 0):
+        order = np.argsort(time, kind="stable")
+        cols = {k: v[order] for k, v in cols.items()}
+        resorted = True
+    else:
+        cols = {k: v.copy() for k, v in cols.items()}
+    # the GTIs depend on the rows only through the CCDs present (a single GTI table applies to each)
+    same_ccds = np.array_equal(np.unique(ccd_kept), np.unique(cols["CCDNR"]))
+    gtis = (
+        {c: g.copy() for c, g in gti_ccd.items()}
+        if same_ccds
+        else _read_gtis(hdul, header, cols["CCDNR"], path)
+    )
+    evl = EventList(
+        camera=camera,
+        header=header.copy(),
+        columns=cols,
+        gti_ccd=gtis,
+        gti=gtimod.union(*gtis.values()),
+        path=path,
+        resorted=resorted,
+        n_rows_file=nrows,
+    )
+    for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
+        arr.setflags(write=False)
+    key = _clean_cache_key(path)
+    with _clean_cache_lock:
+        for k in [k for k in _unscreened_cache if os.path.dirname(k[0]) != os.path.dirname(key[0])]:
+            del _unscreened_cache[k]
+        _unscreened_cache.pop(key, None)
+        # at most CLEAN_CACHE_BYTES of columns in all: a list that does not fit is read again when needed
+        if _nbytes(evl) + sum(_nbytes(e) for e in _unscreened_cache.values()) <= CLEAN_CACHE_BYTES:
+            _unscreened_cache[key] = evl
+
+
+def read_unscreened_events(path: str | Path, *, camera: str | None = None) -> EventList:
+    """``read_events(path, camera=camera, columns=REQUIRED_COLUMNS)``, from memory when the filter step of this
+    process kept the list (``read_events(..., keep_unscreened=True)``) and the file is unchanged.
+
+    The columns of a kept list are read-only; each caller gets its own header and column mapping.
+    """
+    path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
+    key = _clean_cache_key(path)
+    with _clean_cache_lock:
+        evl = _unscreened_cache.get(key)
+    if evl is None:
+        return read_events(path, camera=camera, columns=REQUIRED_COLUMNS)
+    if camera is not None and camera != evl.camera:
+        raise InputDataError(
+            f"expected a {camera} event list but INSTRUME={evl.header.get('INSTRUME')!r} ({evl.camera})",
+            path,
+        )
+    return replace(evl, header=evl.header.copy(), columns=dict(evl.columns), gti_ccd=dict(evl.gti_ccd))
+
+
 def _events_hdu(hdul: fits.HDUList, path: Path) -> fits.BinTableHDU:
     for hdu in hdul[1:]:
         if hdu.name.upper() == "EVENTS" and isinstance(hdu, fits.BinTableHDU):
@@ -439,6 +523,7 @@ def _read_open(
     time_order: str = "sort",
     prefilter: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
     chunk_rows: int = 2_000_000,
+    keep_unscreened: bool = False,
 ) -> EventList:
     hdu = _events_hdu(hdul, path)
     header = hdu.header.copy()
@@ -463,6 +548,7 @@ def _read_open(
     data = hdu.data
     if data is None or len(data) != nrows:
         raise InputDataError("EVENTS data shorter than NAXIS2 (truncated file)", path)
+    whole: dict[str, np.ndarray] | None = None
     if prefilter is None:
         cols = {c.upper(): _native(data[c]) for c in wanted}
     else:
@@ -474,6 +560,8 @@ def _read_open(
             keep = np.asarray(prefilter(chunk), dtype=bool)
             for k, v in chunk.items():
                 parts[k].append(v[keep])
+        if keep_unscreened and nrows <= chunk_rows:
+            whole = chunk  # the one chunk is the whole list
         cols = {k: np.concatenate(v) for k, v in parts.items()}
         if cols["TIME"].size == 0:
             raise InputDataError("no events pass the pre-selection", path)
@@ -496,6 +584,8 @@ def _read_open(
     gti_ccd = _read_gtis(hdul, header, cols["CCDNR"], path)
     if all(g.shape[0] == 0 for g in gti_ccd.values()):
         raise InputDataError("GTI tables sum to 0 s of exposure (no good time)", path)
+    if whole is not None:
+        _keep_unscreened(hdul, header, cam, whole, gti_ccd, cols["CCDNR"], path, nrows)
     return EventList(
         camera=cam,
         header=header,

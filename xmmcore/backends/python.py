@@ -24,6 +24,7 @@ from ..events import (
     flag_mask_for,
     read_clean_events,
     read_events,
+    read_unscreened_events,
     screen,
     screen_mask,
     screen_with_gti,
@@ -131,7 +132,7 @@ class PythonBackend:
                 | corner_rows(cols, pattern_max=scr.pattern_max, flag_mask=flag_mask)
             )
 
-        evl = read_events(path, camera=camera, prefilter=wanted)
+        evl = read_events(path, camera=camera, prefilter=wanted, keep_unscreened=True)
         if evl.resorted:
             log.info("%s: TIME was not ordered in %s; rows sorted", camera, path)
         screened = screen_mask(evl.columns, **screen_kw)
@@ -536,9 +537,7 @@ class PythonBackend:
         raw_path = obs.event_files.get(camera)
         if raw_path is None:
             return plain("no unscreened event list")
-        raw = read_events(
-            raw_path, camera=camera, columns=("TIME", "X", "Y", "PI", "PATTERN", "FLAG", "CCDNR")
-        )
+        raw = read_unscreened_events(raw_path, camera=camera)  # from memory after this process's filter step
         scr = ScreenSettings.from_config(cfg, camera)
         oof = oof_spectrum(
             raw,
