@@ -15,6 +15,7 @@ from .settings import PLOT_LEVELS, PlotSettings
 __all__ = [
     "PLOT_LEVELS",
     "PNG_OPTIONS",
+    "figure_canvas",
     "plot_camera_images",
     "plot_image_regions",
     "plot_lightcurve",
@@ -98,6 +99,130 @@ def _figure():
     return plt
 
 
+def figure_canvas(fig: Any) -> Any:
+    """Attach an Agg canvas to ``fig`` whose renderer keeps the glyph bitmaps of the texts it draws.
+
+    Rendering a string (FreeType layout, then one bitmap per glyph) is most of the cost of a tick label or
+    a legend entry, and the figures here draw the same strings (tick labels, axis labels, legends) in the
+    same places again and again.  The renderer of :class:`_GlyphCacheRenderer` draws a string it has seen
+    at the same sub-pixel phase from the bitmaps it kept: the same pixels as rendering it again.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    class _Canvas(FigureCanvasAgg):
+        def get_renderer(self) -> Any:
+            w, h = self.get_width_height(physical=True)
+            key = w, h, self.figure.dpi
+            if self._lastKey != key:
+                self.renderer = _glyph_cache_renderer()(w, h, self.figure.dpi)
+                self._lastKey = key  # type: ignore[assignment]
+            return self.renderer
+
+    return _Canvas(fig)
+
+
+_GLYPHS_LOCK = threading.Lock()
+_GLYPHS: dict[tuple[Any, ...], list[tuple[np.ndarray, int, int]]] = {}
+#: Strings kept (each a few glyph bitmaps of ~100 bytes): the oldest go first beyond this.
+_GLYPHS_MAX = 4096
+_RENDERER_CLASS: Any = None
+
+
+def _glyph_cache_renderer() -> Any:
+    """The Agg renderer class with the glyph cache (built once; plain Agg where matplotlib lacks the API)."""
+    global _RENDERER_CLASS
+    if _RENDERER_CLASS is not None:
+        return _RENDERER_CLASS
+    import math
+
+    from matplotlib.backends import backend_agg
+    from matplotlib.ft2font import FT2Font
+
+    if not all(hasattr(FT2Font, name) for name in ("_layout", "_render_glyph", "_set_transform")):
+        _RENDERER_CLASS = backend_agg.RendererAgg  # another matplotlib: its own text drawing
+        return _RENDERER_CLASS
+    from matplotlib.ft2font import RenderMode
+
+    class _GlyphCacheRenderer(backend_agg.RendererAgg):  # type: ignore[misc]
+        """``RendererAgg`` whose ``draw_text`` reuses the glyph bitmaps of a string drawn before.
+
+        A string is rendered as matplotlib 3.11's ``RendererAgg.draw_text`` does (FreeType layout, each
+        glyph rendered at its 1/64-pixel position); the bitmaps are kept under the string, its font
+        properties, angle, resolution and the sub-pixel phase of its origin, and drawn again shifted by
+        whole pixels wherever that string comes at the same phase.
+        """
+
+        def draw_text(self, gc, x, y, s, prop, angle, ismath=False, mtext=None):  # type: ignore[no-untyped-def]
+            if ismath:
+                return super().draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+            features = mtext.get_fontfeatures() if mtext is not None else None
+            language = mtext.get_language() if mtext is not None else None
+            up = self.height - y  # FreeType's y is upwards
+            fx, fy = math.floor(x), math.floor(up)
+            key = (
+                s,
+                tuple(prop.get_family()),
+                prop.get_style(),
+                prop.get_variant(),
+                prop.get_weight(),
+                prop.get_stretch(),
+                prop.get_size_in_points(),
+                prop.get_file(),
+                float(angle),
+                self.dpi,
+                bool(gc.get_antialiased()),
+                backend_agg.get_hinting_flag(),
+                None if features is None else tuple(features),
+                language,
+                x - fx,
+                up - fy,
+            )
+            with _GLYPHS_LOCK:
+                glyphs = _GLYPHS.get(key)
+            if glyphs is None:
+                glyphs = self._render_glyphs(x - fx, up - fy, s, prop, angle, features, language, gc)
+                with _GLYPHS_LOCK:
+                    if len(_GLYPHS) >= _GLYPHS_MAX:
+                        del _GLYPHS[next(iter(_GLYPHS))]
+                    _GLYPHS[key] = glyphs
+            height = int(self.height)
+            for buffer, left, top in glyphs:
+                # draw_text_image's y is downwards and the bitmap's bottom side.
+                self._renderer.draw_text_image(
+                    buffer, left + fx, height - (top + fy) + buffer.shape[0], 0, gc
+                )
+            return None
+
+        def _render_glyphs(self, x, up, s, prop, angle, features, language, gc):  # type: ignore[no-untyped-def]
+            """Glyph bitmaps of ``s`` with its origin at (``x``, ``up``) in FreeType's pixel frame."""
+            font = self._prepare_font(prop)
+            items = font._layout(
+                s, flags=backend_agg.get_hinting_flag(), features=features, language=language
+            )
+            size = prop.get_size_in_points()
+            cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            load_flags = backend_agg.get_hinting_flag()
+            rotation = (0x10000 * np.array([[cos, -sin], [sin, cos]])).round().astype(int)
+            mode = RenderMode.NORMAL if gc.get_antialiased() else RenderMode.MONO
+            out = []
+            for item in items:
+                glyph_font, dx, dy = item.ft_object, item.x, item.y
+                glyph_font.set_size(size, self.dpi)
+                glyph_font._set_transform(
+                    rotation,
+                    [round(0x40 * (x + dx * cos - dy * sin)), round(0x40 * (up + dx * sin + dy * cos))],
+                )
+                bitmap = glyph_font._render_glyph(item.glyph_index, load_flags, mode)
+                buffer = np.array(bitmap.buffer, copy=True)
+                if not gc.get_antialiased():
+                    buffer *= 0xFF
+                out.append((buffer, int(bitmap.left), int(bitmap.top)))
+            return out
+
+    _RENDERER_CLASS = _GlyphCacheRenderer
+    return _RENDERER_CLASS
+
+
 def place_labels(ax: Any, *, x_in: float | None = None, y_in: float | None = None) -> None:
     """Axis labels at fixed distances [inches] from the axes, and the title right above them.
 
@@ -162,13 +287,12 @@ class _LightCurveFigure:
     """The axes and artists of :func:`plot_lightcurve`, given new data for each light curve."""
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         _figure()  # the Agg backend, as for every figure here
         # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
         self.fig = fig = Figure(figsize=(9, 3.5))
-        FigureCanvasAgg(fig)
+        figure_canvas(fig)
         self.ax = ax = fig.add_subplot()
         fig.subplots_adjust(left=0.075, right=0.985, bottom=0.15, top=0.91)
         (self.curve,) = ax.plot([], [], drawstyle="steps-mid", color="k", lw=0.8)
@@ -264,14 +388,13 @@ class _ImageFigure:
     """The axes, colour bar and region overlays of an image plot, drawn again for each image."""
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.colors import LogNorm
         from matplotlib.figure import Figure
 
         _figure()  # the Agg backend, as for every figure here
         # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
         self.fig = fig = Figure()
-        self.canvas = FigureCanvasAgg(fig)
+        self.canvas = figure_canvas(fig)
         ax: Any = fig.add_axes((0.1, 0.1, 0.7, 0.8))
         self.ax = ax
         self.cax = fig.add_axes((0.85, 0.1, 0.05, 0.8))

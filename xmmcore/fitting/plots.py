@@ -47,15 +47,14 @@ class _FitFigure:
     """
 
     def __init__(self) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        from ..plots import _figure, place_labels
+        from ..plots import _figure, figure_canvas, place_labels
 
         _figure()  # the Agg backend, as for every figure here
         # A Figure outside pyplot: kept for the process without pyplot's figure registry holding it.
         self.fig = fig = Figure(figsize=(7.5, 6.0))
-        FigureCanvasAgg(fig)
+        figure_canvas(fig)
         self.ax, self.axr = fig.subplots(
             2,
             1,
