@@ -7,7 +7,10 @@ Simulates ``n`` ObsIDs (``xmmcore.simulate``: tbabs*apec clusters, cool/regular/
 within 1-2' of the centres), runs the survey with the default configuration (plus ``--set`` overrides) and
 prints, from ``truth.json`` against the catalogue:
 
-* median kT bias and the 68% coverage of the kT intervals; the same for the abundance when it is free;
+* median kT bias and the coverage of the kT intervals at each level the catalogue has: 68% (``kT_err_lo/hi``,
+  delta-stat 1) and 90% (``kT_err_lo90/hi90``, delta-stat 2.706, ``fit.error_levels``); the same for the
+  abundance when it is free, with its median pull (the side of the 68% interval towards the truth) and
+  coverage per kT band (< 3, 3-5, 5-10, > 10 keV);
 * median L500 (0.1-2.4 keV) ratio fit / truth and the largest deviation;
 * per camera, the share of the flare counts the flare GTIs removed (``xmmcore.simulate.flare_shape``
   integrated over the removed good time) and the share of the quiescent time kept;
@@ -79,6 +82,28 @@ def _flare_metrics(truth: dict, gti_file: Path) -> tuple[float, float]:
     return removed, float(kept[quiet].sum() / max(quiet.sum(), 1))
 
 
+def _coverage(rows: list[dict], par: str, level: str) -> np.ndarray:
+    """Per row: the truth within the ``level`` interval of ``par`` (NaN where the catalogue has none)."""
+    out = []
+    for r in rows:
+        lo, hi = r.get(f"{par}_lo{level}", math.nan), r.get(f"{par}_hi{level}", math.nan)
+        ok = math.isfinite(lo) and math.isfinite(hi)
+        out.append(float(r[par] - lo <= r[f"{par}_true"] <= r[par] + hi) if ok else math.nan)
+    return np.array(out)
+
+
+def _fmt(cov: np.ndarray) -> str:
+    n = int(np.isfinite(cov).sum())
+    return f"{np.nanmean(cov):.3f} (of {n})" if n else "- (no 90% intervals in the catalogue)"
+
+
+def _pull(r: dict, par: str) -> float:
+    """(fit - truth) over the 68% interval's side towards the truth."""
+    d = r[par] - r[f"{par}_true"]
+    side = r[f"{par}_lo"] if d > 0 else r[f"{par}_hi"]
+    return d / side if side > 0 else math.nan
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-obsids", type=int, default=48)
@@ -89,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         "--deep", type=int, default=0, help="extra deep (150-200 ks) ObsIDs for the false-source count"
     )
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--no-run",
+        action="store_true",
+        help="only read OUT/results/catalogue.parquet of an earlier run (no simulation, no survey)",
+    )
     args = ap.parse_args(argv)
 
     from survey.api import run_survey
@@ -96,15 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     from xmmcore.simulate import simulate_survey
 
     data, results = args.out / "data", args.out / "results"
-    if not data.exists():
-        simulate_survey(data, n_obsids=args.n_obsids, seed=args.seed)
-        if args.deep:
-            simulate_survey(data, n_obsids=args.deep, seed=args.seed + 500, exposure_ks=(150.0, 200.0))
-    cfg = load_config(
-        None,
-        [f"data_dir={data}", f"results_dir={results}", f"cluster.workers={args.workers}", *args.overrides],
-    )
-    report = run_survey(cfg, progress=False)
+    failed: dict[str, str] = {}
+    if not args.no_run:
+        if not data.exists():
+            simulate_survey(data, n_obsids=args.n_obsids, seed=args.seed)
+            if args.deep:
+                simulate_survey(data, n_obsids=args.deep, seed=args.seed + 500, exposure_ks=(150.0, 200.0))
+        cfg = load_config(
+            None,
+            [
+                f"data_dir={data}",
+                f"results_dir={results}",
+                f"cluster.workers={args.workers}",
+                *args.overrides,
+            ],
+        )
+        failed = dict(run_survey(cfg, progress=False).failed)
     import catalog
 
     df = catalog.load(results / "catalogue.parquet")
@@ -151,18 +188,22 @@ def main(argv: list[str] | None = None) -> int:
                 "Z": r.get("abund", r.get("Z", math.nan)),
                 "Z_lo": r.get("abund_err_lo", r.get("Z_err_lo", math.nan)),
                 "Z_hi": r.get("abund_err_hi", r.get("Z_err_hi", math.nan)),
+                "kT_lo90": r.get("kT_err_lo90", math.nan),
+                "kT_hi90": r.get("kT_err_hi90", math.nan),
+                "Z_lo90": r.get("abund_err_lo90", math.nan),
+                "Z_hi90": r.get("abund_err_hi90", math.nan),
                 "L500_true": c["L500_0p1_2p4"],
                 "L500": r["L500_0p1_2p4"],
                 "flags": r["quality_flags"],
             }
         )
     if not rows:
-        print("no fitted ObsIDs; failed:", report.failed)
+        print("no fitted ObsIDs; failed:", failed)
         return 1
     kt = np.array([(r["kT"] - r["kT_true"]) / r["kT_true"] for r in rows])
     cov = np.array([r["kT"] - r["kT_lo"] <= r["kT_true"] <= r["kT"] + r["kT_hi"] for r in rows])
     lr = np.array([r["L500"] / r["L500_true"] for r in rows])
-    print(f"ObsIDs fitted: {len(rows)} (failed: {len(report.failed)})")
+    print(f"ObsIDs fitted: {len(rows)} (failed: {len(failed)})")
     for core in ("cool", "regular", "flat"):
         sel = np.array([r["core"] == core for r in rows])
         if sel.any():
@@ -171,13 +212,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"coverage {cov[sel].mean():.2f} median L500 ratio {np.median(lr[sel]):.3f}"
             )
     print(f"median kT bias {np.median(kt):+.4f}; 68% coverage {cov.mean():.3f}")
+    cov90 = _coverage(rows, "kT", "90")
+    print(f"kT coverage of the 90% intervals (delta-stat 2.706, kT_err_lo90/hi90): {_fmt(cov90)}")
     print(
         f"median L500 ratio {np.median(lr):.4f}; max |ratio-1| {np.max(np.abs(lr - 1)):.3f}; "
         f"within 15%: {np.mean(np.abs(lr - 1) <= 0.15):.3f}"
     )
     if free_abund:
         zc = np.array([r["Z"] - r["Z_lo"] <= r["Z_true"] <= r["Z"] + r["Z_hi"] for r in rows])
-        print(f"abundance within errors: {zc.mean():.3f}")
+        print(f"abundance within its 68% interval (delta-stat 1, abund_err_lo/hi): {zc.mean():.3f}")
+        z90 = _coverage(rows, "Z", "90")
+        print(f"abundance within its 90% interval (delta-stat 2.706, abund_err_lo90/hi90): {_fmt(z90)}")
+        pulls = np.array([_pull(r, "Z") for r in rows])
+        kt_true = np.array([r["kT_true"] for r in rows])
+        for lo, hi in ((0.0, 3.0), (3.0, 5.0), (5.0, 10.0), (10.0, math.inf)):
+            sel = (kt_true >= lo) & (kt_true < hi)
+            if sel.any():
+                print(
+                    f"  kT_true {lo:g}-{hi:g} keV n={sel.sum():2d}: Z median pull (68% side) "
+                    f"{np.median(pulls[sel]):+.2f}, 68% coverage {zc[sel].mean():.2f}, "
+                    f"90% coverage {_fmt(z90[sel])}; kT 68% coverage {cov[sel].mean():.2f}, 90% {_fmt(cov90[sel])}"
+                )
     for cam, vals in flares.items():
         rem = np.array([v[2] for v in vals if np.isfinite(v[2])])
         kept = np.array([v[3] for v in vals])
