@@ -228,3 +228,51 @@ def test_python_backend_blanksky_background_on_simulated_obs(tmp_path):
         scale=sc,
     )
     assert np.allclose(pha.counts, S.pi_histogram(evl["PI"][src.contains(evl["X"], evl["Y"])], "mos1"))
+
+
+def test_annulus_spectrum_written_once_matched_or_plain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The matched background replaces the annulus spectrum before it is written; when it falls back to the
+    plain annulus (too few out-of-FOV events), that one is written, with its DSS tables, as with
+    ``spectra.local_background: plain``."""
+    import logging
+
+    import yaml
+
+    from xmmcore import background as B
+    from xmmcore import simulate
+    from xmmcore.observation import discover
+    from xmmcore.pipeline import run_step
+
+    data = tmp_path / "data"
+    simulate.simulate_observation(data, "0900000001", seed=11, cameras=("mos1",), exposure_ks=10.0)
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "survey" / "defaults.yaml").read_text())
+    cfg["cameras"], cfg["plots"] = ["mos1"], "none"
+    obs = discover(data, "0900000001")
+    out = tmp_path / "results" / obs.obsid
+    log = logging.getLogger("t")
+    for step in ("filter", "regions"):
+        run_step(step, obs, out, cfg, log=log)
+    bkg_path = out / "spectra" / "mos1_bkg.pha"
+
+    def spectra(local: str) -> tuple[dict, list[str], np.ndarray, str]:
+        cfg["spectra"]["local_background"] = local
+        s = run_step("spectra", obs, out, cfg, log=log)["cameras"]["mos1"]
+        with fits.open(bkg_path, checksum=True) as h:
+            return (
+                s,
+                [x.name for x in h],
+                np.asarray(h["SPECTRUM"].data["COUNTS"]),
+                h["SPECTRUM"].header["BKGMETH"],
+            )
+
+    s, names, counts, meth = spectra("matched")
+    assert s["bkg_vignetting_method"] == "matched" and meth == "vignetting_matched"
+    assert names == ["PRIMARY", "SPECTRUM"] and counts.sum() == pytest.approx(s["bkg_model_counts"])
+    _, plain_names, plain_counts, plain_meth = spectra("plain")
+    assert plain_meth == "local" and "REG00106" in plain_names and plain_names[2].startswith("GTI")
+    monkeypatch.setattr(B, "oof_spectrum", lambda raw, **kw: B.OofSpectrum(np.zeros(800), 1.0, 1.0))
+    s, names, counts, meth = spectra("matched")
+    assert s["bkg_vignetting_method"] == "plain" and "bkg_model_counts" not in s
+    assert meth == "local" and names == plain_names and np.array_equal(counts, plain_counts)

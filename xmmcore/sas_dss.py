@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from .constants import SKY_PIXEL_ARCSEC
 
-__all__ = ["dss_header_and_tables", "flag_dsval", "region_rows"]
+__all__ = ["dss_header_and_tables", "dss_keywords", "dss_tables", "flag_dsval", "region_rows"]
 
 
 def flag_dsval(mask: int) -> str:
@@ -71,6 +71,14 @@ def dss_header_and_tables(
     rows : sequence
         Region rows of :func:`region_rows`.
     """
+    hdr = dss_keywords(ccd_gtis=ccd_gtis, flag_mask=flag_mask, pattern_max=pattern_max, pi_range=pi_range)
+    return hdr, dss_tables(ccd_gtis=ccd_gtis, rows=rows)
+
+
+def dss_keywords(
+    *, ccd_gtis: Mapping[int, np.ndarray], flag_mask: int, pattern_max: int, pi_range: tuple[float, float]
+) -> dict[str, Any]:
+    """The keywords of :func:`dss_header_and_tables` alone (for a spectrum whose tables are not written)."""
     ccds = sorted(int(c) for c in ccd_gtis)
     if not ccds:
         raise ValueError("no CCD GTIs: the spectrum's events have no GTI table")
@@ -95,19 +103,33 @@ def dss_header_and_tables(
         "MTYPE1": "POS",
         "MFORM1": "X,Y",
     }
-    tables = []
     for k, ccd in enumerate(ccds):
-        name = f"GTI{k:03d}05"
         if k:
             hdr[f"{k + 1}DSVAL1"] = str(ccd)
-            hdr[f"{k + 1}DSREF5"] = f":{name}"
+            hdr[f"{k + 1}DSREF5"] = f":{_gti_name(k)}"
+    return hdr
+
+
+def _gti_name(k: int) -> str:
+    return f"GTI{k:03d}05"
+
+
+def dss_tables(
+    *, ccd_gtis: Mapping[int, np.ndarray], rows: Sequence[tuple[str, float, float, float]]
+) -> list[fits.BinTableHDU]:
+    """The GTI table of each CCD and the region table the keywords of :func:`dss_keywords` refer to."""
+    ccds = sorted(int(c) for c in ccd_gtis)
+    if not ccds:
+        raise ValueError("no CCD GTIs: the spectrum's events have no GTI table")
+    tables = []
+    for k, ccd in enumerate(ccds):
         g = np.asarray(ccd_gtis[ccd], dtype=float).reshape(-1, 2)
         hdu = fits.BinTableHDU.from_columns(
             [
                 fits.Column(name="START", format="D", unit="s", array=g[:, 0]),
                 fits.Column(name="STOP", format="D", unit="s", array=g[:, 1]),
             ],
-            name=name,
+            name=_gti_name(k),
         )
         hdu.header.update(CCDID=ccd, HDUCLASS="OGIP", HDUCLAS1="GTI", HDUCLAS2="STANDARD")
         tables.append(hdu)
@@ -123,4 +145,4 @@ def dss_header_and_tables(
     )
     reg.header.update(HDUCLASS="ASC", HDUCLAS1="REGION", HDUCLAS2="STANDARD", MTYPE1="pos", MFORM1="X,Y")
     tables.append(reg)
-    return hdr, tables
+    return tables

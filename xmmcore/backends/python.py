@@ -268,8 +268,24 @@ class PythonBackend:
             return resp.get("arf_name")
 
         selections: dict[str, Any] = {}  # region files read once, for the background models too
+        phas: dict[str, Any] = {}  # the spectra as written (the background models start from them)
+        dss_rows: dict[str, Any] = {}
+        regions_settings = RegionSettings.from_config(cfg)
+        # the annulus spectrum the matched background replaces is written only if that falls back to plain
+        defer_bkg = (
+            not sas_responses
+            and regions_settings.bkg_method != "blanksky"
+            and sps.local_background == "matched"
+        )
 
-        def one(key: str, kind: str, backfile: str | None) -> dict[str, Any]:
+        def write(key: str) -> Path:
+            from ..sas_dss import dss_tables
+
+            rows = dss_rows.get(key)
+            extra = [] if rows is None or dss is None else dss_tables(ccd_gtis=dss["ccd_gtis"], rows=rows)
+            return write_pha(phas[key], products.spectrum(key), extra_hdus=extra, verify_extra=False)
+
+        def one(key: str, kind: str, backfile: str | None, *, deferred: bool = False) -> dict[str, Any]:
             sel = selections[key] = read_ds9(files[key], evl.header)
             geom = region_geometry(sel, fp, evl)
             if geom.area_phys2 <= 0:
@@ -304,13 +320,13 @@ class PythonBackend:
                     raise InputDataError(
                         f"spectra.grouping must be min_counts, optimal or none, got {grouping!r}"
                     )
-            extra: list[Any] = []
             if dss is not None and key in (f"{camera}_src", f"{camera}_bkg") and "centre_x" in regions:
-                from ..sas_dss import dss_header_and_tables, region_rows
+                from ..sas_dss import dss_keywords, region_rows
 
-                keys, extra = dss_header_and_tables(rows=region_rows(regions, kind), **dss)
-                pha.header.update(keys)
-            path = write_pha(pha, products.spectrum(key), extra_hdus=extra, verify_extra=False)
+                pha.header.update(dss_keywords(**dss))
+                dss_rows[key] = region_rows(regions, kind)
+            phas[key] = pha
+            path = products.spectrum(key) if deferred else write(key)
             return {
                 "path": str(path),
                 "counts": int(pha.counts.sum()),
@@ -323,11 +339,11 @@ class PythonBackend:
             }
 
         backfile = products.bkg_spectrum(camera).name
-        bkg = one(f"{camera}_bkg", "bkg", None)
+        bkg = one(f"{camera}_bkg", "bkg", None, deferred=defer_bkg)
         src = one(f"{camera}_src", "src", backfile)
         if sas_responses:
             resp.update(_sas_responses(obs, camera, products, cfg, log))
-        regions_settings = RegionSettings.from_config(cfg)
+        bkg_pha: Any = phas[f"{camera}_bkg"]  # the background spectrum on disk at the end (None: read it)
         if regions_settings.bkg_method == "blanksky":
             out.update(
                 self._blanksky(
@@ -337,20 +353,26 @@ class PythonBackend:
             bkg = dict(
                 bkg, counts=out["bkg_model_counts"], backscal=src["backscal"], exposure_s=src["exposure_s"]
             )
+            bkg_pha = None
         elif sps.local_background == "matched":
-            matched = self._matched_background(
+            matched, matched_pha = self._matched_background(
                 obs,
                 camera,
                 evl,
                 fp,
                 fov_fp,
                 (selections[f"{camera}_src"], selections[f"{camera}_bkg"]),
+                (phas[f"{camera}_src"], phas[f"{camera}_bkg"]),
                 products,
                 cfg,
                 log,
             )
             out.update(matched)
-            if "bkg_model_counts" in matched:
+            if matched_pha is None:
+                if defer_bkg:
+                    write(f"{camera}_bkg")
+            else:
+                bkg_pha = matched_pha
                 bkg = dict(
                     bkg,
                     counts=matched["bkg_model_counts"],
@@ -389,7 +411,20 @@ class PythonBackend:
         if weight_arfs:
             out.update(
                 self._weight_arfs(
-                    camera, evl, fp, fov_fp, regions, selections, products, resp, src, bkg, annuli, out, log
+                    camera,
+                    evl,
+                    fp,
+                    fov_fp,
+                    regions,
+                    selections,
+                    products,
+                    resp,
+                    src,
+                    bkg,
+                    bkg_pha,
+                    annuli,
+                    out,
+                    log,
                 )
             )
         log.info(
@@ -418,6 +453,7 @@ class PythonBackend:
         resp: dict[str, Any],
         src: dict[str, Any],
         bkg: dict[str, Any],
+        bkg_pha: Any,
         annuli: list[str],
         out: dict[str, Any],
         log: logging.Logger,
@@ -427,7 +463,8 @@ class PythonBackend:
         The source region's ARF replaces ``<cam>.arf``; each radial or core-excised annulus gets its own,
         ``<key>.arf`` (its ANCRFILE). Without a pointing the copied ARF stays and the record says so (the
         L500 step then divides out the scalar vignetting, as for any ARF without ``VIGNWGT``).
-        ``selections``: the region Selections the spectra were extracted with, by product key.
+        ``selections``: the region Selections the spectra were extracted with, by product key; ``bkg_pha``:
+        the background spectrum as written to ``bkg["path"]`` (``None``: read it from there).
         """
         from ..arfweight import WEIGHT_BAND_KEV, region_source_vignetting, weighted_arf
         from ..background import _VIGNETTING_GRID_KEV
@@ -442,7 +479,7 @@ class PythonBackend:
         on_axis = read_arf(resp["arf_source"])
         fov = fov_footprints.get()
         # expected background events of the source region in the weighting band (its background PHA, scaled)
-        bpha = read_pha(bkg["path"])
+        bpha = read_pha(bkg["path"]) if bkg_pha is None else bkg_pha
         _, width = channel_grid(camera)
         e_chan = (np.arange(bpha.counts.size) + 0.5) * width / 1000.0
         in_band = (e_chan >= WEIGHT_BAND_KEV[0]) & (e_chan < WEIGHT_BAND_KEV[1])
@@ -502,13 +539,16 @@ class PythonBackend:
         footprints: Any,
         fov_footprints: _FovFootprints,
         src_ann: tuple[Any, Any],
+        src_ann_pha: tuple[Any, Any],
         products: ObsProducts,
         cfg: dict[str, Any],
         log: logging.Logger,
-    ) -> dict[str, Any]:
-        """Replace the local background PHA by the vignetting-matched one (:mod:`xmmcore.background`).
+    ) -> tuple[dict[str, Any], Any]:
+        """Write the vignetting-matched background PHA (:mod:`xmmcore.background`) as the local background.
 
-        ``src_ann``: the source and background (annulus) region Selections the spectra were made with.
+        ``src_ann``: the source and background (annulus) region Selections the spectra were made with;
+        ``src_ann_pha``: their spectra (the annulus one is not written yet when this replaces it). Returns the
+        record and the PHA written, or ``None`` for the plain annulus.
 
         Falls back to the plain area-scaled annulus (said in the record and the log) when the list has no
         pointing or the unscreened list no out-of-FOV events to measure the particle background with.
@@ -519,9 +559,9 @@ class PythonBackend:
             region_vignetting,
             vignetting_matched_background,
         )
-        from ..ogip import read_pha, write_pha
+        from ..ogip import write_pha
 
-        def plain(why: str) -> dict[str, Any]:
+        def plain(why: str) -> tuple[dict[str, Any], None]:
             log.warning(
                 "%s: vignetting-matched background not possible (%s): plain area-scaled annulus", camera, why
             )
@@ -529,7 +569,7 @@ class PythonBackend:
                 "background_method": "local",
                 "bkg_vignetting_method": "plain",
                 "bkg_vignetting_note": why,
-            }
+            }, None
 
         axis = optical_axis_xy(evl.header)
         if axis is None:
@@ -555,8 +595,8 @@ class PythonBackend:
         vig_ann = region_vignetting(ann_sel, footprints, axis, e, fov_footprints=fov)
         ann_path = products.bkg_spectrum(camera)
         pha, record = vignetting_matched_background(
-            read_pha(ann_path),
-            read_pha(products.src_spectrum(camera)),
+            src_ann_pha[1],
+            src_ann_pha[0],
             oof=oof,
             vig_src=vig_src,
             vig_ann=vig_ann,
@@ -577,7 +617,7 @@ class PythonBackend:
             "background_method": "local_vignetting_matched",
             "bkg_model_counts": float(pha.counts.sum()),
             **record,
-        }
+        }, pha
 
     def _blanksky(
         self,
