@@ -577,8 +577,12 @@ class _StaticLayer:
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
         # Off the image the layer lies over white: that part is the same for every image.
         self.white = np.rint(rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-        self.over = rgba[self.rect][..., :3] * alpha[self.rect]
-        self.under = 1.0 - alpha[self.rect]
+        # Over the image only the layer's inked pixels (lines, markers, legend) need blending.
+        inked = rgba[self.rect][..., 3].ravel() > 0
+        self.inked = np.flatnonzero(inked)
+        a = alpha[self.rect].reshape(-1, 1)[self.inked]
+        self.over = rgba[self.rect][..., :3].reshape(-1, 3)[self.inked] * a
+        self.under = 1.0 - a
         self.fig = fig
 
     def composite(self, colours: np.ndarray) -> np.ndarray:
@@ -586,8 +590,9 @@ class _StaticLayer:
         out = np.asarray(self.fig.canvas.buffer_rgba())
         out[..., :3] = self.white
         out[..., 3] = 255
-        image = colours[self.iy[:, None], self.ix[None, :]]
-        out[self.rect][..., :3] = np.rint(self.over + image * self.under)
+        image = np.take(np.take(colours, self.iy, axis=0), self.ix, axis=1).reshape(-1, 3)
+        image[self.inked] = np.rint(self.over + image[self.inked] * self.under)
+        out[self.rect][..., :3] = image.reshape(len(self.iy), len(self.ix), 3)
         return out
 
 
