@@ -220,3 +220,25 @@ def test_apec_is_smooth_in_kt_at_the_grid_nodes():
     plain = copy.copy(comp.table)
     plain.cubic_axes = frozenset()
     np.testing.assert_allclose(comp.table.interpolate([node, 0.3]), linear(plain, [node, 0.3]), rtol=1e-12)
+
+
+def test_interpolation_is_reused_across_grids_not_across_weights(tmp_path):
+    """The last values' interpolation serves every grid (pn, MOS, flux bands); a copy with other
+    (cubic) weights does not take it from the table it was copied from."""
+    import copy
+
+    table = atable.read_table_model(_write_table(tmp_path / "c.fits"))
+    fresh = atable.TableModel(tmp_path / "c.fits")
+    lo, hi = table.energ_lo, table.energ_hi
+    a = table.evaluate(lo, hi, [1.7, 0.4, 0.0])
+    assert table.interpolate([1.7, 0.4]) is table.interpolate([1.7, 0.4])  # the same array, not recomputed
+    with pytest.raises(ValueError):
+        table.interpolate([1.7, 0.4])[0] = 0.0  # read-only: a caller cannot spoil the cache
+    b = table.evaluate(lo[::2], hi[::2], [1.7, 0.4, 0.0])
+    np.testing.assert_array_equal(a, fresh.evaluate(lo, hi, [1.7, 0.4, 0.0]))
+    np.testing.assert_array_equal(b, fresh.evaluate(lo[::2], hi[::2], [1.7, 0.4, 0.0]))
+    cubic = copy.copy(table)
+    cubic.cubic_axes = frozenset({0})
+    fresh.cubic_axes = frozenset({0})
+    np.testing.assert_array_equal(cubic.interpolate([1.7, 0.4]), fresh.interpolate([1.7, 0.4]))
+    assert not np.array_equal(cubic.interpolate([1.7, 0.4]), table.interpolate([1.7, 0.4]))

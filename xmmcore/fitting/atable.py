@@ -283,8 +283,21 @@ class TableModel:
         Returns
         -------
         ndarray
-            photons cm^-2 s^-1 per table bin (additive, norm = 1) or the factor per bin.
+            photons cm^-2 s^-1 per table bin (additive, norm = 1) or the factor per bin (read-only).
         """
+        # The last values' spectrum is kept: a fit evaluates each (kT, Z) on every camera's grid (pn, MOS)
+        # and the flux draws on the observed and the rest-frame grid, all from the same interpolation.
+        # The key holds the cubic axes: apec's table is a shallow copy of the cached one, with other weights.
+        key = (tuple(float(v) for v in values), self.cubic_axes)
+        last = getattr(self, "_interp_last", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        spec = self._interpolate(values)
+        spec.flags.writeable = False
+        self._interp_last = (key, spec)  # one assignment: safe for threads sharing the table
+        return spec
+
+    def _interpolate(self, values: Sequence[float]) -> np.ndarray:
         n_int = len(self.interp_params)
         axes: list[tuple[tuple[int, float], ...]] = []
         for k, (p, v) in enumerate(zip(self.interp_params, values[:n_int])):
