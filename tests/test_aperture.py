@@ -303,18 +303,18 @@ def test_profile_fit_scores_a_simplex_step_that_overflows_as_a_bound(monkeypatch
     """Regression of d326160: a Nelder-Mead vertex at exp(>709) raised OverflowError out of the regions
     step (math.exp since eef18cc; np.exp gave inf); it now scores 1e30, as a bound does."""
     img, kw, particle = _small_profile_image()
-    real = P.nelder_mead
+    real = P._local_minimum
     scores = []
 
-    def probing(fun, x0, **options):
-        # vertices a simplex can reach: ln S0, ln rc (exp(-2 ln rc)), ln B_sky, ln particle scale
+    def probing(fun_and_grad, x0):
+        # points an optimiser step can reach: ln S0, ln rc (exp(-2 ln rc)), ln B_sky, ln particle scale
         for k, value in ((0, 800.0), (1, -400.0), (3, 800.0), (4, 800.0)):
-            x = list(x0)
+            x = np.array(x0, dtype=float)
             x[k] = value
-            scores.append(fun(x))
-        return real(fun, x0, **options)
+            scores.append(fun_and_grad(x)[0])
+        return real(fun_and_grad, x0)
 
-    monkeypatch.setattr(P, "nelder_mead", probing)
+    monkeypatch.setattr(P, "_local_minimum", probing)
     prof = P.fit_beta_profile(img, **kw, particle=particle)
     assert len(scores) >= 4 and set(scores) == {1e30}
     # and the fit, which never takes a vertex scored 1e30, still finds the profile
@@ -352,18 +352,46 @@ def test_profile_fit_vertex_at_a_tiny_core_radius_is_silent(monkeypatch):
     import warnings
 
     img, kw, particle = _small_profile_image()
-    real = P.nelder_mead
+    real = P._local_minimum
     scores = []
 
-    def probing(fun, x0, **options):
-        x = list(x0)
+    def probing(fun_and_grad, x0):
+        x = np.array(x0, dtype=float)
         x[1] = -353.0  # exp(706) ~ 1e306: finite; times r^2 > 2 arcmin^2 overflows
-        scores.append(fun(x))
-        return real(fun, x0, **options)
+        scores.append(fun_and_grad(x)[0])
+        return real(fun_and_grad, x0)
 
-    monkeypatch.setattr(P, "nelder_mead", probing)
+    monkeypatch.setattr(P, "_local_minimum", probing)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prof = P.fit_beta_profile(img, **kw, particle=particle)
     assert scores and all(math.isfinite(s) for s in scores)
     assert prof.converged and prof.beta == pytest.approx(0.7, rel=0.2)
+
+
+def test_profile_fit_gradient_is_the_derivative_of_its_statistic(monkeypatch):
+    """The beta-model fit's analytic gradient (L-BFGS-B) against central differences of its C statistic,
+    with measured particles (prior) and with a free flat level, at the start and near the minimum."""
+    img, kw, particle = _small_profile_image()
+    real = P._local_minimum
+    checked = []
+
+    def probing(fun_and_grad, x0):
+        res = real(fun_and_grad, x0)
+        for x in (np.array(x0, dtype=float), res.x + 0.01):
+            value, grad = fun_and_grad(x)
+            numeric = np.empty_like(grad)
+            for k in range(x.size):
+                h = np.zeros_like(x)
+                h[k] = 1e-6
+                numeric[k] = (fun_and_grad(x + h)[0] - fun_and_grad(x - h)[0]) / 2e-6
+            checked.append(np.max(np.abs(grad - numeric) / np.maximum(np.abs(numeric), 1.0)))
+        return res
+
+    monkeypatch.setattr(P, "_local_minimum", probing)
+    vig = np.clip(1.0 - 0.03 * kw["radii_arcmin"], 0.5, 1.0)
+    P.fit_beta_profile(img, **kw, particle=particle)
+    P.fit_beta_profile(img, **kw, vignetting=vig)
+    P.fit_beta_profile(img, **kw)
+    assert len(checked) == 2 * (4 + 8 + 4)
+    assert max(checked) < 1e-4
