@@ -28,7 +28,7 @@ __all__ = [
     "write_png",
 ]
 
-#: PIL options of every PNG written (fast zlib level: lossless, slightly larger files).
+#: zlib options of every PNG written (fast level: lossless, slightly larger files).
 PNG_OPTIONS = {"compress_level": 1}
 
 
@@ -242,26 +242,56 @@ def place_labels(ax: Any, *, x_in: float | None = None, y_in: float | None = Non
     ax._autotitlepos = False  # what set_title(y=...) sets: no search over the tick labels for a free place
 
 
-def save_png(fig: Any, path: str | Path, *, dpi: float) -> Path:
-    """Write ``fig`` atomically as PNG in ONE draw.
+def save_png(fig: Any, path: str | Path, *, dpi: float, png_filter: int = 2) -> Path:
+    """Write ``fig`` atomically as PNG in ONE draw (at ``dpi``, as ``savefig(dpi=dpi)`` draws it).
 
     The figures place their axes with fixed margins instead of ``tight_layout`` or ``bbox_inches="tight"``:
     each of those draws the whole figure once more (measuring text) before the drawing that is saved, and
-    the drawing (tick labels, text layout) is most of a figure's cost.  zlib level 1 instead of PIL's 6:
-    the same pixels, ~10% larger files, a third of the encoding time.
+    the drawing (tick labels, text layout) is most of a figure's cost.  The canvas is drawn once and its
+    pixels encoded by :func:`write_png`.
     """
     fig.set_layout_engine("none")
+    if fig.dpi != dpi:
+        fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return write_png(np.asarray(fig.canvas.buffer_rgba()), path, dpi=dpi, png_filter=png_filter)
+
+
+def write_png(rgba: np.ndarray, path: str | Path, *, dpi: float | None = None, png_filter: int = 0) -> Path:
+    """Write an opaque H x W x 4 (or x 3) uint8 pixel array atomically as an 8-bit RGB PNG.
+
+    One PNG filter for every row (``0`` none: best for noisy images; ``2`` up: for plots with flat areas),
+    computed in numpy, then zlib level 1 (:data:`PNG_OPTIONS`).  PIL tries all five filters on every row,
+    which cost more than the compression; the files are lossless all the same and of similar size.
+    ``dpi`` goes into the pHYs chunk, as matplotlib writes it.
+    """
+    import struct
+    import zlib
+
+    rgb = np.asarray(rgba)[..., :3]
+    height, width = rgb.shape[:2]
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
+    data = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    data[:, 0] = png_filter
+    if png_filter == 0:
+        data[:, 1:] = rows
+    elif png_filter == 2:
+        data[0, 1:] = rows[0]
+        np.subtract(rows[1:], rows[:-1], out=data[1:, 1:])  # modulo 256, as PNG's "up" filter
+    else:
+        raise ValueError(f"PNG filter {png_filter} is not 0 (none) or 2 (up)")
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))]
+    if dpi:
+        per_metre = int(round(dpi / 0.0254))
+        parts.append(chunk(b"pHYs", struct.pack(">IIB", per_metre, per_metre, 1)))
+    parts.append(chunk(b"IDAT", zlib.compress(data.tobytes(), PNG_OPTIONS["compress_level"])))
+    parts.append(chunk(b"IEND", b""))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", pil_kwargs=PNG_OPTIONS)
-    return Path(path)
-
-
-def write_png(rgba: np.ndarray, path: str | Path) -> Path:
-    """Write an opaque H x W x 4 (or x 3) uint8 pixel array atomically as an RGB PNG (same options)."""
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(tmp, format="png", **PNG_OPTIONS)
+        Path(tmp).write_bytes(b"".join(parts))
     return Path(path)
 
 
@@ -534,7 +564,7 @@ class _ImageFigure:
         renderer = self.canvas.get_renderer()
         self.cax.yaxis.draw(renderer)
         self.ax.title.draw(renderer)
-        return write_png(buffer, path)
+        return write_png(buffer, path, dpi=_IMAGE_DPI)
 
 
 class _StaticLayer:

@@ -76,7 +76,7 @@ class _FitFigure:
         fig.set_layout_engine("none")  # fixed margins (gridspec above): one draw, no tight_layout pass
 
     def save(self, result: FitResult, problem: Any, values: Any, path: Path) -> Path:
-        from ..plots import PNG_OPTIONS, readable_log_axis, unicode_log_labels
+        from ..plots import readable_log_axis, save_png, unicode_log_labels
 
         ax, axr = self.ax, self.axr
         for artist in [*ax.lines, *axr.lines]:
@@ -128,9 +128,11 @@ class _FitFigure:
         unicode_log_labels(ax, "y")
         readable_log_axis(ax, "y")
         fmt = path.suffix.lstrip(".").lower() or "png"
-        extra: dict[str, Any] = {"pil_kwargs": PNG_OPTIONS} if fmt == "png" else {}
-        with atomic_path(path) as tmp:
-            self.fig.savefig(tmp, dpi=120, format=fmt, **extra)
+        if fmt == "png":
+            save_png(self.fig, path, dpi=120)
+        else:
+            with atomic_path(path) as tmp:
+                self.fig.savefig(tmp, dpi=120, format=fmt)
         return path
 
 
