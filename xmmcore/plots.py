@@ -545,20 +545,19 @@ class _ImageFigure:
         shown = np.maximum(sm, vmin)
         norm = LogNorm(vmin=vmin, vmax=vmax)
         self.shown.set_data(shown)
-        if self._layer is None:
-            self.shown.set_norm(norm)  # the colour bar follows (solids, log scale, limits, ticks)
-        else:
-            # The colour bar's gradient is in the static layer (on a log axis it is the same for every
-            # range): only its axis is set as a new norm sets it (log scale with default ticks, limits),
-            # without building the gradient's mesh again.
-            self.cax.set_yscale("log")
-            self.cax.set_ylim(vmin, vmax)
-        unicode_log_labels(self.cax, "y")
-        readable_log_axis(self.cax, "y")
         self.ax.set_title(title, fontsize=10)
         self.ax._autotitlepos = False  # as place_labels: the title right above the axes
         if self._layer is None:
+            # The colour bar's gradient, in the layer, is the mesh it was built with over the range it was
+            # built for (on a log axis the same pixels for every range): the mesh is never built again.
+            self.cax.set_yscale("log")
+            self.cax.set_ylim(self.bar.vmin, self.bar.vmax)
             self._layer = _StaticLayer(self.fig, self.ax, hidden=(self.shown, self.cax.yaxis, self.ax.title))
+        # The colour bar's axis as a new norm sets it (log scale with default ticks, this image's range).
+        self.cax.set_yscale("log")
+        self.cax.set_ylim(vmin, vmax)
+        unicode_log_labels(self.cax, "y")
+        readable_log_axis(self.cax, "y")
         colours = self.shown.cmap(norm(shown), bytes=True)[..., :3]
         buffer = self._layer.composite(colours)
         renderer = self.canvas.get_renderer()
