@@ -203,3 +203,47 @@ def test_matched_background_errors_do_not_bias_pgstat() -> None:
                 out.append(res.x)
         assert np.mean(fitted) == pytest.approx(1.0, abs=0.08), vig_ann
         assert np.mean(fitted_observed_var) > 1.3, vig_ann  # the bias the expected counts remove
+
+
+def test_pgstat_keeps_the_data_terms_while_the_data_are_the_same() -> None:
+    """PGStat.calc_stat computes pgstat's model-independent terms once per spectrum: the same value as
+    pgstat() bit for bit, recomputed when the counts (simulations), the mask or the scale change."""
+    from xmmcore.fitting.stats import PGStat, pgstat
+
+    rng = np.random.default_rng(5)
+    n = 60
+
+    class _Ds:
+        name = "pn"
+        _pgstat_data = None
+        bkg_scale = 0.25
+
+        def __init__(self) -> None:
+            self.group_counts = rng.poisson(8.0, n).astype(float)
+            self.group_bkg_counts = rng.poisson(20.0, n).astype(float)
+            self.group_bkg_var = self.group_bkg_counts * rng.uniform(0.0, 1.5, n)
+            self.mask = rng.uniform(size=n) < 0.9
+
+        counts = property(lambda self: self.group_counts[self.mask])
+        bkg_counts = property(lambda self: self.group_bkg_counts[self.mask])
+        bkg_variance = property(lambda self: self.group_bkg_var[self.mask])
+
+    ds = _Ds()
+    stat = PGStat()
+
+    def direct(m: np.ndarray) -> float:
+        s = ds.bkg_scale
+        return pgstat(ds.counts, s * ds.bkg_counts, s * s * ds.bkg_variance, m)
+
+    m = rng.uniform(0.5, 10.0, int(ds.mask.sum()))
+    assert stat.calc_stat(ds, m) == direct(m)  # type: ignore[arg-type]
+    kept = ds._pgstat_data
+    assert stat.calc_stat(ds, 2.0 * m) == direct(2.0 * m) and ds._pgstat_data is kept  # type: ignore[arg-type]
+    ds.group_counts = rng.poisson(8.0, n).astype(float)  # a simulated spectrum replaces the counts
+    assert stat.calc_stat(ds, m) == direct(m) and ds._pgstat_data is not kept  # type: ignore[arg-type]
+    ds.bkg_scale = 0.5
+    assert stat.calc_stat(ds, m) == direct(m)  # type: ignore[arg-type]
+    ds.mask = ds.mask.copy()
+    ds.mask[:5] = False
+    m = m[: int(ds.mask.sum())]
+    assert stat.calc_stat(ds, m) == direct(m)  # type: ignore[arg-type]

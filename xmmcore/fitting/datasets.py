@@ -22,6 +22,7 @@ import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -75,6 +76,8 @@ class SpectrumDataset:
     _noticed: np.ndarray | None = field(default=None, repr=False)
     _filtered: bool = field(default=False, repr=False)
     _fold: sp.csr_matrix | None = field(default=None, repr=False)
+    #: pgstat's model-independent terms, with the arrays they were computed from (``stats.PGStat``)
+    _pgstat_data: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n_chan = self.rmf.n_chan
