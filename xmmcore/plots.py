@@ -297,6 +297,8 @@ def write_png(rgba: np.ndarray, path: str | Path, *, dpi: float | None = None, p
 
 #: Resolution of the image-with-regions figures [dots per inch].
 _IMAGE_DPI = 110
+#: The range the colour bar's gradient mesh is built for (once: its pixels are the same for any range).
+_BAR_RANGE = (0.1, 1.0)
 
 
 def plot_lightcurve(res: Any, path: str | Path, *, title: str = "") -> Path:
@@ -433,7 +435,7 @@ class _ImageFigure:
             origin="lower",
             cmap="magma",
             interpolation="nearest",
-            norm=LogNorm(vmin=0.1, vmax=1.0),
+            norm=LogNorm(*_BAR_RANGE),
         )
         self.bar = fig.colorbar(self.shown, cax=self.cax)
         ax.set_xlabel("RA (J2000)")
@@ -551,7 +553,7 @@ class _ImageFigure:
             # The colour bar's gradient, in the layer, is the mesh it was built with over the range it was
             # built for (on a log axis the same pixels for every range): the mesh is never built again.
             self.cax.set_yscale("log")
-            self.cax.set_ylim(self.bar.vmin, self.bar.vmax)
+            self.cax.set_ylim(*_BAR_RANGE)
             self._layer = _StaticLayer(self.fig, self.ax, hidden=(self.shown, self.cax.yaxis, self.ax.title))
         # The colour bar's axis as a new norm sets it (log scale with default ticks, this image's range).
         self.cax.set_yscale("log")
