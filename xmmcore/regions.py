@@ -211,6 +211,16 @@ def compact_sources(
     return sorted(out, key=lambda t: -t[2])
 
 
+def _disc_window(xc: np.ndarray, yc: np.ndarray, x: float, y: float, r: float) -> tuple[slice, slice]:
+    """Rows and columns of the image (pixel centres ``xc``, ``yc``, increasing) that hold every pixel
+    within ``r`` of (``x``, ``y``), with a pixel to spare: a test on those pixels selects the same
+    pixels, in the same (raster) order, as on the whole image."""
+    pad = r + float(xc[1] - xc[0] if xc.size > 1 else 0.0) + float(yc[1] - yc[0] if yc.size > 1 else 0.0)
+    cols = slice(int(np.searchsorted(xc, x - pad)), int(np.searchsorted(xc, x + pad, side="right")))
+    rows = slice(int(np.searchsorted(yc, y - pad)), int(np.searchsorted(yc, y + pad, side="right")))
+    return rows, cols
+
+
 def auto_centre(
     image: np.ndarray,
     extent: Extent,
@@ -257,7 +267,8 @@ def auto_centre(
     xx, yy = np.meshgrid(xc, yc)
     keep = np.ones(image.shape) if coverage is None else (coverage > 0).astype(float)
     for px_, py_, _ in peaks:
-        keep[np.hypot(xx - px_, yy - py_) <= 30.0 / PHYS_PIXEL_ARCSEC] = 0.0
+        win = _disc_window(xc, yc, px_, py_, 30.0 / PHYS_PIXEL_ARCSEC)
+        keep[win][np.hypot(xx[win] - px_, yy[win] - py_) <= 30.0 / PHYS_PIXEL_ARCSEC] = 0.0
     x, y = _centroid(image * keep, extent, start_xy, keep, smooth_phys, radii_arcmin, n_iter)
     near = [p for p in peaks if math.hypot(p[0] - x, p[1] - y) <= 0.25 * _ARCMIN_PHYS]
     if near:
@@ -285,11 +296,13 @@ def _centroid(
     for r_arcmin in radii_arcmin:
         r = r_arcmin * _ARCMIN_PHYS
         for _ in range(n_iter):
-            sel = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
-            w = sm[sel]
+            win = _disc_window(xc, yc, x, y, r)
+            xw, yw = xx[win], yy[win]
+            sel = (xw - x) ** 2 + (yw - y) ** 2 <= r * r
+            w = sm[win][sel]
             if w.sum() <= 0:
                 break
-            nx_, ny_ = float((xx[sel] * w).sum() / w.sum()), float((yy[sel] * w).sum() / w.sum())
+            nx_, ny_ = float((xw[sel] * w).sum() / w.sum()), float((yw[sel] * w).sum() / w.sum())
             moved = np.hypot(nx_ - x, ny_ - y)
             x, y = nx_, ny_
             if moved < 0.1 * extent.bin_phys:
@@ -810,7 +823,8 @@ def _aperture_quantities(
     gx, gy = np.meshgrid(xs, ys)
     masked = np.zeros(image.shape, dtype=bool)
     for p in points:
-        masked |= np.hypot(gx - p.x, gy - p.y) <= p.r_arcsec / PHYS_PIXEL_ARCSEC
+        win = _disc_window(xs, ys, p.x, p.y, p.r_arcsec / PHYS_PIXEL_ARCSEC)
+        masked[win] |= np.hypot(gx[win] - p.x, gy[win] - p.y) <= p.r_arcsec / PHYS_PIXEL_ARCSEC
     weight = usable * ~masked
     fit_weight = rel_exposure * ~masked
     out: dict[str, Any] = {
