@@ -210,3 +210,53 @@ def test_unverified_write_is_byte_identical(tmp_path: Path) -> None:
     slow = atomic_write_fits(again, tmp_path / "slow.pha", verify=True)
     assert _without_checksum_times(fast.read_bytes()) == _without_checksum_times(slow.read_bytes())
     assert ogip.read_pha(fast).counts.sum() == pha.counts.sum()
+
+
+def _same_pha(a: ogip.PHA, b: ogip.PHA) -> None:
+    for name in ("channel", "counts", "grouping", "quality", "stat_err", "backscal", "areascal"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert np.asarray(x).dtype == np.asarray(y).dtype and np.array_equal(x, y), name
+    for name in ("exposure", "poisserr", "respfile", "ancrfile", "backfile", "path"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert list(a.header.items()) == list(b.header.items())
+
+
+@pytest.mark.parametrize("integer", [True, False])
+def test_written_spectrum_read_back_from_memory_equals_the_file(tmp_path: Path, integer: bool) -> None:
+    """The fit step reads the spectra the spectra step has just written from memory: the same PHA (arrays,
+    dtypes, keywords in order) as parsing the file; a changed file, or one of another folder, is read again."""
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(5.0, 800).astype(float) + (0.0 if integer else 0.25)
+    pha = ogip.PHA(
+        channel=np.arange(800),
+        counts=counts,
+        exposure=12345.678901234,
+        backscal=4071504.0716394805,
+        grouping=np.where(np.arange(800) % 3 == 0, 1, -1),
+        quality=np.zeros(800, int),
+        stat_err=None if integer else np.sqrt(counts),
+        poisserr=integer,
+        respfile="pn.rmf",
+        backfile="pn_bkg.pha",
+        header={
+            "INSTRUME": "EPN",
+            "OBS_ID": "0900000001",
+            "ONTIME": 23456.12345678901,
+            "REGFILE": "pn_src.reg",
+        },
+    )
+    ogip._written_phas.clear()
+    path = ogip.write_pha(pha, tmp_path / "a" / "pn_src.pha")
+    assert len(ogip._written_phas) == 1
+    ogip.read_pha(path).counts[:] = -1.0  # each caller gets its own copy: the kept spectrum is unchanged
+    kept = ogip.read_pha(path)
+    ogip._written_phas.clear()
+    _same_pha(kept, ogip.read_pha(path))
+    ogip.write_pha(pha, tmp_path / "b" / "pn_src.pha")
+    assert [Path(k[0]).parent.name for k in ogip._written_phas] == ["b"]
+    with fits.open(path, mode="update") as h:
+        h["SPECTRUM"].header["EXPOSURE"] = 1.0
+    assert ogip.read_pha(path).exposure == 1.0
+    ogip._written_phas.clear()

@@ -23,6 +23,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -327,115 +328,182 @@ def read_pha(path: str | Path, row: int | None = None) -> PHA:
         Missing file or extension, missing CHANNEL/COUNTS/RATE column, bad EXPOSURE.
     """
     path = Path(path)
+    if row is None:
+        kept = _written_pha(path)
+        if kept is not None:
+            return kept
     with _open(path) as hdul:
-        hdu = _find_hdu(hdul, path, ("SPECTRUM",), hduclas="SPECTRUM")
-        hdr = hdu.header
-        data = hdu.data
-        if data is None or len(data) == 0:
-            raise InputDataError(f"extension {hdu.name} has no rows", path)
-        cols = [c.upper() for c in hdu.columns.names]
-        type2 = (
-            str(hdr.get("HDUCLAS4", "")).upper() == "TYPE:II"
-            or ("COUNTS" in cols and np.asarray(data["COUNTS"]).ndim == 2)
-            or ("RATE" in cols and np.asarray(data["RATE"]).ndim == 2)
+        return _pha_from_hdu(_find_hdu(hdul, path, ("SPECTRUM",), hduclas="SPECTRUM"), path, row)
+
+
+def _pha_from_hdu(hdu: Any, path: Path, row: int | None) -> PHA:
+    """The :class:`PHA` of a SPECTRUM HDU (``read_pha`` after the file is opened)."""
+    hdr = hdu.header
+    data = hdu.data
+    if data is None or len(data) == 0:
+        raise InputDataError(f"extension {hdu.name} has no rows", path)
+    cols = [c.upper() for c in hdu.columns.names]
+    type2 = (
+        str(hdr.get("HDUCLAS4", "")).upper() == "TYPE:II"
+        or ("COUNTS" in cols and np.asarray(data["COUNTS"]).ndim == 2)
+        or ("RATE" in cols and np.asarray(data["RATE"]).ndim == 2)
+    )
+    if type2:
+        if row is None:
+            if len(data) != 1:
+                raise InputDataError(f"type II file with {len(data)} rows: give row=", path)
+            row = 0
+        if not 0 <= row < len(data):
+            raise InputDataError(f"row {row} out of range (file has {len(data)} rows)", path)
+    else:
+        row = None
+
+    def column(name: str, dtype: Any) -> np.ndarray | None:
+        if name not in cols:
+            return None
+        value = np.asarray(data[name])
+        if row is not None:
+            value = np.asarray(value[row])
+        return _native(value, dtype)
+
+    exposure = _col_or_key(hdu, "EXPOSURE", path, None, row)
+    if exposure is None:
+        raise InputDataError("keyword EXPOSURE missing from the SPECTRUM extension", path)
+    exposure = float(exposure)
+    if not np.isfinite(exposure) or exposure < 0:
+        raise InputDataError(f"keyword EXPOSURE={exposure} is not a valid exposure time", path)
+
+    counts = column("COUNTS", float)
+    if counts is None:
+        rate = column("RATE", float)
+        if rate is None:
+            raise InputDataError(f"extension {hdu.name} has neither COUNTS nor RATE column", path)
+        if exposure <= 0:
+            raise InputDataError("RATE spectrum with EXPOSURE <= 0 cannot be turned into counts", path)
+        counts = rate * exposure
+    bad = np.flatnonzero(~np.isfinite(counts))
+    if bad.size:
+        raise InputDataError(
+            f"COUNTS/RATE has {bad.size} non-finite value(s) (first at row {bad[0] + 1})", path
         )
-        if type2:
-            if row is None:
-                if len(data) != 1:
-                    raise InputDataError(f"type II file with {len(data)} rows: give row=", path)
-                row = 0
-            if not 0 <= row < len(data):
-                raise InputDataError(f"row {row} out of range (file has {len(data)} rows)", path)
-        else:
-            row = None
+    n = counts.size
+    channel = column("CHANNEL", np.int64)
+    if channel is None:
+        tlmin = 1
+        for i, c in enumerate(hdu.columns.names, start=1):
+            if c.upper() in ("COUNTS", "RATE"):
+                tlmin = int(hdr.get(f"TLMIN{i}", 1))
+        channel = np.arange(tlmin, tlmin + n, dtype=np.int64)
+    if channel.size != n:
+        raise InputDataError(f"CHANNEL has {channel.size} entries but COUNTS has {n}", path)
 
-        def column(name: str, dtype: Any) -> np.ndarray | None:
-            if name not in cols:
-                return None
-            value = np.asarray(data[name])
-            if row is not None:
-                value = np.asarray(value[row])
-            return _native(value, dtype)
+    grouping = column("GROUPING", np.int64)
+    if grouping is None and "GROUPING" in hdr and int(hdr["GROUPING"]) == 0:
+        grouping = None
+    quality = column("QUALITY", np.int64)
+    if quality is None and "QUALITY" in hdr:
+        q = int(hdr["QUALITY"])
+        quality = np.full(n, q, dtype=np.int64) if q != 0 else None
+    stat_err = column("STAT_ERR", float)
+    poisserr = bool(hdr.get("POISSERR", stat_err is None))
 
-        exposure = _col_or_key(hdu, "EXPOSURE", path, None, row)
-        if exposure is None:
-            raise InputDataError("keyword EXPOSURE missing from the SPECTRUM extension", path)
-        exposure = float(exposure)
-        if not np.isfinite(exposure) or exposure < 0:
-            raise InputDataError(f"keyword EXPOSURE={exposure} is not a valid exposure time", path)
+    backscal = _col_or_key(hdu, "BACKSCAL", path, 1.0, row)
+    areascal = _col_or_key(hdu, "AREASCAL", path, 1.0, row)
 
-        counts = column("COUNTS", float)
-        if counts is None:
-            rate = column("RATE", float)
-            if rate is None:
-                raise InputDataError(f"extension {hdu.name} has neither COUNTS nor RATE column", path)
-            if exposure <= 0:
-                raise InputDataError("RATE spectrum with EXPOSURE <= 0 cannot be turned into counts", path)
-            counts = rate * exposure
-        bad = np.flatnonzero(~np.isfinite(counts))
-        if bad.size:
-            raise InputDataError(
-                f"COUNTS/RATE has {bad.size} non-finite value(s) (first at row {bad[0] + 1})", path
-            )
-        n = counts.size
-        channel = column("CHANNEL", np.int64)
-        if channel is None:
-            tlmin = 1
-            for i, c in enumerate(hdu.columns.names, start=1):
-                if c.upper() in ("COUNTS", "RATE"):
-                    tlmin = int(hdr.get(f"TLMIN{i}", 1))
-            channel = np.arange(tlmin, tlmin + n, dtype=np.int64)
-        if channel.size != n:
-            raise InputDataError(f"CHANNEL has {channel.size} entries but COUNTS has {n}", path)
+    def fname(key: str) -> str | None:
+        if key.upper() in cols:
+            v = np.asarray(data[key.upper()])
+            return _str_or_none(v[row] if row is not None else v[0])
+        return _str_or_none(hdr.get(key))
 
-        grouping = column("GROUPING", np.int64)
-        if grouping is None and "GROUPING" in hdr and int(hdr["GROUPING"]) == 0:
-            grouping = None
-        quality = column("QUALITY", np.int64)
-        if quality is None and "QUALITY" in hdr:
-            q = int(hdr["QUALITY"])
-            quality = np.full(n, q, dtype=np.int64) if q != 0 else None
-        stat_err = column("STAT_ERR", float)
-        poisserr = bool(hdr.get("POISSERR", stat_err is None))
+    header = _header_dict(hdr)
+    for key in (
+        "EXPOSURE",
+        "BACKSCAL",
+        "AREASCAL",
+        "POISSERR",
+        "RESPFILE",
+        "ANCRFILE",
+        "BACKFILE",
+        "GROUPING",
+        "QUALITY",
+    ):
+        header.pop(key, None)
+    return PHA(
+        channel=channel,
+        counts=counts,
+        exposure=exposure,
+        backscal=backscal,
+        areascal=areascal,
+        grouping=grouping,
+        quality=quality,
+        stat_err=stat_err,
+        poisserr=poisserr,
+        respfile=fname("RESPFILE"),
+        ancrfile=fname("ANCRFILE"),
+        backfile=fname("BACKFILE"),
+        header=header,
+        path=path,
+    )
 
-        backscal = _col_or_key(hdu, "BACKSCAL", path, 1.0, row)
-        areascal = _col_or_key(hdu, "AREASCAL", path, 1.0, row)
 
-        def fname(key: str) -> str | None:
-            if key.upper() in cols:
-                v = np.asarray(data[key.upper()])
-                return _str_or_none(v[row] if row is not None else v[0])
-            return _str_or_none(hdr.get(key))
+#: Spectra written by :func:`write_pha` in this process, as :func:`read_pha` reads them back, by file version
+#: (path, inode, size, mtime): the fit step of the ObsID reads the spectra its spectra step has just written.
+#: Only the latest folder's are kept (a worker's current ObsID), so worker memory stays flat.
+_written_phas: dict[tuple[Any, ...], PHA] = {}
+_written_lock = threading.Lock()
 
-        header = _header_dict(hdr)
-        for key in (
-            "EXPOSURE",
-            "BACKSCAL",
-            "AREASCAL",
-            "POISSERR",
-            "RESPFILE",
-            "ANCRFILE",
-            "BACKFILE",
-            "GROUPING",
-            "QUALITY",
-        ):
-            header.pop(key, None)
-        return PHA(
-            channel=channel,
-            counts=counts,
-            exposure=exposure,
-            backscal=backscal,
-            areascal=areascal,
-            grouping=grouping,
-            quality=quality,
-            stat_err=stat_err,
-            poisserr=poisserr,
-            respfile=fname("RESPFILE"),
-            ancrfile=fname("ANCRFILE"),
-            backfile=fname("BACKFILE"),
-            header=header,
-            path=path,
-        )
+
+def _file_key(path: Path) -> tuple[Any, ...]:
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class _WrittenRows(dict):  # type: ignore[type-arg]
+    """Column arrays by name whose ``len`` is the number of rows, as a table's data."""
+
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        super().__init__(columns)
+        self.n_rows = len(next(iter(columns.values()))) if columns else 0
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+
+class _WrittenHDU:
+    """The SPECTRUM HDU just written: its header read back from the file and the column arrays written."""
+
+    def __init__(self, header: fits.Header, columns: dict[str, np.ndarray]) -> None:
+        self.header = header
+        self.name = "SPECTRUM"
+        self.data = _WrittenRows(columns)
+        self.columns = SimpleNamespace(names=list(columns))
+
+
+def _remember_pha(path: Path, columns: dict[str, np.ndarray]) -> None:
+    try:
+        header = fits.getheader(path, "SPECTRUM")
+        pha = _pha_from_hdu(_WrittenHDU(header, columns), path, None)
+        key = _file_key(path)
+    except (OSError, KeyError, ValueError, InputDataError):
+        return  # read_pha reads the file and says what is wrong
+    with _written_lock:
+        for k in [k for k in _written_phas if Path(k[0]).parent != Path(key[0]).parent]:
+            del _written_phas[k]
+        _written_phas[key] = pha
+
+
+def _written_pha(path: Path) -> PHA | None:
+    """A copy of the spectrum :func:`write_pha` wrote to ``path`` if the file is unchanged since, else None."""
+    import copy
+
+    try:
+        key = _file_key(path)
+    except OSError:
+        return None
+    with _written_lock:
+        pha = _written_phas.get(key)
+    return None if pha is None else replace(copy.deepcopy(pha), path=path)
 
 
 def _apply_extra(hdr: fits.Header, extra: dict[str, Any], skip: set[str]) -> None:
@@ -558,7 +626,9 @@ def write_pha(pha: PHA, path: str | Path, *, extra_hdus: Any = (), verify_extra:
     hdul = fits.HDUList([primary, hdu, *extra_hdus])
     # every card of the SPECTRUM HDU is set through the header API (validated when created): no output
     # verification pass unless extra HDUs of unknown origin come along
-    return atomic_write_fits(hdul, path, verify=bool(extra_hdus) and verify_extra)
+    out = atomic_write_fits(hdul, path, verify=bool(extra_hdus) and verify_extra)
+    _remember_pha(out, {c.name: np.asarray(c.array) for c in cols})
+    return out
 
 
 # --------------------------------------------------------------------------------------------- RMF
