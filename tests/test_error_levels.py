@@ -61,6 +61,8 @@ def test_90_percent_profile_interval_crosses_delta_2706(fits_68_90) -> None:
         m.migrad()
         m.fixed[k] = False
         assert m.fval - f.best_stat == pytest.approx(2.7055, abs=0.03)
+    further = res.summary_text().split("Further intervals (fit.error_levels):")[1]
+    assert f"powerlaw_1.PhoIndex      90% (delta stat 2.706): -{iv['err_lo']:.4g}" in further
     # wider than the 68% interval, close to 1.645x for this well-determined index
     for side in ("err_lo", "err_hi"):
         assert 1.5 < iv[side] / gamma[side] < 1.8

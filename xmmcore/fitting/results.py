@@ -212,6 +212,14 @@ class FitResult:
                 f"{p['number']:>3} {p['name']:<24} {p.get('dataset') or '':<8} {p['value']:>13.6g} "
                 f"{errs[0]:>11} {errs[1]:>11} {p['unit']:<8} {state}"
             )
+        further = [(p, iv) for p in self.parameters for iv in (p.get("intervals") or {}).values()]
+        if further:
+            out += ["", "Further intervals (fit.error_levels):"]
+            for p, iv in further:
+                out.append(
+                    f"  {p['name']:<24} {100 * iv['level']:g}% (delta stat {iv['delta']:.3f}): "
+                    f"-{iv['err_lo']:.4g} +{iv['err_hi']:.4g} ({iv['method']})"
+                )
         if self.fluxes:
             out += ["", "Fluxes [erg/cm^2/s] (68% from covariance draws):"]
             for key, f in self.fluxes.items():
