@@ -123,8 +123,9 @@ def figure_canvas(fig: Any) -> Any:
 
 _GLYPHS_LOCK = threading.Lock()
 _GLYPHS: dict[tuple[Any, ...], list[tuple[np.ndarray, int, int]]] = {}
-#: Strings kept (each a few glyph bitmaps of ~100 bytes): the oldest go first beyond this.
-_GLYPHS_MAX = 4096
+#: Strings kept (each a few glyph bitmaps of ~100 bytes, ~3 MB in all): tick and axis labels, legends and
+#: the last ObsIDs' titles; the least recently drawn go first beyond this.
+_GLYPHS_MAX = 1024
 _RENDERER_CLASS: Any = None
 
 
@@ -178,7 +179,9 @@ def _glyph_cache_renderer() -> Any:
                 up - fy,
             )
             with _GLYPHS_LOCK:
-                glyphs = _GLYPHS.get(key)
+                glyphs = _GLYPHS.pop(key, None)
+                if glyphs is not None:
+                    _GLYPHS[key] = glyphs  # the most recently used last: the least recently used go first
             if glyphs is None:
                 glyphs = self._render_glyphs(x - fx, up - fy, s, prop, angle, features, language, gc)
                 with _GLYPHS_LOCK:
