@@ -308,7 +308,8 @@ def test_profile_fit_scores_a_simplex_step_that_overflows_as_a_bound(monkeypatch
 
     def probing(fun_and_grad, x0):
         # points an optimiser step can reach: ln S0, ln rc (exp(-2 ln rc)), ln B_sky, ln particle scale
-        for k, value in ((0, 800.0), (1, -400.0), (3, 800.0), (4, 800.0)):
+        # (ln particle scale 400: exp() is finite, the prior's square is not)
+        for k, value in ((0, 800.0), (1, -400.0), (3, 800.0), (4, 800.0), (4, 400.0)):
             x = np.array(x0, dtype=float)
             x[k] = value
             scores.append(fun_and_grad(x)[0])
@@ -316,7 +317,7 @@ def test_profile_fit_scores_a_simplex_step_that_overflows_as_a_bound(monkeypatch
 
     monkeypatch.setattr(P, "_local_minimum", probing)
     prof = P.fit_beta_profile(img, **kw, particle=particle)
-    assert len(scores) >= 4 and set(scores) == {1e30}
+    assert len(scores) >= 5 and set(scores) == {1e30}
     # and the fit, which never takes a vertex scored 1e30, still finds the profile
     assert prof.converged and prof.beta == pytest.approx(0.7, rel=0.2)
     assert prof.rc_arcmin == pytest.approx(0.5, rel=0.3)

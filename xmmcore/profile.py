@@ -223,6 +223,7 @@ def fit_beta_profile(
             q = math.exp(-2.0 * log_rc)
             s_0, b_sky = math.exp(log_s0), math.exp(log_b)
             b_2 = math.exp(float(p[4])) if two_bkg else 0.0
+            prior = ((b_2 - 1.0) / particle_rel_error) ** 2 if measured_particles else 0.0
         except OverflowError:  # a step to exp(>709): as bad as a bound (simulated 0901302801)
             return 1e30, np.zeros(k) if with_grad else None
         a = 0.5 - 3.0 * beta
@@ -235,9 +236,7 @@ def fit_beta_profile(
         if two_bkg:
             m += b_2 * other
         m = np.maximum(m, 1e-30)
-        value = 2.0 * float(m.sum() - counts @ np.log(m))
-        if measured_particles:
-            value += ((b_2 - 1.0) / particle_rel_error) ** 2
+        value = 2.0 * float(m.sum() - counts @ np.log(m)) + prior
         if not math.isfinite(value):
             return 1e30, np.zeros(k) if with_grad else None
         if not with_grad:
@@ -258,7 +257,10 @@ def fit_beta_profile(
             grad.append(b_2 * float(dm @ other))
             if measured_particles:
                 grad[-1] += 2.0 * (b_2 - 1.0) * b_2 / particle_rel_error**2
-        return value, np.array(grad)
+        gradient = np.array(grad)
+        if not np.all(np.isfinite(gradient)):  # a finite statistic this far out: no direction to trust
+            return 1e30, np.zeros(k)
+        return value, gradient
 
     def cstat(p: Sequence[float]) -> float:
         return objective(p, False)[0]
