@@ -298,10 +298,16 @@ def test_catalogue_keeps_good_obsids_beside_a_corrupt_record(tmp_path):
 def test_status_shows_a_corrupt_record_as_corrupt(tmp_path):
     """Weak case: a corrupt step record showed as "pending"."""
     from survey.status import collect_status, format_status
+    from xmmcore.provenance import code_identity
 
     res = tmp_path / "results"
     (res / "0910000001" / "steps").mkdir(parents=True)
-    (res / "0910000001" / "steps" / "filter.json").write_text('{"status": "done", "wall_s": 1.0}')
+    done = {
+        "status": "done",
+        "wall_s": 1.0,
+        "code": {"sha256": code_identity()["sha256"]},
+    }  # made by this code
+    (res / "0910000001" / "steps" / "filter.json").write_text(json.dumps(done))
     (res / "0910000001" / "steps" / "regions.json").write_text("{torn")
     status = collect_status(res, steps=["filter", "regions"])
     row = status.rows["0910000001"]
