@@ -167,3 +167,27 @@ def test_xspec_runner_runs_error_again_at_each_further_level(tmp_path: Path, mon
     finally:
         sys.modules.pop("xspec", None)
         importlib.invalidate_caches()
+
+
+def test_fit_command_gives_the_90_percent_intervals(xmm_data: Path, capsys) -> None:
+    import json
+
+    from survey.cli import main
+
+    d = xmm_data / "a2443_fakeit"
+    argv = ["fit", str(d / "pnS004-A2443_reg2.fak"), "--rmf", str(d / "pnS004-A2443_reg2.rmf")]
+    argv += ["--arf", str(d / "pnS004-A2443_reg2.arf"), "--model", "phabs*powerlaw", "--notice", "2-8"]
+    argv += ["--set", "phabs_1.nH=0.1,frozen", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    gamma = next(p for p in out["parameters"] if p["name"] == "powerlaw_1.PhoIndex")
+    assert (
+        gamma["intervals"]["90"]["method"] == "profile"
+        and gamma["intervals"]["90"]["err_lo"] > gamma["err_lo"]
+    )
+    assert main([*argv, "--error-levels", "0.683"]) == 0
+    gamma = next(
+        p for p in json.loads(capsys.readouterr().out)["parameters"] if p["name"] == "powerlaw_1.PhoIndex"
+    )
+    assert "intervals" not in gamma
+    assert main([*argv, "--error-levels", "0.9"]) == 2

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--no-background is only supported by the builtin engine")
         kwargs["use_background"] = False
     cosmology = {"H0": args.H0, "Om0": args.Om0}
+    levels = _error_levels(args.error_levels)
     result = engine.fit_files(
         inputs,
         args.model,
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         set_params=list(args.set or []),
         abund=args.abund,
         errors=None if args.errors == "none" else args.errors,
+        extra_error_levels=tuple(levels[1:]),
         redshift=args.redshift,
         cosmology=cosmology,
         flux_bands_kev=[parse_notice(b) for b in (args.flux_band or ["0.5-2.0", "2.0-10.0"])],
@@ -156,6 +158,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["profile", "covariance", "none"],
         help="parameter errors [profile]",
     )
+    p.add_argument(
+        "--error-levels",
+        default="0.683,0.90",
+        metavar="CL,CL",
+        help="confidence levels: 0.683 (the errors), then 0.90 (90%% intervals of the shape parameters, "
+        "delta-stat 2.706) [0.683,0.90, as fit.error_levels]",
+    )
     p.add_argument("--no-background", action="store_true", help="ignore BACKFILE / --bkg")
     p.add_argument(
         "--no-cross-norm",
@@ -174,3 +183,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, default=None, help="write a plot of data, model and residuals")
     p.set_defaults(func=run)
     return p
+
+
+def _error_levels(text: str) -> list[float]:
+    """``--error-levels`` as ``fit.error_levels`` (0.683 first, then 0.90), checked as the configuration is."""
+    from survey.config import _check_error_levels
+
+    try:
+        levels = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--error-levels must be comma-separated numbers, got {text!r}") from exc
+    _check_error_levels(levels, "--error-levels")
+    return levels
