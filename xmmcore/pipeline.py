@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, FitError, InputDataError, ToolError
+from .fitsconf import fits_conf_snapshot
 from .fsutil import atomic_write_json, atomic_write_text, read_json
 from .observation import CAMERAS, Observation
 from .products import ObsProducts
@@ -562,4 +563,5 @@ def run_step(
         raise ConfigError(f"unknown step {step!r}; steps are {', '.join(STEPS)}")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    return _STEP_FUNCS[step](obs, outdir, cfg, log or logging.getLogger(f"xmmcore.{obs.obsid}.{step}"))
+    with fits_conf_snapshot():  # astropy's FITS settings read once, not per header card
+        return _STEP_FUNCS[step](obs, outdir, cfg, log or logging.getLogger(f"xmmcore.{obs.obsid}.{step}"))
