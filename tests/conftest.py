@@ -39,6 +39,20 @@ def xmm_data(shared_data: Path) -> Path:
     return shared_data / "xmm"
 
 
+@pytest.fixture(scope="module")
+def sherpa_pn(xmm_data: Path):
+    """The Sherpa test pn spectrum (``sherpa_pn/pn_pi_src_bin10.ds`` with its RMF), noticed 2-10 keV."""
+    import warnings
+
+    from xmmcore.fitting.datasets import SpectrumDataset
+
+    d = xmm_data / "sherpa_pn"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BACKFILE of this file is absent
+        ds = SpectrumDataset.from_pha(d / "pn_pi_src_bin10.ds", rmf=d / "epn_ff20_dY9.rmf")
+    return ds.notice(2.0, 10.0)
+
+
 # Under pytest-xdist (`make test` runs `-n 2 --dist loadfile --no-loadscope-reorder`) each test file is
 # one unit of work, so that a module fixture (a simulated survey, a SLURM cluster) is built once, on one
 # worker. The files are handed out longest first (seconds per file in a --durations run of main at

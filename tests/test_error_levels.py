@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,8 @@ OPTS = {"stat": "chi2gehrels", "set_params": ["1=0.0119,frozen"]}
 
 
 @pytest.fixture(scope="module")
-def pn(xmm_data: Path) -> SpectrumDataset:
-    d = xmm_data / "sherpa_pn"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BACKFILE of this file is absent
-        ds = SpectrumDataset.from_pha(d / "pn_pi_src_bin10.ds", rmf=d / "epn_ff20_dY9.rmf")
-    return ds.notice(2.0, 10.0)
+def pn(sherpa_pn: SpectrumDataset) -> SpectrumDataset:
+    return sherpa_pn
 
 
 @pytest.fixture(scope="module")

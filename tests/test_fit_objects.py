@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -21,12 +18,8 @@ HI = np.geomspace(0.2, 12.0, 801)[1:]
 
 
 @pytest.fixture(scope="module")
-def pn(xmm_data: Path) -> SpectrumDataset:
-    d = xmm_data / "sherpa_pn"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # BACKFILE of this file is absent
-        ds = SpectrumDataset.from_pha(d / "pn_pi_src_bin10.ds", rmf=d / "epn_ff20_dY9.rmf")
-    return ds.notice(2.0, 10.0)
+def pn(sherpa_pn: SpectrumDataset) -> SpectrumDataset:
+    return sherpa_pn
 
 
 @pytest.mark.realdata
