@@ -10,6 +10,7 @@ registered from ``survey/commands/<name>.py`` (``fit``, ``models``, ``simulate``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -121,6 +122,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _report_exit(report)
 
 
+#: Thread-count variables of BLAS/OpenMP; a user who sets one keeps their choice.
+_BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_as_dask_workers() -> contextlib.AbstractContextManager[object]:
+    """One BLAS/OpenMP thread per process, as Dask's nanny gives its workers (``pre-spawn-environ``).
+
+    ``run-one`` (a SLURM array task, a single ObsID) otherwise lets OpenBLAS start a thread per core for
+    the pipeline's small matrix calls: slower, and on a shared node it takes the cores of other jobs.
+    """
+    if any(os.environ.get(v) for v in _BLAS_THREAD_VARS):
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def cmd_run_one(args: argparse.Namespace) -> int:
     from .api import read_obsid_list, run_one
     from .config import check_environment
@@ -135,7 +153,8 @@ def cmd_run_one(args: argparse.Namespace) -> int:
         if not 1 <= args.index <= len(ids):
             raise ConfigError(f"--index {args.index} is outside 1..{len(ids)} of {args.obsid_list}")
         obsid = ids[args.index - 1]
-    outcomes = run_one(cfg, obsid, retry_failed=args.retry_failed)
+    with _blas_as_dask_workers():
+        outcomes = run_one(cfg, obsid, retry_failed=args.retry_failed)
     worst = 0
     for step, out in outcomes.items():
         print(

@@ -334,3 +334,33 @@ def test_fit_command_builds_the_engine_as_a_survey_does(xmm_data, tmp_path, caps
     for p in direct.to_dict()["parameters"]:
         assert got[p["name"]] == pytest.approx(p["value"], rel=1e-7), p["name"]
     assert 1.5 < got["powerlaw_1.PhoIndex"] < 2.5
+
+
+@pytest.mark.parametrize("user_set", [False, True])
+def test_run_one_runs_blas_single_threaded_unless_the_user_says(tmp_path, monkeypatch, capsys, user_set):
+    """As Dask's nanny does for its workers: run-one (a SLURM array task) runs the pipeline with one BLAS
+    thread, so that OpenBLAS does not start a thread per core; a thread count set by the user is kept."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import survey.api
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    if user_set:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    seen: list[list[int]] = []
+
+    def fake_run_one(cfg, obsid, **kw):
+        seen.append([p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"])
+        return {"filter": {"status": "done"}}
+
+    monkeypatch.setattr(survey.api, "run_one", fake_run_one)
+    data = tmp_path / "data"
+    data.mkdir()
+    code = main(["run-one", "--data", str(data), "--results", str(tmp_path / "r"), "--obsid", "0100000001"])
+    assert code == 0 and "0100000001 filter: done" in capsys.readouterr().out
+    before = [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    assert seen and seen[0]
+    if user_set:
+        assert seen[0] == before  # untouched
+    else:
+        assert set(seen[0]) == {1}
