@@ -125,7 +125,7 @@ class EventList:
             self,
             columns={k: v[keep] for k, v in self.columns.items()},
             gti_ccd=gti_ccd,
-            gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None),
+            gti=_gti_union(gti_ccd),
         )
         return out
 
@@ -377,6 +377,17 @@ _clean_cache: OrderedDict[tuple[Any, ...], EventList] = OrderedDict()
 _clean_cache_lock = threading.Lock()
 
 
+def _gti_union(gti_ccd: Mapping[int, np.ndarray]) -> np.ndarray:
+    """:attr:`EventList.gti` of per-CCD GTIs: their union (an empty GTI when there are none)."""
+    return gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None)
+
+
+def _make_read_only(evl: EventList) -> None:
+    """Make the columns and GTIs of a list kept in a cache read-only (callers share the arrays)."""
+    for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
+        arr.setflags(write=False)
+
+
 def _nbytes(evl: EventList) -> int:
     return sum(int(a.nbytes) for a in evl.columns.values())
 
@@ -388,8 +399,7 @@ def _clean_cache_key(path: Path) -> tuple[Any, ...]:
 
 def _clean_cache_put(key: tuple[Any, ...], evl: EventList) -> None:
     """Keep ``evl`` (its arrays made read-only) under ``key``, within the byte and folder bounds."""
-    for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
-        arr.setflags(write=False)
+    _make_read_only(evl)
     size = _nbytes(evl)
     with _clean_cache_lock:
         if size > CLEAN_CACHE_BYTES:
@@ -471,13 +481,12 @@ def _keep_unscreened(
         header=header.copy(),
         columns=cols,
         gti_ccd=gtis,
-        gti=gtimod.union(*gtis.values()),
+        gti=_gti_union(gtis),
         path=path,
         resorted=resorted,
         n_rows_file=nrows,
     )
-    for arr in [*evl.columns.values(), *evl.gti_ccd.values(), evl.gti]:
-        arr.setflags(write=False)
+    _make_read_only(evl)
     key = _clean_cache_key(path)
     with _clean_cache_lock:
         for k in [k for k in _unscreened_cache if os.path.dirname(k[0]) != os.path.dirname(key[0])]:
@@ -591,7 +600,7 @@ def _read_open(
         header=header,
         columns=cols,
         gti_ccd=gti_ccd,
-        gti=gtimod.union(*gti_ccd.values()),
+        gti=_gti_union(gti_ccd),
         path=path,
         resorted=resorted,
         n_rows_file=nrows,
@@ -693,7 +702,7 @@ def screen(
     out = evl.select(keep)
     if ccds is not None:
         out.gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
-        out.gti = gtimod.union(*out.gti_ccd.values()) if out.gti_ccd else gtimod.as_gti(None)
+        out.gti = _gti_union(out.gti_ccd)
     return out
 
 
@@ -720,9 +729,7 @@ def screen_with_gti(
     base = evl
     if ccds is not None:
         gti_ccd = {c: g for c, g in evl.gti_ccd.items() if c in set(ccds)}
-        base = replace(
-            evl, gti_ccd=gti_ccd, gti=gtimod.union(*gti_ccd.values()) if gti_ccd else gtimod.as_gti(None)
-        )
+        base = replace(evl, gti_ccd=gti_ccd, gti=_gti_union(gti_ccd))
     return base.with_gti(gti, keep=keep), int(keep.sum())
 
 
@@ -874,7 +881,7 @@ def _remember_written(evl: EventList, path: Path, formats: Mapping[str, str]) ->
         header=header,
         columns=cols,
         gti_ccd=gti_ccd,
-        gti=gtimod.union(*gti_ccd.values()),
+        gti=_gti_union(gti_ccd),
         path=path,
         resorted=False,
         n_rows_file=int(time.size),
