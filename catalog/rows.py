@@ -372,24 +372,35 @@ def _provenance(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         row["status"] = "partial"
         missing = [s for s in STEPS if s not in done]
         row["failure_reason"] = "steps not recorded as done: " + ", ".join(missing)
+    records, versions = _record_columns(ordered, steps.get("fit") or ordered[-1])
+    row.update(records)
+    filt_summary = (steps.get("filter") or {}).get("summary") or {}
+    row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend") or "")
+    return row
+
+
+def _record_columns(
+    ordered: Sequence[Mapping[str, Any]], last: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Columns that step records give a row (software and code versions, config and inputs hashes, times),
+    and the merged ``versions``; ``last`` is the record whose inputs hash the row carries."""
     versions: dict[str, Any] = {}
     for r in ordered:
         versions.update(r.get("versions") or {})
-    row["software_versions"] = json.dumps(versions, sort_keys=True)
-    row["code_version"] = _code_versions(ordered)
-    filt_summary = (steps.get("filter") or {}).get("summary") or {}
-    row["backend"] = str(filt_summary.get("backend") or _first(versions, "backend") or "")
-    row["config_hash"] = str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or "")
-    last = steps.get("fit") or ordered[-1]
-    row["inputs_hash"] = str(last.get("inputs_hash") or "")
     started = [str(r["started"]) for r in ordered if r.get("started")]
     finished = [str(r["finished"]) for r in ordered if r.get("finished")]
-    row["started_utc"] = min(started) if started else ""
-    row["finished_utc"] = max(finished) if finished else ""
     walls = [_num(r.get("wall_s")) for r in ordered]
     walls = [w for w in walls if not math.isnan(w)]
-    row["wall_s"] = float(sum(walls)) if walls else math.nan
-    return row
+    cols = {
+        "software_versions": json.dumps(versions, sort_keys=True),
+        "code_version": _code_versions(ordered),
+        "config_hash": str(_first(ordered[-1], "config_hash") or _first(ordered[0], "config_hash") or ""),
+        "inputs_hash": str(last.get("inputs_hash") or ""),
+        "started_utc": min(started) if started else "",
+        "finished_utc": max(finished) if finished else "",
+        "wall_s": float(sum(walls)) if walls else math.nan,
+    }
+    return cols, versions
 
 
 def _code_versions(ordered: Sequence[Mapping[str, Any]]) -> str:
@@ -784,16 +795,8 @@ def _joint_provenance(step_record: Path) -> dict[str, Any]:
         rec = read_json(step_record)
     except (OSError, InputDataError):
         return {}
-    out: dict[str, Any] = {
-        "software_versions": json.dumps(rec.get("versions") or {}, sort_keys=True),
-        "code_version": code_version(rec.get("code")),
-        "config_hash": str(rec.get("config_hash") or ""),
-        "inputs_hash": str(rec.get("inputs_hash") or ""),
-        "started_utc": str(rec.get("started") or ""),
-        "finished_utc": str(rec.get("finished") or ""),
-        "wall_s": _num(rec.get("wall_s")),
-        "steps_done": "joint" if rec.get("status") == "done" else "",
-    }
+    out, _ = _record_columns([rec], rec)
+    out["steps_done"] = "joint" if rec.get("status") == "done" else ""
     return {k: v for k, v in out.items() if not _blank(v)}
 
 
