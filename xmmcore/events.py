@@ -31,7 +31,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from . import gti as gtimod
 from .errors import InputDataError
-from .fsutil import atomic_write_fits, regular_file
+from .fsutil import atomic_write_fits, file_version, regular_file
 
 __all__ = [
     "read_clean_events",
@@ -392,11 +392,6 @@ def _nbytes(evl: EventList) -> int:
     return sum(int(a.nbytes) for a in evl.columns.values())
 
 
-def _clean_cache_key(path: Path) -> tuple[Any, ...]:
-    st = os.stat(path)
-    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _clean_cache_put(key: tuple[Any, ...], evl: EventList) -> None:
     """Keep ``evl`` (its arrays made read-only) under ``key``, within the byte and folder bounds."""
     _make_read_only(evl)
@@ -426,7 +421,7 @@ def read_clean_events(path: str | Path, *, camera: str | None = None) -> EventLi
     The columns of a kept list are read-only; each caller gets its own header and column mapping.
     """
     path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
-    key = _clean_cache_key(path)
+    key = file_version(path)
     with _clean_cache_lock:
         evl = _clean_cache.get(key)
         if evl is not None:
@@ -487,7 +482,7 @@ def _keep_unscreened(
         n_rows_file=nrows,
     )
     _make_read_only(evl)
-    key = _clean_cache_key(path)
+    key = file_version(path)
     with _clean_cache_lock:
         for k in [k for k in _unscreened_cache if os.path.dirname(k[0]) != os.path.dirname(key[0])]:
             del _unscreened_cache[k]
@@ -504,7 +499,7 @@ def read_unscreened_events(path: str | Path, *, camera: str | None = None) -> Ev
     The columns of a kept list are read-only; each caller gets its own header and column mapping.
     """
     path = regular_file(path, max_bytes=MAX_EVENT_BYTES, what="event file")
-    key = _clean_cache_key(path)
+    key = file_version(path)
     with _clean_cache_lock:
         evl = _unscreened_cache.get(key)
     if evl is None:
@@ -873,7 +868,7 @@ def _remember_written(evl: EventList, path: Path, formats: Mapping[str, str]) ->
             return
         header = fits.getheader(path, "EVENTS")
         camera = _camera_of(header, path)
-        key = _clean_cache_key(path)
+        key = file_version(path)
     except (OSError, ValueError, KeyError, InputDataError):
         return
     written = EventList(

@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write_fits",
     "atomic_write_json",
     "atomic_write_text",
+    "file_version",
     "is_disk_full_message",
     "regular_file",
     "sha256_file",
@@ -53,6 +54,16 @@ def regular_file(path: str | os.PathLike[str], *, max_bytes: int, what: str = "f
     if st.st_size > max_bytes:
         raise InputDataError(f"{what} is {st.st_size} bytes, more than the limit of {max_bytes}", p)
     return p
+
+
+def file_version(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+    """Key of one version of a file for in-process caches: resolved path, inode, size and mtime [ns].
+
+    A file rewritten (atomically: a new inode) or touched is another version.
+    """
+    path = Path(path)
+    st = path.stat()
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from astropy.io import fits
 
 from .errors import InputDataError
-from .fsutil import atomic_write_fits, regular_file
+from .fsutil import atomic_write_fits, file_version, regular_file
 
 #: Largest PHA/RMF/ARF read [bytes] (a pn RMF is ~50 MB): a FIFO, a device or a runaway file is refused
 #: by ``stat`` before anything opens it.
@@ -454,11 +454,6 @@ _written_phas: dict[tuple[Any, ...], PHA] = {}
 _written_lock = threading.Lock()
 
 
-def _file_key(path: Path) -> tuple[Any, ...]:
-    st = path.stat()
-    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 class _WrittenRows(dict):  # type: ignore[type-arg]
     """Column arrays by name whose ``len`` is the number of rows, as a table's data."""
 
@@ -484,7 +479,7 @@ def _remember_pha(path: Path, columns: dict[str, np.ndarray]) -> None:
     try:
         header = fits.getheader(path, "SPECTRUM")
         pha = _pha_from_hdu(_WrittenHDU(header, columns), path, None)
-        key = _file_key(path)
+        key = file_version(path)
     except (OSError, KeyError, ValueError, InputDataError):
         return  # read_pha reads the file and says what is wrong
     with _written_lock:
@@ -498,7 +493,7 @@ def _written_pha(path: Path) -> PHA | None:
     import copy
 
     try:
-        key = _file_key(path)
+        key = file_version(path)
     except OSError:
         return None
     with _written_lock:
